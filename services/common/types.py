@@ -1,0 +1,61 @@
+"""Domain objects shared by the scheduler and worker cores (no gRPC, Ray or OTel here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True, frozen=True)
+class SamplingParams:
+    """How to pick the next token. `seed` is always set: the front door draws one when the
+    client gives none, so every request is reproducible from its recorded parameters."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int = 0
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(slots=True)
+class SeqStep:
+    """One sequence's share of a worker step."""
+
+    seq_id: int
+    token_ids: list[int]  # tokens to run this step: a prompt chunk, or the one last token
+    num_computed: int  # tokens already in the KV cache (position of token_ids[0])
+    block_table: list[int]
+    sampling: SamplingParams | None  # None: a prompt chunk that is not the last, nothing sampled
+
+    @property
+    def num_tokens_after(self) -> int:
+        return self.num_computed + len(self.token_ids)
+
+    @property
+    def is_prefill(self) -> bool:
+        return len(self.token_ids) > 1 or self.num_computed == 0
+
+
+@dataclass(slots=True)
+class StepOutput:
+    sampled: dict[int, int]  # seq_id -> sampled token, for every SeqStep with sampling
+    step_ms: float  # worker's own wall time for the step
+    device_ms: float = 0.0  # device time (CUDA events) where measured
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    """What the worker serves; the scheduler sizes its block accounting from it."""
+
+    name: str
+    architecture: str
+    vocab_size: int
+    max_context: int
+    dtype: str
+    device: str
+    num_blocks: int
+    block_size: int
+    eos_token_ids: list[int] = field(default_factory=list)
