@@ -1,0 +1,75 @@
+"""Built-in models with seeded random weights, so hopscope runs with nothing downloaded."""
+
+from __future__ import annotations
+
+from services.models.assets.build_tokenizer import TOKENIZER_PATH
+from services.models.config import ModelConfig, RopeScaling
+
+PRESET_TOKENIZER_PATH = TOKENIZER_PATH
+_BOS_ID = 0  # <|begin_of_text|> in the shipped tokenizer.json
+_EOS_ID = 1  # <|end_of_text|>
+
+PRESETS: dict[str, ModelConfig] = {
+    # CPU default: a decode step at batch 32 takes a few milliseconds on 2 cores.
+    "tiny": ModelConfig(
+        architecture="LlamaForCausalLM",
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=768,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_ids=(_EOS_ID,),
+        bos_token_id=_BOS_ID,
+        torch_dtype="float32",
+    ),
+    "small": ModelConfig(
+        architecture="LlamaForCausalLM",
+        vocab_size=4096,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=64,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_ids=(_EOS_ID,),
+        bos_token_id=_BOS_ID,
+        torch_dtype="float32",
+    ),
+    # The exact Llama-3.2-1B shape (1.24 B parameters), for GPUs.
+    "llama-1b": ModelConfig(
+        architecture="LlamaForCausalLM",
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_layers=16,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=64,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        tie_word_embeddings=True,
+        rope_scaling=RopeScaling(
+            factor=32.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+        eos_token_ids=(_EOS_ID,),
+        bos_token_id=_BOS_ID,
+        torch_dtype="bfloat16",
+    ),
+}
+
+# The llama-1b shape allows 128 K positions; a KV cache that large is not useful here.
+PRESET_MAX_CONTEXT = {"tiny": 2048, "small": 4096, "llama-1b": 8192}
