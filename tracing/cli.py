@@ -1,9 +1,138 @@
-"""`hopscope` subcommands contributed by the tracing package."""
+"""`hopscope traces collect|summarize|show`: receive, read back and decompose traces."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
+import sys
+import threading
+from types import FrameType
+
+from rich.console import Console
+
+from tracing.collector import DEFAULT_LISTEN, CollectorError, OtlpCollector
+from tracing.model import Span, normalize_trace_id
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register this package's subcommands (placeholder until implemented)."""
+    """Register `hopscope traces ...`."""
+    traces = sub.add_parser("traces", help="collect traces and break requests down by hop")
+    actions = traces.add_subparsers(dest="traces_command", required=True, metavar="ACTION")
+
+    collect = actions.add_parser("collect", help="an OTLP/gRPC receiver writing OTLP JSON lines")
+    collect.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
+    collect.add_argument("--out", required=True, help="OTLP JSON lines file to append to")
+    collect.add_argument(
+        "--duration-s", type=float, default=None, help="stop after this long (default: signal)"
+    )
+    collect.set_defaults(func=run_collect)
+
+    summarize = actions.add_parser("summarize", help="per-component breakdown over requests")
+    _add_source_args(summarize)
+    summarize.add_argument("--json", action="store_true", help="print the summary as JSON")
+    summarize.set_defaults(func=run_summarize)
+
+    show = actions.add_parser("show", help="one request's waterfall and breakdown")
+    show.add_argument("trace_id", help="hex trace id (as in the loadgen records or Jaeger)")
+    _add_source_args(show)
+    show.set_defaults(func=run_show)
+
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="OTLP JSON lines file, or a Jaeger JSON download")
+    source.add_argument("--jaeger", metavar="URL", help="Jaeger query service, e.g. http://127.0.0.1:16686")
+    parser.add_argument("--service", default=None, help="Jaeger: only traces of this service")
+    parser.add_argument("--since", default="15m", help="Jaeger: look back this far (default 15m)")
+
+
+def _load_spans(args: argparse.Namespace) -> list[Span]:
+    from tracing.jaeger import parse_since, query_jaeger
+    from tracing.readers import read_file
+
+    if args.input:
+        return read_file(args.input)
+    return query_jaeger(args.jaeger, service=args.service, since=parse_since(args.since))
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    collector = OtlpCollector(args.out, listen=args.listen)
+    try:
+        collector.start()
+    except CollectorError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    host = args.listen.rpartition(":")[0]
+    console.print(f"collecting OTLP/gRPC traces on {host}:{collector.port} → {args.out}")
+    try:
+        stop.wait(args.duration_s)
+    finally:
+        collector.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    console.print(f"wrote {collector.num_spans} spans to {args.out}")
+    return 0
+
+
+def run_summarize(args: argparse.Namespace) -> int:
+    from tracing.decompose import decompose
+    from tracing.readers import TraceReadError
+    from tracing.report import print_summary
+    from tracing.summary import summarize
+
+    try:
+        spans = _load_spans(args)
+    except (TraceReadError, ValueError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        return 2
+    summary = summarize(decompose(spans))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        console = Console()
+        if summary["requests"] == 0:
+            console.print(f"no requests found among {len(spans)} spans (no Submit SERVER span)")
+            return 1
+        print_summary(console, summary)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from tracing.decompose import SpanIndex, decompose
+    from tracing.readers import TraceReadError
+    from tracing.report import breakdown_table, waterfall_spans, waterfall_table
+
+    console = Console()
+    try:
+        spans = _load_spans(args)
+    except (TraceReadError, ValueError) as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        return 2
+    trace_id = normalize_trace_id(args.trace_id)
+    index = SpanIndex(spans)
+    rows = waterfall_spans(index, trace_id)
+    if not rows:
+        Console(stderr=True).print(f"[red]error:[/] trace {trace_id} is not among {len(spans)} spans read")
+        return 1
+    console.print(waterfall_table(rows, trace_id))
+    for breakdown in decompose(spans):
+        if breakdown.trace_id == trace_id:
+            console.print(breakdown_table(breakdown))
+            for note in breakdown.notes:
+                console.print(f"[yellow]note:[/] {note}")
+    return 0
+
+
+if __name__ == "__main__":  # handy when deploy/cli.py is mid-change
+    root = argparse.ArgumentParser(prog="hopscope")
+    add_parser(root.add_subparsers(dest="command", required=True))
+    parsed = root.parse_args()
+    sys.exit(parsed.func(parsed))

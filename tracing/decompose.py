@@ -1,0 +1,274 @@
+"""Per-request time decomposition from the spans in ARCHITECTURE.md's span table.
+
+Network time of a hop is CLIENT duration − SERVER duration of the same call, each measured on its
+own host's clock, so no clock synchronisation is needed. Step spans live in their own traces (one
+step serves many requests) and point at the requests' Submit SERVER spans through links, so the
+decomposition runs over all spans read, not trace by trace.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tracing.model import Link, Span
+
+LOADGEN_REQUEST = "loadgen.request"
+GENERATE = "hopscope.v1.Tokenizer/Generate"
+ENCODE = "tokenizer.encode"
+SUBMIT = "hopscope.v1.Scheduler/Submit"
+STEP = "hopscope.v1.Worker/Step"
+
+TOKENIZE = "tokenize"
+QUEUE = "queue"
+PREFILL = "compute.prefill"
+DECODE = "compute.decode"
+NET_CLIENT_TOKENIZER = "network.client_tokenizer"
+NET_TOKENIZER_SCHEDULER = "network.tokenizer_scheduler"
+NET_SCHEDULER_WORKER = "network.scheduler_worker"
+DETOKENIZE = "detokenize"
+OTHER = "other"
+COMPONENTS = (
+    TOKENIZE,
+    NET_CLIENT_TOKENIZER,
+    NET_TOKENIZER_SCHEDULER,
+    QUEUE,
+    PREFILL,
+    DECODE,
+    NET_SCHEDULER_WORKER,
+    DETOKENIZE,
+    OTHER,
+)
+TPOT_COMPONENTS = (DECODE, NET_SCHEDULER_WORKER, OTHER)
+SUM_TOLERANCE = 0.05  # components must add up to e2e within this share
+
+
+@dataclass(slots=True)
+class RequestBreakdown:
+    """Where one request's end-to-end time went, in milliseconds."""
+
+    trace_id: str
+    request_id: str
+    e2e_ms: float
+    components_ms: dict[str, float]
+    tpot_ms: float | None = None
+    tpot_components_ms: dict[str, float] = field(default_factory=dict)
+    clamped_ms: float = 0.0  # how much negative time was clamped to zero (overlap, jitter)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_sum_within_tolerance(self) -> bool:
+        total = sum(self.components_ms.values())
+        return abs(total - self.e2e_ms) <= SUM_TOLERANCE * self.e2e_ms
+
+
+@dataclass(slots=True)
+class _StepCall:
+    client: Span
+    server: Span | None
+    phase: str
+
+
+def _is(span: Span, name: str, kind: str | None = None) -> bool:
+    # OTel's gRPC instrumentation names spans "/pkg.Service/Method"; ours omit the slash
+    return span.name.lstrip("/") == name and (kind is None or span.kind == kind)
+
+
+class SpanIndex:
+    """Parent/child and link lookups over every span read."""
+
+    def __init__(self, spans: Iterable[Span]) -> None:
+        self.spans = list(spans)
+        self.by_key = {span.key: span for span in self.spans}
+        self.children: dict[tuple[str, str], list[Span]] = defaultdict(list)
+        self.linked_from: dict[tuple[str, str], list[tuple[Span, Link]]] = defaultdict(list)
+        for span in self.spans:
+            if span.parent_key is not None:
+                self.children[span.parent_key].append(span)
+            for link in span.links:
+                self.linked_from[(link.trace_id, link.span_id)].append((span, link))
+
+    def parent(self, span: Span) -> Span | None:
+        return self.by_key.get(span.parent_key) if span.parent_key else None
+
+    def ancestors(self, span: Span) -> list[Span]:
+        chain: list[Span] = []
+        seen = {span.key}
+        parent = self.parent(span)
+        while parent is not None and parent.key not in seen:  # guard against cycles
+            chain.append(parent)
+            seen.add(parent.key)
+            parent = self.parent(parent)
+        return chain
+
+    def child(self, span: Span, name: str, kind: str | None = None) -> Span | None:
+        return next((c for c in self.children[span.key] if _is(c, name, kind)), None)
+
+    def step_calls(self, submit_server: Span) -> list[_StepCall]:
+        """Worker/Step calls whose CLIENT span links to this request, in time order."""
+        pairs = [
+            (client, link)
+            for client, link in self.linked_from[submit_server.key]
+            if _is(client, STEP, "CLIENT")
+        ]
+        pairs.sort(key=lambda pair: pair[0].start_ns)
+        calls = []
+        for position, (client, link) in enumerate(pairs):
+            # Jaeger's UI format drops link attributes: the first step is then the prefill
+            default_phase = "prefill" if position == 0 else "decode"
+            phase = str(link.attributes.get("hopscope.phase", default_phase))
+            calls.append(_StepCall(client, self.child(client, STEP, "SERVER"), phase))
+        return calls
+
+
+def decompose(spans: Iterable[Span]) -> list[RequestBreakdown]:
+    """One breakdown per request that reached the scheduler (a Submit SERVER span)."""
+    index = SpanIndex(spans)
+    submits = [s for s in index.spans if _is(s, SUBMIT, "SERVER")]
+    submits.sort(key=lambda span: span.start_ns)
+    return [_decompose_request(index, submit) for submit in submits]
+
+
+@dataclass(slots=True)
+class _RequestSpans:
+    submit_server: Span
+    submit_client: Span | None = None
+    generate_server: Span | None = None
+    generate_client: Span | None = None
+    loadgen: Span | None = None
+
+    @property
+    def root(self) -> Span:
+        for span in (self.loadgen, self.generate_client, self.generate_server, self.submit_client):
+            if span is not None:
+                return span
+        return self.submit_server
+
+
+def _find_request_spans(index: SpanIndex, submit_server: Span) -> _RequestSpans:
+    found = _RequestSpans(submit_server)
+    for ancestor in index.ancestors(submit_server):
+        if _is(ancestor, SUBMIT, "CLIENT") and found.submit_client is None:
+            found.submit_client = ancestor
+        elif _is(ancestor, GENERATE, "SERVER") and found.generate_server is None:
+            found.generate_server = ancestor
+        elif _is(ancestor, GENERATE, "CLIENT") and found.generate_client is None:
+            found.generate_client = ancestor
+        elif _is(ancestor, LOADGEN_REQUEST) and found.loadgen is None:
+            found.loadgen = ancestor
+    return found
+
+
+def _decompose_request(index: SpanIndex, submit_server: Span) -> RequestBreakdown:
+    found = _find_request_spans(index, submit_server)
+    root = found.root
+    notes: list[str] = []
+    calls = index.step_calls(submit_server)
+    raw = _raw_components(index, found, calls, notes)
+    clamped_ms = 0.0
+    for name, value in raw.items():
+        if value < 0:
+            clamped_ms += -value
+            notes.append(f"{name} was {value:.3f} ms, clamped to 0")
+            raw[name] = 0.0
+    e2e_ms = root.duration_ms
+    other_ms = e2e_ms - sum(raw.values())
+    if other_ms < 0:
+        clamped_ms += -other_ms
+        notes.append(f"components exceed e2e by {-other_ms:.3f} ms (overlapping spans)")
+        other_ms = 0.0
+    components = {name: raw.get(name, 0.0) for name in COMPONENTS if name != OTHER}
+    components[OTHER] = other_ms
+    breakdown = RequestBreakdown(
+        trace_id=submit_server.trace_id,
+        request_id=_request_id(found),
+        e2e_ms=e2e_ms,
+        components_ms=components,
+        clamped_ms=clamped_ms,
+        notes=notes,
+    )
+    _add_tpot(breakdown, calls, submit_server)
+    return breakdown
+
+
+def _raw_components(
+    index: SpanIndex, found: _RequestSpans, calls: list[_StepCall], notes: list[str]
+) -> dict[str, float]:
+    """Every component but `other`, possibly negative (clamped by the caller)."""
+    server = found.submit_server
+    raw: dict[str, float] = {
+        QUEUE: _attr_ms(server, "hopscope.queue_ms"),
+        DETOKENIZE: _attr_ms(found.submit_client, "hopscope.detokenize_ms"),
+        TOKENIZE: _tokenize_ms(index, found.generate_server),
+        NET_CLIENT_TOKENIZER: _hop_ms(found.generate_client, found.generate_server),
+        NET_TOKENIZER_SCHEDULER: _hop_ms(found.submit_client, server),
+    }
+    if calls:
+        raw.update(_step_components(calls, notes))
+    else:
+        notes.append("no Worker/Step spans link to this request; compute from Submit attributes")
+        raw[PREFILL] = _attr_ms(server, "hopscope.prefill_ms")
+        raw[DECODE] = _attr_ms(server, "hopscope.decode_ms")
+        raw[NET_SCHEDULER_WORKER] = 0.0
+    return raw
+
+
+def _step_components(calls: list[_StepCall], notes: list[str]) -> dict[str, float]:
+    compute = {"prefill": 0.0, "decode": 0.0}
+    network_ms = 0.0
+    for call in calls:
+        if call.server is None:
+            notes.append(f"step {call.client.span_id} has no worker SERVER span")
+            continue
+        compute[call.phase if call.phase in compute else "decode"] += call.server.duration_ms
+        network_ms += call.client.duration_ms - call.server.duration_ms
+    return {PREFILL: compute["prefill"], DECODE: compute["decode"], NET_SCHEDULER_WORKER: network_ms}
+
+
+def _add_tpot(breakdown: RequestBreakdown, calls: list[_StepCall], submit_server: Span) -> None:
+    """TPOT = time after the first token / decode steps; what each decode step costs a token."""
+    prefill = [c for c in calls if c.phase == "prefill"]
+    decode = [c for c in calls if c.phase != "prefill" and c.server is not None]
+    if not prefill or not decode:
+        return
+    first_token_ns = max(c.client.end_ns for c in prefill)
+    num_steps = len(decode)
+    tpot_ms = (submit_server.end_ns - first_token_ns) / 1e6 / num_steps
+    compute_ms = sum(c.server.duration_ms for c in decode if c.server) / num_steps
+    network_ms = sum(c.client.duration_ms - c.server.duration_ms for c in decode if c.server)
+    network_ms = max(0.0, network_ms / num_steps)
+    breakdown.tpot_ms = tpot_ms
+    breakdown.tpot_components_ms = {
+        DECODE: compute_ms,
+        NET_SCHEDULER_WORKER: network_ms,
+        OTHER: max(0.0, tpot_ms - compute_ms - network_ms),
+    }
+
+
+def _tokenize_ms(index: SpanIndex, generate_server: Span | None) -> float:
+    if generate_server is None:
+        return 0.0
+    return sum(c.duration_ms for c in index.children[generate_server.key] if _is(c, ENCODE))
+
+
+def _hop_ms(client: Span | None, server: Span | None) -> float:
+    if client is None or server is None:
+        return 0.0
+    return client.duration_ms - server.duration_ms
+
+
+def _attr_ms(span: Span | None, key: str) -> float:
+    if span is None:
+        return 0.0
+    try:
+        return float(span.attributes.get(key, 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _request_id(found: _RequestSpans) -> str:
+    for span in (found.submit_server, found.submit_client, found.generate_server, found.loadgen):
+        if span is not None and "hopscope.request_id" in span.attributes:
+            return str(span.attributes["hopscope.request_id"])
+    return ""

@@ -1,0 +1,96 @@
+"""Aggregate per-request breakdowns: mean, p50, p99 per component and its share of e2e / TPOT."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tracing.decompose import COMPONENTS, OTHER, TPOT_COMPONENTS, RequestBreakdown
+
+OTHER_SHARE_LIMIT = 0.10  # above this, time no span accounts for: a span is probably missing
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def stats_ms(values: Sequence[float]) -> dict[str, float]:
+    mean = sum(values) / len(values) if values else 0.0
+    return {"mean_ms": mean, "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99)}
+
+
+def _component_stats(
+    rows: Sequence[dict[str, float]], names: Sequence[str], total_ms: float
+) -> dict[str, dict[str, float]]:
+    result = {}
+    for name in names:
+        values = [row.get(name, 0.0) for row in rows]
+        # ratio of sums, so the shares of a partition add up to 1
+        share = sum(values) / total_ms if total_ms > 0 else 0.0
+        result[name] = {**stats_ms(values), "share": share}
+    return result
+
+
+def summarize(breakdowns: Sequence[RequestBreakdown]) -> dict[str, Any]:
+    """The `--json` document of `hopscope traces summarize`."""
+    e2e = [b.e2e_ms for b in breakdowns]
+    total_e2e_ms = sum(e2e)
+    rows = [b.components_ms for b in breakdowns]
+    components = _component_stats(rows, COMPONENTS, total_e2e_ms)
+    network_rows = [{"network": _network_ms(b.components_ms)} for b in breakdowns]
+    return {
+        "requests": len(breakdowns),
+        "e2e": stats_ms(e2e),
+        "components": components,
+        "network_total": _component_stats(network_rows, ["network"], total_e2e_ms)["network"],
+        "tpot": _tpot_summary(breakdowns),
+        "checks": _checks(breakdowns, components),
+    }
+
+
+def _network_ms(components_ms: dict[str, float]) -> float:
+    return sum(value for name, value in components_ms.items() if "network" in name)
+
+
+def _tpot_summary(breakdowns: Sequence[RequestBreakdown]) -> dict[str, Any]:
+    with_tpot = [b for b in breakdowns if b.tpot_ms is not None]
+    tpot = [b.tpot_ms for b in with_tpot if b.tpot_ms is not None]
+    rows = [b.tpot_components_ms for b in with_tpot]
+    return {
+        "requests": len(with_tpot),
+        **stats_ms(tpot),
+        "components": _component_stats(rows, TPOT_COMPONENTS, sum(tpot)),
+    }
+
+
+def _checks(
+    breakdowns: Sequence[RequestBreakdown], components: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    other_share = components[OTHER]["share"] if breakdowns else 0.0
+    num_clamped = sum(1 for b in breakdowns if b.clamped_ms > 0)
+    num_off = sum(1 for b in breakdowns if not b.is_sum_within_tolerance)
+    warnings = []
+    if num_off:
+        warnings.append(
+            f"{num_off} request(s) have components that overshoot e2e by more than 5% "
+            "(overlapping spans)"
+        )
+    if other_share > OTHER_SHARE_LIMIT:
+        warnings.append(
+            f"'other' is {other_share:.0%} of e2e (limit {OTHER_SHARE_LIMIT:.0%}): a span is "
+            "probably missing; check that every service exports traces"
+        )
+    return {
+        "num_clamped": num_clamped,
+        "num_sum_outside_5pct": num_off,
+        "other_share": other_share,
+        "is_other_under_10pct": other_share <= OTHER_SHARE_LIMIT,
+        "warnings": warnings,
+    }
