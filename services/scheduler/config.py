@@ -1,0 +1,55 @@
+"""The scheduler's one typed configuration object, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+BatchingMode = Literal["continuous", "static"]
+BATCHING_MODES: tuple[str, ...] = ("continuous", "static")
+
+
+@dataclass(slots=True, frozen=True)
+class SchedulerConfig:
+    """How the scheduler batches requests.
+
+    - max_num_seqs: most sequences holding KV blocks (running) at once.
+    - max_num_batched_tokens: token budget of one step (prefill chunk tokens + one per decode).
+    - max_queue_len: bound of the waiting queue; `add` refuses at once beyond it.
+    - batching: "continuous" (iteration-level) or "static" (admit a batch, run it to the end).
+    - enable_chunked_prefill: split a prompt longer than the step's remaining budget.
+    - static_batch_timeout_s: static mode waits this long after the oldest arrival for a full
+      batch of max_num_seqs before running a partial one.
+    """
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_queue_len: int = 512
+    batching: BatchingMode = "continuous"
+    enable_chunked_prefill: bool = True
+    static_batch_timeout_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            # every running sequence must be able to decode in the same step
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                f"max_num_seqs ({self.max_num_seqs}) so every running sequence can decode "
+                "in one step"
+            )
+        if self.max_queue_len < 1:
+            raise ValueError(f"max_queue_len must be >= 1, got {self.max_queue_len}")
+        if self.batching not in BATCHING_MODES:
+            raise ValueError(
+                f"batching must be one of {', '.join(BATCHING_MODES)}, got {self.batching!r}"
+            )
+        if not self.static_batch_timeout_s >= 0.0:  # also refuses NaN
+            raise ValueError(
+                f"static_batch_timeout_s must be >= 0, got {self.static_batch_timeout_s}"
+            )
+
+    @property
+    def is_static(self) -> bool:
+        return self.batching == "static"

@@ -1,0 +1,366 @@
+"""The scheduler's pure core: waiting queue, running set, KV-block accounting and batching.
+
+Synchronous and transport-free: a runner calls `add` / `abort` / `expire` as requests come and
+go, and loops `schedule(now)` -> worker step -> `on_step(batch, sampled, now)`. At most one batch
+is in flight: a decode needs the token its previous step sampled.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass
+
+from services.common.types import ModelInfo, SeqStep
+from services.scheduler.block_manager import BlockManager
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.errors import (
+    DeadlineExceededError,
+    InvalidRequestError,
+    QueueFullError,
+    SchedulerError,
+)
+from services.scheduler.request import Batch, Request, Update
+
+__all__ = [
+    "Batch",
+    "DeadlineExceededError",
+    "InvalidRequestError",
+    "QueueFullError",
+    "Request",
+    "Scheduler",
+    "SchedulerConfig",
+    "SchedulerError",
+    "Update",
+]
+
+
+@dataclass(slots=True, eq=False)
+class _Sequence:
+    """The core's per-request state. Its tokens are the prompt followed by the output so far."""
+
+    req: Request
+    seq_id: int
+    is_running: bool = False
+    num_computed: int = 0  # tokens whose KV is in the worker's cache
+    num_prefill_tokens: int = 0  # tokens to (re)compute before decoding, fixed at admission
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.req.prompt_token_ids) + len(self.req.output_token_ids)
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.num_computed < self.num_prefill_tokens
+
+    @property
+    def last_token(self) -> int:
+        req = self.req
+        return req.output_token_ids[-1] if req.output_token_ids else req.prompt_token_ids[-1]
+
+    def tokens(self, start: int, stop: int) -> list[int]:
+        prompt = self.req.prompt_token_ids
+        return (prompt + self.req.output_token_ids)[start:stop]
+
+    @property
+    def priority(self) -> tuple[float, int]:
+        """Older requests first; the largest value is the first to be preempted."""
+        return (self.req.arrival_s, self.seq_id)
+
+
+class Scheduler:
+    """Continuous (or static) batching over a KV cache of `model.num_blocks` blocks."""
+
+    def __init__(self, config: SchedulerConfig, model: ModelInfo) -> None:
+        self.config = config
+        self.model = model
+        self._eos_token_ids = frozenset(model.eos_token_ids)
+        self._blocks = BlockManager(model.num_blocks, model.block_size)
+        self._seqs: dict[str, _Sequence] = {}  # every unfinished request, waiting or running
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []  # sorted by priority
+        self._static_batch: set[str] = set()  # static mode: request ids of the batch in progress
+        self._in_flight: Batch | None = None
+        self._next_seq_id = 0
+        self._next_step_id = 0
+        self.num_preemptions = 0
+
+    # ---- requests in and out -------------------------------------------------------------
+
+    def add(self, req: Request) -> None:
+        """Queue a request; raises InvalidRequestError or QueueFullError (at once)."""
+        self._validate(req)
+        if len(self._waiting) >= self.config.max_queue_len:
+            raise QueueFullError(
+                f"the scheduler's waiting queue is full ({self.config.max_queue_len} requests); "
+                "retry later or raise max_queue_len"
+            )
+        seq = _Sequence(req, self._next_seq_id)
+        self._next_seq_id += 1
+        self._seqs[req.request_id] = seq
+        self._waiting.append(seq)
+
+    def abort(self, request_id: str) -> Update | None:
+        """Drop a request and free its blocks now; None when the id is unknown (or finished)."""
+        seq = self._seqs.get(request_id)
+        if seq is None:
+            return None
+        self._finish(seq, "abort", finished_s=None)
+        return Update(request_id, [], "abort")
+
+    def expire(self, now_s: float) -> list[Update]:
+        """Abort every request whose deadline is at or before `now_s`."""
+        expired = [
+            s for s in self._seqs.values()
+            if s.req.deadline_s is not None and s.req.deadline_s <= now_s
+        ]
+        updates = []
+        for seq in expired:
+            req = seq.req
+            error = DeadlineExceededError(
+                f"request {req.request_id!r} missed its deadline after "
+                f"{now_s - req.arrival_s:.3f} s with {req.num_output_tokens} of "
+                f"{req.max_tokens} tokens generated; allow a longer deadline or fewer tokens"
+            )
+            self._finish(seq, "abort", finished_s=now_s)
+            updates.append(Update(req.request_id, [], "abort", error))
+        return updates
+
+    def get(self, request_id: str) -> Request | None:
+        seq = self._seqs.get(request_id)
+        return None if seq is None else seq.req
+
+    # ---- state ---------------------------------------------------------------------------
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self._blocks.num_free_blocks
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self._seqs)
+
+    @property
+    def next_deadline_s(self) -> float | None:
+        deadlines = [s.req.deadline_s for s in self._seqs.values() if s.req.deadline_s is not None]
+        return min(deadlines, default=None)
+
+    @property
+    def block_manager(self) -> BlockManager:
+        return self._blocks
+
+    def time_until_static_batch(self, now_s: float) -> float | None:
+        """Static mode only: seconds until the next batch may start (0: now); None when no wait
+        applies (continuous mode, a batch in progress, or nothing waiting)."""
+        if not self.config.is_static or self._static_batch or not self._waiting:
+            return None
+        if len(self._waiting) >= self.config.max_num_seqs:
+            return 0.0
+        oldest_arrival_s = self._waiting[0].req.arrival_s
+        return max(0.0, oldest_arrival_s + self.config.static_batch_timeout_s - now_s)
+
+    # ---- stepping ------------------------------------------------------------------------
+
+    def schedule(self, now_s: float) -> Batch | None:
+        """Build the next step: running decodes, then prompt chunks, then new prefills (FCFS)."""
+        assert self._in_flight is None, "schedule() called before on_step() of the last batch"
+        batch = Batch(self._next_step_id)
+        did_preempt = self._schedule_decodes(batch)
+        budget = self.config.max_num_batched_tokens - batch.num_tokens
+        budget = self._schedule_prompt_chunks(batch, budget)
+        if not did_preempt:  # re-admitting now would only thrash the cache
+            self._admit(batch, budget, now_s)
+        if not batch.seq_steps:
+            return None
+        self._next_step_id += 1
+        self._in_flight = batch
+        return batch
+
+    def on_step(self, batch: Batch, sampled: dict[int, int], now_s: float) -> list[Update]:
+        """Take the worker's sampled tokens; one Update per request that got a token."""
+        if batch is not self._in_flight:
+            return []  # a step from before on_worker_lost(): its sequences are recomputed
+        missing = [
+            s.seq_id for s in batch.seq_steps if s.sampling is not None and s.seq_id not in sampled
+        ]
+        if missing:
+            raise SchedulerError(f"the worker returned no token for sequences {missing}")
+        self._in_flight = None
+        updates = []
+        for step, request_id in zip(batch.seq_steps, batch.request_ids):
+            seq = self._seqs.get(request_id)
+            if seq is None or seq.seq_id != step.seq_id:
+                continue  # aborted while the step was in flight
+            seq.num_computed = step.num_tokens_after
+            if step.sampling is not None:
+                updates.append(self._append_token(seq, sampled[step.seq_id], now_s))
+        return updates
+
+    def on_worker_lost(self) -> None:
+        """The worker restarted with an empty cache: recompute every running sequence."""
+        self._in_flight = None
+        for seq in self._running:
+            self._release(seq)
+        self._waiting.extendleft(reversed(self._running))
+        self._running = []
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _validate(self, req: Request) -> None:
+        num_prompt = len(req.prompt_token_ids)
+        if req.request_id in self._seqs:
+            raise InvalidRequestError(
+                f"request id {req.request_id!r} is already in use by an unfinished request"
+            )
+        if num_prompt == 0:
+            raise InvalidRequestError("the prompt is empty; give at least one token")
+        if req.max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be >= 1, got {req.max_tokens}")
+        if num_prompt + req.max_tokens > self.model.max_context:
+            raise InvalidRequestError(
+                f"prompt has {num_prompt} tokens and max_tokens is {req.max_tokens}, but the "
+                f"model's context is {self.model.max_context} tokens; shorten the prompt or "
+                "lower max_tokens"
+            )
+        # the last sampled token is never fed back, so it needs no cache slot
+        num_slots = num_prompt + req.max_tokens - 1
+        num_blocks = self._blocks.num_blocks_for(num_slots)
+        if num_blocks > self._blocks.num_blocks:
+            raise InvalidRequestError(
+                f"prompt ({num_prompt} tokens) plus max_tokens ({req.max_tokens}) needs "
+                f"{num_blocks} KV blocks but the worker's cache has only "
+                f"{self._blocks.num_blocks}; shorten the request or give the worker more memory"
+            )
+        if not self.config.enable_chunked_prefill and num_slots > self.config.max_num_batched_tokens:
+            raise InvalidRequestError(
+                f"prompt ({num_prompt} tokens) plus max_tokens ({req.max_tokens}) may need a "
+                f"prefill of {num_slots} tokens, over max_num_batched_tokens "
+                f"({self.config.max_num_batched_tokens}) with chunked prefill off"
+            )
+
+    def _schedule_decodes(self, batch: Batch) -> bool:
+        """One token for every decoding sequence, oldest first, preempting the youngest when the
+        cache is full. Returns whether anything was preempted."""
+        did_preempt = False
+        scheduled: set[int] = set()
+        for seq in [s for s in self._running if not s.is_prefill]:
+            if not seq.is_running:
+                continue  # preempted to make room for an older one
+            while not self._blocks.can_append_slot(seq.seq_id, seq.num_tokens):
+                victim = next(s for s in reversed(self._running) if s.seq_id not in scheduled)
+                self._preempt(victim)
+                did_preempt = True
+                if victim is seq:
+                    break
+            else:
+                table = self._blocks.append_slot(seq.seq_id, seq.num_tokens)
+                scheduled.add(seq.seq_id)
+                step = SeqStep(
+                    seq.seq_id, [seq.last_token], seq.num_tokens - 1, list(table), seq.req.sampling
+                )
+                batch.add(step, seq.req.request_id, "decode")
+        return did_preempt
+
+    def _schedule_prompt_chunks(self, batch: Batch, budget: int) -> int:
+        """Next chunk of each running sequence whose prompt is not yet fully computed."""
+        for seq in self._running:
+            if budget == 0:
+                break
+            if seq.is_prefill:
+                budget -= self._add_prefill(batch, seq, budget)
+        return budget
+
+    def _admit(self, batch: Batch, budget: int, now_s: float) -> None:
+        """Start waiting sequences FCFS while budget, max_num_seqs and free blocks allow."""
+        if self.config.is_static and not self._static_batch:
+            self._start_static_batch(now_s)
+        while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
+            seq = self._waiting[0]
+            if self.config.is_static and seq.req.request_id not in self._static_batch:
+                break  # members of the batch in progress always queue ahead of newcomers
+            if not self.config.enable_chunked_prefill and seq.num_tokens > budget:
+                break
+            if not self._blocks.can_allocate(seq.num_tokens):
+                break
+            self._waiting.popleft()
+            self._start(seq, now_s)
+            budget -= self._add_prefill(batch, seq, budget)
+
+    def _start_static_batch(self, now_s: float) -> None:
+        if self.time_until_static_batch(now_s) != 0.0:
+            return
+        members = list(self._waiting)[: self.config.max_num_seqs]
+        self._static_batch = {s.req.request_id for s in members}
+
+    def _start(self, seq: _Sequence, now_s: float) -> None:
+        # blocks for the whole prompt now, so later chunks never wait for memory
+        self._blocks.allocate(seq.seq_id, seq.num_tokens)
+        seq.is_running = True
+        seq.num_computed = 0
+        seq.num_prefill_tokens = seq.num_tokens
+        if seq.req.first_scheduled_s is None:
+            seq.req.first_scheduled_s = now_s
+        bisect.insort(self._running, seq, key=lambda s: s.priority)
+
+    def _add_prefill(self, batch: Batch, seq: _Sequence, budget: int) -> int:
+        """Add the sequence's next prompt chunk (at most `budget` tokens); returns its size."""
+        start = seq.num_computed
+        stop = min(seq.num_prefill_tokens, start + budget)
+        is_last_chunk = stop == seq.num_prefill_tokens
+        step = SeqStep(
+            seq.seq_id,
+            seq.tokens(start, stop),
+            start,
+            list(self._blocks.block_table(seq.seq_id)),
+            seq.req.sampling if is_last_chunk else None,
+        )
+        batch.add(step, seq.req.request_id, "prefill")
+        return stop - start
+
+    def _append_token(self, seq: _Sequence, token: int, now_s: float) -> Update:
+        req = seq.req
+        req.output_token_ids.append(token)
+        if req.first_token_s is None:
+            req.first_token_s = now_s
+        reason = ""
+        if token in self._eos_token_ids and not req.ignore_eos:
+            reason = "stop"
+        elif req.num_output_tokens >= req.max_tokens:
+            reason = "length"
+        if reason:
+            self._finish(seq, reason, now_s)
+        return Update(req.request_id, [token], reason)
+
+    def _preempt(self, seq: _Sequence) -> None:
+        """Free the sequence's blocks and queue it first; it is recomputed from its tokens."""
+        self._running.remove(seq)
+        self._release(seq)
+        seq.req.num_preemptions += 1
+        self.num_preemptions += 1
+        self._waiting.appendleft(seq)
+
+    def _release(self, seq: _Sequence) -> None:
+        self._blocks.free(seq.seq_id)
+        seq.is_running = False
+        seq.num_computed = 0
+        seq.num_prefill_tokens = 0
+
+    def _finish(self, seq: _Sequence, reason: str, finished_s: float | None) -> None:
+        req = seq.req
+        del self._seqs[req.request_id]
+        self._static_batch.discard(req.request_id)
+        if seq.is_running:
+            self._running.remove(seq)
+            self._release(seq)
+        else:
+            self._waiting.remove(seq)
+        req.finish_reason = reason
+        req.finished_s = finished_s

@@ -1,0 +1,194 @@
+"""Test fakes shared by the whole suite (the one place they live).
+
+`FakeWorker` plays the model worker for the scheduler core: it keeps a fake KV cache whose slots
+hold the tokens written into them, and derives each sampled token from the whole history it reads
+back through the block table. A scheduler that gives one block to two live sequences, forgets a
+slot, or feeds the wrong tokens therefore produces different tokens — and most such mistakes
+raise `BlockTableError` on the spot.
+"""
+
+from __future__ import annotations
+
+import zlib
+from array import array
+from dataclasses import dataclass, field
+
+from services.common.types import ModelInfo, SamplingParams, SeqStep, StepOutput
+from services.scheduler.core import Scheduler, Update
+
+EOS_TOKEN_ID = 0
+
+
+class BlockTableError(AssertionError):
+    """The scheduler sent a step whose block tables break the KV-cache contract."""
+
+
+def next_token(token_ids: list[int], seed: int = 0, vocab_size: int = 1000) -> int:
+    """The fake model: a deterministic hash of every token so far (never EOS)."""
+    digest = zlib.crc32(array("q", token_ids).tobytes(), seed & 0xFFFFFFFF)
+    return 1 + digest % (vocab_size - 1)
+
+
+def reference_output(
+    prompt_token_ids: list[int],
+    max_tokens: int,
+    seed: int = 0,
+    eos_at_length: int | None = None,
+    vocab_size: int = 1000,
+) -> list[int]:
+    """What a request generates alone on an unconstrained FakeWorker (stopping at EOS)."""
+    tokens = list(prompt_token_ids)
+    output: list[int] = []
+    while len(output) < max_tokens:
+        is_eos = eos_at_length is not None and len(tokens) == eos_at_length
+        token = EOS_TOKEN_ID if is_eos else next_token(tokens, seed, vocab_size)
+        output.append(token)
+        tokens.append(token)
+        if token == EOS_TOKEN_ID:
+            break
+    return output
+
+
+@dataclass(slots=True)
+class _Slot:
+    seq_id: int
+    position: int
+    token: int
+
+
+class FakeWorker:
+    """Synchronous stand-in for the engine: `info`, `step(seq_steps) -> StepOutput`, `restart()`."""
+
+    def __init__(
+        self,
+        num_blocks: int = 64,
+        block_size: int = 4,
+        max_context: int = 512,
+        vocab_size: int = 1000,
+        eos_at_length: int | None = None,
+    ) -> None:
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.max_context = max_context
+        self.vocab_size = vocab_size
+        # the next token is EOS once a sequence holds this many tokens
+        self.eos_at_length = eos_at_length
+        self.num_steps = 0
+        self.steps: list[list[SeqStep]] = []
+        self._cache: list[list[_Slot | None]] = []
+        self.restart()
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name="fake",
+            architecture="FakeForCausalLM",
+            vocab_size=self.vocab_size,
+            max_context=self.max_context,
+            dtype="float32",
+            device="cpu",
+            num_blocks=self.num_blocks,
+            block_size=self.block_size,
+            eos_token_ids=[EOS_TOKEN_ID],
+        )
+
+    def restart(self) -> None:
+        """Lose the whole KV cache, as a restarted worker process would."""
+        self._cache = [[None] * self.block_size for _ in range(self.num_blocks)]
+
+    def step(self, seq_steps: list[SeqStep]) -> StepOutput:
+        self._check_tables(seq_steps)
+        for seq_step in seq_steps:
+            self._write(seq_step)
+        sampled = {
+            s.seq_id: self._sample(s, s.sampling) for s in seq_steps if s.sampling is not None
+        }
+        self.num_steps += 1
+        self.steps.append(seq_steps)
+        return StepOutput(sampled=sampled, step_ms=0.0)
+
+    def _check_tables(self, seq_steps: list[SeqStep]) -> None:
+        owner: dict[int, int] = {}
+        seq_ids = [s.seq_id for s in seq_steps]
+        if len(set(seq_ids)) != len(seq_ids):
+            raise BlockTableError(f"a sequence appears twice in one step: {seq_ids}")
+        for s in seq_steps:
+            if not s.token_ids:
+                raise BlockTableError(f"sequence {s.seq_id} has no token to run")
+            if len(s.block_table) * self.block_size < s.num_tokens_after:
+                raise BlockTableError(
+                    f"sequence {s.seq_id} needs {s.num_tokens_after} slots but its table "
+                    f"{s.block_table} holds {len(s.block_table) * self.block_size}"
+                )
+            for block in s.block_table:
+                if not 0 <= block < self.num_blocks:
+                    raise BlockTableError(f"block {block} does not exist")
+                if block in owner:
+                    raise BlockTableError(
+                        f"block {block} is shared by sequences {owner[block]} and {s.seq_id}"
+                    )
+                owner[block] = s.seq_id
+
+    def _write(self, s: SeqStep) -> None:
+        for offset, token in enumerate(s.token_ids):
+            position = s.num_computed + offset
+            block = s.block_table[position // self.block_size]
+            self._cache[block][position % self.block_size] = _Slot(s.seq_id, position, token)
+
+    def _read_history(self, s: SeqStep) -> list[int]:
+        history = []
+        for position in range(s.num_tokens_after):
+            block = s.block_table[position // self.block_size]
+            slot = self._cache[block][position % self.block_size]
+            if slot is None or slot.seq_id != s.seq_id or slot.position != position:
+                raise BlockTableError(
+                    f"sequence {s.seq_id} reads position {position} from block {block}, "
+                    f"which holds {slot}: its KV was never computed or was overwritten"
+                )
+            history.append(slot.token)
+        return history
+
+    def _sample(self, s: SeqStep, sampling: SamplingParams) -> int:
+        history = self._read_history(s)
+        if self.eos_at_length is not None and len(history) == self.eos_at_length:
+            return EOS_TOKEN_ID
+        return next_token(history, sampling.seed, self.vocab_size)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Everything the updates told about one request."""
+
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = ""
+    error: Exception | None = None
+    num_updates: int = 0
+
+
+def collect(outcomes: dict[str, Outcome], updates: list[Update]) -> None:
+    """Fold scheduler Updates into per-request outcomes; a finished request gets no more."""
+    for update in updates:
+        outcome = outcomes.setdefault(update.request_id, Outcome())
+        assert not outcome.finish_reason, f"update after finish for {update.request_id}"
+        outcome.token_ids.extend(update.token_ids)
+        outcome.finish_reason = update.finish_reason
+        outcome.error = update.error
+        outcome.num_updates += 1
+
+
+def run_until_idle(
+    scheduler: Scheduler, worker: FakeWorker, now_s: float = 0.0, dt_s: float = 0.001, max_steps: int = 100_000
+) -> dict[str, Outcome]:
+    """Drive schedule -> step -> on_step until the scheduler holds nothing; returns outcomes."""
+    outcomes: dict[str, Outcome] = {}
+    for _ in range(max_steps):
+        collect(outcomes, scheduler.expire(now_s))
+        if not scheduler.has_unfinished:
+            return outcomes
+        batch = scheduler.schedule(now_s)
+        now_s += dt_s  # static mode may be waiting for its timeout
+        if batch is None:
+            continue
+        output = worker.step(batch.seq_steps)
+        collect(outcomes, scheduler.on_step(batch, output.sampled, now_s))
+    raise AssertionError(f"scheduler still busy after {max_steps} steps")
