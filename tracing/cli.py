@@ -85,7 +85,7 @@ def run_collect(args: argparse.Namespace) -> int:
 def run_summarize(args: argparse.Namespace) -> int:
     from tracing.decompose import decompose
     from tracing.readers import TraceReadError
-    from tracing.report import print_summary
+    from tracing.report import console_for_output, print_summary
     from tracing.summary import summarize
 
     try:
@@ -97,7 +97,7 @@ def run_summarize(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        console = Console()
+        console = console_for_output()
         if summary["requests"] == 0:
             console.print(f"no requests found among {len(spans)} spans (no Submit SERVER span)")
             return 1
@@ -108,9 +108,9 @@ def run_summarize(args: argparse.Namespace) -> int:
 def run_show(args: argparse.Namespace) -> int:
     from tracing.decompose import SpanIndex, decompose
     from tracing.readers import TraceReadError
-    from tracing.report import breakdown_table, waterfall_spans, waterfall_table
+    from tracing.report import breakdown_table, console_for_output, waterfall_spans, waterfall_table
 
-    console = Console()
+    console = console_for_output()
     try:
         spans = _load_spans(args)
     except (TraceReadError, ValueError) as exc:

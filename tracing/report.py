@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -11,7 +12,8 @@ from rich.text import Text
 from tracing.decompose import COMPONENTS, RequestBreakdown, SpanIndex
 from tracing.model import Span
 
-_BAR_WIDTH = 40
+_BAR_WIDTH = 32
+_WIDE_CONSOLE = 140  # not a terminal (pipe, file): wide enough that span names stay whole
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
@@ -74,16 +76,18 @@ def waterfall_spans(index: SpanIndex, trace_id: str) -> list[tuple[int, Span]]:
 
 def waterfall_table(rows: list[tuple[int, Span]], trace_id: str) -> Table:
     table = Table(title=f"trace {trace_id}")
-    for header in ("span", "service", "kind", "start ms", "duration ms", "timeline"):
+    table.add_column("span", no_wrap=True)
+    for header in ("service", "kind", "start ms", "duration ms"):
         table.add_column(header, justify="right" if "ms" in header else "left")
+    table.add_column("timeline", no_wrap=True, min_width=_BAR_WIDTH)
     if not rows:
         return table
     origin_ns = min(span.start_ns for _, span in rows)
     extent_ns = max(max(span.end_ns for _, span in rows) - origin_ns, 1)
     for depth, span in rows:
-        marker = "↪ " if span.trace_id != trace_id else ""  # reached through a span link
+        marker = " (link)" if span.trace_id != trace_id else ""  # from another trace
         table.add_row(
-            "  " * depth + marker + span.name,
+            " " * depth + short_name(span.name) + marker,
             span.service_name,
             span.kind.lower(),
             f"{(span.start_ns - origin_ns) / 1e6:.3f}",
@@ -91,6 +95,15 @@ def waterfall_table(rows: list[tuple[int, Span]], trace_id: str) -> Table:
             _bar(span, origin_ns, extent_ns),
         )
     return table
+
+
+def short_name(name: str) -> str:
+    """'/hopscope.v1.Tokenizer/Generate' → 'Tokenizer/Generate'."""
+    return name.lstrip("/").removeprefix("hopscope.v1.")
+
+
+def console_for_output() -> Console:
+    return Console() if sys.stdout.isatty() else Console(width=_WIDE_CONSOLE)
 
 
 def _bar(span: Span, origin_ns: int, extent_ns: int) -> Text:
@@ -108,7 +121,8 @@ def breakdown_table(breakdown: RequestBreakdown) -> Table:
     for name in COMPONENTS:
         value = breakdown.components_ms.get(name, 0.0)
         share = value / breakdown.e2e_ms if breakdown.e2e_ms > 0 else 0.0
-        table.add_row(name, f"{value:.3f}", f"{share:.1%}", style="cyan" if "network" in name else None)
+        style = "cyan" if "network" in name else None
+        table.add_row(name, f"{value:.3f}", f"{share:.1%}", style=style)
     if breakdown.tpot_ms is not None:
         table.add_section()
         table.add_row("TPOT", f"{breakdown.tpot_ms:.3f}", "")
