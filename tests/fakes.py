@@ -14,7 +14,7 @@ from array import array
 from dataclasses import dataclass, field
 
 from services.common.types import ModelInfo, SamplingParams, SeqStep, StepOutput
-from services.scheduler.core import Scheduler, Update
+from services.scheduler.core import Request, Scheduler, Update
 
 EOS_TOKEN_ID = 0
 
@@ -192,3 +192,17 @@ def run_until_idle(
         output = worker.step(batch.seq_steps)
         collect(outcomes, scheduler.on_step(batch, output.sampled, now_s))
     raise AssertionError(f"scheduler still busy after {max_steps} steps")
+
+
+def make_prompt(index: int, num_tokens: int) -> list[int]:
+    """A distinct, deterministic prompt of `num_tokens` non-EOS tokens."""
+    return [1 + (index * 7919 + i * 104729) % 997 for i in range(num_tokens)]
+
+
+def make_request(
+    index: int, num_prompt_tokens: int = 8, max_tokens: int = 4, **fields: object
+) -> Request:
+    """Request `r{index}` with a distinct prompt; extra fields go to the Request as given."""
+    return Request(
+        f"r{index}", make_prompt(index, num_prompt_tokens), max_tokens, **fields  # type: ignore[arg-type]
+    )
