@@ -71,14 +71,17 @@ def run_collect(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     host = args.listen.rpartition(":")[0]
-    console.print(f"collecting OTLP/gRPC traces on {host}:{collector.port} → {args.out}")
+    console.print(
+        f"collecting OTLP/gRPC traces on {host}:{collector.port} → {args.out}",
+        markup=False, highlight=False, soft_wrap=True,  # one line: scripts read the port
+    )
     try:
         stop.wait(args.duration_s)
     finally:
         collector.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    console.print(f"wrote {collector.num_spans} spans to {args.out}")
+    console.print(f"wrote {collector.num_spans} spans to {args.out}", markup=False, soft_wrap=True)
     return 0
 
 

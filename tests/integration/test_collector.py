@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +57,29 @@ def test_taken_port_is_a_clear_error(tmp_path: Path) -> None:
 def test_bad_listen_address_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CollectorError, match="HOST:PORT"):
         OtlpCollector(tmp_path / "a.jsonl", listen="4317").start()
+
+
+def test_collect_command_flushes_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
+    out = tmp_path / "traces.jsonl"
+    command = [sys.executable, "-m", "tracing.cli", "traces", "collect",
+               "--listen", "127.0.0.1:0", "--out", str(out)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert process.stderr is not None
+        banner = process.stderr.readline()  # printed once the port is bound
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
+        provider = TracerProvider(resource=Resource.create({"service.name": "worker"}))
+        provider.add_span_processor(BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True)))
+        with provider.get_tracer("test").start_as_current_span("step"):
+            pass
+        provider.shutdown()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert "wrote 1 spans" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert [s.name for s in read_file(out)] == ["step"]
