@@ -42,7 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="OTLP JSON lines file, or a Jaeger JSON download")
-    source.add_argument("--jaeger", metavar="URL", help="Jaeger query service, e.g. http://127.0.0.1:16686")
+    source.add_argument(
+        "--jaeger", metavar="URL", help="Jaeger query service, e.g. http://127.0.0.1:16686"
+    )
     parser.add_argument("--service", default=None, help="Jaeger: only traces of this service")
     parser.add_argument("--since", default="15m", help="Jaeger: look back this far (default 15m)")
 
@@ -73,7 +75,9 @@ def run_collect(args: argparse.Namespace) -> int:
     host = args.listen.rpartition(":")[0]
     console.print(
         f"collecting OTLP/gRPC traces on {host}:{collector.port} → {args.out}",
-        markup=False, highlight=False, soft_wrap=True,  # one line: scripts read the port
+        markup=False,
+        highlight=False,
+        soft_wrap=True,  # one line: scripts read the port
     )
     try:
         stop.wait(args.duration_s)
@@ -123,7 +127,9 @@ def run_show(args: argparse.Namespace) -> int:
     index = SpanIndex(spans)
     rows = waterfall_spans(index, trace_id)
     if not rows:
-        Console(stderr=True).print(f"[red]error:[/] trace {trace_id} is not among {len(spans)} spans read")
+        Console(stderr=True).print(
+            f"[red]error:[/] trace {trace_id} is not among {len(spans)} spans read"
+        )
         return 1
     console.print(waterfall_table(rows, trace_id))
     for breakdown in decompose(spans):

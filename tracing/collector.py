@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent import futures
 from pathlib import Path
+from typing import Self
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -43,7 +44,7 @@ class OtlpCollector:
         self._server: grpc.Server | None = None
         self.port = 0
 
-    def start(self) -> OtlpCollector:
+    def start(self) -> Self:
         host, _, _ = _split_listen(self.listen)
         self._writer = OtlpJsonLinesWriter(self._out_path)
         self._server = grpc.server(
@@ -101,7 +102,7 @@ class OtlpCollector:
         if self._writer is not None:
             self._writer.close()
 
-    def __enter__(self) -> OtlpCollector:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

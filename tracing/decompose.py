@@ -223,7 +223,11 @@ def _step_components(calls: list[_StepCall], notes: list[str]) -> dict[str, floa
             continue
         compute[call.phase if call.phase in compute else "decode"] += call.server.duration_ms
         network_ms += call.client.duration_ms - call.server.duration_ms
-    return {PREFILL: compute["prefill"], DECODE: compute["decode"], NET_SCHEDULER_WORKER: network_ms}
+    return {
+        PREFILL: compute["prefill"],
+        DECODE: compute["decode"],
+        NET_SCHEDULER_WORKER: network_ms,
+    }
 
 
 def _add_tpot(breakdown: RequestBreakdown, calls: list[_StepCall], submit_server: Span) -> None:

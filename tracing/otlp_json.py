@@ -41,9 +41,7 @@ def _ids_to_hex(obj: dict[str, Any]) -> None:
 
 
 def count_spans(request: ExportTraceServiceRequest) -> int:
-    return sum(
-        len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans
-    )
+    return sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
 
 
 class OtlpJsonLinesWriter:

@@ -27,9 +27,8 @@ def test_sdk_exporter_to_collector_round_trip(tmp_path: Path) -> None:
         provider = TracerProvider(resource=Resource.create({"service.name": "tokenizer"}))
         provider.add_span_processor(BatchSpanProcessor(exporter))
         tracer = provider.get_tracer("test")
-        with tracer.start_as_current_span("outer") as outer:
-            with tracer.start_as_current_span("inner"):
-                pass
+        with tracer.start_as_current_span("outer") as outer, tracer.start_as_current_span("inner"):
+            pass
         provider.shutdown()  # flushes the batch to the collector
     finally:
         collector.stop()
@@ -61,17 +60,28 @@ def test_bad_listen_address_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_collect_command_flushes_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
     out = tmp_path / "traces.jsonl"
-    command = [sys.executable, "-m", "tracing.cli", "traces", "collect",
-               "--listen", "127.0.0.1:0", "--out", str(out)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
-                               cwd=Path(__file__).resolve().parents[2])
+    command = [
+        sys.executable,
+        "-m",
+        "tracing.cli",
+        "traces",
+        "collect",
+        "--listen",
+        "127.0.0.1:0",
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2]
+    )
     try:
         assert process.stderr is not None
         banner = process.stderr.readline()  # printed once the port is bound
         port = int(re.search(r"127\.0\.0\.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
         provider = TracerProvider(resource=Resource.create({"service.name": "worker"}))
-        provider.add_span_processor(BatchSpanProcessor(
-            OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True)))
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True))
+        )
         with provider.get_tracer("test").start_as_current_span("step"):
             pass
         provider.shutdown()

@@ -30,12 +30,22 @@ def _attrs(attributes: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _otlp_span(span: Span) -> dict[str, Any]:
     return {
-        "traceId": span.trace_id, "spanId": span.span_id, "parentSpanId": span.parent_span_id,
-        "name": span.name, "kind": _KIND_NUMBERS[span.kind],
-        "startTimeUnixNano": str(span.start_ns), "endTimeUnixNano": str(span.end_ns),
+        "traceId": span.trace_id,
+        "spanId": span.span_id,
+        "parentSpanId": span.parent_span_id,
+        "name": span.name,
+        "kind": _KIND_NUMBERS[span.kind],
+        "startTimeUnixNano": str(span.start_ns),
+        "endTimeUnixNano": str(span.end_ns),
         "attributes": _attrs(span.attributes),
-        "links": [{"traceId": link.trace_id, "spanId": link.span_id,
-                   "attributes": _attrs(link.attributes)} for link in span.links],
+        "links": [
+            {
+                "traceId": link.trace_id,
+                "spanId": link.span_id,
+                "attributes": _attrs(link.attributes),
+            }
+            for link in span.links
+        ],
     }
 
 
@@ -46,10 +56,14 @@ def write_otlp_lines(path: Path, spans: list[Span]) -> None:
         by_service.setdefault(span.service_name, []).append(span)
     with path.open("w") as out:
         for service, group in by_service.items():
-            doc = {"resourceSpans": [{
-                "resource": {"attributes": _attrs({"service.name": service})},
-                "scopeSpans": [{"scope": {}, "spans": [_otlp_span(s) for s in group]}],
-            }]}
+            doc = {
+                "resourceSpans": [
+                    {
+                        "resource": {"attributes": _attrs({"service.name": service})},
+                        "scopeSpans": [{"scope": {}, "spans": [_otlp_span(s) for s in group]}],
+                    }
+                ]
+            }
             out.write(json.dumps(doc) + "\n")
 
 
@@ -67,7 +81,9 @@ def trace_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_summarize_json_reports_network_components(trace_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_summarize_json_reports_network_components(
+    trace_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(["traces", "summarize", "--input", str(trace_file), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["requests"] == 1
@@ -78,7 +94,9 @@ def test_summarize_json_reports_network_components(trace_file: Path, capsys: pyt
     assert sum(row["share"] for row in components.values()) == pytest.approx(1.0)
 
 
-def test_summarize_table_and_show_waterfall(trace_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_summarize_table_and_show_waterfall(
+    trace_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(["traces", "summarize", "--input", str(trace_file)]) == 0
     table = capsys.readouterr().out
     assert "network.scheduler_worker" in table and "compute.decode" in table
@@ -88,8 +106,9 @@ def test_summarize_table_and_show_waterfall(trace_file: Path, capsys: pytest.Cap
     assert "Worker/Step" in waterfall  # step spans of other traces, reached through links
 
 
-def test_missing_input_and_unknown_trace_fail_clearly(tmp_path: Path, trace_file: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_input_and_unknown_trace_fail_clearly(
+    tmp_path: Path, trace_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(["traces", "summarize", "--input", str(tmp_path / "nope.jsonl")]) == 2
     assert "cannot read trace file" in capsys.readouterr().err
     assert run(["traces", "show", "f" * 32, "--input", str(trace_file)]) == 1

@@ -25,8 +25,17 @@ _ids = itertools.count(1)
 MS = 1_000_000
 
 
-def _span(trace: str, name: str, kind: str, start_ms: float, end_ms: float, parent: Span | None = None,
-          service: str = "svc", links: list[Link] | None = None, **attributes: object) -> Span:
+def _span(
+    trace: str,
+    name: str,
+    kind: str,
+    start_ms: float,
+    end_ms: float,
+    parent: Span | None = None,
+    service: str = "svc",
+    links: list[Link] | None = None,
+    **attributes: object,
+) -> Span:
     return Span(
         trace_id=trace,
         span_id=f"{next(_ids):016x}",
@@ -48,36 +57,93 @@ def request_spans(trace: str, offset_ms: float = 0.0, hop_delay_ms: float = 0.0)
     detokenize 1.5. The Submit SERVER span runs 8..94 (+offset); steps come from step_spans.
     """
     o, d = offset_ms, hop_delay_ms
-    root = _span(trace, "loadgen.request", "INTERNAL", o, o + 100 + d, service="loadgen",
-                 **{"hopscope.request_id": trace[-4:]})
-    gen_client = _span(trace, "/hopscope.v1.Tokenizer/Generate", "CLIENT", o + 1, o + 99 + d, root,
-                       service="loadgen")
+    root = _span(
+        trace,
+        "loadgen.request",
+        "INTERNAL",
+        o,
+        o + 100 + d,
+        service="loadgen",
+        **{"hopscope.request_id": trace[-4:]},
+    )
+    gen_client = _span(
+        trace,
+        "/hopscope.v1.Tokenizer/Generate",
+        "CLIENT",
+        o + 1,
+        o + 99 + d,
+        root,
+        service="loadgen",
+    )
     # the injected delay splits over the request and the response direction
-    gen_server = _span(trace, "/hopscope.v1.Tokenizer/Generate", "SERVER", o + 3 + d / 2,
-                       o + 97 + d / 2, gen_client, service="tokenizer")
+    gen_server = _span(
+        trace,
+        "/hopscope.v1.Tokenizer/Generate",
+        "SERVER",
+        o + 3 + d / 2,
+        o + 97 + d / 2,
+        gen_client,
+        service="tokenizer",
+    )
     shift = d / 2
-    encode = _span(trace, "tokenizer.encode", "INTERNAL", o + 4 + shift, o + 6 + shift, gen_server,
-                   service="tokenizer")
-    submit_client = _span(trace, "hopscope.v1.Scheduler/Submit", "CLIENT", o + 7 + shift,
-                          o + 95 + shift, gen_server, service="tokenizer",
-                          **{"hopscope.detokenize_ms": 1.5})
-    submit_server = _span(trace, "hopscope.v1.Scheduler/Submit", "SERVER", o + 8 + shift,
-                          o + 94 + shift, submit_client, service="scheduler",
-                          **{"hopscope.queue_ms": 10.0, "hopscope.request_id": trace[-4:]})
+    encode = _span(
+        trace,
+        "tokenizer.encode",
+        "INTERNAL",
+        o + 4 + shift,
+        o + 6 + shift,
+        gen_server,
+        service="tokenizer",
+    )
+    submit_client = _span(
+        trace,
+        "hopscope.v1.Scheduler/Submit",
+        "CLIENT",
+        o + 7 + shift,
+        o + 95 + shift,
+        gen_server,
+        service="tokenizer",
+        **{"hopscope.detokenize_ms": 1.5},
+    )
+    submit_server = _span(
+        trace,
+        "hopscope.v1.Scheduler/Submit",
+        "SERVER",
+        o + 8 + shift,
+        o + 94 + shift,
+        submit_client,
+        service="scheduler",
+        **{"hopscope.queue_ms": 10.0, "hopscope.request_id": trace[-4:]},
+    )
     return [root, gen_client, gen_server, encode, submit_client, submit_server]
 
 
-def step_spans(requests: list[Span], phases: list[str], start_ms: float, compute_ms: float,
-               network_ms: float) -> list[Span]:
+def step_spans(
+    requests: list[Span], phases: list[str], start_ms: float, compute_ms: float, network_ms: float
+) -> list[Span]:
     """One Worker/Step call linking to the given Submit SERVER spans; returns client + server."""
     trace = f"{next(_ids):032x}"
     links = [Link(r.trace_id, r.span_id, {"hopscope.phase": p}) for r, p in zip(requests, phases)]
-    client = _span(trace, "hopscope.v1.Worker/Step", "CLIENT", start_ms,
-                   start_ms + compute_ms + network_ms, service="scheduler", links=links,
-                   **{"hopscope.batch_size": len(requests)})
+    client = _span(
+        trace,
+        "hopscope.v1.Worker/Step",
+        "CLIENT",
+        start_ms,
+        start_ms + compute_ms + network_ms,
+        service="scheduler",
+        links=links,
+        **{"hopscope.batch_size": len(requests)},
+    )
     half = network_ms / 2
-    server = _span(trace, "hopscope.v1.Worker/Step", "SERVER", start_ms + half,
-                   start_ms + half + compute_ms, client, service="worker")
+    server = _span(
+        trace,
+        "hopscope.v1.Worker/Step",
+        "SERVER",
+        start_ms + half,
+        start_ms + half + compute_ms,
+        client,
+        service="worker",
+    )
     return [client, server]
 
 
@@ -94,8 +160,16 @@ def one_request(hop_delay_ms: float = 0.0, step_network_ms: float = 2.0) -> list
 def test_known_answer_per_component() -> None:
     (b,) = decompose(one_request())
     assert b.e2e_ms == pytest.approx(100)
-    expected = {TOKENIZE: 2, NET_CLIENT_TOKENIZER: 4, NET_TOKENIZER_SCHEDULER: 2, QUEUE: 10,
-                PREFILL: 18, DECODE: 39, NET_SCHEDULER_WORKER: 8, DETOKENIZE: 1.5}
+    expected = {
+        TOKENIZE: 2,
+        NET_CLIENT_TOKENIZER: 4,
+        NET_TOKENIZER_SCHEDULER: 2,
+        QUEUE: 10,
+        PREFILL: 18,
+        DECODE: 39,
+        NET_SCHEDULER_WORKER: 8,
+        DETOKENIZE: 1.5,
+    }
     for name, value in expected.items():
         assert b.components_ms[name] == pytest.approx(value), name
     assert b.components_ms[OTHER] == pytest.approx(100 - sum(expected.values()))

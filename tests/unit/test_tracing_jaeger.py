@@ -22,7 +22,7 @@ def _serve(routes: dict[str, str]) -> tuple[HTTPServer, list[str]]:
     requested: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             requested.append(self.path)
             body = routes.get(urlparse(self.path).path)
             self.send_response(200 if body is not None else 404)
@@ -39,10 +39,12 @@ def _serve(routes: dict[str, str]) -> tuple[HTTPServer, list[str]]:
 
 @pytest.fixture
 def jaeger_v3() -> Iterator[tuple[str, list[str]]]:
-    server, requested = _serve({
-        "/api/v3/services": json.dumps({"services": ["scheduler", "worker"]}),
-        "/api/v3/traces": (FIXTURES / "apiv3_FindTraces.json").read_text(),
-    })
+    server, requested = _serve(
+        {
+            "/api/v3/services": json.dumps({"services": ["scheduler", "worker"]}),
+            "/api/v3/traces": (FIXTURES / "apiv3_FindTraces.json").read_text(),
+        }
+    )
     try:
         yield f"http://127.0.0.1:{server.server_port}", requested
     finally:

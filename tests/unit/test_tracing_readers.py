@@ -59,13 +59,16 @@ def test_file_exporter_writes_otlp_json_lines_with_hex_ids(tmp_path: Path) -> No
     tracer = provider.get_tracer("test")
     with tracer.start_as_current_span("request") as request:
         pass
-    with tracer.start_as_current_span(
-        "step", kind=trace.SpanKind.CLIENT,
-        links=[trace.Link(request.get_span_context(), {"hopscope.phase": "prefill"})],
-        attributes={"hopscope.batch_size": 3},
-    ) as step:
-        with tracer.start_as_current_span("child", kind=trace.SpanKind.SERVER):
-            pass
+    with (
+        tracer.start_as_current_span(
+            "step",
+            kind=trace.SpanKind.CLIENT,
+            links=[trace.Link(request.get_span_context(), {"hopscope.phase": "prefill"})],
+            attributes={"hopscope.batch_size": 3},
+        ) as step,
+        tracer.start_as_current_span("child", kind=trace.SpanKind.SERVER),
+    ):
+        pass
     provider.shutdown()
 
     lines = path.read_text().splitlines()
