@@ -79,6 +79,13 @@ def run_collect(args: argparse.Namespace) -> int:
         highlight=False,
         soft_wrap=True,  # one line: scripts read the port
     )
+    # without the http:// scheme the SDK's OTLP exporter tries TLS and this receiver is plaintext
+    console.print(
+        f"point exporters here with OTEL_EXPORTER_OTLP_ENDPOINT=http://{host}:{collector.port}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     try:
         stop.wait(args.duration_s)
     finally:
