@@ -1,0 +1,95 @@
+"""What the terminal shows: a live line during a run, a table and warnings after it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from loadgen.metrics import ALL_METRICS
+from loadgen.runner import FAILED, INCOMPLETE, LAG_MAX_MS, LAG_SUM_MS, OK, SENT
+
+LAG_WARN_MS = 5.0  # schedule lag p99 above this: the client, not the server, set the pace
+
+
+class LiveProgress:
+    """rate, in flight, done, errors and schedule lag, refreshed from the workers' counters."""
+
+    def __init__(self, console: Console, title: str) -> None:
+        self._console = console
+        self._title = title
+        self._live = Live(Text(title), console=console, auto_refresh=False, transient=False)
+        self._last_s = time.perf_counter()
+        self._last_done = self._last_sent = self._last_lag_sum_ms = 0.0
+
+    def __enter__(self) -> LiveProgress:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(*exc)
+
+    def tick(self, counters: Sequence[Sequence[float]]) -> None:
+        totals = [sum(c[i] for c in counters) for i in range(len(counters[0]))]
+        now_s = time.perf_counter()
+        done = totals[OK] + totals[FAILED] + totals[INCOMPLETE]
+        rate, lag_ms = 0.0, 0.0
+        if now_s > self._last_s:
+            rate = (done - self._last_done) / (now_s - self._last_s)
+        if totals[SENT] > self._last_sent:  # mean lag of the requests sent since the last tick
+            lag_ms = (totals[LAG_SUM_MS] - self._last_lag_sum_ms) / (totals[SENT] - self._last_sent)
+        self._last_s, self._last_done = now_s, done
+        self._last_sent, self._last_lag_sum_ms = totals[SENT], totals[LAG_SUM_MS]
+        self._live.update(self._line(totals, rate, lag_ms), refresh=True)
+
+    def _line(self, totals: list[float], rate: float, lag_ms: float) -> Text:
+        in_flight = totals[SENT] - totals[OK] - totals[FAILED] - totals[INCOMPLETE]
+        max_lag = max(totals[LAG_MAX_MS], 0.0)
+        lag_style = "bold red" if lag_ms > LAG_WARN_MS else "green"
+        text = Text(f"{self._title}  ")
+        text.append(f"{rate:7.1f} req/s  in flight {in_flight:5.0f}  done {totals[OK]:7.0f}  ")
+        text.append(f"errors {totals[FAILED]:4.0f}  ", style="red" if totals[FAILED] else "")
+        text.append(f"schedule lag {lag_ms:6.2f} ms (max {max_lag:.1f})", style=lag_style)
+        return text
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def summary_table(title: str, summary: dict[str, Any], failed_by_status: dict[str, int]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    for key in ("mean", "p50", "p90", "p99", "max"):
+        table.add_column(key, justify="right")
+    for name in ALL_METRICS:
+        stats = summary[name]
+        table.add_row(name, *(_fmt(stats[k]) for k in ("mean", "p50", "p90", "p99", "max")))
+    errors = ", ".join(f"{k}={v}" for k, v in sorted(failed_by_status.items())) or "none"
+    table.caption = (
+        f"completed {summary['completed']}  failed {summary['failed']} ({errors})  "
+        f"incomplete {summary['incomplete']}  duration {summary['duration_s']:.2f} s\n"
+        f"{summary['request_throughput']:.2f} req/s  "
+        f"{summary['output_token_throughput']:.1f} out tok/s  "
+        f"{summary['total_token_throughput']:.1f} total tok/s  goodput {summary['goodput']:.2f} req/s"
+    )
+    return table
+
+
+def lag_warning(summary: dict[str, Any]) -> str | None:
+    """A message when the client fell behind its own schedule, else None."""
+    p99 = summary["schedule_lag_ms"]["p99"]
+    if p99 is None or p99 <= LAG_WARN_MS:
+        return None
+    return (
+        f"the load generator fell behind its schedule: schedule lag p99 {p99:.1f} ms > "
+        f"{LAG_WARN_MS:g} ms, so the offered load was lower than asked; E2E-from-schedule counts "
+        "the wait, but consider --workers N or a lower rate"
+    )
