@@ -1,0 +1,115 @@
+"""Turning a step's `SeqStep`s into the flat tensors one forward pass needs.
+
+Tokens are laid out decodes first (every sequence with one new token), then each prefill chunk;
+all integer inputs travel to the device in one copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from services.common.types import SamplingParams, SeqStep
+
+
+@dataclass(slots=True)
+class PrefillSegment:
+    """One sequence's chunk of several new tokens: rows [start, end) of the flat batch."""
+
+    start: int
+    end: int
+    num_computed: int  # cached tokens before the chunk
+    context_slots: torch.Tensor | None  # KV slots of positions [0, end-start+num_computed); None if no cache
+
+
+@dataclass(slots=True)
+class StepBatch:
+    token_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    slot_mapping: torch.Tensor  # [T]: where each new token's K/V is written
+    num_decodes: int  # rows [0, num_decodes) are single-token sequences
+    decode_slots: torch.Tensor | None  # [num_decodes, max_context_len] KV slots to attend to
+    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_context_len] valid keys
+    prefills: list[PrefillSegment]
+    sample_rows: torch.Tensor  # rows whose logits are sampled
+    sample_seq_ids: list[int]
+    sampling: list[SamplingParams]
+
+
+def slot_of(block_table: list[int], position: int, block_size: int) -> int:
+    return block_table[position // block_size] * block_size + position % block_size
+
+
+def build_batch(seqs: list[SeqStep], block_size: int, device: torch.device) -> StepBatch:
+    decodes = [s for s in seqs if len(s.token_ids) == 1]
+    prefills = [s for s in seqs if len(s.token_ids) > 1]
+    ordered = decodes + prefills
+    token_ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    sample_rows: list[int] = []
+    for seq in ordered:
+        first = seq.num_computed
+        token_ids.extend(seq.token_ids)
+        positions.extend(range(first, seq.num_tokens_after))
+        slots.extend(slot_of(seq.block_table, p, block_size) for p in range(first, seq.num_tokens_after))
+        if seq.sampling is not None:
+            sample_rows.append(len(token_ids) - 1)
+    # One host->device copy for every integer input; the views below share it.
+    max_blocks = max((len(s.block_table) for s in decodes), default=0)
+    decode_tables = [b for s in decodes for b in s.block_table + [0] * (max_blocks - len(s.block_table))]
+    decode_lens = [s.num_tokens_after for s in decodes]
+    prefill_tables = [b for s in prefills if s.num_computed > 0 for b in s.block_table]
+    packed = token_ids + positions + slots + sample_rows + decode_tables + decode_lens + prefill_tables
+    flat = torch.tensor(packed, dtype=torch.long).to(device, non_blocking=True)
+    parts = flat.split(
+        [len(token_ids), len(positions), len(slots), len(sample_rows), len(decode_tables),
+         len(decode_lens), len(prefill_tables)]
+    )
+    decode_slots, decode_mask = _decode_attention(parts[4], parts[5], decodes, max_blocks, block_size)
+    sampled = [s for s in ordered if s.sampling is not None]
+    return StepBatch(
+        token_ids=parts[0],
+        positions=parts[1],
+        slot_mapping=parts[2],
+        num_decodes=len(decodes),
+        decode_slots=decode_slots,
+        decode_mask=decode_mask,
+        prefills=_prefill_segments(prefills, len(decodes), parts[6], block_size),
+        sample_rows=parts[3],
+        sample_seq_ids=[s.seq_id for s in sampled],
+        sampling=[s.sampling for s in sampled if s.sampling is not None],
+    )
+
+
+def _decode_attention(
+    tables: torch.Tensor, lens: torch.Tensor, decodes: list[SeqStep], max_blocks: int, block_size: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if not decodes:
+        return None, None
+    max_len = max(s.num_tokens_after for s in decodes)
+    pos = torch.arange(max_len, device=tables.device)
+    tables = tables.view(len(decodes), max_blocks)
+    # Padding positions point at a real slot (block 0) and are masked out.
+    slots = tables[:, pos // block_size] * block_size + pos % block_size
+    mask = (pos[None, :] < lens[:, None]).view(len(decodes), 1, 1, max_len)
+    return slots, mask
+
+
+def _prefill_segments(
+    prefills: list[SeqStep], start: int, tables: torch.Tensor, block_size: int
+) -> list[PrefillSegment]:
+    segments: list[PrefillSegment] = []
+    table_offset = 0
+    for seq in prefills:
+        end = start + len(seq.token_ids)
+        context_slots = None
+        if seq.num_computed > 0:
+            table = tables[table_offset : table_offset + len(seq.block_table)]
+            table_offset += len(seq.block_table)
+            pos = torch.arange(seq.num_tokens_after, device=tables.device)
+            context_slots = table[pos // block_size] * block_size + pos % block_size
+        segments.append(PrefillSegment(start, end, seq.num_computed, context_slots))
+        start = end
+    return segments

@@ -1,0 +1,75 @@
+"""The model worker's configuration: one typed object, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    """What the worker serves and on which device.
+
+    model: preset name (`tiny`, `small`, `llama-1b`) or a local Hugging Face directory.
+    device: `cpu`, `cuda` or `cuda:N`.
+    dtype: None = float32 on CPU, bfloat16 on CUDA; float16 only on CUDA.
+    block_size: tokens per KV-cache block.
+    kv_cache_bytes: KV-cache budget on CPU (on CUDA the budget is a fraction of free memory).
+    gpu_memory_fraction: share of the GPU's free memory (after weights) the worker may use.
+    seed: seed of a preset's random weights.
+    max_num_batched_tokens: the most tokens one step may carry (sizes the activation reserve).
+    """
+
+    model: str = "tiny"
+    device: str = "cpu"
+    dtype: str | None = None
+    block_size: int = 16
+    kv_cache_bytes: int = 256 * 1024 * 1024
+    gpu_memory_fraction: float = 0.85
+    seed: int = 0
+    max_num_batched_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        self._check_device()
+        if self.dtype is None:
+            self.dtype = "float32" if self.device == "cpu" else "bfloat16"
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+        if self.dtype == "float16" and self.device == "cpu":
+            raise ValueError("dtype float16 needs CUDA; on CPU use float32 or bfloat16")
+        if self.block_size < 1 or self.max_num_batched_tokens < 1 or self.kv_cache_bytes < 1:
+            raise ValueError("block_size, max_num_batched_tokens and kv_cache_bytes must be >= 1")
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
+
+    def _check_device(self) -> None:
+        if self.device == "cpu":
+            return
+        kind, _, index = self.device.partition(":")
+        if kind != "cuda" or (index and not index.isdigit()):
+            raise ValueError(f"device {self.device!r} is not valid; use cpu, cuda or cuda:N")
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {self.device!r} requested but CUDA is not available here "
+                f"(torch {torch.__version__}); use --device cpu"
+            )
+        if index and int(index) >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {self.device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        assert self.dtype is not None
+        return DTYPES[self.dtype]
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device != "cpu"

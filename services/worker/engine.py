@@ -1,0 +1,139 @@
+"""The model worker's compute core: a model, its paged KV cache, one batched step at a time.
+
+No gRPC here; the servicer calls `Engine.step` from a worker thread, one step at a time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from services.common.types import ModelInfo, SeqStep, StepOutput
+from services.models import ModelSource, resolve_model
+from services.models.checkpoint import load_source_weights
+from services.worker.batch import StepBatch, build_batch
+from services.worker.config import WorkerConfig
+from services.worker.kv_cache import KVCache, bytes_per_block, num_blocks_for_budget
+from services.worker.model import Transformer
+from services.worker.sampling import SamplingTensors, sample
+
+
+class StepError(ValueError):
+    """A step asked for something the engine cannot do (bad block table, context overflow)."""
+
+
+class Engine:
+    """Loads the model named by the config and executes scheduler-built steps."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.device = config.torch_device
+        self.dtype = config.torch_dtype
+        self.source: ModelSource = resolve_model(config.model)
+        weights = load_source_weights(self.source, config.seed, self.dtype, self.device)
+        self.model = Transformer(self.source.config, weights, self.source.max_context)
+        num_blocks = num_blocks_for_budget(
+            self.source.config, config.block_size, self.dtype, self._kv_budget_bytes(),
+            self.source.max_context,
+        )
+        self.kv_cache = KVCache(
+            self.source.config, num_blocks, config.block_size, self.dtype, self.device
+        )
+        self.info = ModelInfo(
+            name=self.source.name,
+            architecture=self.source.architecture,
+            vocab_size=self.source.vocab_size,
+            max_context=self.source.max_context,
+            dtype=str(config.dtype),
+            device=config.device,
+            num_blocks=num_blocks,
+            block_size=config.block_size,
+            eos_token_ids=self.source.eos_token_ids,
+        )
+
+    def step(self, seqs: list[SeqStep]) -> StepOutput:
+        """Run one batch of prefill chunks and decodes; sample where `sampling` is set."""
+        start_s = time.perf_counter()
+        events = self._start_events()
+        with torch.inference_mode():
+            batch, logits = self._forward(seqs)
+            tokens = sample(logits, self._sampling_tensors(batch, seqs)) if logits.numel() else None
+            if events is not None:
+                events[1].record()
+            # The step's one host-device synchronisation.
+            token_list: list[int] = tokens.tolist() if tokens is not None else []
+        device_ms = events[0].elapsed_time(events[1]) if events is not None else 0.0
+        if events is not None and tokens is None:
+            torch.cuda.synchronize(self.device)
+            device_ms = events[0].elapsed_time(events[1])
+        return StepOutput(
+            sampled=dict(zip(batch.sample_seq_ids, token_list, strict=True)),
+            step_ms=(time.perf_counter() - start_s) * 1e3,
+            device_ms=device_ms,
+        )
+
+    def logits(self, seqs: list[SeqStep]) -> dict[int, torch.Tensor]:
+        """Like `step` (KV written the same way) but returns float32 logits per sampled seq_id
+        instead of sampling: for parity checks against a reference implementation."""
+        with torch.inference_mode():
+            batch, logits = self._forward(seqs)
+        return {seq_id: logits[i] for i, seq_id in enumerate(batch.sample_seq_ids)}
+
+    def _forward(self, seqs: list[SeqStep]) -> tuple[StepBatch, torch.Tensor]:
+        self._validate(seqs)
+        batch = build_batch(seqs, self.config.block_size, self.device)
+        if not seqs:
+            return batch, torch.empty(0, self.info.vocab_size, device=self.device)
+        return batch, self.model.forward(batch, self.kv_cache)
+
+    def _sampling_tensors(self, batch: StepBatch, seqs: list[SeqStep]) -> SamplingTensors:
+        # The sampled token's position is the sequence's length after this step.
+        position_by_id = {s.seq_id: s.num_tokens_after for s in seqs}
+        positions = [position_by_id[seq_id] for seq_id in batch.sample_seq_ids]
+        return SamplingTensors(batch.sampling, positions, self.device)
+
+    def _validate(self, seqs: list[SeqStep]) -> None:
+        for seq in seqs:
+            if not seq.token_ids:
+                raise StepError(f"sequence {seq.seq_id}: no tokens to run")
+            if seq.num_tokens_after > self.info.max_context:
+                raise StepError(
+                    f"sequence {seq.seq_id}: {seq.num_tokens_after} tokens exceed the model's "
+                    f"context of {self.info.max_context}"
+                )
+            num_blocks_needed = -(-seq.num_tokens_after // self.config.block_size)
+            if len(seq.block_table) < num_blocks_needed:
+                raise StepError(
+                    f"sequence {seq.seq_id}: block table has {len(seq.block_table)} blocks, "
+                    f"{seq.num_tokens_after} tokens need {num_blocks_needed}"
+                )
+            if any(b < 0 or b >= self.info.num_blocks for b in seq.block_table[:num_blocks_needed]):
+                raise StepError(
+                    f"sequence {seq.seq_id}: block table {seq.block_table} names a block outside "
+                    f"0..{self.info.num_blocks - 1}"
+                )
+
+    def _start_events(self) -> tuple[torch.cuda.Event, torch.cuda.Event] | None:
+        if not self.config.is_cuda:
+            return None
+        events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        events[0].record()
+        return events
+
+    def _kv_budget_bytes(self) -> int:
+        if not self.config.is_cuda:
+            return self.config.kv_cache_bytes
+        free_bytes, _ = torch.cuda.mem_get_info(self.device)
+        return int(free_bytes * self.config.gpu_memory_fraction) - self._activation_reserve_bytes()
+
+    def _activation_reserve_bytes(self) -> int:
+        """Room for one largest step's activations and logits, left outside the KV cache."""
+        cfg = self.source.config
+        element_bytes = torch.empty((), dtype=self.dtype).element_size()
+        per_token = (2 * cfg.intermediate_size + 6 * cfg.hidden_size) * element_bytes
+        per_token += cfg.vocab_size * 4 * 3  # float32 logits, noise and sort buffers
+        # Decode attention gathers one layer's K/V for the longest context of each sequence.
+        gather = 2 * bytes_per_block(cfg, self.config.block_size, self.dtype) // cfg.num_layers
+        num_context_blocks = -(-self.source.max_context // self.config.block_size)
+        return self.config.max_num_batched_tokens * per_token + 64 * gather * num_context_blocks

@@ -1,0 +1,192 @@
+"""A Llama-family decoder (Llama, Qwen2, Mistral) that runs one flat batch of tokens against a
+paged KV cache. Linear layers see every token of the step at once; attention runs batched for
+single-token sequences and per sequence for prefill chunks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from services.models.config import ModelConfig
+from services.worker.batch import PrefillSegment, StepBatch
+from services.worker.kv_cache import KVCache
+
+
+@dataclass(slots=True)
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv: torch.Tensor  # q, k and v projections stacked: one matmul
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor  # gate and up projections stacked
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies, as transformers computes them (float32), llama3 scaling included."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    is_medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # In float32 and cast back before the weight, as the reference implementation does.
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Transformer:
+    """Weights in Hugging Face layout, fused where that saves matmuls."""
+
+    def __init__(
+        self, config: ModelConfig, weights: dict[str, torch.Tensor], max_context: int
+    ) -> None:
+        self.config = config
+        self.embed = weights["model.embed_tokens.weight"]
+        self.lm_head = weights.get("lm_head.weight", self.embed)
+        if config.tie_word_embeddings:
+            self.lm_head = self.embed
+        self.final_norm = weights["model.norm.weight"]
+        self.layers = [_layer_weights(weights, i) for i in range(config.num_layers)]
+        self.q_size = config.num_heads * config.head_dim
+        self.kv_size = config.num_kv_heads * config.head_dim
+        self.scale = config.head_dim**-0.5
+        freqs = torch.arange(max_context, dtype=torch.float32)[:, None] * rope_inv_freq(config)[None]
+        angles = torch.cat((freqs, freqs), dim=-1).to(self.embed.device)
+        self.cos = angles.cos().to(self.embed.dtype)
+        self.sin = angles.sin().to(self.embed.dtype)
+
+    def forward(self, batch: StepBatch, kv_cache: KVCache) -> torch.Tensor:
+        """float32 logits of the batch's sampled rows, [num_sampled, vocab]."""
+        hidden = F.embedding(batch.token_ids, self.embed)
+        cos = self.cos[batch.positions].unsqueeze(1)
+        sin = self.sin[batch.positions].unsqueeze(1)
+        eps = self.config.rms_norm_eps
+        for index, layer in enumerate(self.layers):
+            x = rms_norm(hidden, layer.input_norm, eps)
+            attn = self._attention(x, layer, cos, sin, batch, kv_cache, index)
+            hidden = hidden + F.linear(attn, layer.o, layer.o_bias)
+            x = rms_norm(hidden, layer.post_norm, eps)
+            gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+            hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
+        last = rms_norm(hidden[batch.sample_rows], self.final_norm, eps)
+        return F.linear(last, self.lm_head).float()
+
+    def _attention(
+        self,
+        x: torch.Tensor,
+        layer: LayerWeights,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        batch: StepBatch,
+        kv_cache: KVCache,
+        index: int,
+    ) -> torch.Tensor:
+        num_tokens, head_dim = x.shape[0], self.config.head_dim
+        qkv = F.linear(x, layer.qkv, layer.qkv_bias)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = apply_rope(q.view(num_tokens, -1, head_dim), cos, sin)
+        k = apply_rope(k.view(num_tokens, -1, head_dim), cos, sin)
+        v = v.view(num_tokens, -1, head_dim)
+        k_cache, v_cache = kv_cache.layer(index)
+        k_cache.index_copy_(0, batch.slot_mapping, k)
+        v_cache.index_copy_(0, batch.slot_mapping, v)
+        out = torch.empty_like(q)
+        if batch.num_decodes:
+            out[: batch.num_decodes] = self._decode_attention(q, k_cache, v_cache, batch)
+        for segment in batch.prefills:
+            out[segment.start : segment.end] = self._prefill_attention(q, k, v, k_cache, v_cache, segment)
+        return out.view(num_tokens, -1)
+
+    def _decode_attention(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: StepBatch
+    ) -> torch.Tensor:
+        assert batch.decode_slots is not None
+        q = q[: batch.num_decodes].unsqueeze(2)  # [B, H, 1, D]
+        keys = k_cache[batch.decode_slots].transpose(1, 2)  # [B, KVH, L, D]
+        values = v_cache[batch.decode_slots].transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=batch.decode_mask, scale=self.scale, enable_gqa=True
+        )
+        return out.squeeze(2)
+
+    def _prefill_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        segment: PrefillSegment,
+    ) -> torch.Tensor:
+        q = q[segment.start : segment.end].transpose(0, 1)  # [H, n, D]
+        if segment.context_slots is None:  # nothing cached: the chunk attends to itself
+            keys = k[segment.start : segment.end].transpose(0, 1)
+            values = v[segment.start : segment.end].transpose(0, 1)
+            out = F.scaled_dot_product_attention(
+                q, keys, values, is_causal=True, scale=self.scale, enable_gqa=True
+            )
+            return out.transpose(0, 1)
+        keys = k_cache[segment.context_slots].transpose(0, 1)  # [KVH, ctx, D]
+        values = v_cache[segment.context_slots].transpose(0, 1)
+        num_new, num_context = segment.end - segment.start, keys.shape[1]
+        query_pos = torch.arange(num_new, device=q.device)[:, None] + segment.num_computed
+        mask = torch.arange(num_context, device=q.device)[None, :] <= query_pos
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=True
+        )
+        return out.transpose(0, 1)
+
+
+def _layer_weights(weights: dict[str, torch.Tensor], i: int) -> LayerWeights:
+    p = f"model.layers.{i}."
+    attn, mlp = p + "self_attn.", p + "mlp."
+    return LayerWeights(
+        input_norm=weights[p + "input_layernorm.weight"],
+        qkv=_stack(weights, [attn + n + "_proj.weight" for n in "qkv"]),
+        qkv_bias=_stack_optional(weights, [attn + n + "_proj.bias" for n in "qkv"]),
+        o=weights[attn + "o_proj.weight"],
+        o_bias=weights.get(attn + "o_proj.bias"),
+        post_norm=weights[p + "post_attention_layernorm.weight"],
+        gate_up=_stack(weights, [mlp + "gate_proj.weight", mlp + "up_proj.weight"]),
+        gate_up_bias=_stack_optional(weights, [mlp + "gate_proj.bias", mlp + "up_proj.bias"]),
+        down=weights[mlp + "down_proj.weight"],
+        down_bias=weights.get(mlp + "down_proj.bias"),
+    )
+
+
+def _stack(weights: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+    # pop: the separate tensors are freed once stacked, so memory holds one copy of the model.
+    return torch.cat([weights.pop(name) for name in names], dim=0)
+
+
+def _stack_optional(weights: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor | None:
+    if names[0] not in weights:
+        return None
+    return _stack(weights, names)
