@@ -7,9 +7,11 @@ import json
 import signal
 import sys
 import threading
+from dataclasses import asdict
 from types import FrameType
 
 from rich.console import Console
+from rich.markup import escape
 
 from tracing.collector import DEFAULT_LISTEN, CollectorError, OtlpCollector
 from tracing.model import Span, normalize_trace_id
@@ -31,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     summarize = actions.add_parser("summarize", help="per-component breakdown over requests")
     _add_source_args(summarize)
     summarize.add_argument("--json", action="store_true", help="print the summary as JSON")
+    summarize.add_argument(
+        "--per-request", action="store_true", help="with --json: add every request's breakdown"
+    )
     summarize.set_defaults(func=run_summarize)
 
     show = actions.add_parser("show", help="one request's waterfall and breakdown")
@@ -58,13 +63,17 @@ def _load_spans(args: argparse.Namespace) -> list[Span]:
     return query_jaeger(args.jaeger, service=args.service, since=parse_since(args.since))
 
 
+def _error(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/] {escape(message)}")
+
+
 def run_collect(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     collector = OtlpCollector(args.out, listen=args.listen)
     try:
         collector.start()
     except CollectorError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        _error(str(exc))
         return 2
     stop = threading.Event()
 
@@ -105,9 +114,12 @@ def run_summarize(args: argparse.Namespace) -> int:
     try:
         spans = _load_spans(args)
     except (TraceReadError, ValueError) as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        _error(str(exc))
         return 2
-    summary = summarize(decompose(spans))
+    breakdowns = decompose(spans)
+    summary = summarize(breakdowns)
+    if args.json and args.per_request:
+        summary["per_request"] = [asdict(b) for b in breakdowns]
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -128,15 +140,13 @@ def run_show(args: argparse.Namespace) -> int:
     try:
         spans = _load_spans(args)
     except (TraceReadError, ValueError) as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        _error(str(exc))
         return 2
     trace_id = normalize_trace_id(args.trace_id)
     index = SpanIndex(spans)
     rows = waterfall_spans(index, trace_id)
     if not rows:
-        Console(stderr=True).print(
-            f"[red]error:[/] trace {trace_id} is not among {len(spans)} spans read"
-        )
+        _error(f"trace {trace_id} is not among the {len(spans)} spans read")
         return 1
     console.print(waterfall_table(rows, trace_id))
     for breakdown in decompose(spans):

@@ -113,3 +113,12 @@ def test_missing_input_and_unknown_trace_fail_clearly(
     assert "cannot read trace file" in capsys.readouterr().err
     assert run(["traces", "show", "f" * 32, "--input", str(trace_file)]) == 1
     assert "not among" in capsys.readouterr().err
+
+
+def test_per_request_json_carries_trace_ids(
+    trace_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["traces", "summarize", "--input", str(trace_file), "--json", "--per-request"]) == 0
+    (request,) = json.loads(capsys.readouterr().out)["per_request"]
+    assert request["trace_id"] == "a" * 32
+    assert sum(request["components_ms"].values()) == pytest.approx(request["e2e_ms"])
