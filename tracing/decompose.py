@@ -148,7 +148,13 @@ class _RequestSpans:
 
 def _find_request_spans(index: SpanIndex, submit_server: Span) -> _RequestSpans:
     found = _RequestSpans(submit_server)
-    for ancestor in index.ancestors(submit_server):
+    chain = index.ancestors(submit_server)
+    if not chain:
+        # context may cross the shared stream as a link instead of a parent
+        linked = [index.by_key.get((link.trace_id, link.span_id)) for link in submit_server.links]
+        client = next((s for s in linked if s is not None and _is(s, SUBMIT, "CLIENT")), None)
+        chain = [client, *index.ancestors(client)] if client is not None else []
+    for ancestor in chain:
         if _is(ancestor, SUBMIT, "CLIENT") and found.submit_client is None:
             found.submit_client = ancestor
         elif _is(ancestor, GENERATE, "SERVER") and found.generate_server is None:

@@ -249,3 +249,13 @@ def test_missing_spans_push_other_over_the_limit_with_a_warning() -> None:
     summary = summarize(decompose(spans))
     assert not summary["checks"]["is_other_under_10pct"]
     assert any("span is probably missing" in w for w in summary["checks"]["warnings"])
+
+
+def test_submit_server_linked_instead_of_parented_still_finds_its_request() -> None:
+    spans = one_request()
+    submit_client, submit_server = spans[4], spans[5]
+    submit_server.parent_span_id = ""
+    submit_server.links = [Link(submit_client.trace_id, submit_client.span_id)]
+    (b,) = decompose(spans)
+    assert b.e2e_ms == pytest.approx(100)
+    assert b.components_ms[NET_TOKENIZER_SCHEDULER] == pytest.approx(2)
