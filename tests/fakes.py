@@ -35,8 +35,9 @@ def reference_output(
     seed: int = 0,
     eos_at_length: int | None = None,
     vocab_size: int = 1000,
+    ignore_eos: bool = False,
 ) -> list[int]:
-    """What a request generates alone on an unconstrained FakeWorker (stopping at EOS)."""
+    """What a request generates alone on an unconstrained FakeWorker."""
     tokens = list(prompt_token_ids)
     output: list[int] = []
     while len(output) < max_tokens:
@@ -44,7 +45,7 @@ def reference_output(
         token = EOS_TOKEN_ID if is_eos else next_token(tokens, seed, vocab_size)
         output.append(token)
         tokens.append(token)
-        if token == EOS_TOKEN_ID:
+        if token == EOS_TOKEN_ID and not ignore_eos:
             break
     return output
 
@@ -177,7 +178,11 @@ def collect(outcomes: dict[str, Outcome], updates: list[Update]) -> None:
 
 
 def run_until_idle(
-    scheduler: Scheduler, worker: FakeWorker, now_s: float = 0.0, dt_s: float = 0.001, max_steps: int = 100_000
+    scheduler: Scheduler,
+    worker: FakeWorker,
+    now_s: float = 0.0,
+    dt_s: float = 0.001,
+    max_steps: int = 100_000,
 ) -> dict[str, Outcome]:
     """Drive schedule -> step -> on_step until the scheduler holds nothing; returns outcomes."""
     outcomes: dict[str, Outcome] = {}
@@ -204,5 +209,8 @@ def make_request(
 ) -> Request:
     """Request `r{index}` with a distinct prompt; extra fields go to the Request as given."""
     return Request(
-        f"r{index}", make_prompt(index, num_prompt_tokens), max_tokens, **fields  # type: ignore[arg-type]
+        f"r{index}",
+        make_prompt(index, num_prompt_tokens),
+        max_tokens,
+        **fields,  # type: ignore[arg-type]
     )

@@ -31,6 +31,11 @@ class BlockManager:
     def num_used_blocks(self) -> int:
         return self.num_blocks - len(self._free)
 
+    @property
+    def num_sequences(self) -> int:
+        """Sequences that hold blocks."""
+        return len(self._tables)
+
     def num_blocks_for(self, num_tokens: int) -> int:
         """Blocks needed to hold `num_tokens` token positions."""
         return -(-num_tokens // self.block_size)

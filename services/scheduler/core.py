@@ -2,7 +2,9 @@
 
 Synchronous and transport-free: a runner calls `add` / `abort` / `expire` as requests come and
 go, and loops `schedule(now)` -> worker step -> `on_step(batch, sampled, now)`. At most one batch
-is in flight: a decode needs the token its previous step sampled.
+is in flight: a decode needs the token its previous step sampled. A batch whose step failed is
+simply not answered: the next `schedule()` drops it and its sequences run that step again (the
+worker only rewrites the same KV slots), and a late `on_step` for it is ignored.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ class Scheduler:
     def expire(self, now_s: float) -> list[Update]:
         """Abort every request whose deadline is at or before `now_s`."""
         expired = [
-            s for s in self._seqs.values()
+            s
+            for s in self._seqs.values()
             if s.req.deadline_s is not None and s.req.deadline_s <= now_s
         ]
         updates = []
@@ -171,7 +174,7 @@ class Scheduler:
 
     def schedule(self, now_s: float) -> Batch | None:
         """Build the next step: running decodes, then prompt chunks, then new prefills (FCFS)."""
-        assert self._in_flight is None, "schedule() called before on_step() of the last batch"
+        self._in_flight = None  # an unanswered batch failed; its sequences go again
         batch = Batch(self._next_step_id)
         did_preempt = self._schedule_decodes(batch)
         budget = self.config.max_num_batched_tokens - batch.num_tokens
@@ -187,7 +190,7 @@ class Scheduler:
     def on_step(self, batch: Batch, sampled: dict[int, int], now_s: float) -> list[Update]:
         """Take the worker's sampled tokens; one Update per request that got a token."""
         if batch is not self._in_flight:
-            return []  # a step from before on_worker_lost(): its sequences are recomputed
+            return []  # dropped by on_worker_lost() or a later schedule(): it runs again
         missing = [
             s.seq_id for s in batch.seq_steps if s.sampling is not None and s.seq_id not in sampled
         ]
@@ -239,7 +242,10 @@ class Scheduler:
                 f"{num_blocks} KV blocks but the worker's cache has only "
                 f"{self._blocks.num_blocks}; shorten the request or give the worker more memory"
             )
-        if not self.config.enable_chunked_prefill and num_slots > self.config.max_num_batched_tokens:
+        if (
+            not self.config.enable_chunked_prefill
+            and num_slots > self.config.max_num_batched_tokens
+        ):
             raise InvalidRequestError(
                 f"prompt ({num_prompt} tokens) plus max_tokens ({req.max_tokens}) may need a "
                 f"prefill of {num_slots} tokens, over max_num_batched_tokens "

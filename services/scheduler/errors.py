@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from services.common.errors import (
     DeadlineExceededError as _DeadlineExceeded,
+)
+from services.common.errors import (
     HopscopeError,
     InvalidArgumentError,
     ResourceExhaustedError,

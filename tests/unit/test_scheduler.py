@@ -299,3 +299,18 @@ def test_request_records_when_it_was_scheduled_and_got_its_first_token() -> None
     step(scheduler, worker, now_s=3.0)
     assert (req.first_scheduled_s, req.first_token_s, req.finished_s) == (2.0, 2.0, 3.0)
     assert req.finish_reason == "length"
+
+
+def test_a_failed_step_is_scheduled_again_and_its_late_answer_ignored() -> None:
+    worker = FakeWorker()
+    scheduler = make_scheduler(worker)
+    req = make_request(0, 8, 5)
+    scheduler.add(req)
+    step(scheduler, worker)
+    failed = scheduler.schedule(0.0)  # the worker raised: the runner never answers it
+    retried = scheduler.schedule(0.0)
+    assert retried.seq_steps == failed.seq_steps
+    assert scheduler.on_step(failed, {failed.seq_steps[0].seq_id: 7}, 0.0) == []
+    scheduler.on_step(retried, worker.step(retried.seq_steps).sampled, 0.0)
+    run_until_idle(scheduler, worker)
+    assert req.output_token_ids == reference_output(req.prompt_token_ids, 5)
