@@ -1,9 +1,182 @@
-"""`hopscope serve`, `hopscope generate`, `hopscope cluster`."""
+"""`hopscope serve` and `hopscope generate` (the cluster commands live in deploy/cluster_cli.py)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+
+from deploy.spec import DEFAULT_PORT, NO_RAY_PLACEMENTS, ServeSpec
+
+err = Console(stderr=True, highlight=False)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register serve/generate/cluster (placeholder until implemented)."""
+    serve = sub.add_parser("serve", help="deploy the pipeline and serve the front door")
+    serve.add_argument("--placement", default="inproc", help="inproc | colocated | colocated-tcp | split | remote | FILE.yaml")
+    serve.add_argument("--no-ray", action="store_true", help="plain local processes instead of Ray actors")
+    serve.add_argument("--ray-address", default="", help="join this Ray cluster (default: start a local one)")
+    serve.add_argument("--host", default="127.0.0.1", help="front-door bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"front-door port (default {DEFAULT_PORT}; 0 = any)")
+    _add_engine_args(serve)
+    serve.set_defaults(func=run_serve)
+
+    gen = sub.add_parser("generate", help="stream one generation (from a running front door, or embedded)")
+    gen.add_argument("prompt")
+    gen.add_argument("--address", default="", help="HOST:PORT of a running front door; none = embedded in-process pipeline")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=0.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--ignore-eos", action="store_true")
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--request-id", default="")
+    gen.add_argument("--timeout", type=float, default=600.0, help="deadline in seconds")
+    gen.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    _add_engine_args(gen)
+    gen.set_defaults(func=run_generate)
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny", help="preset (tiny, small, llama-1b) or local HF checkpoint directory")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--kv-cache-mb", type=int, default=256, help="KV-cache budget on CPU, MiB")
+    p.add_argument("--batching", choices=["continuous", "static"], default="continuous")
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--max-queue-len", type=int, default=512)
+
+
+def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: int = 0) -> ServeSpec:
+    return ServeSpec(
+        placement=getattr(args, "placement", placement),
+        model=args.model,
+        host=getattr(args, "host", "127.0.0.1"),
+        port=getattr(args, "port", port),
+        device=args.device,
+        dtype=args.dtype,
+        kv_cache_mb=args.kv_cache_mb,
+        batching=args.batching,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_queue_len=args.max_queue_len,
+    )
+
+
+# ---------------------------------------------------------------------------- serve
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        spec = spec_from_args(args)
+    except ValueError as exc:
+        err.print(f"error: {exc}")
+        return 2
+    if not args.no_ray:
+        from deploy.ray_serve import run_ray_serve
+
+        return run_ray_serve(spec, args.ray_address)
+    if spec.placement not in NO_RAY_PLACEMENTS:
+        err.print(f"error: placement {spec.placement!r} needs Ray; without Ray use one of {', '.join(NO_RAY_PLACEMENTS)}")
+        return 2
+    if spec.placement == "inproc":
+        return asyncio.run(_serve_inproc(spec))
+    return _serve_local(spec)
+
+
+def _announce(address: str, spec: ServeSpec) -> None:
+    print(f"hopscope front door: {address} (placement {spec.placement}, model {spec.model})", flush=True)
+
+
+async def _serve_inproc(spec: ServeSpec) -> int:
+    from deploy.inproc import start_inproc
+
+    try:
+        pipeline = await start_inproc(spec)
+    except Exception as exc:  # noqa: BLE001 - fatal start-up error: one clear line
+        err.print(f"error: could not start: {exc}")
+        return 1
+    _announce(pipeline.address, spec)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    err.print("draining: health NOT_SERVING, finishing in-flight streams")
+    await pipeline.stop()
+    return 0
+
+
+def _serve_local(spec: ServeSpec) -> int:
+    from deploy.local import LaunchError, LocalDeployment
+
+    deployment = LocalDeployment(spec)
+    stop_requested = False
+
+    def request_stop(signum: int, frame: Any) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        address = deployment.start()
+        _announce(address, spec)
+        while not stop_requested:
+            for event in deployment.supervise_once():
+                err.print(event)
+            time.sleep(0.2)
+    except LaunchError as exc:
+        err.print(f"error: {exc}")
+        deployment.stop()
+        return 1
+    err.print("draining: front door first, then scheduler and worker")
+    deployment.stop()
+    return 0
+
+
+# ---------------------------------------------------------------------------- generate
+def run_generate(args: argparse.Namespace) -> int:
+    from deploy.client import GenerateError, build_request
+
+    try:
+        request = build_request(args)
+    except ValueError as exc:
+        err.print(f"error: {exc}")
+        return 2
+    try:
+        result = asyncio.run(_generate(args, request))
+    except GenerateError as exc:
+        err.print(f"error: {exc}")
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"\n[{result['finish_reason']}; {result['usage']['completion_tokens']} tokens]", file=sys.stderr)
+    return 0
+
+
+async def _generate(args: argparse.Namespace, request: Any) -> dict[str, Any]:
+    from deploy.client import stream_generate
+
+    on_text = None if args.json else (lambda text: print(text, end="", flush=True))
+    if args.address:
+        return await stream_generate(args.address, request, args.timeout, on_text)
+    from deploy.inproc import start_inproc
+
+    try:
+        pipeline = await start_inproc(spec_from_args(args, placement="inproc", port=0))
+    except Exception as exc:
+        from deploy.client import GenerateError
+
+        raise GenerateError(f"could not start the embedded pipeline: {exc}") from exc
+    try:
+        return await stream_generate(pipeline.address, request, args.timeout, on_text)
+    finally:
+        await pipeline.stop(grace_s=1.0)

@@ -59,3 +59,22 @@ class ModelInfo:
     num_blocks: int
     block_size: int
     eos_token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What the scheduler hands back for one request after a step: new tokens, and how it ended.
+
+    `error_status` is the name of a gRPC status code ("" when fine); the front door raises the
+    matching domain error (services.common.errors.error_for_status).
+    """
+
+    request_id: str
+    token_ids: list[int]
+    finish_reason: str = ""  # "", "length", "stop", "abort"
+    error_status: str = ""
+    error_message: str = ""
+
+    @property
+    def is_finished(self) -> bool:
+        return bool(self.finish_reason or self.error_status)

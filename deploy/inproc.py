@@ -1,0 +1,49 @@
+"""The `inproc` placement: the three service cores in one process, wired with direct calls
+(the same objects the servers use), behind one front-door gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from deploy.spec import ServeSpec
+from services.common.identity import identify
+from services.scheduler.runner import SchedulerRunner
+from services.scheduler.server import build_runner
+from services.scheduler.worker_client import InprocWorkerClient
+from services.tokenizer.scheduler_client import InprocSchedulerClient
+from services.tokenizer.server import TokenizerServer, start_tokenizer
+from services.worker.server import build_worker_service
+from services.worker.servicer import WorkerService
+
+
+@dataclass
+class InprocPipeline:
+    front_door: TokenizerServer
+    runner: SchedulerRunner
+    worker: WorkerService
+
+    @property
+    def address(self) -> str:
+        return self.front_door.address
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        await self.front_door.stop(grace_s)
+        await self.runner.stop()
+        self.worker.close()
+
+
+async def start_inproc(spec: ServeSpec) -> InprocPipeline:
+    worker = await asyncio.to_thread(build_worker_service, spec.worker_config("inproc"), "inproc")
+    holder: dict[str, TokenizerServer] = {}
+
+    def on_health(is_serving: bool) -> None:
+        if "front" in holder:
+            asyncio.get_running_loop().create_task(holder["front"].grpc_server.set_serving(is_serving))
+
+    runner = build_runner(spec.scheduler_config("inproc", "inproc"), InprocWorkerClient(worker), on_health)
+    await runner.start()
+    scheduler = InprocSchedulerClient(runner, identify("scheduler", "inproc"))
+    front = await start_tokenizer(spec.tokenizer_config(spec.front_door, "inproc"), scheduler)
+    holder["front"] = front
+    return InprocPipeline(front, runner, worker)

@@ -1,0 +1,76 @@
+"""What `hopscope serve` deploys: one typed spec, from which each service's config is derived."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.service_config import SchedulerServiceConfig
+from services.tokenizer.server import TokenizerServiceConfig
+from services.worker.config import WorkerConfig
+from services.worker.server import WorkerServiceConfig
+
+NO_RAY_PLACEMENTS = ("inproc", "colocated", "colocated-tcp")
+DEFAULT_PORT = 50051
+
+
+@dataclass(slots=True)
+class ServeSpec:
+    placement: str = "inproc"
+    model: str = "tiny"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    device: str = "cpu"
+    dtype: str | None = None
+    kv_cache_mb: int = 256
+    batching: str = "continuous"
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_queue_len: int = 512
+    request_timeout_s: float = 600.0
+    worker_reconnect_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.kv_cache_mb < 1:
+            raise ValueError("kv_cache_mb must be >= 1")
+
+    @property
+    def front_door(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def worker_config(self, listen: str, node_id: str = "") -> WorkerServiceConfig:
+        engine = WorkerConfig(
+            model=self.model,
+            device=self.device,
+            dtype=self.dtype,
+            kv_cache_bytes=self.kv_cache_mb * 1024 * 1024,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+        )
+        return WorkerServiceConfig(engine=engine, listen=listen, node_id=node_id)
+
+    def scheduler_config(self, listen: str, worker_address: str, node_id: str = "") -> SchedulerServiceConfig:
+        core = SchedulerConfig(
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_queue_len=self.max_queue_len,
+            batching=self.batching,  # type: ignore[arg-type]
+        )
+        return SchedulerServiceConfig(
+            core=core,
+            worker_address=worker_address,
+            listen=listen,
+            node_id=node_id,
+            worker_reconnect_timeout_s=self.worker_reconnect_timeout_s,
+        )
+
+    def tokenizer_config(self, listen: str, scheduler_address: str, node_id: str = "") -> TokenizerServiceConfig:
+        return TokenizerServiceConfig(
+            model=self.model,
+            scheduler_address=scheduler_address,
+            listen=listen,
+            node_id=node_id,
+            placement=self.placement,
+            request_timeout_s=self.request_timeout_s,
+        )

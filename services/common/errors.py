@@ -1,0 +1,48 @@
+"""Domain errors shared by every service. Handlers raise these; one server interceptor
+(services/common/server.py) maps them to gRPC status codes. No grpc import here."""
+
+from __future__ import annotations
+
+
+class HopscopeError(Exception):
+    """Base class; `status` is the name of the grpc.StatusCode it maps to."""
+
+    status = "INTERNAL"
+
+
+class InvalidArgumentError(HopscopeError):
+    status = "INVALID_ARGUMENT"
+
+
+class ResourceExhaustedError(HopscopeError):
+    status = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceededError(HopscopeError):
+    status = "DEADLINE_EXCEEDED"
+
+
+class UnavailableError(HopscopeError):
+    status = "UNAVAILABLE"
+
+
+class CancelledError(HopscopeError):
+    status = "CANCELLED"
+
+
+_BY_STATUS = {
+    cls.status: cls
+    for cls in (
+        InvalidArgumentError,
+        ResourceExhaustedError,
+        DeadlineExceededError,
+        UnavailableError,
+        CancelledError,
+    )
+}
+
+
+def error_for_status(status: str, message: str) -> HopscopeError:
+    """Rebuild the domain error a downstream service reported by status name."""
+    cls = _BY_STATUS.get(status, HopscopeError)
+    return cls(message)

@@ -1,0 +1,87 @@
+"""The one entry point shape for a service process: `python -m services.<name> --config JSON`.
+
+It configures logging and tracing, starts the service, prints `HOPSCOPE_READY <address>` once
+it serves (the launcher waits for that line), drains on SIGTERM/SIGINT and exits 0; a fatal
+error at start-up is one clear line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+from tracing.setup import configure_tracing, shutdown_tracing
+
+READY_PREFIX = "HOPSCOPE_READY"
+T = TypeVar("T")
+
+
+class RunningService(Protocol):
+    address: str
+
+    async def stop(self, grace_s: float) -> None: ...
+
+
+def config_to_json(config: Any) -> str:
+    return json.dumps(dataclasses.asdict(config))
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a (nested) config dataclass; each __post_init__ validates again."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        kwargs[f.name] = (
+            config_from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
+        )
+    return cls(**kwargs)
+
+
+def run_service_main(
+    name: str,
+    config_cls: type[T],
+    start: Callable[[T], Awaitable[RunningService]],
+    argv: list[str] | None = None,
+) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
+    parser.add_argument("--config", required=True, help="the service config as JSON")
+    parser.add_argument("--placement", default="", help="recorded on spans")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"[{name}] %(levelname)s %(message)s")
+    try:
+        config = config_from_dict(config_cls, json.loads(args.config))
+    except (ValueError, TypeError) as exc:
+        print(f"error: bad {name} config: {exc}", file=sys.stderr)
+        return 2
+    configure_tracing(f"hopscope-{name}", {"hopscope.placement": args.placement})
+    try:
+        return asyncio.run(_serve(name, config, start))
+    finally:
+        shutdown_tracing()
+
+
+async def _serve(name: str, config: T, start: Callable[[T], Awaitable[RunningService]]) -> int:
+    try:
+        service = await start(config)
+    except Exception as exc:  # noqa: BLE001 - a fatal start-up error is reported, not a traceback
+        print(f"error: {name} could not start: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(f"{READY_PREFIX} {service.address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await service.stop(10.0)
+    return 0

@@ -1,0 +1,73 @@
+"""Spans for the hops OpenTelemetry's gRPC interceptor cannot see: one request on the shared
+tokenizer->scheduler stream, one step on the scheduler->worker stream, and in-process calls.
+
+They follow the RPC semantic conventions so every placement yields spans of the same shape
+(names and attributes are listed in ARCHITECTURE.md). Trace context travels in a plain dict
+carrier (a `map<string,string>` on the wire).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, Span, SpanKind
+
+SUBMIT = ("hopscope.v1.Scheduler", "Submit")
+STEP = ("hopscope.v1.Worker", "Step")
+_NET_TRANSPORT = {"uds": "unix", "tcp": "tcp", "inproc": "inproc"}
+
+_tracer = trace.get_tracer("hopscope")
+
+
+def inject_current() -> dict[str, str]:
+    """The current span's W3C context as a carrier dict (empty when nothing is recording)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def start_rpc_span(
+    rpc: tuple[str, str],
+    kind: SpanKind,
+    transport: str,
+    *,
+    parent: Mapping[str, str] | None = None,
+    links: Sequence[Link] = (),
+    attributes: Mapping[str, str | int | float] | None = None,
+) -> Span:
+    """Start (not activate) a CLIENT or SERVER span for an internal hop.
+
+    `parent` is a carrier extracted as the parent context (SERVER side); without it the span
+    is a child of the current context (CLIENT side).
+    """
+    service, method = rpc
+    ctx = propagate.extract(parent) if parent is not None else otel_context.get_current()
+    return _tracer.start_span(
+        f"{service}/{method}",
+        context=ctx,
+        kind=kind,
+        links=links,
+        attributes={
+            "rpc.system": "inproc" if transport == "inproc" else "grpc",
+            "rpc.service": service,
+            "rpc.method": method,
+            "network.transport": _NET_TRANSPORT.get(transport, transport),
+            **dict(attributes or {}),
+        },
+    )
+
+
+def carrier_of(span: Span) -> dict[str, str]:
+    """The carrier that makes `span` the parent on the other side of a hop."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier
+
+
+def link_to(span: Span, phase: str) -> Link | None:
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    return Link(ctx, {"hopscope.phase": phase})

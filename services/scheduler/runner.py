@@ -1,0 +1,284 @@
+"""Drives the pure scheduler core: one step at a time against a worker, delivering each step's
+tokens to the connections that asked for them (one delivery per connection per step).
+
+It owns the spans of the scheduler: a Submit SERVER span per request (queue, prefill and
+decode time) and a Step CLIENT span per step, linked to the requests it served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from protos import hopscope_pb2 as pb
+from services.common import convert, spans
+from services.common.errors import HopscopeError, UnavailableError
+from services.common.types import Delivery, ModelInfo
+from services.scheduler.core import Scheduler
+from services.scheduler.request import Batch, Request, Update
+from services.scheduler.worker_client import WorkerClient
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Receives, once per step, every delivery for the requests it submitted."""
+
+    def deliver(self, deliveries: list[Delivery]) -> None: ...
+
+
+@dataclass(slots=True)
+class RunnerSettings:
+    step_timeout_s: float = 120.0
+    connect_timeout_s: float = 30.0
+    # how long in-flight requests wait for a lost worker to come back before failing UNAVAILABLE
+    worker_reconnect_timeout_s: float = 10.0
+
+
+@dataclass(slots=True)
+class _Tracked:
+    request: Request
+    sink: Sink
+    span: Span
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+
+
+class SchedulerRunner:
+    def __init__(
+        self,
+        core_factory: Callable[[ModelInfo], Scheduler],
+        worker: WorkerClient,
+        settings: RunnerSettings,
+        on_health: Callable[[bool], None] = lambda is_serving: None,
+    ) -> None:
+        self._core_factory = core_factory
+        self.core: Scheduler | None = None
+        self.worker = worker
+        self.worker_info: pb.WorkerInfo | None = None
+        self._settings = settings
+        self._on_health = on_health
+        self._tracked: dict[str, _Tracked] = {}
+        self._wakeup = asyncio.Event()
+        self._worker_down_since: float | None = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Connect to the worker (bounded by connect_timeout_s), then run the loop."""
+        self.worker_info = await self.worker.connect(self._settings.connect_timeout_s)
+        info = convert.model_info_from_pb(self.worker_info.model, list(self.worker_info.eos_token_ids))
+        self.core = self._core_factory(info)
+        self._worker_down_since = None
+        self._on_health(True)
+        self._task = asyncio.create_task(self._run(), name="scheduler-loop")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for rid in list(self._tracked):
+            self._fail(rid, UnavailableError("the scheduler is shutting down"))
+        await self.worker.close()
+
+    @property
+    def is_worker_up(self) -> bool:
+        return self._worker_down_since is None
+
+    # ------------------------------------------------------------------ requests
+    def submit(self, request: Request, sink: Sink, transport: str) -> None:
+        """Queue a request; raises a domain error (mapped to a status) if it cannot be taken."""
+        assert self.core is not None, "submit before start"
+        span = spans.start_rpc_span(
+            spans.SUBMIT,
+            SpanKind.SERVER,
+            transport,
+            parent=request.context if isinstance(request.context, Mapping) else {},
+            attributes={
+                "hopscope.request_id": request.request_id,
+                "hopscope.num_prompt_tokens": len(request.prompt_token_ids),
+            },
+        )
+        try:
+            if self._is_worker_given_up():
+                raise UnavailableError(f"the model worker at {self.worker.address} is unavailable")
+            self.core.add(request)
+        except HopscopeError as exc:
+            _end_span(span, exc)
+            raise
+        self._tracked[request.request_id] = _Tracked(request, sink, span)
+        self._wakeup.set()
+
+    def abort(self, request_id: str) -> None:
+        """The caller went away or matched a stop string: free its blocks now."""
+        tracked = self._tracked.pop(request_id, None)
+        if self.core is not None:
+            self.core.abort(request_id)
+        if tracked is not None:
+            self._close_span(tracked, "abort", None)
+
+    # ------------------------------------------------------------------ loop
+    async def _run(self) -> None:
+        assert self.core is not None
+        while True:
+            if not self.is_worker_up:
+                await self._reconnect()
+                continue
+            now = time.monotonic()
+            self._deliver(self.core.expire(now))
+            batch = self.core.schedule(now)
+            if batch is None or not batch.seq_steps:
+                await self._wait_for_work(now)
+                continue
+            try:
+                sampled, step_ms = await self._step(batch)
+            except UnavailableError as exc:
+                log.warning("worker lost: %s", exc)
+                self._lose_worker()
+                continue
+            except Exception as exc:
+                log.exception("step failed")
+                for rid in set(batch.request_ids):
+                    self._fail(rid, HopscopeError(f"the model worker failed a step: {exc}"))
+                continue
+            self._account(batch, step_ms)
+            self._deliver(self.core.on_step(batch, sampled, time.monotonic()))
+
+    async def _step(self, batch: Batch) -> tuple[dict[int, int], float]:
+        links = [
+            link
+            for rid, phase in zip(batch.request_ids, batch.phases)
+            if rid in self._tracked and (link := spans.link_to(self._tracked[rid].span, phase))
+        ]
+        span = spans.start_rpc_span(
+            spans.STEP,
+            SpanKind.CLIENT,
+            self.worker.transport,
+            parent={},  # a step serves many requests: its own trace, linked to theirs
+            links=links,
+            attributes={
+                "hopscope.step_id": batch.step_id,
+                "hopscope.batch_size": batch.num_seqs,
+                "hopscope.num_prefill_tokens": batch.num_prefill_tokens,
+                "hopscope.num_decode_tokens": batch.num_decode_tokens,
+            },
+        )
+        try:
+            out = await self.worker.step(batch.seq_steps, spans.carrier_of(span))
+        except Exception as exc:
+            _end_span(span, exc)
+            raise
+        span.set_attribute("hopscope.worker_step_ms", out.step_ms)
+        span.end()
+        return out.sampled, out.step_ms
+
+    def _account(self, batch: Batch, step_ms: float) -> None:
+        for rid, phase in zip(batch.request_ids, batch.phases):
+            tracked = self._tracked.get(rid)
+            if tracked is None:
+                continue
+            if phase == "prefill":
+                tracked.prefill_ms += step_ms
+            else:
+                tracked.decode_ms += step_ms
+
+    async def _wait_for_work(self, now: float) -> None:
+        assert self.core is not None
+        timeouts = [
+            t
+            for t in (
+                self.core.time_until_static_batch(now),
+                None if self.core.next_deadline_s is None else self.core.next_deadline_s - now,
+            )
+            if t is not None
+        ]
+        self._wakeup.clear()
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), max(0.0, min(timeouts)) if timeouts else None)
+        except TimeoutError:
+            pass
+
+    # ------------------------------------------------------------------ delivery
+    def _deliver(self, updates: list[Update]) -> None:
+        by_sink: dict[int, tuple[Sink, list[Delivery]]] = {}
+        for update in updates:
+            tracked = self._tracked.get(update.request_id)
+            if tracked is None:
+                continue
+            delivery = _to_delivery(update)
+            by_sink.setdefault(id(tracked.sink), (tracked.sink, []))[1].append(delivery)
+            if delivery.is_finished:
+                del self._tracked[update.request_id]
+                self._close_span(tracked, update.finish_reason, update.error)
+        for sink, deliveries in by_sink.values():
+            sink.deliver(deliveries)
+
+    def _fail(self, request_id: str, error: HopscopeError) -> None:
+        tracked = self._tracked.pop(request_id, None)
+        if self.core is not None:
+            self.core.abort(request_id)
+        if tracked is None:
+            return
+        tracked.sink.deliver(
+            [Delivery(request_id, [], "abort", error_status=error.status, error_message=str(error))]
+        )
+        self._close_span(tracked, "abort", error)
+
+    def _close_span(self, tracked: _Tracked, finish_reason: str, error: Exception | None) -> None:
+        req, span = tracked.request, tracked.span
+        if req.first_scheduled_s is not None:
+            span.set_attribute("hopscope.queue_ms", (req.first_scheduled_s - req.arrival_s) * 1e3)
+        span.set_attribute("hopscope.prefill_ms", tracked.prefill_ms)
+        span.set_attribute("hopscope.decode_ms", tracked.decode_ms)
+        span.set_attribute("hopscope.num_output_tokens", req.num_output_tokens)
+        span.set_attribute("hopscope.num_preemptions", req.num_preemptions)
+        span.set_attribute("hopscope.finish_reason", finish_reason)
+        _end_span(span, error)
+
+    # ------------------------------------------------------------------ worker loss
+    def _lose_worker(self) -> None:
+        assert self.core is not None
+        self._worker_down_since = time.monotonic()
+        self._on_health(False)
+        self.core.on_worker_lost()  # running sequences will be recomputed once it is back
+
+    def _is_worker_given_up(self) -> bool:
+        down = self._worker_down_since
+        return down is not None and time.monotonic() - down > self._settings.worker_reconnect_timeout_s
+
+    async def _reconnect(self) -> None:
+        try:
+            self.worker_info = await self.worker.connect(timeout_s=1.0)
+        except UnavailableError:
+            if self._is_worker_given_up():
+                for rid in list(self._tracked):
+                    self._fail(rid, UnavailableError(f"the model worker at {self.worker.address} is unavailable"))
+            await asyncio.sleep(0.2)
+            return
+        log.warning("worker back (instance %s); recomputing %d requests", self.worker_info.instance_id, len(self._tracked))
+        self._worker_down_since = None
+        self._on_health(True)
+
+
+def _to_delivery(update: Update) -> Delivery:
+    if update.error is None:
+        return Delivery(update.request_id, update.token_ids, update.finish_reason)
+    return Delivery(
+        update.request_id,
+        update.token_ids,
+        update.finish_reason or "abort",
+        error_status=update.error.status,
+        error_message=str(update.error),
+    )
+
+
+def _end_span(span: Span, error: Exception | None) -> None:
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, str(error)))
+    span.end()

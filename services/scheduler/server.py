@@ -1,0 +1,70 @@
+"""The scheduler process: connect to the worker, serve `hopscope.v1.Scheduler`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from protos import hopscope_pb2_grpc as pb_grpc
+from services.common.channels import transport_of
+from services.common.identity import ServiceIdentity, identify
+from services.common.server import GrpcServer, start_server
+from services.common.types import ModelInfo
+from services.scheduler.core import Scheduler
+from services.scheduler.runner import RunnerSettings, SchedulerRunner
+from services.scheduler.service_config import SchedulerServiceConfig
+from services.scheduler.servicer import SchedulerServicer
+from services.scheduler.worker_client import GrpcWorkerClient, WorkerClient
+
+
+@dataclass
+class SchedulerServer:
+    grpc_server: GrpcServer
+    runner: SchedulerRunner
+
+    @property
+    def address(self) -> str:
+        return self.grpc_server.address
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.grpc_server.stop(grace_s)
+        await self.runner.stop()
+
+
+def build_runner(
+    config: SchedulerServiceConfig, worker: WorkerClient, on_health: object = None
+) -> SchedulerRunner:
+    def core_factory(info: ModelInfo) -> Scheduler:
+        return Scheduler(config.core, info)
+
+    settings = RunnerSettings(
+        step_timeout_s=config.step_timeout_s,
+        connect_timeout_s=config.connect_timeout_s,
+        worker_reconnect_timeout_s=config.worker_reconnect_timeout_s,
+    )
+    if on_health is None:
+        return SchedulerRunner(core_factory, worker, settings)
+    return SchedulerRunner(core_factory, worker, settings, on_health)  # type: ignore[arg-type]
+
+
+async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
+    worker = GrpcWorkerClient(config.worker_address, config.step_timeout_s)
+    holder: dict[str, GrpcServer] = {}
+
+    def on_health(is_serving: bool) -> None:
+        if "server" in holder:
+            asyncio.get_running_loop().create_task(holder["server"].set_serving(is_serving))
+
+    runner = build_runner(config, worker, on_health)
+    identity: ServiceIdentity = identify("scheduler", config.listen, config.node_id)
+    servicer = SchedulerServicer(runner, identity, transport_of(config.listen))
+
+    def register(server: object) -> list[str]:
+        pb_grpc.add_SchedulerServicer_to_server(servicer, server)
+        return ["hopscope.v1.Scheduler"]
+
+    await runner.start()
+    grpc_server = await start_server(config.listen, register)
+    holder["server"] = grpc_server
+    identity.address = grpc_server.address
+    return SchedulerServer(grpc_server, runner)

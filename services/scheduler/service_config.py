@@ -1,0 +1,25 @@
+"""The scheduler service's one config: the core's batching settings plus where it listens and
+which worker it drives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.scheduler.config import SchedulerConfig
+
+
+@dataclass(slots=True)
+class SchedulerServiceConfig:
+    core: SchedulerConfig = field(default_factory=SchedulerConfig)
+    worker_address: str = "127.0.0.1:50053"  # "HOST:PORT" or "unix:PATH"
+    listen: str = "127.0.0.1:50052"
+    node_id: str = ""
+    step_timeout_s: float = 120.0
+    connect_timeout_s: float = 60.0
+    worker_reconnect_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.step_timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ValueError("step_timeout_s and connect_timeout_s must be > 0")
+        if self.worker_reconnect_timeout_s < 0:
+            raise ValueError("worker_reconnect_timeout_s must be >= 0")

@@ -1,0 +1,54 @@
+"""The worker process: load the engine, serve `hopscope.v1.Worker`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from protos import hopscope_pb2_grpc as pb_grpc
+from services.common.channels import transport_of
+from services.common.identity import identify
+from services.common.server import GrpcServer, start_server
+from services.worker.config import WorkerConfig
+from services.worker.servicer import WorkerService, WorkerServicer
+
+
+@dataclass(slots=True)
+class WorkerServiceConfig:
+    engine: WorkerConfig = field(default_factory=WorkerConfig)
+    listen: str = "127.0.0.1:50053"  # "HOST:PORT" or "unix:PATH"
+    node_id: str = ""
+
+
+@dataclass
+class WorkerServer:
+    grpc_server: GrpcServer
+    service: WorkerService
+
+    @property
+    def address(self) -> str:
+        return self.grpc_server.address
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.grpc_server.stop(grace_s)
+        self.service.close()
+
+
+def build_worker_service(config: WorkerServiceConfig, address: str) -> WorkerService:
+    from services.worker.engine import Engine
+
+    return WorkerService(Engine(config.engine), identify("worker", address, config.node_id))
+
+
+async def start_worker(config: WorkerServiceConfig) -> WorkerServer:
+    # loading weights is slow and blocking: keep the loop free meanwhile
+    service = await asyncio.to_thread(build_worker_service, config, config.listen)
+    servicer = WorkerServicer(service, transport_of(config.listen))
+
+    def register(server: object) -> list[str]:
+        pb_grpc.add_WorkerServicer_to_server(servicer, server)
+        return ["hopscope.v1.Worker"]
+
+    grpc_server = await start_server(config.listen, register)
+    service.identity.address = grpc_server.address
+    return WorkerServer(grpc_server, service)

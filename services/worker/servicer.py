@@ -1,0 +1,94 @@
+"""The worker behind a server: `WorkerService` wraps the engine with its Step SERVER span (used by
+the gRPC servicer and, directly, by the in-process placement); `WorkerServicer` only converts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from protos import hopscope_pb2 as pb
+from protos import hopscope_pb2_grpc as pb_grpc
+from services.common import convert, spans
+from services.common.identity import ServiceIdentity
+from services.common.types import ModelInfo, SeqStep, StepOutput
+from services.worker.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+class WorkerService:
+    """Runs one step at a time on a dedicated thread so the event loop stays responsive."""
+
+    def __init__(self, engine: Engine, identity: ServiceIdentity) -> None:
+        self.engine = engine
+        self.identity = identity
+        self.instance_id = uuid.uuid4().hex
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.engine.info
+
+    async def step(
+        self, seqs: list[SeqStep], carrier: Mapping[str, str], transport: str
+    ) -> StepOutput:
+        span = spans.start_rpc_span(
+            spans.STEP,
+            SpanKind.SERVER,
+            transport,
+            parent=carrier,
+            attributes={"hopscope.batch_size": len(seqs)},
+        )
+        try:
+            loop = asyncio.get_running_loop()
+            out = await loop.run_in_executor(self._executor, self.engine.step, seqs)
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            raise
+        finally:
+            span.end()
+        span.set_attribute("hopscope.step_ms", out.step_ms)
+        span.set_attribute("hopscope.device_ms", out.device_ms)
+        return out
+
+    def info_pb(self) -> pb.WorkerInfo:
+        info = self.engine.info
+        return pb.WorkerInfo(
+            model=convert.model_info_to_pb(info),
+            eos_token_ids=info.eos_token_ids,
+            instance_id=self.instance_id,
+            service=convert.identity_to_pb(self.identity),
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class WorkerServicer(pb_grpc.WorkerServicer):
+    def __init__(self, service: WorkerService, transport: str) -> None:
+        self.service = service
+        self.transport = transport
+
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.WorkerInfo:
+        return self.service.info_pb()
+
+    async def Step(
+        self, request_iterator: AsyncIterator[pb.StepRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StepResponse]:
+        """One message per step each way; the scheduler sends the next step after the reply."""
+        async for request in request_iterator:
+            seqs = [convert.seq_step_from_pb(s) for s in request.seqs]
+            try:
+                out = await self.service.step(seqs, request.trace_context, self.transport)
+            except Exception as exc:
+                log.exception("step %d failed", request.step_id)
+                yield pb.StepResponse(step_id=request.step_id, error=f"{type(exc).__name__}: {exc}")
+                continue
+            yield convert.step_output_to_pb(request.step_id, out)
