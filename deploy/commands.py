@@ -19,17 +19,38 @@ err = Console(stderr=True, highlight=False)
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="deploy the pipeline and serve the front door")
-    serve.add_argument("--placement", default="inproc", help="inproc | colocated | colocated-tcp | split | remote | FILE.yaml")
-    serve.add_argument("--no-ray", action="store_true", help="plain local processes instead of Ray actors")
-    serve.add_argument("--ray-address", default="", help="join this Ray cluster (default: start a local one)")
-    serve.add_argument("--host", default="127.0.0.1", help="front-door bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"front-door port (default {DEFAULT_PORT}; 0 = any)")
+    serve.add_argument(
+        "--placement",
+        default="inproc",
+        help="inproc | colocated | colocated-tcp | split | remote | FILE.yaml",
+    )
+    serve.add_argument(
+        "--no-ray", action="store_true", help="plain local processes instead of Ray actors"
+    )
+    serve.add_argument(
+        "--ray-address", default="", help="join this Ray cluster (default: start a local one)"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="front-door bind address (default 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"front-door port (default {DEFAULT_PORT}; 0 = any)",
+    )
     _add_engine_args(serve)
     serve.set_defaults(func=run_serve)
 
-    gen = sub.add_parser("generate", help="stream one generation (from a running front door, or embedded)")
+    gen = sub.add_parser(
+        "generate", help="stream one generation (from a running front door, or embedded)"
+    )
     gen.add_argument("prompt")
-    gen.add_argument("--address", default="", help="HOST:PORT of a running front door; none = embedded in-process pipeline")
+    gen.add_argument(
+        "--address",
+        default="",
+        help="HOST:PORT of a running front door; none = embedded in-process pipeline",
+    )
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-p", type=float, default=0.0)
@@ -45,9 +66,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="preset (tiny, small, llama-1b) or local HF checkpoint directory")
+    p.add_argument(
+        "--model",
+        default="tiny",
+        help="preset (tiny, small, llama-1b) or local HF checkpoint directory",
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="float32 | bfloat16 | float16 (default: float32 on CPU, bfloat16 on CUDA)",
+    )
     p.add_argument("--kv-cache-mb", type=int, default=256, help="KV-cache budget on CPU, MiB")
     p.add_argument("--batching", choices=["continuous", "static"], default="continuous")
     p.add_argument("--max-num-seqs", type=int, default=64)
@@ -83,7 +112,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
         return run_ray_serve(spec, args.ray_address)
     if spec.placement not in NO_RAY_PLACEMENTS:
-        err.print(f"error: placement {spec.placement!r} needs Ray; without Ray use one of {', '.join(NO_RAY_PLACEMENTS)}")
+        err.print(
+            f"error: placement {spec.placement!r} needs Ray; without Ray use one of {', '.join(NO_RAY_PLACEMENTS)}"
+        )
         return 2
     if spec.placement == "inproc":
         return asyncio.run(_serve_inproc(spec))
@@ -91,7 +122,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _announce(address: str, spec: ServeSpec) -> None:
-    print(f"hopscope front door: {address} (placement {spec.placement}, model {spec.model})", flush=True)
+    print(
+        f"hopscope front door: {address} (placement {spec.placement}, model {spec.model})",
+        flush=True,
+    )
 
 
 async def _serve_inproc(spec: ServeSpec) -> int:
@@ -158,7 +192,10 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"\n[{result['finish_reason']}; {result['usage']['completion_tokens']} tokens]", file=sys.stderr)
+        print(
+            f"\n[{result['finish_reason']}; {result['usage']['completion_tokens']} tokens]",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -39,9 +39,13 @@ async def start_inproc(spec: ServeSpec) -> InprocPipeline:
 
     def on_health(is_serving: bool) -> None:
         if "front" in holder:
-            asyncio.get_running_loop().create_task(holder["front"].grpc_server.set_serving(is_serving))
+            asyncio.get_running_loop().create_task(
+                holder["front"].grpc_server.set_serving(is_serving)
+            )
 
-    runner = build_runner(spec.scheduler_config("inproc", "inproc"), InprocWorkerClient(worker), on_health)
+    runner = build_runner(
+        spec.scheduler_config("inproc", "inproc"), InprocWorkerClient(worker), on_health
+    )
     await runner.start()
     scheduler = InprocSchedulerClient(runner, identify("scheduler", "inproc"))
     front = await start_tokenizer(spec.tokenizer_config(spec.front_door, "inproc"), scheduler)

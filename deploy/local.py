@@ -46,7 +46,15 @@ class ChildService:
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--config", self.config_json, "--placement", self.placement],
+            [
+                sys.executable,
+                "-m",
+                self.module,
+                "--config",
+                self.config_json,
+                "--placement",
+                self.placement,
+            ],
             stdout=subprocess.PIPE,
             stderr=log,
             preexec_fn=_die_with_parent,
@@ -106,9 +114,13 @@ class LocalDeployment:
 
     def start(self) -> str:
         try:
-            worker = self._start("worker", "services.worker", lambda listen: self.spec.worker_config(listen))
+            worker = self._start(
+                "worker", "services.worker", lambda listen: self.spec.worker_config(listen)
+            )
             sched = self._start(
-                "scheduler", "services.scheduler", lambda listen: self.spec.scheduler_config(listen, worker)
+                "scheduler",
+                "services.scheduler",
+                lambda listen: self.spec.scheduler_config(listen, worker),
             )
             self._start(
                 "tokenizer",
@@ -124,7 +136,9 @@ class LocalDeployment:
     def _start(self, name: str, module: str, make_config: object, listen: str | None = None) -> str:
         listen = listen or self._internal_address(name)
         config = make_config(listen)  # type: ignore[operator]
-        child = ChildService(name, module, config_to_json(config), self.spec.placement, self.tmp_dir / f"{name}.log")
+        child = ChildService(
+            name, module, config_to_json(config), self.spec.placement, self.tmp_dir / f"{name}.log"
+        )
         self.children.append(child)
         return child.start()
 
@@ -144,7 +158,9 @@ class LocalDeployment:
             child.num_restarts += 1
             config = _with_listen(child.config_json, child.address)
             child.config_json = config
-            events.append(f"{child.name} exited ({child.last_error()}); restarting on {child.address}")
+            events.append(
+                f"{child.name} exited ({child.last_error()}); restarting on {child.address}"
+            )
             child.start()
         return events
 

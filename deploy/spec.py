@@ -50,7 +50,9 @@ class ServeSpec:
         )
         return WorkerServiceConfig(engine=engine, listen=listen, node_id=node_id)
 
-    def scheduler_config(self, listen: str, worker_address: str, node_id: str = "") -> SchedulerServiceConfig:
+    def scheduler_config(
+        self, listen: str, worker_address: str, node_id: str = ""
+    ) -> SchedulerServiceConfig:
         core = SchedulerConfig(
             max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,
@@ -65,7 +67,9 @@ class ServeSpec:
             worker_reconnect_timeout_s=self.worker_reconnect_timeout_s,
         )
 
-    def tokenizer_config(self, listen: str, scheduler_address: str, node_id: str = "") -> TokenizerServiceConfig:
+    def tokenizer_config(
+        self, listen: str, scheduler_address: str, node_id: str = ""
+    ) -> TokenizerServiceConfig:
         return TokenizerServiceConfig(
             model=self.model,
             scheduler_address=scheduler_address,

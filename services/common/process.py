@@ -42,9 +42,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
         if f.name not in data:
             continue
         value, hint = data[f.name], hints[f.name]
-        kwargs[f.name] = (
-            config_from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
-        )
+        kwargs[f.name] = config_from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
     return cls(**kwargs)
 
 

@@ -73,7 +73,9 @@ class SchedulerRunner:
     async def start(self) -> None:
         """Connect to the worker (bounded by connect_timeout_s), then run the loop."""
         self.worker_info = await self.worker.connect(self._settings.connect_timeout_s)
-        info = convert.model_info_from_pb(self.worker_info.model, list(self.worker_info.eos_token_ids))
+        info = convert.model_info_from_pb(
+            self.worker_info.model, list(self.worker_info.eos_token_ids)
+        )
         self.core = self._core_factory(info)
         self._worker_down_since = None
         self._on_health(True)
@@ -200,7 +202,9 @@ class SchedulerRunner:
         ]
         self._wakeup.clear()
         try:
-            await asyncio.wait_for(self._wakeup.wait(), max(0.0, min(timeouts)) if timeouts else None)
+            await asyncio.wait_for(
+                self._wakeup.wait(), max(0.0, min(timeouts)) if timeouts else None
+            )
         except TimeoutError:
             pass
 
@@ -250,7 +254,9 @@ class SchedulerRunner:
 
     def _is_worker_given_up(self) -> bool:
         down = self._worker_down_since
-        return down is not None and time.monotonic() - down > self._settings.worker_reconnect_timeout_s
+        return (
+            down is not None and time.monotonic() - down > self._settings.worker_reconnect_timeout_s
+        )
 
     async def _reconnect(self) -> None:
         try:
@@ -258,10 +264,19 @@ class SchedulerRunner:
         except UnavailableError:
             if self._is_worker_given_up():
                 for rid in list(self._tracked):
-                    self._fail(rid, UnavailableError(f"the model worker at {self.worker.address} is unavailable"))
+                    self._fail(
+                        rid,
+                        UnavailableError(
+                            f"the model worker at {self.worker.address} is unavailable"
+                        ),
+                    )
             await asyncio.sleep(0.2)
             return
-        log.warning("worker back (instance %s); recomputing %d requests", self.worker_info.instance_id, len(self._tracked))
+        log.warning(
+            "worker back (instance %s); recomputing %d requests",
+            self.worker_info.instance_id,
+            len(self._tracked),
+        )
         self._worker_down_since = None
         self._on_health(True)
 

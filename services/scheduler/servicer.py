@@ -34,7 +34,14 @@ class _Connection:
 
 
 class SchedulerServicer(pb_grpc.SchedulerServicer):
-    def __init__(self, runner: SchedulerRunner, identity: ServiceIdentity, transport: str) -> None:
+    def __init__(
+        self,
+        runner: SchedulerRunner,
+        identity: ServiceIdentity,
+        transport: str,
+        worker_link: str = "",
+    ) -> None:
+        self.worker_link = worker_link
         self.runner = runner
         self.identity = identity
         self.transport = transport
@@ -55,7 +62,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             for rid in list(conn.request_ids):  # the tokenizer went away: free its requests
                 self.runner.abort(rid)
 
-    async def _read(self, request_iterator: AsyncIterator[pb.SchedulerInput], conn: _Connection) -> None:
+    async def _read(
+        self, request_iterator: AsyncIterator[pb.SchedulerInput], conn: _Connection
+    ) -> None:
         try:
             async for message in request_iterator:
                 if message.HasField("add"):
@@ -90,17 +99,28 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     async def Describe(
         self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DescribeResponse:
-        return describe_scheduler(self.runner, self.identity)
+        return describe_scheduler(self.runner, self.identity, self.worker_link)
 
 
-def describe_scheduler(runner: SchedulerRunner, identity: ServiceIdentity) -> pb.DescribeResponse:
+def describe_scheduler(
+    runner: SchedulerRunner, identity: ServiceIdentity, worker_link: str = ""
+) -> pb.DescribeResponse:
     """The scheduler's and worker's part of Describe (the front door adds its own)."""
     response = pb.DescribeResponse(services=[convert.identity_to_pb(identity)])
     info = runner.worker_info
     if info is not None:
         response.services.append(info.service)
         response.model.CopyFrom(info.model)
-    response.edges.append(pb.Edge(**{"from": "scheduler", "to": "worker", "transport": runner.worker.transport}))
+    response.edges.append(
+        pb.Edge(
+            **{
+                "from": "scheduler",
+                "to": "worker",
+                "transport": runner.worker.transport,
+                "link": worker_link,
+            }
+        )
+    )
     if runner.core is not None:
         response.batching = runner.core.config.batching
     return response

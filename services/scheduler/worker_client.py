@@ -87,7 +87,9 @@ class GrpcWorkerClient:
             response = await asyncio.wait_for(self._call.read(), self._step_timeout_s)
         except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
             self._call = None
-            raise UnavailableError(f"model worker at {self.address} stopped answering: {exc}") from exc
+            raise UnavailableError(
+                f"model worker at {self.address} stopped answering: {exc}"
+            ) from exc
         if response is grpc.aio.EOF:
             self._call = None
             raise UnavailableError(f"model worker at {self.address} closed the step stream")

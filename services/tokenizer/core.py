@@ -89,7 +89,9 @@ class TokenizerCore:
                 )
             return ids
         if not params.prompt:
-            raise InvalidArgumentError("prompt is empty: send text in `prompt` or ids in `prompt_token_ids`")
+            raise InvalidArgumentError(
+                "prompt is empty: send text in `prompt` or ids in `prompt_token_ids`"
+            )
         if len(params.prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgumentError(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
         return self.tokenizer.encode(params.prompt).ids
@@ -114,7 +116,9 @@ class TokenizerCore:
 
 def _check_sampling(params: GenerateParams) -> None:
     if math.isnan(params.temperature) or params.temperature < 0:
-        raise InvalidArgumentError(f"temperature must be >= 0 (0 = greedy), got {params.temperature}")
+        raise InvalidArgumentError(
+            f"temperature must be >= 0 (0 = greedy), got {params.temperature}"
+        )
     if math.isinf(params.temperature):
         raise InvalidArgumentError("temperature must be finite")
     if math.isnan(params.top_p) or not 0 <= params.top_p <= 1:

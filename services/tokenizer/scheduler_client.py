@@ -75,7 +75,9 @@ class _Router:
             stream.put(Delivery(rid, [], "abort", "UNAVAILABLE", message))
 
 
-def _add_request(req: PreparedRequest, timeout_s: float, carrier: Mapping[str, str]) -> pb.AddRequest:
+def _add_request(
+    req: PreparedRequest, timeout_s: float, carrier: Mapping[str, str]
+) -> pb.AddRequest:
     return pb.AddRequest(
         request_id=req.request_id,
         prompt_token_ids=req.prompt_token_ids,
@@ -165,7 +167,9 @@ class GrpcSchedulerClient(_Router):
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout_s)
         except TimeoutError as exc:
-            raise UnavailableError(f"scheduler at {self.address} did not answer in {timeout_s:.0f} s") from exc
+            raise UnavailableError(
+                f"scheduler at {self.address} did not answer in {timeout_s:.0f} s"
+            ) from exc
         self._tasks = [
             asyncio.create_task(self._stream_forever(), name="scheduler-stream"),
             asyncio.create_task(self._watch_health(), name="scheduler-health"),
@@ -188,7 +192,9 @@ class GrpcSchedulerClient(_Router):
         try:
             return await self._stub.Describe(pb.DescribeRequest(), timeout=5.0)
         except grpc.aio.AioRpcError as exc:
-            raise UnavailableError(f"the scheduler at {self.address} is unavailable: {exc.details()}") from exc
+            raise UnavailableError(
+                f"the scheduler at {self.address} is unavailable: {exc.details()}"
+            ) from exc
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -226,7 +232,9 @@ class GrpcSchedulerClient(_Router):
         while True:
             try:
                 async for response in stub.Watch(health_pb2.HealthCheckRequest(service="")):
-                    self._is_scheduler_serving = response.status == health_pb2.HealthCheckResponse.SERVING
+                    self._is_scheduler_serving = (
+                        response.status == health_pb2.HealthCheckResponse.SERVING
+                    )
                     self._on_health(self.is_ready)
             except grpc.aio.AioRpcError:
                 self._is_scheduler_serving = False
@@ -242,4 +250,6 @@ class GrpcSchedulerClient(_Router):
 
 
 def _delivery_from_pb(u: pb.RequestUpdate) -> Delivery:
-    return Delivery(u.request_id, list(u.token_ids), u.finish_reason, u.error_status, u.error_message)
+    return Delivery(
+        u.request_id, list(u.token_ids), u.finish_reason, u.error_status, u.error_message
+    )

@@ -25,6 +25,8 @@ class TokenizerServiceConfig:
     placement: str = "colocated"
     request_timeout_s: float = 600.0  # cap on a request without its own deadline
     connect_timeout_s: float = 60.0
+    scheduler_link: str = ""  # how the path to the scheduler is shaped: "" | "netem" | "relay"
+    is_ray: bool = False
 
     def __post_init__(self) -> None:
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:
@@ -66,7 +68,7 @@ async def start_tokenizer(
         await client.connect(config.connect_timeout_s)
         scheduler = client
     identity = identify("tokenizer", config.listen, config.node_id)
-    servicer = TokenizerServicer(core, scheduler, identity, config.placement, config.request_timeout_s)
+    servicer = TokenizerServicer(core, scheduler, identity, config)
 
     def register(server: object) -> list[str]:
         pb_grpc.add_TokenizerServicer_to_server(servicer, server)

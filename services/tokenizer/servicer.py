@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 from opentelemetry import trace
@@ -22,6 +22,9 @@ from services.common.identity import ServiceIdentity
 from services.tokenizer.core import GenerateParams, PreparedRequest, StopMatcher, TokenizerCore
 from services.tokenizer.scheduler_client import RequestStream
 
+if TYPE_CHECKING:
+    from services.tokenizer.server import TokenizerServiceConfig
+
 _tracer = trace.get_tracer("hopscope")
 
 
@@ -32,7 +35,9 @@ class SchedulerClient(Protocol):
     @property
     def is_ready(self) -> bool: ...
 
-    async def submit(self, req: PreparedRequest, timeout_s: float, carrier: dict[str, str]) -> RequestStream: ...
+    async def submit(
+        self, req: PreparedRequest, timeout_s: float, carrier: dict[str, str]
+    ) -> RequestStream: ...
 
     def abort(self, request_id: str) -> None: ...
 
@@ -52,26 +57,33 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         core: TokenizerCore,
         scheduler: SchedulerClient,
         identity: ServiceIdentity,
-        placement: str,
-        request_timeout_s: float,
+        config: TokenizerServiceConfig,
     ) -> None:
         self.core = core
         self.scheduler = scheduler
         self.identity = identity
-        self.placement = placement
-        self.request_timeout_s = request_timeout_s
+        self.config = config
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         request_id = request.request_id or uuid.uuid4().hex
-        with _tracer.start_as_current_span("tokenizer.encode", attributes={"hopscope.request_id": request_id}):
+        with _tracer.start_as_current_span(
+            "tokenizer.encode", attributes={"hopscope.request_id": request_id}
+        ):
             prepared = self.core.prepare(_params_from_pb(request), request_id)
         remaining_s = context.time_remaining()
-        timeout_s = min(self.request_timeout_s, remaining_s if remaining_s is not None else math.inf)
+        timeout_s = min(
+            self.config.request_timeout_s, remaining_s if remaining_s is not None else math.inf
+        )
         span = spans.start_rpc_span(
-            spans.SUBMIT, SpanKind.CLIENT, self.scheduler.transport,
-            attributes={"hopscope.request_id": request_id, "server.address": self.scheduler.address},
+            spans.SUBMIT,
+            SpanKind.CLIENT,
+            self.scheduler.transport,
+            attributes={
+                "hopscope.request_id": request_id,
+                "server.address": self.scheduler.address,
+            },
         )
         progress = _Progress()
         try:
@@ -97,9 +109,13 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
             started = time.perf_counter()
             text = stop.push(detokenizer.push(delivery.token_ids))
             if delivery.is_finished and not stop.is_stopped:
-                text += stop.push(detokenizer.flush()) + (stop.flush() if not stop.is_stopped else "")
+                text += stop.push(detokenizer.flush()) + (
+                    stop.flush() if not stop.is_stopped else ""
+                )
             progress.detokenize_s += time.perf_counter() - started
-            response = pb.GenerateResponse(text=text, token_ids=delivery.token_ids, request_id=req.request_id)
+            response = pb.GenerateResponse(
+                text=text, token_ids=delivery.token_ids, request_id=req.request_id
+            )
             if stop.is_stopped:
                 self.scheduler.abort(req.request_id)
                 response.finish_reason = "stop"
@@ -115,12 +131,25 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
             yield response
             return
 
-    async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> pb.DescribeResponse:
+    async def Describe(
+        self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DescribeResponse:
         downstream = await self.scheduler.describe()
-        response = pb.DescribeResponse(placement=self.placement, batching=downstream.batching, ray=downstream.ray)
+        response = pb.DescribeResponse(
+            placement=self.config.placement, batching=downstream.batching, ray=self.config.is_ray
+        )
         response.services.append(convert.identity_to_pb(self.identity))
         response.services.extend(downstream.services)
-        response.edges.append(pb.Edge(**{"from": "tokenizer", "to": "scheduler", "transport": self.scheduler.transport}))
+        response.edges.append(
+            pb.Edge(
+                **{
+                    "from": "tokenizer",
+                    "to": "scheduler",
+                    "transport": self.scheduler.transport,
+                    "link": self.config.scheduler_link,
+                }
+            )
+        )
         response.edges.extend(downstream.edges)
         response.model.CopyFrom(downstream.model)
         return response
