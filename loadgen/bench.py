@@ -12,7 +12,7 @@ from rich.console import Console
 from loadgen import metrics
 from loadgen.config import BenchConfig
 from loadgen.plots import plot_cdfs, plot_sweep
-from loadgen.report import LiveProgress, lag_warning, summary_table
+from loadgen.report import LiveProgress, lag_warning, summary_lines, summary_table
 from loadgen.results import git_sha, point_paths, write_requests, write_summary
 from loadgen.runner import check_reachable
 from loadgen.workers import PointResult, run_point
@@ -105,7 +105,8 @@ def _run_one(
     document, window = build_document(config, result, plan.flags, requests_path, extra)
     write_requests(requests_path, result.records, {r.index for r in window})
     write_summary(summary_path, document)
-    console.print(summary_table(title, document["summary"], document["failed_by_status"]))
+    console.print(summary_table(title, document["summary"]))
+    console.print(summary_lines(document["summary"], document["failed_by_status"]))
     if warning := lag_warning(document["summary"]):
         console.print(f"[bold yellow]warning:[/] {warning}")
     if plan.is_plotting:

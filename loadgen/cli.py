@@ -161,7 +161,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from loadgen.runner import UnreachableError
     from loadgen.workloads import DatasetError, Workload
 
-    console = Console(stderr=False)
+    console = Console()
     try:
         points, tags = build_points(args)
         Workload(points[0].workload)  # a malformed dataset fails here, before any load
@@ -171,8 +171,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         )
         server = preflight(args.address, args.connect_timeout_s)
     except (BenchConfigError, DatasetError, UnreachableError, ValueError) as exc:
-        console.print(f"[bold red]hopscope bench:[/] {exc}")
-        return EXIT_BAD_INPUT
+        return _fail("hopscope bench", exc)
     console.print(f"target {server}")
     return _run_traced(plan, console, {**plan.flags, "server": server})
 
@@ -192,6 +191,12 @@ def _run_traced(plan: Any, console: Console, flags: dict[str, Any]) -> int:
         shutdown_tracing()
 
 
+def _fail(command: str, exc: Exception) -> int:
+    # stderr, unwrapped: the message must survive pipes and greps whole
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]{command}:[/] {exc}", highlight=False)
+    return EXIT_BAD_INPUT
+
+
 def run_compare_command(args: argparse.Namespace) -> int:
     from loadgen.compare import compare_table, group_columns
 
@@ -199,7 +204,6 @@ def run_compare_command(args: argparse.Namespace) -> int:
     try:
         columns = group_columns(args.summaries)
     except ValueError as exc:
-        console.print(f"[bold red]hopscope bench compare:[/] {exc}")
-        return EXIT_BAD_INPUT
+        return _fail("hopscope bench compare", exc)
     console.print(compare_table(columns))
     return 0

@@ -64,7 +64,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def summary_table(title: str, summary: dict[str, Any], failed_by_status: dict[str, int]) -> Table:
+def summary_table(title: str, summary: dict[str, Any]) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     for key in ("mean", "p50", "p90", "p99", "max"):
@@ -72,15 +72,18 @@ def summary_table(title: str, summary: dict[str, Any], failed_by_status: dict[st
     for name in ALL_METRICS:
         stats = summary[name]
         table.add_row(name, *(_fmt(stats[k]) for k in ("mean", "p50", "p90", "p99", "max")))
+    return table
+
+
+def summary_lines(summary: dict[str, Any], failed_by_status: dict[str, int]) -> str:
     errors = ", ".join(f"{k}={v}" for k, v in sorted(failed_by_status.items())) or "none"
-    table.caption = (
+    return (
         f"completed {summary['completed']}  failed {summary['failed']} ({errors})  "
         f"incomplete {summary['incomplete']}  duration {summary['duration_s']:.2f} s\n"
         f"{summary['request_throughput']:.2f} req/s  "
         f"{summary['output_token_throughput']:.1f} out tok/s  "
         f"{summary['total_token_throughput']:.1f} total tok/s  goodput {summary['goodput']:.2f} req/s"
     )
-    return table
 
 
 def lag_warning(summary: dict[str, Any]) -> str | None:
