@@ -104,20 +104,36 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., num_blocks: _Optional[int] = ..., block_size: _Optional[int] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("placement", "services", "edges", "model", "batching", "ray")
+    __slots__ = ("placement", "services", "edges", "model", "batching", "ray", "scheduler_stats")
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     RAY_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_STATS_FIELD_NUMBER: _ClassVar[int]
     placement: str
     services: _containers.RepeatedCompositeFieldContainer[ServiceInfo]
     edges: _containers.RepeatedCompositeFieldContainer[Edge]
     model: ModelInfo
     batching: str
     ray: bool
-    def __init__(self, placement: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceInfo, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., batching: _Optional[str] = ..., ray: _Optional[bool] = ...) -> None: ...
+    scheduler_stats: SchedulerStats
+    def __init__(self, placement: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceInfo, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., batching: _Optional[str] = ..., ray: _Optional[bool] = ..., scheduler_stats: _Optional[_Union[SchedulerStats, _Mapping]] = ...) -> None: ...
+
+class SchedulerStats(_message.Message):
+    __slots__ = ("num_waiting", "num_running", "num_free_blocks", "num_blocks", "is_worker_up")
+    NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    NUM_FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    IS_WORKER_UP_FIELD_NUMBER: _ClassVar[int]
+    num_waiting: int
+    num_running: int
+    num_free_blocks: int
+    num_blocks: int
+    is_worker_up: bool
+    def __init__(self, num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_blocks: _Optional[int] = ..., is_worker_up: _Optional[bool] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "seed")

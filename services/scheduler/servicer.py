@@ -121,8 +121,18 @@ def describe_scheduler(
             }
         )
     )
-    if runner.core is not None:
-        response.batching = runner.core.config.batching
+    core = runner.core
+    if core is not None:
+        response.batching = core.config.batching
+        response.scheduler_stats.CopyFrom(
+            pb.SchedulerStats(
+                num_waiting=core.num_waiting,
+                num_running=core.num_running,
+                num_free_blocks=core.num_free_blocks,
+                num_blocks=core.block_manager.num_blocks,
+                is_worker_up=runner.is_worker_up,
+            )
+        )
     return response
 
 

@@ -152,6 +152,7 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         )
         response.edges.extend(downstream.edges)
         response.model.CopyFrom(downstream.model)
+        response.scheduler_stats.CopyFrom(downstream.scheduler_stats)
         return response
 
 

@@ -1,0 +1,123 @@
+"""The three services end to end, through real gRPC servers, in every no-Ray placement."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from tests.checkpoints import write_tiny_checkpoint
+from tests.harness import Served, generate, serve, wait_until_idle
+
+transformers = pytest.importorskip("transformers")
+
+PROMPTS = [[0, 1523, 87, 912, 33, 2048, 7, 301], [0, 5, 6], [0, *range(400, 440)], [0, 77] * 9]
+NEW_TOKENS = [12, 5, 20, 9]  # mixed output lengths, concurrently
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("llama"), "llama")
+
+
+@pytest.fixture(scope="module")
+def expected(checkpoint: Path) -> list[list[int]]:
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    outputs = []
+    for prompt, n in zip(PROMPTS, NEW_TOKENS):
+        ids = torch.tensor([prompt])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+        outputs.append(out[0, len(prompt):].tolist())
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def colocated(checkpoint: Path):  # type: ignore[no-untyped-def]
+    with serve("colocated", "--model", str(checkpoint), "--max-queue-len", "64") as served:
+        yield served
+
+
+def _greedy(address: str, prompt: list[int], n: int) -> list[int]:
+    ids, _, last = generate(address, prompt_token_ids=prompt, max_tokens=n, ignore_eos=True)
+    assert last.finish_reason == "length"
+    assert last.usage.completion_tokens == n and last.usage.prompt_tokens == len(prompt)
+    return ids
+
+
+def test_concurrent_greedy_requests_give_transformers_tokens(colocated: Served, expected: list[list[int]]) -> None:
+    with ThreadPoolExecutor(len(PROMPTS) * 2) as pool:
+        futures = [pool.submit(_greedy, colocated.address, p, n) for p, n in zip(PROMPTS * 2, NEW_TOKENS * 2)]
+        results = [f.result() for f in futures]
+    assert results == expected * 2
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"prompt": "", "max_tokens": 4},
+        {"prompt": "hello", "max_tokens": 0},
+        {"prompt": "hello", "max_tokens": 100_000},
+        {"prompt": "hello " * 600, "max_tokens": 4},
+        {"prompt": "hello", "max_tokens": 4, "temperature": float("nan")},
+        {"prompt": "hello", "max_tokens": 4, "temperature": -1.0},
+        {"prompt": "hello", "max_tokens": 4, "top_p": 1.5},
+        {"prompt": "hello", "max_tokens": 4, "top_k": -3},
+        {"prompt_token_ids": [0, 10**7], "max_tokens": 4},
+        {"prompt": "hello", "max_tokens": 4, "stop": [""]},
+    ],
+)
+def test_bad_input_is_invalid_argument_and_next_request_succeeds(colocated: Served, fields: dict) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        generate(colocated.address, **fields)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details()  # a message a person can act on
+    ids, _, last = generate(colocated.address, prompt="hello", max_tokens=3, ignore_eos=True)
+    assert len(ids) == 3 and last.finish_reason == "length"
+
+
+def test_describe_lists_services_and_edges(colocated: Served) -> None:
+    d = colocated.describe()
+    assert d.placement == "colocated"
+    names = [s.name for s in d.services]
+    assert names == ["tokenizer", "scheduler", "worker"]
+    assert len({s.pid for s in d.services}) == 3
+    assert all(s.node_id and s.host and s.address for s in d.services)
+    edges = {(e.__getattribute__("from"), e.to): e.transport for e in d.edges}
+    assert edges == {("tokenizer", "scheduler"): "uds", ("scheduler", "worker"): "uds"}
+    assert d.model.num_blocks > 0 and d.model.max_context == 512 and d.model.device == "cpu"
+
+
+def test_deadline_exceeded_and_blocks_freed(colocated: Served) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        generate(colocated.address, timeout_s=0.05, prompt="hello", max_tokens=400, ignore_eos=True)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    stats = wait_until_idle(colocated)
+    assert stats.num_running == 0 and stats.num_free_blocks == stats.num_blocks
+
+
+def test_stop_string_ends_the_stream(colocated: Served) -> None:
+    _, text, _ = generate(colocated.address, prompt="hello", max_tokens=30, ignore_eos=True)
+    assert len(text) > 4
+    stop = text[3:5]
+    _, stopped, last = generate(colocated.address, prompt="hello", max_tokens=30, ignore_eos=True, stop=[stop])
+    assert last.finish_reason == "stop"
+    assert stopped == text[: text.index(stop)]
+
+
+def test_same_seed_same_tokens_in_every_placement(checkpoint: Path) -> None:
+    request = {"prompt": "The quick brown fox", "max_tokens": 16, "temperature": 0.9, "seed": 1234,
+               "top_k": 50, "top_p": 0.95, "ignore_eos": True}
+    results = {}
+    for placement in ("inproc", "colocated", "colocated-tcp"):
+        with serve(placement, "--model", str(checkpoint)) as served:
+            ids, _, _ = generate(served.address, **request)
+            results[placement] = ids
+            if placement == "colocated-tcp":
+                edges = {e.transport for e in served.describe().edges}
+                assert edges == {"tcp"}
+    assert results["inproc"] == results["colocated"] == results["colocated-tcp"]
+    assert len(results["inproc"]) == 16
