@@ -22,7 +22,9 @@ def gaps_s(num: int, rate: float, shape: float, seed: int, arrival: str = "gamma
     return rng.gamma(shape, 1.0 / (rate * shape), size=num)
 
 
-def schedule_s(num: int, rate: float, shape: float, seed: int, arrival: str = "gamma") -> np.ndarray:
+def schedule_s(
+    num: int, rate: float, shape: float, seed: int, arrival: str = "gamma"
+) -> np.ndarray:
     """Due times in seconds from the start; the first request is due at 0."""
     gaps = gaps_s(num, rate, shape, seed, arrival)
     if num:
@@ -34,7 +36,9 @@ def open_loop_schedule(load: LoadConfig, seed: int) -> list[float]:
     """Due times for an open-loop point, by request count or until `duration_s`."""
     assert load.rate is not None
     if load.num_requests is not None:
-        return schedule_s(load.num_requests, load.rate, load.gamma_shape, seed, load.arrival).tolist()
+        return schedule_s(
+            load.num_requests, load.rate, load.gamma_shape, seed, load.arrival
+        ).tolist()
     assert load.duration_s is not None
     # draw generously, then cut at the duration; same seed -> same prefix, whatever is drawn
     num = int(load.rate * load.duration_s * 1.5 + 20 * (load.rate * load.duration_s) ** 0.5 + 10)

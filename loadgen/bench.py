@@ -80,7 +80,9 @@ def run_bench(plan: BenchPlan, console: Console, is_tracing: bool) -> int:
                 break
         if plan.is_plotting and len(documents) > 1:
             sweep_png = point_paths(plan.out, "sweep", repeat, plan.num_repeats)[0]
-            sweep_png = plot_sweep(sweep_png.with_suffix(".png"), documents, "throughput vs latency")
+            sweep_png = plot_sweep(
+                sweep_png.with_suffix(".png"), documents, "throughput vs latency"
+            )
             console.print(f"sweep plot: {sweep_png}")
         if is_interrupted:
             console.print("[yellow]interrupted: results so far were written[/]")
@@ -100,8 +102,12 @@ def _run_one(
     else:
         result = run_point(config, is_tracing)
     summary_path, requests_path = point_paths(plan.out, tag, repeat, plan.num_repeats)
-    extra = {"point": tag, "repeat_index": repeat, "num_repeats": plan.num_repeats,
-             "repeat_group": str(plan.out)}
+    extra = {
+        "point": tag,
+        "repeat_index": repeat,
+        "num_repeats": plan.num_repeats,
+        "repeat_group": str(plan.out),
+    }
     document, window = build_document(config, result, plan.flags, requests_path, extra)
     write_requests(requests_path, result.records, {r.index for r in window})
     write_summary(summary_path, document)

@@ -99,7 +99,9 @@ def _int_list(text: str) -> list[int]:
 
 
 def _lengths(args: argparse.Namespace) -> tuple[LengthSpec, LengthSpec]:
-    dist = args.len_dist or ("uniform" if args.input_len_spread or args.output_len_spread else "fixed")
+    dist = args.len_dist or (
+        "uniform" if args.input_len_spread or args.output_len_spread else "fixed"
+    )
     return (
         LengthSpec(args.input_len, args.input_len_spread, dist),
         LengthSpec(args.output_len, args.output_len_spread, dist),
@@ -117,7 +119,9 @@ def _arrival(args: argparse.Namespace) -> tuple[str, float]:
 def build_points(args: argparse.Namespace) -> tuple[list[BenchConfig], list[str]]:
     """One BenchConfig per sweep point, with its tag ("" when there is one point)."""
     if not args.address:
-        raise BenchConfigError("--address HOST:PORT is required (the front door of `hopscope serve`)")
+        raise BenchConfigError(
+            "--address HOST:PORT is required (the front door of `hopscope serve`)"
+        )
     rates, concurrencies = args.rate or [], args.concurrency or []
     if rates and concurrencies:
         raise BenchConfigError("choose --rate (open loop) or --concurrency (closed loop), not both")
@@ -125,21 +129,32 @@ def build_points(args: argparse.Namespace) -> tuple[list[BenchConfig], list[str]
         raise BenchConfigError("choose --rate R (open loop) or --concurrency C (closed loop)")
     input_len, output_len = _lengths(args)
     workload = WorkloadConfig(
-        input_len=input_len, output_len=output_len, dataset=args.dataset,
-        dataset_format=args.dataset_format, seed=args.seed,
-        ignore_eos=not args.no_ignore_eos, temperature=args.temperature,
+        input_len=input_len,
+        output_len=output_len,
+        dataset=args.dataset,
+        dataset_format=args.dataset_format,
+        seed=args.seed,
+        ignore_eos=not args.no_ignore_eos,
+        temperature=args.temperature,
     )
     slo = SloConfig.parse(args.slo)
     arrival, burstiness = _arrival(args)
     num_requests = args.num_requests
     if num_requests is None and args.duration_s is None:
         num_requests = DEFAULT_NUM_REQUESTS
-    common: dict[str, Any] = dict(
-        max_concurrency=args.max_concurrency, arrival=arrival, burstiness=burstiness,
-        num_requests=num_requests, duration_s=args.duration_s,
-        warmup_requests=args.warmup_requests, warmup_s=args.warmup_s,
-        cooldown_requests=args.cooldown_requests, cooldown_s=args.cooldown_s,
-        num_workers=args.workers, grace_s=args.grace_s, request_timeout_s=args.request_timeout_s,
+    common: dict[str, Any] = dict(  # noqa: C408 - keyword form mirrors LoadConfig
+        max_concurrency=args.max_concurrency,
+        arrival=arrival,
+        burstiness=burstiness,
+        num_requests=num_requests,
+        duration_s=args.duration_s,
+        warmup_requests=args.warmup_requests,
+        warmup_s=args.warmup_s,
+        cooldown_requests=args.cooldown_requests,
+        cooldown_s=args.cooldown_s,
+        num_workers=args.workers,
+        grace_s=args.grace_s,
+        request_timeout_s=args.request_timeout_s,
     )
     if rates:
         loads = [LoadConfig(rate=r, **common) for r in rates]
@@ -153,11 +168,13 @@ def build_points(args: argparse.Namespace) -> tuple[list[BenchConfig], list[str]
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     skip = {"func", "bench_command", "command"}
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
+    return {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip
+    }
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from loadgen.bench import BenchPlan, preflight, run_bench
+    from loadgen.bench import BenchPlan, preflight
     from loadgen.runner import UnreachableError
     from loadgen.workloads import DatasetError, Workload
 

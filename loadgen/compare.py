@@ -17,16 +17,34 @@ from rich.table import Table
 from loadgen.results import read_summary
 
 # two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond the table
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-        9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+_T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+}
 ROWS = (
     ("request_throughput", None, True),
     ("output_token_throughput", None, True),
     ("goodput", None, True),
-    ("ttft_ms", "p50", False), ("ttft_ms", "p99", False),
-    ("tpot_ms", "p50", False), ("tpot_ms", "p99", False),
-    ("itl_ms", "p50", False), ("itl_ms", "p99", False),
-    ("e2e_ms", "p50", False), ("e2e_ms", "p99", False),
+    ("ttft_ms", "p50", False),
+    ("ttft_ms", "p99", False),
+    ("tpot_ms", "p50", False),
+    ("tpot_ms", "p99", False),
+    ("itl_ms", "p50", False),
+    ("itl_ms", "p99", False),
+    ("e2e_ms", "p50", False),
+    ("e2e_ms", "p99", False),
     ("e2e_from_schedule_ms", "p99", False),
     ("schedule_lag_ms", "p99", False),
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -86,8 +87,7 @@ def tpot_ms(r: RequestRecord) -> float | None:
 
 
 def itl_ms(r: RequestRecord) -> list[float]:
-    times = r.message_times
-    return [_ms(b - a) for a, b in zip(times, times[1:], strict=False)]
+    return [_ms(b - a) for a, b in pairwise(r.message_times)]
 
 
 def meets_slo(r: RequestRecord, slo: SloConfig) -> bool:
@@ -107,7 +107,9 @@ def describe(samples: list[float]) -> dict[str, float | None]:
     return {key: float(stats[key]) for key in STAT_KEYS}
 
 
-def measured(records: list[RequestRecord], load: LoadConfig, num_scheduled: int) -> list[RequestRecord]:
+def measured(
+    records: list[RequestRecord], load: LoadConfig, num_scheduled: int
+) -> list[RequestRecord]:
     """Records inside the measurement window: warm-up and cool-down (by index and by scheduled
     time) are excluded."""
     if not records:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
 from rich.live import Live
@@ -27,11 +27,11 @@ class LiveProgress:
         self._last_s = time.perf_counter()
         self._last_done = self._last_sent = self._last_lag_sum_ms = 0.0
 
-    def __enter__(self) -> LiveProgress:
+    def __enter__(self) -> Self:
         self._live.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self._live.__exit__(*exc)
 
     def tick(self, counters: Sequence[Sequence[float]]) -> None:

@@ -29,11 +29,20 @@ def git_sha(cwd: Path | None = None) -> str:
     cwd = cwd or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=5,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -42,7 +51,9 @@ def git_sha(cwd: Path | None = None) -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
-def point_paths(out: Path, point_tag: str, repeat_index: int, num_repeats: int) -> tuple[Path, Path]:
+def point_paths(
+    out: Path, point_tag: str, repeat_index: int, num_repeats: int
+) -> tuple[Path, Path]:
     """(summary, requests) paths of one point of one repeat; one point, one repeat -> `out`."""
     stem = out.with_suffix("") if out.suffix == ".json" else out
     name = stem.name + (f".{point_tag}" if point_tag else "")

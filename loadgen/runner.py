@@ -193,7 +193,9 @@ class Runner:
     async def _stream(
         self, request: pb.GenerateRequest, record: RequestRecord, req_trace: RequestTrace
     ) -> None:
-        span_scope = trace.use_span(req_trace.span) if self._is_tracing else contextlib.nullcontext()
+        span_scope = (
+            trace.use_span(req_trace.span) if self._is_tracing else contextlib.nullcontext()
+        )
         with span_scope:
             record.t_send = now_s() - self._t0
             self._count_send(record)
@@ -278,7 +280,7 @@ async def check_reachable(address: str, timeout_s: float = 3.0) -> pb.DescribeRe
     async with grpc.aio.insecure_channel(address) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UnreachableError(
                 f"no server answers at {address} (waited {timeout_s:g} s); is `hopscope serve` "
                 "running, and is the address right?"

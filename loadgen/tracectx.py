@@ -25,7 +25,7 @@ _rng = random.Random()
 class RequestTrace:
     """A started root span with the metadata that carries its context."""
 
-    __slots__ = ("span", "trace_id", "metadata")
+    __slots__ = ("metadata", "span", "trace_id")
 
     def __init__(self, span: Span, trace_id: str, metadata: tuple[tuple[str, str], ...]) -> None:
         self.span = span
@@ -44,7 +44,9 @@ def _random_span_context() -> SpanContext:
     # a valid W3C id is non-zero; getrandbits(128) is zero with probability 2**-128, but be exact
     trace_id = _rng.getrandbits(128) or 1
     span_id = _rng.getrandbits(64) or 1
-    return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return SpanContext(
+        trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+    )
 
 
 def start_request_trace(tracer: trace.Tracer, request_id: str) -> RequestTrace:

@@ -50,7 +50,7 @@ def sample_length(spec: LengthSpec, rng: np.random.Generator) -> int:
         value = rng.normal(spec.mean, spec.spread)
     else:
         value = spec.mean
-    return max(1, int(round(value)))
+    return max(1, round(value))
 
 
 class Workload:

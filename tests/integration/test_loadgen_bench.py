@@ -17,14 +17,25 @@ import pytest
 from loadgen.metrics import ALL_METRICS, STAT_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
-SUMMARY_KEYS = {"completed", "failed", "incomplete", "duration_s", "request_throughput",
-                "output_token_throughput", "total_token_throughput", "goodput", *ALL_METRICS}
+SUMMARY_KEYS = {
+    "completed",
+    "failed",
+    "incomplete",
+    "duration_s",
+    "request_throughput",
+    "output_token_throughput",
+    "total_token_throughput",
+    "goodput",
+    *ALL_METRICS,
+}
 
 
 def start_server(*flags: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.instant_server", "--port", "0", *flags],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     line = proc.stdout.readline() if proc.stdout else ""
     match = re.search(r"listening on (\S+)", line)
@@ -64,7 +75,7 @@ def slow_failing() -> Iterator[str]:
 def bench(*argv: str) -> int:
     try:
         from deploy.cli import main
-    except Exception:  # other packages mid-edit: the loadgen parser alone is enough here
+    except Exception:  # noqa: BLE001 - other packages mid-edit: the loadgen parser alone is enough here
         return _bench_without_deploy(list(argv))
     return main(["bench", *argv])
 
@@ -93,9 +104,25 @@ def assert_contract(document: dict) -> None:
 
 def test_open_loop_run_writes_the_contract_records_and_plots(instant: str, tmp_path: Path) -> None:
     out = tmp_path / "open.json"
-    code = bench("--address", instant, "--rate", "50", "--num-requests", "60",
-                 "--warmup-requests", "5", "--output-len", "12", "--label", "open",
-                 "--slo", "ttft_ms=1000", "--out", str(out), "--no-live")
+    code = bench(
+        "--address",
+        instant,
+        "--rate",
+        "50",
+        "--num-requests",
+        "60",
+        "--warmup-requests",
+        "5",
+        "--output-len",
+        "12",
+        "--label",
+        "open",
+        "--slo",
+        "ttft_ms=1000",
+        "--out",
+        str(out),
+        "--no-live",
+    )
     assert code == 0
     document = json.loads(out.read_text())
     assert_contract(document)
@@ -115,9 +142,22 @@ def test_closed_loop_with_two_workers_and_compare(
     instant: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "closed.json"
-    code = bench("--address", instant, "--concurrency", "4", "--workers", "2",
-                 "--num-requests", "40", "--label", "closed", "--out", str(out),
-                 "--no-live", "--no-plots")
+    code = bench(
+        "--address",
+        instant,
+        "--concurrency",
+        "4",
+        "--workers",
+        "2",
+        "--num-requests",
+        "40",
+        "--label",
+        "closed",
+        "--out",
+        str(out),
+        "--no-live",
+        "--no-plots",
+    )
     assert code == 0
     document = json.loads(out.read_text())
     assert_contract(document)
@@ -127,8 +167,20 @@ def test_closed_loop_with_two_workers_and_compare(
     assert sorted(r["index"] for r in rows) == list(range(40))
     capsys.readouterr()
     other = tmp_path / "closed-again.json"
-    bench("--address", instant, "--concurrency", "2", "--num-requests", "20", "--label",
-          "again", "--out", str(other), "--no-live", "--no-plots")
+    bench(
+        "--address",
+        instant,
+        "--concurrency",
+        "2",
+        "--num-requests",
+        "20",
+        "--label",
+        "again",
+        "--out",
+        str(other),
+        "--no-live",
+        "--no-plots",
+    )
     capsys.readouterr()
     assert bench("compare", str(out), str(other)) == 0
     table = capsys.readouterr().out
@@ -139,8 +191,20 @@ def test_failed_requests_are_counted_by_status_and_kept_out_of_latency(
     slow_failing: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "fail.json"
-    code = bench("--address", slow_failing, "--concurrency", "5", "--num-requests", "10",
-                 "--output-len", "4", "--out", str(out), "--no-live", "--no-plots")
+    code = bench(
+        "--address",
+        slow_failing,
+        "--concurrency",
+        "5",
+        "--num-requests",
+        "10",
+        "--output-len",
+        "4",
+        "--out",
+        str(out),
+        "--no-live",
+        "--no-plots",
+    )
     assert code == 0
     document = json.loads(out.read_text())
     assert document["summary"]["failed"] == 2 and document["summary"]["completed"] == 8
@@ -153,8 +217,17 @@ def test_unreachable_address_exits_non_zero_and_sends_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "none.json"
-    code = bench("--address", "127.0.0.1:1", "--rate", "5", "--connect-timeout-s", "0.5",
-                 "--out", str(out), "--no-live")
+    code = bench(
+        "--address",
+        "127.0.0.1:1",
+        "--rate",
+        "5",
+        "--connect-timeout-s",
+        "0.5",
+        "--out",
+        str(out),
+        "--no-live",
+    )
     assert code != 0
     assert "no server answers at 127.0.0.1:1" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
@@ -165,10 +238,30 @@ def test_ctrl_c_stops_sending_counts_incomplete_and_still_writes(
 ) -> None:
     out = tmp_path / "cut.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "bench", "--address", slow_failing, "--rate", "20",
-         "--num-requests", "400", "--output-len", "8", "--grace-s", "0.3", "--out", str(out),
-         "--no-live", "--no-plots"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "bench",
+            "--address",
+            slow_failing,
+            "--rate",
+            "20",
+            "--num-requests",
+            "400",
+            "--output-len",
+            "8",
+            "--grace-s",
+            "0.3",
+            "--out",
+            str(out),
+            "--no-live",
+            "--no-plots",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:

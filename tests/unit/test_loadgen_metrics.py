@@ -90,11 +90,28 @@ def test_failed_and_incomplete_are_counted_apart_and_kept_out_of_latency() -> No
 
 
 def test_summary_contract_has_every_key_and_ordered_percentiles() -> None:
-    records = [timeline(i, i * 0.1, i * 0.1 + 0.001 * i, [(i * 0.1 + 0.02, 1), (i * 0.1 + 0.05, 2)],
-                        i * 0.1 + 0.06 + 0.001 * i) for i in range(50)]
+    records = [
+        timeline(
+            i,
+            i * 0.1,
+            i * 0.1 + 0.001 * i,
+            [(i * 0.1 + 0.02, 1), (i * 0.1 + 0.05, 2)],
+            i * 0.1 + 0.06 + 0.001 * i,
+        )
+        for i in range(50)
+    ]
     summary = summarise(records, SloConfig(e2e_ms=50))
-    expected = {"completed", "failed", "incomplete", "duration_s", "request_throughput",
-                "output_token_throughput", "total_token_throughput", "goodput", *ALL_METRICS}
+    expected = {
+        "completed",
+        "failed",
+        "incomplete",
+        "duration_s",
+        "request_throughput",
+        "output_token_throughput",
+        "total_token_throughput",
+        "goodput",
+        *ALL_METRICS,
+    }
     assert set(summary) == expected
     for name in ALL_METRICS:
         stats = summary[name]

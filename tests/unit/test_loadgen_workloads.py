@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.config import LengthSpec, WorkloadConfig
+from loadgen.config import BenchConfig, LengthSpec, LoadConfig, WorkloadConfig
 from loadgen.runner import request_id_of, to_request
-from loadgen.config import BenchConfig, LoadConfig
 from loadgen.workloads import DatasetError, Workload
 
 
