@@ -145,24 +145,24 @@ class Transformer:
         v_cache: torch.Tensor,
         segment: PrefillSegment,
     ) -> torch.Tensor:
-        q = q[segment.start : segment.end].transpose(0, 1)  # [H, n, D]
+        # 4-D inputs: with 3-D ones SDPA falls back to its slow math kernel on CPU.
+        q = q[segment.start : segment.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
         if segment.context_slots is None:  # nothing cached: the chunk attends to itself
-            keys = k[segment.start : segment.end].transpose(0, 1)
-            values = v[segment.start : segment.end].transpose(0, 1)
+            keys = k[segment.start : segment.end].transpose(0, 1).unsqueeze(0)
+            values = v[segment.start : segment.end].transpose(0, 1).unsqueeze(0)
             out = F.scaled_dot_product_attention(
                 q, keys, values, is_causal=True, scale=self.scale, enable_gqa=True
             )
-            return out.transpose(0, 1)
-        keys = k_cache[segment.context_slots].transpose(0, 1)  # [KVH, ctx, D]
-        values = v_cache[segment.context_slots].transpose(0, 1)
-        num_new, num_context = segment.end - segment.start, keys.shape[1]
+            return out[0].transpose(0, 1)
+        keys = k_cache[segment.context_slots].transpose(0, 1).unsqueeze(0)  # [1, KVH, ctx, D]
+        values = v_cache[segment.context_slots].transpose(0, 1).unsqueeze(0)
+        num_new, num_context = segment.end - segment.start, keys.shape[2]
         query_pos = torch.arange(num_new, device=q.device)[:, None] + segment.num_computed
         mask = torch.arange(num_context, device=q.device)[None, :] <= query_pos
         out = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=True
         )
-        return out.transpose(0, 1)
-
+        return out[0].transpose(0, 1)
 
 def _layer_weights(weights: dict[str, torch.Tensor], i: int) -> LayerWeights:
     p = f"model.layers.{i}."
