@@ -44,9 +44,7 @@ class ServiceMetrics:
             "kv_blocks_free": "KV-cache blocks free",
         }
         self._gauges = {name: self._gauge(name, doc) for name, doc in gauges.items()}
-        self._batch_size = self._histogram(
-            "batch_size", "Sequences per step", BATCH_SIZE_BUCKETS
-        )
+        self._batch_size = self._histogram("batch_size", "Sequences per step", BATCH_SIZE_BUCKETS)
         self._step_ms = self._histogram("step_ms", "Time of one batched step (ms)")
         self._ttft_ms = self._histogram("ttft_ms", "Time to first token per request (ms)")
         self._tpot_ms = self._histogram("tpot_ms", "Time per output token after the first (ms)")
