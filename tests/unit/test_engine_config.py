@@ -63,3 +63,8 @@ def test_bfloat16_on_cpu_runs_and_samples_valid_tokens() -> None:
     engine = Engine(WorkerConfig(dtype="bfloat16", kv_cache_bytes=16 * 2**20))
     out = engine.step([SeqStep(1, [0, 5, 9, 11], 0, [0], SamplingParams())])
     assert 0 <= out.sampled[1] < engine.info.vocab_size and out.step_ms > 0
+
+
+def test_an_empty_step_samples_nothing() -> None:
+    engine = Engine(WorkerConfig(kv_cache_bytes=16 * 2**20))
+    assert engine.step([]).sampled == {}
