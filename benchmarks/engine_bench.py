@@ -80,12 +80,12 @@ def setup(args: argparse.Namespace, engine: Engine) -> dict[str, Any]:
     }
 
 
-def build_reference(source: ModelSource, config: WorkerConfig) -> torch.nn.Module:
+def build_reference(source: ModelSource, config: WorkerConfig) -> Any:
     """A transformers model holding exactly the engine's weights."""
     import transformers
 
     if source.checkpoint_dir is not None:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
+        model: Any = transformers.AutoModelForCausalLM.from_pretrained(
             source.checkpoint_dir, dtype=config.torch_dtype)
         return model.to(config.torch_device).eval()
     c = source.config
@@ -103,7 +103,7 @@ def build_reference(source: ModelSource, config: WorkerConfig) -> torch.nn.Modul
         rope_parameters=rope, bos_token_id=c.bos_token_id, eos_token_id=list(c.eos_token_ids),
     )
     with torch.device("meta"):
-        model = transformers.LlamaForCausalLM(hf_config)
+        model = transformers.LlamaForCausalLM(hf_config)  # no memory, no random init
     weights = load_source_weights(source, config.seed, config.torch_dtype, config.torch_device)
     model.load_state_dict(weights, strict=False, assign=True)
     if c.tie_word_embeddings:
@@ -144,7 +144,7 @@ def engine_decode_s(engine: Engine, batch: list[list[int]], num_steps: int) -> t
     return time.perf_counter() - start_s, step_ms
 
 
-def hf_generate_s(engine: Engine, model: torch.nn.Module, batch: list[list[int]], num_new: int) -> float:
+def hf_generate_s(engine: Engine, model: Any, batch: list[list[int]], num_new: int) -> float:
     ids = torch.tensor(batch, device=engine.device)
     with torch.inference_mode():
         return timed(engine, lambda: model.generate(
@@ -152,7 +152,7 @@ def hf_generate_s(engine: Engine, model: torch.nn.Module, batch: list[list[int]]
             min_new_tokens=num_new, pad_token_id=0))
 
 
-def bench_decode(engine: Engine, model: torch.nn.Module, batch_size: int,
+def bench_decode(engine: Engine, model: Any, batch_size: int,
                  args: argparse.Namespace) -> dict[str, Any]:
     batch, steps = prompts(batch_size, args.prompt_len), args.decode_steps
     hf_generate_s(engine, model, batch[:1], 2)  # warm-up both
@@ -171,7 +171,7 @@ def bench_decode(engine: Engine, model: torch.nn.Module, batch_size: int,
             "transformers_step_ms": round(batch_size / theirs_tps * 1e3, 3)}
 
 
-def bench_prefill(engine: Engine, model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
+def bench_prefill(engine: Engine, model: Any, args: argparse.Namespace) -> dict[str, Any]:
     batch = prompts(args.prefill_batch, args.prefill_len)
     num_tokens = args.prefill_batch * args.prefill_len
     num_blocks = -(-args.prefill_len // engine.info.block_size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,26 +19,27 @@ from services.common.types import SamplingParams, SeqStep
 from services.models.presets import PRESET_TOKENIZER_PATH
 
 CHECKPOINT_KINDS = ("llama", "llama-tied-llama3", "qwen2")
-_SHAPE = dict(
-    vocab_size=4096,  # the shipped tokenizer's vocabulary
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-    bos_token_id=0,
-    eos_token_id=1,
+_SHAPE: dict[str, Any] = {
+    "vocab_size": 4096,  # the shipped tokenizer's vocabulary
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
     # Wide weights spread the logits, so greedy choices are never near-ties.
-    initializer_range=0.2,
-)
+    "initializer_range": 0.2,
+}
 
 
-def make_hf_model(kind: str, seed: int = 0) -> torch.nn.Module:
+def make_hf_model(kind: str, seed: int = 0) -> Any:
     """A random transformers model of the given kind, in float32."""
     import transformers  # test/benchmark dependency only
 
     torch.manual_seed(seed)
+    model: Any
     if kind == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**_SHAPE))
     elif kind == "llama-tied-llama3":
@@ -100,7 +102,7 @@ class DriverSeq:
 
 
 def generate(
-    engine: object,
+    engine: Any,
     prompts: list[list[int]],
     num_new_tokens: int,
     pool: BlockPool,
@@ -110,13 +112,13 @@ def generate(
 ) -> list[list[int]]:
     """Run prompts together, continuous-batching style: prefill chunks of up to `chunk_size`
     tokens mixed with decodes of the sequences already generating. Returns new tokens."""
-    block_size: int = engine.info.block_size  # type: ignore[attr-defined]
+    block_size: int = engine.info.block_size
     params = sampling or [SamplingParams()] * len(prompts)
     seqs = [DriverSeq(i, list(p), params[i]) for i, p in enumerate(prompts)]
     while any(len(s.output) < num_new_tokens for s in seqs):
         steps = [_next_step(s, chunk_size, block_size, pool)
                  for s in seqs if len(s.output) < num_new_tokens]
-        out = engine.step(steps)  # type: ignore[attr-defined]
+        out = engine.step(steps)
         for step in steps:
             seq = seqs[step.seq_id]
             seq.num_computed = step.num_tokens_after
