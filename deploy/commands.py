@@ -117,8 +117,19 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         return 2
     if spec.placement == "inproc":
-        return asyncio.run(_serve_inproc(spec))
+        return _with_tracing("hopscope-inproc", spec.placement, lambda: asyncio.run(_serve_inproc(spec)))
     return _serve_local(spec)
+
+
+def _with_tracing(service_name: str, placement: str, run: Any) -> int:
+    """Run in a process that hosts spans itself (inproc serve, generate); flush at the end."""
+    from tracing.setup import configure_tracing, shutdown_tracing
+
+    configure_tracing(service_name, {"hopscope.placement": placement})
+    try:
+        return int(run())
+    finally:
+        shutdown_tracing()
 
 
 def _announce(address: str, spec: ServeSpec) -> None:
@@ -184,8 +195,14 @@ def run_generate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         err.print(f"error: {exc}")
         return 2
+    result: dict[str, Any] = {}
+
+    def run() -> int:
+        result.update(asyncio.run(_generate(args, request)))
+        return 0
+
     try:
-        result = asyncio.run(_generate(args, request))
+        _with_tracing("hopscope-cli", "inproc" if not args.address else "", run)
     except GenerateError as exc:
         err.print(f"error: {exc}")
         return 1

@@ -162,7 +162,9 @@ class SchedulerRunner:
             spans.STEP,
             SpanKind.CLIENT,
             self.worker.transport,
-            parent={},  # a step serves many requests: its own trace, linked to theirs
+            # a step serves many requests: a child of the oldest one's span (so a request
+            # alone is one trace through all three services), linked to every one of them
+            parent=self._parent_of(batch),
             links=links,
             attributes={
                 "hopscope.step_id": batch.step_id,
@@ -179,6 +181,12 @@ class SchedulerRunner:
         span.set_attribute("hopscope.worker_step_ms", out.step_ms)
         span.end()
         return out.sampled, out.step_ms
+
+    def _parent_of(self, batch: Batch) -> dict[str, str]:
+        for rid in batch.request_ids:
+            if (tracked := self._tracked.get(rid)) is not None:
+                return spans.carrier_of(tracked.span)
+        return {}
 
     def _account(self, batch: Batch, step_ms: float) -> None:
         for rid, phase in zip(batch.request_ids, batch.phases):
