@@ -4,8 +4,9 @@
 
 Decode tokens/s at each batch size (prompts of --prompt-len tokens, then --decode-steps steps)
 and prefill tokens/s, for our engine and for transformers' static-batch greedy `generate` (eos
-ignored via min_new_tokens). Variants alternate within each repeat; figures are medians. For
-`generate`, decode time = time(prefill + N tokens) - time(prefill + 1 token). On CUDA it also
+ignored via min_new_tokens). Variants alternate within each repeat; decode figures come from
+median step times (for `generate`, the gaps between successive logits-processor calls), prefill
+figures from median whole-call times. On CUDA it also
 compares the batch-1 decode step with the memory roofline (weight bytes / measured copy bandwidth).
 """
 
@@ -128,47 +129,74 @@ def prompts(batch_size: int, length: int) -> list[list[int]]:
     return [[0] + [(97 * i + 13 * j) % 4000 + 2 for j in range(length - 1)] for i in range(batch_size)]
 
 
-def engine_decode_s(engine: Engine, batch: list[list[int]], num_steps: int) -> tuple[float, list[float]]:
-    """Prefill (untimed), then `num_steps` decode steps; returns their time and step times."""
+def engine_decode_step_s(engine: Engine, batch: list[list[int]], num_steps: int) -> list[float]:
+    """Prefill (untimed), then `num_steps` decode steps; returns each step's wall time."""
     block_size = engine.info.block_size
     num_blocks = -(-(len(batch[0]) + num_steps + 1) // block_size)
     tables = [list(range(i * num_blocks, (i + 1) * num_blocks)) for i in range(len(batch))]
     out = engine.step([SeqStep(i, p, 0, tables[i], GREEDY) for i, p in enumerate(batch)])
-    length, step_ms = len(batch[0]), []
-    start_s = time.perf_counter()
+    length, step_s = len(batch[0]), []
     for _ in range(num_steps):
         steps = [SeqStep(i, [out.sampled[i]], length, tables[i], GREEDY) for i in range(len(batch))]
+        start_s = time.perf_counter()
         out = engine.step(steps)
-        step_ms.append(out.step_ms)
+        step_s.append(time.perf_counter() - start_s)
         length += 1
-    return time.perf_counter() - start_s, step_ms
+    return step_s
 
 
-def hf_generate_s(engine: Engine, model: Any, batch: list[list[int]], num_new: int) -> float:
+class StepTimer:
+    """A logits processor that only records when `generate` reaches each decoding step."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.times_s: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.engine.config.is_cuda:
+            torch.cuda.synchronize(self.engine.device)
+        self.times_s.append(time.perf_counter())
+        return scores
+
+
+def hf_generate_s(engine: Engine, model: Any, batch: list[list[int]], num_new: int,
+                  timer: StepTimer | None = None) -> float:
+    import transformers
+
     ids = torch.tensor(batch, device=engine.device)
+    processors = transformers.LogitsProcessorList([timer] if timer else [])
     with torch.inference_mode():
         return timed(engine, lambda: model.generate(
             ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=num_new,
-            min_new_tokens=num_new, pad_token_id=0))
+            min_new_tokens=num_new, pad_token_id=0, logits_processor=processors))
+
+
+def hf_decode_step_s(engine: Engine, model: Any, batch: list[list[int]], num_steps: int) -> list[float]:
+    """Per-step times of `generate`: gaps between successive logits-processor calls."""
+    timer = StepTimer(engine)
+    hf_generate_s(engine, model, batch, num_steps + 1, timer)
+    return [b - a for a, b in zip(timer.times_s, timer.times_s[1:], strict=False)]
 
 
 def bench_decode(engine: Engine, model: Any, batch_size: int,
                  args: argparse.Namespace) -> dict[str, Any]:
+    """Step times pooled over repeats; medians, so a neighbour's CPU burst does not decide."""
     batch, steps = prompts(batch_size, args.prompt_len), args.decode_steps
     hf_generate_s(engine, model, batch[:1], 2)  # warm-up both
-    engine_decode_s(engine, batch[:1], 2)
-    ours, theirs, step_ms = [], [], []
+    engine_decode_step_s(engine, batch[:1], 2)
+    ours: list[float] = []
+    theirs: list[float] = []
     for _ in range(args.repeats):
-        seconds, step_ms_run = engine_decode_s(engine, batch, steps)
-        ours.append(batch_size * steps / seconds)
-        step_ms += step_ms_run
-        decode_s = hf_generate_s(engine, model, batch, steps + 1) - hf_generate_s(engine, model, batch, 1)
-        theirs.append(batch_size * steps / decode_s)
-    ours_tps, theirs_tps = statistics.median(ours), statistics.median(theirs)
-    return {"batch_size": batch_size, "engine_tokens_per_s": round(ours_tps, 1),
-            "transformers_tokens_per_s": round(theirs_tps, 1), "ratio": round(ours_tps / theirs_tps, 2),
-            "engine_step_ms_p50": round(statistics.median(step_ms), 3),
-            "transformers_step_ms": round(batch_size / theirs_tps * 1e3, 3)}
+        ours += engine_decode_step_s(engine, batch, steps)
+        theirs += hf_decode_step_s(engine, model, batch, steps)
+    ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
+    return {"batch_size": batch_size, "engine_tokens_per_s": round(batch_size / ours_s, 1),
+            "transformers_tokens_per_s": round(batch_size / theirs_s, 1),
+            "ratio": round(theirs_s / ours_s, 2),
+            "engine_step_ms_p50": round(ours_s * 1e3, 3),
+            "transformers_step_ms_p50": round(theirs_s * 1e3, 3),
+            "engine_step_ms_mean": round(statistics.fmean(ours) * 1e3, 3),
+            "transformers_step_ms_mean": round(statistics.fmean(theirs) * 1e3, 3)}
 
 
 def bench_prefill(engine: Engine, model: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -29,8 +29,8 @@ class StepBatch:
     positions: torch.Tensor  # [T]
     slot_mapping: torch.Tensor  # [T]: where each new token's K/V is written
     num_decodes: int  # rows [0, num_decodes) are single-token sequences
-    decode_slots: torch.Tensor | None  # [num_decodes, max_context_len] KV slots to attend to
-    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_context_len] valid keys
+    decode_blocks: torch.Tensor | None  # [num_decodes, max_blocks] KV blocks to attend to
+    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size] valid keys
     prefills: list[PrefillSegment]
     sample_rows: torch.Tensor  # rows whose logits are sampled
     sample_seq_ids: list[int]
@@ -67,14 +67,14 @@ def build_batch(seqs: list[SeqStep], block_size: int, device: torch.device) -> S
         [len(token_ids), len(positions), len(slots), len(sample_rows), len(decode_tables),
          len(decode_lens), len(prefill_tables)]
     )
-    decode_slots, decode_mask = _decode_attention(parts[4], parts[5], decodes, max_blocks, block_size)
+    decode_blocks, decode_mask = _decode_attention(parts[4], parts[5], decodes, max_blocks, block_size)
     sampled = [s for s in ordered if s.sampling is not None]
     return StepBatch(
         token_ids=parts[0],
         positions=parts[1],
         slot_mapping=parts[2],
         num_decodes=len(decodes),
-        decode_slots=decode_slots,
+        decode_blocks=decode_blocks,
         decode_mask=decode_mask,
         prefills=_prefill_segments(prefills, len(decodes), parts[6], block_size),
         sample_rows=parts[3],
@@ -88,13 +88,13 @@ def _decode_attention(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if not decodes:
         return None, None
-    max_len = max(s.num_tokens_after for s in decodes)
-    pos = torch.arange(max_len, device=tables.device)
-    tables = tables.view(len(decodes), max_blocks)
-    # Padding positions point at a real slot (block 0) and are masked out.
-    slots = tables[:, pos // block_size] * block_size + pos % block_size
-    mask = (pos[None, :] < lens[:, None]).view(len(decodes), 1, 1, max_len)
-    return slots, mask
+    # Whole blocks are gathered (a few large copies rather than one per token); positions past
+    # a sequence's length, and padding blocks (block 0), are masked out.
+    num_blocks = max(-(-s.num_tokens_after // block_size) for s in decodes)
+    blocks = tables.view(len(decodes), max_blocks)[:, :num_blocks]
+    pos = torch.arange(num_blocks * block_size, device=tables.device)
+    mask = (pos[None, :] < lens[:, None]).view(len(decodes), 1, 1, -1)
+    return blocks, mask
 
 
 def _prefill_segments(

@@ -32,7 +32,9 @@ class Engine:
         self.dtype = config.torch_dtype
         self.source: ModelSource = resolve_model(config.model)
         weights = load_source_weights(self.source, config.seed, self.dtype, self.device)
-        self.model = Transformer(self.source.config, weights, self.source.max_context)
+        self.model = Transformer(
+            self.source.config, weights, self.source.max_context, config.block_size
+        )
         num_blocks = num_blocks_for_budget(
             self.source.config, config.block_size, self.dtype, self._kv_budget_bytes(),
             self.source.max_context,

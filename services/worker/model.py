@@ -49,6 +49,8 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if x.dtype == torch.float32:  # one fused kernel; same arithmetic as below in float32
+        return F.rms_norm(x, weight.shape, weight, eps)
     # In float32 and cast back before the weight, as the reference implementation does.
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
@@ -65,17 +67,17 @@ class Transformer:
     """Weights in Hugging Face layout, fused where that saves matmuls."""
 
     def __init__(
-        self, config: ModelConfig, weights: dict[str, torch.Tensor], max_context: int
+        self, config: ModelConfig, weights: dict[str, torch.Tensor], max_context: int,
+        block_size: int,
     ) -> None:
         self.config = config
+        self.block_size = block_size
         self.embed = weights["model.embed_tokens.weight"]
         self.lm_head = weights.get("lm_head.weight", self.embed)
         if config.tie_word_embeddings:
             self.lm_head = self.embed
         self.final_norm = weights["model.norm.weight"]
         self.layers = [_layer_weights(weights, i) for i in range(config.num_layers)]
-        self.q_size = config.num_heads * config.head_dim
-        self.kv_size = config.num_kv_heads * config.head_dim
         self.scale = config.head_dim**-0.5
         freqs = torch.arange(max_context, dtype=torch.float32)[:, None] * rope_inv_freq(config)[None]
         angles = torch.cat((freqs, freqs), dim=-1).to(self.embed.device)
@@ -109,11 +111,12 @@ class Transformer:
         index: int,
     ) -> torch.Tensor:
         num_tokens, head_dim = x.shape[0], self.config.head_dim
-        qkv = F.linear(x, layer.qkv, layer.qkv_bias)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = apply_rope(q.view(num_tokens, -1, head_dim), cos, sin)
-        k = apply_rope(k.view(num_tokens, -1, head_dim), cos, sin)
-        v = v.view(num_tokens, -1, head_dim)
+        qkv = F.linear(x, layer.qkv, layer.qkv_bias).view(num_tokens, -1, head_dim)
+        num_heads, num_kv_heads = self.config.num_heads, self.config.num_kv_heads
+        # q and k heads rotate together: one set of kernels instead of two.
+        qk = apply_rope(qkv[:, : num_heads + num_kv_heads], cos, sin)
+        q, k = qk.split([num_heads, num_kv_heads], dim=1)
+        v = qkv[:, num_heads + num_kv_heads :]
         k_cache, v_cache = kv_cache.layer(index)
         k_cache.index_copy_(0, batch.slot_mapping, k)
         v_cache.index_copy_(0, batch.slot_mapping, v)
@@ -127,10 +130,14 @@ class Transformer:
     def _decode_attention(
         self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: StepBatch
     ) -> torch.Tensor:
-        assert batch.decode_slots is not None
+        assert batch.decode_blocks is not None
         q = q[: batch.num_decodes].unsqueeze(2)  # [B, H, 1, D]
-        keys = k_cache[batch.decode_slots].transpose(1, 2)  # [B, KVH, L, D]
-        values = v_cache[batch.decode_slots].transpose(1, 2)
+        num_seqs, num_kv_heads, head_dim = q.shape[0], k_cache.shape[1], k_cache.shape[2]
+        block_shape = (-1, self.block_size, num_kv_heads, head_dim)
+        keys = k_cache.view(block_shape)[batch.decode_blocks]  # [B, blocks, block_size, KVH, D]
+        values = v_cache.view(block_shape)[batch.decode_blocks]
+        keys = keys.view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)  # [B, KVH, L, D]
+        values = values.view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=batch.decode_mask, scale=self.scale, enable_gqa=True
         )
