@@ -1,0 +1,214 @@
+"""Shared helpers for the pipeline benchmarks (pipeline_bench, batching_bench, tracing_cost).
+
+Each benchmark starts `hopscope serve --no-ray` as a child process in its own session (so the
+whole pipeline — front door plus the service processes it starts — is stopped through one
+process group), waits for its "hopscope front door: ADDR" line, drives it with `hopscope bench`
+in another child process and reads the bench summary JSON back. Variants are alternated in
+rounds within one run, and only one pipeline is alive at a time: on a 2-core machine an idle
+pipeline's pollers would otherwise take CPU from the one being measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+FRONT_DOOR_RE = re.compile(r"hopscope front door: (\S+)")
+STARTUP_TIMEOUT_S = 120.0
+DRAIN_TIMEOUT_S = 30.0
+
+# figures copied out of each bench summary into a round's record
+SUMMARY_FIGURES = {
+    "output_tok_s": ("output_token_throughput",),
+    "request_throughput": ("request_throughput",),
+    "ttft_p50_ms": ("ttft_ms", "p50"),
+    "ttft_p99_ms": ("ttft_ms", "p99"),
+    "tpot_p50_ms": ("tpot_ms", "p50"),
+    "tpot_p99_ms": ("tpot_ms", "p99"),
+    "e2e_p50_ms": ("e2e_ms", "p50"),
+    "completed": ("completed",),
+    "failed": ("failed",),
+    "incomplete": ("incomplete",),
+    "duration_s": ("duration_s",),
+}
+
+
+@dataclass(slots=True)
+class Server:
+    """A running `hopscope serve`; `address` is its front door."""
+
+    proc: subprocess.Popen[bytes]
+    address: str
+    log_path: Path
+
+
+def hopscope_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "deploy.cli", *args]
+
+
+def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    # a benchmark's "tracing off" must really be off, whatever the caller's shell exports
+    for name in ("HOPSCOPE_TRACE_FILE", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        env.pop(name, None)
+    env.update(extra or {})
+    return env
+
+
+@contextmanager
+def serve(
+    serve_args: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None
+) -> Iterator[Server]:
+    """Start `hopscope serve --no-ray --port 0 ARGS`, yield it once ready, drain it on exit."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"serve-{time.monotonic_ns()}.log"
+    argv = hopscope_argv("serve", "--no-ray", "--port", "0", *serve_args)
+    # stdout and stderr go to a file: a pipe nobody reads after the first line could fill up
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=_child_env(env),
+            start_new_session=True,
+        )
+    try:
+        server = Server(proc, _wait_for_front_door(proc, log_path), log_path)
+        yield server
+    finally:
+        stop_process_group(proc)
+
+
+def _wait_for_front_door(proc: subprocess.Popen[bytes], log_path: Path) -> str:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        match = FRONT_DOOR_RE.search(log_path.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    tail = log_path.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"hopscope serve did not become ready (exit {proc.poll()}):\n{tail}")
+
+
+def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the child's process group (graceful drain), SIGKILL it if that takes too long."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=DRAIN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    try:  # service processes the front door started must not outlive it
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_bench(
+    address: str, bench_args: Sequence[str], out: Path, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Run `hopscope bench` against `address`; returns its summary JSON."""
+    argv = hopscope_argv(
+        "bench", "--address", address, "--out", str(out), "--no-live", "--no-plots", *bench_args
+    )
+    done = subprocess.run(
+        argv, cwd=REPO, env=_child_env(env), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"hopscope bench failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def figures(result: Mapping[str, Any]) -> dict[str, float]:
+    summary = result["summary"]
+    out: dict[str, float] = {}
+    for name, path in SUMMARY_FIGURES.items():
+        value: Any = summary
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if value is not None:
+            out[name] = round(float(value), 3)
+    return out
+
+
+def rotated(variants: Sequence[str], round_index: int) -> list[str]:
+    """Variant order of one round: rotated every round so none always runs first or last."""
+    shift = round_index % len(variants)
+    return [*variants[shift:], *variants[:shift]]
+
+
+def medians(rounds: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Median of every figure per variant over the rounds."""
+    out: dict[str, dict[str, float]] = {}
+    for variant in variants:
+        runs = [r["figures"] for r in rounds if r["variant"] == variant]
+        names = sorted({name for run in runs for name in run})
+        out[variant] = {
+            name: round(statistics.median(run[name] for run in runs if name in run), 3)
+            for name in names
+        }
+    return out
+
+
+def paired_ratios(
+    rounds: Sequence[Mapping[str, Any]], numerator: str, denominator: str, figure: str
+) -> list[float]:
+    """numerator/denominator of `figure` within each round (same round = same machine load)."""
+    ratios = []
+    for index in sorted({r["round"] for r in rounds}):
+        by_variant = {r["variant"]: r["figures"] for r in rounds if r["round"] == index}
+        if numerator in by_variant and denominator in by_variant:
+            ratios.append(round(by_variant[numerator][figure] / by_variant[denominator][figure], 4))
+    return ratios
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        info["torch"] = None
+    info["git_sha"] = _git_sha()
+    return info
+
+
+def _git_sha() -> str:
+    done = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True,
+        check=False,
+    )
+    return done.stdout.strip()
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
