@@ -36,7 +36,7 @@ def load_weights(
     weights: dict[str, torch.Tensor] = {}
     for path in safetensors_files(checkpoint_dir):
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
                 weights[name] = f.get_tensor(name).to(device=device, dtype=dtype)
     return weights
 
