@@ -20,12 +20,14 @@ the relay (a Ray actor, the driver) without touching its event loop.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import queue
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +40,8 @@ CHUNK_BYTES = 64 * 1024
 MAX_CHUNKS_IN_FLIGHT = 1024
 CONNECT_TIMEOUT_S = 5.0
 _EOF = None  # queued after the last chunk of a direction: half-close the destination
+_PR_SET_TIMERSLACK = 29  # <linux/prctl.h>
+_TIMER_SLACK_NS = 1_000
 
 
 class RelayError(RuntimeError):
@@ -179,6 +183,7 @@ def _write_side(
     pair: tuple[socket.socket, socket.socket],
     num_open: list[int],
 ) -> None:
+    _tighten_timer_slack()
     is_drained = False
     try:
         while (item := chunks.get()) is not _EOF:
@@ -200,6 +205,17 @@ def _write_side(
             relay._sockets.difference_update(pair)
             for sock in pair:
                 _close(sock)
+
+
+def _tighten_timer_slack() -> None:
+    """Let this thread's sleeps end on time: Linux rounds them up by 50 µs of timer slack by
+    default, which would add ~0.1 ms to every round trip. Best effort (Linux only)."""
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_TIMERSLACK, _TIMER_SLACK_NS, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _close(sock: socket.socket) -> None:
