@@ -33,8 +33,10 @@ class InprocPipeline:
         self.worker.close()
 
 
-async def start_inproc(spec: ServeSpec) -> InprocPipeline:
-    worker = await asyncio.to_thread(build_worker_service, spec.worker_config("inproc"), "inproc")
+async def start_inproc(spec: ServeSpec, node_id: str = "", is_ray: bool = False) -> InprocPipeline:
+    """`node_id` / `is_ray` are what Describe reports (set when hosted in a Ray actor)."""
+    worker_config = spec.worker_config("inproc", node_id)
+    worker = await asyncio.to_thread(build_worker_service, worker_config, "inproc")
     holder: dict[str, TokenizerServer] = {}
 
     def on_health(is_serving: bool) -> None:
@@ -44,10 +46,12 @@ async def start_inproc(spec: ServeSpec) -> InprocPipeline:
             )
 
     runner = build_runner(
-        spec.scheduler_config("inproc", "inproc"), InprocWorkerClient(worker), on_health
+        spec.scheduler_config("inproc", "inproc", node_id), InprocWorkerClient(worker), on_health
     )
     await runner.start()
-    scheduler = InprocSchedulerClient(runner, identify("scheduler", "inproc"))
-    front = await start_tokenizer(spec.tokenizer_config(spec.front_door, "inproc"), scheduler)
+    scheduler = InprocSchedulerClient(runner, identify("scheduler", "inproc", node_id))
+    front_config = spec.tokenizer_config(spec.front_door, "inproc", node_id)
+    front_config.is_ray = is_ray
+    front = await start_tokenizer(front_config, scheduler)
     holder["front"] = front
     return InprocPipeline(front, runner, worker)

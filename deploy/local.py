@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.placement import internal_address, resolve_placement
 from deploy.spec import ServeSpec
 from services.common.process import READY_PREFIX, config_to_json
 
@@ -143,9 +144,8 @@ class LocalDeployment:
         return child.start()
 
     def _internal_address(self, name: str) -> str:
-        if self.spec.placement == "colocated":
-            return f"unix:{self.tmp_dir / f'{name}.sock'}"
-        return "127.0.0.1:0"
+        transport = resolve_placement(self.spec.placement).listen_transport(name)
+        return internal_address(transport, "127.0.0.1", self.tmp_dir, name)
 
     def supervise_once(self) -> list[str]:
         """Restart any child that died; returns what happened, for the log."""

@@ -1,0 +1,295 @@
+"""A local multi-node Ray cluster on one machine (`hopscope cluster up|down|status`).
+
+Each node gets its own loopback address (127.R.S.2, .3, ...; DESIGN.md, "Ray on one machine"),
+a `hopscope-node=a|b|c...` label, its own temp dir and explicit free ports, and runs as
+`ray start --block` in its own process group, so `down` stops exactly what `up` started (never
+`ray stop`, which would stop every Ray on the machine). Token auth is on for every process.
+The cluster is recorded in ~/.hopscope/clusters/ with its link settings, which `serve` reads to
+put a relay (deploy/relay.py) on every cross-node TCP edge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+START_TIMEOUT_S = 180.0
+STOP_GRACE_S = 5.0
+OBJECT_STORE_BYTES = 100 * 1024 * 1024
+READY_MARK = "Ray runtime started"
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started, found or stopped; the message says why."""
+
+
+@dataclass(slots=True)
+class LinkSettings:
+    """Emulated link between nodes: one-way delay and bandwidth cap (0 = none)."""
+
+    delay_ms: float = 0.0
+    rate_mbit: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.delay_ms < 0 or self.rate_mbit < 0:
+            raise ValueError("delay_ms and rate_mbit must be >= 0")
+
+    @property
+    def is_shaped(self) -> bool:
+        return self.delay_ms > 0 or self.rate_mbit > 0
+
+    @property
+    def mechanism(self) -> str:
+        """What produces the shaping: this kernel has no netem, so a relay on the path."""
+        return "relay" if self.is_shaped else ""
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    ip: str
+    label: str
+    pid: int  # `ray start --block`, leader of the node's process group
+    temp_dir: str
+    log_path: str
+
+
+@dataclass(slots=True)
+class ClusterRecord:
+    address: str  # head GCS "IP:PORT"
+    nodes: list[NodeRecord]
+    temp_dir: str
+    link: LinkSettings = field(default_factory=LinkSettings)
+    created_at: float = 0.0
+
+    @property
+    def head_ip(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClusterRecord:
+        data = json.loads(text)
+        nodes = [NodeRecord(**n) for n in data.pop("nodes")]
+        link = LinkSettings(**data.pop("link"))
+        return cls(nodes=nodes, link=link, **data)
+
+
+# ---------------------------------------------------------------------------- environment
+def ray_env() -> dict[str, str]:
+    """The environment of every Ray process hopscope starts (token auth, see DESIGN.md)."""
+    return {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
+def prepare_ray_driver() -> None:
+    """Call before `import ray` in a driver: Ray reads RAY_AUTH_MODE when it is imported."""
+    ensure_auth_token()
+    os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def ensure_auth_token() -> None:
+    if (Path.home() / ".ray" / "auth_token").exists():
+        return
+    result = subprocess.run(
+        [_ray_bin(), "get-auth-token", "--generate"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=ray_env(),
+    )
+    if result.returncode != 0:
+        raise ClusterError(f"could not create a Ray auth token: {result.stderr.strip()}")
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+def state_dir() -> Path:
+    return Path.home() / ".hopscope" / "clusters"
+
+
+# ---------------------------------------------------------------------------- records
+def _record_path(address: str) -> Path:
+    return state_dir() / f"{address.replace(':', '_')}.json"
+
+
+def list_records() -> list[ClusterRecord]:
+    if not state_dir().is_dir():
+        return []
+    return [ClusterRecord.from_json(p.read_text()) for p in sorted(state_dir().glob("*.json"))]
+
+
+def find_record(address: str) -> ClusterRecord | None:
+    path = _record_path(address)
+    return ClusterRecord.from_json(path.read_text()) if path.exists() else None
+
+
+def is_node_alive(node: NodeRecord) -> bool:
+    try:
+        os.killpg(node.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------- up / down
+def start_cluster(
+    num_nodes: int, link: LinkSettings | None = None, *, is_recorded: bool = True
+) -> ClusterRecord:
+    """Start `num_nodes` Ray nodes labelled a, b, c...; returns once all have joined."""
+    if not 1 <= num_nodes <= 26:
+        raise ClusterError(f"--nodes must be between 1 and 26, got {num_nodes}")
+    prepare_ray_driver()
+    ips = _pick_ips(num_nodes)
+    temp_dir = tempfile.mkdtemp(prefix="hs-", dir="/tmp")  # short: Ray's socket paths live in it
+    gcs_port = _free_port(ips[0])
+    record = ClusterRecord(
+        f"{ips[0]}:{gcs_port}", [], temp_dir, link or LinkSettings(), time.time()
+    )
+    try:
+        record.nodes.append(_start_node(record, ips[0], "a", head_port=gcs_port))
+        _wait_ready(record.nodes[:1])
+        for i, ip in enumerate(ips[1:], start=1):
+            record.nodes.append(_start_node(record, ip, string.ascii_lowercase[i]))
+        _wait_ready(record.nodes[1:])
+    except BaseException:
+        stop_cluster(record)
+        raise
+    if is_recorded:
+        state_dir().mkdir(parents=True, exist_ok=True)
+        _record_path(record.address).write_text(record.to_json())
+    return record
+
+
+def stop_cluster(record: ClusterRecord) -> None:
+    """Stop the recorded process groups (workers first), remove temp dir and state file."""
+    for node in reversed(record.nodes):
+        _signal_group(node.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline and any(is_node_alive(n) for n in record.nodes):
+        _reap(record.nodes)
+        time.sleep(0.2)
+    for node in record.nodes:
+        _signal_group(node.pid, signal.SIGKILL)  # raylet and GCS can outlive a SIGTERM
+    _reap(record.nodes)
+    shutil.rmtree(record.temp_dir, ignore_errors=True)
+    _record_path(record.address).unlink(missing_ok=True)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _reap(nodes: list[NodeRecord]) -> None:
+    for node in nodes:  # our own children (when up and down run in one process)
+        try:
+            os.waitpid(node.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def _start_node(record: ClusterRecord, ip: str, label: str, head_port: int = 0) -> NodeRecord:
+    node_dir = Path(record.temp_dir) / label
+    node_dir.mkdir(parents=True)
+    args = [
+        _ray_bin(),
+        "start",
+        "--block",
+        "--node-ip-address",
+        ip,
+        "--labels",
+        f"hopscope-node={label}",
+    ]
+    args += ["--temp-dir", str(node_dir), "--num-cpus", "1", "--disable-usage-stats"]
+    args += ["--object-store-memory", str(OBJECT_STORE_BYTES)]
+    for flag in (
+        "--node-manager-port",
+        "--object-manager-port",
+        "--metrics-export-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+    ):
+        args += [flag, str(_free_port(ip))]
+    if head_port:
+        args += ["--head", "--port", str(head_port)]
+        args += ["--ray-client-server-port", str(_free_port(ip))]
+        args += ["--include-dashboard", "false", "--dashboard-port", str(_free_port(ip))]
+    else:
+        args += ["--address", record.address]
+    log_path = node_dir / "ray-start.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            args,
+            env=ray_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: `down` stops exactly this node
+        )
+    return NodeRecord(ip, label, process.pid, str(node_dir), str(log_path))
+
+
+def _wait_ready(nodes: list[NodeRecord], timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(nodes)
+    while pending:
+        for node in list(pending):
+            text = Path(node.log_path).read_text(errors="replace")
+            if READY_MARK in text:
+                pending.remove(node)
+            elif _has_exited(node.pid):
+                raise ClusterError(f"node {node.label} ({node.ip}) failed to start: {_tail(text)}")
+        if pending and time.monotonic() > deadline:
+            labels = ", ".join(n.label for n in pending)
+            raise ClusterError(f"nodes {labels} did not start within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def _has_exited(pid: int) -> bool:
+    try:
+        exited_pid, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: it exited if the pid is gone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    return exited_pid == pid
+
+
+def _tail(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return (errors or lines or ["no output"])[-1].strip()
+
+
+def _pick_ips(num_nodes: int) -> list[str]:
+    """127.R.S.2.. on a /24 no recorded cluster uses, so parallel clusters never share an IP."""
+    used = {n.ip.rsplit(".", 1)[0] for r in list_records() for n in r.nodes}
+    while True:
+        subnet = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}"
+        if subnet not in used:
+            return [f"{subnet}.{2 + i}" for i in range(num_nodes)]
+
+
+def _free_port(ip: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((ip, 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,223 @@
+"""The one placement resolver: which node each service lands on, and the transport of each edge.
+
+A placement maps each service to a node label and derives each edge's transport — same process →
+`inproc` (direct calls), same node → `uds`, different nodes → `tcp` — unless a custom YAML file
+overrides it. `assign_nodes` matches a placement against the nodes a cluster really has and
+refuses, with what is missing, any placement the cluster cannot satisfy: never silently
+co-located. Pure: no Ray imports (deploy/ray_serve.py feeds it the cluster's nodes).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SERVICES = ("tokenizer", "scheduler", "worker")
+EDGES = ("tokenizer->scheduler", "scheduler->worker")  # client -> server
+TRANSPORTS = ("inproc", "uds", "tcp")
+NODE_LABEL_KEY = "hopscope-node"  # `ray start --labels hopscope-node=a`
+_LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+
+
+class PlacementError(ValueError):
+    """A placement that is malformed, or that the cluster cannot satisfy; says what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    name: str  # preset name, or the YAML file as given
+    nodes: dict[str, str]  # service -> node label
+    transports: dict[str, str]  # edge ("tokenizer->scheduler") -> "inproc" | "uds" | "tcp"
+    is_preset: bool = True
+
+    @property
+    def is_inproc(self) -> bool:
+        return all(t == "inproc" for t in self.transports.values())
+
+    @property
+    def node_labels(self) -> list[str]:
+        """Distinct node labels, in service order (tokenizer's node first)."""
+        return list(dict.fromkeys(self.nodes[s] for s in SERVICES))
+
+    def listen_transport(self, service: str) -> str:
+        """How `service` is reached: the front door is always TCP; others by their inbound edge."""
+        if service == "tokenizer":
+            return "tcp"
+        inbound = next(e for e in EDGES if e.endswith(f"->{service}"))
+        return self.transports[inbound]
+
+
+def _preset(name: str, nodes: str, transports: tuple[str, str]) -> Placement:
+    return Placement(name, dict(zip(SERVICES, nodes, strict=True)), dict(zip(EDGES, transports)))
+
+
+PRESETS: dict[str, Placement] = {
+    p.name: p
+    for p in (
+        _preset("inproc", "aaa", ("inproc", "inproc")),
+        _preset("colocated", "aaa", ("uds", "uds")),
+        _preset("colocated-tcp", "aaa", ("tcp", "tcp")),
+        _preset("split", "aab", ("uds", "tcp")),
+        _preset("remote", "abc", ("tcp", "tcp")),
+    )
+}
+
+
+def resolve_placement(ref: str) -> Placement:
+    """A preset name or a custom placement YAML file."""
+    if ref in PRESETS:
+        return PRESETS[ref]
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise PlacementError(f"placement file {ref} does not exist")
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise PlacementError(f"placement file {ref} is not valid YAML: {exc}") from exc
+        return parse_placement(data, name=ref)
+    raise PlacementError(
+        f"unknown placement {ref!r}: use one of {', '.join(PRESETS)} or a YAML file "
+        "(see deploy/placements/example.yaml)"
+    )
+
+
+def parse_placement(data: Any, name: str) -> Placement:
+    """Validate a custom placement: `services: {service: label}`, optional `transports`."""
+    if not isinstance(data, dict):
+        raise PlacementError(f"{name}: expected a mapping with 'services' (and 'transports')")
+    unknown_keys = set(data) - {"services", "transports"}
+    if unknown_keys:
+        raise PlacementError(
+            f"{name}: unknown keys {sorted(unknown_keys)}; allowed: services, transports"
+        )
+    nodes = _parse_nodes(data.get("services"), name)
+    overrides = _parse_overrides(data.get("transports") or {}, name)
+    transports = {edge: derive_transport(nodes, edge, overrides.get(edge), name) for edge in EDGES}
+    return Placement(name, nodes, transports, is_preset=False)
+
+
+def _parse_nodes(services: Any, name: str) -> dict[str, str]:
+    if not isinstance(services, dict):
+        raise PlacementError(
+            f"{name}: 'services' must map each of {', '.join(SERVICES)} to a node label"
+        )
+    unknown = set(services) - set(SERVICES)
+    if unknown:
+        raise PlacementError(
+            f"{name}: unknown services {sorted(unknown)}; known: {', '.join(SERVICES)}"
+        )
+    missing = [s for s in SERVICES if s not in services]
+    if missing:
+        raise PlacementError(f"{name}: no node label for {', '.join(missing)}")
+    nodes = {s: str(services[s]) for s in SERVICES}
+    for service, label in nodes.items():
+        if not _LABEL_RE.match(label):
+            raise PlacementError(
+                f"{name}: {service}'s node label {label!r} is not a valid label value "
+                "(letters, digits, '-', '_', '.'; at most 63 characters)"
+            )
+    return nodes
+
+
+def _parse_overrides(transports: Any, name: str) -> dict[str, str]:
+    if not isinstance(transports, dict):
+        raise PlacementError(f"{name}: 'transports' must map edges ({', '.join(EDGES)}) to uds|tcp")
+    unknown = set(transports) - set(EDGES)
+    if unknown:
+        raise PlacementError(f"{name}: unknown edges {sorted(unknown)}; known: {', '.join(EDGES)}")
+    overrides = {str(k): str(v) for k, v in transports.items()}
+    for edge, transport in overrides.items():
+        if transport not in ("uds", "tcp"):
+            hint = " (direct calls need all three in one process: --placement inproc)"
+            raise PlacementError(
+                f"{name}: transport {transport!r} for {edge}: use uds or tcp"
+                + (hint if transport == "inproc" else "")
+            )
+    return overrides
+
+
+def derive_transport(
+    nodes: dict[str, str], edge: str, override: str | None = None, name: str = "placement"
+) -> str:
+    client, server = edge.split("->")
+    is_same_node = nodes[client] == nodes[server]
+    if override == "uds" and not is_same_node:
+        raise PlacementError(
+            f"{name}: {edge} cannot use uds: {client} is on node {nodes[client]!r} and {server} "
+            f"on {nodes[server]!r} (a Unix socket only reaches the same node); use tcp"
+        )
+    return override or ("uds" if is_same_node else "tcp")
+
+
+# ---------------------------------------------------------------------------- cluster fit
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """What the resolver needs to know about one cluster node."""
+
+    node_id: str
+    ip: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def hopscope_label(self) -> str:
+        return self.labels.get(NODE_LABEL_KEY, "")
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """One placement-group bundle per distinct node of the placement."""
+
+    labels: list[str]  # the placement's node labels, one per bundle
+    selectors: list[dict[str, str]] | None  # per-bundle label selectors; None: spread by count
+
+    @property
+    def strategy(self) -> str:
+        return "STRICT_PACK" if len(self.labels) == 1 else "STRICT_SPREAD"
+
+    def bundle_of(self, placement: Placement, service: str) -> int:
+        return self.labels.index(placement.nodes[service])
+
+
+def assign_nodes(
+    placement: Placement, nodes: list[NodeView], cluster: str = "this Ray cluster"
+) -> NodePlan:
+    """Match a placement to the alive nodes: by `hopscope-node` label when the cluster has every
+    label the placement names; a preset also fits any cluster with enough nodes (placement
+    group STRICT_SPREAD). Otherwise refuse, naming what is missing."""
+    wanted = placement.node_labels
+    have = {n.hopscope_label for n in nodes if n.hopscope_label}
+    missing = [label for label in wanted if label not in have]
+    if not missing:
+        return NodePlan(wanted, [{NODE_LABEL_KEY: label} for label in wanted])
+    if placement.is_preset and len(nodes) >= len(wanted):
+        return NodePlan(wanted, None)
+    layout = ", ".join(f"{s} on {placement.nodes[s]}" for s in SERVICES)
+    labels = ", ".join(sorted(have)) or "none"
+    if placement.is_preset:
+        raise PlacementError(
+            f"placement {placement.name!r} needs {len(wanted)} nodes ({layout}); {cluster} has "
+            f"{len(nodes)} (node labels: {labels}). Start one with `hopscope cluster up --nodes "
+            f"{len(wanted)}` and pass its address with --ray-address."
+        )
+    raise PlacementError(
+        f"placement {placement.name} needs nodes labelled {NODE_LABEL_KEY}="
+        f"{', '.join(missing)} ({layout}); {cluster} has {len(nodes)} nodes with labels: "
+        f"{labels}. Label a node with `ray start --labels {NODE_LABEL_KEY}={missing[0]}` or "
+        "change the file."
+    )
+
+
+def internal_address(
+    transport: str, host: str, socket_dir: Path | str, service: str, port: int = 0
+) -> str:
+    """Where `service` listens for an edge of `transport` (shared by Ray and --no-ray)."""
+    if transport == "inproc":
+        return "inproc"
+    if transport == "uds":
+        return f"unix:{Path(socket_dir) / f'{service}.sock'}"
+    return f"{host}:{port}"

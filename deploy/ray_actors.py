@@ -1,0 +1,173 @@
+"""One Ray actor per service: it hosts that service's gRPC server on an address chosen before
+the actor was created, so that Ray's restart (max_restarts=-1) of a killed actor binds the very
+same address and the scheduler / tokenizer reconnect to it on their own.
+
+The service runs on its own asyncio loop in a thread started by `__init__` (which Ray re-runs on
+every restart); the actor's methods are synchronous and reach the loop thread-safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from deploy.cluster import LinkSettings
+from deploy.spec import ServeSpec
+
+START_TIMEOUT_S = 180.0
+ROLES = ("worker", "scheduler", "tokenizer", "pipeline")  # pipeline: all three, inproc
+
+
+class ServiceStartError(RuntimeError):
+    """The service inside the actor could not start; the message says which and why."""
+
+
+@dataclass(slots=True)
+class ActorPlan:
+    """Everything one actor needs; Ray keeps it and passes it again on restart."""
+
+    role: str
+    spec: ServeSpec
+    listen: str  # concrete: "IP:PORT" or "unix:PATH" (never port 0, so restarts rebind it)
+    downstream: str = ""  # the address this service connects to
+    link: LinkSettings = field(default_factory=LinkSettings)  # shaped: a relay to downstream
+    otel_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        assert self.role in ROLES, self.role
+
+
+class ServiceHost:
+    """The actor body (wrapped with `ray.remote` by `actor_class`)."""
+
+    def __init__(self, plan: ActorPlan) -> None:
+        import ray
+
+        self.plan = plan
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.loop = asyncio.new_event_loop()
+        self.service: Any = None
+        self.relay: Any = None
+        self.failure: BaseException | None = None
+        self.is_ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"hopscope-{plan.role}", daemon=True)
+        self.thread.start()
+        if not self.is_ready.wait(START_TIMEOUT_S):
+            raise ServiceStartError(f"{plan.role} did not start within {START_TIMEOUT_S:.0f} s")
+        if self.failure is not None:
+            raise ServiceStartError(
+                f"{plan.role} could not start: {self.failure}"
+            ) from self.failure
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.service = self.loop.run_until_complete(self._start())
+        except BaseException as exc:  # noqa: BLE001 - reported by __init__ to the driver
+            self.failure = exc
+            self.is_ready.set()
+            return
+        self.is_ready.set()
+        self.loop.run_forever()
+
+    async def _start(self) -> Any:
+        os.environ.update(self.plan.otel_env)
+        from tracing.setup import configure_tracing
+
+        configure_tracing(
+            f"hopscope-{self.plan.role}", {"hopscope.placement": self.plan.spec.placement}
+        )
+        if self.plan.listen.startswith("unix:"):
+            socket_path = Path(self.plan.listen.removeprefix("unix:"))
+            socket_path.parent.mkdir(parents=True, exist_ok=True)
+            socket_path.unlink(missing_ok=True)  # left behind by a killed predecessor
+        downstream = self.plan.downstream
+        if self.plan.link.is_shaped:
+            self.relay = await _start_relay(self.host_ip, downstream, self.plan.link)
+            downstream = self.relay.address
+        return await _start_service(self.plan, downstream, self.node_id)
+
+    @property
+    def host_ip(self) -> str:
+        import ray
+
+        return str(ray.util.get_node_ip_address())
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "role": self.plan.role,
+            "address": self.service.address,
+            "pid": os.getpid(),
+            "node_id": self.node_id,
+            "host": self.host_ip,
+            "relay": getattr(self.relay, "address", ""),
+        }
+
+    def check_health(self) -> None:
+        """Raises when the service's loop has died (the driver then restarts this actor)."""
+        if self.failure is not None or not self.thread.is_alive() or not self.loop.is_running():
+            raise ServiceStartError(f"{self.plan.role} is not running: {self.failure}")
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Drain (health NOT_SERVING, in-flight streams finish), then stop the loop."""
+        future = asyncio.run_coroutine_threadsafe(self._stop(grace_s), self.loop)
+        future.result(timeout=grace_s + 10.0)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    async def _stop(self, grace_s: float) -> None:
+        await self.service.stop(grace_s)
+        if self.relay is not None:
+            result = self.relay.stop()
+            if inspect.isawaitable(result):
+                await result
+        if self.plan.listen.startswith("unix:"):
+            Path(self.plan.listen.removeprefix("unix:")).unlink(missing_ok=True)
+
+
+async def _start_service(plan: ActorPlan, downstream: str, node_id: str) -> Any:
+    spec, link = plan.spec, plan.link.mechanism
+    if plan.role == "worker":
+        from services.worker.server import start_worker
+
+        return await start_worker(spec.worker_config(plan.listen, node_id))
+    if plan.role == "scheduler":
+        from services.scheduler.server import start_scheduler
+
+        config = spec.scheduler_config(plan.listen, downstream, node_id)
+        config.worker_link = link
+        return await start_scheduler(config)
+    if plan.role == "tokenizer":
+        from services.tokenizer.server import start_tokenizer
+
+        config = spec.tokenizer_config(plan.listen, downstream, node_id)
+        config.scheduler_link, config.is_ray = link, True
+        return await start_tokenizer(config)
+    from deploy.inproc import start_inproc
+
+    host, port = plan.listen.rsplit(":", 1)
+    return await start_inproc(replace(spec, host=host, port=int(port)), node_id, is_ray=True)
+
+
+async def _start_relay(listen_host: str, target: str, link: LinkSettings) -> Any:
+    """The emulated link (deploy/relay.py, built separately): delays the bytes on the path."""
+    try:
+        from deploy.relay import start_relay  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise ServiceStartError(
+            "this cluster has link settings (delay/rate) but deploy/relay.py is not available; "
+            "start the cluster without --delay-ms/--rate-mbit"
+        ) from exc
+    relay = start_relay(listen_host, target, link.delay_ms, link.rate_mbit)
+    return await relay if inspect.isawaitable(relay) else relay
+
+
+def actor_class() -> Any:
+    """`ServiceHost` as a Ray actor class: restarted forever on the node it was placed on."""
+    import ray
+
+    return ray.remote(max_restarts=-1, max_task_retries=0)(ServiceHost)

@@ -1,0 +1,329 @@
+"""`hopscope serve` on Ray: each service a restartable actor, placed by the placement resolver
+with a placement group (one bundle per node: STRICT_PACK together, STRICT_SPREAD apart; bundles
+pinned to `hopscope-node` labels where the cluster has them)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from rich.console import Console
+
+from deploy.cluster import (
+    ClusterError,
+    LinkSettings,
+    find_record,
+    prepare_ray_driver,
+    start_cluster,
+    stop_cluster,
+)
+from deploy.placement import (
+    EDGES,
+    NODE_LABEL_KEY,
+    NodePlan,
+    NodeView,
+    Placement,
+    PlacementError,
+    assign_nodes,
+    internal_address,
+    resolve_placement,
+)
+from deploy.ray_actors import ActorPlan, actor_class
+from deploy.spec import ServeSpec
+
+err = Console(stderr=True, highlight=False)
+
+START_TIMEOUT_S = 180.0
+RESERVE_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+# In-flight requests wait this long for a restarted worker actor, then are recomputed on it.
+WORKER_RECONNECT_TIMEOUT_S = 60.0
+BUNDLE_CPU = 0.01  # Ray needs non-empty bundles; the services themselves ask for next to nothing
+ACTOR_CPU = 0.003
+OTEL_PREFIXES = ("OTEL_", "HOPSCOPE_TRACE")
+
+
+class DeployError(RuntimeError):
+    """The deployment could not start or lost a service for good; the message says why."""
+
+
+@dataclass
+class RayDeployment:
+    """The actors of one deployment; `start` returns the front-door address."""
+
+    spec: ServeSpec
+    placement: Placement
+    link: LinkSettings = field(default_factory=LinkSettings)
+    actors: dict[str, Any] = field(default_factory=dict)  # role -> actor handle
+    infos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pg: Any = None
+    deploy_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
+        try:
+            plan = assign_nodes(self.placement, alive_nodes())
+            plans = self._actor_plans(plan, self._reserve(plan))
+            cls = actor_class()
+            for role, actor_plan in plans.items():  # all at once: each waits for its downstream
+                bundle = plan.bundle_of(self.placement, "tokenizer" if role == "pipeline" else role)
+                self.actors[role] = self._create(cls, actor_plan, bundle)
+            self._wait_started(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self.front_door
+
+    @property
+    def front_door(self) -> str:
+        return str(self.infos["pipeline" if self.placement.is_inproc else "tokenizer"]["address"])
+
+    def _reserve(self, plan: NodePlan) -> list[NodeView]:
+        """A placement group, one bundle per node; returns each bundle's node."""
+        import ray
+        from ray.util.placement_group import placement_group, placement_group_table
+
+        self.pg = placement_group(
+            [{"CPU": BUNDLE_CPU} for _ in plan.labels],
+            strategy=plan.strategy,
+            bundle_label_selector=plan.selectors,
+            name=f"hopscope-{self.deploy_id}",
+        )
+        try:
+            ray.get(self.pg.ready(), timeout=RESERVE_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError as exc:
+            raise DeployError(
+                f"could not reserve {len(plan.labels)} node(s) ({plan.strategy}) for placement "
+                f"{self.placement.name!r} within {RESERVE_TIMEOUT_S:.0f} s: are the nodes out of CPU?"
+            ) from exc
+        bundle_nodes = placement_group_table(self.pg)["bundles_to_node_id"]
+        nodes = {n.node_id: n for n in alive_nodes()}
+        return [nodes[bundle_nodes[i]] for i in range(len(plan.labels))]
+
+    def _actor_plans(self, plan: NodePlan, bundle_nodes: list[NodeView]) -> dict[str, ActorPlan]:
+        placement, spec = self.placement, self.spec
+        node_of = {s: bundle_nodes[plan.bundle_of(placement, s)] for s in placement.nodes}
+        ip_of = {s: node.ip for s, node in node_of.items()}
+        front_port = spec.port or free_port(node_of["tokenizer"], spec.host)
+        front_door = f"{spec.host}:{front_port}"
+        otel_env = _otel_env()
+        if placement.is_inproc:
+            return {"pipeline": ActorPlan("pipeline", spec, front_door, otel_env=otel_env)}
+        socket_dir = f"/tmp/hs-{self.deploy_id}"
+        listen = {"tokenizer": front_door}
+        for service in ("scheduler", "worker"):
+            transport = placement.listen_transport(service)
+            port = free_port(node_of[service], ip_of[service]) if transport == "tcp" else 0
+            listen[service] = internal_address(transport, ip_of[service], socket_dir, service, port)
+        links = {edge: self._edge_link(edge) for edge in EDGES}
+        return {
+            "worker": ActorPlan("worker", spec, listen["worker"], otel_env=otel_env),
+            "scheduler": ActorPlan(
+                "scheduler", spec, listen["scheduler"], listen["worker"], links[EDGES[1]], otel_env
+            ),
+            "tokenizer": ActorPlan(
+                "tokenizer", spec, front_door, listen["scheduler"], links[EDGES[0]], otel_env
+            ),
+        }
+
+    def _edge_link(self, edge: str) -> LinkSettings:
+        """Only a TCP edge between two nodes is a network link that can be shaped."""
+        client, server = edge.split("->")
+        is_cross_node = self.placement.nodes[client] != self.placement.nodes[server]
+        is_shaped = is_cross_node and self.placement.transports[edge] == "tcp"
+        return self.link if is_shaped else LinkSettings()
+
+    def _create(self, cls: Any, plan: ActorPlan, bundle: int) -> Any:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=bundle)
+        return cls.options(
+            num_cpus=ACTOR_CPU,
+            scheduling_strategy=strategy,
+            name=f"hopscope-{self.deploy_id}-{plan.role}",
+        ).remote(plan)
+
+    def _wait_started(self, timeout_s: float) -> None:
+        import ray
+
+        refs = {role: actor.info.remote() for role, actor in self.actors.items()}
+        deadline = time.monotonic() + timeout_s
+        for role, ref in refs.items():
+            try:
+                self.infos[role] = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+            except ray.exceptions.GetTimeoutError as exc:
+                raise DeployError(f"{role} did not start within {timeout_s:.0f} s") from exc
+            except ray.exceptions.RayError as exc:
+                raise DeployError(f"{role} could not start: {actor_error(exc)}") from exc
+
+    def supervise_once(self) -> list[str]:
+        """Check every actor; restart one whose service died. Returns what happened."""
+        import ray
+
+        events = []
+        for role, actor in self.actors.items():
+            try:
+                ray.get(actor.check_health.remote(), timeout=10.0)
+            except ray.exceptions.ActorDiedError as exc:
+                raise DeployError(f"{role} is gone for good: {actor_error(exc)}") from exc
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                events.append(f"{role} is restarting")
+            except ray.exceptions.RayTaskError as exc:
+                events.append(f"{role} unhealthy ({actor_error(exc)}); restarting it")
+                ray.kill(actor, no_restart=False)
+        return events
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Front door first (it drains its streams), then scheduler, worker; then the nodes."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for role in ("pipeline", "tokenizer", "scheduler", "worker"):
+            actor = self.actors.pop(role, None)
+            if actor is None:
+                continue
+            try:
+                ray.get(actor.stop.remote(grace_s), timeout=grace_s + 15.0)
+            except ray.exceptions.RayError:
+                pass  # dead or never started: killing it below is all that is left
+            ray.kill(actor, no_restart=True)
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
+
+
+def actor_error(exc: BaseException) -> str:
+    """The one line of a Ray error that says what went wrong inside the actor."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    ours = [ln for ln in lines if "ServiceStartError" in ln or "Error:" in ln]
+    return (ours or lines or [type(exc).__name__])[-1]
+
+
+def alive_nodes() -> list[NodeView]:
+    import ray
+
+    return [
+        NodeView(n["NodeID"], n["NodeManagerAddress"], dict(n.get("Labels") or {}))
+        for n in ray.nodes()
+        if n["Alive"]
+    ]
+
+
+def free_port(node: NodeView, bind_host: str) -> int:
+    """A free port for a listener on `node`; found here when that node is this machine."""
+    if node.ip.startswith("127.") or node.ip == _own_ip():
+        with socket.socket() as sock:
+            sock.bind((bind_host, 0))
+            return int(sock.getsockname()[1])
+    return _free_port_on_node(node.node_id, bind_host)
+
+
+def _own_ip() -> str:
+    import ray
+
+    return str(ray.util.get_node_ip_address())
+
+
+def _free_port_on_node(node_id: str, bind_host: str) -> int:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)  # type: ignore[misc]
+    def probe() -> int:
+        with socket.socket() as sock:
+            sock.bind((bind_host, 0))
+            return int(sock.getsockname()[1])
+
+    strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+    return int(ray.get(probe.options(scheduling_strategy=strategy).remote(), timeout=60.0))
+
+
+def _otel_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k.startswith(OTEL_PREFIXES)}
+
+
+def connect(ray_address: str) -> None:
+    """Join a Ray cluster as a driver (on its head's loopback IP when it is a local cluster)."""
+    prepare_ray_driver()
+    import ray
+
+    if ray.is_initialized():
+        return
+    host = ray_address.rsplit(":", 1)[0]
+    kwargs: dict[str, Any] = {"_node_ip_address": host} if host.startswith("127.") else {}
+    try:
+        ray.init(address=ray_address, log_to_driver=False, **kwargs)
+    except (ConnectionError, RuntimeError) as exc:
+        raise DeployError(f"cannot join the Ray cluster at {ray_address}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------- the command
+def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
+    """Deploy on Ray, print the front door once healthy, supervise; drain on SIGINT/SIGTERM."""
+    try:
+        placement = resolve_placement(spec.placement)
+        if not ray_address:  # refuse before starting anything: the embedded Ray has one node
+            embedded_view = [NodeView("embedded", "", {NODE_LABEL_KEY: "a"})]
+            assign_nodes(placement, embedded_view, "the embedded local Ray (no --ray-address)")
+    except PlacementError as exc:
+        err.print(f"error: {exc}")
+        return 2
+    spec = replace(
+        spec,
+        worker_reconnect_timeout_s=max(spec.worker_reconnect_timeout_s, WORKER_RECONNECT_TIMEOUT_S),
+    )
+    stop_requested = False
+
+    def request_stop(signum: int, frame: Any) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    embedded = None
+    try:
+        if not ray_address:
+            err.print("starting a local one-node Ray (pass --ray-address to join a cluster)")
+            embedded = start_cluster(1, is_recorded=False)
+            ray_address = embedded.address
+        record = find_record(ray_address)
+        connect(ray_address)
+        deployment = RayDeployment(spec, placement, record.link if record else LinkSettings())
+        try:
+            address = deployment.start()
+            print(
+                f"hopscope front door: {address} (placement {spec.placement}, model {spec.model})",
+                flush=True,
+            )
+            while not stop_requested:
+                for event in deployment.supervise_once():
+                    err.print(event)
+                time.sleep(1.0)
+            err.print("draining: front door first, then scheduler and worker")
+        finally:
+            deployment.stop()
+    except PlacementError as exc:
+        err.print(f"error: {exc}")
+        return 2
+    except (DeployError, ClusterError) as exc:
+        err.print(f"error: {exc}")
+        return 1
+    finally:
+        _disconnect()
+        if embedded is not None:
+            stop_cluster(embedded)
+    return 0
+
+
+def _disconnect() -> None:
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
