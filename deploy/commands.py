@@ -39,6 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_PORT,
         help=f"front-door port (default {DEFAULT_PORT}; 0 = any)",
     )
+    serve.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve Prometheus /metrics at --host on 9401 (tokenizer), 9402 (scheduler), 9403 (worker)",
+    )
     _add_engine_args(serve)
     serve.set_defaults(func=run_serve)
 
@@ -97,6 +102,7 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_queue_len=args.max_queue_len,
+        is_metrics_enabled=getattr(args, "metrics", False),
     )
 
 
@@ -117,7 +123,9 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         return 2
     if spec.placement == "inproc":
-        return _with_tracing("hopscope-inproc", spec.placement, lambda: asyncio.run(_serve_inproc(spec)))
+        return _with_tracing(
+            "hopscope-inproc", spec.placement, lambda: asyncio.run(_serve_inproc(spec))
+        )
     return _serve_local(spec)
 
 

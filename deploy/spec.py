@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.metrics import METRICS_PORTS
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.service_config import SchedulerServiceConfig
 from services.tokenizer.server import TokenizerServiceConfig
@@ -29,6 +30,7 @@ class ServeSpec:
     max_queue_len: int = 512
     request_timeout_s: float = 600.0
     worker_reconnect_timeout_s: float = 10.0
+    is_metrics_enabled: bool = False  # /metrics on METRICS_PORTS at `host`
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -40,6 +42,9 @@ class ServeSpec:
     def front_door(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def metrics_address(self, service: str) -> str:
+        return f"{self.host}:{METRICS_PORTS[service]}" if self.is_metrics_enabled else ""
+
     def worker_config(self, listen: str, node_id: str = "") -> WorkerServiceConfig:
         engine = WorkerConfig(
             model=self.model,
@@ -48,7 +53,12 @@ class ServeSpec:
             kv_cache_bytes=self.kv_cache_mb * 1024 * 1024,
             max_num_batched_tokens=self.max_num_batched_tokens,
         )
-        return WorkerServiceConfig(engine=engine, listen=listen, node_id=node_id)
+        return WorkerServiceConfig(
+            engine=engine,
+            listen=listen,
+            node_id=node_id,
+            metrics_address=self.metrics_address("worker"),
+        )
 
     def scheduler_config(
         self, listen: str, worker_address: str, node_id: str = ""
@@ -65,6 +75,7 @@ class ServeSpec:
             listen=listen,
             node_id=node_id,
             worker_reconnect_timeout_s=self.worker_reconnect_timeout_s,
+            metrics_address=self.metrics_address("scheduler"),
         )
 
     def tokenizer_config(
@@ -77,4 +88,5 @@ class ServeSpec:
             node_id=node_id,
             placement=self.placement,
             request_timeout_s=self.request_timeout_s,
+            metrics_address=self.metrics_address("tokenizer"),
         )

@@ -145,3 +145,12 @@ def start_metrics_server(metrics: ServiceMetrics, host: str, port: int) -> int:
         ) from exc
     metrics._server, metrics._thread = server, thread
     return int(server.server_address[1])
+
+
+def serve_metrics(service_name: str, address: str) -> ServiceMetrics:
+    """The service's metrics, served on `address` ("HOST:PORT") unless it is "" (off)."""
+    metrics = ServiceMetrics(service_name)
+    if address:
+        host, _, port = address.rpartition(":")
+        start_metrics_server(metrics, host, int(port))
+    return metrics

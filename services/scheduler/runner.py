@@ -19,6 +19,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from protos import hopscope_pb2 as pb
 from services.common import convert, spans
 from services.common.errors import HopscopeError, UnavailableError
+from services.common.metrics import ServiceMetrics
 from services.common.types import Delivery, ModelInfo
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Batch, Request, Update
@@ -57,7 +58,9 @@ class SchedulerRunner:
         worker: WorkerClient,
         settings: RunnerSettings,
         on_health: Callable[[bool], None] = lambda is_serving: None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or ServiceMetrics("scheduler")
         self._core_factory = core_factory
         self.core: Scheduler | None = None
         self.worker = worker
@@ -88,6 +91,7 @@ class SchedulerRunner:
         for rid in list(self._tracked):
             self._fail(rid, UnavailableError("the scheduler is shutting down"))
         await self.worker.close()
+        self.metrics.stop_server()
 
     @property
     def is_worker_up(self) -> bool:
@@ -151,6 +155,7 @@ class SchedulerRunner:
                 continue
             self._account(batch, step_ms)
             self._deliver(self.core.on_step(batch, sampled, time.monotonic()))
+            self._record(batch, now)
 
     async def _step(self, batch: Batch) -> tuple[dict[int, int], float]:
         links = [
@@ -181,6 +186,16 @@ class SchedulerRunner:
         span.set_attribute("hopscope.worker_step_ms", out.step_ms)
         span.end()
         return out.sampled, out.step_ms
+
+    def _record(self, batch: Batch, started_s: float) -> None:
+        assert self.core is not None
+        round_trip_ms = (time.monotonic() - started_s) * 1e3
+        self.metrics.observe_step(batch_size=batch.num_seqs, step_ms=round_trip_ms)
+        self.metrics.set_queue(num_waiting=self.core.num_waiting, num_running=self.core.num_running)
+        num_free = self.core.num_free_blocks
+        self.metrics.set_kv_blocks(
+            num_used=self.core.block_manager.num_blocks - num_free, num_free=num_free
+        )
 
     def _parent_of(self, batch: Batch) -> dict[str, str]:
         for rid in batch.request_ids:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.channels import transport_of
 from services.common.identity import ServiceIdentity, identify
+from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
 from services.common.types import ModelInfo
 from services.scheduler.core import Scheduler
@@ -32,7 +34,9 @@ class SchedulerServer:
 
 
 def build_runner(
-    config: SchedulerServiceConfig, worker: WorkerClient, on_health: object = None
+    config: SchedulerServiceConfig,
+    worker: WorkerClient,
+    on_health: Callable[[bool], None] = lambda is_serving: None,
 ) -> SchedulerRunner:
     def core_factory(info: ModelInfo) -> Scheduler:
         return Scheduler(config.core, info)
@@ -42,9 +46,8 @@ def build_runner(
         connect_timeout_s=config.connect_timeout_s,
         worker_reconnect_timeout_s=config.worker_reconnect_timeout_s,
     )
-    if on_health is None:
-        return SchedulerRunner(core_factory, worker, settings)
-    return SchedulerRunner(core_factory, worker, settings, on_health)  # type: ignore[arg-type]
+    metrics = serve_metrics("scheduler", config.metrics_address)
+    return SchedulerRunner(core_factory, worker, settings, on_health, metrics)
 
 
 async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:

@@ -17,7 +17,8 @@ class SchedulerServiceConfig:
     step_timeout_s: float = 120.0
     connect_timeout_s: float = 60.0
     worker_reconnect_timeout_s: float = 10.0
-    worker_link: str = ""  # how the path to the worker is shaped: "" | "netem" | "relay"
+    worker_link: str = ""
+    metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off  # how the path to the worker is shaped: "" | "netem" | "relay"
 
     def __post_init__(self) -> None:
         if self.step_timeout_s <= 0 or self.connect_timeout_s <= 0:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.identity import identify
+from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
 from services.models import resolve_model
 from services.tokenizer.core import TokenizerCore
@@ -27,6 +28,7 @@ class TokenizerServiceConfig:
     connect_timeout_s: float = 60.0
     scheduler_link: str = ""  # how the path to the scheduler is shaped: "" | "netem" | "relay"
     is_ray: bool = False
+    metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off
 
     def __post_init__(self) -> None:
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:
@@ -37,6 +39,7 @@ class TokenizerServiceConfig:
 class TokenizerServer:
     grpc_server: GrpcServer
     scheduler: SchedulerClient
+    servicer: TokenizerServicer
 
     @property
     def address(self) -> str:
@@ -45,6 +48,7 @@ class TokenizerServer:
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.grpc_server.stop(grace_s)  # NOT_SERVING, then in-flight streams finish
         await self.scheduler.close()  # type: ignore[attr-defined]
+        self.servicer.metrics.stop_server()
 
 
 def build_core(model: str) -> TokenizerCore:
@@ -68,7 +72,8 @@ async def start_tokenizer(
         await client.connect(config.connect_timeout_s)
         scheduler = client
     identity = identify("tokenizer", config.listen, config.node_id)
-    servicer = TokenizerServicer(core, scheduler, identity, config)
+    metrics = serve_metrics("tokenizer", config.metrics_address)
+    servicer = TokenizerServicer(core, scheduler, identity, config, metrics)
 
     def register(server: object) -> list[str]:
         pb_grpc.add_TokenizerServicer_to_server(servicer, server)
@@ -77,4 +82,4 @@ async def start_tokenizer(
     grpc_server = await start_server(config.listen, register, is_serving=scheduler.is_ready)
     holder["server"] = grpc_server
     identity.address = grpc_server.address
-    return TokenizerServer(grpc_server, scheduler)
+    return TokenizerServer(grpc_server, scheduler, servicer)

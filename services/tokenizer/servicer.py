@@ -19,6 +19,7 @@ from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert, spans
 from services.common.errors import error_for_status
 from services.common.identity import ServiceIdentity
+from services.common.metrics import ServiceMetrics
 from services.tokenizer.core import GenerateParams, PreparedRequest, StopMatcher, TokenizerCore
 from services.tokenizer.scheduler_client import RequestStream
 
@@ -46,6 +47,8 @@ class SchedulerClient(Protocol):
 
 @dataclass(slots=True)
 class _Progress:
+    started_s: float = 0.0
+    first_token_s: float | None = None
     num_output_tokens: int = 0
     detokenize_s: float = 0.0
     is_finished: bool = False
@@ -58,7 +61,9 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         scheduler: SchedulerClient,
         identity: ServiceIdentity,
         config: TokenizerServiceConfig,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or ServiceMetrics("tokenizer")
         self.core = core
         self.scheduler = scheduler
         self.identity = identity
@@ -85,7 +90,7 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
                 "server.address": self.scheduler.address,
             },
         )
-        progress = _Progress()
+        progress = _Progress(started_s=time.perf_counter())
         try:
             stream = await self.scheduler.submit(prepared, timeout_s, spans.carrier_of(span))
             async for response in self._responses(prepared, stream, progress):
@@ -93,6 +98,7 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         finally:
             if not progress.is_finished:  # cancelled by the client, deadline, or an error
                 self.scheduler.abort(request_id)
+            self._record(progress)
             span.set_attribute("hopscope.detokenize_ms", progress.detokenize_s * 1e3)
             span.set_attribute("hopscope.num_output_tokens", progress.num_output_tokens)
             span.end()
@@ -105,6 +111,8 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         async for delivery in stream:
             if delivery.error_status:
                 raise error_for_status(delivery.error_status, delivery.error_message)
+            if delivery.token_ids and progress.first_token_s is None:
+                progress.first_token_s = time.perf_counter()
             progress.num_output_tokens += len(delivery.token_ids)
             started = time.perf_counter()
             text = stop.push(detokenizer.push(delivery.token_ids))
@@ -130,6 +138,16 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
             response.prompt_token_ids.extend(req.prompt_token_ids)
             yield response
             return
+
+    def _record(self, progress: _Progress) -> None:
+        e2e_ms = (time.perf_counter() - progress.started_s) * 1e3
+        self.metrics.observe_rpc("Generate", e2e_ms)
+        if not progress.is_finished or progress.first_token_s is None:
+            return
+        ttft_ms = (progress.first_token_s - progress.started_s) * 1e3
+        n = progress.num_output_tokens
+        tpot_ms = (e2e_ms - ttft_ms) / (n - 1) if n >= 2 else None
+        self.metrics.observe_request(ttft_ms=ttft_ms, tpot_ms=tpot_ms, e2e_ms=e2e_ms)
 
     async def Describe(
         self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.channels import transport_of
 from services.common.identity import identify
+from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
 from services.worker.config import WorkerConfig
 from services.worker.servicer import WorkerService, WorkerServicer
@@ -18,6 +19,7 @@ class WorkerServiceConfig:
     engine: WorkerConfig = field(default_factory=WorkerConfig)
     listen: str = "127.0.0.1:50053"  # "HOST:PORT" or "unix:PATH"
     node_id: str = ""
+    metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off
 
 
 @dataclass
@@ -37,7 +39,10 @@ class WorkerServer:
 def build_worker_service(config: WorkerServiceConfig, address: str) -> WorkerService:
     from services.worker.engine import Engine
 
-    return WorkerService(Engine(config.engine), identify("worker", address, config.node_id))
+    metrics = serve_metrics("worker", config.metrics_address)
+    return WorkerService(
+        Engine(config.engine), identify("worker", address, config.node_id), metrics
+    )
 
 
 async def start_worker(config: WorkerServiceConfig) -> WorkerServer:

@@ -16,6 +16,7 @@ from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert, spans
 from services.common.identity import ServiceIdentity
+from services.common.metrics import ServiceMetrics
 from services.common.types import ModelInfo, SeqStep, StepOutput
 from services.worker.engine import Engine
 
@@ -25,9 +26,12 @@ log = logging.getLogger(__name__)
 class WorkerService:
     """Runs one step at a time on a dedicated thread so the event loop stays responsive."""
 
-    def __init__(self, engine: Engine, identity: ServiceIdentity) -> None:
+    def __init__(
+        self, engine: Engine, identity: ServiceIdentity, metrics: ServiceMetrics | None = None
+    ) -> None:
         self.engine = engine
         self.identity = identity
+        self.metrics = metrics or ServiceMetrics("worker")
         self.instance_id = uuid.uuid4().hex
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
 
@@ -54,6 +58,7 @@ class WorkerService:
             raise
         finally:
             span.end()
+        self.metrics.observe_step(batch_size=len(seqs), step_ms=out.step_ms)
         span.set_attribute("hopscope.step_ms", out.step_ms)
         span.set_attribute("hopscope.device_ms", out.device_ms)
         return out
@@ -69,6 +74,7 @@ class WorkerService:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.metrics.stop_server()
 
 
 class WorkerServicer(pb_grpc.WorkerServicer):
@@ -76,7 +82,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.service = service
         self.transport = transport
 
-    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.WorkerInfo:
+    async def Info(
+        self, request: pb.InfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WorkerInfo:
         return self.service.info_pb()
 
     async def Step(
