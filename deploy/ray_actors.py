@@ -126,7 +126,12 @@ class ServiceHost:
             if inspect.isawaitable(result):
                 await result
         if self.plan.listen.startswith("unix:"):
-            Path(self.plan.listen.removeprefix("unix:")).unlink(missing_ok=True)
+            socket_path = Path(self.plan.listen.removeprefix("unix:"))
+            socket_path.unlink(missing_ok=True)
+            try:
+                socket_path.parent.rmdir()  # the last service of this deployment on the node
+            except OSError:
+                pass
 
 
 async def _start_service(plan: ActorPlan, downstream: str, node_id: str) -> Any:

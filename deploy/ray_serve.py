@@ -283,8 +283,11 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
         nonlocal stop_requested
         stop_requested = True
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    def install_handlers() -> None:
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+
+    install_handlers()
     embedded = None
     try:
         if not ray_address:
@@ -293,6 +296,7 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
             ray_address = embedded.address
         record = find_record(ray_address)
         connect(ray_address)
+        install_handlers()  # again: ray.init installs its own SIGTERM handler, which exits
         deployment = RayDeployment(spec, placement, record.link if record else LinkSettings())
         try:
             address = deployment.start()

@@ -1,0 +1,147 @@
+"""The placement resolver: presets, custom YAML, derived transports, and refusals a user can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deploy.placement import (
+    PRESETS,
+    NodeView,
+    PlacementError,
+    assign_nodes,
+    internal_address,
+    parse_placement,
+    resolve_placement,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def nodes(*labels: str) -> list[NodeView]:
+    return [
+        NodeView(f"id-{i}", f"127.0.9.{i + 2}", {"hopscope-node": lb} if lb else {})
+        for i, lb in enumerate(labels)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "where", "transports"),
+    [
+        ("inproc", "aaa", ["inproc", "inproc"]),
+        ("colocated", "aaa", ["uds", "uds"]),
+        ("colocated-tcp", "aaa", ["tcp", "tcp"]),
+        ("split", "aab", ["uds", "tcp"]),
+        ("remote", "abc", ["tcp", "tcp"]),
+    ],
+)
+def test_presets_match_the_design_table(name: str, where: str, transports: list[str]) -> None:
+    placement = resolve_placement(name)
+    assert [placement.nodes[s] for s in ("tokenizer", "scheduler", "worker")] == list(where)
+    assert list(placement.transports.values()) == transports
+
+
+def test_example_file_puts_the_front_door_alone_and_overrides_a_transport() -> None:
+    placement = resolve_placement(str(REPO / "deploy/placements/example.yaml"))
+    assert placement.nodes == {"tokenizer": "a", "scheduler": "b", "worker": "b"}
+    assert placement.transports == {"tokenizer->scheduler": "tcp", "scheduler->worker": "tcp"}
+    assert not placement.is_preset
+
+
+def test_custom_transports_are_derived_from_nodes() -> None:
+    placement = parse_placement(
+        {"services": {"tokenizer": "x", "scheduler": "y", "worker": "y"}}, "f.yaml"
+    )
+    assert placement.transports == {"tokenizer->scheduler": "tcp", "scheduler->worker": "uds"}
+    assert placement.node_labels == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"services": {"tokenizer": "a", "scheduler": "a"}}, "no node label for worker"),
+        (
+            {"services": {"tokenizer": "a", "scheduler": "a", "worker": "a", "gpu": "b"}},
+            "unknown services ['gpu']",
+        ),
+        (
+            {"services": {"tokenizer": "a", "scheduler": "a", "worker": "a bad"}},
+            "not a valid label",
+        ),
+        (
+            {
+                "services": {"tokenizer": "a", "scheduler": "a", "worker": "b"},
+                "transports": {"scheduler->worker": "uds"},
+            },
+            "cannot use uds",
+        ),
+        (
+            {
+                "services": {"tokenizer": "a", "scheduler": "a", "worker": "a"},
+                "transports": {"scheduler->worker": "inproc"},
+            },
+            "--placement inproc",
+        ),
+        (
+            {
+                "services": {"tokenizer": "a", "scheduler": "a", "worker": "a"},
+                "transports": {"worker->scheduler": "tcp"},
+            },
+            "unknown edges",
+        ),
+        ({"service": {}}, "unknown keys ['service']"),
+        (["a", "b"], "expected a mapping"),
+    ],
+)
+def test_bad_custom_placements_are_refused_with_what_to_fix(data: object, message: str) -> None:
+    with pytest.raises(PlacementError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_placement(data, "bad.yaml")
+
+
+def test_unknown_name_and_missing_file_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(PlacementError, match="unknown placement 'remot'.*colocated"):
+        resolve_placement("remot")
+    with pytest.raises(PlacementError, match="does not exist"):
+        resolve_placement(str(tmp_path / "nope.yaml"))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("services: [unclosed")
+    with pytest.raises(PlacementError, match="not valid YAML"):
+        resolve_placement(str(broken))
+
+
+def test_labelled_cluster_pins_each_bundle_to_its_label() -> None:
+    plan = assign_nodes(PRESETS["split"], nodes("a", "b", "c"))
+    assert plan.selectors == [{"hopscope-node": "a"}, {"hopscope-node": "b"}]
+    assert plan.strategy == "STRICT_SPREAD"
+    assert plan.bundle_of(PRESETS["split"], "worker") == 1
+    assert assign_nodes(PRESETS["colocated"], nodes("a")).strategy == "STRICT_PACK"
+
+
+def test_unlabelled_cluster_with_enough_nodes_spreads_a_preset() -> None:
+    plan = assign_nodes(PRESETS["remote"], nodes("", "", ""))
+    assert plan.selectors is None and plan.strategy == "STRICT_SPREAD"
+
+
+def test_remote_on_one_node_is_refused_not_colocated() -> None:
+    with pytest.raises(PlacementError) as info:
+        assign_nodes(PRESETS["remote"], nodes("a"))
+    message = str(info.value)
+    assert "needs 3 nodes" in message and "has 1" in message
+    assert "hopscope cluster up --nodes 3" in message
+
+
+def test_custom_label_nobody_has_is_refused_naming_it() -> None:
+    placement = parse_placement(
+        {"services": {"tokenizer": "a", "scheduler": "a", "worker": "gpu"}}, "f.yaml"
+    )
+    with pytest.raises(PlacementError, match="hopscope-node=gpu.*labels: a, b"):
+        assign_nodes(placement, nodes("a", "b", ""))
+
+
+def test_internal_addresses_follow_the_transport(tmp_path: Path) -> None:
+    assert (
+        internal_address("uds", "127.0.0.3", tmp_path, "worker") == f"unix:{tmp_path}/worker.sock"
+    )
+    assert internal_address("tcp", "127.0.0.3", tmp_path, "worker", 5000) == "127.0.0.3:5000"
+    assert internal_address("inproc", "127.0.0.3", tmp_path, "worker") == "inproc"
