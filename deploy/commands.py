@@ -14,7 +14,7 @@ from rich.console import Console
 
 from deploy.spec import DEFAULT_PORT, NO_RAY_PLACEMENTS, ServeSpec
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
