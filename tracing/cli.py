@@ -64,11 +64,11 @@ def _load_spans(args: argparse.Namespace) -> list[Span]:
 
 
 def _error(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/] {escape(message)}")
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(message)}")
 
 
 def run_collect(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     collector = OtlpCollector(args.out, listen=args.listen)
     try:
         collector.start()
