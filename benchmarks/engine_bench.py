@@ -35,6 +35,8 @@ GREEDY = SamplingParams()
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     engine = Engine(WorkerConfig(model=args.model, device=args.device, dtype=args.dtype))
     reference = build_reference(engine.source, engine.config)
     results: dict[str, Any] = {"setup": setup(args, engine), "decode": [], "prefill": {}}
@@ -64,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--decode-steps", type=int, default=32)
     parser.add_argument("--prefill-batch", type=int, default=4, help="sequences per prefill step")
     parser.add_argument("--prefill-len", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads for both variants (0: torch's default)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
 

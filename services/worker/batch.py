@@ -29,7 +29,7 @@ class StepBatch:
     positions: torch.Tensor  # [T]
     slot_mapping: torch.Tensor  # [T]: where each new token's K/V is written
     num_decodes: int  # rows [0, num_decodes) are single-token sequences
-    decode_blocks: torch.Tensor | None  # [num_decodes, max_blocks] KV blocks to attend to
+    decode_blocks: torch.Tensor | None  # [num_decodes * max_blocks] KV blocks to attend to
     decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size] valid keys
     prefills: list[PrefillSegment]
     sample_rows: torch.Tensor  # rows whose logits are sampled
@@ -57,8 +57,11 @@ def build_batch(seqs: list[SeqStep], block_size: int, device: torch.device) -> S
         if seq.sampling is not None:
             sample_rows.append(len(token_ids) - 1)
     # One host->device copy for every integer input; the views below share it.
-    max_blocks = max((len(s.block_table) for s in decodes), default=0)
-    decode_tables = [b for s in decodes for b in s.block_table + [0] * (max_blocks - len(s.block_table))]
+    # Decode tables are cut or padded (block 0, masked out) to the blocks the longest one uses.
+    max_blocks = max((-(-s.num_tokens_after // block_size) for s in decodes), default=0)
+    decode_tables = [
+        b for s in decodes for b in (s.block_table + [0] * max_blocks)[:max_blocks]
+    ]
     decode_lens = [s.num_tokens_after for s in decodes]
     prefill_tables = [b for s in prefills if s.num_computed > 0 for b in s.block_table]
     packed = token_ids + positions + slots + sample_rows + decode_tables + decode_lens + prefill_tables
@@ -89,12 +92,10 @@ def _decode_attention(
     if not decodes:
         return None, None
     # Whole blocks are gathered (a few large copies rather than one per token); positions past
-    # a sequence's length, and padding blocks (block 0), are masked out.
-    num_blocks = max(-(-s.num_tokens_after // block_size) for s in decodes)
-    blocks = tables.view(len(decodes), max_blocks)[:, :num_blocks]
-    pos = torch.arange(num_blocks * block_size, device=tables.device)
+    # a sequence's length are masked out.
+    pos = torch.arange(max_blocks * block_size, device=tables.device)
     mask = (pos[None, :] < lens[:, None]).view(len(decodes), 1, 1, -1)
-    return blocks, mask
+    return tables, mask
 
 
 def _prefill_segments(

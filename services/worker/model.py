@@ -87,8 +87,9 @@ class Transformer:
     def forward(self, batch: StepBatch, kv_cache: KVCache) -> torch.Tensor:
         """float32 logits of the batch's sampled rows, [num_sampled, vocab]."""
         hidden = F.embedding(batch.token_ids, self.embed)
-        cos = self.cos[batch.positions].unsqueeze(1)
-        sin = self.sin[batch.positions].unsqueeze(1)
+        # index_select, not t[idx]: advanced indexing is several times slower on CPU.
+        cos = self.cos.index_select(0, batch.positions).unsqueeze(1)
+        sin = self.sin.index_select(0, batch.positions).unsqueeze(1)
         eps = self.config.rms_norm_eps
         for index, layer in enumerate(self.layers):
             x = rms_norm(hidden, layer.input_norm, eps)
@@ -97,7 +98,7 @@ class Transformer:
             x = rms_norm(hidden, layer.post_norm, eps)
             gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
             hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
-        last = rms_norm(hidden[batch.sample_rows], self.final_norm, eps)
+        last = rms_norm(hidden.index_select(0, batch.sample_rows), self.final_norm, eps)
         return F.linear(last, self.lm_head).float()
 
     def _attention(
@@ -134,8 +135,9 @@ class Transformer:
         q = q[: batch.num_decodes].unsqueeze(2)  # [B, H, 1, D]
         num_seqs, num_kv_heads, head_dim = q.shape[0], k_cache.shape[1], k_cache.shape[2]
         block_shape = (-1, self.block_size, num_kv_heads, head_dim)
-        keys = k_cache.view(block_shape)[batch.decode_blocks]  # [B, blocks, block_size, KVH, D]
-        values = v_cache.view(block_shape)[batch.decode_blocks]
+        blocks = batch.decode_blocks
+        keys = k_cache.view(block_shape).index_select(0, blocks)  # [B * blocks, block_size, KVH, D]
+        values = v_cache.view(block_shape).index_select(0, blocks)
         keys = keys.view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)  # [B, KVH, L, D]
         values = values.view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(
@@ -161,8 +163,8 @@ class Transformer:
                 q, keys, values, is_causal=True, scale=self.scale, enable_gqa=True
             )
             return out[0].transpose(0, 1)
-        keys = k_cache[segment.context_slots].transpose(0, 1).unsqueeze(0)  # [1, KVH, ctx, D]
-        values = v_cache[segment.context_slots].transpose(0, 1).unsqueeze(0)
+        keys = k_cache.index_select(0, segment.context_slots).transpose(0, 1).unsqueeze(0)
+        values = v_cache.index_select(0, segment.context_slots).transpose(0, 1).unsqueeze(0)
         num_new, num_context = segment.end - segment.start, keys.shape[2]
         query_pos = torch.arange(num_new, device=q.device)[:, None] + segment.num_computed
         mask = torch.arange(num_context, device=q.device)[None, :] <= query_pos

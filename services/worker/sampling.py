@@ -48,6 +48,10 @@ class SamplingTensors:
     def __init__(
         self, params: list[SamplingParams], positions: list[int], device: torch.device
     ) -> None:
+        self.is_all_greedy = all(p.is_greedy for p in params)
+        self.needs_filter = any(p.top_k > 0 or p.top_p < 1.0 for p in params)
+        if self.is_all_greedy:  # argmax needs none of the tensors below
+            return
         keys = [sampling_key(p.seed, pos) for p, pos in zip(params, positions, strict=True)]
         halves = [[k & _MASK32, k >> 32] for k in keys]
         self.keys = torch.tensor(halves, dtype=torch.long).to(device, non_blocking=True)
@@ -57,8 +61,6 @@ class SamplingTensors:
         top_ks = torch.tensor([p.top_k for p in params], dtype=torch.long)
         self.top_k = top_ks.to(device, non_blocking=True)[:, None]
         self.is_greedy = torch.tensor([p.is_greedy for p in params]).to(device, non_blocking=True)
-        self.is_all_greedy = all(p.is_greedy for p in params)
-        self.needs_filter = any(p.top_k > 0 or p.top_p < 1.0 for p in params)
 
 
 def sample(logits: torch.Tensor, params: SamplingTensors) -> torch.Tensor:
