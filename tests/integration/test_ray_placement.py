@@ -1,0 +1,167 @@
+"""hopscope on a local 3-node Ray cluster (127.x loopback addresses, token auth): every preset
+lands each service on the expected node with the expected transports, a seeded request gives the
+same tokens under every placement, link shaping shows in Describe, and impossible placements are
+refused. One cluster for the whole module."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from deploy.client import stream_generate
+from deploy.cluster import ClusterRecord, LinkSettings, start_cluster, stop_cluster
+from deploy.placement import PlacementError, resolve_placement
+from deploy.ray_serve import RayDeployment, alive_nodes, connect
+from deploy.spec import ServeSpec
+from protos import hopscope_pb2 as pb
+from protos import hopscope_pb2_grpc as pb_grpc
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+REPO = Path(__file__).resolve().parents[2]
+SEEDED = pb.GenerateRequest(
+    prompt="Placement must not change a word", max_tokens=24, temperature=0.8, seed=7
+)
+SERVICES = ("tokenizer", "scheduler", "worker")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ClusterRecord]:
+    record = start_cluster(3, is_recorded=False)
+    try:
+        connect(record.address)
+        yield record
+    finally:
+        import ray
+
+        ray.shutdown()
+        stop_cluster(record)
+
+
+@pytest.fixture(scope="module")
+def reference_tokens() -> list[int]:
+    """The seeded request's tokens from the plain in-process pipeline, without Ray."""
+    from deploy.inproc import start_inproc
+
+    async def run() -> list[int]:
+        pipeline = await start_inproc(ServeSpec(port=0))
+        try:
+            return (await stream_generate(pipeline.address, SEEDED, 120.0))["token_ids"]
+        finally:
+            await pipeline.stop(1.0)
+
+    return asyncio.run(run())
+
+
+@contextmanager
+def deployed(
+    ref: str, link: LinkSettings | None = None
+) -> Iterator[tuple[str, pb.DescribeResponse]]:
+    spec = ServeSpec(placement=ref, port=0, worker_reconnect_timeout_s=60.0)
+    deployment = RayDeployment(spec, resolve_placement(ref), link or LinkSettings())
+    address = deployment.start()
+    try:
+        yield address, describe(address)
+    finally:
+        deployment.stop()
+
+
+def describe(address: str) -> pb.DescribeResponse:
+    async def run() -> pb.DescribeResponse:
+        async with grpc.aio.insecure_channel(address) as channel:
+            return await pb_grpc.TokenizerStub(channel).Describe(pb.DescribeRequest(), timeout=30)
+
+    return asyncio.run(run())
+
+
+def generate(address: str, request: pb.GenerateRequest) -> dict[str, Any]:
+    return asyncio.run(stream_generate(address, request, 120.0))
+
+
+def where(response: pb.DescribeResponse) -> dict[str, str]:
+    """service -> the hopscope-node label of the Ray node Describe says it runs on."""
+    label_of = {n.node_id: n.hopscope_label for n in alive_nodes()}
+    return {s.name: label_of[s.node_id] for s in response.services}
+
+
+def edges(response: pb.DescribeResponse) -> dict[str, str]:
+    return {f"{getattr(e, 'from')}->{e.to}": e.transport for e in response.edges}
+
+
+@pytest.mark.parametrize(
+    ("placement", "nodes", "transports"),
+    [
+        ("inproc", "aaa", ("inproc", "inproc")),
+        ("colocated", "aaa", ("uds", "uds")),
+        ("colocated-tcp", "aaa", ("tcp", "tcp")),
+        ("split", "aab", ("uds", "tcp")),
+        ("remote", "abc", ("tcp", "tcp")),
+        ("deploy/placements/example.yaml", "abb", ("tcp", "tcp")),
+    ],
+)
+def test_placement_lands_services_and_keeps_seeded_tokens(
+    cluster: ClusterRecord,
+    reference_tokens: list[int],
+    placement: str,
+    nodes: str,
+    transports: tuple[str, str],
+) -> None:
+    ref = str(REPO / placement) if placement.endswith(".yaml") else placement
+    with deployed(ref) as (address, info):
+        assert info.ray and info.placement == ref
+        assert where(info) == dict(zip(SERVICES, nodes, strict=True))
+        assert edges(info) == {
+            "tokenizer->scheduler": transports[0],
+            "scheduler->worker": transports[1],
+        }
+        pids = {s.name: s.pid for s in info.services}
+        assert (len(set(pids.values())) == 1) == (placement == "inproc")  # one process, or three
+        prefix = {"uds": "unix:", "tcp": "127.", "inproc": "inproc"}
+        for service in info.services[1:]:  # each listens where its inbound edge says
+            assert service.address.startswith(prefix[edges(info)[_inbound(service.name)]])
+        assert generate(address, SEEDED)["token_ids"] == reference_tokens
+
+
+def _inbound(service: str) -> str:
+    return "tokenizer->scheduler" if service == "scheduler" else "scheduler->worker"
+
+
+def test_shaped_links_go_through_a_relay_on_cross_node_edges(
+    cluster: ClusterRecord, reference_tokens: list[int]
+) -> None:
+    with deployed("split", LinkSettings(delay_ms=1.0)) as (address, info):
+        assert {f"{getattr(e, 'from')}->{e.to}": e.link for e in info.edges} == {
+            "tokenizer->scheduler": "",  # same node, Unix socket: not a network link
+            "scheduler->worker": "relay",
+        }
+        assert generate(address, SEEDED)["token_ids"] == reference_tokens
+
+
+def test_label_nobody_has_is_refused(cluster: ClusterRecord, tmp_path: Path) -> None:
+    path = tmp_path / "gpu.yaml"
+    path.write_text("services: {tokenizer: a, scheduler: a, worker: gpu}\n")
+    deployment = RayDeployment(ServeSpec(placement=str(path), port=0), resolve_placement(str(path)))
+    with pytest.raises(PlacementError, match="hopscope-node=gpu.*labels: a, b, c"):
+        deployment.start()
+    assert not deployment.actors
+
+
+def test_remote_on_the_one_node_embedded_ray_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "serve", "--placement", "remote", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "needs 3 nodes" in result.stderr and "hopscope cluster up --nodes 3" in result.stderr
+    assert "front door" not in result.stdout
