@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -281,10 +283,8 @@ def _summaries(variants: list[Variant]) -> list[dict[str, Any]]:
 def _machine() -> dict[str, Any]:
     versions = {"python": platform.python_version(), "grpcio": grpc.__version__}
     try:
-        import ray
-
-        versions["ray"] = ray.__version__
-    except ImportError:
+        versions["ray"] = importlib.metadata.version("ray")  # not imported: see _ray_actor
+    except importlib.metadata.PackageNotFoundError:
         pass
     load_1m = round(os.getloadavg()[0], 2)  # other work on the machine inflates every figure
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "load_1m": load_1m, **versions}
@@ -304,6 +304,7 @@ async def _run(
 
 def run(config: HopCostConfig) -> dict[str, Any]:
     started = time.monotonic()
+    machine = _machine()  # load average before the run
     with ExitStack() as stack:
         socket_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hopscope-hop-"))
         servers = stack.enter_context(_child(["serve", "--uds", f"{socket_dir}/echo.sock"]))
@@ -315,10 +316,16 @@ def run(config: HopCostConfig) -> dict[str, Any]:
         actor = stack.enter_context(_ray_actor()) if config.use_ray else None
         variants = asyncio.run(_run(config, servers, relays, actor))
     rows = _summaries(variants)
+    load_after = round(os.getloadavg()[0], 2)
+    load_note = (
+        f"Machine load (1-min average) {machine['load_1m']} before and {load_after} after, on "
+        f"{machine['cpus']} cores shared with other work: where it exceeds the core count every "
+        "figure here is inflated, the ratios between variants less so. "
+    )
     return {
         "benchmark": "hop_cost: one worker-step round trip over each transport",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": _machine(),
+        "machine": machine,
         "config": {
             "rounds": config.rounds,
             "iters_per_round": config.iters_per_round,
@@ -335,8 +342,8 @@ def run(config: HopCostConfig) -> dict[str, Any]:
         },
         "variants": rows,
         "prediction": PREDICTION,
-        "notes": build_notes(rows),
-        "load_1m_after": round(os.getloadavg()[0], 2),
+        "notes": load_note + build_notes(rows),
+        "load_1m_after": load_after,
         "duration_s": round(time.monotonic() - started, 1),
     }
 
@@ -348,10 +355,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--iters", type=int, default=100, help="round trips per variant per round")
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--no-ray", action="store_true", help="skip the Ray actor variant")
+    parser.add_argument(
+        "--no-ray",
+        action="store_true",
+        help="skip the Ray actor variant (skipped anyway without Ray)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    config = HopCostConfig(args.rounds, args.iters, args.warmup, not args.no_ray, args.out)
+    use_ray = not args.no_ray and importlib.util.find_spec("ray") is not None
+    config = HopCostConfig(args.rounds, args.iters, args.warmup, use_ray, args.out)
     result = run(config)
     config.out.parent.mkdir(parents=True, exist_ok=True)
     config.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -8,7 +8,7 @@ from typing import Any
 PREDICTION = (
     "Before running, on the 2-core CI machine: a direct call ~1-3 µs; gRPC unary ~350 µs and a "
     "bidi message round trip ~160 µs (DESIGN.md: 340-400 and 150-165 µs), UDS within 10% of TCP; "
-    "the 32-sequence step (~6 KB request) adding a few tens of µs of protobuf work over the "
+    "the 32-sequence step (~3 KB request) adding a few tens of µs of protobuf work over the "
     "1-sequence one; the relay adding 2 x delay plus ~100-200 µs (two thread hand-offs per "
     "direction, a third process on 2 cores) over plain TCP; a Ray actor call ~620 µs "
     "(DESIGN.md), i.e. more than a gRPC bidi message and about two unary calls."
@@ -28,9 +28,10 @@ def _p50(rows: list[dict[str, Any]], name: str) -> float | None:
 def _vs_design(measured: float | None, low: float, high: float) -> str:
     if measured is None:
         return "not measured"
+    design = f"{low:.0f} µs" if low == high else f"{low:.0f}-{high:.0f} µs"
     if low * 0.8 <= measured <= high * 1.2:
-        return f"{measured:.0f} µs, within 20% of DESIGN.md's {low:.0f}-{high:.0f} µs"
-    return f"{measured:.0f} µs vs DESIGN.md's {low:.0f}-{high:.0f} µs"
+        return f"{measured:.0f} µs, within 20% of DESIGN.md's {design}"
+    return f"{measured:.0f} µs vs DESIGN.md's {design} ({measured / high:.1f} x)"
 
 
 def build_notes(rows: list[dict[str, Any]]) -> str:
@@ -59,7 +60,7 @@ def build_notes(rows: list[dict[str, Any]]) -> str:
     if step32_bidi is not None and step1_bidi is not None:
         parts.append(
             f"Payload: the 32-sequence step costs {step32_bidi - step1_bidi:.0f} µs more than the "
-            "1-sequence one per bidi round trip (protobuf encode/decode of ~6 KB on both sides)."
+            "1-sequence one per bidi round trip (protobuf encode/decode of a ~3 KB request and its answer)."
         )
     unary, bidi = _p50(rows, "tcp/unary/step32"), _p50(rows, "tcp/bidi/step32")
     if unary is not None and bidi is not None:
