@@ -165,3 +165,80 @@ def test_remote_on_the_one_node_embedded_ray_is_refused() -> None:
     assert result.returncode == 2
     assert "needs 3 nodes" in result.stderr and "hopscope cluster up --nodes 3" in result.stderr
     assert "front door" not in result.stdout
+
+
+# ---------------------------------------------------------------------------- faults
+PROMPTS = ("Once upon a time", "The scheduler keeps", "Unix sockets and TCP")
+
+
+def six_requests() -> list[pb.GenerateRequest]:
+    greedy = [pb.GenerateRequest(prompt=p, max_tokens=96, ignore_eos=True) for p in PROMPTS]
+    seeded = [
+        pb.GenerateRequest(prompt=p, max_tokens=96, ignore_eos=True, temperature=0.8, seed=7 + i)
+        for i, p in enumerate(PROMPTS)
+    ]
+    return greedy + seeded
+
+
+async def run_concurrently(
+    address: str, requests: list[pb.GenerateRequest], disturb: Any = None
+) -> list[dict[str, Any]]:
+    """All requests at once; `disturb()` runs once every stream has delivered text."""
+    is_started = [asyncio.Event() for _ in requests]
+    tasks = [
+        asyncio.create_task(stream_generate(address, r, 180.0, lambda _, e=e: e.set()))
+        for r, e in zip(requests, is_started, strict=True)
+    ]
+    if disturb is not None:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in is_started)), 60.0)
+        assert not any(t.done() for t in tasks), "a request finished before the fault"
+        await disturb()
+    return list(await asyncio.gather(*tasks))
+
+
+async def serving_status(address: str) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return (await stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)).status
+
+
+def test_sigkilled_worker_loses_no_request(cluster: ClusterRecord) -> None:
+    import os
+    import signal
+    import time
+
+    from grpc_health.v1 import health_pb2
+
+    requests = six_requests()
+    with deployed("split") as (address, info):
+        undisturbed = asyncio.run(run_concurrently(address, requests))
+        services = {s.name: s for s in info.services}
+        seen: dict[str, float] = {}
+
+        async def kill_worker() -> None:
+            killed_at = time.monotonic()
+            os.kill(services["worker"].pid, signal.SIGKILL)
+            while time.monotonic() - killed_at < 60.0:  # the scheduler's health follows its worker
+                status = await serving_status(services["scheduler"].address)
+                if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    seen.setdefault("not_serving_s", time.monotonic() - killed_at)
+                elif "not_serving_s" in seen:
+                    seen["serving_again_s"] = time.monotonic() - killed_at
+                    return
+                await asyncio.sleep(0.05)
+
+        disturbed = asyncio.run(run_concurrently(address, requests, kill_worker))
+        after = {s.name: s for s in describe(address).services}
+    print(
+        f"\nworker SIGKILL: NOT_SERVING after {seen.get('not_serving_s', -1):.2f} s, "
+        f"serving again after {seen.get('serving_again_s', -1):.2f} s"
+    )
+    assert "serving_again_s" in seen, "the scheduler never reported its worker down and back"
+    assert after["worker"].pid != services["worker"].pid  # restarted by Ray ...
+    assert after["worker"].address == services["worker"].address  # ... on the same address
+    assert after["worker"].node_id == services["worker"].node_id
+    assert [r["finish_reason"] for r in disturbed] == ["length"] * 6
+    assert [r["token_ids"] for r in disturbed[:3]] == [r["token_ids"] for r in undisturbed[:3]]
+    assert [r["token_ids"] for r in disturbed[3:]] == [r["token_ids"] for r in undisturbed[3:]]
