@@ -58,7 +58,7 @@ class ChildService:
             ],
             stdout=subprocess.PIPE,
             stderr=log,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, no locks taken
         )
         log.close()
         self.address = self._wait_ready(timeout_s)

@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 
 class RunningService(Protocol):
-    address: str
+    @property
+    def address(self) -> str: ...
 
     async def stop(self, grace_s: float) -> None: ...
 
@@ -42,7 +43,9 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
         if f.name not in data:
             continue
         value, hint = data[f.name], hints[f.name]
-        kwargs[f.name] = config_from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            value = config_from_dict(typing.cast(type[Any], hint), value)
+        kwargs[f.name] = value
     return cls(**kwargs)
 
 

@@ -121,6 +121,8 @@ class Transformer:
         k_cache, v_cache = kv_cache.layer(index)
         k_cache.index_copy_(0, batch.slot_mapping, k)
         v_cache.index_copy_(0, batch.slot_mapping, v)
+        if not batch.prefills:  # a pure decode step needs no output buffer to assemble
+            return self._decode_attention(q, k_cache, v_cache, batch).reshape(num_tokens, -1)
         out = torch.empty_like(q)
         if batch.num_decodes:
             out[: batch.num_decodes] = self._decode_attention(q, k_cache, v_cache, batch)
