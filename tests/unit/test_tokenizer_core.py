@@ -8,7 +8,12 @@ import pytest
 
 from services.common.errors import InvalidArgumentError
 from services.models import resolve_model
-from services.tokenizer.core import GenerateParams, IncrementalDetokenizer, StopMatcher, TokenizerCore
+from services.tokenizer.core import (
+    GenerateParams,
+    IncrementalDetokenizer,
+    StopMatcher,
+    TokenizerCore,
+)
 
 
 @pytest.fixture(scope="module")
