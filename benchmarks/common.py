@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -54,6 +55,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     address: str
     log_path: Path
+    cpu_s: float = 0.0  # whole pipeline, start-up included; set once it has stopped
 
 
 def hopscope_argv(*args: str) -> list[str]:
@@ -63,7 +65,11 @@ def hopscope_argv(*args: str) -> list[str]:
 def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
     env = dict(os.environ)
     # a benchmark's "tracing off" must really be off, whatever the caller's shell exports
-    for name in ("HOPSCOPE_TRACE_FILE", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    for name in (
+        "HOPSCOPE_TRACE_FILE",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ):
         env.pop(name, None)
     env.update(extra or {})
     return env
@@ -80,14 +86,19 @@ def serve(
     # stdout and stderr go to a file: a pipe nobody reads after the first line could fill up
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=_child_env(env),
+            argv,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_child_env(env),
             start_new_session=True,
         )
+    server = Server(proc, "", log_path)
     try:
-        server = Server(proc, _wait_for_front_door(proc, log_path), log_path)
+        server.address = _wait_for_front_door(proc, log_path)
         yield server
     finally:
-        stop_process_group(proc)
+        server.cpu_s = stop_process_group(proc)
 
 
 def _wait_for_front_door(proc: subprocess.Popen[bytes], log_path: Path) -> str:
@@ -103,21 +114,40 @@ def _wait_for_front_door(proc: subprocess.Popen[bytes], log_path: Path) -> str:
     raise RuntimeError(f"hopscope serve did not become ready (exit {proc.poll()}):\n{tail}")
 
 
-def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the child's process group (graceful drain), SIGKILL it if that takes too long."""
+def stop_process_group(proc: subprocess.Popen[bytes]) -> float:
+    """SIGTERM the child's process group (graceful drain), SIGKILL it if that takes too long.
+
+    Returns the CPU seconds (user + system) the child and every descendant it waited for used
+    over its whole life: the pipeline's own CPU bill, independent of what else shares the box.
+    """
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=DRAIN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
+        pass
+    cpu_s = _reap(proc, DRAIN_TIMEOUT_S)
+    if cpu_s is None:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        cpu_s = _reap(proc, None)
     try:  # service processes the front door started must not outlive it
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    return cpu_s or 0.0
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout_s: float | None) -> float | None:
+    """wait4 the child (Popen.wait would drop its rusage); None if still running at timeout."""
+    if proc.returncode is not None:
+        return None
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(proc.pid, 0 if deadline is None else os.WNOHANG)
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
 
 
 def run_bench(
@@ -127,12 +157,17 @@ def run_bench(
     argv = hopscope_argv(
         "bench", "--address", address, "--out", str(out), "--no-live", "--no-plots", *bench_args
     )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         argv, cwd=REPO, env=_child_env(env), capture_output=True, text=True, check=False
     )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"hopscope bench failed ({done.returncode}):\n{done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(out.read_text())
+    result["loadgen_cpu_s"] = (after.ru_utime + after.ru_stime) - (
+        before.ru_utime + before.ru_stime
+    )
     return result
 
 
@@ -148,13 +183,58 @@ def figures(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+@dataclass(slots=True)
+class Variant:
+    """One arm of a comparison: how its server is started and how it is loaded."""
+
+    name: str
+    serve_args: list[str]
+    bench_args: list[str]
+    env: dict[str, str] | None = None
+
+
+def run_rounds(
+    variants: Sequence[Variant], num_rounds: int, work_dir: Path
+) -> list[dict[str, Any]]:
+    """Every variant once per round, order rotated per round, a fresh server per run."""
+    records = []
+    for round_index in range(num_rounds):
+        for name in rotated([v.name for v in variants], round_index):
+            variant = next(v for v in variants if v.name == name)
+            records.append(run_variant(variant, round_index, work_dir))
+    return records
+
+
+def run_variant(variant: Variant, round_index: int, work_dir: Path) -> dict[str, Any]:
+    out = work_dir / f"r{round_index}-{variant.name}.json"
+    with serve(variant.serve_args, work_dir, variant.env) as server:
+        started = time.monotonic()
+        result = run_bench(
+            server.address, [*variant.bench_args, "--label", variant.name], out, variant.env
+        )
+        wall_s = time.monotonic() - started
+    record = {
+        "round": round_index,
+        "variant": variant.name,
+        "bench_wall_s": round(wall_s, 2),
+        "figures": figures(result),
+        # CPU bills: robust to other load on the box, unlike tokens/s
+        "server_cpu_s_incl_startup": round(server.cpu_s, 2),
+        "loadgen_cpu_s": round(result["loadgen_cpu_s"], 2),
+    }
+    log(f"round {round_index} {variant.name}: {record['figures']}")
+    return record
+
+
 def rotated(variants: Sequence[str], round_index: int) -> list[str]:
     """Variant order of one round: rotated every round so none always runs first or last."""
     shift = round_index % len(variants)
     return [*variants[shift:], *variants[:shift]]
 
 
-def medians(rounds: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> dict[str, dict[str, float]]:
+def medians(
+    rounds: Sequence[Mapping[str, Any]], variants: Sequence[str]
+) -> dict[str, dict[str, float]]:
     """Median of every figure per variant over the rounds."""
     out: dict[str, dict[str, float]] = {}
     for variant in variants:
@@ -199,7 +279,10 @@ def machine_info() -> dict[str, Any]:
 
 def _git_sha() -> str:
     done = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True,
+        ["git", "describe", "--always", "--dirty"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         check=False,
     )
     return done.stdout.strip()

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 from benchmarks import common
 
@@ -60,34 +58,18 @@ def bench_args(args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
-def run_round(
-    args: argparse.Namespace, round_index: int, placements: list[str], work_dir: Path
-) -> list[dict[str, Any]]:
-    records = []
-    for placement in common.rotated(placements, round_index):
-        with common.serve(["--placement", placement, "--model", args.model], work_dir) as server:
-            started = time.monotonic()
-            out = work_dir / f"r{round_index}-{placement}.json"
-            result = common.run_bench(server.address, [*bench_args(args), "--label", placement], out)
-        record = {
-            "round": round_index,
-            "variant": placement,
-            "wall_s": round(time.monotonic() - started, 2),
-            "figures": common.figures(result),
-        }
-        common.log(f"round {round_index} {placement}: {record['figures']}")
-        records.append(record)
-    return records
-
-
 def main() -> int:
     args = parse_args()
     placements = args.placements.split(",")
     machine = common.machine_info()
-    rounds: list[dict[str, Any]] = []
+    variants = [
+        common.Variant(
+            placement, ["--placement", placement, "--model", args.model], bench_args(args)
+        )
+        for placement in placements
+    ]
     with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
-        for round_index in range(args.rounds):
-            rounds.extend(run_round(args, round_index, placements, Path(tmp)))
+        rounds = common.run_rounds(variants, args.rounds, Path(tmp))
     ratios = {
         f"{placement}/inproc": common.paired_ratios(rounds, placement, "inproc", "output_tok_s")
         for placement in placements
