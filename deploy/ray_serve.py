@@ -291,9 +291,11 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
     embedded = None
     try:
         if not ray_address:
-            err.print("starting a local one-node Ray (pass --ray-address to join a cluster)")
             embedded = start_cluster(1, is_recorded=False)
             ray_address = embedded.address
+            err.print(
+                f"started a local one-node Ray at {ray_address} (--ray-address joins a cluster)"
+            )
         record = find_record(ray_address)
         connect(ray_address)
         install_handlers()  # again: ray.init installs its own SIGTERM handler, which exits

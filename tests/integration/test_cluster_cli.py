@@ -1,0 +1,119 @@
+"""`hopscope cluster up|status|down` and `hopscope serve` on Ray, as a user runs them: the
+address is printed, serving works, SIGTERM drains and exits 0, `down` leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.client import stream_generate
+from protos import hopscope_pb2 as pb
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def hopscope(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and str(os.getpid()) != proc.name:
+            found.append(f"{proc.name}: {cmdline[:100]}")
+    return found
+
+
+@pytest.fixture
+def user_env(tmp_path: Path) -> dict[str, str]:
+    """A user with their own home (cluster records, Ray token), as a fresh machine would have."""
+    return {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+
+
+def serve(env: dict[str, str], *argv: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.cli", "serve", "--port", "0", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"hopscope front door: (\S+) ", line)
+        assert match, (
+            f"no front door: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        )
+        yield proc, match.group(1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def generate(address: str) -> dict[str, object]:
+    import asyncio
+
+    request = pb.GenerateRequest(prompt="hello", max_tokens=8, temperature=0.8, seed=7)
+    return asyncio.run(stream_generate(address, request, 60.0))
+
+
+def test_cluster_up_serve_down(user_env: dict[str, str], tmp_path: Path) -> None:
+    up = hopscope("cluster", "up", "--nodes", "2", "--delay-ms", "0.5", "--json", env=user_env)
+    assert up.returncode == 0, up.stderr
+    address = json.loads(up.stdout)["address"]
+    node_ip = address.rsplit(":", 1)[0]
+    try:
+        status = hopscope("cluster", "status", "--address", address, "--json", env=user_env)
+        (record,) = json.loads(status.stdout)
+        assert [(n["label"], n["is_alive"]) for n in record["nodes"]] == [("a", True), ("b", True)]
+        assert record["link"] == {"delay_ms": 0.5, "rate_mbit": 0.0, "mechanism": "relay"}
+        for proc, front_door in serve(user_env, "--placement", "split", "--ray-address", address):
+            assert generate(front_door)["finish_reason"] == "length"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+    finally:
+        down = hopscope("cluster", "down", "--address", address, env=user_env)
+    assert down.returncode == 0, down.stderr
+    time.sleep(0.5)
+    assert processes_mentioning(node_ip) == []
+    assert not Path(record["temp_dir"]).exists()
+    assert json.loads(hopscope("cluster", "status", "--json", env=user_env).stdout) == []
+    again = hopscope("cluster", "down", "--address", address, env=user_env)
+    assert again.returncode == 1 and "no cluster recorded" in again.stderr
+
+
+def test_serve_without_address_starts_and_stops_its_own_ray(user_env: dict[str, str]) -> None:
+    for proc, front_door in serve(user_env, "--placement", "colocated"):
+        assert generate(front_door)["finish_reason"] == "length"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert proc.stderr is not None
+        started = re.search(r"local one-node Ray at (\S+):", proc.stderr.read())
+        assert started, "serve did not say where its Ray runs"
+        time.sleep(0.5)
+        assert processes_mentioning(started.group(1)) == []  # no orphaned Ray processes
