@@ -149,9 +149,9 @@ async def _start_service(plan: ActorPlan, downstream: str, node_id: str) -> Any:
     if plan.role == "tokenizer":
         from services.tokenizer.server import start_tokenizer
 
-        config = spec.tokenizer_config(plan.listen, downstream, node_id)
-        config.scheduler_link, config.is_ray = link, True
-        return await start_tokenizer(config)
+        front = spec.tokenizer_config(plan.listen, downstream, node_id)
+        front.scheduler_link, front.is_ray = link, True
+        return await start_tokenizer(front)
     from deploy.inproc import start_inproc
 
     host, port = plan.listen.rsplit(":", 1)

@@ -62,12 +62,12 @@ def serve(env: dict[str, str], *argv: str) -> Iterator[tuple[subprocess.Popen[st
         env=env,
     )
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         line = proc.stdout.readline()
         match = re.search(r"hopscope front door: (\S+) ", line)
-        assert match, (
-            f"no front door: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
-        )
+        if match is None:
+            proc.kill()
+            pytest.fail(f"serve printed no front door: {line!r}; stderr: {proc.stderr.read()}")
         yield proc, match.group(1)
     finally:
         if proc.poll() is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -186,7 +186,7 @@ async def run_concurrently(
     """All requests at once; `disturb()` runs once every stream has delivered text."""
     is_started = [asyncio.Event() for _ in requests]
     tasks = [
-        asyncio.create_task(stream_generate(address, r, 180.0, lambda _, e=e: e.set()))
+        asyncio.create_task(stream_generate(address, r, 180.0, _setter(e)))
         for r, e in zip(requests, is_started, strict=True)
     ]
     if disturb is not None:
@@ -194,6 +194,10 @@ async def run_concurrently(
         assert not any(t.done() for t in tasks), "a request finished before the fault"
         await disturb()
     return list(await asyncio.gather(*tasks))
+
+
+def _setter(event: asyncio.Event) -> Callable[[str], None]:
+    return lambda text: event.set()
 
 
 async def serving_status(address: str) -> int:
