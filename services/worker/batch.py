@@ -30,7 +30,7 @@ class StepBatch:
     slot_mapping: torch.Tensor  # [T]: where each new token's K/V is written
     num_decodes: int  # rows [0, num_decodes) are single-token sequences
     decode_blocks: torch.Tensor | None  # [num_decodes * max_blocks] KV blocks to attend to
-    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size] valid keys
+    decode_mask: torch.Tensor | None  # [num_decodes, max_blocks * block_size]: valid keys
     prefills: list[PrefillSegment]
     sample_rows: torch.Tensor  # rows whose logits are sampled
     sample_seq_ids: list[int]
@@ -94,7 +94,7 @@ def _decode_attention(
     # Whole blocks are gathered (a few large copies rather than one per token); positions past
     # a sequence's length are masked out.
     pos = torch.arange(max_blocks * block_size, device=tables.device)
-    mask = (pos[None, :] < lens[:, None]).view(len(decodes), 1, 1, -1)
+    mask = pos[None, :] < lens[:, None]
     return tables, mask
 
 

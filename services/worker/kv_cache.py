@@ -27,10 +27,13 @@ class KVCache:
         self.num_blocks = num_blocks
         self.block_size = block_size
         num_slots = num_blocks * block_size
-        shape = (config.num_layers, 2, num_slots, config.num_kv_heads, config.head_dim)
+        # Head-major: a gather of blocks yields [kv_heads, blocks, ...], ready for batched
+        # matmuls over (kv head, sequence) without a transposing copy.
+        shape = (config.num_layers, 2, config.num_kv_heads, num_slots, config.head_dim)
         self.data = torch.zeros(shape, dtype=dtype, device=device)
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of one layer, each [kv_heads, num_slots, head_dim]."""
         return self.data[index, 0], self.data[index, 1]
 
     @property

@@ -29,6 +29,17 @@ class LayerWeights:
     down_bias: torch.Tensor | None
 
 
+@dataclass(slots=True)
+class StepTensors:
+    """What every layer of one step shares."""
+
+    batch: StepBatch
+    kv_cache: KVCache
+    cos: torch.Tensor  # [tokens, 1, head_dim]
+    sin: torch.Tensor
+    decode_bias: torch.Tensor | None  # [kv_heads * num_decodes, 1, context]: 0 or -inf
+
+
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
     """Inverse frequencies, as transformers computes them (float32), llama3 scaling included."""
     dim = config.head_dim
@@ -88,13 +99,17 @@ class Transformer:
         """float32 logits of the batch's sampled rows, [num_sampled, vocab]."""
         hidden = F.embedding(batch.token_ids, self.embed)
         # index_select, not t[idx]: advanced indexing is several times slower on CPU.
-        cos = self.cos.index_select(0, batch.positions).unsqueeze(1)
-        sin = self.sin.index_select(0, batch.positions).unsqueeze(1)
+        step = StepTensors(
+            batch=batch,
+            kv_cache=kv_cache,
+            cos=self.cos.index_select(0, batch.positions).unsqueeze(1),
+            sin=self.sin.index_select(0, batch.positions).unsqueeze(1),
+            decode_bias=self._decode_bias(batch, hidden.dtype),
+        )
         eps = self.config.rms_norm_eps
         for index, layer in enumerate(self.layers):
             x = rms_norm(hidden, layer.input_norm, eps)
-            attn = self._attention(x, layer, cos, sin, batch, kv_cache, index)
-            hidden = hidden + F.linear(attn, layer.o, layer.o_bias)
+            hidden = hidden + F.linear(self._attention(x, layer, step, index), layer.o, layer.o_bias)
             x = rms_norm(hidden, layer.post_norm, eps)
             gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
             hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
@@ -102,50 +117,63 @@ class Transformer:
         return F.linear(last, self.lm_head).float()
 
     def _attention(
-        self,
-        x: torch.Tensor,
-        layer: LayerWeights,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        batch: StepBatch,
-        kv_cache: KVCache,
-        index: int,
+        self, x: torch.Tensor, layer: LayerWeights, step: StepTensors, index: int
     ) -> torch.Tensor:
         num_tokens, head_dim = x.shape[0], self.config.head_dim
         qkv = F.linear(x, layer.qkv, layer.qkv_bias).view(num_tokens, -1, head_dim)
         num_heads, num_kv_heads = self.config.num_heads, self.config.num_kv_heads
         # q and k heads rotate together: one set of kernels instead of two.
-        qk = apply_rope(qkv[:, : num_heads + num_kv_heads], cos, sin)
+        qk = apply_rope(qkv[:, : num_heads + num_kv_heads], step.cos, step.sin)
         q, k = qk.split([num_heads, num_kv_heads], dim=1)
         v = qkv[:, num_heads + num_kv_heads :]
-        k_cache, v_cache = kv_cache.layer(index)
-        k_cache.index_copy_(0, batch.slot_mapping, k)
-        v_cache.index_copy_(0, batch.slot_mapping, v)
+        batch = step.batch
+        k_cache, v_cache = step.kv_cache.layer(index)
+        k_cache.index_copy_(1, batch.slot_mapping, k.transpose(0, 1))
+        v_cache.index_copy_(1, batch.slot_mapping, v.transpose(0, 1))
         if not batch.prefills:  # a pure decode step needs no output buffer to assemble
-            return self._decode_attention(q, k_cache, v_cache, batch).reshape(num_tokens, -1)
+            return self._decode_attention(q, k_cache, v_cache, step).reshape(num_tokens, -1)
         out = torch.empty_like(q)
         if batch.num_decodes:
-            out[: batch.num_decodes] = self._decode_attention(q, k_cache, v_cache, batch)
+            out[: batch.num_decodes] = self._decode_attention(q, k_cache, v_cache, step)
         for segment in batch.prefills:
             out[segment.start : segment.end] = self._prefill_attention(q, k, v, k_cache, v_cache, segment)
         return out.view(num_tokens, -1)
 
     def _decode_attention(
-        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: StepBatch
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        step: StepTensors,
     ) -> torch.Tensor:
-        assert batch.decode_blocks is not None
-        q = q[: batch.num_decodes].unsqueeze(2)  # [B, H, 1, D]
-        num_seqs, num_kv_heads, head_dim = q.shape[0], k_cache.shape[1], k_cache.shape[2]
-        block_shape = (-1, self.block_size, num_kv_heads, head_dim)
-        blocks = batch.decode_blocks
-        keys = k_cache.view(block_shape).index_select(0, blocks)  # [B * blocks, block_size, KVH, D]
-        values = v_cache.view(block_shape).index_select(0, blocks)
-        keys = keys.view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)  # [B, KVH, L, D]
-        values = values.view(num_seqs, -1, num_kv_heads, head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=batch.decode_mask, scale=self.scale, enable_gqa=True
-        )
-        return out.squeeze(2)
+        """Single-token queries against gathered cache blocks, as batched matmuls over
+        (kv head, sequence): cheaper than SDPA's kernels for one query row per sequence."""
+        batch, decode_bias = step.batch, step.decode_bias
+        assert batch.decode_blocks is not None and decode_bias is not None
+        num_seqs = batch.num_decodes
+        num_kv_heads, _, head_dim = k_cache.shape
+        group = self.config.num_heads // num_kv_heads
+        block_shape = (num_kv_heads, -1, self.block_size, head_dim)
+        # [KVH, B * blocks, block_size, D] -> [KVH * B, L, D]
+        keys = k_cache.view(block_shape).index_select(1, batch.decode_blocks)
+        keys = keys.view(num_kv_heads * num_seqs, -1, head_dim)
+        values = v_cache.view(block_shape).index_select(1, batch.decode_blocks)
+        values = values.view(num_kv_heads * num_seqs, -1, head_dim)
+        queries = q[:num_seqs].view(num_seqs, num_kv_heads, group, head_dim).transpose(0, 1)
+        queries = queries.reshape(num_kv_heads * num_seqs, group, head_dim)
+        scores = torch.baddbmm(decode_bias, queries, keys.transpose(1, 2), alpha=self.scale)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+        out = torch.bmm(probs, values).view(num_kv_heads, num_seqs, group, head_dim)
+        return out.transpose(0, 1).reshape(num_seqs, -1, head_dim)
+
+    def _decode_bias(self, batch: StepBatch, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive mask (0 or -inf) per (kv head, sequence) row, built once per step."""
+        if batch.decode_mask is None:
+            return None
+        num_kv_heads = self.config.num_kv_heads
+        bias = torch.zeros(batch.decode_mask.shape, dtype=dtype, device=batch.decode_mask.device)
+        bias.masked_fill_(~batch.decode_mask, float("-inf"))
+        return bias.expand(num_kv_heads, -1, -1).reshape(num_kv_heads * bias.shape[0], 1, -1)
 
     def _prefill_attention(
         self,
@@ -165,8 +193,8 @@ class Transformer:
                 q, keys, values, is_causal=True, scale=self.scale, enable_gqa=True
             )
             return out[0].transpose(0, 1)
-        keys = k_cache.index_select(0, segment.context_slots).transpose(0, 1).unsqueeze(0)
-        values = v_cache.index_select(0, segment.context_slots).transpose(0, 1).unsqueeze(0)
+        keys = k_cache.index_select(1, segment.context_slots).unsqueeze(0)  # [1, KVH, ctx, D]
+        values = v_cache.index_select(1, segment.context_slots).unsqueeze(0)
         num_new, num_context = segment.end - segment.start, keys.shape[2]
         query_pos = torch.arange(num_new, device=q.device)[:, None] + segment.num_computed
         mask = torch.arange(num_context, device=q.device)[None, :] <= query_pos
