@@ -246,3 +246,39 @@ def test_sigkilled_worker_loses_no_request(cluster: ClusterRecord) -> None:
     assert [r["finish_reason"] for r in disturbed] == ["length"] * 6
     assert [r["token_ids"] for r in disturbed[:3]] == [r["token_ids"] for r in undisturbed[:3]]
     assert [r["token_ids"] for r in disturbed[3:]] == [r["token_ids"] for r in undisturbed[3:]]
+
+
+def serves_again_after(address: str, timeout_s: float = 60.0) -> tuple[float, set[str]]:
+    """Seconds until the front door serves a generation again, and the errors seen meanwhile."""
+    import time
+
+    from deploy.client import GenerateError
+
+    started, errors = time.monotonic(), set()
+    while time.monotonic() - started < timeout_s:
+        try:
+            generate(address, SEEDED)
+            return time.monotonic() - started, errors
+        except GenerateError as exc:
+            errors.add(exc.code.name if exc.code else str(exc))
+            time.sleep(0.2)
+    pytest.fail(f"the front door did not serve again within {timeout_s:.0f} s (errors: {errors})")
+
+
+@pytest.mark.parametrize("victim", ["scheduler", "tokenizer"])
+def test_killed_scheduler_or_tokenizer_comes_back_without_redeploy(
+    cluster: ClusterRecord, reference_tokens: list[int], victim: str
+) -> None:
+    import os
+    import signal
+
+    with deployed("colocated") as (address, info):
+        before = {s.name: s for s in info.services}
+        os.kill(before[victim].pid, signal.SIGKILL)
+        recovery_s, errors = serves_again_after(address)
+        after = {s.name: s for s in describe(address).services}
+        assert generate(address, SEEDED)["token_ids"] == reference_tokens
+    print(f"\n{victim} SIGKILL: serving again after {recovery_s:.2f} s; errors meanwhile: {errors}")
+    assert errors <= {"UNAVAILABLE"}, errors  # never INTERNAL / UNKNOWN
+    assert after[victim].pid != before[victim].pid
+    assert after[victim].address == before[victim].address
