@@ -163,7 +163,9 @@ def run_bench(
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
-        raise RuntimeError(f"hopscope bench failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        raise RuntimeError(
+            f"hopscope bench failed ({done.returncode}):\n{done.stdout[-1500:]}{done.stderr[-1500:]}"
+        )
     result: dict[str, Any] = json.loads(out.read_text())
     result["loadgen_cpu_s"] = (after.ru_utime + after.ru_stime) - (
         before.ru_utime + before.ru_stime
@@ -206,12 +208,31 @@ def run_rounds(
 
 
 def run_variant(variant: Variant, round_index: int, work_dir: Path) -> dict[str, Any]:
+    """One run of a variant; a failed run is retried once, then recorded (without figures)."""
+    errors = []
+    for _ in range(2):
+        try:
+            record = _run_variant_once(variant, round_index, work_dir)
+        except RuntimeError as exc:
+            log(f"round {round_index} {variant.name} failed: {exc}")
+            errors.append(str(exc)[-3000:])
+            continue
+        if errors:
+            record["failed_attempts"] = errors
+        return record
+    return {"round": round_index, "variant": variant.name, "failed_attempts": errors}
+
+
+def _run_variant_once(variant: Variant, round_index: int, work_dir: Path) -> dict[str, Any]:
     out = work_dir / f"r{round_index}-{variant.name}.json"
     with serve(variant.serve_args, work_dir, variant.env) as server:
         started = time.monotonic()
-        result = run_bench(
-            server.address, [*variant.bench_args, "--label", variant.name], out, variant.env
-        )
+        bench_args = [*variant.bench_args, "--label", variant.name]
+        try:
+            result = run_bench(server.address, bench_args, out, variant.env)
+        except RuntimeError as exc:
+            tail = server.log_path.read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"{exc}\nserver log tail:\n{tail}") from exc
         wall_s = time.monotonic() - started
     record = {
         "round": round_index,
@@ -238,7 +259,7 @@ def medians(
     """Median of every figure per variant over the rounds."""
     out: dict[str, dict[str, float]] = {}
     for variant in variants:
-        runs = [r["figures"] for r in rounds if r["variant"] == variant]
+        runs = [r["figures"] for r in rounds if r["variant"] == variant and "figures" in r]
         names = sorted({name for run in runs for name in run})
         out[variant] = {
             name: round(statistics.median(run[name] for run in runs if name in run), 3)
@@ -253,7 +274,9 @@ def paired_ratios(
     """numerator/denominator of `figure` within each round (same round = same machine load)."""
     ratios = []
     for index in sorted({r["round"] for r in rounds}):
-        by_variant = {r["variant"]: r["figures"] for r in rounds if r["round"] == index}
+        by_variant = {
+            r["variant"]: r["figures"] for r in rounds if r["round"] == index and "figures" in r
+        }
         if numerator in by_variant and denominator in by_variant:
             ratios.append(round(by_variant[numerator][figure] / by_variant[denominator][figure], 4))
     return ratios
