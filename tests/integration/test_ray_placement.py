@@ -282,3 +282,25 @@ def test_killed_scheduler_or_tokenizer_comes_back_without_redeploy(
     assert errors <= {"UNAVAILABLE"}, errors  # never INTERNAL / UNKNOWN
     assert after[victim].pid != before[victim].pid
     assert after[victim].address == before[victim].address
+
+
+def test_front_door_port_taken_is_a_clear_error_without_leftovers(cluster: ClusterRecord) -> None:
+    import socket
+
+    import ray
+
+    from deploy.ray_serve import DeployError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        deployment = RayDeployment(
+            ServeSpec(placement="colocated", port=port), resolve_placement("colocated")
+        )
+        with pytest.raises(DeployError, match=f"tokenizer could not start.*127.0.0.1:{port}"):
+            deployment.start(timeout_s=120.0)
+    assert not deployment.actors and deployment.pg is None
+    for role in SERVICES:  # no actor left behind
+        with pytest.raises(ValueError):
+            ray.get_actor(f"hopscope-{deployment.deploy_id}-{role}")
