@@ -20,7 +20,9 @@ PROMPTS = [
     [0, 5, 6],
     [0, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417,
      418, 419, 420, 421, 422, 423, 424, 425, 426, 427, 428, 429, 430, 431, 432, 433],
+    [0],  # a one-token prompt takes the decode path from its first step
 ]
+LONG_PROMPT = PROMPTS[2]
 NUM_NEW_TOKENS = 12
 
 
@@ -67,7 +69,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def test_logits_match_transformers_for_prefill_chunks_and_decodes(
     engine: Engine, reference: torch.nn.Module
 ) -> None:
-    tokens = PROMPTS[2]
+    tokens = LONG_PROMPT
     with torch.no_grad():
         expected = reference(torch.tensor([tokens])).logits[0]
     pool = shuffled_pool(engine)
