@@ -63,16 +63,18 @@ class Engine:
             tokens = sample(logits, self._sampling_tensors(batch, seqs)) if logits.numel() else None
             if events is not None:
                 events[1].record()
-            # The step's one host-device synchronisation.
-            token_list: list[int] = tokens.tolist() if tokens is not None else []
-        device_ms = events[0].elapsed_time(events[1]) if events is not None else 0.0
-        if events is not None and tokens is None:
-            torch.cuda.synchronize(self.device)
-            device_ms = events[0].elapsed_time(events[1])
+            # The step's one host-device synchronisation (a step that samples nothing, a
+            # non-final prefill chunk, waits on the end event instead).
+            if tokens is not None:
+                token_list: list[int] = tokens.tolist()
+            else:
+                token_list = []
+                if events is not None:
+                    events[1].synchronize()
         return StepOutput(
             sampled=dict(zip(batch.sample_seq_ids, token_list, strict=True)),
             step_ms=(time.perf_counter() - start_s) * 1e3,
-            device_ms=device_ms,
+            device_ms=events[0].elapsed_time(events[1]) if events is not None else 0.0,
         )
 
     def logits(self, seqs: list[SeqStep]) -> dict[int, torch.Tensor]:
@@ -97,8 +99,17 @@ class Engine:
 
     def _validate(self, seqs: list[SeqStep]) -> None:
         for seq in seqs:
-            if not seq.token_ids:
-                raise StepError(f"sequence {seq.seq_id}: no tokens to run")
+            if not seq.token_ids or seq.num_computed < 0:
+                raise StepError(
+                    f"sequence {seq.seq_id}: needs >= 1 token and num_computed >= 0, got "
+                    f"{len(seq.token_ids)} tokens at {seq.num_computed}"
+                )
+            # Checked here: an out-of-range id on CUDA is a device-side assert that kills the
+            # worker's CUDA context, not an exception.
+            if min(seq.token_ids) < 0 or max(seq.token_ids) >= self.info.vocab_size:
+                raise StepError(
+                    f"sequence {seq.seq_id}: token ids must be in 0..{self.info.vocab_size - 1}"
+                )
             if seq.num_tokens_after > self.info.max_context:
                 raise StepError(
                     f"sequence {seq.seq_id}: {seq.num_tokens_after} tokens exceed the model's "

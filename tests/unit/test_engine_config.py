@@ -55,6 +55,8 @@ def test_steps_beyond_the_block_table_or_context_are_refused() -> None:
         engine.step([SeqStep(1, list(range(2, 20)), 0, [0], greedy)])
     with pytest.raises(StepError, match="outside"):
         engine.step([SeqStep(1, [2, 3], 0, [engine.info.num_blocks], greedy)])
+    with pytest.raises(StepError, match="token ids must be in 0..4095"):
+        engine.step([SeqStep(1, [2, 4096], 0, [0], greedy)])
     with pytest.raises(StepError, match="context"):
         engine.step([SeqStep(1, [2], engine.info.max_context, list(range(129)), greedy)])
 
