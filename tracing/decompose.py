@@ -86,7 +86,14 @@ class SpanIndex:
         for span in self.spans:
             if span.parent_key is not None:
                 self.children[span.parent_key].append(span)
-            for link in span.links:
+            num_prefill = span.attributes.get("hopscope.num_prefill_links")
+            for position, link in enumerate(span.links):
+                if isinstance(num_prefill, int) and "hopscope.phase" not in link.attributes:
+                    # a step span lists its prefill links first and says how many there are
+                    phase = "prefill" if position < num_prefill else "decode"
+                    link = Link(
+                        link.trace_id, link.span_id, {**link.attributes, "hopscope.phase": phase}
+                    )
                 self.linked_from[(link.trace_id, link.span_id)].append((span, link))
 
     def parent(self, span: Span) -> Span | None:

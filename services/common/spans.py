@@ -66,8 +66,8 @@ def carrier_of(span: Span) -> dict[str, str]:
     return carrier
 
 
-def link_to(span: Span, phase: str) -> Link | None:
-    ctx = span.get_span_context()
-    if not ctx.is_valid:
+def link_to(span: Span) -> Link | None:
+    """A link to `span`, or None when it is not recorded (tracing off, not sampled)."""
+    if not span.is_recording():
         return None
-    return Link(ctx, {"hopscope.phase": phase})
+    return Link(span.get_span_context())

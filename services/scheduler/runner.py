@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from protos import hopscope_pb2 as pb
 from services.common import convert, spans
@@ -47,6 +47,7 @@ class _Tracked:
     request: Request
     sink: Sink
     span: Span
+    link: Link | None = None  # to `span`, built once: every step of this request links to it
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
 
@@ -118,7 +119,7 @@ class SchedulerRunner:
         except HopscopeError as exc:
             _end_span(span, exc)
             raise
-        self._tracked[request.request_id] = _Tracked(request, sink, span)
+        self._tracked[request.request_id] = _Tracked(request, sink, span, spans.link_to(span))
         self._wakeup.set()
 
     def abort(self, request_id: str) -> None:
@@ -158,11 +159,14 @@ class SchedulerRunner:
             self._record(batch, now)
 
     async def _step(self, batch: Batch) -> tuple[dict[int, int], float]:
-        links = [
-            link
-            for rid, phase in zip(batch.request_ids, batch.phases)
-            if rid in self._tracked and (link := spans.link_to(self._tracked[rid].span, phase))
-        ]
+        # Links carry no attributes (the SDK re-validates each link's attributes on every span,
+        # which dominated tracing's cost): prefill links come first and their count is an
+        # attribute of the step span instead.
+        prefill_links, decode_links = [], []
+        for rid, phase in zip(batch.request_ids, batch.phases):
+            tracked = self._tracked.get(rid)
+            if tracked is not None and tracked.link is not None:
+                (prefill_links if phase == "prefill" else decode_links).append(tracked.link)
         span = spans.start_rpc_span(
             spans.STEP,
             SpanKind.CLIENT,
@@ -170,8 +174,9 @@ class SchedulerRunner:
             # a step serves many requests: a child of the oldest one's span (so a request
             # alone is one trace through all three services), linked to every one of them
             parent=self._parent_of(batch),
-            links=links,
+            links=prefill_links + decode_links,
             attributes={
+                "hopscope.num_prefill_links": len(prefill_links),
                 "hopscope.step_id": batch.step_id,
                 "hopscope.batch_size": batch.num_seqs,
                 "hopscope.num_prefill_tokens": batch.num_prefill_tokens,

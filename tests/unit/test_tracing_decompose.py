@@ -259,3 +259,18 @@ def test_submit_server_linked_instead_of_parented_still_finds_its_request() -> N
     (b,) = decompose(spans)
     assert b.e2e_ms == pytest.approx(100)
     assert b.components_ms[NET_TOKENIZER_SCHEDULER] == pytest.approx(2)
+
+
+def test_phase_from_the_count_of_prefill_links_covers_chunked_prefill() -> None:
+    """As the scheduler emits them: attribute-free links, prefill ones first, and their count."""
+    spans = request_spans("c" * 32)
+    submit = spans[-1]
+    start = submit.start_ns / MS + 10
+    for i, (compute_ms, num_prefill) in enumerate([(9, 1), (9, 1), (13, 0), (13, 0)]):
+        client, server = step_spans([submit], ["x"], start + 17 * i, compute_ms, 2.0)
+        client.links = [Link(submit.trace_id, submit.span_id)]
+        client.attributes["hopscope.num_prefill_links"] = num_prefill
+        spans += [client, server]
+    (b,) = decompose(spans)
+    assert b.components_ms[PREFILL] == pytest.approx(18)  # two prompt chunks
+    assert b.components_ms[DECODE] == pytest.approx(26)
