@@ -60,15 +60,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--batch-sizes", default="1,8,32,128",
-                        type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument(
+        "--batch-sizes", default="1,8,32,128", type=lambda s: [int(x) for x in s.split(",")]
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--decode-steps", type=int, default=32)
     parser.add_argument("--prefill-batch", type=int, default=4, help="sequences per prefill step")
     parser.add_argument("--prefill-len", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads for both variants (0: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads for both variants (0: torch's default)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
@@ -77,11 +82,17 @@ def setup(args: argparse.Namespace, engine: Engine) -> dict[str, Any]:
     import transformers
 
     return {
-        "model": engine.info.name, "device": engine.info.device, "dtype": engine.info.dtype,
-        "num_params": engine.source.config.num_params, "prompt_len": args.prompt_len,
-        "decode_steps": args.decode_steps, "repeats": args.repeats,
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "num_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "model": engine.info.name,
+        "device": engine.info.device,
+        "dtype": engine.info.dtype,
+        "num_params": engine.source.config.num_params,
+        "prompt_len": args.prompt_len,
+        "decode_steps": args.decode_steps,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "num_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name(engine.device) if engine.config.is_cuda else None,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
@@ -93,21 +104,33 @@ def build_reference(source: ModelSource, config: WorkerConfig) -> Any:
 
     if source.checkpoint_dir is not None:
         model: Any = transformers.AutoModelForCausalLM.from_pretrained(
-            source.checkpoint_dir, dtype=config.torch_dtype)
+            source.checkpoint_dir, dtype=config.torch_dtype
+        )
         return model.to(config.torch_device).eval()
     c = source.config
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": c.rope_theta}
     if c.rope_scaling is not None:
-        rope |= {"rope_type": "llama3", "factor": c.rope_scaling.factor,
-                 "low_freq_factor": c.rope_scaling.low_freq_factor,
-                 "high_freq_factor": c.rope_scaling.high_freq_factor,
-                 "original_max_position_embeddings": c.rope_scaling.original_max_position_embeddings}
+        rope |= {
+            "rope_type": "llama3",
+            "factor": c.rope_scaling.factor,
+            "low_freq_factor": c.rope_scaling.low_freq_factor,
+            "high_freq_factor": c.rope_scaling.high_freq_factor,
+            "original_max_position_embeddings": c.rope_scaling.original_max_position_embeddings,
+        }
     hf_config = transformers.LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-        num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps,
-        max_position_embeddings=source.max_context, tie_word_embeddings=c.tie_word_embeddings,
-        rope_parameters=rope, bos_token_id=c.bos_token_id, eos_token_id=list(c.eos_token_ids),
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        rms_norm_eps=c.rms_norm_eps,
+        max_position_embeddings=source.max_context,
+        tie_word_embeddings=c.tie_word_embeddings,
+        rope_parameters=rope,
+        bos_token_id=c.bos_token_id,
+        eos_token_id=list(c.eos_token_ids),
     )
     with torch.device("meta"):
         model = transformers.LlamaForCausalLM(hf_config)  # no memory, no random init
@@ -132,7 +155,9 @@ def timed(engine: Engine, fn: Callable[[], object]) -> float:
 
 
 def prompts(batch_size: int, length: int) -> list[list[int]]:
-    return [[0] + [(97 * i + 13 * j) % 4000 + 2 for j in range(length - 1)] for i in range(batch_size)]
+    return [
+        [0] + [(97 * i + 13 * j) % 4000 + 2 for j in range(length - 1)] for i in range(batch_size)
+    ]
 
 
 StepTimes = list[tuple[float, float]]  # (wall seconds, this thread's CPU seconds) per step
@@ -168,19 +193,31 @@ class StepTimer:
         return scores
 
 
-def hf_generate_s(engine: Engine, model: Any, batch: list[list[int]], num_new: int,
-                  timer: StepTimer | None = None) -> float:
+def hf_generate_s(
+    engine: Engine, model: Any, batch: list[list[int]], num_new: int, timer: StepTimer | None = None
+) -> float:
     import transformers
 
     ids = torch.tensor(batch, device=engine.device)
     processors = transformers.LogitsProcessorList([timer] if timer else [])
     with torch.inference_mode():
-        return timed(engine, lambda: model.generate(
-            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=num_new,
-            min_new_tokens=num_new, pad_token_id=0, logits_processor=processors))
+        return timed(
+            engine,
+            lambda: model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=num_new,
+                min_new_tokens=num_new,
+                pad_token_id=0,
+                logits_processor=processors,
+            ),
+        )
 
 
-def hf_decode_step_s(engine: Engine, model: Any, batch: list[list[int]], num_steps: int) -> StepTimes:
+def hf_decode_step_s(
+    engine: Engine, model: Any, batch: list[list[int]], num_steps: int
+) -> StepTimes:
     """Per-step times of `generate`: gaps between successive logits-processor calls."""
     timer = StepTimer(engine)
     hf_generate_s(engine, model, batch, num_steps + 1, timer)
@@ -188,8 +225,9 @@ def hf_decode_step_s(engine: Engine, model: Any, batch: list[list[int]], num_ste
     return [(b[0] - a[0], b[1] - a[1]) for a, b in pairs]
 
 
-def bench_decode(engine: Engine, model: Any, batch_size: int,
-                 args: argparse.Namespace) -> dict[str, Any]:
+def bench_decode(
+    engine: Engine, model: Any, batch_size: int, args: argparse.Namespace
+) -> dict[str, Any]:
     """Step times pooled over repeats; medians, so a neighbour's CPU burst does not decide."""
     batch, steps = prompts(batch_size, args.prompt_len), args.decode_steps
     hf_generate_s(engine, model, batch[:1], 2)  # warm-up both
@@ -199,37 +237,49 @@ def bench_decode(engine: Engine, model: Any, batch_size: int,
     for _ in range(args.repeats):
         ours += engine_decode_step_s(engine, batch, steps)
         theirs += hf_decode_step_s(engine, model, batch, steps)
-    ours_s, theirs_s = statistics.median(t[0] for t in ours), statistics.median(t[0] for t in theirs)
+    ours_s, theirs_s = (
+        statistics.median(t[0] for t in ours),
+        statistics.median(t[0] for t in theirs),
+    )
     # With one thread, CPU time per step does not count time lost to other processes.
     ours_cpu_s = statistics.median(t[1] for t in ours)
     theirs_cpu_s = statistics.median(t[1] for t in theirs)
-    return {"batch_size": batch_size, "engine_tokens_per_s": round(batch_size / ours_s, 1),
-            "transformers_tokens_per_s": round(batch_size / theirs_s, 1),
-            "ratio": round(theirs_s / ours_s, 2),
-            "engine_step_ms_p50": round(ours_s * 1e3, 3),
-            "transformers_step_ms_p50": round(theirs_s * 1e3, 3),
-            "engine_step_ms_mean": round(statistics.fmean(t[0] for t in ours) * 1e3, 3),
-            "transformers_step_ms_mean": round(statistics.fmean(t[0] for t in theirs) * 1e3, 3),
-            "engine_step_cpu_ms_p50": round(ours_cpu_s * 1e3, 3),
-            "transformers_step_cpu_ms_p50": round(theirs_cpu_s * 1e3, 3),
-            "cpu_time_ratio": round(theirs_cpu_s / ours_cpu_s, 2)}
+    return {
+        "batch_size": batch_size,
+        "engine_tokens_per_s": round(batch_size / ours_s, 1),
+        "transformers_tokens_per_s": round(batch_size / theirs_s, 1),
+        "ratio": round(theirs_s / ours_s, 2),
+        "engine_step_ms_p50": round(ours_s * 1e3, 3),
+        "transformers_step_ms_p50": round(theirs_s * 1e3, 3),
+        "engine_step_ms_mean": round(statistics.fmean(t[0] for t in ours) * 1e3, 3),
+        "transformers_step_ms_mean": round(statistics.fmean(t[0] for t in theirs) * 1e3, 3),
+        "engine_step_cpu_ms_p50": round(ours_cpu_s * 1e3, 3),
+        "transformers_step_cpu_ms_p50": round(theirs_cpu_s * 1e3, 3),
+        "cpu_time_ratio": round(theirs_cpu_s / ours_cpu_s, 2),
+    }
 
 
 def bench_prefill(engine: Engine, model: Any, args: argparse.Namespace) -> dict[str, Any]:
     batch = prompts(args.prefill_batch, args.prefill_len)
     num_tokens = args.prefill_batch * args.prefill_len
     num_blocks = -(-args.prefill_len // engine.info.block_size)
-    steps = [SeqStep(i, p, 0, list(range(i * num_blocks, (i + 1) * num_blocks)), GREEDY)
-             for i, p in enumerate(batch)]
+    steps = [
+        SeqStep(i, p, 0, list(range(i * num_blocks, (i + 1) * num_blocks)), GREEDY)
+        for i, p in enumerate(batch)
+    ]
     engine.step(steps)
     ours, theirs = [], []
     for _ in range(args.repeats):
         ours.append(num_tokens / timed(engine, lambda: engine.step(steps)))
         theirs.append(num_tokens / hf_generate_s(engine, model, batch, 1))
     ours_tps, theirs_tps = statistics.median(ours), statistics.median(theirs)
-    return {"num_seqs": args.prefill_batch, "prompt_len": args.prefill_len,
-            "engine_tokens_per_s": round(ours_tps, 1), "transformers_tokens_per_s": round(theirs_tps, 1),
-            "ratio": round(ours_tps / theirs_tps, 2)}
+    return {
+        "num_seqs": args.prefill_batch,
+        "prompt_len": args.prefill_len,
+        "engine_tokens_per_s": round(ours_tps, 1),
+        "transformers_tokens_per_s": round(theirs_tps, 1),
+        "ratio": round(ours_tps / theirs_tps, 2),
+    }
 
 
 def copy_bandwidth_bytes_per_s(device: torch.device) -> float:
@@ -251,9 +301,13 @@ def roofline(engine: Engine, decode: list[dict[str, Any]]) -> dict[str, Any]:
     roofline_ms = weight_bytes / bandwidth * 1e3
     batch1 = next((d for d in decode if d["batch_size"] == 1), None)
     step_ms = batch1["engine_step_ms_p50"] if batch1 else None
-    return {"weight_bytes": weight_bytes, "copy_bandwidth_gb_per_s": round(bandwidth / 1e9, 1),
-            "roofline_ms": round(roofline_ms, 3), "batch1_step_ms": step_ms,
-            "times_roofline": round(step_ms / roofline_ms, 2) if step_ms else None}
+    return {
+        "weight_bytes": weight_bytes,
+        "copy_bandwidth_gb_per_s": round(bandwidth / 1e9, 1),
+        "roofline_ms": round(roofline_ms, 3),
+        "batch1_step_ms": step_ms,
+        "times_roofline": round(step_ms / roofline_ms, 2) if step_ms else None,
+    }
 
 
 CPU_PREDICTION = (
@@ -272,18 +326,24 @@ CUDA_PREDICTION = (
 def notes(results: dict[str, Any], engine: Engine) -> str:
     lines = [CUDA_PREDICTION if engine.config.is_cuda else CPU_PREDICTION, "Result:"]
     for d in results["decode"]:
-        lines.append(f"batch {d['batch_size']}: {d['ratio']}x wall ({d['engine_tokens_per_s']} vs "
-                     f"{d['transformers_tokens_per_s']} tokens/s), {d['cpu_time_ratio']}x CPU time;")
+        lines.append(
+            f"batch {d['batch_size']}: {d['ratio']}x wall ({d['engine_tokens_per_s']} vs "
+            f"{d['transformers_tokens_per_s']} tokens/s), {d['cpu_time_ratio']}x CPU time;"
+        )
     p = results["prefill"]
     lines.append(f"prefill {p['num_seqs']}x{p['prompt_len']}: {p['ratio']}x.")
     load = results["setup"]["load_average_1m"]
-    lines.append(f"1-minute load average at start {load} on {os.cpu_count()} cores "
-                 "(other work shared the machine: wall figures are noisy; CPU-time ratios with "
-                 "--threads 1 are the contention-robust comparison).")
+    lines.append(
+        f"1-minute load average at start {load} on {os.cpu_count()} cores "
+        "(other work shared the machine: wall figures are noisy; CPU-time ratios with "
+        "--threads 1 are the contention-robust comparison)."
+    )
     if "roofline" in results:
         r = results["roofline"]
-        lines.append(f"Batch-1 step {r['batch1_step_ms']} ms vs memory roofline "
-                     f"{r['roofline_ms']} ms ({r['times_roofline']}x).")
+        lines.append(
+            f"Batch-1 step {r['batch1_step_ms']} ms vs memory roofline "
+            f"{r['roofline_ms']} ms ({r['times_roofline']}x)."
+        )
     return " ".join(lines)
 
 

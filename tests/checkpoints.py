@@ -43,16 +43,25 @@ def make_hf_model(kind: str, seed: int = 0) -> Any:
     if kind == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**_SHAPE))
     elif kind == "llama-tied-llama3":
-        rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
-                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 64}
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 10000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
         config = transformers.LlamaConfig(**_SHAPE, tie_word_embeddings=True, rope_parameters=rope)
         model = transformers.LlamaForCausalLM(config)
     elif kind == "qwen2":
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**_SHAPE))
         with torch.no_grad():
             for layer in model.model.layers:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                for proj in (
+                    layer.self_attn.q_proj,
+                    layer.self_attn.k_proj,
+                    layer.self_attn.v_proj,
+                ):
                     proj.bias.normal_(0.0, 0.5)
     else:
         raise ValueError(f"unknown checkpoint kind {kind!r}; choose from {CHECKPOINT_KINDS}")
@@ -116,8 +125,11 @@ def generate(
     params = sampling or [SamplingParams()] * len(prompts)
     seqs = [DriverSeq(i, list(p), params[i]) for i, p in enumerate(prompts)]
     while any(len(s.output) < num_new_tokens for s in seqs):
-        steps = [_next_step(s, chunk_size, block_size, pool)
-                 for s in seqs if len(s.output) < num_new_tokens]
+        steps = [
+            _next_step(s, chunk_size, block_size, pool)
+            for s in seqs
+            if len(s.output) < num_new_tokens
+        ]
         out = engine.step(steps)
         for step in steps:
             seq = seqs[step.seq_id]
@@ -137,5 +149,10 @@ def _next_step(seq: DriverSeq, chunk_size: int | None, block_size: int, pool: Bl
     num_blocks = -(-num_after // block_size)
     seq.block_table += pool.allocate(num_blocks - len(seq.block_table))
     is_last_chunk = len(chunk) == len(remaining)
-    return SeqStep(seq.seq_id, chunk, seq.num_computed, list(seq.block_table),
-                   seq.sampling if is_last_chunk else None)
+    return SeqStep(
+        seq.seq_id,
+        chunk,
+        seq.num_computed,
+        list(seq.block_table),
+        seq.sampling if is_last_chunk else None,
+    )

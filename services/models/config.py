@@ -64,7 +64,9 @@ class ModelConfig:
                 f"num_key_value_heads ({self.num_kv_heads})"
             )
         if self.head_dim % 2 != 0:
-            raise UnsupportedModelError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+            raise UnsupportedModelError(
+                f"head_dim must be even for rotary embeddings, got {self.head_dim}"
+            )
 
     @property
     def max_context(self) -> int:
@@ -91,7 +93,9 @@ class ModelConfig:
         rope = _rope_parameters(hf)
         attention_bias = bool(hf.get("attention_bias", False))
         is_qwen2 = architecture == "Qwen2ForCausalLM"
-        sliding_window = hf.get("sliding_window") if _uses_sliding_window(hf, architecture) else None
+        sliding_window = (
+            hf.get("sliding_window") if _uses_sliding_window(hf, architecture) else None
+        )
         return cls(
             architecture=architecture,
             vocab_size=int(hf["vocab_size"]),

@@ -20,7 +20,9 @@ class PrefillSegment:
     start: int
     end: int
     num_computed: int  # cached tokens before the chunk
-    context_slots: torch.Tensor | None  # KV slots of positions [0, end-start+num_computed); None if no cache
+    context_slots: (
+        torch.Tensor | None
+    )  # KV slots of positions [0, end-start+num_computed); None if no cache
 
 
 @dataclass(slots=True)
@@ -53,24 +55,35 @@ def build_batch(seqs: list[SeqStep], block_size: int, device: torch.device) -> S
         first = seq.num_computed
         token_ids.extend(seq.token_ids)
         positions.extend(range(first, seq.num_tokens_after))
-        slots.extend(slot_of(seq.block_table, p, block_size) for p in range(first, seq.num_tokens_after))
+        slots.extend(
+            slot_of(seq.block_table, p, block_size) for p in range(first, seq.num_tokens_after)
+        )
         if seq.sampling is not None:
             sample_rows.append(len(token_ids) - 1)
     # One host->device copy for every integer input; the views below share it.
     # Decode tables are cut or padded (block 0, masked out) to the blocks the longest one uses.
     max_blocks = max((-(-s.num_tokens_after // block_size) for s in decodes), default=0)
-    decode_tables = [
-        b for s in decodes for b in (s.block_table + [0] * max_blocks)[:max_blocks]
-    ]
+    decode_tables = [b for s in decodes for b in (s.block_table + [0] * max_blocks)[:max_blocks]]
     decode_lens = [s.num_tokens_after for s in decodes]
     prefill_tables = [b for s in prefills if s.num_computed > 0 for b in s.block_table]
-    packed = token_ids + positions + slots + sample_rows + decode_tables + decode_lens + prefill_tables
+    packed = (
+        token_ids + positions + slots + sample_rows + decode_tables + decode_lens + prefill_tables
+    )
     flat = torch.tensor(packed, dtype=torch.long).to(device, non_blocking=True)
     parts = flat.split(
-        [len(token_ids), len(positions), len(slots), len(sample_rows), len(decode_tables),
-         len(decode_lens), len(prefill_tables)]
+        [
+            len(token_ids),
+            len(positions),
+            len(slots),
+            len(sample_rows),
+            len(decode_tables),
+            len(decode_lens),
+            len(prefill_tables),
+        ]
     )
-    decode_blocks, decode_mask = _decode_attention(parts[4], parts[5], decodes, max_blocks, block_size)
+    decode_blocks, decode_mask = _decode_attention(
+        parts[4], parts[5], decodes, max_blocks, block_size
+    )
     sampled = [s for s in ordered if s.sampling is not None]
     return StepBatch(
         token_ids=parts[0],
@@ -87,7 +100,11 @@ def build_batch(seqs: list[SeqStep], block_size: int, device: torch.device) -> S
 
 
 def _decode_attention(
-    tables: torch.Tensor, lens: torch.Tensor, decodes: list[SeqStep], max_blocks: int, block_size: int
+    tables: torch.Tensor,
+    lens: torch.Tensor,
+    decodes: list[SeqStep],
+    max_blocks: int,
+    block_size: int,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if not decodes:
         return None, None

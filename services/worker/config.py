@@ -37,13 +37,17 @@ class WorkerConfig:
         if self.dtype is None:
             self.dtype = "float32" if self.device == "cpu" else "bfloat16"
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+            raise ValueError(
+                f"dtype {self.dtype!r} is not supported; choose one of {', '.join(DTYPES)}"
+            )
         if self.dtype == "float16" and self.device == "cpu":
             raise ValueError("dtype float16 needs CUDA; on CPU use float32 or bfloat16")
         if self.block_size < 1 or self.max_num_batched_tokens < 1 or self.kv_cache_bytes < 1:
             raise ValueError("block_size, max_num_batched_tokens and kv_cache_bytes must be >= 1")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
-            raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
+            raise ValueError(
+                f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}"
+            )
 
     def _check_device(self) -> None:
         if self.device == "cpu":

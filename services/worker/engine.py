@@ -36,7 +36,10 @@ class Engine:
             self.source.config, weights, self.source.max_context, config.block_size
         )
         num_blocks = num_blocks_for_budget(
-            self.source.config, config.block_size, self.dtype, self._kv_budget_bytes(),
+            self.source.config,
+            config.block_size,
+            self.dtype,
+            self._kv_budget_bytes(),
             self.source.max_context,
         )
         self.kv_cache = KVCache(

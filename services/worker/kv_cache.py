@@ -16,12 +16,18 @@ class KVCacheTooSmallError(RuntimeError):
 
 def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
     element_bytes = torch.empty((), dtype=dtype).element_size()
-    return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * element_bytes
+    return (
+        2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * element_bytes
+    )
 
 
 class KVCache:
     def __init__(
-        self, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
+        self,
+        config: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
         device: torch.device,
     ) -> None:
         self.num_blocks = num_blocks

@@ -43,7 +43,9 @@ class StepTensors:
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
     """Inverse frequencies, as transformers computes them (float32), llama3 scaling included."""
     dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    inv_freq = 1.0 / (
+        config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+    )
     scaling = config.rope_scaling
     if scaling is None:
         return inv_freq
@@ -78,7 +80,10 @@ class Transformer:
     """Weights in Hugging Face layout, fused where that saves matmuls."""
 
     def __init__(
-        self, config: ModelConfig, weights: dict[str, torch.Tensor], max_context: int,
+        self,
+        config: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        max_context: int,
         block_size: int,
     ) -> None:
         self.config = config
@@ -90,7 +95,9 @@ class Transformer:
         self.final_norm = weights["model.norm.weight"]
         self.layers = [_layer_weights(weights, i) for i in range(config.num_layers)]
         self.scale = config.head_dim**-0.5
-        freqs = torch.arange(max_context, dtype=torch.float32)[:, None] * rope_inv_freq(config)[None]
+        freqs = (
+            torch.arange(max_context, dtype=torch.float32)[:, None] * rope_inv_freq(config)[None]
+        )
         angles = torch.cat((freqs, freqs), dim=-1).to(self.embed.device)
         self.cos = angles.cos().to(self.embed.dtype)
         self.sin = angles.sin().to(self.embed.dtype)
@@ -109,7 +116,9 @@ class Transformer:
         eps = self.config.rms_norm_eps
         for index, layer in enumerate(self.layers):
             x = rms_norm(hidden, layer.input_norm, eps)
-            hidden = hidden + F.linear(self._attention(x, layer, step, index), layer.o, layer.o_bias)
+            hidden = hidden + F.linear(
+                self._attention(x, layer, step, index), layer.o, layer.o_bias
+            )
             x = rms_norm(hidden, layer.post_norm, eps)
             gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
             hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
@@ -136,7 +145,9 @@ class Transformer:
         if batch.num_decodes:
             out[: batch.num_decodes] = self._decode_attention(q, k_cache, v_cache, step)
         for segment in batch.prefills:
-            out[segment.start : segment.end] = self._prefill_attention(q, k, v, k_cache, v_cache, segment)
+            out[segment.start : segment.end] = self._prefill_attention(
+                q, k, v, k_cache, v_cache, segment
+            )
         return out.view(num_tokens, -1)
 
     def _decode_attention(
@@ -202,6 +213,7 @@ class Transformer:
             q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=True
         )
         return out[0].transpose(0, 1)
+
 
 def _layer_weights(weights: dict[str, torch.Tensor], i: int) -> LayerWeights:
     p = f"model.layers.{i}."

@@ -39,10 +39,15 @@ def test_float32_greedy_tokens_match_transformers_on_cuda(tmp_path: Path, kind: 
     got = generate(engine, PROMPTS, NUM_NEW_TOKENS, pool, chunk_size=4)
     for prompt, tokens in zip(PROMPTS, got, strict=True):
         ids = torch.tensor([prompt], device="cuda")
-        want = reference.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                  max_new_tokens=NUM_NEW_TOKENS, min_new_tokens=NUM_NEW_TOKENS,
-                                  pad_token_id=0)
-        assert tokens == want[0, len(prompt):].tolist()
+        want = reference.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=NUM_NEW_TOKENS,
+            min_new_tokens=NUM_NEW_TOKENS,
+            pad_token_id=0,
+        )
+        assert tokens == want[0, len(prompt) :].tolist()
 
 
 def test_bfloat16_seeded_sampling_is_batch_invariant_and_device_time_is_measured() -> None:
@@ -52,8 +57,9 @@ def test_bfloat16_seeded_sampling_is_batch_invariant_and_device_time_is_measured
     pool = BlockPool(list(range(engine.info.num_blocks)))
     alone = generate(engine, [PROMPTS[0]], NUM_NEW_TOKENS, pool, [seeded])[0]
     others = [SamplingParams(temperature=1.0, seed=i) for i in range(16)]
-    batched = generate(engine, [PROMPTS[1]] * 16 + [PROMPTS[0]], NUM_NEW_TOKENS, pool,
-                       others + [seeded])
+    batched = generate(
+        engine, [PROMPTS[1]] * 16 + [PROMPTS[0]], NUM_NEW_TOKENS, pool, others + [seeded]
+    )
     assert batched[-1] == alone
     out = engine.step([SeqStep(99, PROMPTS[0], 0, pool.allocate(1), seeded)])
     assert out.device_ms > 0 and out.step_ms >= out.device_ms * 0.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,8 +19,43 @@ transformers = pytest.importorskip("transformers")
 PROMPTS = [
     [0, 1523, 87, 912, 33, 2048, 7, 301, 3999, 12, 640],
     [0, 5, 6],
-    [0, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417,
-     418, 419, 420, 421, 422, 423, 424, 425, 426, 427, 428, 429, 430, 431, 432, 433],
+    [
+        0,
+        400,
+        401,
+        402,
+        403,
+        404,
+        405,
+        406,
+        407,
+        408,
+        409,
+        410,
+        411,
+        412,
+        413,
+        414,
+        415,
+        416,
+        417,
+        418,
+        419,
+        420,
+        421,
+        422,
+        423,
+        424,
+        425,
+        426,
+        427,
+        428,
+        429,
+        430,
+        431,
+        432,
+        433,
+    ],
     [0],  # a one-token prompt takes the decode path from its first step
 ]
 LONG_PROMPT = PROMPTS[2]
@@ -32,21 +68,25 @@ def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="module")
-def reference(checkpoint: Path) -> torch.nn.Module:
+def reference(checkpoint: Path) -> Any:
     return transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="module")
-def expected(reference: torch.nn.Module) -> list[list[int]]:
+def expected(reference: Any) -> list[list[int]]:
     """transformers' greedy continuation of each prompt, generated alone, eos ignored."""
     outputs = []
     for prompt in PROMPTS:
         ids = torch.tensor([prompt])
         out = reference.generate(
-            ids, attention_mask=torch.ones_like(ids), do_sample=False,
-            max_new_tokens=NUM_NEW_TOKENS, min_new_tokens=NUM_NEW_TOKENS, pad_token_id=0,
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=NUM_NEW_TOKENS,
+            min_new_tokens=NUM_NEW_TOKENS,
+            pad_token_id=0,
         )
-        outputs.append(out[0, len(prompt):].tolist())
+        outputs.append(out[0, len(prompt) :].tolist())
     return outputs
 
 
@@ -67,7 +107,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def test_logits_match_transformers_for_prefill_chunks_and_decodes(
-    engine: Engine, reference: torch.nn.Module
+    engine: Engine, reference: Any
 ) -> None:
     tokens = LONG_PROMPT
     with torch.no_grad():

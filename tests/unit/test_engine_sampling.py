@@ -29,15 +29,18 @@ def pool_of(engine: Engine) -> BlockPool:
 
 def noisy_neighbours(count: int) -> tuple[list[list[int]], list[SamplingParams]]:
     prompts = [[0] + [(53 * i + 11 * j) % 4000 + 2 for j in range(3 + 2 * i)] for i in range(count)]
-    params = [SamplingParams(temperature=1.0 + i / 10, top_p=0.8, top_k=i, seed=i) for i in range(count)]
+    params = [
+        SamplingParams(temperature=1.0 + i / 10, top_p=0.8, top_k=i, seed=i) for i in range(count)
+    ]
     return prompts, params
 
 
 def test_same_seed_gives_same_tokens_alone_and_in_a_batch_of_16_others(engine: Engine) -> None:
     alone = generate(engine, [PROMPT], NUM_NEW_TOKENS, pool_of(engine), [SEEDED])[0]
     prompts, params = noisy_neighbours(16)
-    batched = generate(engine, prompts + [PROMPT], NUM_NEW_TOKENS, pool_of(engine), params + [SEEDED],
-                       chunk_size=5)
+    batched = generate(
+        engine, prompts + [PROMPT], NUM_NEW_TOKENS, pool_of(engine), params + [SEEDED], chunk_size=5
+    )
     assert batched[-1] == alone
     other_seed = SamplingParams(temperature=0.9, top_p=0.95, top_k=200, seed=4321)
     assert generate(engine, [PROMPT], NUM_NEW_TOKENS, pool_of(engine), [other_seed])[0] != alone
@@ -91,8 +94,10 @@ def test_greedy_rows_take_the_argmax_inside_a_sampled_batch() -> None:
     logits = torch.tensor([[0.0, 5.0, 4.9], [0.0, 5.0, 4.9]])
     params = [SamplingParams(), SamplingParams(temperature=50.0, seed=3)]
     tensors = SamplingTensors(params, [10, 10], torch.device("cpu"))
-    draws = [sample(logits, SamplingTensors(params, [p, p], torch.device("cpu"))).tolist()
-             for p in range(200)]
+    draws = [
+        sample(logits, SamplingTensors(params, [p, p], torch.device("cpu"))).tolist()
+        for p in range(200)
+    ]
     assert all(d[0] == 1 for d in draws)
     assert {d[1] for d in draws} == {0, 1, 2}
     assert sample(logits, tensors).tolist()[0] == 1

@@ -63,37 +63,87 @@ def test_a_sharded_checkpoint_loads_every_tensor(tmp_path: Path) -> None:
 
 
 def test_configs_parse_old_and_new_rope_layouts_and_eos_lists() -> None:
-    base = {"architectures": ["LlamaForCausalLM"], "vocab_size": 100, "hidden_size": 64,
-            "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "eos_token_id": [5, 6]}
-    old = ModelConfig.from_hf(base | {"rope_theta": 500000.0, "rope_scaling": {
-        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192}})
-    new = ModelConfig.from_hf(base | {"rope_parameters": {
-        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}})
+    base = {
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 100,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "eos_token_id": [5, 6],
+    }
+    old = ModelConfig.from_hf(
+        base
+        | {
+            "rope_theta": 500000.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        }
+    )
+    new = ModelConfig.from_hf(
+        base
+        | {
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            }
+        }
+    )
     assert old == new
     assert old.rope_theta == 500000.0 and old.rope_scaling is not None
     assert old.eos_token_ids == (5, 6) and old.head_dim == 16
 
 
 def test_mistral_sliding_window_caps_the_context() -> None:
-    config = ModelConfig.from_hf({"model_type": "mistral", "vocab_size": 100, "hidden_size": 64,
-                                  "intermediate_size": 128, "num_hidden_layers": 2,
-                                  "num_attention_heads": 4, "max_position_embeddings": 32768,
-                                  "sliding_window": 4096})
+    config = ModelConfig.from_hf(
+        {
+            "model_type": "mistral",
+            "vocab_size": 100,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 32768,
+            "sliding_window": 4096,
+        }
+    )
     assert config.architecture == "MistralForCausalLM" and config.max_context == 4096
 
 
 def test_unsupported_architectures_and_rope_types_are_named() -> None:
     with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
-        ModelConfig.from_hf({"architectures": ["GPT2LMHeadModel"], "vocab_size": 1, "hidden_size": 8,
-                             "intermediate_size": 8, "num_hidden_layers": 1,
-                             "num_attention_heads": 1})
+        ModelConfig.from_hf(
+            {
+                "architectures": ["GPT2LMHeadModel"],
+                "vocab_size": 1,
+                "hidden_size": 8,
+                "intermediate_size": 8,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 1,
+            }
+        )
     with pytest.raises(UnsupportedModelError, match="yarn"):
-        ModelConfig.from_hf({"model_type": "llama", "vocab_size": 1, "hidden_size": 8,
-                             "intermediate_size": 8, "num_hidden_layers": 1,
-                             "num_attention_heads": 1, "rope_scaling": {"rope_type": "yarn"}})
+        ModelConfig.from_hf(
+            {
+                "model_type": "llama",
+                "vocab_size": 1,
+                "hidden_size": 8,
+                "intermediate_size": 8,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 1,
+                "rope_scaling": {"rope_type": "yarn"},
+            }
+        )
 
 
 def test_the_shipped_tokenizer_is_what_the_corpus_builds() -> None:
@@ -118,6 +168,8 @@ def test_checkpoint_config_json_is_read(tmp_path: Path) -> None:
     source = resolve_model(str(directory))
     assert not source.is_preset and source.checkpoint_dir == directory
     assert source.config.tie_word_embeddings and source.config.rope_scaling is not None
-    assert source.max_context == json.loads((directory / "config.json").read_text())[
-        "max_position_embeddings"]
+    assert (
+        source.max_context
+        == json.loads((directory / "config.json").read_text())["max_position_embeddings"]
+    )
     shutil.rmtree(directory)
