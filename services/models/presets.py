@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from services.models.assets.build_tokenizer import TOKENIZER_PATH
+from pathlib import Path
+
 from services.models.config import ModelConfig, RopeScaling
 
-PRESET_TOKENIZER_PATH = TOKENIZER_PATH
+# Built by services/models/assets/build_tokenizer.py from the corpus beside it.
+PRESET_TOKENIZER_PATH = Path(__file__).resolve().parent / "assets" / "tokenizer.json"
 _BOS_ID = 0  # <|begin_of_text|> in the shipped tokenizer.json
 _EOS_ID = 1  # <|end_of_text|>
 
