@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from protos import hopscope_pb2 as pb
 from services.common.identity import ServiceIdentity
-from services.common.types import ModelInfo, SamplingParams, SeqStep, StepOutput
+from services.common.types import Delivery, ModelInfo, SamplingParams, SeqStep, StepOutput
 
 
 def sampling_to_pb(s: SamplingParams) -> pb.SamplingParams:
@@ -89,3 +89,17 @@ def identity_to_pb(i: ServiceIdentity) -> pb.ServiceInfo:
 
 def identity_from_pb(m: pb.ServiceInfo) -> ServiceIdentity:
     return ServiceIdentity(m.name, m.node_id, m.host, m.pid, m.address)
+
+
+def delivery_to_pb(d: Delivery) -> pb.RequestUpdate:
+    return pb.RequestUpdate(
+        request_id=d.request_id,
+        token_ids=d.token_ids,
+        finish_reason=d.finish_reason,
+        error_status=d.error_status,
+        error_message=d.error_message,
+    )
+
+
+def delivery_from_pb(m: pb.RequestUpdate) -> Delivery:
+    return Delivery(m.request_id, list(m.token_ids), m.finish_reason, m.error_status, m.error_message)

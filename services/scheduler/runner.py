@@ -162,7 +162,8 @@ class SchedulerRunner:
         # Links carry no attributes (the SDK re-validates each link's attributes on every span,
         # which dominated tracing's cost): prefill links come first and their count is an
         # attribute of the step span instead.
-        prefill_links, decode_links = [], []
+        prefill_links: list[Link] = []
+        decode_links: list[Link] = []
         for rid, phase in zip(batch.request_ids, batch.phases):
             tracked = self._tracked.get(rid)
             if tracked is not None and tracked.link is not None:

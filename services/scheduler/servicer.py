@@ -30,7 +30,7 @@ class _Connection:
         for d in deliveries:
             if d.is_finished:
                 self.request_ids.discard(d.request_id)
-        self.outbox.put_nowait(pb.SchedulerOutput(updates=[_delivery_to_pb(d) for d in deliveries]))
+        self.outbox.put_nowait(pb.SchedulerOutput(updates=[convert.delivery_to_pb(d) for d in deliveries]))
 
 
 class SchedulerServicer(pb_grpc.SchedulerServicer):
@@ -135,12 +135,3 @@ def describe_scheduler(
         )
     return response
 
-
-def _delivery_to_pb(d: Delivery) -> pb.RequestUpdate:
-    return pb.RequestUpdate(
-        request_id=d.request_id,
-        token_ids=d.token_ids,
-        finish_reason=d.finish_reason,
-        error_status=d.error_status,
-        error_message=d.error_message,
-    )

@@ -208,7 +208,7 @@ class GrpcSchedulerClient(_Router):
             try:
                 self._set_connected(True)
                 async for output in call:
-                    self.deliver([_delivery_from_pb(u) for u in output.updates])
+                    self.deliver([convert.delivery_from_pb(u) for u in output.updates])
                 reason = "closed the stream"
             except grpc.aio.AioRpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
@@ -248,8 +248,3 @@ class GrpcSchedulerClient(_Router):
         self._is_connected = is_connected
         self._on_health(self.is_ready)
 
-
-def _delivery_from_pb(u: pb.RequestUpdate) -> Delivery:
-    return Delivery(
-        u.request_id, list(u.token_ids), u.finish_reason, u.error_status, u.error_message
-    )
