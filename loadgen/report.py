@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from types import TracebackType
 from typing import Any, Self
 
 from rich.console import Console
@@ -31,8 +32,13 @@ class LiveProgress:
         self._live.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self._live.__exit__(*exc)
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._live.__exit__(exc_type, exc, tb)
 
     def tick(self, counters: Sequence[Sequence[float]]) -> None:
         totals = [sum(c[i] for c in counters) for i in range(len(counters[0]))]
