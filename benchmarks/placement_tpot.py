@@ -208,9 +208,7 @@ def run_one(
                 started = time.monotonic()
                 described = describe(server.address)
                 try:
-                    result = common.run_bench(
-                        server.address, bench_args(args, placement), out, env
-                    )
+                    result = common.run_bench(server.address, bench_args(args, placement), out, env)
                 except RuntimeError as exc:
                     tail = server.log_path.read_text(errors="replace")[-1500:]
                     raise RuntimeError(f"{exc}\nserver log tail:\n{tail}") from exc
@@ -365,7 +363,9 @@ def run_link(
         runs: list[dict[str, Any]] = []
         for round_index in range(args.rounds):
             for placement in common.rotated(placements, round_index):
-                record = run_one(placement, info["address"], args, work_dir, f"{tag}-r{round_index}")
+                record = run_one(
+                    placement, info["address"], args, work_dir, f"{tag}-r{round_index}"
+                )
                 runs.append({"round": round_index, **record})
         traced = [
             {"round": k, **run_traced(p, info["address"], args, work_dir, f"{tag}-t{k}")}
