@@ -120,7 +120,11 @@ class ServiceHost:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
     async def _stop(self, grace_s: float) -> None:
+        from tracing.setup import shutdown_tracing
+
         await self.service.stop(grace_s)
+        # the actor is killed right after: flush its spans now or they are lost
+        await asyncio.to_thread(shutdown_tracing)
         if self.relay is not None:
             result = self.relay.stop()
             if inspect.isawaitable(result):
