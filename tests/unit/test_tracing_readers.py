@@ -83,3 +83,43 @@ def test_file_exporter_writes_otlp_json_lines_with_hex_ids(tmp_path: Path) -> No
     assert link.span_id == spans["request"].span_id
     assert link.attributes == {"hopscope.phase": "prefill"}
     assert spans["request"].service_name == "scheduler"
+
+
+def test_fast_otlp_json_encoding_matches_protobuf_json_format() -> None:
+    """The hand-written encoder says exactly what json_format says (with hex ids)."""
+    import base64
+
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tracing.otlp_json import request_to_dict
+
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    kv = rs.resource.attributes.add(key="service.name")
+    kv.value.string_value = "svc"
+    span = rs.scope_spans.add().spans.add(
+        trace_id=bytes(range(16)),
+        span_id=bytes(range(8)),
+        parent_span_id=bytes(range(1, 9)),
+        name="s",
+        kind=2,
+        start_time_unix_nano=5,
+        end_time_unix_nano=9,
+    )
+    span.attributes.add(key="i").value.int_value = 7
+    span.attributes.add(key="d").value.double_value = 1.5
+    span.attributes.add(key="b").value.bool_value = True
+    span.attributes.add(key="a").value.array_value.values.add().string_value = "x"
+    span.links.add(trace_id=bytes(range(16)), span_id=bytes(range(2, 10)))
+    span.events.add(time_unix_nano=6, name="e")
+    span.status.code = 2
+    span.status.message = "boom"
+    expected = json_format.MessageToDict(request, use_integers_for_enums=True)
+    for s in expected["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        for key in ("traceId", "spanId", "parentSpanId"):
+            s[key] = base64.b64decode(s[key]).hex()
+        for link in s["links"]:
+            link["traceId"] = base64.b64decode(link["traceId"]).hex()
+            link["spanId"] = base64.b64decode(link["spanId"]).hex()
+    assert request_to_dict(request) == expected
