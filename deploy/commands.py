@@ -133,7 +133,11 @@ def _with_tracing(service_name: str, placement: str, run: Any) -> int:
     """Run in a process that hosts spans itself (inproc serve, generate); flush at the end."""
     from tracing.setup import configure_tracing, shutdown_tracing
 
-    configure_tracing(service_name, {"hopscope.placement": placement})
+    try:
+        configure_tracing(service_name, {"hopscope.placement": placement})
+    except ValueError as exc:
+        err.print(f"error: tracing: {exc}")
+        return 2
     try:
         return int(run())
     finally:

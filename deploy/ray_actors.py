@@ -80,7 +80,8 @@ class ServiceHost:
         from tracing.setup import configure_tracing
 
         configure_tracing(
-            f"hopscope-{self.plan.role}", {"hopscope.placement": self.plan.spec.placement}
+            f"hopscope-{self.plan.role}",
+            {"hopscope.placement": self.plan.spec.placement, "ray.node_id": self.node_id},
         )
         if self.plan.listen.startswith("unix:"):
             socket_path = Path(self.plan.listen.removeprefix("unix:"))

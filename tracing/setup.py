@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 @dataclass(slots=True, frozen=True)
 class TracingSettings:
     otlp_endpoint: str = ""
+    otlp_protocol: str = "grpc"  # OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" or "http/protobuf"
     trace_file: str = ""
 
     @classmethod
@@ -32,11 +33,25 @@ class TracingSettings:
         )
         if env.get("OTEL_TRACES_EXPORTER", "").strip() == "none":
             endpoint = ""
-        return cls(otlp_endpoint=endpoint, trace_file=env.get("HOPSCOPE_TRACE_FILE", ""))
+        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+            "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
+        )
+        return cls(
+            otlp_endpoint=endpoint,
+            otlp_protocol=protocol.strip() or "grpc",
+            trace_file=env.get("HOPSCOPE_TRACE_FILE", ""),
+        )
 
     @property
     def is_enabled(self) -> bool:
         return bool(self.otlp_endpoint or self.trace_file)
+
+    def __post_init__(self) -> None:
+        if self.otlp_protocol not in ("grpc", "http/protobuf"):
+            raise ValueError(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL={self.otlp_protocol!r} is not supported; "
+                "use grpc or http/protobuf"
+            )
 
 
 _provider: TracerProvider | None = None
@@ -76,10 +91,16 @@ def configure_tracing(
 
 def _exporters(settings: TracingSettings) -> list[SpanExporter]:
     exporters: list[SpanExporter] = []
-    if settings.otlp_endpoint:
+    if settings.otlp_endpoint and settings.otlp_protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        exporters.append(HttpSpanExporter())  # reads the OTEL_EXPORTER_OTLP_* variables
+    elif settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        exporters.append(OTLPSpanExporter())  # reads the OTEL_EXPORTER_OTLP_* variables
+        exporters.append(OTLPSpanExporter())
     if settings.trace_file:
         from tracing.file_exporter import OtlpJsonFileExporter
 

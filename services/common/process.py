@@ -65,7 +65,14 @@ def run_service_main(
     except (ValueError, TypeError) as exc:
         print(f"error: bad {name} config: {exc}", file=sys.stderr)
         return 2
-    configure_tracing(f"hopscope-{name}", {"hopscope.placement": args.placement})
+    node_id = str(getattr(config, "node_id", "") or "")
+    try:
+        configure_tracing(
+            f"hopscope-{name}", {"hopscope.placement": args.placement, "hopscope.node_id": node_id}
+        )
+    except ValueError as exc:
+        print(f"error: tracing: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_serve(name, config, start))
     finally:
