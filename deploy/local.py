@@ -5,7 +5,6 @@ that crashes is restarted on the same address, and `stop` drains front to back."
 from __future__ import annotations
 
 import ctypes
-import os
 import select
 import shutil
 import signal
@@ -110,9 +109,6 @@ class LocalDeployment:
     def address(self) -> str:
         return self.children[-1].address
 
-    def pids(self) -> dict[str, int]:
-        return {c.name: c.process.pid for c in self.children if c.process is not None}
-
     def start(self) -> str:
         try:
             worker = self._start(
@@ -177,10 +173,3 @@ def _with_listen(config_json: str, address: str) -> str:
     data["listen"] = address
     return json.dumps(data)
 
-
-def pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -87,10 +87,6 @@ def identity_to_pb(i: ServiceIdentity) -> pb.ServiceInfo:
     return pb.ServiceInfo(name=i.name, node_id=i.node_id, host=i.host, pid=i.pid, address=i.address)
 
 
-def identity_from_pb(m: pb.ServiceInfo) -> ServiceIdentity:
-    return ServiceIdentity(m.name, m.node_id, m.host, m.pid, m.address)
-
-
 def delivery_to_pb(d: Delivery) -> pb.RequestUpdate:
     return pb.RequestUpdate(
         request_id=d.request_id,

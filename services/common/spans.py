@@ -21,13 +21,6 @@ _NET_TRANSPORT = {"uds": "unix", "tcp": "tcp", "inproc": "inproc"}
 _tracer = trace.get_tracer("hopscope")
 
 
-def inject_current() -> dict[str, str]:
-    """The current span's W3C context as a carrier dict (empty when nothing is recording)."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier
-
-
 def start_rpc_span(
     rpc: tuple[str, str],
     kind: SpanKind,
