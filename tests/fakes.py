@@ -214,3 +214,47 @@ def make_request(
         max_tokens,
         **fields,  # type: ignore[arg-type]
     )
+
+
+class FakeWorkerClient:
+    """The scheduler runner's WorkerClient over a FakeWorker, with faults to inject:
+    `fail_steps` raises the given exceptions on the next steps, `num_failed_connects` makes
+    that many reconnects fail (the worker is still down), and a lost worker loses its cache."""
+
+    transport = "inproc"
+    address = "fake"
+
+    def __init__(self, worker: FakeWorker) -> None:
+        self.worker = worker
+        self.fail_steps: list[Exception] = []
+        self.num_failed_connects = 0
+        self.num_connects = 0
+
+    async def connect(self, timeout_s: float) -> object:
+        from protos import hopscope_pb2 as pb
+        from services.common import convert
+        from services.common.errors import UnavailableError
+
+        if self.num_connects > 0 and self.num_failed_connects > 0:
+            self.num_failed_connects -= 1
+            raise UnavailableError("fake worker is down")
+        self.num_connects += 1
+        info = self.worker.info
+        return pb.WorkerInfo(
+            model=convert.model_info_to_pb(info),
+            eos_token_ids=info.eos_token_ids,
+            instance_id=str(self.num_connects),
+        )
+
+    async def step(self, seqs: list[SeqStep], carrier: object) -> StepOutput:
+        from services.common.errors import UnavailableError
+
+        if self.fail_steps:
+            error = self.fail_steps.pop(0)
+            if isinstance(error, UnavailableError):
+                self.worker.restart()
+            raise error
+        return self.worker.step(seqs)
+
+    async def close(self) -> None:
+        return None

@@ -134,29 +134,40 @@ class SchedulerRunner:
     async def _run(self) -> None:
         assert self.core is not None
         while True:
-            if not self.is_worker_up:
-                await self._reconnect()
-                continue
-            now = time.monotonic()
-            self._deliver(self.core.expire(now))
-            batch = self.core.schedule(now)
-            if batch is None or not batch.seq_steps:
-                await self._wait_for_work(now)
-                continue
             try:
-                sampled, step_ms = await self._step(batch)
-            except UnavailableError as exc:
-                log.warning("worker lost: %s", exc)
-                self._lose_worker()
-                continue
-            except Exception as exc:
-                log.exception("step failed")
-                for rid in set(batch.request_ids):
-                    self._fail(rid, HopscopeError(f"the model worker failed a step: {exc}"))
-                continue
-            self._account(batch, step_ms)
-            self._deliver(self.core.on_step(batch, sampled, time.monotonic()))
-            self._record(batch, now)
+                await self._iterate()
+            except Exception as exc:  # a bug must not leave callers hanging
+                log.exception("scheduler loop failed; failing every request in flight")
+                for rid in list(self._tracked):
+                    self._fail(rid, HopscopeError(f"the scheduler failed: {exc}"))
+                await asyncio.sleep(0.1)
+
+    async def _iterate(self) -> None:
+        """One turn: expire deadlines, build a batch, run it, deliver its tokens."""
+        assert self.core is not None
+        if not self.is_worker_up:
+            await self._reconnect()
+            return
+        now = time.monotonic()
+        self._deliver(self.core.expire(now))
+        batch = self.core.schedule(now)
+        if batch is None or not batch.seq_steps:
+            await self._wait_for_work(now)
+            return
+        try:
+            sampled, step_ms = await self._step(batch)
+        except UnavailableError as exc:
+            log.warning("worker lost: %s", exc)
+            self._lose_worker()
+            return
+        except Exception as exc:  # a failed step fails its requests, not the loop
+            log.exception("step failed")
+            for rid in set(batch.request_ids):
+                self._fail(rid, HopscopeError(f"the model worker failed a step: {exc}"))
+            return
+        self._account(batch, step_ms)
+        self._deliver(self.core.on_step(batch, sampled, time.monotonic()))
+        self._record(batch, now)
 
     async def _step(self, batch: Batch) -> tuple[dict[int, int], float]:
         # Links carry no attributes (the SDK re-validates each link's attributes on every span,
