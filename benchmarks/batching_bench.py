@@ -33,16 +33,11 @@ PREDICTION = (
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--num-requests", type=int, default=192, help="per run, after warm-up")
-    parser.add_argument("--warmup-requests", type=int, default=32)
-    parser.add_argument("--concurrency", type=int, default=32)
+    common.add_load_args(parser, rounds=3, num_requests=192, warmup_requests=32, concurrency=32)
     parser.add_argument("--max-num-seqs", type=int, default=32)
-    parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-min", type=int, default=16)
     parser.add_argument("--output-max", type=int, default=128)
     parser.add_argument("--placement", default="colocated")
-    parser.add_argument("--model", default="tiny")
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "batching.json")
     parser.add_argument("--notes", default="", help="what was found, stored in notes.result")
     return parser.parse_args()

@@ -10,6 +10,7 @@ pipeline's pollers would otherwise take CPU from the one being measured.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -56,6 +57,23 @@ class Server:
     address: str
     log_path: Path
     cpu_s: float = 0.0  # whole pipeline, start-up included; set once it has stopped
+
+
+def add_load_args(
+    parser: argparse.ArgumentParser,
+    *,
+    rounds: int,
+    num_requests: int,
+    warmup_requests: int,
+    concurrency: int,
+) -> None:
+    """The closed-loop load every pipeline benchmark shares (tiny model, 64-token prompts)."""
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--num-requests", type=int, default=num_requests, help="measured, per run")
+    parser.add_argument("--warmup-requests", type=int, default=warmup_requests)
+    parser.add_argument("--concurrency", type=int, default=concurrency)
+    parser.add_argument("--input-len", type=int, default=64)
+    parser.add_argument("--model", default="tiny")
 
 
 def hopscope_argv(*args: str) -> list[str]:

@@ -70,13 +70,8 @@ PREDICTION = (
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--num-requests", type=int, default=64, help="measured, per run")
-    parser.add_argument("--warmup-requests", type=int, default=8)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--input-len", type=int, default=64)
+    common.add_load_args(parser, rounds=2, num_requests=64, warmup_requests=8, concurrency=8)
     parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--model", default="tiny")
     parser.add_argument("--placements", default=",".join(PLACEMENTS))
     parser.add_argument("--delays-ms", default="0,0.5", help="one cluster per one-way delay")
     parser.add_argument(

@@ -42,14 +42,9 @@ PREDICTION = (
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--num-requests", type=int, default=256, help="per run, after warm-up")
-    parser.add_argument("--warmup-requests", type=int, default=32)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--input-len", type=int, default=64)
+    common.add_load_args(parser, rounds=3, num_requests=256, warmup_requests=32, concurrency=32)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--placement", default="colocated")
-    parser.add_argument("--model", default="tiny")
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "tracing_cost.json")
     parser.add_argument("--notes", default="", help="interpretation, stored in notes")
     return parser.parse_args()
