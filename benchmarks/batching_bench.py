@@ -46,14 +46,10 @@ def parse_args() -> argparse.Namespace:
 def bench_args(args: argparse.Namespace) -> list[str]:
     mean = (args.output_min + args.output_max) / 2
     return [
-        "--concurrency", str(args.concurrency),
-        "--num-requests", str(args.num_requests + args.warmup_requests),
-        "--warmup-requests", str(args.warmup_requests),
-        "--input-len", str(args.input_len),
+        *common.load_bench_args(args),
         "--output-len", str(round(mean)),
         "--output-len-spread", str(mean - args.output_min),
         "--len-dist", "uniform",
-        "--seed", "0",
     ]  # fmt: skip
 
 

@@ -76,6 +76,17 @@ def add_load_args(
     parser.add_argument("--model", default="tiny")
 
 
+def load_bench_args(args: argparse.Namespace) -> list[str]:
+    """`hopscope bench` flags for the load that add_load_args described (seeded, same every run)."""
+    return [
+        "--concurrency", str(args.concurrency),
+        "--num-requests", str(args.num_requests + args.warmup_requests),
+        "--warmup-requests", str(args.warmup_requests),
+        "--input-len", str(args.input_len),
+        "--seed", "0",
+    ]  # fmt: skip
+
+
 def hopscope_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "deploy.cli", *args]
 

@@ -85,12 +85,8 @@ def parse_args() -> argparse.Namespace:
 
 def bench_args(args: argparse.Namespace, label: str) -> list[str]:
     return [
-        "--concurrency", str(args.concurrency),
-        "--num-requests", str(args.num_requests + args.warmup_requests),
-        "--warmup-requests", str(args.warmup_requests),
-        "--input-len", str(args.input_len),
+        *common.load_bench_args(args),
         "--output-len", str(args.output_len),
-        "--seed", "0",
         "--label", label,
     ]  # fmt: skip
 

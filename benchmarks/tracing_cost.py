@@ -51,14 +51,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def bench_args(args: argparse.Namespace) -> list[str]:
-    return [
-        "--concurrency", str(args.concurrency),
-        "--num-requests", str(args.num_requests + args.warmup_requests),
-        "--warmup-requests", str(args.warmup_requests),
-        "--input-len", str(args.input_len),
-        "--output-len", str(args.output_len),
-        "--seed", "0",
-    ]  # fmt: skip
+    return [*common.load_bench_args(args), "--output-len", str(args.output_len)]
 
 
 def tracing_env(port: int) -> dict[str, str]:
