@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -114,6 +117,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def start_subprocess(*flags: str) -> tuple[subprocess.Popen[str], str]:
+    """Run this server as a child process on a free port; returns it and its address."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.instant_server", "--port", "0", *flags],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline() if proc.stdout else ""
+    match = re.search(r"listening on (\S+)", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"fixture server did not start: {line!r}")
+    return proc, match.group(1)
 
 
 if __name__ == "__main__":

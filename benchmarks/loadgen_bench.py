@@ -14,12 +14,13 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from benchmarks.instant_server import start_subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 POINTS = ((1, 500), (1, 800), (2, 500), (2, 800), (2, 1000))  # (workers, rate req/s)
@@ -37,21 +38,6 @@ NOTES_SMALL_MACHINE = (
     "lost to 1 process here; the split pays off only where there are spare cores for the extra "
     "client processes (e.g. the 16-core GPU machine, not measured in this session)"
 )
-
-
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.instant_server", "--port", "0"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline() if proc.stdout else ""
-    match = re.search(r"listening on (\S+)", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"fixture server did not start: {line!r}")
-    return proc, match.group(1)
 
 
 def run_point(
@@ -107,7 +93,7 @@ def main() -> int:
     parser.add_argument("--num-requests", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/loadgen.json")
     args = parser.parse_args()
-    server, address = start_server()
+    server, address = start_subprocess()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             points = []

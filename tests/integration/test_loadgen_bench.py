@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.instant_server import start_subprocess
 from loadgen.metrics import ALL_METRICS, STAT_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,18 +32,7 @@ SUMMARY_KEYS = {
 
 
 def start_server(*flags: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.instant_server", "--port", "0", *flags],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline() if proc.stdout else ""
-    match = re.search(r"listening on (\S+)", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"fixture server did not start: {line!r}")
-    return proc, match.group(1)
+    return start_subprocess(*flags)
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:
