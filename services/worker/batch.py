@@ -33,6 +33,7 @@ class StepBatch:
     num_decodes: int  # rows [0, num_decodes) are single-token sequences
     decode_blocks: torch.Tensor | None  # [num_decodes * max_blocks] KV blocks to attend to
     decode_mask: torch.Tensor | None  # [num_decodes, max_blocks * block_size]: valid keys
+    decode_lens: torch.Tensor | None  # [num_decodes]: context length after this step
     prefills: list[PrefillSegment]
     sample_rows: torch.Tensor  # rows whose logits are sampled
     sample_seq_ids: list[int]
@@ -92,6 +93,7 @@ def build_batch(seqs: list[SeqStep], block_size: int, device: torch.device) -> S
         num_decodes=len(decodes),
         decode_blocks=decode_blocks,
         decode_mask=decode_mask,
+        decode_lens=parts[5] if decodes else None,
         prefills=_prefill_segments(prefills, len(decodes), parts[6], block_size),
         sample_rows=parts[3],
         sample_seq_ids=[s.seq_id for s in sampled],

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+KERNELS = ("auto", "native", "torch")
 
 
 @dataclass(slots=True)
@@ -21,6 +22,9 @@ class WorkerConfig:
     gpu_memory_fraction: share of the GPU's free memory (after weights) the worker may use.
     seed: seed of a preset's random weights.
     max_num_batched_tokens: the most tokens one step may carry (sizes the activation reserve).
+    kernels: the non-GEMM ops. `native`: fused CPU kernels, decode attention read in place from
+        the paged cache (compiled on first use, services/worker/kernels); `torch`: plain torch ops
+        (any device); `auto`: native on CPU where they build, else torch.
     """
 
     model: str = "tiny"
@@ -31,6 +35,7 @@ class WorkerConfig:
     gpu_memory_fraction: float = 0.85
     seed: int = 0
     max_num_batched_tokens: int = 2048
+    kernels: str = "auto"
 
     def __post_init__(self) -> None:
         self._check_device()
@@ -42,6 +47,12 @@ class WorkerConfig:
             )
         if self.dtype == "float16" and self.device == "cpu":
             raise ValueError("dtype float16 needs CUDA; on CPU use float32 or bfloat16")
+        if self.kernels not in KERNELS:
+            raise ValueError(
+                f"kernels {self.kernels!r} is not supported; choose one of {', '.join(KERNELS)}"
+            )
+        if self.kernels == "native" and self.device != "cpu":
+            raise ValueError("kernels 'native' are CPU kernels; on CUDA use auto or torch")
         if self.block_size < 1 or self.max_num_batched_tokens < 1 or self.kv_cache_bytes < 1:
             raise ValueError("block_size, max_num_batched_tokens and kv_cache_bytes must be >= 1")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:

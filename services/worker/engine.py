@@ -12,6 +12,7 @@ import torch
 from services.common.types import ModelInfo, SeqStep, StepOutput
 from services.models import ModelSource, resolve_model
 from services.models.checkpoint import load_source_weights
+from services.worker import kernels
 from services.worker.batch import StepBatch, build_batch
 from services.worker.config import WorkerConfig
 from services.worker.kv_cache import KVCache, bytes_per_block, num_blocks_for_budget
@@ -32,8 +33,14 @@ class Engine:
         self.dtype = config.torch_dtype
         self.source: ModelSource = resolve_model(config.model)
         weights = load_source_weights(self.source, config.seed, self.dtype, self.device)
+        self.kernels, self.gemm = self._kernels()
         self.model = Transformer(
-            self.source.config, weights, self.source.max_context, config.block_size
+            self.source.config,
+            weights,
+            self.source.max_context,
+            config.block_size,
+            native_kernels=self.kernels == "native",
+            packed_gemm=self.gemm == "onednn-packed",
         )
         num_blocks = num_blocks_for_budget(
             self.source.config,
@@ -129,6 +136,24 @@ class Engine:
                     f"sequence {seq.seq_id}: block table {seq.block_table} names a block outside "
                     f"0..{self.info.num_blocks - 1}"
                 )
+
+    def _kernels(self) -> tuple[str, str]:
+        """(non-GEMM ops, GEMMs): `native` or `torch`, and `onednn-packed` or `torch`.
+        An explicit `native` raises where either half is unavailable."""
+        if self.config.kernels == "torch" or self.config.is_cuda:
+            return "torch", "torch"
+        packed = kernels.packed_gemm_available(self.dtype)
+        if self.config.kernels == "native":
+            kernels.load()
+            if not packed:
+                raise kernels.KernelUnavailableError(
+                    f"oneDNN packed linear does not run {self.config.dtype} here"
+                )
+            return "native", "onednn-packed"
+        return (
+            "native" if kernels.available() else "torch",
+            "onednn-packed" if packed else "torch",
+        )
 
     def _start_events(self) -> tuple[torch.cuda.Event, torch.cuda.Event] | None:
         if not self.config.is_cuda:

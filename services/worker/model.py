@@ -1,16 +1,23 @@
 """A Llama-family decoder (Llama, Qwen2, Mistral) that runs one flat batch of tokens against a
 paged KV cache. Linear layers see every token of the step at once; attention runs batched for
-single-token sequences and per sequence for prefill chunks."""
+single-token sequences and per sequence for prefill chunks.
+
+Two sets of non-GEMM ops compute the same thing: `native` (the fused CPU kernels of
+services/worker/kernels: decode attention read in place from the paged cache, rotary + cache
+write, residual add + RMSNorm, SwiGLU) and `torch` (plain ATen ops, any device; decode attention
+copies each sequence's blocks out, then runs batched matmuls)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from services.models.config import ModelConfig
+from services.worker import kernels
 from services.worker.batch import PrefillSegment, StepBatch
 from services.worker.kv_cache import KVCache
 
@@ -35,7 +42,7 @@ class StepTensors:
 
     batch: StepBatch
     kv_cache: KVCache
-    cos: torch.Tensor  # [tokens, 1, head_dim]
+    cos: torch.Tensor  # [tokens, head_dim]
     sin: torch.Tensor
     decode_bias: torch.Tensor | None  # [kv_heads * num_decodes, 1, context]: 0 or -inf
 
@@ -85,15 +92,27 @@ class Transformer:
         weights: dict[str, torch.Tensor],
         max_context: int,
         block_size: int,
+        native_kernels: bool = False,
+        packed_gemm: bool = False,
     ) -> None:
         self.config = config
         self.block_size = block_size
+        self.native = native_kernels
         self.embed = weights["model.embed_tokens.weight"]
         self.lm_head = weights.get("lm_head.weight", self.embed)
         if config.tie_word_embeddings:
             self.lm_head = self.embed
         self.final_norm = weights["model.norm.weight"]
         self.layers = [_layer_weights(weights, i) for i in range(config.num_layers)]
+        # x @ W.T: F.linear, or oneDNN with every weight packed once here (CPU).
+        self.linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+        self.linear = F.linear
+        if packed_gemm:
+            self.linear = kernels.packed_linear
+            self.lm_head = kernels.pack_linear_weight(self.lm_head)  # embed stays plain
+            for layer in self.layers:
+                for name in ("qkv", "o", "gate_up", "down"):
+                    setattr(layer, name, kernels.pack_linear_weight(getattr(layer, name)))
         self.scale = config.head_dim**-0.5
         freqs = (
             torch.arange(max_context, dtype=torch.float32)[:, None] * rope_inv_freq(config)[None]
@@ -109,36 +128,74 @@ class Transformer:
         step = StepTensors(
             batch=batch,
             kv_cache=kv_cache,
-            cos=self.cos.index_select(0, batch.positions).unsqueeze(1),
-            sin=self.sin.index_select(0, batch.positions).unsqueeze(1),
-            decode_bias=self._decode_bias(batch, hidden.dtype),
+            cos=self.cos.index_select(0, batch.positions),
+            sin=self.sin.index_select(0, batch.positions),
+            decode_bias=None if self.native else self._decode_bias(batch, hidden.dtype),
         )
-        eps = self.config.rms_norm_eps
+        # `hidden` is the residual stream, updated in place; each norm follows its residual add.
+        x = self._norm(hidden, self.layers[0].input_norm)
         for index, layer in enumerate(self.layers):
-            x = rms_norm(hidden, layer.input_norm, eps)
-            hidden = hidden + F.linear(
-                self._attention(x, layer, step, index), layer.o, layer.o_bias
-            )
-            x = rms_norm(hidden, layer.post_norm, eps)
-            gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
-            hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
-        last = rms_norm(hidden.index_select(0, batch.sample_rows), self.final_norm, eps)
-        return F.linear(last, self.lm_head).float()
+            attention = self.linear(self._attention(x, layer, step, index), layer.o, layer.o_bias)
+            x = self._add_norm(hidden, attention, layer.post_norm)
+            gate_up = self.linear(x, layer.gate_up, layer.gate_up_bias)
+            mlp = self.linear(self._silu_and_mul(gate_up), layer.down, layer.down_bias)
+            is_last = index + 1 == len(self.layers)
+            next_norm = self.final_norm if is_last else self.layers[index + 1].input_norm
+            x = self._add_norm(hidden, mlp, next_norm)
+        return self.linear(x.index_select(0, batch.sample_rows), self.lm_head, None).float()
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.native:
+            return kernels.rms_norm(x, weight, self.config.rms_norm_eps)
+        return rms_norm(x, weight, self.config.rms_norm_eps)
+
+    def _add_norm(
+        self, hidden: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """hidden += delta (in place), then RMSNorm of the result."""
+        if self.native:
+            return kernels.add_rms_norm_(hidden, delta, weight, self.config.rms_norm_eps)
+        hidden.add_(delta)
+        return rms_norm(hidden, weight, self.config.rms_norm_eps)
+
+    def _silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if self.native:
+            return kernels.silu_and_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
 
     def _attention(
         self, x: torch.Tensor, layer: LayerWeights, step: StepTensors, index: int
     ) -> torch.Tensor:
         num_tokens, head_dim = x.shape[0], self.config.head_dim
-        qkv = F.linear(x, layer.qkv, layer.qkv_bias).view(num_tokens, -1, head_dim)
+        qkv = self.linear(x, layer.qkv, layer.qkv_bias)
         num_heads, num_kv_heads = self.config.num_heads, self.config.num_kv_heads
-        # q and k heads rotate together: one set of kernels instead of two.
-        qk = apply_rope(qkv[:, : num_heads + num_kv_heads], step.cos, step.sin)
-        q, k = qk.split([num_heads, num_kv_heads], dim=1)
-        v = qkv[:, num_heads + num_kv_heads :]
         batch = step.batch
         k_cache, v_cache = step.kv_cache.layer(index)
-        k_cache.index_copy_(1, batch.slot_mapping, k.transpose(0, 1))
-        v_cache.index_copy_(1, batch.slot_mapping, v.transpose(0, 1))
+        if self.native:  # q and k rotated in place, k and v written to the cache: one kernel
+            kernels.rope_and_cache_(
+                qkv,
+                step.cos,
+                step.sin,
+                k_cache,
+                v_cache,
+                batch.slot_mapping,
+                num_heads,
+                num_kv_heads,
+            )
+            qkv = qkv.view(num_tokens, -1, head_dim)
+            q, k = qkv[:, :num_heads], qkv[:, num_heads : num_heads + num_kv_heads]
+            v = qkv[:, num_heads + num_kv_heads :]
+        else:
+            qkv = qkv.view(num_tokens, -1, head_dim)
+            # q and k heads rotate together: one set of kernels instead of two.
+            qk = apply_rope(
+                qkv[:, : num_heads + num_kv_heads], step.cos.unsqueeze(1), step.sin.unsqueeze(1)
+            )
+            q, k = qk.split([num_heads, num_kv_heads], dim=1)
+            v = qkv[:, num_heads + num_kv_heads :]
+            k_cache.index_copy_(1, batch.slot_mapping, k.transpose(0, 1))
+            v_cache.index_copy_(1, batch.slot_mapping, v.transpose(0, 1))
         if not batch.prefills:  # a pure decode step needs no output buffer to assemble
             return self._decode_attention(q, k_cache, v_cache, step).reshape(num_tokens, -1)
         out = torch.empty_like(q)
@@ -160,8 +217,19 @@ class Transformer:
         """Single-token queries against gathered cache blocks, as batched matmuls over
         (kv head, sequence): cheaper than SDPA's kernels for one query row per sequence."""
         batch, decode_bias = step.batch, step.decode_bias
-        assert batch.decode_blocks is not None and decode_bias is not None
+        assert batch.decode_blocks is not None and batch.decode_lens is not None
         num_seqs = batch.num_decodes
+        if self.native:
+            return kernels.paged_decode_attention(
+                q[:num_seqs],
+                k_cache,
+                v_cache,
+                batch.decode_blocks.view(num_seqs, -1),
+                batch.decode_lens,
+                self.block_size,
+                self.scale,
+            )
+        assert decode_bias is not None
         num_kv_heads, _, head_dim = k_cache.shape
         group = self.config.num_heads // num_kv_heads
         block_shape = (num_kv_heads, -1, self.block_size, head_dim)

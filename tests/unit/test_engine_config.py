@@ -29,6 +29,7 @@ def test_cuda_without_cuda_is_an_actionable_error() -> None:
         ({"dtype": "int8"}, "float32, bfloat16, float16"),
         ({"device": "tpu"}, "cpu, cuda or cuda:N"),
         ({"gpu_memory_fraction": 1.5}, r"\(0, 1\]"),
+        ({"kernels": "fast"}, "auto, native, torch"),
     ],
 )
 def test_invalid_choices_are_rejected(kwargs: dict[str, object], message: str) -> None:

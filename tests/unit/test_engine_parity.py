@@ -90,9 +90,13 @@ def expected(reference: Any) -> list[list[int]]:
     return outputs
 
 
-@pytest.fixture(scope="module")
-def engine(checkpoint: Path) -> Engine:
-    return Engine(WorkerConfig(model=str(checkpoint), kv_cache_bytes=4 * 2**20))
+@pytest.fixture(scope="module", params=["native", "torch"])
+def engine(checkpoint: Path, request: pytest.FixtureRequest) -> Engine:
+    # Both op sets: native (the CPU default) and torch (what CUDA runs).
+    config = WorkerConfig(model=str(checkpoint), kv_cache_bytes=4 * 2**20, kernels=request.param)
+    engine = Engine(config)
+    assert engine.kernels == request.param
+    return engine
 
 
 def shuffled_pool(engine: Engine, seed: int = 0) -> BlockPool:
