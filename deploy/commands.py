@@ -83,6 +83,13 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         help="float32 | bfloat16 | float16 (default: float32 on CPU, bfloat16 on CUDA)",
     )
     p.add_argument("--kv-cache-mb", type=int, default=256, help="KV-cache budget on CPU, MiB")
+    p.add_argument(
+        "--kernels",
+        choices=["auto", "native", "torch"],
+        default="auto",
+        help="CPU ops: native (fused C++ kernels built on first use, oneDNN-packed GEMMs), "
+        "torch (plain torch ops) or auto (native where they build)",
+    )
     p.add_argument("--batching", choices=["continuous", "static"], default="continuous")
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
@@ -97,6 +104,7 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         port=getattr(args, "port", port),
         device=args.device,
         dtype=args.dtype,
+        kernels=args.kernels,
         kv_cache_mb=args.kv_cache_mb,
         batching=args.batching,
         max_num_seqs=args.max_num_seqs,

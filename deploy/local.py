@@ -172,4 +172,3 @@ def _with_listen(config_json: str, address: str) -> str:
     data = json.loads(config_json)
     data["listen"] = address
     return json.dumps(data)
-

@@ -23,6 +23,7 @@ class ServeSpec:
     port: int = DEFAULT_PORT
     device: str = "cpu"
     dtype: str | None = None
+    kernels: str = "auto"
     kv_cache_mb: int = 256
     batching: str = "continuous"
     max_num_seqs: int = 64
@@ -50,6 +51,7 @@ class ServeSpec:
             model=self.model,
             device=self.device,
             dtype=self.dtype,
+            kernels=self.kernels,
             kv_cache_bytes=self.kv_cache_mb * 1024 * 1024,
             max_num_batched_tokens=self.max_num_batched_tokens,
         )

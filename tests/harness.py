@@ -35,7 +35,9 @@ class Served:
             return pb_grpc.TokenizerStub(channel).Describe(pb.DescribeRequest(), timeout=10)
 
 
-def generate(address: str, timeout_s: float = 60.0, **fields: object) -> tuple[list[int], str, pb.GenerateResponse]:
+def generate(
+    address: str, timeout_s: float = 60.0, **fields: object
+) -> tuple[list[int], str, pb.GenerateResponse]:
     """Run one Generate; returns (token_ids, text, last message)."""
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.TokenizerStub(channel)
@@ -53,7 +55,18 @@ def generate(address: str, timeout_s: float = 60.0, **fields: object) -> tuple[l
 def serve(placement: str, *args: str, timeout_s: float = 120.0) -> Iterator[Served]:
     """`hopscope serve --no-ray --placement P --port 0 ARGS`; asserts a clean drain at exit."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "serve", "--no-ray", "--placement", placement, "--port", "0", *args],
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "serve",
+            "--no-ray",
+            "--placement",
+            placement,
+            "--port",
+            "0",
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -90,7 +103,11 @@ def wait_until_idle(served: Served, timeout_s: float = 30.0) -> pb.SchedulerStat
     stats = served.describe().scheduler_stats
     while time.monotonic() < deadline:
         stats = served.describe().scheduler_stats
-        if stats.num_running == 0 and stats.num_waiting == 0 and stats.num_free_blocks == stats.num_blocks:
+        if (
+            stats.num_running == 0
+            and stats.num_waiting == 0
+            and stats.num_free_blocks == stats.num_blocks
+        ):
             return stats
         time.sleep(0.1)
     return stats

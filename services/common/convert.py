@@ -98,4 +98,6 @@ def delivery_to_pb(d: Delivery) -> pb.RequestUpdate:
 
 
 def delivery_from_pb(m: pb.RequestUpdate) -> Delivery:
-    return Delivery(m.request_id, list(m.token_ids), m.finish_reason, m.error_status, m.error_message)
+    return Delivery(
+        m.request_id, list(m.token_ids), m.finish_reason, m.error_status, m.error_message
+    )

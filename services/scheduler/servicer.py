@@ -30,7 +30,9 @@ class _Connection:
         for d in deliveries:
             if d.is_finished:
                 self.request_ids.discard(d.request_id)
-        self.outbox.put_nowait(pb.SchedulerOutput(updates=[convert.delivery_to_pb(d) for d in deliveries]))
+        self.outbox.put_nowait(
+            pb.SchedulerOutput(updates=[convert.delivery_to_pb(d) for d in deliveries])
+        )
 
 
 class SchedulerServicer(pb_grpc.SchedulerServicer):
@@ -134,4 +136,3 @@ def describe_scheduler(
             )
         )
     return response
-

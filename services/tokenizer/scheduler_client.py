@@ -247,4 +247,3 @@ class GrpcSchedulerClient(_Router):
             self._outbox = asyncio.Queue()
         self._is_connected = is_connected
         self._on_health(self.is_ready)
-

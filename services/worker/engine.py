@@ -5,6 +5,7 @@ No gRPC here; the servicer calls `Engine.step` from a worker thread, one step at
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -18,6 +19,8 @@ from services.worker.config import WorkerConfig
 from services.worker.kv_cache import KVCache, bytes_per_block, num_blocks_for_budget
 from services.worker.model import Transformer
 from services.worker.sampling import SamplingTensors, sample
+
+log = logging.getLogger(__name__)
 
 
 class StepError(ValueError):
@@ -62,6 +65,17 @@ class Engine:
             num_blocks=num_blocks,
             block_size=config.block_size,
             eos_token_ids=self.source.eos_token_ids,
+        )
+        log.info(
+            "engine ready: %s (%s) on %s %s, kernels=%s, gemm=%s, %d KV blocks of %d tokens",
+            self.info.name,
+            self.info.architecture,
+            self.info.device,
+            self.info.dtype,
+            self.kernels,
+            self.gemm,
+            num_blocks,
+            config.block_size,
         )
 
     def step(self, seqs: list[SeqStep]) -> StepOutput:

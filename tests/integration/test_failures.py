@@ -26,8 +26,15 @@ async def _cancel_at_random(address: str, num_streams: int, seed: int) -> tuple[
         stub = pb_grpc.TokenizerStub(channel)
 
         async def one(i: int) -> bool:
-            call = stub.Generate(pb.GenerateRequest(prompt_token_ids=[0, 10 + i % 50, 20], max_tokens=rng.randint(1, 40),
-                                                    ignore_eos=True, temperature=0.7, seed=i))
+            call = stub.Generate(
+                pb.GenerateRequest(
+                    prompt_token_ids=[0, 10 + i % 50, 20],
+                    max_tokens=rng.randint(1, 40),
+                    ignore_eos=True,
+                    temperature=0.7,
+                    seed=i,
+                )
+            )
             cancel_after = rng.randint(0, 6)
             n = 0
             try:
@@ -39,7 +46,10 @@ async def _cancel_at_random(address: str, num_streams: int, seed: int) -> tuple[
             except asyncio.CancelledError:
                 return False
             except grpc.aio.AioRpcError as exc:
-                assert exc.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED), exc
+                assert exc.code() in (
+                    grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                ), exc
                 return False
             return True
 
@@ -48,7 +58,9 @@ async def _cancel_at_random(address: str, num_streams: int, seed: int) -> tuple[
 
 
 @pytest.mark.parametrize("placement", ["inproc", "colocated"])
-def test_hundreds_of_cancelled_streams_leave_no_sequence_and_every_block_free(placement: str) -> None:
+def test_hundreds_of_cancelled_streams_leave_no_sequence_and_every_block_free(
+    placement: str,
+) -> None:
     with serve(placement, "--max-queue-len", "512") as served:
         _completed, cancelled = asyncio.run(_cancel_at_random(served.address, 300, seed=1))
         assert cancelled > 100
@@ -65,7 +77,9 @@ async def _flood(address: str, num: int) -> list[grpc.StatusCode]:
 
         async def one() -> grpc.StatusCode:
             try:
-                async for _ in stub.Generate(pb.GenerateRequest(prompt="x", max_tokens=30, ignore_eos=True)):
+                async for _ in stub.Generate(
+                    pb.GenerateRequest(prompt="x", max_tokens=30, ignore_eos=True)
+                ):
                     pass
             except grpc.aio.AioRpcError as exc:
                 return exc.code()
@@ -89,7 +103,11 @@ def _health(address: str) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(address) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        return (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(), timeout=5)
+            .status
+        )
 
 
 def test_dead_worker_turns_requests_unavailable_and_serving_resumes_after_restart() -> None:
@@ -117,15 +135,23 @@ def test_dead_worker_turns_requests_unavailable_and_serving_resumes_after_restar
         # the supervisor restarts the worker; the request either failed UNAVAILABLE or was recomputed
         assert results[0] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK)
         deadline = time.monotonic() + 60
-        while _health(served.address) != health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
+        while (
+            _health(served.address) != health_pb2.HealthCheckResponse.SERVING
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         ids, _, _ = generate(served.address, prompt="back again", max_tokens=3, ignore_eos=True)
         assert len(ids) == 3
 
 
 def _run_serve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "deploy.cli", "serve", "--no-ray", *args],
-                          check=False, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "serve", "--no-ray", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_port_taken_is_a_clear_error_and_no_child_is_left() -> None:
@@ -140,7 +166,9 @@ def test_port_taken_is_a_clear_error_and_no_child_is_left() -> None:
 
 
 def test_missing_model_is_a_clear_error() -> None:
-    result = _run_serve("--placement", "colocated", "--port", "0", "--model", "meta-llama/Llama-3.2-1B")
+    result = _run_serve(
+        "--placement", "colocated", "--port", "0", "--model", "meta-llama/Llama-3.2-1B"
+    )
     assert result.returncode != 0
     assert "meta-llama/Llama-3.2-1B" in result.stderr and "download" in result.stderr, result.stderr
 

@@ -17,22 +17,46 @@ NEW_TOKENS = 16
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "deploy.cli", *args], check=False, capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 @pytest.mark.parametrize("kind", CHECKPOINT_KINDS)
 def test_generate_json_matches_transformers_greedy(kind: str, tmp_path: Path) -> None:
     checkpoint = write_tiny_checkpoint(tmp_path / kind, kind)
-    result = _cli("generate", "The capital of France is", "--model", str(checkpoint), "--temperature", "0",
-                  "--ignore-eos", "--max-tokens", str(NEW_TOKENS), "--json")
+    result = _cli(
+        "generate",
+        "The capital of France is",
+        "--model",
+        str(checkpoint),
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--max-tokens",
+        str(NEW_TOKENS),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert set(out) >= {"text", "token_ids", "prompt_token_ids", "finish_reason", "usage"}
-    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        checkpoint, dtype=torch.float32
+    ).eval()
     ids = torch.tensor([out["prompt_token_ids"]])
-    expected = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                              max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=0)
-    assert out["token_ids"] == expected[0, ids.shape[1]:].tolist()
+    expected = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,
+        pad_token_id=0,
+    )
+    assert out["token_ids"] == expected[0, ids.shape[1] :].tolist()
     assert out["finish_reason"] == "length"
     assert out["usage"] == {"prompt_tokens": ids.shape[1], "completion_tokens": NEW_TOKENS}
 

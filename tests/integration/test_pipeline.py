@@ -25,13 +25,21 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def expected(checkpoint: Path) -> list[list[int]]:
-    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        checkpoint, dtype=torch.float32
+    ).eval()
     outputs = []
     for prompt, n in zip(PROMPTS, NEW_TOKENS):
         ids = torch.tensor([prompt])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
-        outputs.append(out[0, len(prompt):].tolist())
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            pad_token_id=0,
+        )
+        outputs.append(out[0, len(prompt) :].tolist())
     return outputs
 
 
@@ -48,9 +56,14 @@ def _greedy(address: str, prompt: list[int], n: int) -> list[int]:
     return ids
 
 
-def test_concurrent_greedy_requests_give_transformers_tokens(colocated: Served, expected: list[list[int]]) -> None:
+def test_concurrent_greedy_requests_give_transformers_tokens(
+    colocated: Served, expected: list[list[int]]
+) -> None:
     with ThreadPoolExecutor(len(PROMPTS) * 2) as pool:
-        futures = [pool.submit(_greedy, colocated.address, p, n) for p, n in zip(PROMPTS * 2, NEW_TOKENS * 2)]
+        futures = [
+            pool.submit(_greedy, colocated.address, p, n)
+            for p, n in zip(PROMPTS * 2, NEW_TOKENS * 2)
+        ]
         results = [f.result() for f in futures]
     assert results == expected * 2
 
@@ -70,7 +83,9 @@ def test_concurrent_greedy_requests_give_transformers_tokens(colocated: Served, 
         {"prompt": "hello", "max_tokens": 4, "stop": [""]},
     ],
 )
-def test_bad_input_is_invalid_argument_and_next_request_succeeds(colocated: Served, fields: dict) -> None:
+def test_bad_input_is_invalid_argument_and_next_request_succeeds(
+    colocated: Served, fields: dict
+) -> None:
     with pytest.raises(grpc.RpcError) as info:
         generate(colocated.address, **fields)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -103,14 +118,23 @@ def test_stop_string_ends_the_stream(colocated: Served) -> None:
     _, text, _ = generate(colocated.address, prompt="hello", max_tokens=30, ignore_eos=True)
     assert len(text) > 4
     stop = text[3:5]
-    _, stopped, last = generate(colocated.address, prompt="hello", max_tokens=30, ignore_eos=True, stop=[stop])
+    _, stopped, last = generate(
+        colocated.address, prompt="hello", max_tokens=30, ignore_eos=True, stop=[stop]
+    )
     assert last.finish_reason == "stop"
     assert stopped == text[: text.index(stop)]
 
 
 def test_same_seed_same_tokens_in_every_placement(checkpoint: Path) -> None:
-    request = {"prompt": "The quick brown fox", "max_tokens": 16, "temperature": 0.9, "seed": 1234,
-               "top_k": 50, "top_p": 0.95, "ignore_eos": True}
+    request = {
+        "prompt": "The quick brown fox",
+        "max_tokens": 16,
+        "temperature": 0.9,
+        "seed": 1234,
+        "top_k": 50,
+        "top_p": 0.95,
+        "ignore_eos": True,
+    }
     results = {}
     for placement in ("inproc", "colocated", "colocated-tcp"):
         with serve(placement, "--model", str(checkpoint)) as served:

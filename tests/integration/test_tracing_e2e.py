@@ -21,10 +21,12 @@ from tracing.readers import read_file
 def traced_env(tmp_path: Path):  # type: ignore[no-untyped-def]
     collector = OtlpCollector(tmp_path / "spans.jsonl", listen="127.0.0.1:0").start()
     saved = dict(os.environ)
-    os.environ.update({
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    })
+    os.environ.update(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+    )
     try:
         yield collector
     finally:
@@ -33,17 +35,23 @@ def traced_env(tmp_path: Path):  # type: ignore[no-untyped-def]
         collector.stop()
 
 
-def _generate_with_traceparent(address: str, trace_id: str, parent_id: str, request_id: str) -> None:
+def _generate_with_traceparent(
+    address: str, trace_id: str, parent_id: str, request_id: str
+) -> None:
     metadata = (("traceparent", f"00-{trace_id}-{parent_id}-01"),)
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.TokenizerStub(channel)
-        request = pb.GenerateRequest(prompt="hello there", max_tokens=6, ignore_eos=True, request_id=request_id)
+        request = pb.GenerateRequest(
+            prompt="hello there", max_tokens=6, ignore_eos=True, request_id=request_id
+        )
         responses = list(stub.Generate(request, metadata=metadata, timeout=60))
     assert responses[-1].finish_reason == "length"
 
 
 @pytest.mark.parametrize("placement", ["colocated", "inproc"])
-def test_callers_trace_continues_through_all_three_services(traced_env: OtlpCollector, placement: str) -> None:
+def test_callers_trace_continues_through_all_three_services(
+    traced_env: OtlpCollector, placement: str
+) -> None:
     trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
     with serve(placement) as served:
         _generate_with_traceparent(served.address, trace_id, parent_id, "req-traced")
@@ -51,7 +59,10 @@ def test_callers_trace_continues_through_all_three_services(traced_env: OtlpColl
     spans = read_file(traced_env.out_path)
     in_trace = [s for s in spans if s.trace_id == trace_id]
     services = {s.service_name for s in in_trace}
-    assert services == {"hopscope-tokenizer", "hopscope-scheduler", "hopscope-worker"} or placement == "inproc"
+    assert (
+        services == {"hopscope-tokenizer", "hopscope-scheduler", "hopscope-worker"}
+        or placement == "inproc"
+    )
     names = {(s.name.lstrip("/"), s.kind) for s in in_trace}
     for pair in [
         ("hopscope.v1.Tokenizer/Generate", "SERVER"),
@@ -61,9 +72,13 @@ def test_callers_trace_continues_through_all_three_services(traced_env: OtlpColl
         ("hopscope.v1.Worker/Step", "SERVER"),
     ]:
         assert pair in names, (pair, names)
-    generate_server = next(s for s in in_trace if s.name.lstrip("/") == "hopscope.v1.Tokenizer/Generate")
+    generate_server = next(
+        s for s in in_trace if s.name.lstrip("/") == "hopscope.v1.Tokenizer/Generate"
+    )
     assert generate_server.parent_span_id == parent_id  # the caller's span is the parent
-    steps = [s for s in spans if s.name.lstrip("/") == "hopscope.v1.Worker/Step" and s.kind == "CLIENT"]
+    steps = [
+        s for s in spans if s.name.lstrip("/") == "hopscope.v1.Worker/Step" and s.kind == "CLIENT"
+    ]
     assert all(isinstance(s.attributes.get("hopscope.num_prefill_links"), int) for s in steps)
     assert any(s.attributes["hopscope.num_prefill_links"] == 1 for s in steps)  # the prefill step
     breakdowns = [b for b in decompose(spans) if b.trace_id == trace_id]

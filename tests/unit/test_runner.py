@@ -32,12 +32,16 @@ def _runner(client: FakeWorkerClient, reconnect_timeout_s: float = 5.0) -> Sched
     def core(info: ModelInfo) -> Scheduler:
         return Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=256), info)
 
-    settings = RunnerSettings(step_timeout_s=5, connect_timeout_s=5, worker_reconnect_timeout_s=reconnect_timeout_s)
+    settings = RunnerSettings(
+        step_timeout_s=5, connect_timeout_s=5, worker_reconnect_timeout_s=reconnect_timeout_s
+    )
     return SchedulerRunner(core, client, settings)
 
 
 def _request(i: int, max_tokens: int = 6) -> Request:
-    return Request(f"r{i}", make_prompt(i, 5), max_tokens, ignore_eos=True, arrival_s=time.monotonic())
+    return Request(
+        f"r{i}", make_prompt(i, 5), max_tokens, ignore_eos=True, arrival_s=time.monotonic()
+    )
 
 
 async def _run(runner: SchedulerRunner, sink: Sink, num: int, timeout_s: float = 10.0) -> None:
@@ -55,7 +59,9 @@ async def _run(runner: SchedulerRunner, sink: Sink, num: int, timeout_s: float =
 def test_each_step_delivers_one_batch_per_sink_and_every_request_finishes() -> None:
     sink, client = Sink(), FakeWorkerClient(FakeWorker())
     asyncio.run(_run(_runner(client), sink, 4))
-    assert {rid: d.finish_reason for rid, d in sink.finished.items()} == {f"r{i}": "length" for i in range(4)}
+    assert {rid: d.finish_reason for rid, d in sink.finished.items()} == {
+        f"r{i}": "length" for i in range(4)
+    }
     for i in range(4):
         assert sink.tokens[f"r{i}"] == reference_output(make_prompt(i, 5), 6)
     # four concurrent requests share steps: far fewer deliveries than tokens
@@ -103,4 +109,7 @@ def test_a_failing_step_fails_its_requests_and_the_loop_goes_on() -> None:
     assert sink.finished["r0"].error_status == "INTERNAL"
     assert "out of memory" in sink.finished["r0"].error_message
     assert sink.finished["r1"].finish_reason == "length" and not sink.finished["r1"].error_status
-    assert runner.core is not None and runner.core.num_free_blocks == runner.core.block_manager.num_blocks
+    assert (
+        runner.core is not None
+        and runner.core.num_free_blocks == runner.core.block_manager.num_blocks
+    )

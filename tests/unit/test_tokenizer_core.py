@@ -41,7 +41,9 @@ def core() -> TokenizerCore:
         (GenerateParams(prompt_token_ids=[-1]), "outside the vocabulary"),
     ],
 )
-def test_bad_input_names_the_field(core: TokenizerCore, params: GenerateParams, needle: str) -> None:
+def test_bad_input_names_the_field(
+    core: TokenizerCore, params: GenerateParams, needle: str
+) -> None:
     with pytest.raises(InvalidArgumentError, match=needle):
         core.prepare(params, "r1")
 
