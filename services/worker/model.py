@@ -109,7 +109,8 @@ class Transformer:
         self.linear = F.linear
         if packed_gemm:
             self.linear = kernels.packed_linear
-            self.lm_head = kernels.pack_linear_weight(self.lm_head)  # embed stays plain
+            # A packed copy; the embedding lookup keeps the plain one (tied: two copies).
+            self.lm_head = kernels.pack_linear_weight(self.lm_head)
             for layer in self.layers:
                 for name in ("qkv", "o", "gate_up", "down"):
                     setattr(layer, name, kernels.pack_linear_weight(getattr(layer, name)))

@@ -37,6 +37,7 @@ def load() -> None:
     global _loaded, _error
     with _lock:
         if _loaded is None:
+            _LOG.info("loading the native CPU kernels (compiled on first use here, ~15 s)")
             try:
                 from torch.utils import cpp_extension
 
