@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,3 +164,18 @@ def test_native_and_torch_engines_sample_the_same_seeded_tokens() -> None:
 def test_torch_kernels_are_used_where_asked() -> None:
     engine = Engine(WorkerConfig(kernels="torch", kv_cache_bytes=16 * 2**20))
     assert (engine.kernels, engine.gemm) == ("torch", "torch")
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed_and_a_live_one_kept(
+    tmp_path: Path,
+) -> None:
+    # torch waits on an existing lock file forever: a worker killed mid-build would otherwise
+    # hang every later worker's start on this machine.
+    lock = tmp_path / "lock"
+    lock.touch()
+    kernels._remove_stale_build_lock(tmp_path)
+    assert lock.exists()  # another process may be building right now
+    old = time.time() - kernels.STALE_BUILD_LOCK_S - 1
+    os.utime(lock, (old, old))
+    kernels._remove_stale_build_lock(tmp_path)
+    assert not lock.exists()

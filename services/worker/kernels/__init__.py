@@ -15,6 +15,7 @@ import logging
 import platform
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -22,6 +23,9 @@ import torch
 _LOG = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().with_name("cpu_kernels.cpp")
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
+# A build takes ~15 s; a lock file this old was left by a process killed mid-build, and torch
+# would wait on it forever.
+STALE_BUILD_LOCK_S = 600.0
 _lock = threading.Lock()
 _loaded: bool | None = None
 _error: str | None = None
@@ -41,8 +45,10 @@ def load() -> None:
             try:
                 from torch.utils import cpp_extension
 
+                name = f"hopscope_cpu_kernels_{_cpu_tag()}"
+                _remove_stale_build_lock(Path(cpp_extension._get_build_directory(name, False)))
                 cpp_extension.load(
-                    name=f"hopscope_cpu_kernels_{_cpu_tag()}",
+                    name=name,
                     sources=[str(SOURCE)],
                     extra_cflags=_CFLAGS,
                     extra_ldflags=["-fopenmp"],
@@ -55,6 +61,17 @@ def load() -> None:
                 _LOG.warning("native CPU kernels unavailable, using torch ops: %s", _error)
         if not _loaded:
             raise KernelUnavailableError(f"the native CPU kernels could not be built: {_error}")
+
+
+def _remove_stale_build_lock(build_dir: Path) -> None:
+    lock = build_dir / "lock"
+    try:
+        age_s = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age_s > STALE_BUILD_LOCK_S:
+        _LOG.warning("removing a stale kernel build lock (%.0f s old): %s", age_s, lock)
+        lock.unlink(missing_ok=True)
 
 
 def _cpu_tag() -> str:
