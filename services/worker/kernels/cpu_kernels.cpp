@@ -50,18 +50,6 @@ int64_t row_grain(int64_t row_elements) {
 // ---------------------------------------------------------------------------------------------
 // Decode attention over the paged cache.
 
-// Blocks are scattered, so the hardware prefetcher (which stops at page boundaries) cannot
-// follow a sequence from one block to the next: ask for the next block while reading this one.
-template <typename scalar_t>
-inline void prefetch_block(const scalar_t* rows, int64_t num_rows, int64_t row_stride, int64_t D) {
-  constexpr int64_t kLine = 64 / sizeof(scalar_t);
-  for (int64_t r = 0; r < num_rows; ++r) {
-    for (int64_t d = 0; d < D; d += kLine) {
-      __builtin_prefetch(rows + r * row_stride + d);
-    }
-  }
-}
-
 // kHeadDim > 0 fixes the head size at compile time (unrolled, vectorised inner loops);
 // 0 reads it at run time.
 template <typename scalar_t, int kHeadDim>
@@ -104,11 +92,8 @@ void decode_attention(
       // group's queries.
       for (int64_t start = 0; start < len; start += block_size) {
         const int64_t n = std::min(block_size, len - start);
-        const scalar_t* block_keys = k_head + table[start / block_size] * block_size * cache_slot_stride;
-        if (start + block_size < len) {
-          prefetch_block(k_head + table[start / block_size + 1] * block_size * cache_slot_stride,
-                         std::min(block_size, len - start - block_size), cache_slot_stride, D);
-        }
+        const int64_t first_row = table[start / block_size] * block_size * cache_slot_stride;
+        const scalar_t* block_keys = k_head + first_row;
         for (int64_t i = 0; i < n; ++i) {
           const scalar_t* key = block_keys + i * cache_slot_stride;
           for (int64_t g = 0; g < group; ++g) {
@@ -142,15 +127,10 @@ void decode_attention(
       }
       // Weighted sum of the value rows: again one pass over the cache.
       std::fill(acc.begin(), acc.end(), 0.f);
-      prefetch_block(v_head + table[0] * block_size * cache_slot_stride,
-                     std::min(block_size, len), cache_slot_stride, D);
       for (int64_t start = 0; start < len; start += block_size) {
         const int64_t n = std::min(block_size, len - start);
-        const scalar_t* block_values = v_head + table[start / block_size] * block_size * cache_slot_stride;
-        if (start + block_size < len) {
-          prefetch_block(v_head + table[start / block_size + 1] * block_size * cache_slot_stride,
-                         std::min(block_size, len - start - block_size), cache_slot_stride, D);
-        }
+        const int64_t first_row = table[start / block_size] * block_size * cache_slot_stride;
+        const scalar_t* block_values = v_head + first_row;
         for (int64_t i = 0; i < n; ++i) {
           const scalar_t* value = block_values + i * cache_slot_stride;
           for (int64_t g = 0; g < group; ++g) {
