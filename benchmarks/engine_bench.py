@@ -104,6 +104,9 @@ def setup(args: argparse.Namespace, engine: Engine) -> dict[str, Any]:
         "machine": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name(engine.device) if engine.config.is_cuda else None,
         "load_average_1m": round(os.getloadavg()[0], 2),
+        # *_cpu_ms_* and cpu_time_ratio: the calling thread's CPU time only (with 1 thread, a
+        # contention-robust figure; with more, intra-op threads are not counted).
+        "cpu_time_scope": "calling thread",
     }
 
 
