@@ -57,10 +57,21 @@ def load() -> None:
                 _loaded = True
             # No compiler, ninja or headers: all mean "not here".
             except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as exc:
-                _loaded, _error = False, f"{type(exc).__name__}: {exc}".strip()[:2000]
-                _LOG.warning("native CPU kernels unavailable, using torch ops: %s", _error)
+                _loaded, _error = False, _summary(exc)
+                _LOG.warning(
+                    "native CPU kernels unavailable, using the slower torch ops instead "
+                    "(--kernels torch chooses them without trying): %s",
+                    _error,
+                )
         if not _loaded:
             raise KernelUnavailableError(f"the native CPU kernels could not be built: {_error}")
+
+
+def _summary(exc: BaseException) -> str:
+    """The exception's last lines: a failed build's message holds the whole compiler log, and
+    its cause (compiler not found, a missing header) is at the end."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: " + " | ".join(lines[-2:])[:1000]
 
 
 def _remove_stale_build_lock(build_dir: Path) -> None:
