@@ -32,7 +32,6 @@ class StepBatch:
     slot_mapping: torch.Tensor  # [T]: where each new token's K/V is written
     num_decodes: int  # rows [0, num_decodes) are single-token sequences
     decode_blocks: torch.Tensor | None  # [num_decodes * max_blocks] KV blocks to attend to
-    decode_mask: torch.Tensor | None  # [num_decodes, max_blocks * block_size]: valid keys
     decode_lens: torch.Tensor | None  # [num_decodes]: context length after this step
     prefills: list[PrefillSegment]
     sample_rows: torch.Tensor  # rows whose logits are sampled
@@ -82,39 +81,19 @@ def build_batch(seqs: list[SeqStep], block_size: int, device: torch.device) -> S
             len(prefill_tables),
         ]
     )
-    decode_blocks, decode_mask = _decode_attention(
-        parts[4], parts[5], decodes, max_blocks, block_size
-    )
     sampled = [s for s in ordered if s.sampling is not None]
     return StepBatch(
         token_ids=parts[0],
         positions=parts[1],
         slot_mapping=parts[2],
         num_decodes=len(decodes),
-        decode_blocks=decode_blocks,
-        decode_mask=decode_mask,
+        decode_blocks=parts[4] if decodes else None,
         decode_lens=parts[5] if decodes else None,
         prefills=_prefill_segments(prefills, len(decodes), parts[6], block_size),
         sample_rows=parts[3],
         sample_seq_ids=[s.seq_id for s in sampled],
         sampling=[s.sampling for s in sampled if s.sampling is not None],
     )
-
-
-def _decode_attention(
-    tables: torch.Tensor,
-    lens: torch.Tensor,
-    decodes: list[SeqStep],
-    max_blocks: int,
-    block_size: int,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    if not decodes:
-        return None, None
-    # Whole blocks are gathered (a few large copies rather than one per token); positions past
-    # a sequence's length are masked out.
-    pos = torch.arange(max_blocks * block_size, device=tables.device)
-    mask = pos[None, :] < lens[:, None]
-    return tables, mask
 
 
 def _prefill_segments(

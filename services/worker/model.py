@@ -184,17 +184,16 @@ class Transformer:
                 num_heads,
                 num_kv_heads,
             )
-            qkv = qkv.view(num_tokens, -1, head_dim)
+        qkv = qkv.view(num_tokens, -1, head_dim)
+        v = qkv[:, num_heads + num_kv_heads :]
+        if self.native:
             q, k = qkv[:, :num_heads], qkv[:, num_heads : num_heads + num_kv_heads]
-            v = qkv[:, num_heads + num_kv_heads :]
         else:
-            qkv = qkv.view(num_tokens, -1, head_dim)
             # q and k heads rotate together: one set of kernels instead of two.
             qk = apply_rope(
                 qkv[:, : num_heads + num_kv_heads], step.cos.unsqueeze(1), step.sin.unsqueeze(1)
             )
             q, k = qk.split([num_heads, num_kv_heads], dim=1)
-            v = qkv[:, num_heads + num_kv_heads :]
             k_cache.index_copy_(1, batch.slot_mapping, k.transpose(0, 1))
             v_cache.index_copy_(1, batch.slot_mapping, v.transpose(0, 1))
         if not batch.prefills:  # a pure decode step needs no output buffer to assemble
@@ -215,8 +214,9 @@ class Transformer:
         v_cache: torch.Tensor,
         step: StepTensors,
     ) -> torch.Tensor:
-        """Single-token queries against gathered cache blocks, as batched matmuls over
-        (kv head, sequence): cheaper than SDPA's kernels for one query row per sequence."""
+        """Single-token queries against their cached context. Native: read in place through the
+        block tables. Torch: blocks gathered, then batched matmuls over (kv head, sequence),
+        cheaper than SDPA's kernels for one query row per sequence."""
         batch, decode_bias = step.batch, step.decode_bias
         assert batch.decode_blocks is not None and batch.decode_lens is not None
         num_seqs = batch.num_decodes
@@ -247,13 +247,18 @@ class Transformer:
         return out.transpose(0, 1).reshape(num_seqs, -1, head_dim)
 
     def _decode_bias(self, batch: StepBatch, dtype: torch.dtype) -> torch.Tensor | None:
-        """Additive mask (0 or -inf) per (kv head, sequence) row, built once per step."""
-        if batch.decode_mask is None:
+        """Additive mask (0 or -inf) per (kv head, sequence) row, built once per step: whole
+        blocks are gathered (a few large copies rather than one per token), so keys past a
+        sequence's length are masked out."""
+        if batch.decode_blocks is None or batch.decode_lens is None:
             return None
+        num_seqs, lens = batch.num_decodes, batch.decode_lens
+        num_keys = batch.decode_blocks.numel() // num_seqs * self.block_size
+        is_past = torch.arange(num_keys, device=lens.device)[None, :] >= lens[:, None]
+        bias = torch.zeros(is_past.shape, dtype=dtype, device=lens.device)
+        bias.masked_fill_(is_past, float("-inf"))
         num_kv_heads = self.config.num_kv_heads
-        bias = torch.zeros(batch.decode_mask.shape, dtype=dtype, device=batch.decode_mask.device)
-        bias.masked_fill_(~batch.decode_mask, float("-inf"))
-        return bias.expand(num_kv_heads, -1, -1).reshape(num_kv_heads * bias.shape[0], 1, -1)
+        return bias.expand(num_kv_heads, -1, -1).reshape(num_kv_heads * num_seqs, 1, -1)
 
     def _prefill_attention(
         self,
