@@ -36,9 +36,9 @@ from typing import Any
 
 import grpc
 
-from benchmarks.hop_echo import STREAM_METHOD, UNARY_METHOD, echo_step, make_step_request
 from benchmarks.hop_notes import PREDICTION, build_notes
 from deploy.relay import link_mechanism, netem_available
+from diagnose.hop_echo import UNARY_METHOD, bidi_round_trip, echo_step, make_step_request
 from protos import hopscope_pb2 as pb
 from services.common.channels import create_channel
 
@@ -81,9 +81,9 @@ class HopCostConfig:
 
 @contextmanager
 def _child(args: list[str]) -> Iterator[dict[str, str]]:
-    """Start `python -m benchmarks.hop_echo ARGS`; yield the addresses it prints; stop it."""
+    """Start `python -m diagnose.hop_echo ARGS`; yield the addresses it prints; stop it."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.hop_echo", *args],
+        [sys.executable, "-m", "diagnose.hop_echo", *args],
         cwd=REPO_ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -93,7 +93,7 @@ def _child(args: list[str]) -> Iterator[dict[str, str]]:
         assert process.stdout is not None
         line = process.stdout.readline()
         if not line:
-            raise RuntimeError(f"benchmarks.hop_echo {args[0]} exited before listening")
+            raise RuntimeError(f"diagnose.hop_echo {args[0]} exited before listening")
         yield json.loads(line)
     finally:
         assert process.stdin is not None
@@ -165,23 +165,6 @@ def _unary(channel: grpc.aio.Channel) -> RoundTrip:
     return round_trip
 
 
-def _bidi(channel: grpc.aio.Channel) -> RoundTrip:
-    open_stream = channel.stream_stream(
-        STREAM_METHOD,
-        request_serializer=pb.StepRequest.SerializeToString,
-        response_deserializer=pb.StepResponse.FromString,
-    )
-    stream: list[Any] = []
-
-    async def round_trip(request: pb.StepRequest) -> Any:
-        if not stream:
-            stream.append(open_stream())  # one long-lived stream, like scheduler -> worker
-        await stream[0].write(request)
-        return await stream[0].read()
-
-    return round_trip
-
-
 def _ray_round_trip(actor: Any) -> RoundTrip:
     import ray
 
@@ -205,7 +188,7 @@ def _variants(
         variants.append(Variant(f"direct/{payload}", "inproc", "call", payload, _direct))
         for transport, address, delay_ms in edges:
             link = "" if delay_ms is None else f"+relay{delay_ms:g}ms"
-            for mode, make in (("unary", _unary), ("bidi", _bidi)):
+            for mode, make in (("unary", _unary), ("bidi", bidi_round_trip)):
                 channel = create_channel(address)  # one connection per variant
                 channels.append(channel)
                 name = f"{transport}{link}/{mode}/{payload}"

@@ -1,12 +1,13 @@
-"""The far end of one hop for benchmarks/hop_cost.py: a worker-shaped echo, and the child
-processes that host it (a gRPC server) and the emulated links in front of it (relays).
+"""The far end of one hop: a worker-shaped echo, and the child processes that host it (a gRPC
+server) and the emulated links in front of it (relays). `hopscope diagnose --calibrate` measures
+each transport's idle round trip with it, and benchmarks/hop_cost.py every transport side by side.
 
 The echo answers a StepRequest with the StepResponse a worker would send (one sampled token per
 sequence), without a model, so the hop's own cost is all that is measured. Child processes print
 one JSON line with their addresses, then serve until stdin closes or SIGTERM.
 
-    python -m benchmarks.hop_echo serve --uds /tmp/x.sock --host 127.0.0.1
-    python -m benchmarks.hop_echo relay --target 127.0.0.1:PORT --delays-ms 0.25,1
+    python -m diagnose.hop_echo serve --uds /tmp/x.sock --host 127.0.0.1
+    python -m diagnose.hop_echo relay --target 127.0.0.1:PORT --delays-ms 0.25,1
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -84,6 +86,27 @@ def register_echo(server: grpc.aio.Server) -> list[str]:
     return [ECHO_SERVICE]
 
 
+RoundTrip = Callable[[pb.StepRequest], Awaitable[Any]]
+
+
+def bidi_round_trip(channel: grpc.aio.Channel) -> RoundTrip:
+    """One message each way on one long-lived bidi stream, as the scheduler talks to a worker."""
+    open_stream = channel.stream_stream(
+        STREAM_METHOD,
+        request_serializer=pb.StepRequest.SerializeToString,
+        response_deserializer=pb.StepResponse.FromString,
+    )
+    stream: list[Any] = []
+
+    async def round_trip(request: pb.StepRequest) -> Any:
+        if not stream:
+            stream.append(open_stream())
+        await stream[0].write(request)
+        return await stream[0].read()
+
+    return round_trip
+
+
 async def _until_stopped() -> None:
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -123,7 +146,7 @@ async def _relay(listen_host: str, target: str, delays_ms: list[float]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.hop_echo")
+    parser = argparse.ArgumentParser(prog="python -m diagnose.hop_echo")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="echo server on a Unix socket and on TCP")
     serve.add_argument("--uds", required=True, help="Unix socket path")

@@ -1,0 +1,202 @@
+"""The wire cost of each transport on this machine: a grpc.aio bidi-stream echo of a worker-shaped
+step between two processes, over a Unix socket, TCP loopback, and TCP through the emulated-link
+relay with no delay (the relay's own copying). Measured once per machine and stored under
+`~/.hopscope/calibration.json`; `hopscope diagnose --calibrate` measures again.
+
+The *idle* round trip is what the wire costs when nobody else wants the CPU. On a shared machine
+the samples also hold time spent waiting for a core, so the stored figure is a low quantile
+(`IDLE_QUANTILE`) of many round trips, alternating transports in rounds so drift hits all alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diagnose.hop_echo import bidi_round_trip, make_step_request
+
+CALIBRATION_VERSION = 1
+IDLE_QUANTILE = 0.25
+BATCH_SIZES = (1, 32)  # step shapes measured; others are interpolated
+TRANSPORTS = ("uds", "tcp", "relay")
+CHILD_START_TIMEOUT_S = 30.0
+
+
+def calibration_path() -> Path:
+    return Path(os.environ.get("HOPSCOPE_HOME", Path.home() / ".hopscope")) / "calibration.json"
+
+
+@dataclass(slots=True, frozen=True)
+class Calibration:
+    """Idle bidi round trips in µs: transport -> batch size -> µs."""
+
+    round_trip_us: dict[str, dict[int, float]]
+    host: str
+    measured_at: str
+
+    def wire_ms(self, transport: str, batch_size: float) -> float:
+        """The idle round trip of one step message over `transport` ("inproc": a direct call)."""
+        by_size = self.round_trip_us.get(transport)
+        if transport == "inproc" or not by_size:
+            return 0.0
+        sizes = sorted(by_size)
+        low, high = sizes[0], sizes[-1]
+        if high == low:
+            return by_size[low] / 1e3
+        weight = min(1.0, max(0.0, (batch_size - low) / (high - low)))
+        return (by_size[low] + weight * (by_size[high] - by_size[low])) / 1e3
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "measured_at": self.measured_at,
+            "idle_quantile": IDLE_QUANTILE,
+            "round_trip_us": {
+                t: {str(size): us for size, us in by_size.items()}
+                for t, by_size in self.round_trip_us.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Calibration:
+        round_trip_us = {
+            t: {int(size): float(us) for size, us in by_size.items()}
+            for t, by_size in data["round_trip_us"].items()
+        }
+        return cls(round_trip_us, str(data.get("host", "")), str(data.get("measured_at", "")))
+
+
+def load_calibration(path: Path | None = None) -> Calibration | None:
+    """This machine's stored calibration, or None when it was never measured here."""
+    path = path or calibration_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        entry = data["machines"][socket.gethostname()]
+        if data.get("version") != CALIBRATION_VERSION:
+            return None
+        return Calibration.from_json(entry)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def store_calibration(calibration: Calibration, path: Path | None = None) -> Path:
+    path = path or calibration_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        machines = data.get("machines", {}) if data.get("version") == CALIBRATION_VERSION else {}
+    except (OSError, ValueError, AttributeError):
+        machines = {}
+    machines[calibration.host] = calibration.to_json()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"version": CALIBRATION_VERSION, "machines": machines}
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def get_calibration(*, measure_if_missing: bool = True) -> Calibration | None:
+    """The stored calibration; measured and stored first when missing (a few seconds)."""
+    stored = load_calibration()
+    if stored is not None or not measure_if_missing:
+        return stored
+    calibration = measure()
+    store_calibration(calibration)
+    return calibration
+
+
+# --- measuring
+
+
+@contextmanager
+def _echo_child(args: list[str]) -> Iterator[dict[str, str]]:
+    """`python -P -m diagnose.hop_echo ARGS`: yields the addresses it prints; stopped on exit."""
+    process = subprocess.Popen(
+        [sys.executable, "-P", "-m", "diagnose.hop_echo", *args],
+        cwd=tempfile.gettempdir(),  # never import from the user's working directory
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = _read_line(process, CHILD_START_TIMEOUT_S)
+        yield json.loads(line)
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()  # the child stops when its stdin closes
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _read_line(process: subprocess.Popen[str], timeout_s: float) -> str:
+    import selectors
+
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    if not selector.select(timeout_s):
+        raise RuntimeError(f"the hop echo child did not start within {timeout_s:g} s")
+    line = process.stdout.readline()
+    if not line:
+        raise RuntimeError(f"the hop echo child exited (code {process.poll()}) before listening")
+    return line
+
+
+async def _measure_async(
+    addresses: dict[str, str], rounds: int, iters: int
+) -> dict[str, dict[int, float]]:
+    from services.common.channels import create_channel
+
+    channels = {t: create_channel(address) for t, address in addresses.items()}
+    trips = {t: bidi_round_trip(channel) for t, channel in channels.items()}
+    requests = {size: make_step_request(size) for size in BATCH_SIZES}
+    samples: dict[tuple[str, int], list[int]] = {(t, s): [] for t in trips for s in requests}
+    try:
+        for round_index in range(rounds + 1):  # round 0 warms up and is dropped
+            order = (
+                list(trips)[round_index % len(trips) :] + list(trips)[: round_index % len(trips)]
+            )
+            for transport in order:
+                for size, request in requests.items():
+                    for _ in range(iters):
+                        started = time.perf_counter_ns()
+                        await trips[transport](request)
+                        if round_index > 0:
+                            samples[(transport, size)].append(time.perf_counter_ns() - started)
+    finally:
+        for channel in channels.values():
+            await channel.close()
+    result: dict[str, dict[int, float]] = {t: {} for t in trips}
+    for (transport, size), values in samples.items():
+        ordered = sorted(values)
+        result[transport][size] = round(ordered[int(IDLE_QUANTILE * (len(ordered) - 1))] / 1e3, 1)
+    return result
+
+
+def measure(rounds: int = 10, iters: int = 40) -> Calibration:
+    """Measure every transport now (a few seconds; two child processes)."""
+    with ExitStack() as stack:
+        socket_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hopscope-cal-"))
+        servers = stack.enter_context(
+            _echo_child(["serve", "--uds", f"{socket_dir}/echo.sock", "--host", "127.0.0.1"])
+        )
+        relays = stack.enter_context(
+            _echo_child(["relay", "--target", servers["tcp"], "--delays-ms", "0"])
+        )
+        addresses = {"uds": servers["uds"], "tcp": servers["tcp"], "relay": relays["0.0"]}
+        round_trip_us = asyncio.run(_measure_async(addresses, rounds, iters))
+    measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return Calibration(round_trip_us, socket.gethostname(), measured_at)

@@ -1,0 +1,85 @@
+"""One run -> its diagnosis.json object: signals, hop split, rules, verdict, what-if."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from diagnose.calibrate import Calibration
+from diagnose.inputs import RunInputs
+from diagnose.network import split_hops
+from diagnose.rules import evaluate, verdict
+from diagnose.signals import Signals, extract
+from diagnose.whatif import DEFAULT_DELAYS_MS, link_what_if
+
+
+def diagnose_signals(
+    signals: Signals,
+    calibration: Calibration | None,
+    delays_ms: Sequence[float] = DEFAULT_DELAYS_MS,
+    rate_mbit: float = 0.0,
+) -> dict[str, Any]:
+    splits = split_hops(signals, calibration)
+    findings = evaluate(signals, splits)
+    primary, fired = verdict(findings)
+    notes = list(signals.notes)
+    if calibration is None:
+        notes.append("no transport calibration: wire = emulated delay only")
+    if not signals.device.startswith("cuda"):
+        notes.append(
+            f"device {signals.device}: device utilisation and the memory roofline apply to GPUs "
+            "only and were skipped"
+        )
+    else:
+        notes.append(
+            "GPU run: utilisation and the memory roofline are not measured by this rule set"
+        )
+    if not signals.cpu_us_per_token:
+        notes.append("no cpu.json: host_cpu uses the step gaps and hop wait only")
+    cycle = signals.cycle
+    return {
+        "primary": primary,
+        "findings": [f.to_json() for f in fired],
+        "scores": {f.type: round(f.score, 4) for f in findings},
+        "what_if": link_what_if(signals, calibration, delays_ms, rate_mbit),
+        "decomposition": {
+            "hops": {split.name: split.to_json() for split in splits},
+            "step_cycle_ms": {
+                "engine": round(cycle.engine_ms, 4),
+                "worker_overhead": round(cycle.worker_host_ms, 4),
+                "hop": round(cycle.hop_ms, 4),
+                "scheduler_gap": round(cycle.gap_ms, 4),
+                "total": round(cycle.cycle_ms, 4),
+                "mean_batch_size": round(cycle.mean_batch_size, 2),
+                "num_steps": cycle.num_steps,
+            }
+            if cycle
+            else None,
+            "step_fit": {
+                "fixed_ms": round(signals.fit.fixed_ms, 4),
+                "per_token_ms": round(signals.fit.per_token_ms, 5),
+                "r2": round(signals.fit.r2, 3),
+                "num_steps": signals.fit.num_steps,
+            }
+            if signals.fit
+            else None,
+        },
+        "measured": {
+            "requests": signals.num_requests,
+            "tpot_p50_ms": round(signals.tpot_p50_ms, 3),
+            "ttft_p50_ms": round(signals.ttft_p50_ms, 3),
+            "e2e_p50_ms": round(signals.e2e_p50_ms, 3),
+            "output_tok_s": round(signals.output_tok_s, 1),
+        },
+        "calibration": calibration.to_json() if calibration else None,
+        "notes": notes,
+    }
+
+
+def diagnose_run(
+    run: RunInputs,
+    calibration: Calibration | None,
+    delays_ms: Sequence[float] = DEFAULT_DELAYS_MS,
+    rate_mbit: float = 0.0,
+) -> dict[str, Any]:
+    return diagnose_signals(extract(run), calibration, delays_ms, rate_mbit)

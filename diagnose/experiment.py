@@ -1,0 +1,118 @@
+"""Diagnosing an experiment directory (layout: ARCHITECTURE.md, "Experiment directory"): every
+variant gets DIR/VARIANT/diagnosis.json and a `diagnosis` in summary.json; each `link_delay_ms`
+(or `link_rate_mbit`) variant also gets the `prediction` the baseline's spans make for it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from diagnose.calibrate import Calibration, get_calibration
+from diagnose.core import diagnose_signals
+from diagnose.inputs import load_variant
+from diagnose.report import plot_what_if
+from diagnose.signals import Signals, extract
+from diagnose.whatif import DEFAULT_DELAYS_MS, predict
+
+BASELINE = "baseline"
+LINK_FACTORS = ("link_delay_ms", "link_rate_mbit")
+WHAT_IF_PLOT = "what_if_tpot.png"
+
+
+def _variant_dirs(exp_dir: Path, summary: dict[str, Any] | None) -> dict[str, Path]:
+    if summary and summary.get("variants"):
+        names = [str(v["name"]) for v in summary["variants"]]
+    else:
+        names = sorted(p.name for p in exp_dir.iterdir() if p.is_dir() and any(p.glob("round-*")))
+    return {name: exp_dir / name for name in names if any((exp_dir / name).glob("round-*"))}
+
+
+def _variant_meta(variant_dir: Path, summary_variant: dict[str, Any] | None) -> dict[str, Any]:
+    if summary_variant is not None:
+        return summary_variant
+    try:
+        return dict(json.loads((variant_dir / "variant.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return {"name": variant_dir.name, "factor": None, "value": None}
+
+
+def _link_values(meta: dict[str, Any]) -> tuple[float, float] | None:
+    """(delay_ms, rate_mbit) of a link variant, None for other factors."""
+    factor = meta.get("factor")
+    if factor not in LINK_FACTORS or meta.get("value") is None:
+        return None
+    value = float(meta["value"])
+    return (value, 0.0) if factor == "link_delay_ms" else (0.0, value)
+
+
+def _prediction(
+    baseline: Signals, calibration: Calibration | None, link: tuple[float, float], measured: Signals
+) -> dict[str, Any]:
+    delay_ms, rate_mbit = link
+    predicted = predict(baseline, calibration, baseline.link.with_delay(delay_ms, rate_mbit))
+    tpot_ms, measured_ms = predicted["tpot_p50_ms"], measured.tpot_p50_ms
+    return {
+        "from": BASELINE,
+        "tpot_p50_ms": round(tpot_ms, 3),
+        "measured_tpot_p50_ms": round(measured_ms, 3),
+        "error": round((tpot_ms - measured_ms) / measured_ms, 4) if measured_ms > 0 else None,
+    }
+
+
+def diagnose_experiment(exp_dir: Path, calibration: Calibration | None = None) -> dict[str, Any]:
+    """Diagnose every variant of `exp_dir`; returns {variant: {"diagnosis", "prediction"?}} and
+    writes the diagnosis files, the what-if figure and the additions to summary.json."""
+    exp_dir = Path(exp_dir)
+    summary_path = exp_dir / "summary.json"
+    summary = (
+        json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else None
+    )
+    calibration = calibration or get_calibration()
+    by_name = {str(v["name"]): v for v in (summary or {}).get("variants", [])}
+    signals: dict[str, Signals] = {}
+    metas: dict[str, dict[str, Any]] = {}
+    for name, variant_dir in _variant_dirs(exp_dir, summary).items():
+        signals[name] = extract(load_variant(variant_dir))
+        metas[name] = _variant_meta(variant_dir, by_name.get(name))
+    link_values = {n: v for n, m in metas.items() if (v := _link_values(m)) is not None}
+    delays = sorted({*DEFAULT_DELAYS_MS, *(d for d, _ in link_values.values() if d > 0)})
+    results: dict[str, dict[str, Any]] = {}
+    for name, sig in signals.items():
+        diagnosis = diagnose_signals(sig, calibration, delays)
+        (exp_dir / name / "diagnosis.json").write_text(
+            json.dumps(diagnosis, indent=2) + "\n", encoding="utf-8"
+        )
+        results[name] = {"diagnosis": diagnosis}
+        if name in link_values and BASELINE in signals:
+            results[name]["prediction"] = _prediction(
+                signals[BASELINE], calibration, link_values[name], sig
+            )
+    if BASELINE in results:
+        _plot(exp_dir, results, link_values, signals)
+    if summary is not None:
+        for variant in summary.get("variants", []):
+            variant.update(results.get(str(variant["name"]), {}))
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+def _plot(
+    exp_dir: Path,
+    results: dict[str, dict[str, Any]],
+    link_values: dict[str, tuple[float, float]],
+    signals: dict[str, Signals],
+) -> None:
+    what_if = results[BASELINE]["diagnosis"]["what_if"]
+    measured = [(0.0, signals[BASELINE].tpot_p50_ms)]
+    measured += [
+        (delay, signals[name].tpot_p50_ms)
+        for name, (delay, rate) in link_values.items()
+        if delay > 0 and rate == 0
+    ]
+    plot_what_if(
+        what_if,
+        exp_dir / "plots" / WHAT_IF_PLOT,
+        measured,
+        title="TPOT p50 vs link delay: predicted from the baseline, measured per variant",
+    )

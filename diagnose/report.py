@@ -1,0 +1,124 @@
+"""Showing a diagnosis: the verdict and evidence in the terminal (rich), the what-if table, and
+the TPOT-vs-delay figure (predicted line, measured points where an experiment ran them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+LABELS = {
+    "memory_io": "memory I/O",
+    "compute": "compute",
+    "scheduling": "scheduling",
+    "network": "network",
+    "host_cpu": "host CPU",
+}
+
+
+def print_diagnosis(diagnosis: dict[str, Any], label: str, console: Console) -> None:
+    primary = diagnosis["primary"]
+    findings = diagnosis["findings"]
+    top = findings[0] if findings else None
+    headline = f"[bold]{label}[/]: a [bold red]{LABELS.get(primary, primary)}[/] bottleneck"
+    if top is not None:
+        headline += f" — {top['symptom']}"
+    console.print(headline)
+    for finding in findings:
+        console.print(
+            f"  [bold]{finding['type']}[/] score {finding['score']:.2f}: {finding['symptom']}"
+        )
+        for suggestion in finding["suggestions"][:2]:
+            console.print(
+                f"    try {suggestion['method']} ({suggestion['switch']}): "
+                f"{suggestion['expected_effect']}",
+                highlight=False,
+            )
+    _print_hops(diagnosis, console)
+    _print_what_if(diagnosis["what_if"], console)
+    for note in diagnosis.get("notes", []):
+        console.print(f"  [dim]note: {note}[/]")
+
+
+def _print_hops(diagnosis: dict[str, Any], console: Console) -> None:
+    hops = diagnosis.get("decomposition", {}).get("hops", {})
+    if not hops:
+        return
+    table = Table(title="hops: CLIENT − SERVER = wire + wait", title_justify="left")
+    for column in ("hop", "transport", "per", "hop ms", "wire ms", "wait ms"):
+        table.add_column(column, justify="right" if "ms" in column else "left")
+    for name, hop in hops.items():
+        table.add_row(
+            name,
+            hop["transport"],
+            hop["per"],
+            f"{hop['hop_ms']:.3f}",
+            f"{hop['wire_ms']:.3f}",
+            f"{hop['wait_ms']:.3f}",
+        )
+    console.print(table)
+
+
+def _print_what_if(what_if: dict[str, Any], console: Console) -> None:
+    table = Table(
+        title=f"what if the {what_if['link']} link had delay d (hopscope cluster up --delay-ms d)",
+        title_justify="left",
+    )
+    for column in ("delay ms", "TPOT p50 ms", "TTFT p50 ms", "output tok/s"):
+        table.add_column(column, justify="right")
+    for d, tpot, ttft, tok_s in zip(
+        what_if["delay_ms"], what_if["tpot_p50_ms"], what_if["ttft_p50_ms"], what_if["output_tok_s"]
+    ):
+        table.add_row(f"{d:g}", f"{tpot:.2f}", f"{ttft:.1f}", f"{tok_s:.0f}")
+    console.print(table)
+    placements = what_if.get("placements") or {}
+    if placements:
+        table = Table(title="per placement preset (scheduler -> worker hop)", title_justify="left")
+        for column in ("placement", "transport", "TPOT p50 ms", "TTFT p50 ms", "output tok/s"):
+            table.add_column(
+                column, justify="left" if column in ("placement", "transport") else "right"
+            )
+        for name, row in placements.items():
+            table.add_row(
+                name,
+                row["transport"],
+                f"{row['tpot_p50_ms']:.2f}",
+                f"{row['ttft_p50_ms']:.1f}",
+                f"{row['output_tok_s']:.0f}",
+            )
+        console.print(table)
+
+
+def plot_what_if(
+    what_if: dict[str, Any],
+    out_path: Path,
+    measured: Sequence[tuple[float, float]] = (),
+    title: str = "",
+) -> Path:
+    """TPOT p50 vs link delay: the predicted line, and measured (delay, TPOT) points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    delays = what_if["delay_ms"]
+    ax.plot(delays, what_if["tpot_p50_ms"], marker="o", ms=4, label="predicted")
+    if measured:
+        xs, ys = zip(*sorted(measured))
+        ax.scatter(xs, ys, color="tab:red", zorder=3, label="measured")
+    ax.set_xlabel("link delay, one way (ms)  — hopscope cluster up --delay-ms")
+    ax.set_ylabel("TPOT p50 (ms)")
+    ax.set_title(title or f"TPOT p50 vs {what_if['link']} link delay")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path

@@ -1,0 +1,186 @@
+"""The rules: one per bottleneck type, each a test on measured signals with a written-down
+threshold (docs/diagnosis.md gives the reason for each). A rule always returns its finding with a
+score — the share of the request's time or of the time per output token it explains — and says
+whether it fired; the verdict is the highest-scoring finding that fired."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from diagnose.network import HopSplit, wait_ms_per_token, wire_ms_per_token
+from diagnose.signals import Signals
+from diagnose.suggestions import suggestions_for
+
+TYPES = ("memory_io", "compute", "scheduling", "network", "host_cpu")
+
+# Thresholds (docs/diagnosis.md, "Rules")
+SCHEDULING_E2E_SHARE = 0.25  # queue time / E2E
+SCHEDULING_TTFT_SHARE = 0.50  # queue time / TTFT ...
+SCHEDULING_MIN_QUEUE_CYCLES = 2.0  # ... and the queue p50 is longer than this many step cycles
+NETWORK_WIRE_SHARE = 0.20  # wire time / time per output token
+ENGINE_SHARE = 0.40  # engine step time / time per output token
+KV_USAGE_SHARE = 0.90  # KV blocks in use / all blocks
+HOST_SHARE = 0.25  # (scheduler gap + worker overhead + hop wait) / time per output token
+HOST_CPU_RATIO = 1.0  # services' CPU per token outside the engine / the worker's
+
+
+@dataclass(slots=True)
+class Finding:
+    type: str
+    score: float
+    symptom: str
+    evidence: dict[str, dict[str, Any]]
+    is_fired: bool
+    suggestions: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "score": round(min(1.0, max(0.0, self.score)), 4),
+            "symptom": self.symptom,
+            "evidence": self.evidence,
+            "suggestions": self.suggestions,
+        }
+
+
+def _ev(value: float | str | None, unit: str) -> dict[str, Any]:
+    if isinstance(value, float):
+        value = round(value, 4)
+    return {"value": value, "unit": unit}
+
+
+def _share(part_ms: float, whole_ms: float) -> float:
+    return min(1.0, part_ms / whole_ms) if whole_ms > 0 else 0.0
+
+
+def scheduling(s: Signals) -> Finding:
+    cycle_ms = s.cycle.cycle_ms if s.cycle else 0.0
+    long_queue = s.queue_p50_ms >= SCHEDULING_MIN_QUEUE_CYCLES * cycle_ms
+    by_e2e = s.queue_share_e2e >= SCHEDULING_E2E_SHARE
+    by_ttft = s.queue_share_ttft >= SCHEDULING_TTFT_SHARE and long_queue
+    symptom = (
+        f"requests wait in line {s.queue_share_e2e:.0%} of their time "
+        f"({s.queue_share_ttft:.0%} of TTFT; queue p50 {s.queue_p50_ms:.1f} ms)"
+    )
+    evidence = {
+        "queue_share_e2e": _ev(s.queue_share_e2e, "share"),
+        "queue_share_ttft": _ev(s.queue_share_ttft, "share"),
+        "queue_p50_ms": _ev(s.queue_p50_ms, "ms"),
+        "step_cycle_ms": _ev(cycle_ms, "ms"),
+        "e2e_p50_ms": _ev(s.e2e_p50_ms, "ms"),
+    }
+    return Finding("scheduling", s.queue_share_e2e, symptom, evidence, by_e2e or by_ttft)
+
+
+def network(s: Signals, splits: list[HopSplit]) -> Finding:
+    wire = wire_ms_per_token(splits, s)
+    score = _share(wire, s.tpot_p50_ms)
+    evidence: dict[str, dict[str, Any]] = {
+        "wire_share_tpot": _ev(score, "share"),
+        "wire_ms_per_token": _ev(wire, "ms"),
+        "tpot_p50_ms": _ev(s.tpot_p50_ms, "ms"),
+        "link": _ev(s.link.describe(), "scheduler->worker"),
+    }
+    for split in splits:
+        evidence[f"{split.name}.wire_ms"] = _ev(split.wire_ms, f"ms per {split.per}")
+        evidence[f"{split.name}.wait_ms"] = _ev(split.wait_ms, f"ms per {split.per}")
+    symptom = f"the links' wire time is {score:.0%} of the time per output token ({wire:.2f} ms)"
+    return Finding("network", score, symptom, evidence, score >= NETWORK_WIRE_SHARE)
+
+
+def engine(s: Signals) -> list[Finding]:
+    """memory_io and compute: the engine's share of TPOT, split by the step-time fit."""
+    if s.cycle is None:
+        return []
+    engine_ms = s.cycle.engine_ms * s.decode_steps_per_token
+    engine_share = _share(engine_ms, s.tpot_p50_ms)
+    tokens = s.cycle.mean_tokens
+    if s.fit is not None:
+        fixed_ms, token_ms = s.fit.fixed_ms, s.fit.per_token_ms * tokens
+    else:  # one token count only: nothing to separate; the whole step counts as fixed
+        fixed_ms, token_ms = s.cycle.engine_ms, 0.0
+    fixed_frac = _share(fixed_ms, fixed_ms + token_ms) if fixed_ms + token_ms > 0 else 1.0
+    evidence = {
+        "engine_share_tpot": _ev(engine_share, "share"),
+        "step_ms_mean": _ev(s.cycle.engine_ms, "ms"),
+        "fit_fixed_ms": _ev(s.fit.fixed_ms if s.fit else None, "ms"),
+        "fit_per_token_ms": _ev(s.fit.per_token_ms if s.fit else None, "ms per token"),
+        "fit_r2": _ev(s.fit.r2 if s.fit else None, ""),
+        "tokens_per_step_mean": _ev(tokens, "tokens"),
+        "fixed_share_of_step": _ev(fixed_frac, "share"),
+    }
+    kv_full = s.kv_usage is not None and s.kv_usage >= KV_USAGE_SHARE
+    preempted = bool(s.num_preemptions)
+    memory_evidence = {
+        **evidence,
+        "kv_block_usage": _ev(s.kv_usage, "share"),
+        "preemptions": _ev(s.num_preemptions, "count"),
+    }
+    is_engine_bound = engine_share >= ENGINE_SHARE
+    memory = Finding(
+        "memory_io",
+        engine_share * fixed_frac,
+        f"the engine's step is {engine_share:.0%} of TPOT and {fixed_frac:.0%} of it does not grow "
+        f"with tokens (reading weights at {tokens:.0f} tokens per step)"
+        + (f"; KV cache {s.kv_usage:.0%} full" if kv_full and s.kv_usage is not None else "")
+        + (f"; {s.num_preemptions} preemptions" if preempted else ""),
+        memory_evidence,
+        (is_engine_bound and fixed_frac >= 0.5) or kv_full or preempted,
+    )
+    compute = Finding(
+        "compute",
+        engine_share * (1 - fixed_frac),
+        f"the engine's step is {engine_share:.0%} of TPOT and {1 - fixed_frac:.0%} of it grows "
+        f"with the {tokens:.0f} tokens per step",
+        evidence,
+        is_engine_bound and fixed_frac < 0.5,
+    )
+    return [memory, compute]
+
+
+def host_cpu(s: Signals, splits: list[HopSplit]) -> Finding:
+    steps = s.decode_steps_per_token
+    gap_ms = s.cycle.gap_ms * steps if s.cycle else 0.0
+    overhead_ms = s.cycle.worker_host_ms * steps if s.cycle else 0.0
+    wait_ms = wait_ms_per_token(splits, s)
+    host_ms = gap_ms + overhead_ms + wait_ms
+    score = _share(host_ms, s.tpot_p50_ms)
+    services = {p: us for p, us in s.cpu_us_per_token.items() if p in ("tokenizer", "scheduler")}
+    worker_us = s.cpu_us_per_token.get("worker")
+    cpu_ratio = sum(services.values()) / worker_us if worker_us else None
+    evidence: dict[str, dict[str, Any]] = {
+        "host_share_tpot": _ev(score, "share"),
+        "step_gap_ms": _ev(gap_ms, "ms per token"),
+        "worker_overhead_ms": _ev(overhead_ms, "ms per token"),
+        "hop_wait_ms": _ev(wait_ms, "ms per token"),
+        "services_vs_worker_cpu": _ev(cpu_ratio, "ratio"),
+    }
+    for process, us in sorted(s.cpu_us_per_token.items()):
+        evidence[f"cpu_us_per_token.{process}"] = _ev(us, "us")
+    symptom = (
+        f"{score:.0%} of the time per output token the engine waits on the host: "
+        f"{gap_ms:.2f} ms between steps, {wait_ms:.2f} ms of hop wait, "
+        f"{overhead_ms:.2f} ms of worker overhead per token"
+    )
+    if cpu_ratio is not None:
+        symptom += f"; tokenizer + scheduler use {cpu_ratio:.2f}x the worker's CPU per token"
+    is_fired = score >= HOST_SHARE or (cpu_ratio is not None and cpu_ratio >= HOST_CPU_RATIO)
+    return Finding("host_cpu", score, symptom, evidence, is_fired)
+
+
+def evaluate(s: Signals, splits: list[HopSplit]) -> list[Finding]:
+    """Every rule's finding, highest score first; each with its suggestions."""
+    findings = [scheduling(s), network(s, splits), *engine(s), host_cpu(s, splits)]
+    for finding in findings:
+        finding.suggestions = suggestions_for(finding.type, s)
+    findings.sort(key=lambda f: f.score, reverse=True)
+    return findings
+
+
+def verdict(findings: list[Finding]) -> tuple[str, list[Finding]]:
+    """(primary type, findings that fired); with none fired, the top score is the primary."""
+    fired = [f for f in findings if f.is_fired]
+    if fired:
+        return fired[0].type, fired
+    return findings[0].type, findings[:1]

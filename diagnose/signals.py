@@ -1,0 +1,155 @@
+"""The measured signals every rule reads, extracted once from a run's spans, bench summary,
+Describe, CPU accounting and metrics. Rules never look at raw spans: tests build `Signals` by
+hand, and the same numbers are what diagnosis.json shows as evidence."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from statistics import median
+from typing import Any
+
+from diagnose.inputs import RunInputs
+from diagnose.links import HopLink, scheduler_worker_link
+from diagnose.steps import CycleBreakdown, StepFit, cycle_breakdown, fit_step_time, step_samples
+from tracing.decompose import (
+    NET_CLIENT_TOKENIZER,
+    NET_TOKENIZER_SCHEDULER,
+    QUEUE,
+    SUBMIT,
+    SpanIndex,
+    decompose,
+)
+from tracing.summary import percentile
+
+
+@dataclass(slots=True)
+class Signals:
+    """Medians and means of one run (all rounds pooled); times in ms."""
+
+    num_requests: int
+    e2e_p50_ms: float
+    ttft_p50_ms: float
+    tpot_p50_ms: float
+    output_tok_s: float
+    queue_p50_ms: float
+    queue_share_e2e: float  # sum of queue time / sum of e2e
+    queue_share_ttft: float  # sum of queue time / sum of TTFT (from spans: submit -> 1st token)
+    cycle: CycleBreakdown | None  # mean decode-step cycle at the scheduler
+    fit: StepFit | None  # engine step_ms = a + b * tokens
+    link: HopLink  # scheduler -> worker: transport, emulated delay and rate
+    edge_hop_ms: dict[str, float] = field(default_factory=dict)  # other hops, mean per request
+    edge_transport: dict[str, str] = field(default_factory=dict)
+    mean_output_tokens: float = 0.0
+    steps_to_first_token_p50: float = 1.0  # scheduler steps from arrival to the first token
+    decode_steps_per_token: float = 1.0
+    mean_steps_per_request: float = 0.0
+    is_closed_loop: bool = True
+    cpu_us_per_token: dict[str, float] = field(default_factory=dict)
+    kv_usage: float | None = None  # peak share of KV blocks in use, when known
+    num_preemptions: int | None = None
+    device: str = "cpu"
+    notes: list[str] = field(default_factory=list)
+
+
+def extract(run: RunInputs) -> Signals:
+    breakdowns = decompose(run.spans)
+    if not breakdowns:
+        raise ValueError(
+            f"{run.label}: no request spans (Scheduler/Submit SERVER) — was tracing on? "
+            "Serve and bench with HOPSCOPE_TRACE_FILE or OTEL_EXPORTER_OTLP_ENDPOINT set."
+        )
+    samples = step_samples(run.spans)
+    index = SpanIndex(run.spans)
+    starts_ns = [s.start_ns for s in samples]
+    ttfts, first_steps, decode_ratios, steps_per_request, n_out = _per_request(index, starts_ns)
+    queue = [b.components_ms[QUEUE] for b in breakdowns]
+    e2e = [b.e2e_ms for b in breakdowns]
+    bench_summary = (run.bench or {}).get("summary", {})
+    tpot_spans = [b.tpot_ms for b in breakdowns if b.tpot_ms is not None]
+    signals = Signals(
+        num_requests=len(breakdowns),
+        e2e_p50_ms=_bench_p50(bench_summary, "e2e_ms", e2e),
+        ttft_p50_ms=_bench_p50(bench_summary, "ttft_ms", ttfts),
+        tpot_p50_ms=_bench_p50(bench_summary, "tpot_ms", tpot_spans),
+        output_tok_s=float(bench_summary.get("output_token_throughput", 0.0)),
+        queue_p50_ms=percentile(queue, 50),
+        queue_share_e2e=sum(queue) / sum(e2e) if sum(e2e) > 0 else 0.0,
+        queue_share_ttft=min(1.0, sum(queue) / sum(ttfts)) if sum(ttfts) > 0 else 0.0,
+        cycle=cycle_breakdown(samples),
+        fit=fit_step_time(samples),
+        link=scheduler_worker_link(run.describe, samples),
+        edge_hop_ms={
+            name: sum(b.components_ms.get(name, 0.0) for b in breakdowns) / len(breakdowns)
+            for name in (NET_CLIENT_TOKENIZER, NET_TOKENIZER_SCHEDULER)
+        },
+        edge_transport=_edge_transports(run.describe),
+        mean_output_tokens=sum(n_out) / len(n_out) if n_out else 0.0,
+        steps_to_first_token_p50=median(first_steps) if first_steps else 1.0,
+        decode_steps_per_token=median(decode_ratios) if decode_ratios else 1.0,
+        mean_steps_per_request=sum(steps_per_request) / len(steps_per_request)
+        if steps_per_request
+        else 0.0,
+        is_closed_loop=bool((run.bench or {}).get("config", {}).get("concurrency")),
+        cpu_us_per_token=run.cpu_us_per_token(),
+        device=_device(run.describe),
+    )
+    signals.kv_usage, signals.num_preemptions = run.kv_pressure()
+    if not run.bench:
+        signals.notes.append("no bench summary: latencies are the server-side spans' figures")
+    return signals
+
+
+def _per_request(
+    index: SpanIndex, step_starts_ns: list[int]
+) -> tuple[list[float], list[int], list[float], list[int], list[int]]:
+    """Per request: TTFT at the scheduler, steps until its first token, decode steps per output
+    token, scheduler steps during its life, output tokens."""
+    ttfts: list[float] = []
+    ratios: list[float] = []
+    first_steps: list[int] = []
+    lifetimes: list[int] = []
+    n_out: list[int] = []
+    for submit in index.spans:
+        if submit.name.lstrip("/") != SUBMIT or submit.kind != "SERVER":
+            continue
+        calls = index.step_calls(submit)
+        prefill = [c for c in calls if c.phase == "prefill"]
+        num_out = int(submit.attributes.get("hopscope.num_output_tokens", 0) or 0)
+        if num_out:
+            n_out.append(num_out)
+        if not prefill:
+            continue
+        first_token_ns = max(c.client.end_ns for c in prefill)
+        ttfts.append((first_token_ns - submit.start_ns) / 1e6)
+        lo = bisect.bisect_left(step_starts_ns, submit.start_ns)
+        first_steps.append(bisect.bisect_right(step_starts_ns, first_token_ns) - lo)
+        lifetimes.append(bisect.bisect_right(step_starts_ns, submit.end_ns) - lo)
+        num_decode = len(calls) - len(prefill)
+        if num_out >= 2 and num_decode > 0:
+            ratios.append(num_decode / (num_out - 1))
+    return ttfts, first_steps, ratios, lifetimes, n_out
+
+
+def _bench_p50(summary: dict[str, Any], key: str, fallback: list[float]) -> float:
+    stats = summary.get(key)
+    if isinstance(stats, dict) and stats.get("p50") is not None:
+        return float(stats["p50"])
+    return percentile(fallback, 50)
+
+
+def _edge_transports(describe: dict[str, Any] | None) -> dict[str, str]:
+    names = {
+        ("tokenizer", "scheduler"): NET_TOKENIZER_SCHEDULER,
+        ("scheduler", "worker"): "network.scheduler_worker",
+    }
+    result = {NET_CLIENT_TOKENIZER: "tcp"}  # clients reach the front door over TCP
+    for edge in (describe or {}).get("edges", []):
+        name = names.get((edge.get("from"), edge.get("to")))
+        if name:
+            result[name] = str(edge.get("transport", ""))
+    return result
+
+
+def _device(describe: dict[str, Any] | None) -> str:
+    return str(((describe or {}).get("model") or {}).get("device") or "cpu")

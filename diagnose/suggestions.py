@@ -1,0 +1,112 @@
+"""What to try next for each bottleneck type: the improvement method, the hopscope switch that
+applies it, and the effect to expect (numbers from this run's signals where they exist)."""
+
+from __future__ import annotations
+
+from diagnose.signals import Signals
+
+
+def _s(method: str, switch: str, expected_effect: str) -> dict[str, str]:
+    return {"method": method, "switch": switch, "expected_effect": expected_effect}
+
+
+def suggestions_for(kind: str, s: Signals) -> list[dict[str, str]]:
+    return _TABLE[kind](s)
+
+
+def _scheduling(s: Signals) -> list[dict[str, str]]:
+    wait = f"up to {s.queue_p50_ms:.0f} ms of queue time (p50) per request"
+    return [
+        _s("larger batch", "--max-num-seqs N (and --max-num-batched-tokens)", f"removes {wait}"),
+        _s("continuous batching", "--batching continuous", "new requests join the next step"),
+        _s(
+            "fewer requests in flight / admission control",
+            "--max-queue-len, or a lower client concurrency",
+            "shorter TTFT for the admitted requests; the rest are refused at once",
+        ),
+        _s(
+            "overlapped (stream) scheduling",
+            "--async-scheduling on",
+            "the next step is prepared while the worker runs this one",
+        ),
+    ]
+
+
+def _network(s: Signals) -> list[dict[str, str]]:
+    return [
+        _s(
+            "co-location",
+            "--placement colocated (or a placement YAML with scheduler and worker on one node)",
+            "the link's wire time per step drops to a Unix-socket round trip "
+            "(see what_if.placements)",
+        ),
+        _s(
+            "efficient gRPC",
+            "one bidi stream per connection (already), smaller step messages",
+            "fewer bytes per step over a rate-limited link",
+        ),
+        _s(
+            "coalescing",
+            "--stream-interval N",
+            "fewer front-door messages per token when a client falls behind",
+        ),
+    ]
+
+
+def _memory_io(s: Signals) -> list[dict[str, str]]:
+    return [
+        _s(
+            "batch more sequences per weight read",
+            "--max-num-seqs N, higher client concurrency",
+            "the fixed part of the step is shared by more tokens: tokens/s grows ~linearly "
+            "until the per-token part dominates",
+        ),
+        _s("efficient KV cache", "--kv-cache-mb, block size, prefix caching", "fewer preemptions"),
+        _s("lower precision", "--dtype bfloat16 / float16 (GPU)", "half the bytes read per step"),
+    ]
+
+
+def _compute(s: Signals) -> list[dict[str, str]]:
+    return [
+        _s("kernel fusion", "--kernels native; CUDA graphs / --compile on a GPU", "shorter steps"),
+        _s("lower precision", "--dtype bfloat16 / float16 (GPU)", "faster matrix multiplies"),
+        _s(
+            "smaller token budget per step",
+            "--max-num-batched-tokens",
+            "prefill chunks stop stretching decode steps (better TPOT, worse TTFT)",
+        ),
+    ]
+
+
+def _host_cpu(s: Signals) -> list[dict[str, str]]:
+    return [
+        _s(
+            "overlapped (stream) scheduling",
+            "--async-scheduling on",
+            "hides the scheduler's gap between steps behind the next step",
+        ),
+        _s(
+            "fewer messages per token",
+            "--stream-interval N",
+            "less front-door CPU per token",
+        ),
+        _s(
+            "cheaper (de)serialization",
+            "packed token ids / block-table deltas",
+            "less CPU per step message on both ends",
+        ),
+        _s(
+            "find the hot code",
+            "hopscope profile --address ADDR --seconds 10 --out DIR",
+            "flame graphs per service show which functions cost the CPU",
+        ),
+    ]
+
+
+_TABLE = {
+    "scheduling": _scheduling,
+    "network": _network,
+    "memory_io": _memory_io,
+    "compute": _compute,
+    "host_cpu": _host_cpu,
+}
