@@ -150,12 +150,16 @@ async def _start_service(plan: ActorPlan, downstream: str, node_id: str) -> Any:
 
         config = spec.scheduler_config(plan.listen, downstream, node_id)
         config.worker_link = link
+        config.worker_link_delay_ms = plan.link.delay_ms
+        config.worker_link_rate_mbit = plan.link.rate_mbit
         return await start_scheduler(config)
     if plan.role == "tokenizer":
         from services.tokenizer.server import start_tokenizer
 
         front = spec.tokenizer_config(plan.listen, downstream, node_id)
         front.scheduler_link, front.is_ray = link, True
+        front.scheduler_link_delay_ms = plan.link.delay_ms
+        front.scheduler_link_rate_mbit = plan.link.rate_mbit
         return await start_tokenizer(front)
     from deploy.inproc import start_inproc
 

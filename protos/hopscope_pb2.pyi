@@ -73,15 +73,19 @@ class ServiceInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., node_id: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
 
 class Edge(_message.Message):
-    __slots__ = ("to", "transport", "link")
+    __slots__ = ("to", "transport", "link", "delay_ms", "rate_mbit")
     FROM_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     LINK_FIELD_NUMBER: _ClassVar[int]
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    RATE_MBIT_FIELD_NUMBER: _ClassVar[int]
     to: str
     transport: str
     link: str
-    def __init__(self, to: _Optional[str] = ..., transport: _Optional[str] = ..., link: _Optional[str] = ..., **kwargs) -> None: ...
+    delay_ms: float
+    rate_mbit: float
+    def __init__(self, to: _Optional[str] = ..., transport: _Optional[str] = ..., link: _Optional[str] = ..., delay_ms: _Optional[float] = ..., rate_mbit: _Optional[float] = ..., **kwargs) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "architecture", "vocab_size", "max_context", "dtype", "device", "num_blocks", "block_size")
@@ -205,6 +209,22 @@ class SchedulerOutput(_message.Message):
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     updates: _containers.RepeatedCompositeFieldContainer[RequestUpdate]
     def __init__(self, updates: _Optional[_Iterable[_Union[RequestUpdate, _Mapping]]] = ...) -> None: ...
+
+class ProfileRequest(_message.Message):
+    __slots__ = ("seconds",)
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    seconds: float
+    def __init__(self, seconds: _Optional[float] = ...) -> None: ...
+
+class ProfileResponse(_message.Message):
+    __slots__ = ("chrome_trace_gz", "num_steps", "device")
+    CHROME_TRACE_GZ_FIELD_NUMBER: _ClassVar[int]
+    NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    chrome_trace_gz: bytes
+    num_steps: int
+    device: str
+    def __init__(self, chrome_trace_gz: _Optional[bytes] = ..., num_steps: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

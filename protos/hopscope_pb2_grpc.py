@@ -291,6 +291,11 @@ class WorkerStub:
                 request_serializer=protos_dot_hopscope__pb2.StepRequest.SerializeToString,
                 response_deserializer=protos_dot_hopscope__pb2.StepResponse.FromString,
                 _registered_method=True)
+        self.Profile = channel.unary_stream(
+                '/hopscope.v1.Worker/Profile',
+                request_serializer=protos_dot_hopscope__pb2.ProfileRequest.SerializeToString,
+                response_deserializer=protos_dot_hopscope__pb2.ProfileResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -311,6 +316,14 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Profile(self, request, context):
+        """Record the steps of the next `seconds` with torch.profiler (`hopscope profile`); the trace
+        comes back in chunks (a long window's trace outgrows one message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -323,6 +336,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Step,
                     request_deserializer=protos_dot_hopscope__pb2.StepRequest.FromString,
                     response_serializer=protos_dot_hopscope__pb2.StepResponse.SerializeToString,
+            ),
+            'Profile': grpc.unary_stream_rpc_method_handler(
+                    servicer.Profile,
+                    request_deserializer=protos_dot_hopscope__pb2.ProfileRequest.FromString,
+                    response_serializer=protos_dot_hopscope__pb2.ProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -381,6 +399,33 @@ class Worker:
             '/hopscope.v1.Worker/Step',
             protos_dot_hopscope__pb2.StepRequest.SerializeToString,
             protos_dot_hopscope__pb2.StepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Profile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hopscope.v1.Worker/Profile',
+            protos_dot_hopscope__pb2.ProfileRequest.SerializeToString,
+            protos_dot_hopscope__pb2.ProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,6 +18,8 @@ class SchedulerServiceConfig:
     connect_timeout_s: float = 60.0
     worker_reconnect_timeout_s: float = 10.0
     worker_link: str = ""
+    worker_link_delay_ms: float = 0.0  # the emulated link's one-way delay (Describe reports it)
+    worker_link_rate_mbit: float = 0.0
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off  # how the path to the worker is shaped: "" | "netem" | "relay"
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -44,6 +45,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         worker_link: str = "",
     ) -> None:
         self.worker_link = worker_link
+        self.worker_link_shape = (0.0, 0.0)  # (delay_ms one way, rate_mbit) of an emulated link
         self.runner = runner
         self.identity = identity
         self.transport = transport
@@ -101,11 +103,16 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     async def Describe(
         self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DescribeResponse:
-        return describe_scheduler(self.runner, self.identity, self.worker_link)
+        return describe_scheduler(
+            self.runner, self.identity, self.worker_link, self.worker_link_shape
+        )
 
 
 def describe_scheduler(
-    runner: SchedulerRunner, identity: ServiceIdentity, worker_link: str = ""
+    runner: SchedulerRunner,
+    identity: ServiceIdentity,
+    worker_link: str = "",
+    worker_link_shape: tuple[float, float] = (0.0, 0.0),
 ) -> pb.DescribeResponse:
     """The scheduler's and worker's part of Describe (the front door adds its own)."""
     response = pb.DescribeResponse(services=[convert.identity_to_pb(identity)])
@@ -113,16 +120,16 @@ def describe_scheduler(
     if info is not None:
         response.services.append(info.service)
         response.model.CopyFrom(info.model)
-    response.edges.append(
-        pb.Edge(
-            **{
-                "from": "scheduler",
-                "to": "worker",
-                "transport": runner.worker.transport,
-                "link": worker_link,
-            }
-        )
-    )
+    delay_ms, rate_mbit = worker_link_shape
+    edge: dict[str, Any] = {
+        "from": "scheduler",  # a Python keyword: passed by dict
+        "to": "worker",
+        "transport": runner.worker.transport,
+        "link": worker_link,
+        "delay_ms": delay_ms,
+        "rate_mbit": rate_mbit,
+    }
+    response.edges.append(pb.Edge(**edge))
     core = runner.core
     if core is not None:
         response.batching = core.config.batching

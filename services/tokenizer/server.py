@@ -27,6 +27,8 @@ class TokenizerServiceConfig:
     request_timeout_s: float = 600.0  # cap on a request without its own deadline
     connect_timeout_s: float = 60.0
     scheduler_link: str = ""  # how the path to the scheduler is shaped: "" | "netem" | "relay"
+    scheduler_link_delay_ms: float = 0.0  # the emulated link's one-way delay (Describe)
+    scheduler_link_rate_mbit: float = 0.0
     is_ray: bool = False
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off
 

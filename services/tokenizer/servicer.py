@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from opentelemetry import trace
@@ -158,16 +158,15 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         )
         response.services.append(convert.identity_to_pb(self.identity))
         response.services.extend(downstream.services)
-        response.edges.append(
-            pb.Edge(
-                **{
-                    "from": "tokenizer",
-                    "to": "scheduler",
-                    "transport": self.scheduler.transport,
-                    "link": self.config.scheduler_link,
-                }
-            )
-        )
+        edge: dict[str, Any] = {
+            "from": "tokenizer",  # a Python keyword: passed by dict
+            "to": "scheduler",
+            "transport": self.scheduler.transport,
+            "link": self.config.scheduler_link,
+            "delay_ms": self.config.scheduler_link_delay_ms,
+            "rate_mbit": self.config.scheduler_link_rate_mbit,
+        }
+        response.edges.append(pb.Edge(**edge))
         response.edges.extend(downstream.edges)
         response.model.CopyFrom(downstream.model)
         response.scheduler_stats.CopyFrom(downstream.scheduler_stats)

@@ -19,8 +19,10 @@ from services.common.identity import ServiceIdentity
 from services.common.metrics import ServiceMetrics
 from services.common.types import ModelInfo, SeqStep, StepOutput
 from services.worker.engine import Engine
+from services.worker.profiling import ProfileBusyError, StepProfiler
 
 log = logging.getLogger(__name__)
+PROFILE_CHUNK_BYTES = 1 << 20
 
 
 class WorkerService:
@@ -72,6 +74,11 @@ class WorkerService:
             service=convert.identity_to_pb(self.identity),
         )
 
+    @property
+    def engine_executor(self) -> ThreadPoolExecutor:
+        """The one thread every step runs on (the profiler starts and stops there)."""
+        return self._executor
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.metrics.stop_server()
@@ -81,6 +88,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     def __init__(self, service: WorkerService, transport: str) -> None:
         self.service = service
         self.transport = transport
+        self.profiler = StepProfiler(service.engine, service.engine_executor)
 
     async def Info(
         self, request: pb.InfoRequest, context: grpc.aio.ServicerContext
@@ -100,3 +108,21 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 yield pb.StepResponse(step_id=request.step_id, error=f"{type(exc).__name__}: {exc}")
                 continue
             yield convert.step_output_to_pb(request.step_id, out)
+
+    async def Profile(
+        self, request: pb.ProfileRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProfileResponse]:
+        """torch.profiler over the steps of the next `seconds` (`hopscope profile`), in chunks."""
+        try:
+            trace_gz = await self.profiler.record(request.seconds)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ProfileBusyError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        device = self.service.info.device
+        for offset in range(0, max(1, len(trace_gz)), PROFILE_CHUNK_BYTES):
+            yield pb.ProfileResponse(
+                chrome_trace_gz=trace_gz[offset : offset + PROFILE_CHUNK_BYTES],
+                num_steps=self.profiler.num_steps,
+                device=device,
+            )
