@@ -13,6 +13,7 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 def _registrars() -> list[Registrar]:
     from deploy import cluster_cli, commands
     from diagnose import cli as diagnose_cli
+    from experiment import cli as experiment_cli
     from loadgen import cli as loadgen_cli
     from tracing import cli as tracing_cli
 
@@ -21,6 +22,7 @@ def _registrars() -> list[Registrar]:
         cluster_cli.add_parser,
         loadgen_cli.add_parser,
         tracing_cli.add_parser,
+        experiment_cli.add_parser,
         diagnose_cli.add_parser,  # diagnose, profile
     ]
 
