@@ -20,25 +20,25 @@ CAL = Calibration({"uds": {1: 200.0, 32: 200.0}, "tcp": {1: 180.0, 32: 180.0},
 
 def signals(**overrides: object) -> Signals:
     """A healthy colocated run: engine-bound decode steps of 5 ms, little queueing."""
-    base = dict(
-        num_requests=64,
-        e2e_p50_ms=400.0,
-        ttft_p50_ms=20.0,
-        tpot_p50_ms=6.0,
-        output_tok_s=3000.0,
-        queue_p50_ms=2.0,
-        queue_share_e2e=0.01,
-        queue_share_ttft=0.1,
-        cycle=CycleBreakdown(5.0, 0.05, 0.4, 0.3, 200, 32.0, 32.0),
-        fit=StepFit(1.0, 0.125, 200, 0.9),  # 1 ms + 4 ms at 32 tokens: compute
-        link=HopLink("uds"),
-        edge_hop_ms={"network.tokenizer_scheduler": 0.5},
-        edge_transport={"network.tokenizer_scheduler": "uds"},
-        mean_output_tokens=64,
-        steps_to_first_token_p50=2,
-        decode_steps_per_token=1.0,
-        mean_steps_per_request=66,
-    )
+    base = {
+        "num_requests": 64,
+        "e2e_p50_ms": 400.0,
+        "ttft_p50_ms": 20.0,
+        "tpot_p50_ms": 6.0,
+        "output_tok_s": 3000.0,
+        "queue_p50_ms": 2.0,
+        "queue_share_e2e": 0.01,
+        "queue_share_ttft": 0.1,
+        "cycle": CycleBreakdown(5.0, 0.05, 0.4, 0.3, 200, 32.0, 32.0),
+        "fit": StepFit(1.0, 0.125, 200, 0.9),  # 1 ms + 4 ms at 32 tokens: compute
+        "link": HopLink("uds"),
+        "edge_hop_ms": {"network.tokenizer_scheduler": 0.5},
+        "edge_transport": {"network.tokenizer_scheduler": "uds"},
+        "mean_output_tokens": 64,
+        "steps_to_first_token_p50": 2,
+        "decode_steps_per_token": 1.0,
+        "mean_steps_per_request": 66,
+    }
     base.update(overrides)
     return Signals(**base)  # type: ignore[arg-type]
 
@@ -115,7 +115,9 @@ def test_diagnosis_json_shape() -> None:
     for finding in diagnosis["findings"]:
         assert set(finding) == {"type", "score", "symptom", "evidence", "suggestions"}
         assert all(set(e) == {"value", "unit"} for e in finding["evidence"].values())
-        assert all(set(s) == {"method", "switch", "expected_effect"} for s in finding["suggestions"])
+        assert all(
+            set(s) == {"method", "switch", "expected_effect"} for s in finding["suggestions"]
+        )
     what_if = diagnosis["what_if"]
     assert what_if["link"] == "scheduler-worker" and what_if["delay_ms"] == [1.0, 3.0]
     assert len(what_if["tpot_p50_ms"]) == len(what_if["ttft_p50_ms"]) == 2
