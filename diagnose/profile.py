@@ -109,6 +109,7 @@ def _py_spy(target: Target, seconds: float, rate_hz: int, fmt: str, out: Path) -
         "--output",
         str(out),
         "--nonblocking",  # never pause the service: its latency is what is being measured
+        "--idle",  # a mostly idle front door still gets a graph (where its event loop waits)
     ]
     return subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=out.parent
@@ -195,8 +196,9 @@ def _wait_spies(
             if message not in problems:
                 problems.append(message)
         else:
-            last = (stderr or "").strip().splitlines()[-3:]
-            problems.append(f"py-spy on {target.name} (pid {target.pid}) failed: {' '.join(last)}")
+            lines = [line for line in (stderr or "").splitlines() if line.strip()]
+            cause = next((line for line in lines if line.startswith("Error")), " ".join(lines[:2]))
+            problems.append(f"py-spy on {target.name} (pid {target.pid}) failed: {cause}")
     return written
 
 
