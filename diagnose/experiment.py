@@ -114,5 +114,5 @@ def _plot(
         what_if,
         exp_dir / "plots" / WHAT_IF_PLOT,
         measured,
-        title="TPOT p50 vs link delay: predicted from the baseline, measured per variant",
+        title="TPOT p50 vs scheduler-worker link delay\n(line: predicted from the baseline's spans)",
     )

@@ -109,10 +109,10 @@ def plot_what_if(
     ax.plot(delays, what_if["tpot_p50_ms"], marker="o", ms=4, label="predicted")
     if measured:
         xs, ys = zip(*sorted(measured))
-        ax.scatter(xs, ys, color="tab:red", zorder=3, label="measured")
+        ax.scatter(xs, ys, color="tab:red", zorder=3, label="measured (0: the baseline)")
     ax.set_xlabel("link delay, one way (ms)  — hopscope cluster up --delay-ms")
     ax.set_ylabel("TPOT p50 (ms)")
-    ax.set_title(title or f"TPOT p50 vs {what_if['link']} link delay")
+    ax.set_title(title or f"TPOT p50 vs {what_if['link']} link delay (predicted)", fontsize=11)
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
