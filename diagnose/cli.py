@@ -81,11 +81,13 @@ def run_diagnose(args: argparse.Namespace) -> int:
         return _error("give RUN (an experiment directory or a bench JSON), or --calibrate")
     if not args.run.exists():
         return _error(f"{args.run} does not exist")
+    from tracing.readers import TraceReadError
+
     try:
         if args.run.is_dir():
             return _diagnose_dir(args, console)
         return _diagnose_bench(args, console, get_calibration())
-    except ValueError as exc:
+    except (ValueError, TraceReadError) as exc:
         return _error(str(exc))
 
 
