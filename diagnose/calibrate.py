@@ -1,6 +1,6 @@
 """The wire cost of each transport on this machine: a grpc.aio bidi-stream echo of a worker-shaped
 step between two processes, over a Unix socket, TCP loopback, and TCP through the emulated-link
-relay with no delay (the relay's own copying). Measured once per machine and stored under
+relay with no delay (the relay's own copying, in the caller's process as deployments run it). Measured once per machine and stored under
 `~/.hopscope/calibration.json`; `hopscope diagnose --calibrate` measures again.
 
 The *idle* round trip is what the wire costs when nobody else wants the CPU. On a shared machine
@@ -187,16 +187,19 @@ async def _measure_async(
 
 
 def measure(rounds: int = 10, iters: int = 40) -> Calibration:
-    """Measure every transport now (a few seconds; two child processes)."""
+    """Measure every transport now (a few seconds; one child process)."""
+    from deploy.relay import start_relay
+
     with ExitStack() as stack:
         socket_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hopscope-cal-"))
         servers = stack.enter_context(
             _echo_child(["serve", "--uds", f"{socket_dir}/echo.sock", "--host", "127.0.0.1"])
         )
-        relays = stack.enter_context(
-            _echo_child(["relay", "--target", servers["tcp"], "--delays-ms", "0"])
-        )
-        addresses = {"uds": servers["uds"], "tcp": servers["tcp"], "relay": relays["0.0"]}
+        # the relay runs in the caller's process, as a deployment runs it in the scheduler's
+        # (deploy/ray_actors.py): its threads share that process's interpreter
+        relay = start_relay("127.0.0.1", servers["tcp"], delay_ms=0.0)
+        stack.callback(relay.stop)
+        addresses = {"uds": servers["uds"], "tcp": servers["tcp"], "relay": relay.address}
         round_trip_us = asyncio.run(_measure_async(addresses, rounds, iters))
     measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return Calibration(round_trip_us, socket.gethostname(), measured_at)
