@@ -6,8 +6,9 @@ Runs three experiments with `hopscope experiment` (each diagnosed by it), then r
 - benchmarks/diagnose_plans/busy.yaml: colocated at concurrency 32 (all CPUs busy) -> not
   network; with `max_num_seqs: 2` -> scheduling
 - benchmarks/diagnose_plans/alone.yaml: inproc at concurrency 1 -> neither scheduling nor network
-- the built-in `network` plan: split over a 2-node local Ray cluster at concurrency 4, link delays
-  1 and 3 ms -> network at 3 ms; TPOT p50 predicted from the zero-delay baseline within 15 %
+- benchmarks/diagnose_plans/whatif.yaml: split over a 2-node local Ray cluster at concurrency 4,
+  link delays 1 and 3 ms, 4 rounds -> network at 3 ms; TPOT p50 predicted from the zero-delay
+  baseline within 15 %
 
     python -m benchmarks.diagnose_acceptance [--skip-network] [--work DIR [--reuse]]
         [--out benchmarks/results/diagnose.json]
@@ -30,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PLANS = {
     "busy": str(REPO_ROOT / "benchmarks" / "diagnose_plans" / "busy.yaml"),
     "alone": str(REPO_ROOT / "benchmarks" / "diagnose_plans" / "alone.yaml"),
-    "network": "network",
+    "network": str(REPO_ROOT / "benchmarks" / "diagnose_plans" / "whatif.yaml"),
 }
 EXPECT = {  # variant -> (must be, must not be)
     ("busy", "baseline"): (None, {"network"}),
