@@ -10,6 +10,7 @@ from statistics import median
 from typing import Any
 
 from diagnose.inputs import RunInputs
+from diagnose.kv import kv_pressure_from_spans
 from diagnose.links import HopLink, scheduler_worker_link
 from diagnose.steps import CycleBreakdown, StepFit, cycle_breakdown, fit_step_time, step_samples
 from tracing.decompose import (
@@ -94,7 +95,7 @@ def extract(run: RunInputs) -> Signals:
         cpu_us_per_token=run.cpu_us_per_token(),
         device=_device(run.describe),
     )
-    signals.kv_usage, signals.num_preemptions = run.kv_pressure()
+    signals.kv_usage, signals.num_preemptions = _kv_pressure(run, index)
     if not run.bench:
         signals.notes.append("no bench summary: latencies are the server-side spans' figures")
     return signals
@@ -129,6 +130,17 @@ def _per_request(
         if num_out >= 2 and num_decode > 0:
             ratios.append(num_decode / (num_out - 1))
     return ttfts, first_steps, ratios, lifetimes, n_out
+
+
+def _kv_pressure(run: RunInputs, index: SpanIndex) -> tuple[float | None, int | None]:
+    """Metrics when the scheduler exports a preemption counter; the spans otherwise."""
+    usage, preemptions = run.kv_pressure()
+    if preemptions is not None:
+        return usage, preemptions
+    model = (run.describe or {}).get("model") or {}
+    num_blocks = int(model.get("num_blocks", model.get("numBlocks", 0)) or 0)
+    block_size = int(model.get("block_size", model.get("blockSize", 0)) or 0)
+    return kv_pressure_from_spans(index, num_blocks, block_size)
 
 
 def _bench_p50(summary: dict[str, Any], key: str, fallback: list[float]) -> float:

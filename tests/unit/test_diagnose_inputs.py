@@ -93,7 +93,8 @@ def write_variant(exp: Path, name: str, factor: str | None, value: Any, hop_ms: 
     if factor == "link_delay_ms":
         edge = {"from": "scheduler", "to": "worker", "transport": "tcp", "link": "relay",
                 "delayMs": value}  # fmt: skip
-    (round_dir / "describe.json").write_text(json.dumps({"edges": [edge]}))
+    model = {"numBlocks": 100, "blockSize": 16}
+    (round_dir / "describe.json").write_text(json.dumps({"edges": [edge], "model": model}))
     cpu = {"cpu_us_per_token": {"tokenizer": 50.0, "scheduler": 30.0, "worker": 300.0}}
     (round_dir / "cpu.json").write_text(json.dumps(cpu))
     (exp / name / "variant.json").write_text(json.dumps({"name": name, "factor": factor,
@@ -114,6 +115,8 @@ def test_steps_gaps_and_fit_from_spans(tmp_path: Path) -> None:
     signals = extract(run)
     assert signals.decode_steps_per_token == pytest.approx(40 / 40)
     assert signals.cpu_us_per_token["worker"] == 300.0
+    # the last step: 4 sequences of 40 cached tokens, 3 blocks of 16 each, of 100 blocks
+    assert signals.kv_usage == pytest.approx(0.12) and signals.num_preemptions == 0
 
 
 def test_experiment_gets_diagnoses_and_link_predictions(tmp_path: Path) -> None:
