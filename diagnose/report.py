@@ -49,10 +49,10 @@ def _print_hops(diagnosis: dict[str, Any], console: Console) -> None:
         return
     table = Table(title="hops: CLIENT − SERVER = wire + wait", title_justify="left")
     for column in ("hop", "transport", "per", "hop ms", "wire ms", "wait ms"):
-        table.add_column(column, justify="right" if "ms" in column else "left")
+        table.add_column(column, justify="right" if "ms" in column else "left", no_wrap=True)
     for name, hop in hops.items():
         table.add_row(
-            name,
+            name.removeprefix("network."),
             hop["transport"],
             hop["per"],
             f"{hop['hop_ms']:.3f}",
