@@ -139,3 +139,22 @@ def test_rate_limit_adds_the_step_bytes_each_way() -> None:
     slow = HopLink("tcp", is_relayed=True, delay_ms=0.0, rate_mbit=10.0)
     fast = HopLink("tcp", is_relayed=True)
     assert wire_ms(slow, CAL, 32) > wire_ms(fast, CAL, 32) + 0.5  # a few KB at 10 Mbit/s
+
+
+def test_profile_targets_share_a_process_and_skip_other_machines() -> None:
+    import os
+    import socket
+
+    from diagnose.profile import targets
+
+    me = socket.gethostname()
+    describe = {
+        "services": [
+            {"name": "tokenizer", "pid": os.getpid(), "host": me},
+            {"name": "scheduler", "pid": os.getpid(), "host": me},
+            {"name": "worker", "pid": 4242, "host": "gpu-node-7"},
+        ]
+    }
+    found, skipped = targets(describe)
+    assert [(t.name, t.pid) for t in found] == [("tokenizer+scheduler", os.getpid())]
+    assert len(skipped) == 1 and "worker" in skipped[0] and "gpu-node-7" in skipped[0]
