@@ -76,6 +76,37 @@ def verdicts(name: str, out: Path) -> dict[str, Any]:
     return rows
 
 
+def paired_rounds(out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Each link variant's round k predicted from the baseline's round k (the same minute of a
+    shared machine): how much of the pooled error is the machine's drift between rounds."""
+    from diagnose.calibrate import get_calibration
+    from diagnose.inputs import load_bench_run
+    from diagnose.signals import extract
+    from diagnose.whatif import predict
+
+    calibration = get_calibration()
+    result: dict[str, list[dict[str, Any]]] = {}
+    for variant in sorted(out.glob("link_delay_ms=*")):
+        delay_ms = float(variant.name.split("=", 1)[1])
+        rows = []
+        for round_dir in sorted(variant.glob("round-*")):
+            base_dir = out / "baseline" / round_dir.name
+            if not (round_dir / "bench.json").exists() or not (base_dir / "bench.json").exists():
+                continue
+            base = extract(load_bench_run(base_dir / "bench.json", base_dir / "spans.jsonl"))
+            measured = extract(load_bench_run(round_dir / "bench.json", round_dir / "spans.jsonl"))
+            predicted = predict(base, calibration, base.link.with_delay(delay_ms))["tpot_p50_ms"]
+            rows.append({
+                "round": round_dir.name,
+                "baseline_tpot_p50_ms": round(base.tpot_p50_ms, 3),
+                "predicted_tpot_p50_ms": round(predicted, 3),
+                "measured_tpot_p50_ms": round(measured.tpot_p50_ms, 3),
+                "error": round(predicted / measured.tpot_p50_ms - 1, 4),
+            })  # fmt: skip
+        result[variant.name] = rows
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.diagnose_acceptance")
     parser.add_argument("--skip-network", action="store_true", help="no Ray cluster run")
@@ -98,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             wall_s = run_experiment(plan, out)
         results[name] = {"plan": plan, "wall_s": round(wall_s, 1), "variants": verdicts(name, out)}
+        if name == "network":
+            results[name]["paired_rounds"] = paired_rounds(out)
     document = {"results": results, "ok": all(
         row["ok"] for r in results.values() for row in r["variants"].values())}  # fmt: skip
     args.out.write_text(json.dumps(document, indent=2) + "\n")
