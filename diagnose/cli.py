@@ -102,6 +102,9 @@ def _diagnose_dir(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(results, indent=2))
         return 0
     for name, result in results.items():
+        if "error" in result:
+            console.print(f"[yellow]{escape(name)}: not diagnosed[/]: {escape(result['error'])}")
+            continue
         print_diagnosis(result["diagnosis"], name, console)
         prediction = result.get("prediction")
         if prediction:

@@ -61,8 +61,9 @@ def _prediction(
 
 
 def diagnose_experiment(exp_dir: Path, calibration: Calibration | None = None) -> dict[str, Any]:
-    """Diagnose every variant of `exp_dir`; returns {variant: {"diagnosis", "prediction"?}} and
-    writes the diagnosis files, the what-if figure and the additions to summary.json."""
+    """Diagnose every variant of `exp_dir`; returns {variant: {"diagnosis", "prediction"?}} (or
+    {"error"} for a variant that cannot be diagnosed, e.g. without spans) and writes the
+    diagnosis files, the what-if figure and the additions to summary.json."""
     exp_dir = Path(exp_dir)
     summary_path = exp_dir / "summary.json"
     summary = (
@@ -72,9 +73,16 @@ def diagnose_experiment(exp_dir: Path, calibration: Calibration | None = None) -
     by_name = {str(v["name"]): v for v in (summary or {}).get("variants", [])}
     signals: dict[str, Signals] = {}
     metas: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
     for name, variant_dir in _variant_dirs(exp_dir, summary).items():
-        signals[name] = extract(load_variant(variant_dir))
+        try:
+            signals[name] = extract(load_variant(variant_dir))
+        except ValueError as exc:  # e.g. no spans: the other variants are still diagnosed
+            skipped[name] = str(exc)
+            continue
         metas[name] = _variant_meta(variant_dir, by_name.get(name))
+    if not signals and skipped:
+        raise ValueError("no variant could be diagnosed: " + "; ".join(skipped.values()))
     link_values = {n: v for n, m in metas.items() if (v := _link_values(m)) is not None}
     delays = sorted({*DEFAULT_DELAYS_MS, *(d for d, _ in link_values.values() if d > 0)})
     results: dict[str, dict[str, Any]] = {}
@@ -90,9 +98,12 @@ def diagnose_experiment(exp_dir: Path, calibration: Calibration | None = None) -
             )
     if BASELINE in results:
         _plot(exp_dir, results, link_values, signals)
+    for name, reason in skipped.items():
+        results[name] = {"error": reason}
     if summary is not None:
         for variant in summary.get("variants", []):
-            variant.update(results.get(str(variant["name"]), {}))
+            result = results.get(str(variant["name"]), {})
+            variant.update({k: v for k, v in result.items() if k != "error"})
         summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return results
 

@@ -152,3 +152,12 @@ def test_calibration_is_stored_per_machine(tmp_path: Path, monkeypatch: pytest.M
     loaded = load_calibration()
     assert loaded is not None and loaded.wire_ms("relay", 16) == pytest.approx(0.3)
     assert loaded.wire_ms("inproc", 16) == 0.0
+
+
+def test_a_variant_without_spans_is_reported_not_fatal(tmp_path: Path) -> None:
+    write_variant(tmp_path, "baseline", None, None, hop_ms=0.3)
+    write_variant(tmp_path, "max_num_seqs=2", "max_num_seqs", 2, hop_ms=0.3)
+    (tmp_path / "max_num_seqs=2" / "round-1" / "spans.jsonl").write_text("")
+    results = diagnose_experiment(tmp_path, calibration=CAL)
+    assert "diagnosis" in results["baseline"]
+    assert "tracing" in results["max_num_seqs=2"]["error"]
