@@ -34,6 +34,13 @@ def diagnose_signals(
         notes.append(
             "GPU run: utilisation and the memory roofline are not measured by this rule set"
         )
+    host = next(f for f in findings if f.type == "host_cpu")
+    if host.is_fired:
+        notes.append(
+            f"the host is busy (host_cpu score {host.score:.2f}): the what-if adds each link's "
+            "time to the step, an upper bound when host work can overlap a slower link "
+            "(docs/diagnosis.md, What-if)"
+        )
     if not signals.cpu_us_per_token:
         notes.append("no cpu.json: host_cpu uses the step gaps and hop wait only")
     cycle = signals.cycle
