@@ -23,6 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     diagnose.add_argument("--spans", type=Path, help="spans file (default: next to the bench JSON)")
     diagnose.add_argument("--out", type=Path, help="diagnosis.json path (bench input)")
     diagnose.add_argument(
+        "--profile",
+        type=Path,
+        help="a `hopscope profile --out` directory (default: profile/ beside)",
+    )
+    diagnose.add_argument(
         "--delay-ms-list", type=_floats, help="what-if link delays, one way, ms (e.g. 1,3)"
     )
     diagnose.add_argument("--rate-mbit", type=float, default=0.0, help="what-if link rate cap")
@@ -127,7 +132,7 @@ def _diagnose_bench(args: argparse.Namespace, console: Console, calibration: obj
     from diagnose.whatif import DEFAULT_DELAYS_MS
 
     assert calibration is None or isinstance(calibration, Calibration)
-    run = load_bench_run(args.run, args.spans)
+    run = load_bench_run(args.run, args.spans, args.profile)
     delays = args.delay_ms_list or list(DEFAULT_DELAYS_MS)
     diagnosis = diagnose_run(run, calibration, delays, args.rate_mbit)
     out = args.out or args.run.with_name("diagnosis.json")

@@ -78,6 +78,7 @@ def diagnose_signals(
             "e2e_p50_ms": round(signals.e2e_p50_ms, 3),
             "output_tok_s": round(signals.output_tok_s, 1),
         },
+        "hot_functions": signals.hot_functions,  # from a `hopscope profile` beside the run
         "calibration": calibration.to_json() if calibration else None,
         "notes": notes,
     }

@@ -24,6 +24,7 @@ class RunInputs:
     cpu: list[dict[str, Any]] = field(default_factory=list)  # cpu.json of each round
     metrics: dict[str, str] = field(default_factory=dict)  # service -> Prometheus text
     bench_rounds: list[dict[str, Any]] = field(default_factory=list)
+    profile_dir: Path | None = None  # a `hopscope profile --out` directory, when there is one
 
     def cpu_us_per_token(self) -> dict[str, float]:
         """Median over rounds of each process's CPU µs per output token (cpu.json)."""
@@ -84,6 +85,7 @@ def load_variant(variant_dir: Path) -> RunInputs:
         for prom in sorted((round_dir / "metrics").glob("*.prom")):
             run.metrics[prom.stem] = prom.read_text(encoding="utf-8")
     run.bench = _pooled_bench(run.bench_rounds)
+    run.profile_dir = variant_dir / "profile" if (variant_dir / "profile").is_dir() else None
     return run
 
 
@@ -103,8 +105,11 @@ def _pooled_bench(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     return pooled
 
 
-def load_bench_run(bench_path: Path, spans_path: Path | None = None) -> RunInputs:
-    """A `hopscope bench --out` summary and its spans (`--spans`, or a spans file beside it)."""
+def load_bench_run(
+    bench_path: Path, spans_path: Path | None = None, profile_dir: Path | None = None
+) -> RunInputs:
+    """A `hopscope bench --out` summary and its spans (`--spans`, or a spans file beside it), and
+    a `hopscope profile` directory (`--profile`, or `profile/` beside it)."""
     bench = _read_json(bench_path)
     if bench is None or "summary" not in bench:
         raise ValueError(f"{bench_path}: not a hopscope bench summary JSON")
@@ -117,6 +122,7 @@ def load_bench_run(bench_path: Path, spans_path: Path | None = None) -> RunInput
     run.cpu = [cpu] if cpu else []
     for prom in sorted((folder / "metrics").glob("*.prom")):
         run.metrics[prom.stem] = prom.read_text(encoding="utf-8")
+    run.profile_dir = profile_dir or (folder / "profile" if (folder / "profile").is_dir() else None)
     return run
 
 

@@ -165,6 +165,11 @@ def host_cpu(s: Signals, splits: list[HopSplit]) -> Finding:
     )
     if cpu_ratio is not None:
         symptom += f"; tokenizer + scheduler use {cpu_ratio:.2f}x the worker's CPU per token"
+    for service, rows in sorted(s.hot_functions.items()):
+        evidence[f"hot_functions.{service}"] = _ev("; ".join(rows), "py-spy self time")
+    busiest = max(services, key=lambda p: services[p], default=None)
+    if busiest and s.hot_functions.get(busiest):
+        symptom += f"; {busiest}'s hottest function: {s.hot_functions[busiest][0]}"
     is_fired = score >= HOST_SHARE or (cpu_ratio is not None and cpu_ratio >= HOST_CPU_RATIO)
     return Finding("host_cpu", score, symptom, evidence, is_fired)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
+from diagnose.hotspots import hot_functions
 from diagnose.inputs import RunInputs
 from diagnose.kv import kv_pressure_from_spans
 from diagnose.links import HopLink, scheduler_worker_link
@@ -50,6 +51,7 @@ class Signals:
     kv_usage: float | None = None  # peak share of KV blocks in use, when known
     num_preemptions: int | None = None
     device: str = "cpu"
+    hot_functions: dict[str, list[str]] = field(default_factory=dict)  # service -> top self time
     notes: list[str] = field(default_factory=list)
 
 
@@ -94,6 +96,7 @@ def extract(run: RunInputs) -> Signals:
         is_closed_loop=bool((run.bench or {}).get("config", {}).get("concurrency")),
         cpu_us_per_token=run.cpu_us_per_token(),
         device=_device(run.describe),
+        hot_functions=hot_functions(run.profile_dir),
     )
     signals.kv_usage, signals.num_preemptions = _kv_pressure(run, index)
     if not run.bench:

@@ -92,3 +92,4 @@ def test_profile_then_diagnose_a_colocated_run(
     hops = diagnosis["decomposition"]["hops"]
     assert hops["network.scheduler_worker"]["transport"] == "uds"
     assert (folder / "what_if_tpot.png").stat().st_size > 0
+    assert diagnosis["hot_functions"]["worker"]  # the profile/ beside the bench JSON is read

@@ -161,3 +161,18 @@ def test_a_variant_without_spans_is_reported_not_fatal(tmp_path: Path) -> None:
     results = diagnose_experiment(tmp_path, calibration=CAL)
     assert "diagnosis" in results["baseline"]
     assert "tracing" in results["max_num_seqs=2"]["error"]
+
+
+def test_host_cpu_names_the_hottest_functions_of_a_profile(tmp_path: Path) -> None:
+    from diagnose.hotspots import hot_functions
+
+    frames = [
+        {"name": "main", "file": "/x/app.py", "line": 1},
+        {"name": "encode", "file": "/x/tok.py", "line": 10},
+        {"name": "EpollSelector.select", "file": "/py/selectors.py", "line": 468},
+    ]
+    samples = [[0, 1]] * 3 + [[0, 2]] * 5  # 3 busy in encode, 5 idle in select
+    document = {"shared": {"frames": frames},
+                "profiles": [{"type": "sampled", "samples": samples, "weights": [1] * 8}]}  # fmt: skip
+    (tmp_path / "tokenizer.speedscope.json").write_text(json.dumps(document))
+    assert hot_functions(tmp_path) == {"tokenizer": ["encode (tok.py:10) 100%"]}
