@@ -69,3 +69,18 @@ def test_a_child_that_exits_early_is_a_launch_error_naming_it(tmp_path: Path) ->
     )
     with pytest.raises(LaunchError, match=r"(?s)worker exited with code 3.*no model here"):
         child.wait_for_line(re.compile("READY"), 30)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_no_ray_actor_imports_from_the_users_working_directory(tmp_path: Path) -> None:
+    """Ray puts the driver's cwd on its workers' sys.path unless serve joins from elsewhere."""
+    cwd = _poisoned_dir(tmp_path / "user")
+    child = start_serve(["--placement", "colocated"], log_path=tmp_path / "serve.log", cwd=cwd)
+    try:
+        ids, _, _ = generate(child.address, prompt="hi", max_tokens=2, ignore_eos=True)
+        assert child.stop(60) == 0
+    finally:
+        child.stop(0)
+    assert not (cwd / "imported.txt").exists(), (cwd / "imported.txt").read_text()
+    assert len(ids) == 2
