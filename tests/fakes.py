@@ -10,7 +10,6 @@ raise `BlockTableError` on the spot.
 from __future__ import annotations
 
 import asyncio
-
 import zlib
 from array import array
 from dataclasses import dataclass, field
