@@ -33,6 +33,7 @@ START_TIMEOUT_S = 180.0  # the one start-up deadline (a cold kernel build + a mo
 STOP_GRACE_S = 10.0
 FRONT_DOOR_RE = re.compile(r"hopscope front door: (?P<address>\S+) \(")
 _POLL_S = 0.05
+_TAIL_BYTES = 256 * 1024
 _PR_SET_PDEATHSIG = 1
 
 
@@ -130,8 +131,15 @@ class Child:
 
     def last_lines(self, n: int = 20) -> list[str]:
         """The last `n` non-empty lines this launch wrote (stdout and stderr together)."""
-        text = self._read_from(self.log_offset)
-        return [ln for ln in text.splitlines() if ln.strip()][-n:]
+        try:
+            size = self.log_path.stat().st_size
+        except FileNotFoundError:
+            return []
+        start = max(self.log_offset, size - _TAIL_BYTES)  # a long-lived log is not read whole
+        lines = self._read_from(start).splitlines()
+        if start > self.log_offset:
+            lines = lines[1:]  # the first one is cut
+        return [ln for ln in lines if ln.strip()][-n:]
 
     def wait(self, timeout_s: float) -> int | None:
         """Its exit code once it exits by itself within `timeout_s`; None if still running."""
