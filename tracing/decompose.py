@@ -12,13 +12,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tracing import schema
 from tracing.model import Link, Span
+from tracing.schema import ENCODE, GENERATE, LOADGEN_REQUEST, STEP, SUBMIT
 
-LOADGEN_REQUEST = "loadgen.request"
-GENERATE = "hopscope.v1.Tokenizer/Generate"
-ENCODE = "tokenizer.encode"
-SUBMIT = "hopscope.v1.Scheduler/Submit"
-STEP = "hopscope.v1.Worker/Step"
+__all__ = ["ENCODE", "GENERATE", "LOADGEN_REQUEST", "STEP", "SUBMIT"]  # re-exported names
 
 TOKENIZE = "tokenize"
 QUEUE = "queue"
@@ -72,7 +70,7 @@ class _StepCall:
 
 def _is(span: Span, name: str, kind: str | None = None) -> bool:
     # OTel's gRPC instrumentation names spans "/pkg.Service/Method"; ours omit the slash
-    return span.name.lstrip("/") == name and (kind is None or span.kind == kind)
+    return schema.base_name(span.name) == name and (kind is None or span.kind == kind)
 
 
 class SpanIndex:
@@ -86,13 +84,13 @@ class SpanIndex:
         for span in self.spans:
             if span.parent_key is not None:
                 self.children[span.parent_key].append(span)
-            num_prefill = span.attributes.get("hopscope.num_prefill_links")
+            num_prefill = span.attributes.get(schema.NUM_PREFILL_LINKS)
             for position, link in enumerate(span.links):
-                if isinstance(num_prefill, int) and "hopscope.phase" not in link.attributes:
+                if isinstance(num_prefill, int) and schema.PHASE not in link.attributes:
                     # a step span lists its prefill links first and says how many there are
                     phase = "prefill" if position < num_prefill else "decode"
                     link = Link(
-                        link.trace_id, link.span_id, {**link.attributes, "hopscope.phase": phase}
+                        link.trace_id, link.span_id, {**link.attributes, schema.PHASE: phase}
                     )
                 self.linked_from[(link.trace_id, link.span_id)].append((span, link))
 
@@ -124,7 +122,7 @@ class SpanIndex:
         for position, (client, link) in enumerate(pairs):
             # Jaeger's UI format drops link attributes: the first step is then the prefill
             default_phase = "prefill" if position == 0 else "decode"
-            phase = str(link.attributes.get("hopscope.phase", default_phase))
+            phase = str(link.attributes.get(schema.PHASE, default_phase))
             calls.append(_StepCall(client, self.child(client, STEP, "SERVER"), phase))
         return calls
 
@@ -211,8 +209,8 @@ def _raw_components(
     """Every component but `other`, possibly negative (clamped by the caller)."""
     server = found.submit_server
     raw: dict[str, float] = {
-        QUEUE: _attr_ms(server, "hopscope.queue_ms"),
-        DETOKENIZE: _attr_ms(found.submit_client, "hopscope.detokenize_ms"),
+        QUEUE: _attr_ms(server, schema.QUEUE_MS),
+        DETOKENIZE: _attr_ms(found.submit_client, schema.DETOKENIZE_MS),
         TOKENIZE: _tokenize_ms(index, found.generate_server),
         NET_CLIENT_TOKENIZER: _hop_ms(found.generate_client, found.generate_server),
         NET_TOKENIZER_SCHEDULER: _hop_ms(found.submit_client, server),
@@ -221,8 +219,8 @@ def _raw_components(
         raw.update(_step_components(calls, notes))
     else:
         notes.append("no Worker/Step spans link to this request; compute from Submit attributes")
-        raw[PREFILL] = _attr_ms(server, "hopscope.prefill_ms")
-        raw[DECODE] = _attr_ms(server, "hopscope.decode_ms")
+        raw[PREFILL] = _attr_ms(server, schema.PREFILL_MS)
+        raw[DECODE] = _attr_ms(server, schema.DECODE_MS)
         raw[NET_SCHEDULER_WORKER] = 0.0
     return raw
 
@@ -286,6 +284,6 @@ def _attr_ms(span: Span | None, key: str) -> float:
 
 def _request_id(found: _RequestSpans) -> str:
     for span in (found.submit_server, found.submit_client, found.generate_server, found.loadgen):
-        if span is not None and "hopscope.request_id" in span.attributes:
-            return str(span.attributes["hopscope.request_id"])
+        if span is not None and schema.REQUEST_ID in span.attributes:
+            return str(span.attributes[schema.REQUEST_ID])
     return ""
