@@ -11,10 +11,10 @@ from rich.console import Console
 
 from loadgen import metrics
 from loadgen.config import BenchConfig
+from loadgen.frontdoor import check_reachable
 from loadgen.plots import plot_cdfs, plot_sweep
 from loadgen.report import LiveProgress, lag_warning, summary_lines, summary_table
 from loadgen.results import git_sha, point_paths, write_requests, write_summary
-from loadgen.runner import check_reachable
 from loadgen.workers import PointResult, run_point
 
 EXIT_INTERRUPTED = 130

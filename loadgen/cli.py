@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
+from loadgen.address import AddressError, parse_address
 from loadgen.config import (
     ARRIVALS,
     DATASET_FORMATS,
@@ -122,6 +123,10 @@ def build_points(args: argparse.Namespace) -> tuple[list[BenchConfig], list[str]
         raise BenchConfigError(
             "--address HOST:PORT is required (the front door of `hopscope serve`)"
         )
+    try:
+        address = parse_address(args.address)  # no port: hopscope's 50051, not gRPC's 443
+    except AddressError as exc:
+        raise BenchConfigError(f"--address: {exc}") from None
     rates, concurrencies = args.rate or [], args.concurrency or []
     if rates and concurrencies:
         raise BenchConfigError("choose --rate (open loop) or --concurrency (closed loop), not both")
@@ -162,7 +167,7 @@ def build_points(args: argparse.Namespace) -> tuple[list[BenchConfig], list[str]
     else:
         loads = [LoadConfig(concurrency=c, **common) for c in concurrencies]
         tags = [f"concurrency-{c}" for c in concurrencies]
-    configs = [BenchConfig(args.address, load, workload, slo, args.label) for load in loads]
+    configs = [BenchConfig(address, load, workload, slo, args.label) for load in loads]
     return configs, tags if len(configs) > 1 else [""]
 
 
@@ -175,7 +180,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_bench_command(args: argparse.Namespace) -> int:
     from loadgen.bench import BenchPlan, preflight
-    from loadgen.runner import UnreachableError
+    from loadgen.frontdoor import UnreachableError
     from loadgen.workloads import DatasetError, Workload
 
     console = Console()
@@ -186,7 +191,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         plan = BenchPlan(
             points, tags, out, _flags(args), args.repeat, not args.no_plots, not args.no_live
         )
-        server = preflight(args.address, args.connect_timeout_s)
+        server = preflight(points[0].address, args.connect_timeout_s)
     except (BenchConfigError, DatasetError, UnreachableError, ValueError) as exc:
         return _fail("hopscope bench", exc)
     console.print(f"target {server}")
