@@ -61,6 +61,7 @@ async def stream_generate(
         stub = pb_grpc.TokenizerStub(channel)
         try:
             await wait_reachable(channel, address, connect_timeout_s)
+            model = await _model_name(stub, connect_timeout_s)
             async for response in stub.Generate(request, timeout=timeout_s):
                 text.append(response.text)
                 token_ids.extend(response.token_ids)
@@ -81,4 +82,28 @@ async def stream_generate(
             "completion_tokens": last.usage.completion_tokens,
         },
         "request_id": last.request_id,
+        "model": model,
     }
+
+
+async def _model_name(stub: pb_grpc.TokenizerStub, timeout_s: float) -> str:
+    """The served model's name from Describe ("" when Describe is not served)."""
+    try:
+        described = await stub.Describe(pb.DescribeRequest(), timeout=timeout_s)
+    except grpc.aio.AioRpcError:
+        return ""
+    return described.model.name
+
+
+def random_weights_note(model: str) -> str | None:
+    """A one-line note when `model` is a preset: its weights are seeded random numbers, so its
+    text is gibberish by design; without it a new user takes that for a bug."""
+    from services.models.presets import PRESETS
+
+    if model not in PRESETS:
+        return None
+    return (
+        f"note: model {model!r} is a preset with seeded random weights, so its text is "
+        "gibberish by design (tokens, timings and every hop are real); --model DIR serves a "
+        "real checkpoint"
+    )

@@ -24,7 +24,7 @@ async def wait_reachable(channel: grpc.aio.Channel, address: str, timeout_s: flo
         await asyncio.wait_for(channel.channel_ready(), timeout_s)
     except TimeoutError:
         raise UnreachableError(
-            f"no hopscope front door answers at {address} (waited {timeout_s:g} s); is "
+            f"no server answers at {address} (waited {timeout_s:g} s); is "
             "`hopscope serve` running, and is the address right?"
         ) from None
 

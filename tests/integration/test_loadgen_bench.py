@@ -178,29 +178,20 @@ def test_closed_loop_with_two_workers_and_compare(
 
 
 def test_failed_requests_are_counted_by_status_and_kept_out_of_latency(
-    slow_failing: str, tmp_path: Path
+    slow_failing: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "fail.json"
-    code = bench(
-        "--address",
-        slow_failing,
-        "--concurrency",
-        "5",
-        "--num-requests",
-        "10",
-        "--output-len",
-        "4",
-        "--out",
-        str(out),
-        "--no-live",
-        "--no-plots",
-    )
-    assert code == 0
+    args = ["--address", slow_failing, "--concurrency", "5", "--num-requests", "10"]
+    args += ["--output-len", "4", "--out", str(out), "--no-live", "--no-plots"]
+    code = bench(*args)
+    assert code == 1  # 2 of 10 failed: a run with failures is not a success by default
+    assert "2 of 10 requests failed (20.0% > --max-failed-frac 0)" in capsys.readouterr().out
     document = json.loads(out.read_text())
     assert document["summary"]["failed"] == 2 and document["summary"]["completed"] == 8
     assert document["failed_by_status"] == {"RESOURCE_EXHAUSTED": 2}
     # a refused request answers at once; the successful ones take 4 x 0.2 s
     assert document["summary"]["e2e_ms"]["min"] > 500
+    assert bench(*args, "--max-failed-frac", "0.2") == 0  # at the limit: accepted
 
 
 def test_unreachable_address_exits_non_zero_and_sends_nothing(
