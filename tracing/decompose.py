@@ -54,6 +54,10 @@ class RequestBreakdown:
     tpot_components_ms: dict[str, float] = field(default_factory=dict)
     clamped_ms: float = 0.0  # how much negative time was clamped to zero (overlap, jitter)
     notes: list[str] = field(default_factory=list)
+    # components no span measured for this request (counted 0 in components_ms; shown "n/a")
+    unmeasured: list[str] = field(default_factory=list)
+    start_unix_ns: int = 0  # when the request's root span started
+    label: str = ""  # `hopscope bench --label` of the run that sent it ("" when unknown)
 
     @property
     def is_sum_within_tolerance(self) -> bool:
@@ -176,7 +180,9 @@ def _decompose_request(index: SpanIndex, submit_server: Span) -> RequestBreakdow
     root = found.root
     notes: list[str] = []
     calls = index.step_calls(submit_server)
-    raw = _raw_components(index, found, calls, notes)
+    measured = _raw_components(index, found, calls, notes)
+    unmeasured = [name for name in COMPONENTS if name in measured and measured[name] is None]
+    raw = {name: value or 0.0 for name, value in measured.items()}
     clamped_ms = 0.0
     for name, value in raw.items():
         if value < 0:
@@ -198,6 +204,9 @@ def _decompose_request(index: SpanIndex, submit_server: Span) -> RequestBreakdow
         components_ms=components,
         clamped_ms=clamped_ms,
         notes=notes,
+        unmeasured=unmeasured,
+        start_unix_ns=root.start_ns,
+        label=str(found.loadgen.attributes.get(schema.LABEL, "")) if found.loadgen else "",
     )
     _add_tpot(breakdown, calls, submit_server)
     return breakdown
@@ -205,10 +214,11 @@ def _decompose_request(index: SpanIndex, submit_server: Span) -> RequestBreakdow
 
 def _raw_components(
     index: SpanIndex, found: _RequestSpans, calls: list[_StepCall], notes: list[str]
-) -> dict[str, float]:
-    """Every component but `other`, possibly negative (clamped by the caller)."""
+) -> dict[str, float | None]:
+    """Every component but `other`, possibly negative (clamped by the caller); None when no
+    span measured it (e.g. the client hop of a caller that does not trace)."""
     server = found.submit_server
-    raw: dict[str, float] = {
+    raw: dict[str, float | None] = {
         QUEUE: _attr_ms(server, schema.QUEUE_MS),
         DETOKENIZE: _attr_ms(found.submit_client, schema.DETOKENIZE_MS),
         TOKENIZE: _tokenize_ms(index, found.generate_server),
@@ -221,11 +231,11 @@ def _raw_components(
         notes.append("no Worker/Step spans link to this request; compute from Submit attributes")
         raw[PREFILL] = _attr_ms(server, schema.PREFILL_MS)
         raw[DECODE] = _attr_ms(server, schema.DECODE_MS)
-        raw[NET_SCHEDULER_WORKER] = 0.0
+        raw[NET_SCHEDULER_WORKER] = None
     return raw
 
 
-def _step_components(calls: list[_StepCall], notes: list[str]) -> dict[str, float]:
+def _step_components(calls: list[_StepCall], notes: list[str]) -> dict[str, float | None]:
     compute = {"prefill": 0.0, "decode": 0.0}
     network_ms = 0.0
     for call in calls:
@@ -261,25 +271,26 @@ def _add_tpot(breakdown: RequestBreakdown, calls: list[_StepCall], submit_server
     }
 
 
-def _tokenize_ms(index: SpanIndex, generate_server: Span | None) -> float:
+def _tokenize_ms(index: SpanIndex, generate_server: Span | None) -> float | None:
     if generate_server is None:
-        return 0.0
-    return sum(c.duration_ms for c in index.children[generate_server.key] if _is(c, ENCODE))
+        return None
+    encodes = [c for c in index.children[generate_server.key] if _is(c, ENCODE)]
+    return sum(c.duration_ms for c in encodes) if encodes else None
 
 
-def _hop_ms(client: Span | None, server: Span | None) -> float:
+def _hop_ms(client: Span | None, server: Span | None) -> float | None:
     if client is None or server is None:
-        return 0.0
+        return None
     return client.duration_ms - server.duration_ms
 
 
-def _attr_ms(span: Span | None, key: str) -> float:
-    if span is None:
-        return 0.0
+def _attr_ms(span: Span | None, key: str) -> float | None:
+    if span is None or key not in span.attributes:
+        return None
     try:
-        return float(span.attributes.get(key, 0.0))
+        return float(span.attributes[key])
     except (TypeError, ValueError):
-        return 0.0
+        return None
 
 
 def _request_id(found: _RequestSpans) -> str:
