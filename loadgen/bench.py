@@ -12,7 +12,7 @@ from rich.console import Console
 from loadgen import metrics
 from loadgen.config import BenchConfig
 from loadgen.frontdoor import check_reachable
-from loadgen.plots import plot_cdfs, plot_sweep
+from loadgen.plots import bench_cdf_plots, plot_sweep
 from loadgen.report import LiveProgress, lag_warning, summary_lines, summary_table
 from loadgen.results import git_sha, point_paths, write_requests, write_summary
 from loadgen.workers import PointResult, run_point
@@ -102,6 +102,11 @@ def run_bench(plan: BenchPlan, console: Console, is_tracing: bool) -> int:
     return EXIT_REQUESTS_FAILED if failures else 0
 
 
+def plots_dir(summary_path: Path) -> Path:
+    """Where a point's figures go: beside its summary, `NAME.json` -> `NAME-plots/`."""
+    return summary_path.with_name(summary_path.stem + "-plots")
+
+
 def failed_share_error(summary: dict[str, Any], max_failed_frac: float) -> str | None:
     """Why a point fails the run (its failed share of finished requests is above the limit)."""
     num_failed = summary["failed"]
@@ -117,7 +122,7 @@ def failed_share_error(summary: dict[str, Any], max_failed_frac: float) -> str |
 def _run_one(
     plan: BenchPlan, config: BenchConfig, tag: str, repeat: int, console: Console, is_tracing: bool
 ) -> tuple[dict[str, Any], bool]:
-    title = f"{config.label or 'bench'} {tag or 'point'}" + (
+    title = " ".join(p for p in (config.label or "bench", tag) if p) + (
         f" repeat {repeat + 1}/{plan.num_repeats}" if plan.num_repeats > 1 else ""
     )
     if plan.is_live:
@@ -142,8 +147,9 @@ def _run_one(
     if warning := lag_warning(document["summary"]):
         console.print(f"[bold yellow]warning:[/] {warning}")
     if plan.is_plotting:
-        png = plot_cdfs(summary_path.with_suffix(".cdf.png"), metrics.samples(window), title)
-        console.print(f"latency CDFs: {png}")
+        plot_dir = plots_dir(summary_path)
+        pngs = bench_cdf_plots(plot_dir, {config.label: metrics.samples(window)})
+        console.print(f"latency CDFs: {plot_dir}/ ({', '.join(p.name for p in pngs)})")
     console.print(f"summary: {summary_path}  requests: {requests_path}")
     return document, result.is_interrupted
 

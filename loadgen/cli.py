@@ -41,6 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="{compare}")
     compare = bench_sub.add_parser("compare", help="show bench summaries side by side")
     compare.add_argument("summaries", nargs="+", type=Path, help="summary JSON files")
+    compare.add_argument(
+        "--plots",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="also write CDF overlays of the runs there (ttft_cdf.png, tpot_cdf.png, ...)",
+    )
     compare.set_defaults(func=run_compare_command)
 
 
@@ -279,12 +286,19 @@ def _fail(command: str, exc: Exception) -> int:
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
-    from loadgen.compare import compare_table, group_columns
+    from loadgen.compare import column_samples, compare_table, group_columns, loop_warning
+    from loadgen.plots import bench_cdf_plots
 
     console = Console()
     try:
         columns = group_columns(args.summaries)
+        samples = {c.name: column_samples(c) for c in columns} if args.plots else {}
     except ValueError as exc:
         return _fail("hopscope bench compare", exc)
     console.print(compare_table(columns))
+    if warning := loop_warning(columns):
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+    if args.plots:
+        pngs = bench_cdf_plots(args.plots, samples)
+        console.print(f"CDF overlays: {args.plots}/ ({', '.join(p.name for p in pngs)})")
     return 0

@@ -125,7 +125,10 @@ def test_open_loop_run_writes_the_contract_records_and_plots(instant: str, tmp_p
     assert all(re.fullmatch(r"[0-9a-f]{32}", r["trace_id"]) for r in rows)
     assert len({r["trace_id"] for r in rows}) == 60
     assert all(r["n_out"] == 12 and r["n_in"] == 128 for r in rows)
-    assert out.with_suffix(".cdf.png").stat().st_size > 0
+    plots = tmp_path / "open-plots"
+    for name in ("ttft_cdf.png", "tpot_cdf.png", "itl_cdf.png", "e2e_cdf.png"):
+        assert (plots / name).stat().st_size > 0, name  # one figure per metric
+    assert document["deployment"]["placement"] == "instant-fixture"  # Describe, recorded
 
 
 def test_closed_loop_with_two_workers_and_compare(
@@ -172,9 +175,14 @@ def test_closed_loop_with_two_workers_and_compare(
         "--no-plots",
     )
     capsys.readouterr()
-    assert bench("compare", str(out), str(other)) == 0
+    overlays = tmp_path / "compare-plots"
+    assert bench("compare", str(out), str(other), "--plots", str(overlays)) == 0
     table = capsys.readouterr().out
     assert "closed" in table and "again" in table and "Δ vs first" in table
+    assert "warning" not in table  # two closed loops: like with like
+    assert {p.name for p in overlays.iterdir()} == {
+        "ttft_cdf.png", "tpot_cdf.png", "itl_cdf.png", "e2e_cdf.png"
+    }  # fmt: skip
 
 
 def test_failed_requests_are_counted_by_status_and_kept_out_of_latency(
