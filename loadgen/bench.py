@@ -89,7 +89,9 @@ def run_bench(plan: BenchPlan, console: Console, is_tracing: bool) -> int:
         if plan.is_plotting and len(documents) > 1:
             sweep_png = point_paths(plan.out, "sweep", repeat, plan.num_repeats)[0]
             sweep_png = plot_sweep(
-                sweep_png.with_suffix(".png"), documents, "throughput vs latency"
+                sweep_png.with_suffix(".png"),
+                documents,
+                f"{plan.points[0].label or 'bench'}: throughput vs latency",
             )
             console.print(f"sweep plot: {sweep_png}")
         if is_interrupted:

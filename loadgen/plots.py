@@ -188,6 +188,13 @@ def plot_sweep(path: Path, points: list[dict[str, Any]], title: str) -> Path:
         for stat in ("p50", "p99"):
             values = [p["summary"][metric][stat] for p in points]
             ax.plot(throughput, [np.nan if v is None else v for v in values], "o-", label=stat)
+            if stat == "p99":  # which offered load each point was: "rate-30" -> "rate 30"
+                for x, y, point in zip(throughput, values, points, strict=True):
+                    tag = str(point["config"].get("point", "")).replace("-", " ")
+                    if y is not None and tag:
+                        ax.annotate(tag, (x, y), xytext=(0, 6), textcoords="offset points",
+                                    ha="center", fontsize=7, color="0.35")  # fmt: skip
+        ax.margins(x=0.08, y=0.15)  # room for the point labels
         ax.set_xlabel("completed requests/s")
         ax.set_ylabel(f"{metric_title(metric)} (ms)")
         ax.grid(True, alpha=0.3)
