@@ -82,6 +82,8 @@ class SchedulerRunner:
             self.worker_info.model, list(self.worker_info.eos_token_ids)
         )
         self.core = self._core_factory(info)
+        # all free before the first step (an unset gauge reads 0 free: a full cache)
+        self.metrics.set_kv_blocks(num_used=0, num_free=self.core.block_manager.num_blocks)
         self._worker_down_since = None
         self._on_health(True)
         self._task = asyncio.create_task(self._run(), name="scheduler-loop")
