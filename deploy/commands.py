@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
-import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from loadgen.address import DEFAULT_PORT
+from services.common.metrics import DEFAULT_METRICS_BASE_PORT
 
 if TYPE_CHECKING:  # deploy.spec imports the services (and torch): only when a command runs
     from deploy.spec import ServeSpec
@@ -45,7 +45,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--metrics",
         action="store_true",
-        help="serve Prometheus /metrics at --host on 9401 (tokenizer), 9402 (scheduler), 9403 (worker)",
+        help=f"serve Prometheus /metrics of each service at --host (ports: --metrics-port, "
+        f"default {DEFAULT_METRICS_BASE_PORT}-{DEFAULT_METRICS_BASE_PORT + 2})",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="BASE",
+        help="implies --metrics: tokenizer on BASE, scheduler BASE+1, worker BASE+2 "
+        f"(default {DEFAULT_METRICS_BASE_PORT}; 0 = any free port for each); printed once ready",
+    )
+    serve.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="keep the service processes' logs in DIR (<service>.log; with --no-ray; "
+        "default: a temporary directory removed at exit)",
     )
     _add_engine_args(serve)
     serve.set_defaults(func=run_serve)
@@ -115,8 +131,16 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_queue_len=args.max_queue_len,
-        is_metrics_enabled=getattr(args, "metrics", False),
+        is_metrics_enabled=getattr(args, "metrics", False)
+        or getattr(args, "metrics_port", None) is not None,
+        metrics_base_port=_or_default(
+            getattr(args, "metrics_port", None), DEFAULT_METRICS_BASE_PORT
+        ),
     )
+
+
+def _or_default(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 # ---------------------------------------------------------------------------- serve
@@ -130,9 +154,18 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         err.print(f"error: {exc}")
         return 2
+    from deploy.lifecycle import LaunchError, check_port_free
+
+    try:  # before anything slow (a model load, a kernel build) starts
+        check_port_free(spec.host, spec.port)
+    except LaunchError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return 1
     if not args.no_ray:
         from deploy.ray_serve import run_ray_serve
 
+        if args.log_dir is not None:
+            err.print("note: --log-dir keeps --no-ray service logs; Ray keeps its actors' logs")
         return run_ray_serve(spec, args.ray_address)
     if spec.placement not in NO_RAY_PLACEMENTS:
         err.print(
@@ -143,7 +176,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return _with_tracing(
             "hopscope-inproc", spec.placement, lambda: asyncio.run(_serve_inproc(spec))
         )
-    return _serve_local(spec)
+    return _serve_local(spec, args.log_dir)
 
 
 def _with_tracing(service_name: str, placement: str, run: Any) -> int:
@@ -161,53 +194,47 @@ def _with_tracing(service_name: str, placement: str, run: Any) -> int:
         shutdown_tracing()
 
 
-def _announce(address: str, spec: ServeSpec) -> None:
-    print(
-        f"hopscope front door: {address} (placement {spec.placement}, model {spec.model})",
-        flush=True,
-    )
-
-
 async def _serve_inproc(spec: ServeSpec) -> int:
     from deploy.inproc import start_inproc
+    from deploy.lifecycle import announce_front_door, announce_metrics
+    from services.common.process import wait_for_stop_signal
 
     try:
         pipeline = await start_inproc(spec)
     except Exception as exc:  # noqa: BLE001 - fatal start-up error: one clear line
         err.print(f"error: could not start: {exc}")
         return 1
-    _announce(pipeline.address, spec)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    announce_front_door(pipeline.address, spec.placement, spec.model)
+    announce_metrics(pipeline.metrics_urls)
+    await wait_for_stop_signal()
     err.print("draining: health NOT_SERVING, finishing in-flight streams")
     await pipeline.stop()
     return 0
 
 
-def _serve_local(spec: ServeSpec) -> int:
-    from deploy.local import LaunchError, LocalDeployment
+def _serve_local(spec: ServeSpec, log_dir: Path | None) -> int:
+    from deploy.lifecycle import (
+        LaunchError,
+        StopRequest,
+        announce_front_door,
+        announce_metrics,
+        supervise,
+    )
+    from deploy.local import LocalDeployment
 
-    deployment = LocalDeployment(spec)
-    stop_requested = False
-
-    def request_stop(signum: int, frame: Any) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    deployment = LocalDeployment(spec, log_dir)
+    stop = StopRequest()
     try:
         address = deployment.start()
-        _announce(address, spec)
-        while not stop_requested:
-            for event in deployment.supervise_once():
-                err.print(event)
-            time.sleep(0.2)
+        announce_front_door(address, spec.placement, spec.model)
+        announce_metrics(deployment.metrics_urls)
+        if log_dir is not None:
+            err.print(f"service logs: {log_dir}/{{worker,scheduler,tokenizer}}.log", markup=False)
+        supervise(
+            deployment.supervise_once, stop, 0.2, lambda event: err.print(event, markup=False)
+        )
     except LaunchError as exc:
-        err.print(f"error: {exc}")
+        err.print(f"error: {exc}", markup=False)
         deployment.stop()
         return 1
     err.print("draining: front door first, then scheduler and worker")

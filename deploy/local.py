@@ -4,110 +4,91 @@ that crashes is restarted on the same address, and `stop` drains front to back."
 
 from __future__ import annotations
 
-import ctypes
-import select
+import json
+import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.lifecycle import START_TIMEOUT_S, Child, LaunchError, launch, wait_serving
 from deploy.placement import internal_address, resolve_placement
 from deploy.spec import ServeSpec
 from services.common.process import READY_PREFIX, config_to_json
 
-START_TIMEOUT_S = 180.0
 MAX_RESTARTS = 5
+TAIL_LINES = 8  # of a failed service's log, printed on the console
+READY_RE = re.compile(rf"^{READY_PREFIX} (?P<address>\S+)(?: metrics=(?P<metrics>\S+))?$")
 
-
-class LaunchError(RuntimeError):
-    """A service could not start; the message says which and why."""
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no orphans if we are killed
+__all__ = ["ChildService", "LaunchError", "LocalDeployment"]
 
 
 @dataclass
 class ChildService:
+    """One service process (`python -P -m services.NAME --config JSON`), restartable."""
+
     name: str
     module: str
     config_json: str
     placement: str
     log_path: Path
-    process: subprocess.Popen[bytes] | None = None
+    child: Child | None = None
     address: str = ""
+    metrics_url: str = ""
     num_restarts: int = 0
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                self.module,
-                "--config",
-                self.config_json,
-                "--placement",
-                self.placement,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, no locks taken
-        )
-        log.close()
-        self.address = self._wait_ready(timeout_s)
+        argv = ["-m", self.module, "--config", self.config_json, "--placement", self.placement]
+        self.child = launch(argv, name=self.name, log_path=self.log_path)
+        try:
+            ready = self.child.wait_for_line(READY_RE, timeout_s)
+        except LaunchError:
+            self.terminate(0)
+            raise
+        self.address = ready.group("address")
+        self.metrics_url = "" if ready.group("metrics") in (None, "-") else ready.group("metrics")
         return self.address
 
-    def _wait_ready(self, timeout_s: float) -> str:
-        assert self.process is not None and self.process.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.process.stdout], [], [], 0.2)
-            if ready:
-                line = self.process.stdout.readline().decode().strip()
-                if line.startswith(READY_PREFIX):
-                    return line.split(" ", 1)[1]
-                if not line and self.process.poll() is not None:
-                    break
-            elif self.process.poll() is not None:
-                break
-        self.terminate(0)
-        raise LaunchError(f"{self.name} did not start: {self.last_error()}")
-
-    def last_error(self) -> str:
-        lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    def exit_reason(self) -> str:
+        """How it ended and, when it said why, its last `error:` line (from this run only)."""
+        code = self.child.returncode if self.child is not None else None
+        if code is not None and code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        lines = self.last_lines(200)
         errors = [ln for ln in lines if ln.startswith("error:")]
-        return (errors or lines or ["no output (timed out)"])[-1]
+        said = (errors or lines or ["no output"])[-1]
+        return f"exited with code {code}: {said}"
+
+    def last_lines(self, n: int = 20) -> list[str]:
+        return self.child.last_lines(n) if self.child is not None else []
 
     @property
     def is_alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.child is not None and self.child.is_alive
 
     def terminate(self, grace_s: float) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.child is not None:
+            self.child.stop(grace_s)
 
 
 @dataclass
 class LocalDeployment:
+    """`log_dir` keeps the services' logs (<service>.log, appended); none: a temporary
+    directory removed at stop."""
+
     spec: ServeSpec
+    log_dir: Path | None = None
     children: list[ChildService] = field(default_factory=list)
     tmp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hopscope-")))
 
     @property
     def address(self) -> str:
         return self.children[-1].address
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {c.name: c.metrics_url for c in self.children if c.metrics_url}
 
     def start(self) -> str:
         try:
@@ -125,6 +106,10 @@ class LocalDeployment:
                 lambda listen: self.spec.tokenizer_config(listen, sched),
                 listen=self.spec.front_door,
             )
+            wait_serving(self.address, START_TIMEOUT_S)  # the front door's health follows all
+        except TimeoutError as exc:
+            self.stop()
+            raise LaunchError(f"the pipeline did not become healthy: {exc}") from exc
         except BaseException:
             self.stop()
             raise
@@ -133,9 +118,8 @@ class LocalDeployment:
     def _start(self, name: str, module: str, make_config: object, listen: str | None = None) -> str:
         listen = listen or self._internal_address(name)
         config = make_config(listen)  # type: ignore[operator]
-        child = ChildService(
-            name, module, config_to_json(config), self.spec.placement, self.tmp_dir / f"{name}.log"
-        )
+        log_path = (self.log_dir or self.tmp_dir) / f"{name}.log"
+        child = ChildService(name, module, config_to_json(config), self.spec.placement, log_path)
         self.children.append(child)
         return child.start()
 
@@ -144,19 +128,19 @@ class LocalDeployment:
         return internal_address(transport, "127.0.0.1", self.tmp_dir, name)
 
     def supervise_once(self) -> list[str]:
-        """Restart any child that died; returns what happened, for the log."""
+        """Restart any child that died; returns what happened (with its last lines), for the
+        console. LaunchError when one keeps dying or cannot start again."""
         events = []
         for child in self.children:
             if child.is_alive:
                 continue
+            reason, tail = child.exit_reason(), _indented(child.last_lines(TAIL_LINES))
             if child.num_restarts >= MAX_RESTARTS:
-                raise LaunchError(f"{child.name} keeps dying: {child.last_error()}")
+                raise LaunchError(f"{child.name} keeps dying ({reason}){tail}")
             child.num_restarts += 1
-            config = _with_listen(child.config_json, child.address)
-            child.config_json = config
-            events.append(
-                f"{child.name} exited ({child.last_error()}); restarting on {child.address}"
-            )
+            # the same address again (a port chosen by the OS, or the Unix socket)
+            child.config_json = _with_listen(child.config_json, child.address)
+            events.append(f"{child.name} {reason}; restarting on {child.address}{tail}")
             child.start()
         return events
 
@@ -166,9 +150,11 @@ class LocalDeployment:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
-def _with_listen(config_json: str, address: str) -> str:
-    import json
+def _indented(lines: list[str]) -> str:
+    return "".join(f"\n  {line}" for line in lines)
 
+
+def _with_listen(config_json: str, address: str) -> str:
     data = json.loads(config_json)
     data["listen"] = address
     return json.dumps(data)

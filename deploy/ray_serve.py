@@ -4,11 +4,14 @@ pinned to `hopscope-node` labels where the cluster has them)."""
 
 from __future__ import annotations
 
-import signal
+import contextlib
+import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -20,6 +23,14 @@ from deploy.cluster import (
     prepare_ray_driver,
     start_cluster,
     stop_cluster,
+)
+from deploy.lifecycle import (
+    START_TIMEOUT_S,
+    StopRequest,
+    announce_front_door,
+    announce_metrics,
+    supervise,
+    wait_serving,
 )
 from deploy.placement import (
     EDGES,
@@ -37,7 +48,6 @@ from deploy.spec import ServeSpec
 
 err = Console(stderr=True, highlight=False)
 
-START_TIMEOUT_S = 180.0
 RESERVE_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 # In-flight requests wait this long for a restarted worker actor, then are recomputed on it.
@@ -45,6 +55,7 @@ WORKER_RECONNECT_TIMEOUT_S = 60.0
 BUNDLE_CPU = 0.01  # Ray needs non-empty bundles; the services themselves ask for next to nothing
 ACTOR_CPU = 0.003
 OTEL_PREFIXES = ("OTEL_", "HOPSCOPE_TRACE")
+CODE_ROOT = Path(__file__).resolve().parents[1]  # holds deploy/, services/, ...: already importable
 
 
 class DeployError(RuntimeError):
@@ -72,10 +83,21 @@ class RayDeployment:
                 bundle = plan.bundle_of(self.placement, "tokenizer" if role == "pipeline" else role)
                 self.actors[role] = self._create(cls, actor_plan, bundle)
             self._wait_started(timeout_s)
+            wait_serving(self.front_door, timeout_s)  # its health follows every downstream
+        except TimeoutError as exc:
+            self.stop()
+            raise DeployError(f"the pipeline did not become healthy: {exc}") from exc
         except BaseException:
             self.stop()
             raise
         return self.front_door
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        urls: dict[str, str] = {}
+        for info in self.infos.values():
+            urls.update(info.get("metrics", {}))
+        return urls
 
     @property
     def front_door(self) -> str:
@@ -242,8 +264,6 @@ def _free_port_on_node(node_id: str, bind_host: str) -> int:
 
 
 def _otel_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if k.startswith(OTEL_PREFIXES)}
 
 
@@ -257,9 +277,23 @@ def connect(ray_address: str) -> None:
     host = ray_address.rsplit(":", 1)[0]
     kwargs: dict[str, Any] = {"_node_ip_address": host} if host.startswith("127.") else {}
     try:
-        ray.init(address=ray_address, log_to_driver=False, **kwargs)
+        with _in_directory(CODE_ROOT):
+            ray.init(address=ray_address, log_to_driver=False, **kwargs)
     except (ConnectionError, RuntimeError) as exc:
         raise DeployError(f"cannot join the Ray cluster at {ray_address}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _in_directory(path: Path) -> Iterator[None]:
+    """Ray puts the driver's working directory on every worker's sys.path (its
+    `py_driver_sys_path`): joining from the user's directory would let a `tracing.py` there
+    replace hopscope's modules inside the actors. Join from hopscope's own code root instead."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 # ---------------------------------------------------------------------------- the command
@@ -277,17 +311,7 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
         spec,
         worker_reconnect_timeout_s=max(spec.worker_reconnect_timeout_s, WORKER_RECONNECT_TIMEOUT_S),
     )
-    stop_requested = False
-
-    def request_stop(signum: int, frame: Any) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    def install_handlers() -> None:
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
-
-    install_handlers()
+    stop = StopRequest()
     embedded = None
     try:
         if not ray_address:
@@ -298,18 +322,13 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
             )
         record = find_record(ray_address)
         connect(ray_address)
-        install_handlers()  # again: ray.init installs its own SIGTERM handler, which exits
+        stop.install()  # again: ray.init installs its own SIGTERM handler, which exits
         deployment = RayDeployment(spec, placement, record.link if record else LinkSettings())
         try:
             address = deployment.start()
-            print(
-                f"hopscope front door: {address} (placement {spec.placement}, model {spec.model})",
-                flush=True,
-            )
-            while not stop_requested:
-                for event in deployment.supervise_once():
-                    err.print(event)
-                time.sleep(1.0)
+            announce_front_door(address, spec.placement, spec.model)
+            announce_metrics(deployment.metrics_urls)
+            supervise(deployment.supervise_once, stop, 1.0, err.print)
             err.print("draining: front door first, then scheduler and worker")
         finally:
             deployment.stop()
