@@ -67,3 +67,15 @@ def test_an_untraced_client_hop_is_na_not_zero(
     assert run(["traces", "summarize", "--input", str(path)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "client_tokenizer" in line)
     assert "n/a" in row and "0.000" not in row
+
+
+def test_show_marks_the_untraced_client_hop_na(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spans = [s for s in _request("d" * 32, "", 0.0) if s.service_name != "loadgen"]
+    path = tmp_path / "server-only.jsonl"
+    write_otlp_lines(path, spans)
+    assert run(["traces", "show", "d" * 32, "--input", str(path)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "network.client_tokenizer" in line)
+    assert "n/a" in row
