@@ -169,7 +169,8 @@ def build_points(args: argparse.Namespace) -> tuple[list[BenchConfig], list[str]
             "--address HOST:PORT is required (the front door of `hopscope serve`)"
         )
     try:
-        address = parse_address(args.address)  # no port: hopscope's 50051, not gRPC's 443
+        # no port: hopscope's 50051, not gRPC's 443 ("" when another front door is named)
+        address = parse_address(args.address) if args.address else ""
     except AddressError as exc:
         raise BenchConfigError(f"--address: {exc}") from None
     rates, concurrencies = args.rate or [], args.concurrency or []
