@@ -61,13 +61,13 @@ async def stream_generate(
         stub = pb_grpc.TokenizerStub(channel)
         try:
             await wait_reachable(channel, address, connect_timeout_s)
-            model = await _model_name(stub, connect_timeout_s)
             async for response in stub.Generate(request, timeout=timeout_s):
                 text.append(response.text)
                 token_ids.extend(response.token_ids)
                 if on_text and response.text:
                     on_text(response.text)
                 last = response
+            model = await _model_name(stub, connect_timeout_s)  # after: never delays a request
         except UnreachableError as exc:
             raise GenerateError(str(exc), grpc.StatusCode.UNAVAILABLE) from None
         except grpc.aio.AioRpcError as exc:

@@ -64,15 +64,13 @@ def print_describe(console: Console, d: dict[str, Any]) -> None:
     )
     services = Table("service", "node", "host", "pid", "address", title="services")
     for s in d.get("services", []):
-        services.add_row(
-            s.get("name", ""), s.get("nodeId", ""), s.get("host", ""), str(s.get("pid", "")),
-            s.get("address", ""),
-        )  # fmt: skip
+        cells = (s.get(k, "") for k in ("name", "nodeId", "host", "pid", "address"))
+        services.add_row(*(str(c) for c in cells))
     console.print(services)
     edges = Table("edge", "transport", "link", title="edges")
     for e in d.get("edges", []):
-        edges.add_row(f"{e.get('from', '')} → {e.get('to', '')}", e.get("transport", ""),
-                      e.get("link") or "none")  # fmt: skip
+        edge = f"{e.get('from', '')} → {e.get('to', '')}"
+        edges.add_row(edge, e.get("transport", ""), e.get("link") or "none")
     console.print(edges)
     stats = d.get("schedulerStats", {})
     console.print(
