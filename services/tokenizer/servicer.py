@@ -22,6 +22,7 @@ from services.common.identity import ServiceIdentity
 from services.common.metrics import ServiceMetrics
 from services.tokenizer.core import GenerateParams, PreparedRequest, StopMatcher, TokenizerCore
 from services.tokenizer.scheduler_client import RequestStream
+from tracing import schema
 
 if TYPE_CHECKING:
     from services.tokenizer.server import TokenizerServiceConfig
@@ -74,7 +75,7 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         request_id = request.request_id or uuid.uuid4().hex
         with _tracer.start_as_current_span(
-            "tokenizer.encode", attributes={"hopscope.request_id": request_id}
+            schema.ENCODE, attributes={schema.REQUEST_ID: request_id}
         ):
             prepared = self.core.prepare(_params_from_pb(request), request_id)
         remaining_s = context.time_remaining()
@@ -86,8 +87,8 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
             SpanKind.CLIENT,
             self.scheduler.transport,
             attributes={
-                "hopscope.request_id": request_id,
-                "server.address": self.scheduler.address,
+                schema.REQUEST_ID: request_id,
+                schema.SERVER_ADDRESS: self.scheduler.address,
             },
         )
         progress = _Progress(started_s=time.perf_counter())
@@ -99,8 +100,8 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
             if not progress.is_finished:  # cancelled by the client, deadline, or an error
                 self.scheduler.abort(request_id)
             self._record(progress)
-            span.set_attribute("hopscope.detokenize_ms", progress.detokenize_s * 1e3)
-            span.set_attribute("hopscope.num_output_tokens", progress.num_output_tokens)
+            span.set_attribute(schema.DETOKENIZE_MS, progress.detokenize_s * 1e3)
+            span.set_attribute(schema.NUM_OUTPUT_TOKENS, progress.num_output_tokens)
             span.end()
 
     async def _responses(
