@@ -39,7 +39,8 @@ class RunnerSettings:
     step_timeout_s: float = 120.0
     connect_timeout_s: float = 30.0
     # how long in-flight requests wait for a lost worker to come back before failing UNAVAILABLE
-    worker_reconnect_timeout_s: float = 10.0
+    # (long enough for a restarted worker that rebuilds its kernels: `--worker-restart-timeout`)
+    worker_reconnect_timeout_s: float = 60.0
 
 
 @dataclass(slots=True)
@@ -72,6 +73,7 @@ class SchedulerRunner:
         self._wakeup = asyncio.Event()
         self._worker_down_since: float | None = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        worker.watch(self._wakeup.set)  # a stream lost while idle is noticed at once
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -147,6 +149,10 @@ class SchedulerRunner:
         assert self.core is not None
         if not self.is_worker_up:
             await self._reconnect()
+            return
+        if not self.worker.is_connected:
+            log.warning("worker lost: the step stream to %s ended", self.worker.address)
+            self._lose_worker()
             return
         now = time.monotonic()
         self._deliver(self.core.expire(now))
