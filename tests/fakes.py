@@ -227,6 +227,7 @@ class FakeWorkerClient:
 
     def __init__(self, worker: FakeWorker) -> None:
         self.worker = worker
+        self.step_delay_s = 0.0  # each step takes this long (requests stay in flight a while)
         self.fail_steps: list[Exception] = []
         self.num_failed_connects = 0
         self.num_connects = 0
@@ -248,8 +249,12 @@ class FakeWorkerClient:
         )
 
     async def step(self, seqs: list[SeqStep], carrier: object) -> StepOutput:
+        import asyncio
+
         from services.common.errors import UnavailableError
 
+        if self.step_delay_s:
+            await asyncio.sleep(self.step_delay_s)
         if self.fail_steps:
             error = self.fail_steps.pop(0)
             if isinstance(error, UnavailableError):

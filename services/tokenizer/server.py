@@ -26,6 +26,8 @@ class TokenizerServiceConfig:
     placement: str = "colocated"
     request_timeout_s: float = 600.0  # cap on a request without its own deadline
     connect_timeout_s: float = 60.0
+    # how long requests in flight wait for a lost scheduler to come back (then resubmitted)
+    scheduler_reconnect_timeout_s: float = 60.0
     scheduler_link: str = ""  # how the path to the scheduler is shaped: "" | "netem" | "relay"
     is_ray: bool = False
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off
@@ -33,6 +35,8 @@ class TokenizerServiceConfig:
     def __post_init__(self) -> None:
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("request_timeout_s and connect_timeout_s must be > 0")
+        if self.scheduler_reconnect_timeout_s < 0:
+            raise ValueError("scheduler_reconnect_timeout_s must be >= 0")
 
 
 @dataclass
@@ -68,7 +72,9 @@ async def start_tokenizer(
             asyncio.get_running_loop().create_task(holder["server"].set_serving(is_serving))
 
     if scheduler is None:
-        client = GrpcSchedulerClient(config.scheduler_address, on_health)
+        client = GrpcSchedulerClient(
+            config.scheduler_address, on_health, config.scheduler_reconnect_timeout_s
+        )
         await client.connect(config.connect_timeout_s)
         scheduler = client
     identity = identify("tokenizer", config.listen, config.node_id)
