@@ -44,6 +44,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve Prometheus /metrics at --host on 9401 (tokenizer), 9402 (scheduler), 9403 (worker)",
     )
+    serve.add_argument(
+        "--worker-restart-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long requests in flight wait for a restarting model worker before they fail "
+        "UNAVAILABLE (default 60: a restart may rebuild the CPU kernels)",
+    )
     _add_engine_args(serve)
     serve.set_defaults(func=run_serve)
 
@@ -111,6 +119,7 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_queue_len=args.max_queue_len,
         is_metrics_enabled=getattr(args, "metrics", False),
+        worker_reconnect_timeout_s=getattr(args, "worker_restart_timeout", 60.0),
     )
 
 

@@ -280,6 +280,7 @@ class FakeWorkerServicer:
 
         self.worker = worker
         self.instance_id = "fake-1"
+        self.pid = 12345  # the pid Describe reports for it
         self.num_streams = 0
         self._kill = asyncio.Event()
 
@@ -304,7 +305,7 @@ class FakeWorkerServicer:
             model=convert.model_info_to_pb(info),
             eos_token_ids=info.eos_token_ids,
             instance_id=self.instance_id,
-            service=pb.ServiceInfo(name="worker", pid=12345, address="fake"),
+            service=pb.ServiceInfo(name="worker", pid=self.pid, address="fake"),
         )
 
     async def Step(self, request_iterator: object, context: object) -> object:

@@ -23,6 +23,7 @@ from services.common.metrics import ServiceMetrics
 from services.common.types import Delivery, ModelInfo
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Batch, Request, Update
+from services.scheduler.service_config import WORKER_RESTART_TIMEOUT_S
 from services.scheduler.worker_client import WorkerClient
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class RunnerSettings:
     connect_timeout_s: float = 30.0
     # how long in-flight requests wait for a lost worker to come back before failing UNAVAILABLE
     # (long enough for a restarted worker that rebuilds its kernels: `--worker-restart-timeout`)
-    worker_reconnect_timeout_s: float = 60.0
+    worker_reconnect_timeout_s: float = WORKER_RESTART_TIMEOUT_S
 
 
 @dataclass(slots=True)

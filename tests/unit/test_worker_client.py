@@ -9,12 +9,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from services.common.identity import identify
 from services.common.server import GrpcServer, start_server
 from services.common.types import ModelInfo
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Request
 from services.scheduler.runner import RunnerSettings, SchedulerRunner
+from services.scheduler.servicer import describe_scheduler
 from services.scheduler.worker_client import GrpcWorkerClient
 from tests.fakes import FakeWorker, FakeWorkerServicer, make_prompt, reference_output
 from tests.unit.test_runner import Sink
@@ -130,14 +132,35 @@ def test_health_follows_the_worker_stream_without_traffic(tmp_path: Path) -> Non
     asyncio.run(asyncio.wait_for(_health_follows(tmp_path), 30))
 
 
+def _worker_pid(runner: SchedulerRunner) -> int:
+    response = describe_scheduler(runner, identify("scheduler", "x"))
+    return next(s.pid for s in response.services if s.name == "worker")
+
+
 async def _health_follows(tmp_path: Path) -> None:
     async with _pipeline(tmp_path) as pipeline:
         assert pipeline.health == [True]
+        assert _worker_pid(pipeline.runner) == 12345
         await pipeline.stop_worker()
         await _until(lambda: pipeline.health[-1] is False)
         assert not pipeline.runner.is_worker_up
+        assert _worker_pid(pipeline.runner) == 0  # not the dead process's pid
+        pipeline.fake.pid = 23456
         await pipeline.start_worker()
         await _until(lambda: pipeline.health[-1] is True)
+        assert _worker_pid(pipeline.runner) == 23456
         sink = Sink()
         await _finish(pipeline.runner, sink, range(2))
         assert pipeline.health == [True, False, True]
+
+
+def test_the_worker_restart_timeout_is_a_serve_flag() -> None:
+    from deploy.cli import build_parser
+    from deploy.commands import spec_from_args
+
+    def scheduler_patience_s(*flags: str) -> float:
+        spec = spec_from_args(build_parser().parse_args(["serve", *flags]))
+        return spec.scheduler_config("127.0.0.1:0", "unix:/w").worker_reconnect_timeout_s
+
+    assert scheduler_patience_s() == 60.0  # a restart that rebuilds the kernels fits
+    assert scheduler_patience_s("--worker-restart-timeout", "45") == 45.0
