@@ -8,6 +8,7 @@ default upstream; `unix:PATH` for a Unix socket).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -147,6 +148,16 @@ def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]
 
 
 def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(behavior):  # streams by context.write (grpc's health Watch)
+
+        async def wrapped_coroutine(request: Any, context: grpc.aio.ServicerContext) -> None:
+            try:
+                await behavior(request, context)
+            except Exception as exc:  # noqa: BLE001
+                await _abort(context, exc, method)
+
+        return wrapped_coroutine
+
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             async for item in behavior(request, context):
