@@ -9,6 +9,7 @@ raise `BlockTableError` on the spot.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from array import array
 from dataclasses import dataclass, field
@@ -219,7 +220,8 @@ def make_request(
 class FakeWorkerClient:
     """The scheduler runner's WorkerClient over a FakeWorker, with faults to inject:
     `fail_steps` raises the given exceptions on the next steps, `num_failed_connects` makes
-    that many reconnects fail (the worker is still down), and a lost worker loses its cache."""
+    that many reconnects fail (the worker is still down), `num_hung_steps` makes that many steps
+    never answer (a stuck worker), and a lost worker loses its cache."""
 
     transport = "inproc"
     address = "fake"
@@ -230,6 +232,7 @@ class FakeWorkerClient:
         self.step_delay_s = 0.0  # each step takes this long (requests stay in flight a while)
         self.fail_steps: list[Exception] = []
         self.num_failed_connects = 0
+        self.num_hung_steps = 0
         self.num_connects = 0
 
     async def connect(self, timeout_s: float) -> object:
@@ -249,7 +252,6 @@ class FakeWorkerClient:
         )
 
     async def step(self, seqs: list[SeqStep], carrier: object) -> StepOutput:
-        import asyncio
 
         from services.common.errors import UnavailableError
 
@@ -260,6 +262,10 @@ class FakeWorkerClient:
             if isinstance(error, UnavailableError):
                 self.worker.restart()
             raise error
+        if self.num_hung_steps > 0:
+            self.num_hung_steps -= 1
+            self.worker.restart()  # whatever it held is gone with the step that never ends
+            await asyncio.Event().wait()
         return self.worker.step(seqs)
 
     def watch(self, on_lost: object) -> None:
@@ -276,7 +282,6 @@ class FakeWorkerServicer:
     flight; `restart()` also loses the fake KV cache."""
 
     def __init__(self, worker: FakeWorker) -> None:
-        import asyncio
 
         self.worker = worker
         self.instance_id = "fake-1"
@@ -291,7 +296,6 @@ class FakeWorkerServicer:
         return ["hopscope.v1.Worker"]
 
     def kill_streams(self) -> None:
-        import asyncio
 
         self._kill.set()
         self._kill = asyncio.Event()
@@ -309,7 +313,6 @@ class FakeWorkerServicer:
         )
 
     async def Step(self, request_iterator: object, context: object) -> object:
-        import asyncio
 
         import grpc
 
