@@ -7,12 +7,15 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from deploy.spec import DEFAULT_PORT, NO_RAY_PLACEMENTS, ServeSpec
+from loadgen.address import DEFAULT_PORT
 from services.common.metrics import DEFAULT_METRICS_BASE_PORT
+
+if TYPE_CHECKING:  # deploy.spec imports the services (and torch): only when a command runs
+    from deploy.spec import ServeSpec
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -121,6 +124,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: int = 0) -> ServeSpec:
+    from deploy.spec import ServeSpec
+
     return ServeSpec(
         placement=getattr(args, "placement", placement),
         model=args.model,
@@ -149,8 +154,12 @@ def _or_default(value: int | None, default: int) -> int:
 
 # ---------------------------------------------------------------------------- serve
 def run_serve(args: argparse.Namespace) -> int:
+    from deploy.placement import resolve_placement
+    from deploy.spec import NO_RAY_PLACEMENTS
+
     try:
         spec = spec_from_args(args)
+        resolve_placement(spec.placement)  # a missing file or a typo, named before anything starts
     except ValueError as exc:
         err.print(f"error: {exc}")
         return 2
@@ -244,7 +253,7 @@ def _serve_local(spec: ServeSpec, log_dir: Path | None) -> int:
 
 # ---------------------------------------------------------------------------- generate
 def run_generate(args: argparse.Namespace) -> int:
-    from deploy.client import GenerateError, build_request
+    from deploy.client import GenerateError, build_request, random_weights_note
 
     try:
         request = build_request(args)
@@ -269,6 +278,8 @@ def run_generate(args: argparse.Namespace) -> int:
             f"\n[{result['finish_reason']}; {result['usage']['completion_tokens']} tokens]",
             file=sys.stderr,
         )
+    if note := random_weights_note(result.get("model") or args.model):
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loadgen.address import DEFAULT_PORT
 from services.common.metrics import DEFAULT_METRICS_BASE_PORT, metrics_port
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.service_config import WORKER_RESTART_TIMEOUT_S, SchedulerServiceConfig
@@ -12,7 +13,6 @@ from services.worker.config import WorkerConfig
 from services.worker.server import WorkerServiceConfig
 
 NO_RAY_PLACEMENTS = ("inproc", "colocated", "colocated-tcp")
-DEFAULT_PORT = 50051
 
 
 @dataclass(slots=True)

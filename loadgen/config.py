@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from loadgen.address import AddressError, parse_address
+
 ARRIVALS = ("poisson", "gamma", "constant")
 LENGTH_DISTS = ("fixed", "uniform", "normal")
 DATASET_FORMATS = ("jsonl", "sharegpt")
@@ -166,9 +168,12 @@ class BenchConfig:
     label: str = ""
 
     def __post_init__(self) -> None:
-        host, sep, port = self.address.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise BenchConfigError(f"--address must be HOST:PORT, got {self.address!r}")
+        try:
+            resolved = parse_address(self.address)
+        except AddressError as exc:
+            raise BenchConfigError(f"--address: {exc}") from None
+        if resolved != self.address:
+            raise BenchConfigError(f"--address {self.address!r}: resolve it first ({resolved})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

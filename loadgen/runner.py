@@ -21,6 +21,7 @@ import grpc
 from opentelemetry import trace
 
 from loadgen.config import BenchConfig
+from loadgen.frontdoor import UnreachableError, check_reachable  # noqa: F401 - re-exported
 from loadgen.metrics import STATUS_INCOMPLETE, STATUS_OK, RequestRecord
 from loadgen.tracectx import RequestTrace, get_tracer, start_request_trace
 from loadgen.workloads import RequestSpec, Workload
@@ -31,10 +32,6 @@ from protos import hopscope_pb2_grpc as pb_grpc
 SENT, OK, FAILED, INCOMPLETE, LAG_SUM_MS, LAG_MAX_MS = range(6)
 NUM_COUNTERS = 6
 _DISPATCH_SLACK_S = 0.0005  # start requests due within this instead of sleeping for it
-
-
-class UnreachableError(ConnectionError):
-    """The server did not answer before any load was sent."""
 
 
 @dataclass(slots=True)
@@ -176,7 +173,7 @@ class Runner:
 
     async def _send(self, index: int, t_sched: float, cap: asyncio.Semaphore | None) -> None:
         request = self._prepared.pop(index, None) or self._build(index)
-        req_trace = start_request_trace(self._tracer, request.request_id)
+        req_trace = start_request_trace(self._tracer, request.request_id, self._config.label)
         record = RequestRecord(index, request.request_id, req_trace.trace_id, t_sched)
         record.worker = self._plan.worker
         self._records.append(record)
@@ -273,24 +270,3 @@ async def _acquire_or_stop(cap: asyncio.Semaphore, stop: asyncio.Event) -> None:
         acquire.cancel()
     elif stop.is_set():
         cap.release()
-
-
-async def check_reachable(address: str, timeout_s: float = 3.0) -> pb.DescribeResponse | None:
-    """Describe the deployment, or raise UnreachableError; None if Describe is not served."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        try:
-            await asyncio.wait_for(channel.channel_ready(), timeout_s)
-        except TimeoutError:
-            raise UnreachableError(
-                f"no server answers at {address} (waited {timeout_s:g} s); is `hopscope serve` "
-                "running, and is the address right?"
-            ) from None
-        try:
-            stub = pb_grpc.TokenizerStub(channel)
-            return await stub.Describe(pb.DescribeRequest(), timeout=timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                return None
-            raise UnreachableError(
-                f"{address} did not answer Describe: {exc.code().name} {exc.details()}"
-            ) from None

@@ -53,6 +53,7 @@ class ServiceMetrics:
             "running_seqs": "Sequences currently running (prefill or decode)",
             "kv_blocks_used": "KV-cache blocks allocated to sequences",
             "kv_blocks_free": "KV-cache blocks free",
+            "kv_blocks_total": "KV-cache blocks in all (used + free)",
         }
         self._gauges = {name: self._gauge(name, doc) for name, doc in gauges.items()}
         self._batch_size = self._histogram("batch_size", "Sequences per step", BATCH_SIZE_BUCKETS)
@@ -90,6 +91,7 @@ class ServiceMetrics:
     def set_kv_blocks(self, *, num_used: int, num_free: int) -> None:
         self._gauges["kv_blocks_used"].set(num_used)
         self._gauges["kv_blocks_free"].set(num_free)
+        self._gauges["kv_blocks_total"].set(num_used + num_free)
 
     # --- histograms
 

@@ -29,6 +29,7 @@ from services.tokenizer.core import (
     TokenizerCore,
 )
 from services.tokenizer.scheduler_client import RequestStream
+from tracing import schema
 
 if TYPE_CHECKING:
     from services.tokenizer.server import TokenizerServiceConfig
@@ -76,7 +77,7 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         started_s = time.perf_counter()
         request_id = request.request_id or uuid.uuid4().hex
         with _tracer.start_as_current_span(
-            "tokenizer.encode", attributes={"hopscope.request_id": request_id}
+            schema.ENCODE, attributes={schema.REQUEST_ID: request_id}
         ):
             # off the event loop: a long prompt must not stall every other stream
             prepared = await asyncio.to_thread(
@@ -91,8 +92,8 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
             SpanKind.CLIENT,
             self.scheduler.transport,
             attributes={
-                "hopscope.request_id": request_id,
-                "server.address": self.scheduler.address,
+                schema.REQUEST_ID: request_id,
+                schema.SERVER_ADDRESS: self.scheduler.address,
             },
         )
         output = self.core.output_stream(prepared)
@@ -117,8 +118,8 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
             if stream is not None and not output.is_finished:
                 self.scheduler.abort(request_id)
             self._record(timing, output)
-            span.set_attribute("hopscope.detokenize_ms", output.detokenize_s * 1e3)
-            span.set_attribute("hopscope.num_output_tokens", output.num_output_tokens)
+            span.set_attribute(schema.DETOKENIZE_MS, output.detokenize_s * 1e3)
+            span.set_attribute(schema.NUM_OUTPUT_TOKENS, output.num_output_tokens)
             span.end()
 
     def _record(self, timing: _Timing, output: OutputStream) -> None:
