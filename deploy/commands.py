@@ -63,6 +63,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="keep the service processes' logs in DIR (<service>.log; with --no-ray; "
         "default: a temporary directory removed at exit)",
     )
+    serve.add_argument(
+        "--worker-restart-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long requests in flight wait for a restarting model worker before they fail "
+        "UNAVAILABLE (default 60: a restart may rebuild the CPU kernels)",
+    )
     _add_engine_args(serve)
     serve.set_defaults(func=run_serve)
 
@@ -136,6 +144,7 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         metrics_base_port=_or_default(
             getattr(args, "metrics_port", None), DEFAULT_METRICS_BASE_PORT
         ),
+        worker_reconnect_timeout_s=getattr(args, "worker_restart_timeout", 60.0),
     )
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from loadgen.address import DEFAULT_PORT
 from services.common.metrics import DEFAULT_METRICS_BASE_PORT, metrics_port
 from services.scheduler.config import SchedulerConfig
-from services.scheduler.service_config import SchedulerServiceConfig
+from services.scheduler.service_config import WORKER_RESTART_TIMEOUT_S, SchedulerServiceConfig
 from services.tokenizer.server import TokenizerServiceConfig
 from services.worker.config import WorkerConfig
 from services.worker.server import WorkerServiceConfig
@@ -30,7 +30,7 @@ class ServeSpec:
     max_num_batched_tokens: int = 2048
     max_queue_len: int = 512
     request_timeout_s: float = 600.0
-    worker_reconnect_timeout_s: float = 10.0
+    worker_reconnect_timeout_s: float = WORKER_RESTART_TIMEOUT_S
     is_metrics_enabled: bool = False  # /metrics of each service at `host`
     metrics_base_port: int = DEFAULT_METRICS_BASE_PORT  # + 0, 1, 2 by service; 0: any free port
 
@@ -41,6 +41,10 @@ class ServeSpec:
             raise ValueError(f"metrics port must be in [0, 65533], got {self.metrics_base_port}")
         if self.kv_cache_mb < 1:
             raise ValueError("kv_cache_mb must be >= 1")
+        if not self.worker_reconnect_timeout_s >= 0:
+            raise ValueError(
+                f"--worker-restart-timeout must be >= 0 s, got {self.worker_reconnect_timeout_s}"
+            )
 
     @property
     def front_door(self) -> str:
