@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
-import time
 from typing import Any
 
 from rich.console import Console
@@ -152,51 +150,33 @@ def _with_tracing(service_name: str, placement: str, run: Any) -> int:
         shutdown_tracing()
 
 
-def _announce(address: str, spec: ServeSpec) -> None:
-    print(
-        f"hopscope front door: {address} (placement {spec.placement}, model {spec.model})",
-        flush=True,
-    )
-
-
 async def _serve_inproc(spec: ServeSpec) -> int:
     from deploy.inproc import start_inproc
+    from deploy.lifecycle import announce_front_door
+    from services.common.process import wait_for_stop_signal
 
     try:
         pipeline = await start_inproc(spec)
     except Exception as exc:  # noqa: BLE001 - fatal start-up error: one clear line
         err.print(f"error: could not start: {exc}")
         return 1
-    _announce(pipeline.address, spec)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    announce_front_door(pipeline.address, spec.placement, spec.model)
+    await wait_for_stop_signal()
     err.print("draining: health NOT_SERVING, finishing in-flight streams")
     await pipeline.stop()
     return 0
 
 
 def _serve_local(spec: ServeSpec) -> int:
-    from deploy.local import LaunchError, LocalDeployment
+    from deploy.lifecycle import LaunchError, StopRequest, announce_front_door, supervise
+    from deploy.local import LocalDeployment
 
     deployment = LocalDeployment(spec)
-    stop_requested = False
-
-    def request_stop(signum: int, frame: Any) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = StopRequest()
     try:
         address = deployment.start()
-        _announce(address, spec)
-        while not stop_requested:
-            for event in deployment.supervise_once():
-                err.print(event)
-            time.sleep(0.2)
+        announce_front_door(address, spec.placement, spec.model)
+        supervise(deployment.supervise_once, stop, 0.2, err.print)
     except LaunchError as exc:
         err.print(f"error: {exc}")
         deployment.stop()

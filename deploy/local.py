@@ -4,99 +4,62 @@ that crashes is restarted on the same address, and `stop` drains front to back."
 
 from __future__ import annotations
 
-import ctypes
-import select
+import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.lifecycle import START_TIMEOUT_S, Child, LaunchError, launch
 from deploy.placement import internal_address, resolve_placement
 from deploy.spec import ServeSpec
 from services.common.process import READY_PREFIX, config_to_json
 
-START_TIMEOUT_S = 180.0
 MAX_RESTARTS = 5
+READY_RE = re.compile(rf"^{READY_PREFIX} (?P<address>\S+)$")
 
-
-class LaunchError(RuntimeError):
-    """A service could not start; the message says which and why."""
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no orphans if we are killed
+__all__ = ["ChildService", "LaunchError", "LocalDeployment"]
 
 
 @dataclass
 class ChildService:
+    """One service process (`python -P -m services.NAME --config JSON`), restartable."""
+
     name: str
     module: str
     config_json: str
     placement: str
     log_path: Path
-    process: subprocess.Popen[bytes] | None = None
+    child: Child | None = None
     address: str = ""
     num_restarts: int = 0
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                self.module,
-                "--config",
-                self.config_json,
-                "--placement",
-                self.placement,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, no locks taken
-        )
-        log.close()
-        self.address = self._wait_ready(timeout_s)
+        argv = ["-m", self.module, "--config", self.config_json, "--placement", self.placement]
+        self.child = launch(argv, name=self.name, log_path=self.log_path)
+        try:
+            self.address = self.child.wait_for_line(READY_RE, timeout_s).group("address")
+        except LaunchError:
+            self.terminate(0)
+            raise
         return self.address
 
-    def _wait_ready(self, timeout_s: float) -> str:
-        assert self.process is not None and self.process.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.process.stdout], [], [], 0.2)
-            if ready:
-                line = self.process.stdout.readline().decode().strip()
-                if line.startswith(READY_PREFIX):
-                    return line.split(" ", 1)[1]
-                if not line and self.process.poll() is not None:
-                    break
-            elif self.process.poll() is not None:
-                break
-        self.terminate(0)
-        raise LaunchError(f"{self.name} did not start: {self.last_error()}")
-
     def last_error(self) -> str:
-        lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        """The line that best says why it failed: its last `error:` line, else its last line."""
+        lines = self.child.last_lines(200) if self.child is not None else []
         errors = [ln for ln in lines if ln.startswith("error:")]
-        return (errors or lines or ["no output (timed out)"])[-1]
+        return (errors or lines or ["no output"])[-1]
+
+    def last_lines(self, n: int = 20) -> list[str]:
+        return self.child.last_lines(n) if self.child is not None else []
 
     @property
     def is_alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.child is not None and self.child.is_alive
 
     def terminate(self, grace_s: float) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.child is not None:
+            self.child.stop(grace_s)
 
 
 @dataclass

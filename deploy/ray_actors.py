@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from deploy.cluster import LinkSettings
+from deploy.lifecycle import START_TIMEOUT_S
 from deploy.spec import ServeSpec
 
-START_TIMEOUT_S = 180.0
 ROLES = ("worker", "scheduler", "tokenizer", "pipeline")  # pipeline: all three, inproc
 
 

@@ -4,7 +4,6 @@ pinned to `hopscope-node` labels where the cluster has them)."""
 
 from __future__ import annotations
 
-import signal
 import socket
 import time
 import uuid
@@ -21,6 +20,7 @@ from deploy.cluster import (
     start_cluster,
     stop_cluster,
 )
+from deploy.lifecycle import START_TIMEOUT_S, StopRequest, announce_front_door, supervise
 from deploy.placement import (
     EDGES,
     NODE_LABEL_KEY,
@@ -37,7 +37,6 @@ from deploy.spec import ServeSpec
 
 err = Console(stderr=True, highlight=False)
 
-START_TIMEOUT_S = 180.0
 RESERVE_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 # In-flight requests wait this long for a restarted worker actor, then are recomputed on it.
@@ -277,17 +276,7 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
         spec,
         worker_reconnect_timeout_s=max(spec.worker_reconnect_timeout_s, WORKER_RECONNECT_TIMEOUT_S),
     )
-    stop_requested = False
-
-    def request_stop(signum: int, frame: Any) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    def install_handlers() -> None:
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
-
-    install_handlers()
+    stop = StopRequest()
     embedded = None
     try:
         if not ray_address:
@@ -298,18 +287,12 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
             )
         record = find_record(ray_address)
         connect(ray_address)
-        install_handlers()  # again: ray.init installs its own SIGTERM handler, which exits
+        stop.install()  # again: ray.init installs its own SIGTERM handler, which exits
         deployment = RayDeployment(spec, placement, record.link if record else LinkSettings())
         try:
             address = deployment.start()
-            print(
-                f"hopscope front door: {address} (placement {spec.placement}, model {spec.model})",
-                flush=True,
-            )
-            while not stop_requested:
-                for event in deployment.supervise_once():
-                    err.print(event)
-                time.sleep(1.0)
+            announce_front_door(address, spec.placement, spec.model)
+            supervise(deployment.supervise_once, stop, 1.0, err.print)
             err.print("draining: front door first, then scheduler and worker")
         finally:
             deployment.stop()

@@ -86,10 +86,19 @@ async def _serve(name: str, config: T, start: Callable[[T], Awaitable[RunningSer
         print(f"error: {name} could not start: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"{READY_PREFIX} {service.address}", flush=True)
+    await wait_for_stop_signal()
+    await service.stop(10.0)
+    return 0
+
+
+async def wait_for_stop_signal() -> None:
+    """Return once SIGTERM or SIGINT arrives (the one "wait for a signal, then drain")."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await service.stop(10.0)
-    return 0
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
