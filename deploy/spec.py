@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, replace
 
 from services.common.metrics import METRICS_PORTS
 from services.scheduler.config import SchedulerConfig
@@ -13,6 +14,12 @@ from services.worker.server import WorkerServiceConfig
 
 NO_RAY_PLACEMENTS = ("inproc", "colocated", "colocated-tcp")
 DEFAULT_PORT = 50051
+HTTP_LINE_PREFIX = "hopscope http: "
+
+
+def announce_http(url: str) -> None:
+    """The line a user (and a launcher) waits for: `hopscope http: http://HOST:PORT`."""
+    print(f"{HTTP_LINE_PREFIX}{url}", flush=True)
 
 
 @dataclass(slots=True)
@@ -32,16 +39,35 @@ class ServeSpec:
     request_timeout_s: float = 600.0
     worker_reconnect_timeout_s: float = 10.0
     is_metrics_enabled: bool = False  # /metrics on METRICS_PORTS at `host`
+    http_port: int | None = None  # the OpenAI-compatible HTTP front door at `host` (0 = any)
+    max_model_len: int | None = None  # caps the context (and the KV cache it needs)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.kv_cache_mb < 1:
             raise ValueError("kv_cache_mb must be >= 1")
+        if self.http_port is not None and not 0 <= self.http_port < 65536:
+            raise ValueError(f"--http-port must be in [0, 65535], got {self.http_port}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"--max-model-len must be >= 2, got {self.max_model_len}")
 
     @property
     def front_door(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def http_listen(self) -> str:
+        return f"{self.host}:{self.http_port}" if self.http_port is not None else ""
+
+    def with_concrete_http_port(self) -> ServeSpec:
+        """Port 0 resolved to a free port now, for placements whose front door is a child that
+        may be restarted (it must come back on the same port)."""
+        if self.http_port != 0:
+            return self
+        with socket.socket() as sock:
+            sock.bind((self.host, 0))
+            return replace(self, http_port=int(sock.getsockname()[1]))
 
     def metrics_address(self, service: str) -> str:
         return f"{self.host}:{METRICS_PORTS[service]}" if self.is_metrics_enabled else ""
@@ -54,6 +80,7 @@ class ServeSpec:
             kernels=self.kernels,
             kv_cache_bytes=self.kv_cache_mb * 1024 * 1024,
             max_num_batched_tokens=self.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
         )
         return WorkerServiceConfig(
             engine=engine,
@@ -91,4 +118,6 @@ class ServeSpec:
             placement=self.placement,
             request_timeout_s=self.request_timeout_s,
             metrics_address=self.metrics_address("tokenizer"),
+            http_listen=self.http_listen,
+            max_model_len=self.max_model_len,
         )

@@ -64,10 +64,12 @@ async def start_server(
     register: Callable[[grpc.aio.Server], Sequence[str]],
     *,
     is_serving: bool = True,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> GrpcServer:
     """Start a server on `address` ("HOST:PORT" or "unix:PATH"); `register` adds the servicers
-    and returns their full service names (for health and reflection)."""
-    server = grpc.aio.server(interceptors=_interceptors(), options=SERVER_OPTIONS)
+    and returns their full service names (for health and reflection). `interceptors` run
+    inside the common ones (e.g. the front door's API-key check)."""
+    server = grpc.aio.server(interceptors=[*_interceptors(), *interceptors], options=SERVER_OPTIONS)
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -165,9 +165,7 @@ def _pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
     """How text is split before the merges, by llama.cpp's `tokenizer.ggml.pre` name."""
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if name == "smollm":  # SmolLM's own tokenizer.json: every digit on its own, then GPT-2's
-        return pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level]
-        )
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     if name in ("llama3", "llama-v3", "llama-bpe", "smaug-bpe"):
         return pre_tokenizers.Sequence(
             [

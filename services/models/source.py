@@ -85,9 +85,7 @@ def resolve_model(ref: str, max_model_len: int | None = None) -> ModelSource:
         raise ValueError(f"--max-model-len must be >= 2, got {max_model_len}")
     longest = source.config.max_context
     if max_model_len > longest:
-        raise ValueError(
-            f"--max-model-len {max_model_len} exceeds the model's {longest} positions"
-        )
+        raise ValueError(f"--max-model-len {max_model_len} exceeds the model's {longest} positions")
     return replace(source, max_context=max_model_len)
 
 
