@@ -51,8 +51,9 @@ class TokenizerCore:
     """Owns the Hugging Face tokenizer and the limits a request is checked against."""
 
     def __init__(self, tokenizer: Tokenizer | Path, max_context: int, vocab_size: int) -> None:
-        is_path = isinstance(tokenizer, Path)
-        self.tokenizer = Tokenizer.from_file(str(tokenizer)) if is_path else tokenizer
+        if isinstance(tokenizer, Path):
+            tokenizer = Tokenizer.from_file(str(tokenizer))
+        self.tokenizer = tokenizer
         self.max_context = max_context
         self.vocab_size = vocab_size
 
