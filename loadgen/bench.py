@@ -124,6 +124,10 @@ def _run_one(
 
 def preflight(address: str, timeout_s: float) -> str:
     """Check the server answers before any load; returns a one-line description of it."""
+    if address.startswith(("http://", "https://")):
+        from loadgen.http_client import describe
+
+        return asyncio.run(describe(address, timeout_s))
     described = asyncio.run(check_reachable(address, timeout_s))
     if described is None:
         return f"{address} (Describe not served)"
