@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass, replace
 
@@ -15,6 +16,7 @@ from services.worker.server import WorkerServiceConfig
 NO_RAY_PLACEMENTS = ("inproc", "colocated", "colocated-tcp")
 DEFAULT_PORT = 50051
 HTTP_LINE_PREFIX = "hopscope http: "
+HTTP_RE = re.compile(rf"^{HTTP_LINE_PREFIX}(?P<url>http://\S+)$")
 
 
 def announce_http(url: str) -> None:

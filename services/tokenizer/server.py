@@ -102,6 +102,8 @@ async def start_tokenizer(
         interceptors=[ApiKeyInterceptor(api_key)] if api_key.is_required else [],
     )
     holder["server"] = grpc_server
+    # the scheduler may have become ready while the server started (a change nobody saw)
+    await grpc_server.set_serving(scheduler.is_ready)
     identity.address = grpc_server.address
     front = TokenizerServer(grpc_server, scheduler, servicer)
     if config.http_listen:
