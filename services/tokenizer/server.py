@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from protos import hopscope_pb2_grpc as pb_grpc
+from services.common.health import HealthPublisher
 from services.common.identity import identify
 from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
@@ -58,6 +60,10 @@ class TokenizerServer:
         """`http://HOST:PORT` of the OpenAI-compatible API, "" when it is off."""
         return self.http.url if self.http is not None else ""
 
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {"tokenizer": self.servicer.metrics.url}
+
     async def stop(self, grace_s: float = 5.0) -> None:
         # Both front doors drain at once: NOT_SERVING / no new connections, in-flight finish.
         http_stop = self.http.stop(grace_s) if self.http is not None else asyncio.sleep(0)
@@ -72,38 +78,45 @@ def build_core(model: str, max_model_len: int | None = None) -> tuple[TokenizerC
 
 
 async def start_tokenizer(
-    config: TokenizerServiceConfig, scheduler: SchedulerClient | None = None
+    config: TokenizerServiceConfig,
+    scheduler: SchedulerClient | None = None,
+    health: HealthPublisher | None = None,
 ) -> TokenizerServer:
-    """Start the front door; `scheduler` is given for the in-process placement."""
+    """Start the front door; `scheduler` (and the `health` its owner feeds) are given for the
+    in-process placement. SERVING exactly while the scheduler is. A failed start stops what it
+    started."""
     core, source = await asyncio.to_thread(build_core, config.model, config.max_model_len)
-    holder: dict[str, GrpcServer] = {}
-
-    def on_health(is_serving: bool) -> None:
-        if "server" in holder:
-            asyncio.get_running_loop().create_task(holder["server"].set_serving(is_serving))
-
-    if scheduler is None:
-        client = GrpcSchedulerClient(config.scheduler_address, on_health)
-        await client.connect(config.connect_timeout_s)
-        scheduler = client
-    identity = identify("tokenizer", config.listen, config.node_id)
-    metrics = serve_metrics("tokenizer", config.metrics_address)
-    servicer = TokenizerServicer(core, scheduler, identity, config, metrics)
-
-    def register(server: object) -> list[str]:
-        pb_grpc.add_TokenizerServicer_to_server(servicer, server)
-        return [FRONT_DOOR_SERVICE]
-
     api_key = ApiKey(api_key_from_env())
-    grpc_server = await start_server(
-        config.listen,
-        register,
-        is_serving=scheduler.is_ready,
-        interceptors=[ApiKeyInterceptor(api_key)] if api_key.is_required else [],
-    )
-    holder["server"] = grpc_server
-    # the scheduler may have become ready while the server started (a change nobody saw)
-    await grpc_server.set_serving(scheduler.is_ready)
+    if health is None:
+        health = HealthPublisher(is_serving=False)
+    started: list[Callable[[], Awaitable[None] | None]] = []
+    try:
+        if scheduler is None:
+            client = GrpcSchedulerClient(config.scheduler_address, health.set_serving)
+            started.append(client.close)
+            await client.connect(config.connect_timeout_s)
+            scheduler = client
+        identity = identify("tokenizer", config.listen, config.node_id)
+        metrics = serve_metrics("tokenizer", config.metrics_address)
+        started.append(metrics.stop_server)
+        servicer = TokenizerServicer(core, scheduler, identity, config, metrics)
+
+        def register(server: object) -> list[str]:
+            pb_grpc.add_TokenizerServicer_to_server(servicer, server)
+            return [FRONT_DOOR_SERVICE]
+
+        grpc_server = await start_server(
+            config.listen,
+            register,
+            health_publisher=health,
+            interceptors=[ApiKeyInterceptor(api_key)] if api_key.is_required else [],
+        )
+    except BaseException:
+        for stop in reversed(started):
+            result = stop()
+            if result is not None:
+                await result
+        raise
     identity.address = grpc_server.address
     front = TokenizerServer(grpc_server, scheduler, servicer)
     if config.http_listen:

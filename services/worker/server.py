@@ -31,6 +31,10 @@ class WorkerServer:
     def address(self) -> str:
         return self.grpc_server.address
 
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {"worker": self.service.metrics.url}
+
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.grpc_server.stop(grace_s)
         self.service.close()
@@ -54,6 +58,10 @@ async def start_worker(config: WorkerServiceConfig) -> WorkerServer:
         pb_grpc.add_WorkerServicer_to_server(servicer, server)
         return ["hopscope.v1.Worker"]
 
-    grpc_server = await start_server(config.listen, register)
+    try:
+        grpc_server = await start_server(config.listen, register)
+    except BaseException:
+        service.close()  # the engine and the metrics server
+        raise
     service.identity.address = grpc_server.address
     return WorkerServer(grpc_server, service)
