@@ -38,7 +38,7 @@ def test_bench_url_against_a_colocated_http_front_door_then_a_503(tmp_path: Path
         records = [
             json.loads(line) for line in Path(summary_requests(out)).read_text().splitlines()
         ]
-        assert all(r["num_output_tokens"] == 8 and len(r["itl_ms"]) == 7 for r in records)
+        assert all(r["n_out"] == 8 and r["n_in"] == 16 and len(r["itl_ms"]) == 7 for r in records)
         assert httpx.get(f"{url}/health").status_code == 200
         scheduler = next(s for s in served.describe()["services"] if s["name"] == "scheduler")
         # the supervisor paused (it would restart the scheduler at once), the scheduler killed
