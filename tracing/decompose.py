@@ -16,6 +16,9 @@ from tracing.model import Link, Span
 
 LOADGEN_REQUEST = "loadgen.request"
 GENERATE = "hopscope.v1.Tokenizer/Generate"
+# The HTTP front door's spans (OpenTelemetry's ASGI server span, the bench client's span) stand
+# where Generate's CLIENT/SERVER pair stands for gRPC.
+HTTP_FRONT_DOOR = ("POST /v1/completions", "POST /v1/chat/completions")
 ENCODE = "tokenizer.encode"
 SUBMIT = "hopscope.v1.Scheduler/Submit"
 STEP = "hopscope.v1.Worker/Step"
@@ -68,6 +71,10 @@ class _StepCall:
     client: Span
     server: Span | None
     phase: str
+
+
+def _is_front_door(span: Span, kind: str) -> bool:
+    return span.kind == kind and (_is(span, GENERATE) or span.name in HTTP_FRONT_DOOR)
 
 
 def _is(span: Span, name: str, kind: str | None = None) -> bool:
@@ -164,9 +171,9 @@ def _find_request_spans(index: SpanIndex, submit_server: Span) -> _RequestSpans:
     for ancestor in chain:
         if _is(ancestor, SUBMIT, "CLIENT") and found.submit_client is None:
             found.submit_client = ancestor
-        elif _is(ancestor, GENERATE, "SERVER") and found.generate_server is None:
+        elif _is_front_door(ancestor, "SERVER") and found.generate_server is None:
             found.generate_server = ancestor
-        elif _is(ancestor, GENERATE, "CLIENT") and found.generate_client is None:
+        elif _is_front_door(ancestor, "CLIENT") and found.generate_client is None:
             found.generate_client = ancestor
         elif _is(ancestor, LOADGEN_REQUEST) and found.loadgen is None:
             found.loadgen = ancestor
