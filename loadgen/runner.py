@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -93,6 +94,8 @@ class Runner:
         self._tracer = get_tracer()
         self._t0 = 0.0
         self._http: HttpFrontDoor | None = None
+        api_key = os.environ.get("HOPSCOPE_API_KEY", "")  # `serve --api-key`; never recorded
+        self._auth = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     def prepare(self) -> None:
         """Build every known request before the clock starts, off the hot path."""
@@ -221,7 +224,9 @@ class Runner:
             record.t_send = now_s() - self._t0
             self._count_send(record)
             call = self._stub.Generate(
-                request, metadata=req_trace.metadata, timeout=self._config.load.request_timeout_s
+                request,
+                metadata=req_trace.metadata + self._auth,
+                timeout=self._config.load.request_timeout_s,
             )
             try:
                 async for message in call:
