@@ -74,6 +74,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="require `Authorization: Bearer KEY` on both front doors (default: $HOPSCOPE_API_KEY; "
         "none = open)",
     )
+    serve.add_argument(
+        "--worker-restart-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long requests in flight wait for a restarting model worker before they fail "
+        "UNAVAILABLE (default 60: a restart may rebuild the CPU kernels)",
+    )
     _add_engine_args(serve)
     serve.set_defaults(func=run_serve)
 
@@ -155,6 +163,7 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         ),
         http_port=getattr(args, "http_port", None),
         max_model_len=args.max_model_len,
+        worker_reconnect_timeout_s=getattr(args, "worker_restart_timeout", 60.0),
     )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from services.common.metrics import DEFAULT_METRICS_BASE_PORT, metrics_port
 from services.scheduler.config import SchedulerConfig
-from services.scheduler.service_config import SchedulerServiceConfig
+from services.scheduler.service_config import WORKER_RESTART_TIMEOUT_S, SchedulerServiceConfig
 from services.tokenizer.server import TokenizerServiceConfig
 from services.worker.config import WorkerConfig
 from services.worker.server import WorkerServiceConfig
@@ -39,7 +39,7 @@ class ServeSpec:
     max_num_batched_tokens: int = 2048
     max_queue_len: int = 512
     request_timeout_s: float = 600.0
-    worker_reconnect_timeout_s: float = 10.0
+    worker_reconnect_timeout_s: float = WORKER_RESTART_TIMEOUT_S
     is_metrics_enabled: bool = False  # /metrics of each service at `host`
     metrics_base_port: int = DEFAULT_METRICS_BASE_PORT  # + 0, 1, 2 by service; 0: any free port
     http_port: int | None = None  # the OpenAI-compatible HTTP front door at `host` (0 = any)
@@ -56,6 +56,10 @@ class ServeSpec:
             raise ValueError(f"--http-port must be in [0, 65535], got {self.http_port}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"--max-model-len must be >= 2, got {self.max_model_len}")
+        if not self.worker_reconnect_timeout_s >= 0:
+            raise ValueError(
+                f"--worker-restart-timeout must be >= 0 s, got {self.worker_reconnect_timeout_s}"
+            )
 
     @property
     def front_door(self) -> str:

@@ -33,6 +33,8 @@ class TokenizerServiceConfig:
     placement: str = "colocated"
     request_timeout_s: float = 600.0  # cap on a request without its own deadline
     connect_timeout_s: float = 60.0
+    # how long requests in flight wait for a lost scheduler to come back (then resubmitted)
+    scheduler_reconnect_timeout_s: float = 60.0
     scheduler_link: str = ""  # how the path to the scheduler is shaped: "" | "netem" | "relay"
     is_ray: bool = False
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off
@@ -42,6 +44,8 @@ class TokenizerServiceConfig:
     def __post_init__(self) -> None:
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("request_timeout_s and connect_timeout_s must be > 0")
+        if self.scheduler_reconnect_timeout_s < 0:
+            raise ValueError("scheduler_reconnect_timeout_s must be >= 0")
 
 
 @dataclass
@@ -92,7 +96,9 @@ async def start_tokenizer(
     started: list[Callable[[], Awaitable[None] | None]] = []
     try:
         if scheduler is None:
-            client = GrpcSchedulerClient(config.scheduler_address, health.set_serving)
+            client = GrpcSchedulerClient(
+                config.scheduler_address, health.set_serving, config.scheduler_reconnect_timeout_s
+            )
             started.append(client.close)
             await client.connect(config.connect_timeout_s)
             scheduler = client

@@ -36,6 +36,7 @@ _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    409: "conflict_error",
     429: "rate_limit_error",
     499: "cancelled",
     503: "service_unavailable",
@@ -46,6 +47,7 @@ HTTP_STATUS_OF = {
     "INVALID_ARGUMENT": 400,
     "UNAUTHENTICATED": 401,
     "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,  # a request id in use (X-Request-Id)
     "RESOURCE_EXHAUSTED": 429,
     "CANCELLED": 499,
     "UNAVAILABLE": 503,
