@@ -229,3 +229,35 @@ def test_a_client_disconnect_frees_the_requests_kv_blocks(running_factory: Any) 
             assert held.num_running == 1 and held.num_free_blocks < total
         # the response is closed mid-stream: the request is aborted, its blocks come back
         served.wait_until(lambda s: s.num_running == 0 and s.num_free_blocks == total)
+
+
+def test_the_http_server_span_continues_the_clients_traceparent(running_factory: Any) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from services.tokenizer.auth import ApiKey
+    from services.tokenizer.http.app import FrontDoorApp
+    from services.tokenizer.http.server import start_http_server
+
+    served = running_factory(ServeSpec(model="tiny", port=0))
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    servicer = served.pipeline.front_door.servicer
+    app = FrontDoorApp(servicer, "tiny", None, ApiKey(""))
+    http = asyncio.run_coroutine_threadsafe(
+        start_http_server(app, "127.0.0.1:0", provider), served.loop
+    ).result(30)
+    try:
+        trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+        headers = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
+        body = {"prompt": "hi", "max_tokens": 4, "stream": True}
+        response = httpx.post(f"{http.url}/v1/completions", json=body, headers=headers)
+        assert response.status_code == 200 and response.text.endswith("data: [DONE]\n\n")
+    finally:
+        asyncio.run_coroutine_threadsafe(http.stop(5), served.loop).result(30)
+    (server,) = [s for s in exporter.get_finished_spans() if s.name == "POST /v1/completions"]
+    assert server.kind.name == "SERVER"
+    assert f"{server.context.trace_id:032x}" == trace_id
+    assert server.parent is not None and f"{server.parent.span_id:016x}" == parent_id

@@ -82,6 +82,8 @@ def test_max_model_len_caps_the_context_and_the_refusal_names_the_flags(
     source: ModelSource,
 ) -> None:
     assert source.max_context == 4096  # the packaged default: fits the default 256 MiB
+    as_file = resolve_model(str(source.gguf_path))  # `--model FILE.gguf`: the same model
+    assert as_file.config == source.config and as_file.max_context == 8192
     assert resolve_model(MODEL, max_model_len=512).max_context == 512
     with pytest.raises(ValueError, match="--max-model-len 9000 exceeds"):
         resolve_model(MODEL, max_model_len=9000)

@@ -7,6 +7,7 @@ import contextlib
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -44,9 +45,12 @@ class HttpServer:
             await self.task
 
 
-async def start_http_server(front: FrontDoorApp, listen: str) -> HttpServer:
-    """Serve `front` on `listen` ("HOST:PORT"; port 0 picks one)."""
-    _instrument(front)
+async def start_http_server(
+    front: FrontDoorApp, listen: str, tracer_provider: Any = None
+) -> HttpServer:
+    """Serve `front` on `listen` ("HOST:PORT"; port 0 picks one). Spans go to the global
+    tracer provider (tracing/setup.py) unless `tracer_provider` is given (tests)."""
+    _instrument(front, tracer_provider)
     host, port = listen.rsplit(":", 1)
     sock = _bind(host, int(port))
     config = uvicorn.Config(
@@ -82,11 +86,14 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _instrument(front: FrontDoorApp) -> None:
+def _instrument(front: FrontDoorApp, tracer_provider: Any) -> None:
     """A SERVER span per request that continues the client's `traceparent` (the per-chunk
     send/receive spans are left out: one span per token would cost more than it says)."""
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(
-        front.app, exclude_spans=["receive", "send"], excluded_urls="/health,/metrics"
+        front.app,
+        tracer_provider=tracer_provider,
+        exclude_spans=["receive", "send"],
+        excluded_urls="/health,/metrics",
     )
