@@ -52,8 +52,10 @@ class PreparedRequest:
 class TokenizerCore:
     """Owns the Hugging Face tokenizer and the limits a request is checked against."""
 
-    def __init__(self, tokenizer_path: Path, max_context: int, vocab_size: int) -> None:
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    def __init__(self, tokenizer: Tokenizer | Path, max_context: int, vocab_size: int) -> None:
+        if isinstance(tokenizer, Path):
+            tokenizer = Tokenizer.from_file(str(tokenizer))
+        self.tokenizer = tokenizer
         self.max_context = max_context
         self.vocab_size = vocab_size
         # No token spells more characters than the longest vocabulary entry, so a prompt longer

@@ -74,16 +74,21 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
+        async for response in self.generate(_params_from_pb(request), context.time_remaining()):
+            yield response
+
+    async def generate(
+        self, params: GenerateParams, remaining_s: float | None
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """The pipeline path of one request, for every front door (gRPC Generate, HTTP):
+        validate and encode, submit, stream; abort and free its KV blocks if it is cancelled."""
         started_s = time.perf_counter()
-        request_id = request.request_id or uuid.uuid4().hex
+        request_id = params.request_id or uuid.uuid4().hex
         with _tracer.start_as_current_span(
             schema.ENCODE, attributes={schema.REQUEST_ID: request_id}
         ):
             # off the event loop: a long prompt must not stall every other stream
-            prepared = await asyncio.to_thread(
-                self.core.prepare, _params_from_pb(request), request_id
-            )
-        remaining_s = context.time_remaining()
+            prepared = await asyncio.to_thread(self.core.prepare, params, request_id)
         timeout_s = min(
             self.config.request_timeout_s, remaining_s if remaining_s is not None else math.inf
         )
