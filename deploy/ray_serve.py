@@ -4,10 +4,14 @@ pinned to `hopscope-node` labels where the cluster has them)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -20,7 +24,14 @@ from deploy.cluster import (
     start_cluster,
     stop_cluster,
 )
-from deploy.lifecycle import START_TIMEOUT_S, StopRequest, announce_front_door, supervise
+from deploy.lifecycle import (
+    START_TIMEOUT_S,
+    StopRequest,
+    announce_front_door,
+    announce_metrics,
+    supervise,
+    wait_serving,
+)
 from deploy.placement import (
     EDGES,
     NODE_LABEL_KEY,
@@ -33,7 +44,7 @@ from deploy.placement import (
     resolve_placement,
 )
 from deploy.ray_actors import ActorPlan, actor_class
-from deploy.spec import ServeSpec
+from deploy.spec import ServeSpec, announce_http
 
 err = Console(stderr=True, highlight=False)
 
@@ -43,7 +54,9 @@ STOP_GRACE_S = 5.0
 WORKER_RECONNECT_TIMEOUT_S = 60.0
 BUNDLE_CPU = 0.01  # Ray needs non-empty bundles; the services themselves ask for next to nothing
 ACTOR_CPU = 0.003
-OTEL_PREFIXES = ("OTEL_", "HOPSCOPE_TRACE")
+# passed on to every actor's environment (HOPSCOPE_API_KEY: the front door's key, never logged)
+OTEL_PREFIXES = ("OTEL_", "HOPSCOPE_TRACE", "HOPSCOPE_API_KEY")
+CODE_ROOT = Path(__file__).resolve().parents[1]  # holds deploy/, services/, ...: already importable
 
 
 class DeployError(RuntimeError):
@@ -71,10 +84,21 @@ class RayDeployment:
                 bundle = plan.bundle_of(self.placement, "tokenizer" if role == "pipeline" else role)
                 self.actors[role] = self._create(cls, actor_plan, bundle)
             self._wait_started(timeout_s)
+            wait_serving(self.front_door, timeout_s)  # its health follows every downstream
+        except TimeoutError as exc:
+            self.stop()
+            raise DeployError(f"the pipeline did not become healthy: {exc}") from exc
         except BaseException:
             self.stop()
             raise
         return self.front_door
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        urls: dict[str, str] = {}
+        for info in self.infos.values():
+            urls.update(info.get("metrics", {}))
+        return urls
 
     @property
     def front_door(self) -> str:
@@ -241,8 +265,6 @@ def _free_port_on_node(node_id: str, bind_host: str) -> int:
 
 
 def _otel_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if k.startswith(OTEL_PREFIXES)}
 
 
@@ -256,9 +278,23 @@ def connect(ray_address: str) -> None:
     host = ray_address.rsplit(":", 1)[0]
     kwargs: dict[str, Any] = {"_node_ip_address": host} if host.startswith("127.") else {}
     try:
-        ray.init(address=ray_address, log_to_driver=False, **kwargs)
+        with _in_directory(CODE_ROOT):
+            ray.init(address=ray_address, log_to_driver=False, **kwargs)
     except (ConnectionError, RuntimeError) as exc:
         raise DeployError(f"cannot join the Ray cluster at {ray_address}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _in_directory(path: Path) -> Iterator[None]:
+    """Ray puts the driver's working directory on every worker's sys.path (its
+    `py_driver_sys_path`): joining from the user's directory would let a `tracing.py` there
+    replace hopscope's modules inside the actors. Join from hopscope's own code root instead."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 # ---------------------------------------------------------------------------- the command
@@ -292,6 +328,9 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
         try:
             address = deployment.start()
             announce_front_door(address, spec.placement, spec.model)
+            if spec.http_listen:
+                announce_http(f"http://{spec.http_listen}")
+            announce_metrics(deployment.metrics_urls)
             supervise(deployment.supervise_once, stop, 1.0, err.print)
             err.print("draining: front door first, then scheduler and worker")
         finally:

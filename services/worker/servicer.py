@@ -20,6 +20,7 @@ from services.common.metrics import ServiceMetrics
 from services.common.types import ModelInfo, SeqStep, StepOutput
 from services.worker.engine import Engine
 from services.worker.profiling import ProfileBusyError, StepProfiler
+from tracing import schema
 
 log = logging.getLogger(__name__)
 PROFILE_CHUNK_BYTES = 1 << 20
@@ -36,6 +37,7 @@ class WorkerService:
         self.metrics = metrics or ServiceMetrics("worker")
         self.instance_id = uuid.uuid4().hex
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._observe_kv_blocks([])  # all free until the first step, not 0 free (looks full)
 
     @property
     def info(self) -> ModelInfo:
@@ -45,15 +47,18 @@ class WorkerService:
         self, seqs: list[SeqStep], carrier: Mapping[str, str], transport: str
     ) -> StepOutput:
         span = spans.start_rpc_span(
-            spans.STEP,
+            schema.STEP_RPC,
             SpanKind.SERVER,
             transport,
             parent=carrier,
-            attributes={"hopscope.batch_size": len(seqs)},
+            attributes={schema.BATCH_SIZE: len(seqs)},
         )
         try:
             loop = asyncio.get_running_loop()
             out = await loop.run_in_executor(self._executor, self.engine.step, seqs)
+            # before end(): attributes set on an ended span are dropped, never exported
+            span.set_attribute(schema.STEP_MS, out.step_ms)
+            span.set_attribute(schema.DEVICE_MS, out.device_ms)
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, str(exc)))
@@ -61,9 +66,15 @@ class WorkerService:
         finally:
             span.end()
         self.metrics.observe_step(batch_size=len(seqs), step_ms=out.step_ms)
-        span.set_attribute("hopscope.step_ms", out.step_ms)
-        span.set_attribute("hopscope.device_ms", out.device_ms)
+        self._observe_kv_blocks(seqs)
         return out
+
+    def _observe_kv_blocks(self, seqs: list[SeqStep]) -> None:
+        """Blocks the step's sequences hold (the scheduler sends every running sequence's table
+        each step), so used + free = the cache's total, as the scheduler counts them."""
+        num_used = len({block for seq in seqs for block in seq.block_table})
+        num_total = self.engine.info.num_blocks
+        self.metrics.set_kv_blocks(num_used=num_used, num_free=num_total - num_used)
 
     def info_pb(self) -> pb.WorkerInfo:
         info = self.engine.info
