@@ -237,15 +237,15 @@ def start_serve(
     log_path: Path,
     env: dict[str, str] | None = None,
     timeout_s: float = START_TIMEOUT_S,
+    cwd: Path | None = None,
 ) -> ServeChild:
     """Start `hopscope serve SERVE_ARGS` (with `--port 0` unless a port is given), wait for its
     front-door line and then for gRPC health SERVING there. LaunchError otherwise (stopped)."""
     args = list(serve_args)
     if "--port" not in args:
         args += ["--port", "0"]
-    child = launch(
-        ["-m", "deploy.cli", "serve", *args], name="hopscope serve", log_path=log_path, env=env
-    )
+    argv = ["-m", "deploy.cli", "serve", *args]
+    child = launch(argv, name="hopscope serve", log_path=log_path, env=env, cwd=cwd)
     deadline = time.monotonic() + timeout_s
     try:
         address = child.wait_for_line(FRONT_DOOR_RE, timeout_s).group("address")
