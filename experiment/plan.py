@@ -147,7 +147,8 @@ def load_plan(ref: str, *, ray_address: str = "") -> Plan:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise PlanError(f"plan {path}: not valid YAML: {exc}") from None
-    return parse_plan(data, source=str(path), ray_address=ray_address)
+    # a built-in plan is named by its name (what the user typed, e.g. in the --resume hint)
+    return parse_plan(data, source=ref if ref in builtins else str(path), ray_address=ray_address)
 
 
 def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> Plan:

@@ -82,14 +82,23 @@ def plot_effects(summary: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+NICE_RATIOS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0,
+               50.0, 100.0)  # fmt: skip
+
+
 def _ratio_ticks(ax: Any) -> None:
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    """A few round ratios inside the range (always 1×), never crowded."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
     lo, hi = ax.get_xlim()
-    lo, hi = min(lo, 0.8), max(hi, 1.25)
+    lo, hi = min(lo, 0.9) / 1.1, max(hi, 1.1) * 1.1  # room for the markers at the ends
     ax.set_xlim(lo, hi)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}×"))
+    ticks = [t for t in NICE_RATIOS if lo <= t <= hi]
+    while len(ticks) > 5:
+        ticks = [t for i, t in enumerate(ticks) if i % 2 == ticks.index(1.0) % 2]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.set_xticklabels([f"{t:g}×" for t in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.tick_params(axis="x", labelsize=8)
 
@@ -154,7 +163,7 @@ def plot_cdf(series: dict[str, list[float]], metric: str, unit: str, path: Path)
         fraction = np.arange(1, data.size + 1) / data.size
         p50, p99 = np.percentile(data, [50, 99])
         (line,) = ax.step(data, fraction, where="post",
-                          label=f"{name}  (p50 {p50:.3g}, p99 {p99:.3g} {unit})")  # fmt: skip
+                          label=f"{name}  (p50 {_short(p50)}, p99 {_short(p99)} {unit})")  # fmt: skip
         ax.plot([p50], [0.5], "o", color=line.get_color(), ms=5)
         ax.plot([p99], [0.99], "D", color=line.get_color(), ms=5)
     for level, text in ((0.5, "p50"), (0.99, "p99")):
@@ -170,6 +179,10 @@ def plot_cdf(series: dict[str, list[float]], metric: str, unit: str, path: Path)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"{metric}: distribution per variant (o p50, ◆ p99)")
     return _save(fig, path)
+
+
+def _short(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 # ---------------------------------------------------------------------------- throughput vs TPOT

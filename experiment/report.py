@@ -114,7 +114,8 @@ def _what_was_run(summary: dict[str, Any]) -> list[Block]:
             else f"open loop, {workload['rate'][0]:g} requests/s")  # fmt: skip
     changed = ", ".join(f"`{v['name']}`" for v in summary["variants"] if v["factor"]) or "none"
     base = plan["baseline"]
-    base_text = ", ".join(f"{k}={v}" for k, v in base.items() if v not in (None, False, 0, 0.0))
+    base_text = ", ".join(f"{k}={_plain(v)}" for k, v in base.items()
+                          if v not in (None, False, 0, 0.0))  # fmt: skip
     lines = [
         f"{plan.get('description') or ''}".strip(),
         f"**Baseline**: {base_text}.",
@@ -129,6 +130,10 @@ def _what_was_run(summary: dict[str, Any]) -> list[Block]:
         + (f" ({summary['wall_s']:.0f} s)." if summary.get("wall_s") else "."),
     ]
     return [("h2", "What was run"), *(("p", line) for line in lines if line)]
+
+
+def _plain(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _method_line(summary: dict[str, Any]) -> str:

@@ -22,8 +22,8 @@ from deploy.lifecycle import Child, LaunchError, ServeChild, launch, start_serve
 from experiment import layout
 from experiment.cpu import CpuReadError, cpu_document, read_cpu_s
 from experiment.plan import Plan, Variant
-from tracing.collector import OtlpCollector
 
+COLLECTOR_RE = re.compile(r"collecting OTLP/gRPC traces on \S+:(?P<port>\d+)")
 TARGET_RE = re.compile(r"^target ")  # `hopscope bench` prints it once the server answered
 BENCH_START_TIMEOUT_S = 120.0
 METRICS_TIMEOUT_S = 5.0
@@ -64,11 +64,12 @@ def run_round(ctx: RoundContext) -> Path:
         shutil.rmtree(round_dir)  # an interrupted attempt: start it over
     (round_dir / "logs").mkdir(parents=True)
     started = time.time()
-    collector = OtlpCollector(round_dir / "spans.jsonl", listen="127.0.0.1:0").start()
+    collector = start_collector(round_dir)
     serve: ServeChild | None = None
     bench: Child | None = None
+    service_logs: dict[str, Any] = {}
     try:
-        env = tracing_env(collector.port)
+        env = tracing_env(collector_port(collector))
         serve = _start_serve(ctx, round_dir, env)
         _record_pids(round_dir, {"serve": serve.child.pid})
         pids = service_pids(serve.describe(), serve.child.pid)
@@ -86,6 +87,7 @@ def run_round(ctx: RoundContext) -> Path:
         layout.write_json(round_dir / "describe.json", serve.describe())
         scrape_metrics(round_dir / "metrics", serve.child.log_path)
         _write_cpu(round_dir, pids | {"client": bench.pid}, cpu_s)
+        service_logs = open_service_logs(pids, skip_under=round_dir)
     except (LaunchError, CpuReadError, TimeoutError, OSError) as exc:
         raise RoundError(f"{ctx.variant.name} round {ctx.round_index + 1}: {exc}") from exc
     finally:
@@ -94,7 +96,8 @@ def run_round(ctx: RoundContext) -> Path:
                 bench.stop()
             if serve is not None:
                 serve.stop()  # drains: every service flushes its spans to the collector
-            collector.stop()
+            collector.stop()  # after serve and bench: it has every span they flushed
+            save_service_logs(service_logs, round_dir / "logs")
     layout.write_json(round_dir / "round.json", {
         "variant": ctx.variant.name,
         "round": ctx.round_index + 1,
@@ -102,7 +105,7 @@ def run_round(ctx: RoundContext) -> Path:
         "started": started,
         "finished": time.time(),
         "ray_address": ctx.ray_address,
-        "num_spans": collector.num_spans,
+        "num_spans": _count_spans(round_dir / "spans.jsonl"),
         "complete": True,
     })  # fmt: skip
     return round_dir
@@ -117,6 +120,28 @@ def uninterruptible() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def start_collector(round_dir: Path) -> Child:
+    """`hopscope traces collect` for this round's spans, as a child: its gRPC threads stay out
+    of this process (which forks the serve and bench children) and off its GIL."""
+    argv = ["-m", "deploy.cli", "traces", "collect", "--listen", "127.0.0.1:0"]
+    argv += ["--out", str(round_dir / "spans.jsonl")]
+    return launch(argv, name="hopscope traces collect",
+                  log_path=round_dir / "logs" / "collector.log")  # fmt: skip
+
+
+def collector_port(collector: Child) -> int:
+    return int(collector.wait_for_line(COLLECTOR_RE, BENCH_START_TIMEOUT_S).group("port"))
+
+
+def _count_spans(path: Path) -> int:
+    from tracing.readers import TraceReadError, read_file
+
+    try:
+        return len(read_file(path))
+    except TraceReadError:
+        return 0
 
 
 def _start_serve(ctx: RoundContext, round_dir: Path, env: dict[str, str]) -> ServeChild:
@@ -182,6 +207,28 @@ def service_pids(describe: dict[str, Any], serve_pid: int) -> dict[str, int]:
     if serve_pid not in by_pid:
         pids["serve"] = serve_pid
     return pids
+
+
+def open_service_logs(pids: dict[str, int], skip_under: Path) -> dict[str, Any]:
+    """Open each service process's stdout (its log file, wherever serve put it: a temp dir that
+    is deleted at stop, or a Ray session dir) so it can be copied after the drain."""
+    opened = {}
+    for name, pid in pids.items():
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/1")
+            if target.startswith(str(skip_under)):
+                continue  # already in the round's logs (serve.log)
+            if target.startswith("/") and os.path.isfile(target):
+                opened[name] = open(target, "rb")  # noqa: SIM115 - closed in save_service_logs
+        except OSError:
+            continue
+    return opened
+
+
+def save_service_logs(opened: dict[str, Any], folder: Path) -> None:
+    for name, handle in opened.items():
+        with handle:
+            (folder / f"{name}.log").write_bytes(handle.read())
 
 
 def _record_pids(round_dir: Path, pids: dict[str, int]) -> None:
