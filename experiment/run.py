@@ -147,6 +147,7 @@ def run_experiment(
     plan: Plan, out: Path, *, is_resume: bool, is_quiet: bool, ray_address: str = ""
 ) -> int:
     console = Console(stderr=True, quiet=is_quiet, highlight=False)
+    errors = Console(stderr=True, highlight=False)  # failures and how to resume: even --quiet
     wall_start = time.monotonic()
     meta = prepare_dir(plan, out, is_resume)
     todo = schedule(plan)
@@ -158,14 +159,14 @@ def run_experiment(
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
         except RoundError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+            errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
             code = EXIT_FAILED
         finally:
             with uninterruptible():
                 clusters.stop()
     done = sum(layout.is_complete(layout.round_dir(out, v, k)) for k, _, v in todo)
     if code:
-        console.print(
+        errors.print(
             f"{'interrupted' if code == EXIT_INTERRUPTED else 'stopped'}: {done} of {len(todo)} "
             f"variant-rounds complete in {out}; continue with: hopscope experiment "
             f"{plan.source} --out {out} --resume",
