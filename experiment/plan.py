@@ -15,8 +15,16 @@ from experiment.flags import Flag, bench_flags, normalize_key, serve_flags
 
 # Cluster factors: settings of the emulated link between nodes (`hopscope cluster up` flags).
 CLUSTER_FACTORS = {"link_delay_ms": "--delay-ms", "link_rate_mbit": "--rate-mbit"}
-TOP_KEYS = ("name", "description", "baseline", "workload", "factors", "repeats", "warmup",
-            "timeout_s")  # fmt: skip
+TOP_KEYS = (
+    "name",
+    "description",
+    "baseline",
+    "workload",
+    "factors",
+    "repeats",
+    "warmup",
+    "timeout_s",
+)
 DEFAULT_WARMUP_REQUESTS = 4
 DEFAULT_TIMEOUT_S = 900.0  # one variant-round's workload; running out of it is a failure
 BASELINE = "baseline"
@@ -84,8 +92,9 @@ class Plan:
     @property
     def is_cluster_needed(self) -> bool:
         """A Ray variant spans nodes, or a link between nodes is emulated."""
-        return any(v.is_ray and (v.num_nodes > 1 or v.factor in CLUSTER_FACTORS)
-                   for v in self.variants)  # fmt: skip
+        return any(
+            v.is_ray and (v.num_nodes > 1 or v.factor in CLUSTER_FACTORS) for v in self.variants
+        )
 
     @property
     def num_cluster_nodes(self) -> int:
@@ -160,8 +169,11 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
             errors.append(f"{key}: unknown plan key; allowed: {', '.join(TOP_KEYS)}")
     baseline = _settings(data.get("baseline") or {}, "baseline", serve_flags(), "serve", errors)
     workload = _settings(data.get("workload") or {}, "workload", bench_flags(), "bench", errors)
-    raw_load = {normalize_key(k) for k in (data.get("workload") or {})} if isinstance(
-        data.get("workload"), dict) else set()  # fmt: skip
+    raw_load = (
+        {normalize_key(k) for k in (data.get("workload") or {})}
+        if isinstance(data.get("workload"), dict)
+        else set()
+    )
     if not raw_load & {"rate", "concurrency"}:
         errors.append("workload: set concurrency (closed loop) or rate (open loop)")
     if "rate" in workload and "concurrency" in workload:
@@ -215,7 +227,9 @@ def _settings(
 def _factors(raw: Any, baseline: dict[str, Any], errors: list[str]) -> dict[str, list[Any]]:
     allowed = sorted([*serve_flags(), *CLUSTER_FACTORS])
     if not isinstance(raw, dict) or not raw:
-        errors.append("factors: expected a mapping FACTOR: [VALUE, ...]; factors: " + ", ".join(allowed))
+        errors.append(
+            "factors: expected a mapping FACTOR: [VALUE, ...]; factors: " + ", ".join(allowed)
+        )
         return {}
     factors: dict[str, list[Any]] = {}
     for raw_key, values in raw.items():
@@ -241,7 +255,9 @@ def _factors(raw: Any, baseline: dict[str, Any], errors: list[str]) -> dict[str,
 def _check_factor_value(key: str, value: Any, where: str, baseline: dict[str, Any]) -> Any:
     if key in CLUSTER_FACTORS:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{where}: {value!r} must be a number > 0 (the baseline link has none)")
+            raise ValueError(
+                f"{where}: {value!r} must be a number > 0 (the baseline link has none)"
+            )
         return float(value)
     flag = serve_flags()[key]
     checked = flag.check(value, where)
@@ -262,8 +278,13 @@ def _positive(value: Any, key: str, kind: type, errors: list[str], minimum: floa
 
 
 def variant_name(factor: str, value: Any) -> str:
-    text = str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(
-        value, float) else str(value)  # fmt: skip
+    text = (
+        str(value).lower()
+        if isinstance(value, bool)
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
     return f"{factor}={text}"
 
 
@@ -273,8 +294,9 @@ def _variants(plan: Plan) -> list[Variant]:
         for value in values:
             if factor in CLUSTER_FACTORS:
                 link = {factor: value}
-                variants.append(Variant(variant_name(factor, value), factor, value,
-                                        dict(plan.baseline), **link))  # fmt: skip
+                variants.append(
+                    Variant(variant_name(factor, value), factor, value, dict(plan.baseline), **link)
+                )
             else:
                 serve = {**plan.baseline, factor: value}
                 variants.append(Variant(variant_name(factor, value), factor, value, serve))
@@ -304,9 +326,13 @@ def _check_variants(plan: Plan, ray_address: str, errors: list[str]) -> None:
 
 
 def _check_link_factor(
-    variant: Variant, where: str, placement: str, num_nodes: int, ray_address: str,
+    variant: Variant,
+    where: str,
+    placement: str,
+    num_nodes: int,
+    ray_address: str,
     errors: list[str],
-) -> None:  # fmt: skip
+) -> None:
     if not variant.is_ray:
         errors.append(f"{where}: an emulated link needs a Ray cluster; set baseline no_ray: false")
     elif num_nodes < 2:
@@ -329,4 +355,6 @@ def _check_device(variant: Variant, where: str, errors: list[str]) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        errors.append(f"{where}.device: {device!r} but this machine has no CUDA device; allowed: cpu")
+        errors.append(
+            f"{where}.device: {device!r} but this machine has no CUDA device; allowed: cpu"
+        )

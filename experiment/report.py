@@ -32,15 +32,19 @@ def write_report(out: Path) -> Path:
 def _figures(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
     folder = out / "plots"
     figures: dict[str, Path] = {}
-    for key, draw in (("effects", plots.plot_effects), ("components", plots.plot_components),
-                      ("throughput_tpot", plots.plot_throughput_tpot)):  # fmt: skip
+    for key, draw in (
+        ("effects", plots.plot_effects),
+        ("components", plots.plot_components),
+        ("throughput_tpot", plots.plot_throughput_tpot),
+    ):
         path = draw(summary, folder / f"{key}.png")
         if path is not None:
             figures[key] = path
     samples = _latency_samples(summary)
     for factor in _factors(summary):
-        names = [summary["baseline"]] + [v["name"] for v in summary["variants"]
-                                          if v["factor"] == factor]  # fmt: skip
+        names = [summary["baseline"]] + [
+            v["name"] for v in summary["variants"] if v["factor"] == factor
+        ]
         for metric, label in plots.CDF_METRICS:
             series = {n: samples.get(n, {}).get(metric, []) for n in names}
             path = folder / f"cdf_{_slug(factor)}_{metric}.png"
@@ -69,9 +73,9 @@ def _latency_samples(summary: dict[str, Any]) -> dict[str, dict[str, list[float]
             for rec in records:
                 if rec.get("status") != "OK" or not rec.get("is_measured", True):
                     continue
-                for metric in per_metric:
+                for metric, values in per_metric.items():
                     if rec.get(metric) is not None:
-                        per_metric[metric].append(float(rec[metric]))
+                        values.append(float(rec[metric]))
         samples[variant["name"]] = per_metric
     return samples
 
@@ -87,8 +91,13 @@ def _blocks(summary: dict[str, Any], figures: dict[str, Path], out: Path) -> lis
     blocks += _what_was_run(summary)
     blocks += _headline(summary)
     blocks += [("h2", "Every variant against the baseline")]
-    blocks += [("p", "Ratio = variant / baseline, geometric mean of the per-round ratios, with "
-                     "its 95% interval. " + _method_line(summary))]  # fmt: skip
+    blocks += [
+        (
+            "p",
+            "Ratio = variant / baseline, geometric mean of the per-round ratios, with "
+            "its 95% interval. " + _method_line(summary),
+        )
+    ]
     blocks += [("table", _effects_table(summary))]
     if "effects" in figures:
         blocks += [("img", (figures["effects"], "ratios to the baseline with 95% intervals"))]
@@ -96,33 +105,43 @@ def _blocks(summary: dict[str, Any], figures: dict[str, Path], out: Path) -> lis
     blocks += _components_section(summary, figures)
     blocks += _cdf_section(summary, figures)
     if "throughput_tpot" in figures:
-        blocks += [("h2", "Throughput vs time per output token"),
-                   ("img", (figures["throughput_tpot"], "output tokens/s vs TPOT p50"))]  # fmt: skip
+        blocks += [
+            ("h2", "Throughput vs time per output token"),
+            ("img", (figures["throughput_tpot"], "output tokens/s vs TPOT p50")),
+        ]
     blocks += _cpu_section(summary)
     blocks += _diagnosis_section(summary)
-    blocks += [("h2", "Raw data"), ("p", f"Everything above is computed from `{out}`: "
-                "summary.json, and per variant and round bench.json, requests.jsonl, spans.jsonl, "
-                "describe.json, metrics/*.prom, cpu.json and logs/. Rebuild this report with "
-                f"`hopscope experiment report {out}`.")]  # fmt: skip
+    raw = (
+        f"Everything above is computed from `{out}`: summary.json, and per variant and round "
+        "bench.json, requests.jsonl, spans.jsonl, describe.json, metrics/*.prom, cpu.json and "
+        f"logs/. Rebuild this report with `hopscope experiment report {out}`."
+    )
+    blocks += [("h2", "Raw data"), ("p", raw)]
     return blocks
 
 
 def _what_was_run(summary: dict[str, Any]) -> list[Block]:
     plan, machine = summary["plan"], summary["machine"]
     workload = plan["workload"]
-    load = (f"closed loop, concurrency {workload['concurrency'][0]}" if workload.get("concurrency")
-            else f"open loop, {workload['rate'][0]:g} requests/s")  # fmt: skip
+    load = (
+        f"closed loop, concurrency {workload['concurrency'][0]}"
+        if workload.get("concurrency")
+        else f"open loop, {workload['rate'][0]:g} requests/s"
+    )
     changed = ", ".join(f"`{v['name']}`" for v in summary["variants"] if v["factor"]) or "none"
     base = plan["baseline"]
-    base_text = ", ".join(f"{k}={_plain(v)}" for k, v in base.items()
-                          if v not in (None, False, 0, 0.0))  # fmt: skip
+    base_text = ", ".join(
+        f"{k}={_plain(v)}" for k, v in base.items() if v not in (None, False, 0, 0.0)
+    )
     lines = [
         f"{plan.get('description') or ''}".strip(),
         f"**Baseline**: {base_text}.",
         f"**Variants** (each differs from the baseline in one setting): {changed}.",
-        f"**Workload**: {load}, {workload.get('num_requests')} requests of "
-        f"{workload.get('input_len')} prompt tokens and {workload.get('output_len')} output "
-        f"tokens, after {plan.get('warmup')} warm-up requests on each fresh deployment.",
+        (
+            f"**Workload**: {load}, {workload.get('num_requests')} requests of "
+            f"{workload.get('input_len')} prompt tokens and {workload.get('output_len')} output "
+            f"tokens, after {plan.get('warmup')} warm-up requests on each fresh deployment."
+        ),
         f"**Rounds**: {plan['repeats']} (every variant once per round, order rotated).",
         f"**Machine**: {machine['cpus']} CPUs, {machine.get('memory_gib')} GiB, torch "
         f"{machine['torch']}, {machine['device']}, git {str(machine['git_sha'])[:12]}. Started "
@@ -138,12 +157,16 @@ def _plain(value: Any) -> str:
 
 def _method_line(summary: dict[str, Any]) -> str:
     rounds = summary["plan"]["repeats"]
-    text = ("Intervals: a two-level bootstrap (rounds resampled with their baseline pair, then "
-            "requests — or time windows, for throughput — within each round; 2000 resamples). "
-            "A verdict is *no measurable effect* when the interval contains 1.")  # fmt: skip
+    text = (
+        "Intervals: a two-level bootstrap (rounds resampled with their baseline pair, then "
+        "requests — or time windows, for throughput — within each round; 2000 resamples). "
+        "A verdict is *no measurable effect* when the interval contains 1."
+    )
     if rounds == 1:
-        text += (" With one round the interval reflects request-to-request variation only, not "
-                 "deployment-to-deployment variation: use `repeats: 3` for decisions.")
+        text += (
+            " With one round the interval reflects request-to-request variation only, not "
+            "deployment-to-deployment variation: use `repeats: 3` for decisions."
+        )
     return text
 
 
@@ -170,19 +193,33 @@ def _num(value: Any, digits: int = 1) -> str:
 
 
 def _values_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["variant", "output tok/s", "req/s", "TTFT p50 / p99 ms", "TPOT p50 / p99 ms",
-              "ITL p50 ms", "E2E p50 / p99 ms", "completed", "failed"]  # fmt: skip
+    header = [
+        "variant",
+        "output tok/s",
+        "req/s",
+        "TTFT p50 / p99 ms",
+        "TPOT p50 / p99 ms",
+        "ITL p50 ms",
+        "E2E p50 / p99 ms",
+        "completed",
+        "failed",
+    ]
     rows = []
     for v in summary["variants"]:
         m = v["metrics"]
-        rows.append([
-            v["name"], _num(m["output_tok_s"]), _num(m["request_throughput"], 2),
-            f"{_num(m['ttft_ms']['p50'])} / {_num(m['ttft_ms']['p99'])}",
-            f"{_num(m['tpot_ms']['p50'], 2)} / {_num(m['tpot_ms']['p99'], 2)}",
-            _num(m["itl_ms"]["p50"], 2),
-            f"{_num(m['e2e_ms']['p50'])} / {_num(m['e2e_ms']['p99'])}",
-            str(m["completed"]), str(m["failed"]),
-        ])  # fmt: skip
+        rows.append(
+            [
+                v["name"],
+                _num(m["output_tok_s"]),
+                _num(m["request_throughput"], 2),
+                f"{_num(m['ttft_ms']['p50'])} / {_num(m['ttft_ms']['p99'])}",
+                f"{_num(m['tpot_ms']['p50'], 2)} / {_num(m['tpot_ms']['p99'], 2)}",
+                _num(m["itl_ms"]["p50"], 2),
+                f"{_num(m['e2e_ms']['p50'])} / {_num(m['e2e_ms']['p99'])}",
+                str(m["completed"]),
+                str(m["failed"]),
+            ]
+        )
     return header, rows
 
 
@@ -191,20 +228,31 @@ def _headline(summary: dict[str, Any]) -> list[Block]:
     baseline = next(v for v in summary["variants"] if v["factor"] is None)
     top = _top_components(baseline.get("components", {}), 2)
     if top:
-        lines.append("The baseline's request time goes mostly to " + " and ".join(
-            f"{component_label(n)} ({share:.0%})" for n, share in top) + ".")  # fmt: skip
+        lines.append(
+            "The baseline's request time goes mostly to "
+            + " and ".join(f"{component_label(n)} ({share:.0%})" for n, share in top)
+            + "."
+        )
     for v in summary["variants"]:
         if v["factor"] is None:
             continue
         effects = v["vs_baseline"]
-        moved = [(s, effects[s.key]) for s in COMPARED if s.key in HEADLINE_METRICS
-                 and s.key in effects and effects[s.key]["verdict"] != "no measurable effect"]
+        moved = [
+            (s, effects[s.key])
+            for s in COMPARED
+            if s.key in HEADLINE_METRICS
+            and s.key in effects
+            and effects[s.key]["verdict"] != "no measurable effect"
+        ]
         if not moved:
-            lines.append(f"`{v['name']}`: no measurable effect on tokens/s, TPOT, TTFT p99 or "
-                         "E2E p50.")  # fmt: skip
+            lines.append(
+                f"`{v['name']}`: no measurable effect on tokens/s, TPOT, TTFT p99 or E2E p50."
+            )
             continue
-        parts = [f"{s.label} {e['ratio']:.2f}× [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}] "
-                 f"({e['verdict']})" for s, e in moved]  # fmt: skip
+        parts = [
+            f"{s.label} {e['ratio']:.2f}× [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}] ({e['verdict']})"
+            for s, e in moved
+        ]
         lines.append(f"`{v['name']}`: " + "; ".join(parts) + ".")
         if diagnosis := v.get("diagnosis"):
             lines[-1] += f" Diagnosed: **{diagnosis.get('primary')}**."
@@ -222,16 +270,22 @@ def _components_section(summary: dict[str, Any], figures: dict[str, Path]) -> li
         return [("h2", "Where the time goes"), ("p", "No spans were decomposed.")]
     names = list(dict.fromkeys(n for v in variants for n in v["components"]))
     header = ["variant", *(component_label(n) for n in names)]
-    rows = [[v["name"], *(f"{v['components'].get(n, {}).get('mean_ms', 0):.1f} ms "
-                          f"({v['components'].get(n, {}).get('share', 0):.0%})" for n in names)]
-            for v in variants]  # fmt: skip
-    blocks: list[Block] = [("h2", "Where the time goes"),
-                           ("p", "Mean per request from the spans (share of E2E). Network time of "
-                            "a hop = client span − server span of the same call.")]  # fmt: skip
+    rows = [
+        [v["name"], *(_component_cell(v["components"].get(n, {})) for n in names)] for v in variants
+    ]
+    text = (
+        "Mean per request from the spans (share of E2E). Network time of a hop = client span "
+        "− server span of the same call."
+    )
+    blocks: list[Block] = [("h2", "Where the time goes"), ("p", text)]
     if "components" in figures:
         blocks.append(("img", (figures["components"], "stacked bar of each variant's time")))
     blocks.append(("table", (header, rows)))
     return blocks
+
+
+def _component_cell(component: dict[str, float]) -> str:
+    return f"{component.get('mean_ms', 0):.1f} ms ({component.get('share', 0):.0%})"
 
 
 def _cdf_section(summary: dict[str, Any], figures: dict[str, Path]) -> list[Block]:
@@ -250,10 +304,14 @@ def _cpu_section(summary: dict[str, Any]) -> list[Block]:
     if not names:
         return []
     header = ["variant", *names]
-    rows = [[v["name"], *(_num(v["cpu_us_per_token"].get(n), 0) for n in names)]
-            for v in summary["variants"]]  # fmt: skip
-    text = ("CPU time of each process during the workload (/proc utime+stime, before/after) per "
-            "output token, µs. `client` is the load generator (from its preflight to its exit).")
+    rows = [
+        [v["name"], *(_num(v["cpu_us_per_token"].get(n), 0) for n in names)]
+        for v in summary["variants"]
+    ]
+    text = (
+        "CPU time of each process during the workload (/proc utime+stime, before/after) per "
+        "output token, µs. `client` is the load generator (from its preflight to its exit)."
+    )
     return [("h2", "CPU per output token"), ("p", text), ("table", (header, rows))]
 
 
@@ -266,21 +324,27 @@ def _diagnosis_section(summary: dict[str, Any]) -> list[Block]:
         diagnosis = v.get("diagnosis") or {}
         blocks.append(("h3", f"{v['name']}: {diagnosis.get('primary', 'no diagnosis')}"))
         for finding in (diagnosis.get("findings") or [])[:3]:
-            evidence = ", ".join(f"{k} {_value(e)}" for k, e in (finding.get("evidence") or {}).items())
+            evidence = ", ".join(
+                f"{k} {_value(e)}" for k, e in (finding.get("evidence") or {}).items()
+            )
             suggestions = "; ".join(
                 f"{s.get('method')} (`{s.get('switch')}`): {s.get('expected_effect')}"
                 for s in finding.get("suggestions") or []
             )
             line = f"**{finding.get('type')}** (score {finding.get('score', 0):.2f}): " + str(
-                finding.get("symptom", ""))  # fmt: skip
+                finding.get("symptom", "")
+            )
             items = [line] + ([f"evidence: {evidence}"] if evidence else [])
             items += [f"try: {suggestions}"] if suggestions else []
             blocks.append(("ul", items))
         if prediction := v.get("prediction"):
-            blocks.append(("p", f"Predicted from the {prediction.get('from')}'s spans: TPOT p50 "
-                           f"{_num(prediction.get('tpot_p50_ms'), 2)} ms; measured "
-                           f"{_num(prediction.get('measured_tpot_p50_ms'), 2)} ms (error "
-                           f"{_pct(prediction.get('error'))}).")) # fmt: skip
+            text = (
+                f"Predicted from the {prediction.get('from')}'s spans: TPOT p50 "
+                f"{_num(prediction.get('tpot_p50_ms'), 2)} ms; measured "
+                f"{_num(prediction.get('measured_tpot_p50_ms'), 2)} ms (error "
+                f"{_pct(prediction.get('error'))})."
+            )
+            blocks.append(("p", text))
     return blocks
 
 
@@ -336,14 +400,17 @@ def _html(blocks: list[Block], summary: dict[str, Any]) -> str:
         elif kind == "table":
             header, rows = content
             head = "".join(f"<th>{_inline(h)}</th>" for h in header)
-            cells = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>"
-                            for row in rows)  # fmt: skip
+            cells = "".join(
+                "<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows
+            )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
         elif kind == "img":
             path, alt = content
             data = base64.b64encode(path.read_bytes()).decode()
-            body.append(f'<figure><img alt="{html.escape(alt)}" '
-                        f'src="data:image/png;base64,{data}"></figure>')  # fmt: skip
+            body.append(
+                f'<figure><img alt="{html.escape(alt)}" '
+                f'src="data:image/png;base64,{data}"></figure>'
+            )
     title = html.escape(f"hopscope experiment: {summary['plan']['name']}")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>

@@ -11,9 +11,9 @@ import re
 import shutil
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,16 +98,19 @@ def run_round(ctx: RoundContext) -> Path:
                 serve.stop()  # drains: every service flushes its spans to the collector
             collector.stop()  # after serve and bench: it has every span they flushed
             save_service_logs(service_logs, round_dir / "logs")
-    layout.write_json(round_dir / "round.json", {
-        "variant": ctx.variant.name,
-        "round": ctx.round_index + 1,
-        "position": ctx.position,
-        "started": started,
-        "finished": time.time(),
-        "ray_address": ctx.ray_address,
-        "num_spans": _count_spans(round_dir / "spans.jsonl"),
-        "complete": True,
-    })  # fmt: skip
+    layout.write_json(
+        round_dir / "round.json",
+        {
+            "variant": ctx.variant.name,
+            "round": ctx.round_index + 1,
+            "position": ctx.position,
+            "started": started,
+            "finished": time.time(),
+            "ray_address": ctx.ray_address,
+            "num_spans": _count_spans(round_dir / "spans.jsonl"),
+            "complete": True,
+        },
+    )
     return round_dir
 
 
@@ -127,8 +130,9 @@ def start_collector(round_dir: Path) -> Child:
     of this process (which forks the serve and bench children) and off its GIL."""
     argv = ["-m", "deploy.cli", "traces", "collect", "--listen", "127.0.0.1:0"]
     argv += ["--out", str(round_dir / "spans.jsonl")]
-    return launch(argv, name="hopscope traces collect",
-                  log_path=round_dir / "logs" / "collector.log")  # fmt: skip
+    return launch(
+        argv, name="hopscope traces collect", log_path=round_dir / "logs" / "collector.log"
+    )
 
 
 def collector_port(collector: Child) -> int:
@@ -267,8 +271,10 @@ async def _warm_up(address: str, plan: Plan) -> None:
 
 
 # ---------------------------------------------------------------------------- metrics
-METRICS_LINE_RE = re.compile(r"(?P<service>tokenizer|scheduler|worker)[^\n]*?metrics[^\n]*?"
-                             r"(?P<address>\d+\.\d+\.\d+\.\d+:\d+)")  # fmt: skip
+METRICS_LINE_RE = re.compile(
+    r"(?P<service>tokenizer|scheduler|worker)[^\n]*?metrics[^\n]*?"
+    r"(?P<address>\d+\.\d+\.\d+\.\d+:\d+)"
+)
 
 
 def scrape_metrics(folder: Path, serve_log: Path) -> dict[str, Path]:
@@ -277,7 +283,9 @@ def scrape_metrics(folder: Path, serve_log: Path) -> dict[str, Path]:
     written = {}
     for service, address in metrics_addresses(serve_log).items():
         try:
-            with urllib.request.urlopen(f"http://{address}/metrics", timeout=METRICS_TIMEOUT_S) as r:
+            with urllib.request.urlopen(
+                f"http://{address}/metrics", timeout=METRICS_TIMEOUT_S
+            ) as r:
                 text = r.read().decode()
         except OSError as exc:
             text = f"# scrape of http://{address}/metrics failed: {exc}\n"

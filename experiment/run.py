@@ -66,13 +66,16 @@ def prepare_dir(plan: Plan, out: Path, is_resume: bool) -> dict[str, Any]:
     layout.write_json(plan_path, resolved)
     workload = resolved["workload"]
     for variant in plan.variants:
-        layout.write_json(layout.variant_dir(out, variant) / "variant.json", {
-            "name": variant.name,
-            "factor": variant.factor,
-            "value": variant.value,
-            "deployment": variant.deployment(),
-            "workload": workload,
-        })  # fmt: skip
+        layout.write_json(
+            layout.variant_dir(out, variant) / "variant.json",
+            {
+                "name": variant.name,
+                "factor": variant.factor,
+                "value": variant.value,
+                "deployment": variant.deployment(),
+                "workload": workload,
+            },
+        )
     meta_path = out / "experiment.json"
     meta = layout.read_json(meta_path) if meta_path.exists() else {"started": _now()}
     layout.write_json(meta_path, meta)
@@ -187,7 +190,9 @@ def finish(out: Path, console: Console) -> int:
     write_summary(out)
     _diagnose(out, console)
     report = write_report(out)
-    print(f"report: {report.with_suffix('.html')} (and {report.name}); data: {out / layout.SUMMARY}")
+    print(
+        f"report: {report.with_suffix('.html')} (and {report.name}); data: {out / layout.SUMMARY}"
+    )
     return 0
 
 

@@ -47,8 +47,11 @@ def _experiment(plan: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
 
 
 def _pids(out: Path) -> set[int]:
-    return {pid for path in out.glob("*/round-*/pids.json")
-            for pid in json.loads(path.read_text()).values()}  # fmt: skip
+    return {
+        pid
+        for path in out.glob("*/round-*/pids.json")
+        for pid in json.loads(path.read_text()).values()
+    }
 
 
 def _is_running(pid: int) -> bool:
@@ -162,17 +165,29 @@ def test_report_renders_a_diagnosis_when_summary_json_has_one(
     summary = json.loads((out / "summary.json").read_text())
     summary["variants"][1]["diagnosis"] = {
         "primary": "scheduling",
-        "findings": [{
-            "type": "scheduling", "score": 0.61, "symptom": "requests wait in line 61% of E2E",
-            "evidence": {"queue_share": {"value": 0.61, "unit": "of e2e"}},
-            "suggestions": [{"method": "larger batch", "switch": "--max-num-seqs 64",
-                             "expected_effect": "queue time falls"}],
-        }],
+        "findings": [
+            {
+                "type": "scheduling",
+                "score": 0.61,
+                "symptom": "requests wait in line 61% of E2E",
+                "evidence": {"queue_share": {"value": 0.61, "unit": "of e2e"}},
+                "suggestions": [
+                    {
+                        "method": "larger batch",
+                        "switch": "--max-num-seqs 64",
+                        "expected_effect": "queue time falls",
+                    }
+                ],
+            }
+        ],
         "what_if": {},
-    }  # fmt: skip
+    }
     summary["variants"][1]["prediction"] = {
-        "from": "baseline", "tpot_p50_ms": 2.0, "measured_tpot_p50_ms": 2.2, "error": -0.09,
-    }  # fmt: skip
+        "from": "baseline",
+        "tpot_p50_ms": 2.0,
+        "measured_tpot_p50_ms": 2.2,
+        "error": -0.09,
+    }
     (out / "summary.json").write_text(json.dumps(summary))
     write_report(out)
     text = (out / "report.md").read_text()

@@ -35,8 +35,11 @@ def _refusal(plan: dict[str, Any]) -> str:
 def test_a_valid_plan_expands_into_the_baseline_and_one_variant_per_value() -> None:
     plan = parse_plan(_plan(factors={"max-num-seqs": [2, 4], "placement": ["inproc"]}))
     assert [v.name for v in plan.variants] == [
-        "baseline", "max_num_seqs=2", "max_num_seqs=4", "placement=inproc",
-    ]  # fmt: skip
+        "baseline",
+        "max_num_seqs=2",
+        "max_num_seqs=4",
+        "placement=inproc",
+    ]
     variant = plan.variants[1]
     assert variant.factor == "max_num_seqs" and variant.value == 2
     assert "--max-num-seqs" in variant.serve_argv() and "--no-ray" in variant.serve_argv()
@@ -177,8 +180,14 @@ def test_cpu_of_this_process_grows_with_work() -> None:
 def test_service_pids_group_services_sharing_a_process() -> None:
     inproc = {"services": [{"name": n, "pid": 10} for n in ("tokenizer", "scheduler", "worker")]}
     assert service_pids(inproc, serve_pid=10) == {"pipeline": 10}
-    local = {"services": [{"name": n, "pid": p} for n, p in
-                          (("tokenizer", 11), ("scheduler", 12), ("worker", 13))]}  # fmt: skip
+    local = {
+        "services": [
+            {"name": n, "pid": p} for n, p in (("tokenizer", 11), ("scheduler", 12), ("worker", 13))
+        ]
+    }
     assert service_pids(local, serve_pid=10) == {
-        "tokenizer": 11, "scheduler": 12, "worker": 13, "serve": 10,
-    }  # fmt: skip
+        "tokenizer": 11,
+        "scheduler": 12,
+        "worker": 13,
+        "serve": 10,
+    }
