@@ -15,9 +15,11 @@ A wait that runs out is an error (LaunchError / TimeoutError), never "carry on".
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +47,34 @@ def front_door_line(address: str, placement: str, model: str) -> str:
 
 def announce_front_door(address: str, placement: str, model: str) -> None:
     print(front_door_line(address, placement, model), flush=True)
+
+
+def announce_metrics(urls: dict[str, str]) -> None:
+    """Where each service serves /metrics (once ready; nothing when metrics are off)."""
+    served = [f"{name} {url}" for name, url in urls.items() if url]
+    if served:
+        print(f"hopscope metrics: {', '.join(served)}", flush=True)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """LaunchError when something already listens on HOST:PORT (port 0: nothing to check).
+
+    Checked before anything slow starts (a model load, a kernel build), so a taken port is
+    refused in a moment. Other bind errors (a host that is not this machine's) are left to the
+    server's own bind, which reports them."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise LaunchError(
+                    f"cannot listen on {host}:{port}: the port is already in use; stop what "
+                    "listens there or pass another --port (0 picks a free one)"
+                ) from exc
 
 
 def _die_with_parent() -> None:

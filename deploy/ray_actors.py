@@ -107,6 +107,7 @@ class ServiceHost:
             "node_id": self.node_id,
             "host": self.host_ip,
             "relay": getattr(self.relay, "address", ""),
+            "metrics": dict(self.service.metrics_urls),
         }
 
     def check_health(self) -> None:
@@ -127,9 +128,7 @@ class ServiceHost:
         # the actor is killed right after: flush its spans now or they are lost
         await asyncio.to_thread(shutdown_tracing)
         if self.relay is not None:
-            result = self.relay.stop()
-            if inspect.isawaitable(result):
-                await result
+            self.relay.stop()  # returns at once: its threads end on their own
         if self.plan.listen.startswith("unix:"):
             socket_path = Path(self.plan.listen.removeprefix("unix:"))
             socket_path.unlink(missing_ok=True)

@@ -24,7 +24,13 @@ from deploy.cluster import (
     start_cluster,
     stop_cluster,
 )
-from deploy.lifecycle import START_TIMEOUT_S, StopRequest, announce_front_door, supervise
+from deploy.lifecycle import (
+    START_TIMEOUT_S,
+    StopRequest,
+    announce_front_door,
+    announce_metrics,
+    supervise,
+)
 from deploy.placement import (
     EDGES,
     NODE_LABEL_KEY,
@@ -80,6 +86,13 @@ class RayDeployment:
             self.stop()
             raise
         return self.front_door
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        urls: dict[str, str] = {}
+        for info in self.infos.values():
+            urls.update(info.get("metrics", {}))
+        return urls
 
     @property
     def front_door(self) -> str:
@@ -309,6 +322,7 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
         try:
             address = deployment.start()
             announce_front_door(address, spec.placement, spec.model)
+            announce_metrics(deployment.metrics_urls)
             supervise(deployment.supervise_once, stop, 1.0, err.print)
             err.print("draining: front door first, then scheduler and worker")
         finally:

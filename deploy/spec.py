@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.metrics import METRICS_PORTS
+from services.common.metrics import DEFAULT_METRICS_BASE_PORT, metrics_port
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.service_config import SchedulerServiceConfig
 from services.tokenizer.server import TokenizerServiceConfig
@@ -31,11 +31,14 @@ class ServeSpec:
     max_queue_len: int = 512
     request_timeout_s: float = 600.0
     worker_reconnect_timeout_s: float = 10.0
-    is_metrics_enabled: bool = False  # /metrics on METRICS_PORTS at `host`
+    is_metrics_enabled: bool = False  # /metrics of each service at `host`
+    metrics_base_port: int = DEFAULT_METRICS_BASE_PORT  # + 0, 1, 2 by service; 0: any free port
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if not 0 <= self.metrics_base_port <= 65535 - 2:
+            raise ValueError(f"metrics port must be in [0, 65533], got {self.metrics_base_port}")
         if self.kv_cache_mb < 1:
             raise ValueError("kv_cache_mb must be >= 1")
 
@@ -44,7 +47,9 @@ class ServeSpec:
         return f"{self.host}:{self.port}"
 
     def metrics_address(self, service: str) -> str:
-        return f"{self.host}:{METRICS_PORTS[service]}" if self.is_metrics_enabled else ""
+        if not self.is_metrics_enabled:
+            return ""
+        return f"{self.host}:{metrics_port(service, self.metrics_base_port)}"
 
     def worker_config(self, listen: str, node_id: str = "") -> WorkerServiceConfig:
         engine = WorkerConfig(
