@@ -9,7 +9,7 @@ from functools import cache
 from typing import Any
 
 # Set by the experiment itself for every variant: a plan may not set them.
-SERVE_RESERVED = ("host", "port", "metrics", "metrics_port", "ray_address")
+SERVE_RESERVED = ("host", "port", "metrics", "metrics_port", "ray_address", "log_dir")
 BENCH_RESERVED = (
     "address",
     "out",

@@ -69,7 +69,7 @@ class Variant:
         from experiment.flags import resolve, serve_parser
 
         resolved = resolve(serve_parser(), self.serve_argv())
-        for key in ("host", "port", "ray_address", "metrics", "metrics_port"):
+        for key in ("host", "port", "ray_address", "metrics", "metrics_port", "log_dir"):
             resolved.pop(key, None)
         resolved["link_delay_ms"] = self.link_delay_ms
         resolved["link_rate_mbit"] = self.link_rate_mbit

@@ -153,16 +153,21 @@ def _start_serve(ctx: RoundContext, round_dir: Path, env: dict[str, str]) -> Ser
     if ctx.ray_address and ctx.variant.is_ray:
         argv += ["--ray-address", ctx.ray_address]
     argv += metrics_args()
+    if not ctx.variant.is_ray and "--log-dir" in _serve_options():
+        argv += ["--log-dir", str(round_dir / "logs")]  # each service's log, kept
     return start_serve(argv, log_path=round_dir / "logs" / "serve.log", env=env)
 
 
 def metrics_args() -> list[str]:
     """--metrics on free ports where `serve` can pick them (`--metrics-port 0`); the fixed
     default ports would collide with any other hopscope serving metrics on this machine."""
+    return ["--metrics", "--metrics-port", "0"] if "--metrics-port" in _serve_options() else []
+
+
+def _serve_options() -> set[str]:
     from experiment.flags import serve_parser
 
-    options = {o for a in serve_parser()._actions for o in a.option_strings}
-    return ["--metrics", "--metrics-port", "0"] if "--metrics-port" in options else []
+    return {o for a in serve_parser()._actions for o in a.option_strings}
 
 
 def _launch_bench(ctx: RoundContext, round_dir: Path, address: str, env: dict[str, str]) -> Child:
@@ -271,10 +276,7 @@ async def _warm_up(address: str, plan: Plan) -> None:
 
 
 # ---------------------------------------------------------------------------- metrics
-METRICS_LINE_RE = re.compile(
-    r"(?P<service>tokenizer|scheduler|worker)[^\n]*?metrics[^\n]*?"
-    r"(?P<address>\d+\.\d+\.\d+\.\d+:\d+)"
-)
+METRICS_LINE_RE = re.compile(r"^hopscope metrics: (?P<urls>.+)$", re.MULTILINE)
 
 
 def scrape_metrics(folder: Path, serve_log: Path) -> dict[str, Path]:
@@ -296,8 +298,16 @@ def scrape_metrics(folder: Path, serve_log: Path) -> dict[str, Path]:
 
 
 def metrics_addresses(serve_log: Path) -> dict[str, str]:
+    """service -> HOST:PORT from the line serve prints once ready:
+    `hopscope metrics: tokenizer http://127.0.0.1:41001/metrics, scheduler http://...`."""
     try:
-        text = serve_log.read_text(errors="replace")
+        match = METRICS_LINE_RE.search(serve_log.read_text(errors="replace"))
     except OSError:
         return {}
-    return {m.group("service"): m.group("address") for m in METRICS_LINE_RE.finditer(text)}
+    addresses = {}
+    for item in (match.group("urls").split(", ") if match else []):
+        name, _, url = item.strip().partition(" ")
+        address = url.removeprefix("http://").split("/", 1)[0]
+        if name and address:
+            addresses[name] = address
+    return addresses
