@@ -193,9 +193,8 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
         timeout_s=float(timeout_s),
         source=source,
     )
-    if not errors:
-        plan.variants = _variants(plan)
-        _check_variants(plan, ray_address, errors)
+    plan.variants = _variants(plan)  # of the values that passed: their own checks run too
+    _check_variants(plan, ray_address, errors)
     if errors:
         unique = list(dict.fromkeys(errors))
         raise PlanError(f"plan {source} cannot run:\n  " + "\n  ".join(unique))
@@ -307,8 +306,12 @@ def _check_variants(plan: Plan, ray_address: str, errors: list[str]) -> None:
     from deploy.placement import PlacementError, resolve_placement
     from deploy.spec import NO_RAY_PLACEMENTS
 
+    own_checks = ("placement", "no_ray", "device", *CLUSTER_FACTORS)
     for variant in plan.variants:
+        if variant.factor and variant.factor not in own_checks:
+            continue  # same placement and device as the baseline: checked there
         where = f"factors.{variant.factor}" if variant.factor else "baseline"
+        _check_device(variant, where, errors)
         placement = str(variant.serve.get("placement", "inproc"))
         try:
             num_nodes = len(resolve_placement(placement).node_labels)
@@ -322,7 +325,6 @@ def _check_variants(plan: Plan, ray_address: str, errors: list[str]) -> None:
             )
         if variant.factor in CLUSTER_FACTORS:
             _check_link_factor(variant, where, placement, num_nodes, ray_address, errors)
-        _check_device(variant, "baseline" if variant.factor != "device" else where, errors)
 
 
 def _check_link_factor(
