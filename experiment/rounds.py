@@ -305,7 +305,7 @@ def metrics_addresses(serve_log: Path) -> dict[str, str]:
     except OSError:
         return {}
     addresses = {}
-    for item in (match.group("urls").split(", ") if match else []):
+    for item in match.group("urls").split(", ") if match else []:
         name, _, url = item.strip().partition(" ")
         address = url.removeprefix("http://").split("/", 1)[0]
         if name and address:
