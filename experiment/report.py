@@ -40,7 +40,7 @@ def _figures(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
         path = draw(summary, folder / f"{key}.png")
         if path is not None:
             figures[key] = path
-    samples = _latency_samples(summary)
+    samples = _latency_samples(summary, out)
     for factor in _factors(summary):
         names = [summary["baseline"]] + [
             v["name"] for v in summary["variants"] if v["factor"] == factor
@@ -69,14 +69,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def _latency_samples(summary: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+def _latency_samples(summary: dict[str, Any], out: Path) -> dict[str, dict[str, list[float]]]:
     """variant -> metric -> every measured successful request's value, all rounds."""
     samples: dict[str, dict[str, list[float]]] = {}
     for variant in summary["variants"]:
         per_metric: dict[str, list[float]] = {m: [] for m, _ in plots.CDF_METRICS}
         for r in variant["rounds"]:
             try:
-                records = layout.read_requests(Path(r["path"]))
+                records = layout.read_requests(out / r["path"])
             except (OSError, ValueError):
                 continue
             for rec in records:

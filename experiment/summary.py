@@ -139,7 +139,7 @@ def _round_entry(r: dict[str, Any]) -> dict[str, Any]:
     summary = r["bench"]["summary"]
     return {
         "round": r["index"],
-        "path": str(r["path"]),
+        "path": str(r["path"].relative_to(r["path"].parents[1])),  # VARIANT/round-K, in DIR
         "output_tok_s": summary["output_token_throughput"],
         "request_throughput": summary["request_throughput"],
         "duration_s": summary["duration_s"],
