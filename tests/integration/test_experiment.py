@@ -193,3 +193,15 @@ def test_report_renders_a_diagnosis_when_summary_json_has_one(
     text = (out / "report.md").read_text()
     assert "## Diagnosis" in text and "requests wait in line 61%" in text
     assert "--max-num-seqs 64" in text and "measured 2.20 ms" in text
+
+
+def test_compare_shows_every_variant(interrupted_then_resumed: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    from experiment.compare import compare_table
+
+    out: Path = interrupted_then_resumed["out"]
+    console = Console(width=200, record=True)
+    console.print(compare_table(out, out))
+    text = console.export_text()
+    assert "baseline" in text and "placement=inproc" in text and "(1.00×)" in text

@@ -13,7 +13,7 @@ from experiment.cpu import cpu_us_per_token, read_cpu_s
 from experiment.plan import PlanError, builtin_plans, load_plan, parse_plan
 from experiment.rounds import service_pids
 from experiment.run import schedule
-from experiment.stats import COMPARED, RoundSamples, compare, verdict
+from experiment.stats import COMPARED, RoundSamples, compare, round_samples, verdict
 
 
 def _plan(**overrides: Any) -> dict[str, Any]:
@@ -191,3 +191,15 @@ def test_service_pids_group_services_sharing_a_process() -> None:
         "worker": 13,
         "serve": 10,
     }
+
+
+def test_throughput_windows_average_to_tokens_over_the_run() -> None:
+    records = [
+        {"status": "OK", "t_send_s": s, "ttft_ms": 50.0, "e2e_ms": e, "n_out": 32}
+        for s, e in ((0.0, 400.0), (0.1, 500.0), (0.3, 900.0), (0.8, 300.0), (1.0, 700.0))
+    ]
+    samples = round_samples(records)
+    duration_s = 1.7  # first send 0.0 → last end 1.0 + 0.7
+    assert samples.window_tokens_per_s.mean() == pytest.approx(5 * 32 / duration_s)
+    assert samples.window_requests_per_s.mean() == pytest.approx(5 / duration_s)
+    assert (samples.window_tokens_per_s > 0).all()
