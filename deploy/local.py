@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.lifecycle import START_TIMEOUT_S, Child, LaunchError, launch
+from deploy.lifecycle import START_TIMEOUT_S, Child, LaunchError, launch, wait_serving
 from deploy.placement import internal_address, resolve_placement
 from deploy.spec import ServeSpec
 from services.common.process import READY_PREFIX, config_to_json
@@ -106,6 +106,10 @@ class LocalDeployment:
                 lambda listen: self.spec.tokenizer_config(listen, sched),
                 listen=self.spec.front_door,
             )
+            wait_serving(self.address, START_TIMEOUT_S)  # the front door's health follows all
+        except TimeoutError as exc:
+            self.stop()
+            raise LaunchError(f"the pipeline did not become healthy: {exc}") from exc
         except BaseException:
             self.stop()
             raise

@@ -30,6 +30,7 @@ from deploy.lifecycle import (
     announce_front_door,
     announce_metrics,
     supervise,
+    wait_serving,
 )
 from deploy.placement import (
     EDGES,
@@ -82,6 +83,10 @@ class RayDeployment:
                 bundle = plan.bundle_of(self.placement, "tokenizer" if role == "pipeline" else role)
                 self.actors[role] = self._create(cls, actor_plan, bundle)
             self._wait_started(timeout_s)
+            wait_serving(self.front_door, timeout_s)  # its health follows every downstream
+        except TimeoutError as exc:
+            self.stop()
+            raise DeployError(f"the pipeline did not become healthy: {exc}") from exc
         except BaseException:
             self.stop()
             raise

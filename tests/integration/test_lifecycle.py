@@ -151,3 +151,21 @@ def test_log_dir_keeps_the_logs_and_a_dead_service_is_reported_with_its_last_lin
     assert "worker killed by SIGKILL; restarting" in console, console
     assert {p.name for p in log_dir.iterdir()} == {"worker.log", "scheduler.log", "tokenizer.log"}
     assert "HOPSCOPE_READY" in (log_dir / "worker.log").read_text()  # kept after the exit
+
+
+def test_a_chatty_child_never_blocks_on_its_output(tmp_path: Path) -> None:
+    """1 MiB after the ready line: a pipe nobody reads (64 KiB) would block the child forever."""
+    script = (
+        "import sys; print('READY', flush=True); "
+        "sys.stdout.write('x' * (1 << 20) + '\\n'); sys.stderr.write('y' * (1 << 20) + '\\n'); "
+        "print('finished', flush=True)"
+    )
+    child = launch(["-c", script], name="chatty", log_path=tmp_path / "chatty.log")
+    try:
+        child.wait_for_line(re.compile("^READY$"), 30)
+        child.wait_for_line(re.compile("^finished$"), 30)
+        code = child.wait(30)
+    finally:
+        child.stop(0)
+    assert code == 0
+    assert (tmp_path / "chatty.log").stat().st_size > 2 << 20
