@@ -119,7 +119,7 @@ def _blocks(summary: dict[str, Any], figures: dict[str, Path], out: Path) -> lis
             ("img", (figures["throughput_tpot"], "output tokens/s vs TPOT p50")),
         ]
     blocks += _cpu_section(summary)
-    blocks += _diagnosis_section(summary)
+    blocks += _diagnosis_section(summary, out)
     raw = (
         f"Everything above is computed from `{out}`: summary.json, and per variant and round "
         "bench.json, requests.jsonl, spans.jsonl, describe.json, metrics/*.prom, cpu.json and "
@@ -324,37 +324,59 @@ def _cpu_section(summary: dict[str, Any]) -> list[Block]:
     return [("h2", "CPU per output token"), ("p", text), ("table", (header, rows))]
 
 
-def _diagnosis_section(summary: dict[str, Any]) -> list[Block]:
+MAX_FINDINGS = 2  # per variant: the primary type and the runner-up
+MAX_EVIDENCE = 6
+MAX_SUGGESTIONS = 3
+WHAT_IF_PLOT = "what_if_tpot.png"  # drawn by `hopscope diagnose` into DIR/plots
+
+
+def _diagnosis_section(summary: dict[str, Any], out: Path) -> list[Block]:
     diagnosed = [v for v in summary["variants"] if v.get("diagnosis") or v.get("prediction")]
     if not diagnosed:
         return []
-    blocks: list[Block] = [("h2", "Diagnosis")]
+    intro = (
+        "From `hopscope diagnose`: each variant's bottleneck type, the evidence measured for it "
+        "and what to try next (the strongest findings first)."
+    )
+    blocks: list[Block] = [("h2", "Diagnosis"), ("p", intro)]
     for v in diagnosed:
         diagnosis = v.get("diagnosis") or {}
         blocks.append(("h3", f"{v['name']}: {diagnosis.get('primary', 'no diagnosis')}"))
-        for finding in (diagnosis.get("findings") or [])[:3]:
-            evidence = ", ".join(
-                f"{k} {_value(e)}" for k, e in (finding.get("evidence") or {}).items()
-            )
-            suggestions = "; ".join(
-                f"{s.get('method')} (`{s.get('switch')}`): {s.get('expected_effect')}"
-                for s in finding.get("suggestions") or []
-            )
-            line = f"**{finding.get('type')}** (score {finding.get('score', 0):.2f}): " + str(
-                finding.get("symptom", "")
-            )
-            items = [line] + ([f"evidence: {evidence}"] if evidence else [])
-            items += [f"try: {suggestions}"] if suggestions else []
-            blocks.append(("ul", items))
+        for finding in (diagnosis.get("findings") or [])[:MAX_FINDINGS]:
+            blocks.append(("ul", _finding_items(finding)))
         if prediction := v.get("prediction"):
-            text = (
-                f"Predicted from the {prediction.get('from')}'s spans: TPOT p50 "
-                f"{_num(prediction.get('tpot_p50_ms'), 2)} ms; measured "
-                f"{_num(prediction.get('measured_tpot_p50_ms'), 2)} ms (error "
-                f"{_pct(prediction.get('error'))})."
-            )
-            blocks.append(("p", text))
+            blocks.append(("p", _prediction_line(prediction)))
+    if (out / "plots" / WHAT_IF_PLOT).exists():
+        blocks.append(("img", (out / "plots" / WHAT_IF_PLOT, "predicted TPOT vs link delay")))
     return blocks
+
+
+def _finding_items(finding: dict[str, Any]) -> list[str]:
+    score = finding.get("score")
+    score_text = f" (score {score:.2f})" if isinstance(score, (int, float)) else ""
+    items = [f"**{finding.get('type')}**{score_text}: {finding.get('symptom', '')}"]
+    evidence = [
+        f"{name} {_value(e)}"
+        for name, e in (finding.get("evidence") or {}).items()
+        if not (isinstance(e, dict) and e.get("value") is None)
+    ]
+    if evidence:
+        items.append("evidence: " + ", ".join(evidence[:MAX_EVIDENCE]))
+    for suggestion in (finding.get("suggestions") or [])[:MAX_SUGGESTIONS]:
+        items.append(
+            f"try {suggestion.get('method')} (`{suggestion.get('switch')}`): "
+            f"{suggestion.get('expected_effect')}"
+        )
+    return items
+
+
+def _prediction_line(prediction: dict[str, Any]) -> str:
+    return (
+        f"Predicted from the {prediction.get('from')}'s spans: TPOT p50 "
+        f"{_num(prediction.get('tpot_p50_ms'), 2)} ms; measured "
+        f"{_num(prediction.get('measured_tpot_p50_ms'), 2)} ms (error "
+        f"{_pct(prediction.get('error'))})."
+    )
 
 
 def _value(evidence: Any) -> str:
