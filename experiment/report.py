@@ -3,13 +3,12 @@ the raw per-request files; the diagnosis is rendered when summary.json carries i
 
 from __future__ import annotations
 
-import base64
-import html
 import re
 from pathlib import Path
 from typing import Any
 
 from experiment import layout, plots
+from experiment.render import Block, html_page, markdown
 from experiment.stats import COMPARED
 from experiment.summary import component_label
 
@@ -23,8 +22,9 @@ def write_report(out: Path) -> Path:
     figures = _figures(out, summary)
     blocks = _blocks(summary, figures, out)
     md_path = out / "report.md"
-    md_path.write_text(_markdown(blocks), encoding="utf-8")
-    (out / "report.html").write_text(_html(blocks, summary), encoding="utf-8")
+    md_path.write_text(markdown(blocks), encoding="utf-8")
+    title = f"hopscope experiment: {summary['plan']['name']}"
+    (out / "report.html").write_text(html_page(blocks, title), encoding="utf-8")
     return md_path
 
 
@@ -90,8 +90,6 @@ def _latency_samples(summary: dict[str, Any], out: Path) -> dict[str, dict[str, 
 
 
 # ---------------------------------------------------------------------------- content
-# A block is ("h2", text) | ("p", text) | ("table", (header, rows)) | ("img", (path, alt))
-Block = tuple[str, Any]
 
 
 def _blocks(summary: dict[str, Any], figures: dict[str, Path], out: Path) -> list[Block]:
@@ -389,78 +387,3 @@ def _value(evidence: Any) -> str:
 
 def _pct(value: Any) -> str:
     return f"{value:+.0%}" if isinstance(value, (int, float)) else "-"
-
-
-# ---------------------------------------------------------------------------- rendering
-def _markdown(blocks: list[Block]) -> str:
-    lines: list[str] = []
-    for kind, content in blocks:
-        if kind in ("h1", "h2", "h3"):
-            lines += [f"{'#' * int(kind[1])} {content}", ""]
-        elif kind == "p":
-            lines += [content, ""]
-        elif kind == "ul":
-            lines += [f"- {item}" for item in content] + [""]
-        elif kind == "table":
-            header, rows = content
-            lines.append("| " + " | ".join(header) + " |")
-            lines.append("|" + "---|" * len(header))
-            lines += ["| " + " | ".join(row) + " |" for row in rows]
-            lines.append("")
-        elif kind == "img":
-            path, alt = content
-            lines += [f"![{alt}](plots/{path.name})", ""]
-    return "\n".join(lines)
-
-
-def _inline(text: str) -> str:
-    """The little markdown the blocks use (`code`, **bold**, *em*) as HTML."""
-    text = html.escape(text)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"\*([^*]+)\*", r"<i>\1</i>", text)
-
-
-def _html(blocks: list[Block], summary: dict[str, Any]) -> str:
-    body: list[str] = []
-    for kind, content in blocks:
-        if kind in ("h1", "h2", "h3", "p"):
-            body.append(f"<{kind}>{_inline(content)}</{kind}>")
-        elif kind == "ul":
-            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in content) + "</ul>")
-        elif kind == "table":
-            header, rows = content
-            head = "".join(f"<th>{_inline(h)}</th>" for h in header)
-            cells = "".join(
-                "<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows
-            )
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
-        elif kind == "img":
-            path, alt = content
-            data = base64.b64encode(path.read_bytes()).decode()
-            body.append(
-                f'<figure><img alt="{html.escape(alt)}" '
-                f'src="data:image/png;base64,{data}"></figure>'
-            )
-    title = html.escape(f"hopscope experiment: {summary['plan']['name']}")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
-       color: #222; line-height: 1.45; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-th {{ background: #f3f3f3; }}
-.better {{ color: #1a7f1a; font-weight: 600; }} .worse {{ color: #c62828; font-weight: 600; }}
-img {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 0.2em; }}
-</style></head><body>
-{chr(10).join(body)}
-</body></html>
-"""
-
-
-def _cell(text: str) -> str:
-    css = "better" if text.endswith(" better") else "worse" if text.endswith(" worse") else ""
-    inner = _inline(text)
-    return f'<span class="{css}">{inner}</span>' if css else inner
