@@ -64,20 +64,24 @@ def run_round(ctx: RoundContext) -> Path:
         shutil.rmtree(round_dir)  # an interrupted attempt: start it over
     (round_dir / "logs").mkdir(parents=True)
     started = time.time()
-    collector = start_collector(round_dir)
+    collector: Child | None = None
     serve: ServeChild | None = None
     bench: Child | None = None
     service_logs: dict[str, Any] = {}
     try:
+        collector = start_collector(round_dir)
+        started_pids = {"collector": collector.pid}
+        _record_pids(round_dir, started_pids)
         env = tracing_env(collector_port(collector))
         serve = _start_serve(ctx, round_dir, env)
-        _record_pids(round_dir, {"serve": serve.child.pid})
+        started_pids["serve"] = serve.child.pid
+        _record_pids(round_dir, started_pids)
         pids = service_pids(serve.describe(), serve.child.pid)
-        _record_pids(round_dir, {"serve": serve.child.pid, **pids})
+        _record_pids(round_dir, started_pids | pids)
         warm_up(serve.address, ctx.plan)
         before = {name: read_cpu_s(pid) for name, pid in pids.items()}
         bench = _launch_bench(ctx, round_dir, serve.address, env)
-        _record_pids(round_dir, {"serve": serve.child.pid, **pids, "client": bench.pid})
+        _record_pids(round_dir, started_pids | pids | {"client": bench.pid})
         bench.wait_for_line(TARGET_RE, BENCH_START_TIMEOUT_S)
         client_before = read_cpu_s(bench.pid)
         _wait_bench(bench, ctx.plan.timeout_s)
@@ -96,7 +100,8 @@ def run_round(ctx: RoundContext) -> Path:
                 bench.stop()
             if serve is not None:
                 serve.stop()  # drains: every service flushes its spans to the collector
-            collector.stop()  # after serve and bench: it has every span they flushed
+            if collector is not None:
+                collector.stop()  # after serve and bench: it has every span they flushed
             save_service_logs(service_logs, round_dir / "logs")
     layout.write_json(
         round_dir / "round.json",
