@@ -24,8 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Runs every variant of PLAN (a YAML file or a built-in plan's name) in "
         "rounds against the baseline, and writes DIR/summary.json and DIR/report.html.",
     )
-    p.add_argument("plan", nargs="?", help="YAML file or built-in plan (see --list); or "
-                   "`compare` / `report`")  # fmt: skip
+    p.add_argument(
+        "plan", nargs="?", help="YAML file or built-in plan (see --list); or `compare` / `report`"
+    )
     p.add_argument("dirs", nargs="*", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help="experiment directory to write")
     p.add_argument("--list", action="store_true", help="list the built-in plans")
@@ -64,9 +65,12 @@ def run_experiment_command(args: argparse.Namespace) -> int:
     try:
         plan = load_plan(args.plan, ray_address=args.ray_address)
         return run_experiment(
-            plan, args.out, is_resume=args.resume, is_quiet=args.quiet,
+            plan,
+            args.out,
+            is_resume=args.resume,
+            is_quiet=args.quiet,
             ray_address=args.ray_address,
-        )  # fmt: skip
+        )
     except (PlanError, ExperimentError) as exc:
         return _fail(str(exc))
 

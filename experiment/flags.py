@@ -9,7 +9,7 @@ from functools import cache
 from typing import Any
 
 # Set by the experiment itself for every variant: a plan may not set them.
-SERVE_RESERVED = ("host", "port", "metrics", "metrics_port", "ray_address")
+SERVE_RESERVED = ("host", "port", "metrics", "metrics_port", "ray_address", "log_dir")
 BENCH_RESERVED = (
     "address",
     "out",
@@ -39,13 +39,15 @@ class Flag:
             if not isinstance(value, bool):
                 raise ValueError(f"{where}: {value!r} is not a boolean; allowed: true, false")
             return value
-        if isinstance(value, bool) or isinstance(value, (list, dict)) or value is None:
+        if isinstance(value, (bool, list, dict)) or value is None:
             raise ValueError(f"{where}: {value!r} is not {_a(self.type_name)}{self._allowed()}")
         if self.choices and str(value) not in self.choices:
-            raise ValueError(f"{where}: {value!r} is not allowed; allowed: {', '.join(self.choices)}")
+            raise ValueError(
+                f"{where}: {value!r} is not allowed; allowed: {', '.join(self.choices)}"
+            )
         convert = self.action.type or str
         try:
-            converted = convert(str(value))  # type: ignore[operator]
+            converted: Any = convert(str(value))  # type: ignore[operator]
         except (TypeError, ValueError, argparse.ArgumentTypeError):
             raise ValueError(f"{where}: {value!r} is not {_a(self.type_name)}") from None
         if self.key in SINGLE_POINT:
@@ -73,8 +75,14 @@ def _text(value: Any) -> str:
 
 def _type_name(action: argparse.Action) -> str:
     kind = getattr(action.type, "__name__", "string")
-    return {"int": "integer", "float": "number", "str": "string", "_int_list": "integer",
-            "_float_list": "number", "Path": "path"}.get(kind, kind)  # fmt: skip
+    return {
+        "int": "integer",
+        "float": "number",
+        "str": "string",
+        "_int_list": "integer",
+        "_float_list": "number",
+        "Path": "path",
+    }.get(kind, kind)
 
 
 def _flags_of(parser: argparse.ArgumentParser, reserved: tuple[str, ...]) -> dict[str, Flag]:
@@ -88,7 +96,9 @@ def _flags_of(parser: argparse.ArgumentParser, reserved: tuple[str, ...]) -> dic
             continue
         is_bool = isinstance(action, argparse._StoreTrueAction)
         choices = tuple(str(c) for c in action.choices) if action.choices else None
-        flags[key] = Flag(key, longs[0], is_bool, action.default, choices, _type_name(action), action)
+        flags[key] = Flag(
+            key, longs[0], is_bool, action.default, choices, _type_name(action), action
+        )
     return flags
 
 
@@ -132,5 +142,8 @@ def resolve(parser: argparse.ArgumentParser, argv: list[str]) -> dict[str, Any]:
     """Every flag of `parser` after parsing `argv` (defaults filled in), JSON-friendly."""
     namespace = parser.parse_args(argv)
     skip = {"func", "bench_command", "command", "summaries"}
-    return {k: (str(v) if not isinstance(v, (int, float, str, bool, list, type(None))) else v)
-            for k, v in vars(namespace).items() if k not in skip}  # fmt: skip
+    return {
+        k: (str(v) if not isinstance(v, (int, float, str, bool, list, type(None))) else v)
+        for k, v in vars(namespace).items()
+        if k not in skip
+    }

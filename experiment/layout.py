@@ -1,18 +1,18 @@
 """The experiment directory (the contract other tools read, e.g. `hopscope diagnose`):
 
-    DIR/summary.json, DIR/report.md, DIR/report.html, DIR/plots/*.png
-    DIR/plan.json                              the plan as resolved (checked by --resume)
-    DIR/<variant>/variant.json                 name, factor, value, deployment, workload
-    DIR/<variant>/round-<k>/bench.json         `hopscope bench --out` summary ("requests_file")
-    DIR/<variant>/round-<k>/requests.jsonl     per-request records (trace_id per record)
-    DIR/<variant>/round-<k>/spans.jsonl        this round's spans (OTLP JSON lines)
-    DIR/<variant>/round-<k>/describe.json      Describe (MessageToDict) after the workload
-    DIR/<variant>/round-<k>/metrics/<service>.prom
-    DIR/<variant>/round-<k>/cpu.json           CPU time per process, µs per output token
-    DIR/<variant>/round-<k>/pids.json          every process the round started or measured
-    DIR/<variant>/round-<k>/round.json         written last: the round is complete
-    DIR/<variant>/round-<k>/logs/*.log         serve (and the services it started), bench
-    DIR/<variant>/diagnosis.json               written by `hopscope diagnose`
+DIR/summary.json, DIR/report.md, DIR/report.html, DIR/plots/*.png
+DIR/plan.json                              the plan as resolved (checked by --resume)
+DIR/<variant>/variant.json                 name, factor, value, deployment, workload
+DIR/<variant>/round-<k>/bench.json         `hopscope bench --out` summary ("requests_file")
+DIR/<variant>/round-<k>/requests.jsonl     per-request records (trace_id per record)
+DIR/<variant>/round-<k>/spans.jsonl        this round's spans (OTLP JSON lines)
+DIR/<variant>/round-<k>/describe.json      Describe (MessageToDict) after the workload
+DIR/<variant>/round-<k>/metrics/<service>.prom
+DIR/<variant>/round-<k>/cpu.json           CPU time per process, µs per output token
+DIR/<variant>/round-<k>/pids.json          every process the round started or measured
+DIR/<variant>/round-<k>/round.json         written last: the round is complete
+DIR/<variant>/round-<k>/logs/*.log         serve (and the services it started), bench
+DIR/<variant>/diagnosis.json               written by `hopscope diagnose`
 """
 
 from __future__ import annotations

@@ -15,8 +15,16 @@ from experiment.flags import Flag, bench_flags, normalize_key, serve_flags
 
 # Cluster factors: settings of the emulated link between nodes (`hopscope cluster up` flags).
 CLUSTER_FACTORS = {"link_delay_ms": "--delay-ms", "link_rate_mbit": "--rate-mbit"}
-TOP_KEYS = ("name", "description", "baseline", "workload", "factors", "repeats", "warmup",
-            "timeout_s")  # fmt: skip
+TOP_KEYS = (
+    "name",
+    "description",
+    "baseline",
+    "workload",
+    "factors",
+    "repeats",
+    "warmup",
+    "timeout_s",
+)
 DEFAULT_WARMUP_REQUESTS = 4
 DEFAULT_TIMEOUT_S = 900.0  # one variant-round's workload; running out of it is a failure
 BASELINE = "baseline"
@@ -61,7 +69,7 @@ class Variant:
         from experiment.flags import resolve, serve_parser
 
         resolved = resolve(serve_parser(), self.serve_argv())
-        for key in ("host", "port", "ray_address", "metrics", "metrics_port"):
+        for key in ("host", "port", "ray_address", "metrics", "metrics_port", "log_dir"):
             resolved.pop(key, None)
         resolved["link_delay_ms"] = self.link_delay_ms
         resolved["link_rate_mbit"] = self.link_rate_mbit
@@ -84,8 +92,9 @@ class Plan:
     @property
     def is_cluster_needed(self) -> bool:
         """A Ray variant spans nodes, or a link between nodes is emulated."""
-        return any(v.is_ray and (v.num_nodes > 1 or v.factor in CLUSTER_FACTORS)
-                   for v in self.variants)  # fmt: skip
+        return any(
+            v.is_ray and (v.num_nodes > 1 or v.factor in CLUSTER_FACTORS) for v in self.variants
+        )
 
     @property
     def num_cluster_nodes(self) -> int:
@@ -147,7 +156,8 @@ def load_plan(ref: str, *, ray_address: str = "") -> Plan:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise PlanError(f"plan {path}: not valid YAML: {exc}") from None
-    return parse_plan(data, source=str(path), ray_address=ray_address)
+    # a built-in plan is named by its name (what the user typed, e.g. in the --resume hint)
+    return parse_plan(data, source=ref if ref in builtins else str(path), ray_address=ray_address)
 
 
 def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> Plan:
@@ -159,8 +169,11 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
             errors.append(f"{key}: unknown plan key; allowed: {', '.join(TOP_KEYS)}")
     baseline = _settings(data.get("baseline") or {}, "baseline", serve_flags(), "serve", errors)
     workload = _settings(data.get("workload") or {}, "workload", bench_flags(), "bench", errors)
-    raw_load = {normalize_key(k) for k in (data.get("workload") or {})} if isinstance(
-        data.get("workload"), dict) else set()  # fmt: skip
+    raw_load = (
+        {normalize_key(k) for k in (data.get("workload") or {})}
+        if isinstance(data.get("workload"), dict)
+        else set()
+    )
     if not raw_load & {"rate", "concurrency"}:
         errors.append("workload: set concurrency (closed loop) or rate (open loop)")
     if "rate" in workload and "concurrency" in workload:
@@ -180,9 +193,8 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
         timeout_s=float(timeout_s),
         source=source,
     )
-    if not errors:
-        plan.variants = _variants(plan)
-        _check_variants(plan, ray_address, errors)
+    plan.variants = _variants(plan)  # of the values that passed: their own checks run too
+    _check_variants(plan, ray_address, errors)
     if errors:
         unique = list(dict.fromkeys(errors))
         raise PlanError(f"plan {source} cannot run:\n  " + "\n  ".join(unique))
@@ -214,7 +226,9 @@ def _settings(
 def _factors(raw: Any, baseline: dict[str, Any], errors: list[str]) -> dict[str, list[Any]]:
     allowed = sorted([*serve_flags(), *CLUSTER_FACTORS])
     if not isinstance(raw, dict) or not raw:
-        errors.append("factors: expected a mapping FACTOR: [VALUE, ...]; factors: " + ", ".join(allowed))
+        errors.append(
+            "factors: expected a mapping FACTOR: [VALUE, ...]; factors: " + ", ".join(allowed)
+        )
         return {}
     factors: dict[str, list[Any]] = {}
     for raw_key, values in raw.items():
@@ -240,7 +254,9 @@ def _factors(raw: Any, baseline: dict[str, Any], errors: list[str]) -> dict[str,
 def _check_factor_value(key: str, value: Any, where: str, baseline: dict[str, Any]) -> Any:
     if key in CLUSTER_FACTORS:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{where}: {value!r} must be a number > 0 (the baseline link has none)")
+            raise ValueError(
+                f"{where}: {value!r} must be a number > 0 (the baseline link has none)"
+            )
         return float(value)
     flag = serve_flags()[key]
     checked = flag.check(value, where)
@@ -261,8 +277,13 @@ def _positive(value: Any, key: str, kind: type, errors: list[str], minimum: floa
 
 
 def variant_name(factor: str, value: Any) -> str:
-    text = str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(
-        value, float) else str(value)  # fmt: skip
+    text = (
+        str(value).lower()
+        if isinstance(value, bool)
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
     return f"{factor}={text}"
 
 
@@ -272,8 +293,9 @@ def _variants(plan: Plan) -> list[Variant]:
         for value in values:
             if factor in CLUSTER_FACTORS:
                 link = {factor: value}
-                variants.append(Variant(variant_name(factor, value), factor, value,
-                                        dict(plan.baseline), **link))  # fmt: skip
+                variants.append(
+                    Variant(variant_name(factor, value), factor, value, dict(plan.baseline), **link)
+                )
             else:
                 serve = {**plan.baseline, factor: value}
                 variants.append(Variant(variant_name(factor, value), factor, value, serve))
@@ -284,8 +306,12 @@ def _check_variants(plan: Plan, ray_address: str, errors: list[str]) -> None:
     from deploy.placement import PlacementError, resolve_placement
     from deploy.spec import NO_RAY_PLACEMENTS
 
+    own_checks = ("placement", "no_ray", "device", *CLUSTER_FACTORS)
     for variant in plan.variants:
+        if variant.factor and variant.factor not in own_checks:
+            continue  # same placement and device as the baseline: checked there
         where = f"factors.{variant.factor}" if variant.factor else "baseline"
+        _check_device(variant, where, errors)
         placement = str(variant.serve.get("placement", "inproc"))
         try:
             num_nodes = len(resolve_placement(placement).node_labels)
@@ -299,13 +325,16 @@ def _check_variants(plan: Plan, ray_address: str, errors: list[str]) -> None:
             )
         if variant.factor in CLUSTER_FACTORS:
             _check_link_factor(variant, where, placement, num_nodes, ray_address, errors)
-        _check_device(variant, "baseline" if variant.factor != "device" else where, errors)
 
 
 def _check_link_factor(
-    variant: Variant, where: str, placement: str, num_nodes: int, ray_address: str,
+    variant: Variant,
+    where: str,
+    placement: str,
+    num_nodes: int,
+    ray_address: str,
     errors: list[str],
-) -> None:  # fmt: skip
+) -> None:
     if not variant.is_ray:
         errors.append(f"{where}: an emulated link needs a Ray cluster; set baseline no_ray: false")
     elif num_nodes < 2:
@@ -328,4 +357,6 @@ def _check_device(variant: Variant, where: str, errors: list[str]) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        errors.append(f"{where}.device: {device!r} but this machine has no CUDA device; allowed: cpu")
+        errors.append(
+            f"{where}.device: {device!r} but this machine has no CUDA device; allowed: cpu"
+        )

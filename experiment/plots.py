@@ -51,8 +51,9 @@ def _save(fig: Any, path: Path) -> Path:
 def plot_effects(summary: dict[str, Any], path: Path) -> Path | None:
     """Each variant's ratio to the baseline with its 95% interval, one panel per metric."""
     variants = [v for v in summary["variants"] if v["vs_baseline"]]
-    specs = [s for s in COMPARED if s.key in ("output_tok_s", "tpot_ms.p50", "ttft_ms.p99",
-                                              "e2e_ms.p50")]  # fmt: skip
+    specs = [
+        s for s in COMPARED if s.key in ("output_tok_s", "tpot_ms.p50", "ttft_ms.p99", "e2e_ms.p50")
+    ]
     if not variants:
         return None
     plt = _pyplot()
@@ -77,19 +78,48 @@ def plot_effects(summary: dict[str, Any], path: Path) -> Path | None:
         ax.grid(True, axis="x", alpha=0.3)
     axes[0].set_yticks(y, [v["name"] for v in variants], fontsize=8)
     axes[0].invert_yaxis()
-    fig.suptitle("variant / baseline with 95% interval (green better, red worse, grey: "
-                 "no measurable effect)", fontsize=9)  # fmt: skip
+    fig.suptitle(
+        "variant / baseline with 95% interval (green better, red worse, grey: "
+        "no measurable effect)",
+        fontsize=9,
+    )
     return _save(fig, path)
 
 
+NICE_RATIOS = (
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.5,
+    0.7,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    20.0,
+    50.0,
+    100.0,
+)
+
+
 def _ratio_ticks(ax: Any) -> None:
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    """A few round ratios inside the range (always 1×), never crowded."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
     lo, hi = ax.get_xlim()
-    lo, hi = min(lo, 0.8), max(hi, 1.25)
+    lo, hi = min(lo, 0.9) / 1.1, max(hi, 1.1) * 1.1  # room for the markers at the ends
     ax.set_xlim(lo, hi)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}×"))
+    ticks = [t for t in NICE_RATIOS if lo <= t <= hi]
+    while len(ticks) > 5:
+        ticks = [t for i, t in enumerate(ticks) if i % 2 == ticks.index(1.0) % 2]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.set_xticklabels([f"{t:g}×" for t in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.tick_params(axis="x", labelsize=8)
 
@@ -129,8 +159,15 @@ def plot_components(summary: dict[str, Any], path: Path) -> Path | None:
         if color is None:
             color = NETWORK_COLORS[network_index % len(NETWORK_COLORS)]
             network_index += 1
-        ax.barh(range(len(variants)), widths, left=left, color=color, label=label,
-                edgecolor="white", lw=0.5)  # fmt: skip
+        ax.barh(
+            range(len(variants)),
+            widths,
+            left=left,
+            color=color,
+            label=label,
+            edgecolor="white",
+            lw=0.5,
+        )
         left += widths
     ax.set_yticks(range(len(variants)), [v["name"] for v in variants], fontsize=9)
     ax.invert_yaxis()
@@ -153,14 +190,24 @@ def plot_cdf(series: dict[str, list[float]], metric: str, unit: str, path: Path)
             continue
         fraction = np.arange(1, data.size + 1) / data.size
         p50, p99 = np.percentile(data, [50, 99])
-        (line,) = ax.step(data, fraction, where="post",
-                          label=f"{name}  (p50 {p50:.3g}, p99 {p99:.3g} {unit})")  # fmt: skip
+        (line,) = ax.step(
+            data,
+            fraction,
+            where="post",
+            label=f"{name}  (p50 {_short(p50)}, p99 {_short(p99)} {unit})",
+        )
         ax.plot([p50], [0.5], "o", color=line.get_color(), ms=5)
         ax.plot([p99], [0.99], "D", color=line.get_color(), ms=5)
     for level, text in ((0.5, "p50"), (0.99, "p99")):
         ax.axhline(level, color="black", lw=0.6, ls=":")
-        ax.annotate(text, (0, level), xycoords=("axes fraction", "data"), xytext=(3, 2),
-                    textcoords="offset points", fontsize=8)  # fmt: skip
+        ax.annotate(
+            text,
+            (0, level),
+            xycoords=("axes fraction", "data"),
+            xytext=(3, 2),
+            textcoords="offset points",
+            fontsize=8,
+        )
     if positive and max(positive) / max(min(positive), 1e-9) > 20:
         ax.set_xscale("log")
     ax.set_xlabel(f"{metric} ({unit})")
@@ -170,6 +217,10 @@ def plot_cdf(series: dict[str, list[float]], metric: str, unit: str, path: Path)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"{metric}: distribution per variant (o p50, ◆ p99)")
     return _save(fig, path)
+
+
+def _short(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 # ---------------------------------------------------------------------------- throughput vs TPOT

@@ -3,13 +3,12 @@ the raw per-request files; the diagnosis is rendered when summary.json carries i
 
 from __future__ import annotations
 
-import base64
-import html
 import re
 from pathlib import Path
 from typing import Any
 
 from experiment import layout, plots
+from experiment.render import Block, html_page, markdown
 from experiment.stats import COMPARED
 from experiment.summary import component_label
 
@@ -23,8 +22,9 @@ def write_report(out: Path) -> Path:
     figures = _figures(out, summary)
     blocks = _blocks(summary, figures, out)
     md_path = out / "report.md"
-    md_path.write_text(_markdown(blocks), encoding="utf-8")
-    (out / "report.html").write_text(_html(blocks, summary), encoding="utf-8")
+    md_path.write_text(markdown(blocks), encoding="utf-8")
+    title = f"hopscope experiment: {summary['plan']['name']}"
+    (out / "report.html").write_text(html_page(blocks, title), encoding="utf-8")
     return md_path
 
 
@@ -32,20 +32,33 @@ def write_report(out: Path) -> Path:
 def _figures(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
     folder = out / "plots"
     figures: dict[str, Path] = {}
-    for key, draw in (("effects", plots.plot_effects), ("components", plots.plot_components),
-                      ("throughput_tpot", plots.plot_throughput_tpot)):  # fmt: skip
+    for key, draw in (
+        ("effects", plots.plot_effects),
+        ("components", plots.plot_components),
+        ("throughput_tpot", plots.plot_throughput_tpot),
+    ):
         path = draw(summary, folder / f"{key}.png")
         if path is not None:
             figures[key] = path
-    samples = _latency_samples(summary)
+    samples = _latency_samples(summary, out)
     for factor in _factors(summary):
-        names = [summary["baseline"]] + [v["name"] for v in summary["variants"]
-                                          if v["factor"] == factor]  # fmt: skip
+        names = [summary["baseline"]] + [
+            v["name"] for v in summary["variants"] if v["factor"] == factor
+        ]
         for metric, label in plots.CDF_METRICS:
             series = {n: samples.get(n, {}).get(metric, []) for n in names}
             path = folder / f"cdf_{_slug(factor)}_{metric}.png"
-            figures[f"cdf:{factor}:{metric}"] = plots.plot_cdf(series, label, "ms", path)
+            figures[f"cdf:{factor}:{metric}"] = _cdf(series, metric, label, path)
     return figures
+
+
+def _cdf(series: dict[str, list[float]], metric: str, label: str, path: Path) -> Path:
+    """loadgen's CDF figure (the one `bench` draws) where this checkout has it."""
+    try:
+        from loadgen.plots import cdf_plot  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return plots.plot_cdf(series, label, "ms", path)
+    return Path(cdf_plot(series, metric, "ms", path))
 
 
 def _factors(summary: dict[str, Any]) -> list[str]:
@@ -56,29 +69,27 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def _latency_samples(summary: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+def _latency_samples(summary: dict[str, Any], out: Path) -> dict[str, dict[str, list[float]]]:
     """variant -> metric -> every measured successful request's value, all rounds."""
     samples: dict[str, dict[str, list[float]]] = {}
     for variant in summary["variants"]:
         per_metric: dict[str, list[float]] = {m: [] for m, _ in plots.CDF_METRICS}
         for r in variant["rounds"]:
             try:
-                records = layout.read_requests(Path(r["path"]))
+                records = layout.read_requests(out / r["path"])
             except (OSError, ValueError):
                 continue
             for rec in records:
                 if rec.get("status") != "OK" or not rec.get("is_measured", True):
                     continue
-                for metric in per_metric:
+                for metric, values in per_metric.items():
                     if rec.get(metric) is not None:
-                        per_metric[metric].append(float(rec[metric]))
+                        values.append(float(rec[metric]))
         samples[variant["name"]] = per_metric
     return samples
 
 
 # ---------------------------------------------------------------------------- content
-# A block is ("h2", text) | ("p", text) | ("table", (header, rows)) | ("img", (path, alt))
-Block = tuple[str, Any]
 
 
 def _blocks(summary: dict[str, Any], figures: dict[str, Path], out: Path) -> list[Block]:
@@ -87,8 +98,13 @@ def _blocks(summary: dict[str, Any], figures: dict[str, Path], out: Path) -> lis
     blocks += _what_was_run(summary)
     blocks += _headline(summary)
     blocks += [("h2", "Every variant against the baseline")]
-    blocks += [("p", "Ratio = variant / baseline, geometric mean of the per-round ratios, with "
-                     "its 95% interval. " + _method_line(summary))]  # fmt: skip
+    blocks += [
+        (
+            "p",
+            "Ratio = variant / baseline, geometric mean of the per-round ratios, with "
+            "its 95% interval. " + _method_line(summary),
+        )
+    ]
     blocks += [("table", _effects_table(summary))]
     if "effects" in figures:
         blocks += [("img", (figures["effects"], "ratios to the baseline with 95% intervals"))]
@@ -96,32 +112,43 @@ def _blocks(summary: dict[str, Any], figures: dict[str, Path], out: Path) -> lis
     blocks += _components_section(summary, figures)
     blocks += _cdf_section(summary, figures)
     if "throughput_tpot" in figures:
-        blocks += [("h2", "Throughput vs time per output token"),
-                   ("img", (figures["throughput_tpot"], "output tokens/s vs TPOT p50"))]  # fmt: skip
+        blocks += [
+            ("h2", "Throughput vs time per output token"),
+            ("img", (figures["throughput_tpot"], "output tokens/s vs TPOT p50")),
+        ]
     blocks += _cpu_section(summary)
-    blocks += _diagnosis_section(summary)
-    blocks += [("h2", "Raw data"), ("p", f"Everything above is computed from `{out}`: "
-                "summary.json, and per variant and round bench.json, requests.jsonl, spans.jsonl, "
-                "describe.json, metrics/*.prom, cpu.json and logs/. Rebuild this report with "
-                f"`hopscope experiment report {out}`.")]  # fmt: skip
+    blocks += _diagnosis_section(summary, out)
+    raw = (
+        f"Everything above is computed from `{out}`: summary.json, and per variant and round "
+        "bench.json, requests.jsonl, spans.jsonl, describe.json, metrics/*.prom, cpu.json and "
+        f"logs/. Rebuild this report with `hopscope experiment report {out}`."
+    )
+    blocks += [("h2", "Raw data"), ("p", raw)]
     return blocks
 
 
 def _what_was_run(summary: dict[str, Any]) -> list[Block]:
     plan, machine = summary["plan"], summary["machine"]
     workload = plan["workload"]
-    load = (f"closed loop, concurrency {workload['concurrency'][0]}" if workload.get("concurrency")
-            else f"open loop, {workload['rate'][0]:g} requests/s")  # fmt: skip
+    load = (
+        f"closed loop, concurrency {workload['concurrency'][0]}"
+        if workload.get("concurrency")
+        else f"open loop, {workload['rate'][0]:g} requests/s"
+    )
     changed = ", ".join(f"`{v['name']}`" for v in summary["variants"] if v["factor"]) or "none"
     base = plan["baseline"]
-    base_text = ", ".join(f"{k}={v}" for k, v in base.items() if v not in (None, False, 0, 0.0))
+    base_text = ", ".join(
+        f"{k}={_plain(v)}" for k, v in base.items() if v not in (None, False, 0, 0.0)
+    )
     lines = [
         f"{plan.get('description') or ''}".strip(),
         f"**Baseline**: {base_text}.",
         f"**Variants** (each differs from the baseline in one setting): {changed}.",
-        f"**Workload**: {load}, {workload.get('num_requests')} requests of "
-        f"{workload.get('input_len')} prompt tokens and {workload.get('output_len')} output "
-        f"tokens, after {plan.get('warmup')} warm-up requests on each fresh deployment.",
+        (
+            f"**Workload**: {load}, {workload.get('num_requests')} requests of "
+            f"{workload.get('input_len')} prompt tokens and {workload.get('output_len')} output "
+            f"tokens, after {plan.get('warmup')} warm-up requests on each fresh deployment."
+        ),
         f"**Rounds**: {plan['repeats']} (every variant once per round, order rotated).",
         f"**Machine**: {machine['cpus']} CPUs, {machine.get('memory_gib')} GiB, torch "
         f"{machine['torch']}, {machine['device']}, git {str(machine['git_sha'])[:12]}. Started "
@@ -131,14 +158,22 @@ def _what_was_run(summary: dict[str, Any]) -> list[Block]:
     return [("h2", "What was run"), *(("p", line) for line in lines if line)]
 
 
+def _plain(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _method_line(summary: dict[str, Any]) -> str:
     rounds = summary["plan"]["repeats"]
-    text = ("Intervals: a two-level bootstrap (rounds resampled with their baseline pair, then "
-            "requests — or time windows, for throughput — within each round; 2000 resamples). "
-            "A verdict is *no measurable effect* when the interval contains 1.")  # fmt: skip
+    text = (
+        "Intervals: a two-level bootstrap (rounds resampled with their baseline pair, then "
+        "requests — or time windows, for throughput — within each round; 2000 resamples). "
+        "A verdict is *no measurable effect* when the interval contains 1."
+    )
     if rounds == 1:
-        text += (" With one round the interval reflects request-to-request variation only, not "
-                 "deployment-to-deployment variation: use `repeats: 3` for decisions.")
+        text += (
+            " With one round the interval reflects request-to-request variation only, not "
+            "deployment-to-deployment variation: use `repeats: 3` for decisions."
+        )
     return text
 
 
@@ -165,19 +200,33 @@ def _num(value: Any, digits: int = 1) -> str:
 
 
 def _values_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["variant", "output tok/s", "req/s", "TTFT p50 / p99 ms", "TPOT p50 / p99 ms",
-              "ITL p50 ms", "E2E p50 / p99 ms", "completed", "failed"]  # fmt: skip
+    header = [
+        "variant",
+        "output tok/s",
+        "req/s",
+        "TTFT p50 / p99 ms",
+        "TPOT p50 / p99 ms",
+        "ITL p50 ms",
+        "E2E p50 / p99 ms",
+        "completed",
+        "failed",
+    ]
     rows = []
     for v in summary["variants"]:
         m = v["metrics"]
-        rows.append([
-            v["name"], _num(m["output_tok_s"]), _num(m["request_throughput"], 2),
-            f"{_num(m['ttft_ms']['p50'])} / {_num(m['ttft_ms']['p99'])}",
-            f"{_num(m['tpot_ms']['p50'], 2)} / {_num(m['tpot_ms']['p99'], 2)}",
-            _num(m["itl_ms"]["p50"], 2),
-            f"{_num(m['e2e_ms']['p50'])} / {_num(m['e2e_ms']['p99'])}",
-            str(m["completed"]), str(m["failed"]),
-        ])  # fmt: skip
+        rows.append(
+            [
+                v["name"],
+                _num(m["output_tok_s"]),
+                _num(m["request_throughput"], 2),
+                f"{_num(m['ttft_ms']['p50'])} / {_num(m['ttft_ms']['p99'])}",
+                f"{_num(m['tpot_ms']['p50'], 2)} / {_num(m['tpot_ms']['p99'], 2)}",
+                _num(m["itl_ms"]["p50"], 2),
+                f"{_num(m['e2e_ms']['p50'])} / {_num(m['e2e_ms']['p99'])}",
+                str(m["completed"]),
+                str(m["failed"]),
+            ]
+        )
     return header, rows
 
 
@@ -186,20 +235,31 @@ def _headline(summary: dict[str, Any]) -> list[Block]:
     baseline = next(v for v in summary["variants"] if v["factor"] is None)
     top = _top_components(baseline.get("components", {}), 2)
     if top:
-        lines.append("The baseline's request time goes mostly to " + " and ".join(
-            f"{component_label(n)} ({share:.0%})" for n, share in top) + ".")  # fmt: skip
+        lines.append(
+            "The baseline's request time goes mostly to "
+            + " and ".join(f"{component_label(n)} ({share:.0%})" for n, share in top)
+            + "."
+        )
     for v in summary["variants"]:
         if v["factor"] is None:
             continue
         effects = v["vs_baseline"]
-        moved = [(s, effects[s.key]) for s in COMPARED if s.key in HEADLINE_METRICS
-                 and s.key in effects and effects[s.key]["verdict"] != "no measurable effect"]
+        moved = [
+            (s, effects[s.key])
+            for s in COMPARED
+            if s.key in HEADLINE_METRICS
+            and s.key in effects
+            and effects[s.key]["verdict"] != "no measurable effect"
+        ]
         if not moved:
-            lines.append(f"`{v['name']}`: no measurable effect on tokens/s, TPOT, TTFT p99 or "
-                         "E2E p50.")  # fmt: skip
+            lines.append(
+                f"`{v['name']}`: no measurable effect on tokens/s, TPOT, TTFT p99 or E2E p50."
+            )
             continue
-        parts = [f"{s.label} {e['ratio']:.2f}× [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}] "
-                 f"({e['verdict']})" for s, e in moved]  # fmt: skip
+        parts = [
+            f"{s.label} {e['ratio']:.2f}× [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}] ({e['verdict']})"
+            for s, e in moved
+        ]
         lines.append(f"`{v['name']}`: " + "; ".join(parts) + ".")
         if diagnosis := v.get("diagnosis"):
             lines[-1] += f" Diagnosed: **{diagnosis.get('primary')}**."
@@ -217,16 +277,22 @@ def _components_section(summary: dict[str, Any], figures: dict[str, Path]) -> li
         return [("h2", "Where the time goes"), ("p", "No spans were decomposed.")]
     names = list(dict.fromkeys(n for v in variants for n in v["components"]))
     header = ["variant", *(component_label(n) for n in names)]
-    rows = [[v["name"], *(f"{v['components'].get(n, {}).get('mean_ms', 0):.1f} ms "
-                          f"({v['components'].get(n, {}).get('share', 0):.0%})" for n in names)]
-            for v in variants]  # fmt: skip
-    blocks: list[Block] = [("h2", "Where the time goes"),
-                           ("p", "Mean per request from the spans (share of E2E). Network time of "
-                            "a hop = client span − server span of the same call.")]  # fmt: skip
+    rows = [
+        [v["name"], *(_component_cell(v["components"].get(n, {})) for n in names)] for v in variants
+    ]
+    text = (
+        "Mean per request from the spans (share of E2E). Network time of a hop = client span "
+        "− server span of the same call."
+    )
+    blocks: list[Block] = [("h2", "Where the time goes"), ("p", text)]
     if "components" in figures:
         blocks.append(("img", (figures["components"], "stacked bar of each variant's time")))
     blocks.append(("table", (header, rows)))
     return blocks
+
+
+def _component_cell(component: dict[str, float]) -> str:
+    return f"{component.get('mean_ms', 0):.1f} ms ({component.get('share', 0):.0%})"
 
 
 def _cdf_section(summary: dict[str, Any], figures: dict[str, Path]) -> list[Block]:
@@ -245,38 +311,70 @@ def _cpu_section(summary: dict[str, Any]) -> list[Block]:
     if not names:
         return []
     header = ["variant", *names]
-    rows = [[v["name"], *(_num(v["cpu_us_per_token"].get(n), 0) for n in names)]
-            for v in summary["variants"]]  # fmt: skip
-    text = ("CPU time of each process during the workload (/proc utime+stime, before/after) per "
-            "output token, µs. `client` is the load generator (from its preflight to its exit).")
+    rows = [
+        [v["name"], *(_num(v["cpu_us_per_token"].get(n), 0) for n in names)]
+        for v in summary["variants"]
+    ]
+    text = (
+        "CPU time of each process during the workload (/proc utime+stime, before/after) per "
+        "output token, µs. `client` is the load generator (from its preflight to its exit)."
+    )
     return [("h2", "CPU per output token"), ("p", text), ("table", (header, rows))]
 
 
-def _diagnosis_section(summary: dict[str, Any]) -> list[Block]:
+MAX_FINDINGS = 2  # per variant: the primary type and the runner-up
+MAX_EVIDENCE = 6
+MAX_SUGGESTIONS = 3
+WHAT_IF_PLOT = "what_if_tpot.png"  # drawn by `hopscope diagnose` into DIR/plots
+
+
+def _diagnosis_section(summary: dict[str, Any], out: Path) -> list[Block]:
     diagnosed = [v for v in summary["variants"] if v.get("diagnosis") or v.get("prediction")]
     if not diagnosed:
         return []
-    blocks: list[Block] = [("h2", "Diagnosis")]
+    intro = (
+        "From `hopscope diagnose`: each variant's bottleneck type, the evidence measured for it "
+        "and what to try next (the strongest findings first)."
+    )
+    blocks: list[Block] = [("h2", "Diagnosis"), ("p", intro)]
     for v in diagnosed:
         diagnosis = v.get("diagnosis") or {}
         blocks.append(("h3", f"{v['name']}: {diagnosis.get('primary', 'no diagnosis')}"))
-        for finding in (diagnosis.get("findings") or [])[:3]:
-            evidence = ", ".join(f"{k} {_value(e)}" for k, e in (finding.get("evidence") or {}).items())
-            suggestions = "; ".join(
-                f"{s.get('method')} (`{s.get('switch')}`): {s.get('expected_effect')}"
-                for s in finding.get("suggestions") or []
-            )
-            line = f"**{finding.get('type')}** (score {finding.get('score', 0):.2f}): " + str(
-                finding.get("symptom", ""))  # fmt: skip
-            items = [line] + ([f"evidence: {evidence}"] if evidence else [])
-            items += [f"try: {suggestions}"] if suggestions else []
-            blocks.append(("ul", items))
+        for finding in (diagnosis.get("findings") or [])[:MAX_FINDINGS]:
+            blocks.append(("ul", _finding_items(finding)))
         if prediction := v.get("prediction"):
-            blocks.append(("p", f"Predicted from the {prediction.get('from')}'s spans: TPOT p50 "
-                           f"{_num(prediction.get('tpot_p50_ms'), 2)} ms; measured "
-                           f"{_num(prediction.get('measured_tpot_p50_ms'), 2)} ms (error "
-                           f"{_pct(prediction.get('error'))}).")) # fmt: skip
+            blocks.append(("p", _prediction_line(prediction)))
+    if (out / "plots" / WHAT_IF_PLOT).exists():
+        blocks.append(("img", (out / "plots" / WHAT_IF_PLOT, "predicted TPOT vs link delay")))
     return blocks
+
+
+def _finding_items(finding: dict[str, Any]) -> list[str]:
+    score = finding.get("score")
+    score_text = f" (score {score:.2f})" if isinstance(score, (int, float)) else ""
+    items = [f"**{finding.get('type')}**{score_text}: {finding.get('symptom', '')}"]
+    evidence = [
+        f"{name} {_value(e)}"
+        for name, e in (finding.get("evidence") or {}).items()
+        if not (isinstance(e, dict) and e.get("value") is None)
+    ]
+    if evidence:
+        items.append("evidence: " + ", ".join(evidence[:MAX_EVIDENCE]))
+    for suggestion in (finding.get("suggestions") or [])[:MAX_SUGGESTIONS]:
+        items.append(
+            f"try {suggestion.get('method')} (`{suggestion.get('switch')}`): "
+            f"{suggestion.get('expected_effect')}"
+        )
+    return items
+
+
+def _prediction_line(prediction: dict[str, Any]) -> str:
+    return (
+        f"Predicted from the {prediction.get('from')}'s spans: TPOT p50 "
+        f"{_num(prediction.get('tpot_p50_ms'), 2)} ms; measured "
+        f"{_num(prediction.get('measured_tpot_p50_ms'), 2)} ms (error "
+        f"{_pct(prediction.get('error'))})."
+    )
 
 
 def _value(evidence: Any) -> str:
@@ -289,75 +387,3 @@ def _value(evidence: Any) -> str:
 
 def _pct(value: Any) -> str:
     return f"{value:+.0%}" if isinstance(value, (int, float)) else "-"
-
-
-# ---------------------------------------------------------------------------- rendering
-def _markdown(blocks: list[Block]) -> str:
-    lines: list[str] = []
-    for kind, content in blocks:
-        if kind in ("h1", "h2", "h3"):
-            lines += [f"{'#' * int(kind[1])} {content}", ""]
-        elif kind == "p":
-            lines += [content, ""]
-        elif kind == "ul":
-            lines += [f"- {item}" for item in content] + [""]
-        elif kind == "table":
-            header, rows = content
-            lines.append("| " + " | ".join(header) + " |")
-            lines.append("|" + "---|" * len(header))
-            lines += ["| " + " | ".join(row) + " |" for row in rows]
-            lines.append("")
-        elif kind == "img":
-            path, alt = content
-            lines += [f"![{alt}](plots/{path.name})", ""]
-    return "\n".join(lines)
-
-
-def _inline(text: str) -> str:
-    """The little markdown the blocks use (`code`, **bold**, *em*) as HTML."""
-    text = html.escape(text)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"\*([^*]+)\*", r"<i>\1</i>", text)
-
-
-def _html(blocks: list[Block], summary: dict[str, Any]) -> str:
-    body: list[str] = []
-    for kind, content in blocks:
-        if kind in ("h1", "h2", "h3", "p"):
-            body.append(f"<{kind}>{_inline(content)}</{kind}>")
-        elif kind == "ul":
-            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in content) + "</ul>")
-        elif kind == "table":
-            header, rows = content
-            head = "".join(f"<th>{_inline(h)}</th>" for h in header)
-            cells = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>"
-                            for row in rows)  # fmt: skip
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
-        elif kind == "img":
-            path, alt = content
-            data = base64.b64encode(path.read_bytes()).decode()
-            body.append(f'<figure><img alt="{html.escape(alt)}" '
-                        f'src="data:image/png;base64,{data}"></figure>')  # fmt: skip
-    title = html.escape(f"hopscope experiment: {summary['plan']['name']}")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
-       color: #222; line-height: 1.45; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-th {{ background: #f3f3f3; }}
-.better {{ color: #1a7f1a; font-weight: 600; }} .worse {{ color: #c62828; font-weight: 600; }}
-img {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 0.2em; }}
-</style></head><body>
-{chr(10).join(body)}
-</body></html>
-"""
-
-
-def _cell(text: str) -> str:
-    css = "better" if text.endswith(" better") else "worse" if text.endswith(" worse") else ""
-    inner = _inline(text)
-    return f'<span class="{css}">{inner}</span>' if css else inner

@@ -11,9 +11,9 @@ import re
 import shutil
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,8 @@ from deploy.lifecycle import Child, LaunchError, ServeChild, launch, start_serve
 from experiment import layout
 from experiment.cpu import CpuReadError, cpu_document, read_cpu_s
 from experiment.plan import Plan, Variant
-from tracing.collector import OtlpCollector
 
+COLLECTOR_RE = re.compile(r"collecting OTLP/gRPC traces on \S+:(?P<port>\d+)")
 TARGET_RE = re.compile(r"^target ")  # `hopscope bench` prints it once the server answered
 BENCH_START_TIMEOUT_S = 120.0
 METRICS_TIMEOUT_S = 5.0
@@ -64,19 +64,24 @@ def run_round(ctx: RoundContext) -> Path:
         shutil.rmtree(round_dir)  # an interrupted attempt: start it over
     (round_dir / "logs").mkdir(parents=True)
     started = time.time()
-    collector = OtlpCollector(round_dir / "spans.jsonl", listen="127.0.0.1:0").start()
+    collector: Child | None = None
     serve: ServeChild | None = None
     bench: Child | None = None
+    service_logs: dict[str, Any] = {}
     try:
-        env = tracing_env(collector.port)
+        collector = start_collector(round_dir)
+        started_pids = {"collector": collector.pid}
+        _record_pids(round_dir, started_pids)
+        env = tracing_env(collector_port(collector))
         serve = _start_serve(ctx, round_dir, env)
-        _record_pids(round_dir, {"serve": serve.child.pid})
+        started_pids["serve"] = serve.child.pid
+        _record_pids(round_dir, started_pids)
         pids = service_pids(serve.describe(), serve.child.pid)
-        _record_pids(round_dir, {"serve": serve.child.pid, **pids})
+        _record_pids(round_dir, started_pids | pids)
         warm_up(serve.address, ctx.plan)
         before = {name: read_cpu_s(pid) for name, pid in pids.items()}
         bench = _launch_bench(ctx, round_dir, serve.address, env)
-        _record_pids(round_dir, {"serve": serve.child.pid, **pids, "client": bench.pid})
+        _record_pids(round_dir, started_pids | pids | {"client": bench.pid})
         bench.wait_for_line(TARGET_RE, BENCH_START_TIMEOUT_S)
         client_before = read_cpu_s(bench.pid)
         _wait_bench(bench, ctx.plan.timeout_s)
@@ -86,6 +91,7 @@ def run_round(ctx: RoundContext) -> Path:
         layout.write_json(round_dir / "describe.json", serve.describe())
         scrape_metrics(round_dir / "metrics", serve.child.log_path)
         _write_cpu(round_dir, pids | {"client": bench.pid}, cpu_s)
+        service_logs = open_service_logs(pids, skip_under=round_dir)
     except (LaunchError, CpuReadError, TimeoutError, OSError) as exc:
         raise RoundError(f"{ctx.variant.name} round {ctx.round_index + 1}: {exc}") from exc
     finally:
@@ -94,17 +100,22 @@ def run_round(ctx: RoundContext) -> Path:
                 bench.stop()
             if serve is not None:
                 serve.stop()  # drains: every service flushes its spans to the collector
-            collector.stop()
-    layout.write_json(round_dir / "round.json", {
-        "variant": ctx.variant.name,
-        "round": ctx.round_index + 1,
-        "position": ctx.position,
-        "started": started,
-        "finished": time.time(),
-        "ray_address": ctx.ray_address,
-        "num_spans": collector.num_spans,
-        "complete": True,
-    })  # fmt: skip
+            if collector is not None:
+                collector.stop()  # after serve and bench: it has every span they flushed
+            save_service_logs(service_logs, round_dir / "logs")
+    layout.write_json(
+        round_dir / "round.json",
+        {
+            "variant": ctx.variant.name,
+            "round": ctx.round_index + 1,
+            "position": ctx.position,
+            "started": started,
+            "finished": time.time(),
+            "ray_address": ctx.ray_address,
+            "num_spans": _count_spans(round_dir / "spans.jsonl"),
+            "complete": True,
+        },
+    )
     return round_dir
 
 
@@ -119,21 +130,49 @@ def uninterruptible() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def start_collector(round_dir: Path) -> Child:
+    """`hopscope traces collect` for this round's spans, as a child: its gRPC threads stay out
+    of this process (which forks the serve and bench children) and off its GIL."""
+    argv = ["-m", "deploy.cli", "traces", "collect", "--listen", "127.0.0.1:0"]
+    argv += ["--out", str(round_dir / "spans.jsonl")]
+    return launch(
+        argv, name="hopscope traces collect", log_path=round_dir / "logs" / "collector.log"
+    )
+
+
+def collector_port(collector: Child) -> int:
+    return int(collector.wait_for_line(COLLECTOR_RE, BENCH_START_TIMEOUT_S).group("port"))
+
+
+def _count_spans(path: Path) -> int:
+    from tracing.readers import TraceReadError, read_file
+
+    try:
+        return len(read_file(path))
+    except TraceReadError:
+        return 0
+
+
 def _start_serve(ctx: RoundContext, round_dir: Path, env: dict[str, str]) -> ServeChild:
     argv = ctx.variant.serve_argv()
     if ctx.ray_address and ctx.variant.is_ray:
         argv += ["--ray-address", ctx.ray_address]
     argv += metrics_args()
+    if not ctx.variant.is_ray and "--log-dir" in _serve_options():
+        argv += ["--log-dir", str(round_dir / "logs")]  # each service's log, kept
     return start_serve(argv, log_path=round_dir / "logs" / "serve.log", env=env)
 
 
 def metrics_args() -> list[str]:
     """--metrics on free ports where `serve` can pick them (`--metrics-port 0`); the fixed
     default ports would collide with any other hopscope serving metrics on this machine."""
+    return ["--metrics", "--metrics-port", "0"] if "--metrics-port" in _serve_options() else []
+
+
+def _serve_options() -> set[str]:
     from experiment.flags import serve_parser
 
-    options = {o for a in serve_parser()._actions for o in a.option_strings}
-    return ["--metrics", "--metrics-port", "0"] if "--metrics-port" in options else []
+    return {o for a in serve_parser()._actions for o in a.option_strings}
 
 
 def _launch_bench(ctx: RoundContext, round_dir: Path, address: str, env: dict[str, str]) -> Child:
@@ -184,6 +223,28 @@ def service_pids(describe: dict[str, Any], serve_pid: int) -> dict[str, int]:
     return pids
 
 
+def open_service_logs(pids: dict[str, int], skip_under: Path) -> dict[str, Any]:
+    """Open each service process's stdout (its log file, wherever serve put it: a temp dir that
+    is deleted at stop, or a Ray session dir) so it can be copied after the drain."""
+    opened = {}
+    for name, pid in pids.items():
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/1")
+            if target.startswith(str(skip_under)):
+                continue  # already in the round's logs (serve.log)
+            if target.startswith("/") and os.path.isfile(target):
+                opened[name] = open(target, "rb")  # noqa: SIM115 - closed in save_service_logs
+        except OSError:
+            continue
+    return opened
+
+
+def save_service_logs(opened: dict[str, Any], folder: Path) -> None:
+    for name, handle in opened.items():
+        with handle:
+            (folder / f"{name}.log").write_bytes(handle.read())
+
+
 def _record_pids(round_dir: Path, pids: dict[str, int]) -> None:
     layout.write_json(round_dir / "pids.json", pids)
 
@@ -220,8 +281,7 @@ async def _warm_up(address: str, plan: Plan) -> None:
 
 
 # ---------------------------------------------------------------------------- metrics
-METRICS_LINE_RE = re.compile(r"(?P<service>tokenizer|scheduler|worker)[^\n]*?metrics[^\n]*?"
-                             r"(?P<address>\d+\.\d+\.\d+\.\d+:\d+)")  # fmt: skip
+METRICS_LINE_RE = re.compile(r"^hopscope metrics: (?P<urls>.+)$", re.MULTILINE)
 
 
 def scrape_metrics(folder: Path, serve_log: Path) -> dict[str, Path]:
@@ -230,7 +290,9 @@ def scrape_metrics(folder: Path, serve_log: Path) -> dict[str, Path]:
     written = {}
     for service, address in metrics_addresses(serve_log).items():
         try:
-            with urllib.request.urlopen(f"http://{address}/metrics", timeout=METRICS_TIMEOUT_S) as r:
+            with urllib.request.urlopen(
+                f"http://{address}/metrics", timeout=METRICS_TIMEOUT_S
+            ) as r:
                 text = r.read().decode()
         except OSError as exc:
             text = f"# scrape of http://{address}/metrics failed: {exc}\n"
@@ -241,8 +303,16 @@ def scrape_metrics(folder: Path, serve_log: Path) -> dict[str, Path]:
 
 
 def metrics_addresses(serve_log: Path) -> dict[str, str]:
+    """service -> HOST:PORT from the line serve prints once ready:
+    `hopscope metrics: tokenizer http://127.0.0.1:41001/metrics, scheduler http://...`."""
     try:
-        text = serve_log.read_text(errors="replace")
+        match = METRICS_LINE_RE.search(serve_log.read_text(errors="replace"))
     except OSError:
         return {}
-    return {m.group("service"): m.group("address") for m in METRICS_LINE_RE.finditer(text)}
+    addresses = {}
+    for item in match.group("urls").split(", ") if match else []:
+        name, _, url = item.strip().partition(" ")
+        address = url.removeprefix("http://").split("/", 1)[0]
+        if name and address:
+            addresses[name] = address
+    return addresses

@@ -66,13 +66,16 @@ def prepare_dir(plan: Plan, out: Path, is_resume: bool) -> dict[str, Any]:
     layout.write_json(plan_path, resolved)
     workload = resolved["workload"]
     for variant in plan.variants:
-        layout.write_json(layout.variant_dir(out, variant) / "variant.json", {
-            "name": variant.name,
-            "factor": variant.factor,
-            "value": variant.value,
-            "deployment": variant.deployment(),
-            "workload": workload,
-        })  # fmt: skip
+        layout.write_json(
+            layout.variant_dir(out, variant) / "variant.json",
+            {
+                "name": variant.name,
+                "factor": variant.factor,
+                "value": variant.value,
+                "deployment": variant.deployment(),
+                "workload": workload,
+            },
+        )
     meta_path = out / "experiment.json"
     meta = layout.read_json(meta_path) if meta_path.exists() else {"started": _now()}
     layout.write_json(meta_path, meta)
@@ -147,6 +150,7 @@ def run_experiment(
     plan: Plan, out: Path, *, is_resume: bool, is_quiet: bool, ray_address: str = ""
 ) -> int:
     console = Console(stderr=True, quiet=is_quiet, highlight=False)
+    errors = Console(stderr=True, highlight=False)  # failures and how to resume: even --quiet
     wall_start = time.monotonic()
     meta = prepare_dir(plan, out, is_resume)
     todo = schedule(plan)
@@ -158,14 +162,14 @@ def run_experiment(
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
         except RoundError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+            errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
             code = EXIT_FAILED
         finally:
             with uninterruptible():
                 clusters.stop()
     done = sum(layout.is_complete(layout.round_dir(out, v, k)) for k, _, v in todo)
     if code:
-        console.print(
+        errors.print(
             f"{'interrupted' if code == EXIT_INTERRUPTED else 'stopped'}: {done} of {len(todo)} "
             f"variant-rounds complete in {out}; continue with: hopscope experiment "
             f"{plan.source} --out {out} --resume",
@@ -186,7 +190,9 @@ def finish(out: Path, console: Console) -> int:
     write_summary(out)
     _diagnose(out, console)
     report = write_report(out)
-    print(f"report: {report.with_suffix('.html')} (and {report.name}); data: {out / layout.SUMMARY}")
+    print(
+        f"report: {report.with_suffix('.html')} (and {report.name}); data: {out / layout.SUMMARY}"
+    )
     return 0
 
 

@@ -66,7 +66,8 @@ def round_samples(records: list[dict[str, Any]]) -> RoundSamples:
 
 def _windows(ok: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """Per-window throughput over [first send, last end]. A request's output tokens are spread
-    evenly over its life (send to end) and its completion counted at its end, so the mean over
+    evenly over its life (send to end), and so is the request itself (a completion counted where
+    its work was done, not only at its end, which would leave windows empty), so the mean over
     windows is exactly tokens (requests) / duration. Windows are at least two median E2Es long
     (so most hold work), between MIN_WINDOWS and MAX_WINDOWS of them."""
     rows = [r for r in ok if r.get("t_send_s") is not None and r.get("e2e_ms") is not None]
@@ -82,10 +83,8 @@ def _windows(ok: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = edges[:-1, None], edges[1:, None]  # windows x requests
     life_s = np.maximum(end - send, 1e-9)
     overlap = np.clip(np.minimum(hi, end) - np.maximum(lo, send), 0.0, None)
-    tokens = overlap / life_s * n_out
-    ends_in = ((end >= lo) & (end < hi)).astype(float)
-    ends_in[-1] += end >= edges[-1]
-    return tokens.sum(axis=1) / width, ends_in.sum(axis=1) / width
+    share = overlap / life_s  # of each request's life in each window
+    return (share * n_out).sum(axis=1) / width, share.sum(axis=1) / width
 
 
 def _statistic(spec: MetricSpec, samples: RoundSamples, index: np.ndarray | None) -> np.ndarray:

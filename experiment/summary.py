@@ -100,14 +100,16 @@ def _load_variant(out: Path, name: str) -> dict[str, Any]:
     rounds = []
     for path in layout.complete_rounds(layout.variant_dir(out, _dirname(name))):
         records = layout.read_requests(path)
-        rounds.append({
-            "path": path,
-            "index": int(path.name.split("-")[1]),
-            "bench": layout.read_json(path / "bench.json"),
-            "cpu": layout.read_json(path / "cpu.json"),
-            "records": records,
-            "samples": round_samples(records),
-        })  # fmt: skip
+        rounds.append(
+            {
+                "path": path,
+                "index": int(path.name.split("-")[1]),
+                "bench": layout.read_json(path / "bench.json"),
+                "cpu": layout.read_json(path / "cpu.json"),
+                "records": records,
+                "samples": round_samples(records),
+            }
+        )
     return {**info, "loaded_rounds": rounds}
 
 
@@ -137,7 +139,7 @@ def _round_entry(r: dict[str, Any]) -> dict[str, Any]:
     summary = r["bench"]["summary"]
     return {
         "round": r["index"],
-        "path": str(r["path"]),
+        "path": str(r["path"].relative_to(r["path"].parents[1])),  # VARIANT/round-K, in DIR
         "output_tok_s": summary["output_token_throughput"],
         "request_throughput": summary["request_throughput"],
         "duration_s": summary["duration_s"],
@@ -156,8 +158,10 @@ def _pick(stats: dict[str, Any] | None) -> dict[str, Any]:
 def _pooled_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Throughputs: the mean over rounds; latency statistics over every round's requests."""
     metrics: dict[str, Any] = {}
-    for key, source in (("output_tok_s", "output_token_throughput"),
-                        ("request_throughput", "request_throughput")):  # fmt: skip
+    for key, source in (
+        ("output_tok_s", "output_token_throughput"),
+        ("request_throughput", "request_throughput"),
+    ):
         values = [r["bench"]["summary"][source] for r in rounds]
         metrics[key] = float(np.mean(values)) if values else None
     for name in LATENCIES:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["services", "deploy", "tracing", "loadgen", "diagnose"]
+PACKAGES = ["services", "deploy", "tracing", "loadgen", "experiment", "diagnose"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
