@@ -42,7 +42,10 @@ def diagnose_signals(
             "(docs/diagnosis.md, What-if)"
         )
     if not signals.cpu_us_per_token:
-        notes.append("no cpu.json: host_cpu uses the step gaps and hop wait only")
+        notes.append(
+            "no CPU per token (no cpu.json, or no output tokens): host_cpu uses the step gaps "
+            "and hop wait only"
+        )
     cycle = signals.cycle
     return {
         "primary": primary,

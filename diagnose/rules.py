@@ -23,6 +23,7 @@ ENGINE_SHARE = 0.40  # engine step time / time per output token
 KV_USAGE_SHARE = 0.90  # KV blocks in use / all blocks
 HOST_SHARE = 0.25  # (scheduler gap + worker overhead + hop wait) / time per output token
 HOST_CPU_RATIO = 1.0  # services' CPU per token outside the engine / the worker's
+_SERVICES = ("tokenizer", "scheduler", "worker")
 
 
 @dataclass(slots=True)
@@ -146,9 +147,8 @@ def host_cpu(s: Signals, splits: list[HopSplit]) -> Finding:
     wait_ms = wait_ms_per_token(splits, s)
     host_ms = gap_ms + overhead_ms + wait_ms
     score = _share(host_ms, s.tpot_p50_ms)
-    services = {p: us for p, us in s.cpu_us_per_token.items() if p in ("tokenizer", "scheduler")}
-    worker_us = s.cpu_us_per_token.get("worker")
-    cpu_ratio = sum(services.values()) / worker_us if worker_us else None
+    services, worker_us, shared = cpu_split(s.cpu_us_per_token)
+    cpu_ratio = sum(services.values()) / worker_us if worker_us and services else None
     evidence: dict[str, dict[str, Any]] = {
         "host_share_tpot": _ev(score, "share"),
         "step_gap_ms": _ev(gap_ms, "ms per token"),
@@ -165,13 +165,50 @@ def host_cpu(s: Signals, splits: list[HopSplit]) -> Finding:
     )
     if cpu_ratio is not None:
         symptom += f"; tokenizer + scheduler use {cpu_ratio:.2f}x the worker's CPU per token"
+    elif shared:
+        symptom += (
+            f"; the worker shares a process with other services ({shared}: "
+            f"{s.cpu_us_per_token[shared]:.0f} us CPU per token), so its CPU cannot be split off"
+        )
     for service, rows in sorted(s.hot_functions.items()):
         evidence[f"hot_functions.{service}"] = _ev("; ".join(rows), "py-spy self time")
-    busiest = max(services, key=lambda p: services[p], default=None)
-    if busiest and s.hot_functions.get(busiest):
-        symptom += f"; {busiest}'s hottest function: {s.hot_functions[busiest][0]}"
+    busiest = max(services, key=lambda p: services[p], default=shared)
+    hottest = _hot_rows(s.hot_functions, busiest) if busiest else []
+    if hottest:
+        symptom += f"; {busiest}'s hottest function: {hottest[0]}"
     is_fired = score >= HOST_SHARE or (cpu_ratio is not None and cpu_ratio >= HOST_CPU_RATIO)
     return Finding("host_cpu", score, symptom, evidence, is_fired)
+
+
+def cpu_split(cpu_us: dict[str, float]) -> tuple[dict[str, float], float | None, str | None]:
+    """(front services' CPU per token, the worker's alone, the process the worker shares with
+    other services). cpu.json names a process by its services joined with "+", or "pipeline"
+    when all three share one (inproc); "serve" and "client" are not services."""
+    services: dict[str, float] = {}
+    worker_us: float | None = None
+    shared: str | None = None
+    for process, us in cpu_us.items():
+        parts = _services_of(process)
+        if not parts <= set(_SERVICES):
+            continue
+        if parts == {"worker"}:
+            worker_us = us
+        elif "worker" in parts:
+            shared = process
+        else:
+            services[process] = us
+    return services, worker_us, shared
+
+
+def _services_of(process: str) -> set[str]:
+    return set(_SERVICES) if process == "pipeline" else set(process.split("+"))
+
+
+def _hot_rows(hot: dict[str, list[str]], process: str) -> list[str]:
+    """The profile's rows for a cpu.json process: profiles name a shared process by its services
+    (`tokenizer+scheduler+worker`), cpu.json names the inproc one `pipeline`."""
+    parts = _services_of(process)
+    return next((rows for name, rows in hot.items() if _services_of(name) == parts), [])
 
 
 def evaluate(s: Signals, splits: list[HopSplit]) -> list[Finding]:

@@ -178,51 +178,6 @@ def plot_components(summary: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-# ---------------------------------------------------------------------------- CDFs
-def plot_cdf(series: dict[str, list[float]], metric: str, unit: str, path: Path) -> Path:
-    """Empirical CDFs overlaid; each curve's p50 and p99 marked (and named in the legend)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    positive = [v for values in series.values() for v in values if v > 0]
-    for name, values in series.items():
-        data = np.sort(np.asarray(values, dtype=float))
-        if data.size == 0:
-            continue
-        fraction = np.arange(1, data.size + 1) / data.size
-        p50, p99 = np.percentile(data, [50, 99])
-        (line,) = ax.step(
-            data,
-            fraction,
-            where="post",
-            label=f"{name}  (p50 {_short(p50)}, p99 {_short(p99)} {unit})",
-        )
-        ax.plot([p50], [0.5], "o", color=line.get_color(), ms=5)
-        ax.plot([p99], [0.99], "D", color=line.get_color(), ms=5)
-    for level, text in ((0.5, "p50"), (0.99, "p99")):
-        ax.axhline(level, color="black", lw=0.6, ls=":")
-        ax.annotate(
-            text,
-            (0, level),
-            xycoords=("axes fraction", "data"),
-            xytext=(3, 2),
-            textcoords="offset points",
-            fontsize=8,
-        )
-    if positive and max(positive) / max(min(positive), 1e-9) > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel(f"{metric} ({unit})")
-    ax.set_ylabel("fraction of requests")
-    ax.set_ylim(0, 1.02)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"{metric}: distribution per variant (o p50, ◆ p99)")
-    return _save(fig, path)
-
-
-def _short(value: float) -> str:
-    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
-
-
 # ---------------------------------------------------------------------------- throughput vs TPOT
 def plot_throughput_tpot(summary: dict[str, Any], path: Path) -> Path | None:
     """Output tokens/s against TPOT p50: each round a small dot, each variant's mean a large one

@@ -11,6 +11,7 @@ from experiment import layout, plots
 from experiment.render import Block, html_page, markdown
 from experiment.stats import COMPARED
 from experiment.summary import component_label
+from loadgen.plots import cdf_plot
 
 HEADLINE_METRICS = ("output_tok_s", "tpot_ms.p50", "ttft_ms.p99", "e2e_ms.p50")
 UNITS = {"output_tok_s": "tok/s", "request_throughput": "req/s"}
@@ -45,20 +46,12 @@ def _figures(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
         names = [summary["baseline"]] + [
             v["name"] for v in summary["variants"] if v["factor"] == factor
         ]
-        for metric, label in plots.CDF_METRICS:
+        for metric, _ in plots.CDF_METRICS:
             series = {n: samples.get(n, {}).get(metric, []) for n in names}
             path = folder / f"cdf_{_slug(factor)}_{metric}.png"
-            figures[f"cdf:{factor}:{metric}"] = _cdf(series, metric, label, path)
+            # loadgen's figure, the one `bench` draws: one CDF style across the project
+            figures[f"cdf:{factor}:{metric}"] = cdf_plot(series, metric, "ms", path)
     return figures
-
-
-def _cdf(series: dict[str, list[float]], metric: str, label: str, path: Path) -> Path:
-    """loadgen's CDF figure (the one `bench` draws) where this checkout has it."""
-    try:
-        from loadgen.plots import cdf_plot  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return plots.plot_cdf(series, label, "ms", path)
-    return Path(cdf_plot(series, metric, "ms", path))
 
 
 def _factors(summary: dict[str, Any]) -> list[str]:

@@ -119,6 +119,18 @@ def test_steps_gaps_and_fit_from_spans(tmp_path: Path) -> None:
     assert signals.kv_usage == pytest.approx(0.12) and signals.num_preemptions == 0
 
 
+def test_cpu_per_token_skips_rounds_without_tokens(tmp_path: Path) -> None:
+    write_variant(tmp_path, "baseline", None, None, hop_ms=0.3)
+    idle = {"processes": {}, "output_tokens": 0, "cpu_us_per_token": {"worker": None}}
+    idle_dir = tmp_path / "baseline" / "round-2"
+    idle_dir.mkdir()
+    (idle_dir / "cpu.json").write_text(json.dumps(idle))
+    run = load_variant(tmp_path / "baseline")
+    assert run.cpu_us_per_token()["worker"] == 300.0  # the round with tokens only
+    run.cpu = [idle]
+    assert run.cpu_us_per_token() == {}
+
+
 def test_experiment_gets_diagnoses_and_link_predictions(tmp_path: Path) -> None:
     write_variant(tmp_path, "baseline", None, None, hop_ms=0.3)
     # the relay: 0.3 ms idle + 2 x 3 ms, where the Unix socket cost 0.2 ms: 0.3 - 0.2 + 6.0 more

@@ -107,6 +107,23 @@ def test_services_costing_more_cpu_than_the_worker_is_host_cpu() -> None:
     assert not host_cpu(cheap, split_hops(cheap, CAL)).is_fired
 
 
+def test_host_cpu_with_services_sharing_one_process() -> None:
+    # inproc: one "pipeline" process, so there is no worker share to compare against
+    run = signals(cpu_us_per_token={"pipeline": 400.0, "serve": 5.0, "client": 70.0})
+    finding = host_cpu(run, split_hops(run, CAL))
+    assert finding.evidence["services_vs_worker_cpu"]["value"] is None
+    assert finding.evidence["cpu_us_per_token.pipeline"] == {"value": 400.0, "unit": "us"}
+    assert "pipeline: 400 us CPU per token" in finding.symptom and not finding.is_fired
+    hot = {"tokenizer+scheduler+worker": ["step (engine.py:10) 40%"]}
+    run = signals(cpu_us_per_token={"pipeline": 400.0}, hot_functions=hot)
+    assert "pipeline's hottest function: step" in host_cpu(run, split_hops(run, CAL)).symptom
+    # tokenizer and scheduler in one process, the worker alone: still compared
+    colocated = {"tokenizer+scheduler": 200.0, "worker": 100.0, "serve": 5.0}
+    run = signals(cpu_us_per_token=colocated)
+    finding = host_cpu(run, split_hops(run, CAL))
+    assert finding.is_fired and finding.evidence["services_vs_worker_cpu"]["value"] == 2.0
+
+
 def test_diagnosis_json_shape() -> None:
     diagnosis = diagnose_signals(signals(), CAL, [1.0, 3.0])
     assert diagnosis["primary"] in TYPES
