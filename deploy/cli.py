@@ -11,13 +11,14 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 
 def _registrars() -> list[Registrar]:
-    from deploy import cluster_cli, commands
+    from deploy import certs, cluster_cli, commands
     from loadgen import cli as loadgen_cli
     from tracing import cli as tracing_cli
 
     return [
         commands.add_parser,
         cluster_cli.add_parser,
+        certs.add_parser,
         loadgen_cli.add_parser,
         tracing_cli.add_parser,
     ]
