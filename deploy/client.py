@@ -42,12 +42,15 @@ async def stream_generate(
     request: pb.GenerateRequest,
     timeout_s: float,
     on_text: Callable[[str], None] | None = None,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> dict[str, Any]:
-    """Run one Generate; returns text, token_ids, prompt_token_ids, finish_reason, usage."""
+    """Run one Generate; returns text, token_ids, prompt_token_ids, finish_reason, usage.
+    `credentials`: TLS to a front door served with --tls-dir (services/common/tls.py)."""
     text: list[str] = []
     token_ids: list[int] = []
     last = pb.GenerateResponse()
-    async with create_channel(address, is_traced=True) as channel:
+    async with create_channel(address, is_traced=True, credentials=credentials) as channel:
         stub = pb_grpc.TokenizerStub(channel)
         try:
             async for response in stub.Generate(request, timeout=timeout_s):

@@ -4,15 +4,17 @@ that crashes is restarted on the same address, and `stop` drains front to back."
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deploy.lifecycle import START_TIMEOUT_S, Child, LaunchError, launch
 from deploy.placement import internal_address, resolve_placement
 from deploy.spec import ServeSpec
+from services.common.peer_auth import TOKEN_ENV, new_internal_token
 from services.common.process import READY_PREFIX, config_to_json
 
 MAX_RESTARTS = 5
@@ -33,10 +35,11 @@ class ChildService:
     child: Child | None = None
     address: str = ""
     num_restarts: int = 0
+    env: dict[str, str] | None = field(default=None, repr=False)  # carries the internal token
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
         argv = ["-m", self.module, "--config", self.config_json, "--placement", self.placement]
-        self.child = launch(argv, name=self.name, log_path=self.log_path)
+        self.child = launch(argv, name=self.name, log_path=self.log_path, env=self.env)
         try:
             self.address = self.child.wait_for_line(READY_RE, timeout_s).group("address")
         except LaunchError:
@@ -73,6 +76,8 @@ class LocalDeployment:
         return self.children[-1].address
 
     def start(self) -> str:
+        if not self.spec.internal_token:  # one per deployment: only its own services get in
+            self.spec = replace(self.spec, internal_token=new_internal_token())
         try:
             worker = self._start(
                 "worker", "services.worker", lambda listen: self.spec.worker_config(listen)
@@ -96,8 +101,11 @@ class LocalDeployment:
     def _start(self, name: str, module: str, make_config: object, listen: str | None = None) -> str:
         listen = listen or self._internal_address(name)
         config = make_config(listen)  # type: ignore[operator]
+        # the token travels in the child's environment, not on its command line (`ps` shows that)
+        env = {**os.environ, TOKEN_ENV: config.internal_token}
+        config_json = config_to_json(replace(config, internal_token=""))
         child = ChildService(
-            name, module, config_to_json(config), self.spec.placement, self.tmp_dir / f"{name}.log"
+            name, module, config_json, self.spec.placement, self.tmp_dir / f"{name}.log", env=env
         )
         self.children.append(child)
         return child.start()

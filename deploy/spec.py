@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.metrics import METRICS_PORTS
 from services.scheduler.config import SchedulerConfig
@@ -32,6 +32,9 @@ class ServeSpec:
     request_timeout_s: float = 600.0
     worker_reconnect_timeout_s: float = 10.0
     is_metrics_enabled: bool = False  # /metrics on METRICS_PORTS at `host`
+    tls_dir: str = ""  # TLS on every TCP hop, mutual between services (`hopscope certs`)
+    # made by the deployer (deploy/local.py, deploy/ray_serve.py) for each deployment
+    internal_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -60,6 +63,8 @@ class ServeSpec:
             listen=listen,
             node_id=node_id,
             metrics_address=self.metrics_address("worker"),
+            tls_dir=self.tls_dir,
+            internal_token=self.internal_token,
         )
 
     def scheduler_config(
@@ -78,6 +83,8 @@ class ServeSpec:
             node_id=node_id,
             worker_reconnect_timeout_s=self.worker_reconnect_timeout_s,
             metrics_address=self.metrics_address("scheduler"),
+            tls_dir=self.tls_dir,
+            internal_token=self.internal_token,
         )
 
     def tokenizer_config(
@@ -91,4 +98,6 @@ class ServeSpec:
             placement=self.placement,
             request_timeout_s=self.request_timeout_s,
             metrics_address=self.metrics_address("tokenizer"),
+            tls_dir=self.tls_dir,
+            internal_token=self.internal_token,
         )

@@ -19,6 +19,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client import start_http_server as _start_http_server
 
+from services.common.peer_auth import warn_if_exposed
+
 # Default /metrics port of each service (0 disables the endpoint). deploy/prometheus scrapes these.
 METRICS_PORTS: dict[str, int] = {"tokenizer": 9401, "scheduler": 9402, "worker": 9403}
 
@@ -152,5 +154,7 @@ def serve_metrics(service_name: str, address: str) -> ServiceMetrics:
     metrics = ServiceMetrics(service_name)
     if address:
         host, _, port = address.rpartition(":")
+        # /metrics has no key: beyond loopback anyone can read it (it holds no prompts or tokens)
+        warn_if_exposed(f"{service_name} /metrics", address, is_protected=False)
         start_metrics_server(metrics, host, int(port))
     return metrics

@@ -18,6 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import HopscopeError
+from services.common.peer_auth import InternalTokenInterceptor, warn_if_exposed
+from services.common.tls import TlsMaterial, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +66,48 @@ async def start_server(
     register: Callable[[grpc.aio.Server], Sequence[str]],
     *,
     is_serving: bool = True,
+    tls: TlsMaterial | None = None,
+    require_client_cert: bool = True,
+    internal_token: str = "",
+    has_key: bool = False,
 ) -> GrpcServer:
     """Start a server on `address` ("HOST:PORT" or "unix:PATH"); `register` adds the servicers
-    and returns their full service names (for health and reflection)."""
-    server = grpc.aio.server(interceptors=_interceptors(), options=SERVER_OPTIONS)
+    and returns their full service names (for health and reflection).
+
+    `tls`: a TCP listener serves TLS with these credentials — mutual (a client certificate from
+    the CA required) unless `require_client_cert` is False (the front door); a Unix socket stays
+    plaintext (it never leaves the machine; its directory is private). `internal_token`: every
+    call but health checks must carry it (services/common/peer_auth.py). `has_key`: the caller
+    checks a key of its own (the front door's API key); only used to decide on the warning for
+    an unprotected non-loopback listener.
+    """
+    interceptors = _interceptors()
+    if internal_token:
+        interceptors.insert(0, InternalTokenInterceptor(internal_token))
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    resolved = _bind(server, address)
+    credentials = server_credentials(tls, require_client_auth=require_client_cert) if tls else None
+    resolved = _bind(server, address, credentials)
+    is_protected = tls is not None or bool(internal_token) or has_key
+    warn_if_exposed(f"gRPC server {','.join(service_names)}", resolved, is_protected=is_protected)
     await server.start()
     grpc_server = GrpcServer(server, health_servicer, resolved, service_names)
     await grpc_server.set_serving(is_serving)
     return grpc_server
 
 
-def _bind(server: grpc.aio.Server, address: str) -> str:
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> str:
+    is_tls = credentials is not None and not address.startswith("unix:")
     try:
-        port = server.add_insecure_port(address)
+        if is_tls:
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise BindError(f"cannot listen on {address}: {exc}; is it already in use?") from exc
     if address.startswith("unix:"):

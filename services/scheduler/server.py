@@ -11,6 +11,7 @@ from services.common.channels import transport_of
 from services.common.identity import ServiceIdentity, identify
 from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
+from services.common.tls import load_tls
 from services.common.types import ModelInfo
 from services.scheduler.core import Scheduler
 from services.scheduler.runner import RunnerSettings, SchedulerRunner
@@ -51,7 +52,10 @@ def build_runner(
 
 
 async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
-    worker = GrpcWorkerClient(config.worker_address, config.step_timeout_s)
+    tls = load_tls(config.tls_dir, "scheduler") if config.tls_dir else None
+    worker = GrpcWorkerClient(
+        config.worker_address, config.step_timeout_s, tls=tls, internal_token=config.internal_token
+    )
     holder: dict[str, GrpcServer] = {}
 
     def on_health(is_serving: bool) -> None:
@@ -67,7 +71,9 @@ async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
         return ["hopscope.v1.Scheduler"]
 
     await runner.start()
-    grpc_server = await start_server(config.listen, register)
+    grpc_server = await start_server(
+        config.listen, register, tls=tls, internal_token=config.internal_token
+    )
     holder["server"] = grpc_server
     identity.address = grpc_server.address
     return SchedulerServer(grpc_server, runner)

@@ -15,6 +15,7 @@ from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.channels import create_channel, transport_of
 from services.common.errors import UnavailableError
+from services.common.tls import TlsMaterial
 from services.common.types import SeqStep, StepOutput
 
 
@@ -52,8 +53,17 @@ class InprocWorkerClient:
 
 
 class GrpcWorkerClient:
-    def __init__(self, address: str, step_timeout_s: float) -> None:
+    def __init__(
+        self,
+        address: str,
+        step_timeout_s: float,
+        *,
+        tls: TlsMaterial | None = None,
+        internal_token: str = "",
+    ) -> None:
         self.address = address
+        self._tls = tls
+        self._internal_token = internal_token
         self.transport = transport_of(address)
         self._step_timeout_s = step_timeout_s
         self._channel: grpc.aio.Channel | None = None
@@ -62,7 +72,9 @@ class GrpcWorkerClient:
 
     async def connect(self, timeout_s: float) -> pb.WorkerInfo:
         await self.close()
-        self._channel = create_channel(self.address)
+        self._channel = create_channel(
+            self.address, tls=self._tls, internal_token=self._internal_token
+        )
         stub = pb_grpc.WorkerStub(self._channel)
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout_s)

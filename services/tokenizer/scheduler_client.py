@@ -18,6 +18,7 @@ from services.common import convert
 from services.common.channels import create_channel, transport_of
 from services.common.errors import UnavailableError
 from services.common.identity import ServiceIdentity
+from services.common.tls import TlsMaterial
 from services.common.types import Delivery
 from services.tokenizer.core import PreparedRequest
 
@@ -147,12 +148,19 @@ class InprocSchedulerClient(_Router):
 class GrpcSchedulerClient(_Router):
     """Multiplexes every request over one `Connect` stream; reconnects when it breaks."""
 
-    def __init__(self, address: str, on_health: HealthCallback) -> None:
+    def __init__(
+        self,
+        address: str,
+        on_health: HealthCallback,
+        *,
+        tls: TlsMaterial | None = None,
+        internal_token: str = "",
+    ) -> None:
         super().__init__()
         self.address = address
         self.transport = transport_of(address)
         self._on_health = on_health
-        self._channel = create_channel(address)
+        self._channel = create_channel(address, tls=tls, internal_token=internal_token)
         self._stub = pb_grpc.SchedulerStub(self._channel)
         self._outbox: asyncio.Queue[pb.SchedulerInput] = asyncio.Queue()
         self._is_connected = False

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.identity import identify
 from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
+from services.common.tls import load_tls
 from services.models import resolve_model
 from services.tokenizer.core import TokenizerCore
 from services.tokenizer.scheduler_client import GrpcSchedulerClient
@@ -29,6 +30,8 @@ class TokenizerServiceConfig:
     scheduler_link: str = ""  # how the path to the scheduler is shaped: "" | "netem" | "relay"
     is_ray: bool = False
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off
+    tls_dir: str = ""  # TLS on the front door, mutual TLS to the scheduler; "" = off
+    internal_token: str = field(default="", repr=False)  # sent to the scheduler
 
     def __post_init__(self) -> None:
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:
@@ -60,6 +63,7 @@ async def start_tokenizer(
     config: TokenizerServiceConfig, scheduler: SchedulerClient | None = None
 ) -> TokenizerServer:
     """Start the front door; `scheduler` is given for the in-process placement."""
+    tls = load_tls(config.tls_dir, "tokenizer") if config.tls_dir else None
     core = await asyncio.to_thread(build_core, config.model)
     holder: dict[str, GrpcServer] = {}
 
@@ -68,7 +72,9 @@ async def start_tokenizer(
             asyncio.get_running_loop().create_task(holder["server"].set_serving(is_serving))
 
     if scheduler is None:
-        client = GrpcSchedulerClient(config.scheduler_address, on_health)
+        client = GrpcSchedulerClient(
+            config.scheduler_address, on_health, tls=tls, internal_token=config.internal_token
+        )
         await client.connect(config.connect_timeout_s)
         scheduler = client
     identity = identify("tokenizer", config.listen, config.node_id)
@@ -79,7 +85,10 @@ async def start_tokenizer(
         pb_grpc.add_TokenizerServicer_to_server(servicer, server)
         return [FRONT_DOOR_SERVICE]
 
-    grpc_server = await start_server(config.listen, register, is_serving=scheduler.is_ready)
+    # the front door: TLS without client certificates (callers authenticate with the API key)
+    grpc_server = await start_server(
+        config.listen, register, is_serving=scheduler.is_ready, tls=tls, require_client_cert=False
+    )
     holder["server"] = grpc_server
     identity.address = grpc_server.address
     return TokenizerServer(grpc_server, scheduler, servicer)
