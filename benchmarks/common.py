@@ -1,8 +1,8 @@
 """Shared helpers for the pipeline benchmarks (pipeline_bench, batching_bench, tracing_cost).
 
-Each benchmark starts `hopscope serve --no-ray` as a child process in its own session (so the
-whole pipeline — front door plus the service processes it starts — is stopped through one
-process group), waits for its "hopscope front door: ADDR" line, drives it with `hopscope bench`
+Each benchmark starts `hopscope serve --no-ray` as a child process through the lifecycle kit
+(deploy/lifecycle.py: its own process group, `python -P`, output in a log file, ready once the
+front door reports SERVING; the services it starts die with it), drives it with `hopscope bench`
 in another child process and reads the bench summary JSON back. Variants are alternated in
 rounds within one run, and only one pipeline is alive at a time: on a 2-core machine an idle
 pipeline's pollers would otherwise take CPU from the one being measured.
@@ -14,9 +14,7 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.lifecycle import ServeChild, start_serve
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
-FRONT_DOOR_RE = re.compile(r"hopscope front door: (\S+)")
-STARTUP_TIMEOUT_S = 120.0
 DRAIN_TIMEOUT_S = 30.0
 
 # figures copied out of each bench summary into a round's record
@@ -53,10 +51,17 @@ SUMMARY_FIGURES = {
 class Server:
     """A running `hopscope serve`; `address` is its front door."""
 
-    proc: subprocess.Popen[bytes]
-    address: str
+    child: ServeChild
     log_path: Path
     cpu_s: float = 0.0  # whole pipeline, start-up included; set once it has stopped
+
+    @property
+    def address(self) -> str:
+        return self.child.address
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.child.child.process
 
 
 def add_load_args(
@@ -88,7 +93,7 @@ def load_bench_args(args: argparse.Namespace) -> list[str]:
 
 
 def hopscope_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "deploy.cli", *args]
+    return [sys.executable, "-P", "-m", "deploy.cli", *args]  # -P: never the cwd's modules
 
 
 def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -109,74 +114,25 @@ def serve(
     serve_args: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None
 ) -> Iterator[Server]:
     """Start `hopscope serve --no-ray --port 0 ARGS`, yield it once ready, drain it on exit."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+    with serving(["--no-ray", *serve_args], log_dir, env) as server:
+        yield server
+
+
+@contextmanager
+def serving(
+    serve_args: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None
+) -> Iterator[Server]:
+    """Start `hopscope serve --port 0 ARGS` (Ray or not), yield it once SERVING, drain it on
+    exit and record the CPU the whole pipeline used (`cpu_s`, of it and every process it
+    waited for)."""
     log_path = log_dir / f"serve-{time.monotonic_ns()}.log"
-    argv = hopscope_argv("serve", "--no-ray", "--port", "0", *serve_args)
-    # stdout and stderr go to a file: a pipe nobody reads after the first line could fill up
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=_child_env(env),
-            start_new_session=True,
-        )
-    server = Server(proc, "", log_path)
+    child = start_serve(list(serve_args), log_path=log_path, env=_child_env(env), cwd=REPO)
+    server = Server(child, log_path)
     try:
-        server.address = _wait_for_front_door(proc, log_path)
         yield server
     finally:
-        server.cpu_s = stop_process_group(proc)
-
-
-def _wait_for_front_door(proc: subprocess.Popen[bytes], log_path: Path) -> str:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        match = FRONT_DOOR_RE.search(log_path.read_text(errors="replace"))
-        if match:
-            return match.group(1)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    tail = log_path.read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"hopscope serve did not become ready (exit {proc.poll()}):\n{tail}")
-
-
-def stop_process_group(proc: subprocess.Popen[bytes]) -> float:
-    """SIGTERM the child's process group (graceful drain), SIGKILL it if that takes too long.
-
-    Returns the CPU seconds (user + system) the child and every descendant it waited for used
-    over its whole life: the pipeline's own CPU bill, independent of what else shares the box.
-    """
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    cpu_s = _reap(proc, DRAIN_TIMEOUT_S)
-    if cpu_s is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        cpu_s = _reap(proc, None)
-    try:  # service processes the front door started must not outlive it
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return cpu_s or 0.0
-
-
-def _reap(proc: subprocess.Popen[bytes], timeout_s: float | None) -> float | None:
-    """wait4 the child (Popen.wait would drop its rusage); None if still running at timeout."""
-    if proc.returncode is not None:
-        return None
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        pid, status, usage = os.wait4(proc.pid, 0 if deadline is None else os.WNOHANG)
-        if pid == proc.pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return usage.ru_utime + usage.ru_stime
-        if deadline is not None and time.monotonic() > deadline:
-            return None
-        time.sleep(0.05)
+        child.stop(DRAIN_TIMEOUT_S)
+        server.cpu_s = child.child.cpu_s or 0.0
 
 
 def run_bench(

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,8 @@ import grpc
 
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(slots=True, frozen=True)
@@ -119,20 +123,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def start_subprocess(*flags: str) -> tuple[subprocess.Popen[str], str]:
-    """Run this server as a child process on a free port; returns it and its address."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.instant_server", "--port", "0", *flags],
-        cwd=Path(__file__).resolve().parents[1],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline() if proc.stdout else ""
-    match = re.search(r"listening on (\S+)", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"fixture server did not start: {line!r}")
-    return proc, match.group(1)
+def start_subprocess(*flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Run this server as a child process on a free port (through deploy/lifecycle.py: its own
+    process group, `python -P`, output drained to a log file); returns it and its address."""
+    from deploy.lifecycle import launch
+
+    log_path = Path(tempfile.mkdtemp(prefix="hopscope-instant-")) / "instant_server.log"
+    argv = ["-m", "benchmarks.instant_server", "--port", "0", *flags]
+    # benchmarks/ is not installed: it is found through PYTHONPATH (the checkout, never the cwd)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    child = launch(argv, name="instant_server", log_path=log_path, env=env, cwd=REPO)
+    try:
+        address = child.wait_for_line(re.compile(r"listening on (\S+)"), 60.0).group(1)
+    except BaseException:
+        child.stop(0)
+        raise
+    return child.process, address
 
 
 if __name__ == "__main__":

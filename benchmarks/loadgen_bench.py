@@ -32,19 +32,13 @@ PREDICTION = (
     "better with --workers 2"
 )
 
-NOTES_SMALL_MACHINE = (
-    "measured on a 2-core machine shared with other work: the fixture server (one Python "
-    "process) and the clients compete for the same 2 cores, so --workers 2 (3 busy processes) "
-    "lost to 1 process here; the split pays off only where there are spare cores for the extra "
-    "client processes (e.g. the 16-core GPU machine, not measured in this session)"
-)
-
 
 def run_point(
     address: str, num_workers: int, rate: int, num_requests: int, out: Path
 ) -> dict[str, Any]:
     argv = [
         sys.executable,
+        "-P",  # never the cwd's modules; the checkout comes through PYTHONPATH
         "-m",
         "deploy.cli",
         "bench",
@@ -114,7 +108,7 @@ def main() -> int:
         "prediction": PREDICTION,
         "points": points,
         "result": summarise(points),
-        "notes": NOTES_SMALL_MACHINE if (os.cpu_count() or 1) <= 2 else "",
+        "notes": notes_from(points, os.cpu_count() or 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
@@ -131,6 +125,31 @@ def summarise(points: list[dict[str, Any]]) -> str:
     return (
         f"highest tested rate kept (lag p99 <= {LAG_TARGET_MS} ms): "
         f"{best[1]} req/s with 1 process, {best[2]} req/s with 2"
+    )
+
+
+def notes_from(points: list[dict[str, Any]], num_cpus: int) -> str:
+    """What this run measured about 2 client processes against 1, at the rates both ran."""
+    by_key = {(p["workers"], p["offered_rate_req_s"]): p for p in points}
+    rates = sorted(r for w, r in by_key if w == 1 and (2, r) in by_key)
+    if not rates:
+        return f"no rate was run with both 1 and 2 client processes ({num_cpus} CPUs)"
+    compared = [
+        f"{r} req/s: lag p99 {by_key[1, r]['schedule_lag_p99_ms']:g} ms with 1 process, "
+        f"{by_key[2, r]['schedule_lag_p99_ms']:g} ms with 2"
+        for r in rates
+    ]
+    num_better = sum(
+        by_key[2, r]["schedule_lag_p99_ms"] < by_key[1, r]["schedule_lag_p99_ms"] for r in rates
+    )
+    verdict = (
+        "2 client processes kept the schedule better"
+        if num_better * 2 > len(rates)
+        else "2 client processes did not keep the schedule better than 1"
+    )
+    return (
+        f"{verdict} ({num_better} of {len(rates)} shared rates: {'; '.join(compared)}); "
+        f"measured on {num_cpus} CPUs with the fixture server on the same machine"
     )
 
 

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,31 +127,12 @@ def cluster(delay_ms: float) -> Iterator[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------- serving
-@contextmanager
 def serve(
     placement: str, ray_address: str, model: str, log_dir: Path, env: Mapping[str, str] | None
-) -> Iterator[common.Server]:
-    """`hopscope serve --placement P --ray-address A --port 0` in its own process group."""
-    log_path = log_dir / f"serve-{placement}-{time.monotonic_ns()}.log"
-    argv = common.hopscope_argv(
-        "serve", "--placement", placement, "--ray-address", ray_address, "--port", "0",
-        "--model", model,
-    )  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv,
-            cwd=common.REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=common._child_env(env),
-            start_new_session=True,
-        )
-    server = common.Server(proc, "", log_path)
-    try:
-        server.address = common._wait_for_front_door(proc, log_path)
-        yield server
-    finally:
-        server.cpu_s = common.stop_process_group(proc)
+) -> AbstractContextManager[common.Server]:
+    """`hopscope serve --placement P --ray-address A --port 0`, through the lifecycle kit."""
+    args = ["--placement", placement, "--ray-address", ray_address, "--model", model]
+    return common.serving(args, log_dir, env)
 
 
 def describe(address: str) -> dict[str, Any]:

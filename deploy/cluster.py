@@ -89,8 +89,9 @@ class ClusterRecord:
 
 # ---------------------------------------------------------------------------- environment
 def ray_env() -> dict[str, str]:
-    """The environment of every Ray process hopscope starts (token auth, see DESIGN.md)."""
-    return {**os.environ, "RAY_AUTH_MODE": "token"}
+    """The environment of every Ray process hopscope starts (token auth, see DESIGN.md).
+    PYTHONSAFEPATH (= `python -P`): no Ray process, workers included, imports from its cwd."""
+    return {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONSAFEPATH": "1"}
 
 
 def prepare_ray_driver() -> None:
@@ -238,6 +239,7 @@ def _start_node(record: ClusterRecord, ip: str, label: str, head_port: int = 0) 
         process = subprocess.Popen(
             args,
             env=ray_env(),
+            cwd=node_dir,  # never the user's directory (its workers start there)
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

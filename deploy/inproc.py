@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass
 
 from deploy.spec import ServeSpec
+from services.common.health import HealthPublisher
 from services.common.identity import identify
 from services.scheduler.runner import SchedulerRunner
 from services.scheduler.server import build_runner
@@ -37,21 +38,20 @@ async def start_inproc(spec: ServeSpec, node_id: str = "", is_ray: bool = False)
     """`node_id` / `is_ray` are what Describe reports (set when hosted in a Ray actor)."""
     worker_config = spec.worker_config("inproc", node_id)
     worker = await asyncio.to_thread(build_worker_service, worker_config, "inproc")
-    holder: dict[str, TokenizerServer] = {}
-
-    def on_health(is_serving: bool) -> None:
-        if "front" in holder:
-            asyncio.get_running_loop().create_task(
-                holder["front"].grpc_server.set_serving(is_serving)
-            )
-
+    health = HealthPublisher(is_serving=False)  # the front door's: serving while the worker is up
     runner = build_runner(
-        spec.scheduler_config("inproc", "inproc", node_id), InprocWorkerClient(worker), on_health
+        spec.scheduler_config("inproc", "inproc", node_id),
+        InprocWorkerClient(worker),
+        health.set_serving,
     )
-    await runner.start()
-    scheduler = InprocSchedulerClient(runner, identify("scheduler", "inproc", node_id))
-    front_config = spec.tokenizer_config(spec.front_door, "inproc", node_id)
-    front_config.is_ray = is_ray
-    front = await start_tokenizer(front_config, scheduler)
-    holder["front"] = front
+    try:
+        await runner.start()
+        scheduler = InprocSchedulerClient(runner, identify("scheduler", "inproc", node_id))
+        front_config = spec.tokenizer_config(spec.front_door, "inproc", node_id)
+        front_config.is_ray = is_ray
+        front = await start_tokenizer(front_config, scheduler, health)
+    except BaseException:
+        await runner.stop()
+        worker.close()
+        raise
     return InprocPipeline(front, runner, worker)

@@ -237,6 +237,7 @@ def start_serve(
     log_path: Path,
     env: dict[str, str] | None = None,
     timeout_s: float = START_TIMEOUT_S,
+    cwd: Path | None = None,
     credentials: Any = None,
 ) -> ServeChild:
     """Start `hopscope serve SERVE_ARGS` (with `--port 0` unless a port is given), wait for its
@@ -247,9 +248,8 @@ def start_serve(
     credentials = credentials or _credentials_from_serve_args(args)
     if "--port" not in args:
         args += ["--port", "0"]
-    child = launch(
-        ["-m", "deploy.cli", "serve", *args], name="hopscope serve", log_path=log_path, env=env
-    )
+    argv = ["-m", "deploy.cli", "serve", *args]
+    child = launch(argv, name="hopscope serve", log_path=log_path, env=env, cwd=cwd)
     deadline = time.monotonic() + timeout_s
     try:
         address = child.wait_for_line(FRONT_DOOR_RE, timeout_s).group("address")

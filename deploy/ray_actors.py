@@ -139,9 +139,7 @@ class ServiceHost:
         # the actor is killed right after: flush its spans now or they are lost
         await asyncio.to_thread(shutdown_tracing)
         if self.relay is not None:
-            result = self.relay.stop()
-            if inspect.isawaitable(result):
-                await result
+            self.relay.stop()  # returns at once: its threads end on their own
         if self.tls_dir is not None:
             shutil.rmtree(self.tls_dir, ignore_errors=True)
         if self.plan.listen.startswith("unix:"):

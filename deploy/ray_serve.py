@@ -4,10 +4,14 @@ pinned to `hopscope-node` labels where the cluster has them)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -44,6 +48,7 @@ WORKER_RECONNECT_TIMEOUT_S = 60.0
 BUNDLE_CPU = 0.01  # Ray needs non-empty bundles; the services themselves ask for next to nothing
 ACTOR_CPU = 0.003
 OTEL_PREFIXES = ("OTEL_", "HOPSCOPE_TRACE")
+CODE_ROOT = Path(__file__).resolve().parents[1]  # holds deploy/, services/, ...: already importable
 
 
 class DeployError(RuntimeError):
@@ -259,8 +264,6 @@ def _free_port_on_node(node_id: str, bind_host: str) -> int:
 
 
 def _otel_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if k.startswith(OTEL_PREFIXES)}
 
 
@@ -274,9 +277,23 @@ def connect(ray_address: str) -> None:
     host = ray_address.rsplit(":", 1)[0]
     kwargs: dict[str, Any] = {"_node_ip_address": host} if host.startswith("127.") else {}
     try:
-        ray.init(address=ray_address, log_to_driver=False, **kwargs)
+        with _in_directory(CODE_ROOT):
+            ray.init(address=ray_address, log_to_driver=False, **kwargs)
     except (ConnectionError, RuntimeError) as exc:
         raise DeployError(f"cannot join the Ray cluster at {ray_address}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _in_directory(path: Path) -> Iterator[None]:
+    """Ray puts the driver's working directory on every worker's sys.path (its
+    `py_driver_sys_path`): joining from the user's directory would let a `tracing.py` there
+    replace hopscope's modules inside the actors. Join from hopscope's own code root instead."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 # ---------------------------------------------------------------------------- the command

@@ -84,17 +84,26 @@ class Relay:
         with self._lock:
             return len(self._sockets) // 2
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop listening and cut every relayed connection (both peers see the connection drop)."""
+    def stop(self) -> None:
+        """Stop listening and cut every relayed connection (both peers see the connection drop).
+
+        Returns at once (safe on an event loop): the relay's threads end on their own once
+        their sockets are closed; `join` waits for them."""
         self._stopping.set()
         _close(self._listener)
         with self._lock:
-            sockets, threads = list(self._sockets), list(self._threads)
+            sockets = list(self._sockets)
         for sock in sockets:
             _close(sock)
+
+    def join(self, timeout_s: float = 5.0) -> bool:
+        """Wait (blocking) until the relay's threads ended; False if some still run."""
+        with self._lock:
+            threads = list(self._threads)
         deadline = time.monotonic() + timeout_s
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
 
     def __enter__(self) -> Self:
         return self

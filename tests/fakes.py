@@ -9,6 +9,7 @@ raise `BlockTableError` on the spot.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from array import array
 from dataclasses import dataclass, field
@@ -219,7 +220,8 @@ def make_request(
 class FakeWorkerClient:
     """The scheduler runner's WorkerClient over a FakeWorker, with faults to inject:
     `fail_steps` raises the given exceptions on the next steps, `num_failed_connects` makes
-    that many reconnects fail (the worker is still down), and a lost worker loses its cache."""
+    that many reconnects fail (the worker is still down), `num_hung_steps` makes that many steps
+    never answer (a stuck worker), and a lost worker loses its cache."""
 
     transport = "inproc"
     address = "fake"
@@ -228,6 +230,7 @@ class FakeWorkerClient:
         self.worker = worker
         self.fail_steps: list[Exception] = []
         self.num_failed_connects = 0
+        self.num_hung_steps = 0
         self.num_connects = 0
 
     async def connect(self, timeout_s: float) -> object:
@@ -254,6 +257,10 @@ class FakeWorkerClient:
             if isinstance(error, UnavailableError):
                 self.worker.restart()
             raise error
+        if self.num_hung_steps > 0:
+            self.num_hung_steps -= 1
+            self.worker.restart()  # whatever it held is gone with the step that never ends
+            await asyncio.Event().wait()
         return self.worker.step(seqs)
 
     async def close(self) -> None:

@@ -1,31 +1,35 @@
-"""Running real deployments from tests: `hopscope serve` as a child process on port 0, and a
-small synchronous front-door client. Every server started here is stopped in `finally`."""
+"""Running real deployments from tests: `hopscope serve` as a child process on port 0 (through
+deploy/lifecycle.py, the launcher `serve` itself uses), and a small synchronous front-door
+client. Every server started here is stopped in `finally`."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import select
-import signal
 import subprocess
-import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
+from deploy.lifecycle import ServeChild, start_serve
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
-
-ADDRESS_RE = re.compile(r"hopscope front door: (\S+)")
 
 
 @dataclass
 class Served:
     address: str
-    process: subprocess.Popen[bytes]
+    serve_child: ServeChild
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.serve_child.child.process
+
+    def log(self) -> str:
+        return "\n".join(self.serve_child.child.last_lines(200))
 
     def stub(self) -> pb_grpc.TokenizerStub:
         return pb_grpc.TokenizerStub(grpc.insecure_channel(self.address))
@@ -53,48 +57,20 @@ def generate(
 
 @contextlib.contextmanager
 def serve(placement: str, *args: str, timeout_s: float = 120.0) -> Iterator[Served]:
-    """`hopscope serve --no-ray --placement P --port 0 ARGS`; asserts a clean drain at exit."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deploy.cli",
-            "serve",
-            "--no-ray",
-            "--placement",
-            placement,
-            "--port",
-            "0",
-            *args,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        address = _wait_address(process, timeout_s)
-        yield Served(address, process)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0, process.stderr.read().decode() if process.stderr else ""
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def _wait_address(process: subprocess.Popen[bytes], timeout_s: float) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.5)
-        if ready:
-            line = process.stdout.readline().decode()
-            if match := ADDRESS_RE.search(line):
-                return match.group(1)
-        if process.poll() is not None:
-            err = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(f"serve exited with {process.returncode}: {err}")
-    raise TimeoutError("serve did not print its address in time")
+    """`hopscope serve --no-ray --placement P --port 0 ARGS`, yielded once its front door is
+    SERVING (a start that runs out of time fails the test); asserts a clean drain at exit."""
+    with tempfile.TemporaryDirectory(prefix="hopscope-test-") as log_dir:
+        log_path = Path(log_dir) / "serve.log"
+        child = start_serve(
+            ["--no-ray", "--placement", placement, *args], log_path=log_path, timeout_s=timeout_s
+        )
+        served = Served(child.address, child)
+        try:
+            yield served
+            code = child.stop(60.0)
+            assert code == 0, f"serve exited with {code}:\n{served.log()}"
+        finally:
+            child.stop(0.0)
 
 
 def wait_until_idle(served: Served, timeout_s: float = 30.0) -> pb.SchedulerStats:

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import grpc
 
+from services.common.grpc_options import KEEPALIVE, Keepalive, channel_options
 from services.common.peer_auth import token_interceptors
-from services.common.server import MAX_MESSAGE_BYTES
 from services.common.tls import INTERNAL_SERVER_NAME, TlsMaterial, channel_credentials
-
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.enable_retries", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
-]
 
 
 def create_channel(
     address: str,
     *,
     is_traced: bool = False,
+    keepalive: Keepalive = KEEPALIVE,
     tls: TlsMaterial | None = None,
     internal_token: str = "",
     credentials: grpc.ChannelCredentials | None = None,
@@ -32,6 +22,7 @@ def create_channel(
 
     `is_traced` adds OpenTelemetry's client interceptors (CLIENT spans, traceparent injected):
     used for front-door calls; the internal streams carry trace context themselves.
+    `keepalive` must match the server's (start_server's): the default on both ends does.
     Internal hops: `tls` makes a TCP hop mutual TLS (our certificate; the server's checked
     against the CA and INTERNAL_SERVER_NAME, whatever address, relay or node it is reached at);
     a Unix socket stays plaintext. `internal_token` is sent on every call.
@@ -45,7 +36,7 @@ def create_channel(
         interceptors += aio_client_interceptors()
     if internal_token:
         interceptors += token_interceptors(internal_token)
-    options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
+    options: list[tuple[str, int | str]] = list(channel_options(keepalive))
     if tls is not None and not address.startswith("unix:"):
         credentials = channel_credentials(tls)
         options.append(("grpc.ssl_target_name_override", INTERNAL_SERVER_NAME))

@@ -20,7 +20,7 @@ from protos import hopscope_pb2 as pb
 from services.common import convert, spans
 from services.common.errors import HopscopeError, UnavailableError
 from services.common.metrics import ServiceMetrics
-from services.common.types import Delivery, ModelInfo
+from services.common.types import Delivery, ModelInfo, StepOutput
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Batch, Request, Update
 from services.scheduler.worker_client import WorkerClient
@@ -196,13 +196,25 @@ class SchedulerRunner:
             },
         )
         try:
-            out = await self.worker.step(batch.seq_steps, spans.carrier_of(span))
+            out = await self._bounded_step(batch, spans.carrier_of(span))
         except Exception as exc:
             _end_span(span, exc)
             raise
         span.set_attribute("hopscope.worker_step_ms", out.step_ms)
         span.end()
         return out.sampled, out.step_ms
+
+    async def _bounded_step(self, batch: Batch, carrier: dict[str, str]) -> StepOutput:
+        """One step within step_timeout_s, whatever the client: a worker that does not answer
+        in time is treated as lost (reconnected, its requests recomputed)."""
+        timeout_s = self._settings.step_timeout_s
+        try:
+            return await asyncio.wait_for(self.worker.step(batch.seq_steps, carrier), timeout_s)
+        except TimeoutError as exc:
+            raise UnavailableError(
+                f"the model worker at {self.worker.address} did not finish a step "
+                f"within {timeout_s:g} s"
+            ) from exc
 
     def _record(self, batch: Batch, started_s: float) -> None:
         assert self.core is not None

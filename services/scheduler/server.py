@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.channels import transport_of
+from services.common.health import HealthPublisher
 from services.common.identity import ServiceIdentity, identify
 from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
@@ -52,17 +52,13 @@ def build_runner(
 
 
 async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
+    """SERVING exactly while the worker is up. A failed start stops what it started."""
     tls = load_tls(config.tls_dir, "scheduler") if config.tls_dir else None
     worker = GrpcWorkerClient(
         config.worker_address, config.step_timeout_s, tls=tls, internal_token=config.internal_token
     )
-    holder: dict[str, GrpcServer] = {}
-
-    def on_health(is_serving: bool) -> None:
-        if "server" in holder:
-            asyncio.get_running_loop().create_task(holder["server"].set_serving(is_serving))
-
-    runner = build_runner(config, worker, on_health)
+    health = HealthPublisher(is_serving=False)
+    runner = build_runner(config, worker, health.set_serving)
     identity: ServiceIdentity = identify("scheduler", config.listen, config.node_id)
     servicer = SchedulerServicer(runner, identity, transport_of(config.listen), config.worker_link)
 
@@ -70,10 +66,17 @@ async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
         pb_grpc.add_SchedulerServicer_to_server(servicer, server)
         return ["hopscope.v1.Scheduler"]
 
-    await runner.start()
-    grpc_server = await start_server(
-        config.listen, register, tls=tls, internal_token=config.internal_token
-    )
-    holder["server"] = grpc_server
+    try:
+        await runner.start()
+        grpc_server = await start_server(
+            config.listen,
+            register,
+            health_publisher=health,
+            tls=tls,
+            internal_token=config.internal_token,
+        )
+    except BaseException:
+        await runner.stop()  # the worker channel, the loop and the metrics server
+        raise
     identity.address = grpc_server.address
     return SchedulerServer(grpc_server, runner)

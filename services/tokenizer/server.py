@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from protos import hopscope_pb2_grpc as pb_grpc
+from services.common.health import HealthPublisher
 from services.common.identity import identify
 from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
@@ -60,35 +62,47 @@ def build_core(model: str) -> TokenizerCore:
 
 
 async def start_tokenizer(
-    config: TokenizerServiceConfig, scheduler: SchedulerClient | None = None
+    config: TokenizerServiceConfig,
+    scheduler: SchedulerClient | None = None,
+    health: HealthPublisher | None = None,
 ) -> TokenizerServer:
-    """Start the front door; `scheduler` is given for the in-process placement."""
+    """Start the front door; `scheduler` (and the `health` its owner feeds) are given for the
+    in-process placement. SERVING exactly while the scheduler is. A failed start stops what it
+    started."""
     tls = load_tls(config.tls_dir, "tokenizer") if config.tls_dir else None
     core = await asyncio.to_thread(build_core, config.model)
-    holder: dict[str, GrpcServer] = {}
+    if health is None:
+        health = HealthPublisher(is_serving=False)
+    started: list[Callable[[], Awaitable[None] | None]] = []
+    try:
+        if scheduler is None:
+            client = GrpcSchedulerClient(
+                config.scheduler_address,
+                health.set_serving,
+                tls=tls,
+                internal_token=config.internal_token,
+            )
+            started.append(client.close)
+            await client.connect(config.connect_timeout_s)
+            scheduler = client
+        identity = identify("tokenizer", config.listen, config.node_id)
+        metrics = serve_metrics("tokenizer", config.metrics_address)
+        started.append(metrics.stop_server)
+        servicer = TokenizerServicer(core, scheduler, identity, config, metrics)
 
-    def on_health(is_serving: bool) -> None:
-        if "server" in holder:
-            asyncio.get_running_loop().create_task(holder["server"].set_serving(is_serving))
+        def register(server: object) -> list[str]:
+            pb_grpc.add_TokenizerServicer_to_server(servicer, server)
+            return [FRONT_DOOR_SERVICE]
 
-    if scheduler is None:
-        client = GrpcSchedulerClient(
-            config.scheduler_address, on_health, tls=tls, internal_token=config.internal_token
+        # the front door: TLS without client certificates (callers authenticate with a key)
+        grpc_server = await start_server(
+            config.listen, register, health_publisher=health, tls=tls, require_client_cert=False
         )
-        await client.connect(config.connect_timeout_s)
-        scheduler = client
-    identity = identify("tokenizer", config.listen, config.node_id)
-    metrics = serve_metrics("tokenizer", config.metrics_address)
-    servicer = TokenizerServicer(core, scheduler, identity, config, metrics)
-
-    def register(server: object) -> list[str]:
-        pb_grpc.add_TokenizerServicer_to_server(servicer, server)
-        return [FRONT_DOOR_SERVICE]
-
-    # the front door: TLS without client certificates (callers authenticate with the API key)
-    grpc_server = await start_server(
-        config.listen, register, is_serving=scheduler.is_ready, tls=tls, require_client_cert=False
-    )
-    holder["server"] = grpc_server
+    except BaseException:
+        for stop in reversed(started):
+            result = stop()
+            if result is not None:
+                await result
+        raise
     identity.address = grpc_server.address
     return TokenizerServer(grpc_server, scheduler, servicer)

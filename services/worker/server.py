@@ -58,8 +58,12 @@ async def start_worker(config: WorkerServiceConfig) -> WorkerServer:
         pb_grpc.add_WorkerServicer_to_server(servicer, server)
         return ["hopscope.v1.Worker"]
 
-    grpc_server = await start_server(
-        config.listen, register, tls=tls, internal_token=config.internal_token
-    )
+    try:
+        grpc_server = await start_server(
+            config.listen, register, tls=tls, internal_token=config.internal_token
+        )
+    except BaseException:
+        service.close()  # the engine and the metrics server
+        raise
     service.identity.address = grpc_server.address
     return WorkerServer(grpc_server, service)

@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from deploy.client import stream_generate
+from deploy.lifecycle import ServeChild, start_serve
 from protos import hopscope_pb2 as pb
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def hopscope(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "deploy.cli", *argv],
+        [sys.executable, "-P", "-m", "deploy.cli", *argv],
         capture_output=True,
         text=True,
         timeout=240,
@@ -52,27 +53,14 @@ def user_env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
 
 
-def serve(env: dict[str, str], *argv: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "serve", "--port", "0", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=env,
-    )
+@contextmanager
+def serve(env: dict[str, str], log_path: Path, *argv: str) -> Iterator[ServeChild]:
+    """`hopscope serve --port 0 ARGV` through the lifecycle kit: yielded once SERVING."""
+    child = start_serve(list(argv), log_path=log_path, env=env, cwd=REPO)
     try:
-        assert proc.stdout is not None and proc.stderr is not None
-        line = proc.stdout.readline()
-        match = re.search(r"hopscope front door: (\S+) ", line)
-        if match is None:
-            proc.kill()
-            pytest.fail(f"serve printed no front door: {line!r}; stderr: {proc.stderr.read()}")
-        yield proc, match.group(1)
+        yield child
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        child.stop(0)
 
 
 def generate(address: str) -> dict[str, object]:
@@ -92,10 +80,10 @@ def test_cluster_up_serve_down(user_env: dict[str, str], tmp_path: Path) -> None
         (record,) = json.loads(status.stdout)
         assert [(n["label"], n["is_alive"]) for n in record["nodes"]] == [("a", True), ("b", True)]
         assert record["link"] == {"delay_ms": 0.5, "rate_mbit": 0.0, "mechanism": "relay"}
-        for proc, front_door in serve(user_env, "--placement", "split", "--ray-address", address):
-            assert generate(front_door)["finish_reason"] == "length"
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(60) == 0
+        log_path = tmp_path / "serve.log"
+        with serve(user_env, log_path, "--placement", "split", "--ray-address", address) as served:
+            assert generate(served.address)["finish_reason"] == "length"
+            assert served.stop(60) == 0  # SIGTERM: drains and exits 0
     finally:
         down = hopscope("cluster", "down", "--address", address, env=user_env)
     assert down.returncode == 0, down.stderr
@@ -107,13 +95,14 @@ def test_cluster_up_serve_down(user_env: dict[str, str], tmp_path: Path) -> None
     assert again.returncode == 1 and "no cluster recorded" in again.stderr
 
 
-def test_serve_without_address_starts_and_stops_its_own_ray(user_env: dict[str, str]) -> None:
-    for proc, front_door in serve(user_env, "--placement", "colocated"):
-        assert generate(front_door)["finish_reason"] == "length"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
-        assert proc.stderr is not None
-        started = re.search(r"local one-node Ray at (\S+):", proc.stderr.read())
+def test_serve_without_address_starts_and_stops_its_own_ray(
+    user_env: dict[str, str], tmp_path: Path
+) -> None:
+    with serve(user_env, tmp_path / "serve.log", "--placement", "colocated") as served:
+        assert generate(served.address)["finish_reason"] == "length"
+        assert served.stop(60) == 0
+        log = "\n".join(served.child.last_lines(500))
+        started = re.search(r"local one-node Ray at (\S+):", log)
         assert started, "serve did not say where its Ray runs"
         time.sleep(0.5)
         assert processes_mentioning(started.group(1)) == []  # no orphaned Ray processes

@@ -15,6 +15,7 @@ import time
 import grpc
 import pytest
 
+from deploy.lifecycle import wait_serving
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
 from tests.harness import generate, serve, wait_until_idle
@@ -99,20 +100,7 @@ def test_full_queue_is_resource_exhausted_at_once() -> None:
         assert wait_until_idle(served).num_running == 0
 
 
-def _health(address: str) -> int:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        return (
-            health_pb2_grpc.HealthStub(channel)
-            .Check(health_pb2.HealthCheckRequest(), timeout=5)
-            .status
-        )
-
-
 def test_dead_worker_turns_requests_unavailable_and_serving_resumes_after_restart() -> None:
-    from grpc_health.v1 import health_pb2
-
     with serve("colocated") as served:
         worker_pid = next(s.pid for s in served.describe().services if s.name == "worker")
         results: list[grpc.StatusCode] = []
@@ -134,12 +122,7 @@ def test_dead_worker_turns_requests_unavailable_and_serving_resumes_after_restar
         assert not t.is_alive()
         # the supervisor restarts the worker; the request either failed UNAVAILABLE or was recomputed
         assert results[0] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK)
-        deadline = time.monotonic() + 60
-        while (
-            _health(served.address) != health_pb2.HealthCheckResponse.SERVING
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.2)
+        wait_serving(served.address, 60.0)  # raises when it runs out: never carry on
         ids, _, _ = generate(served.address, prompt="back again", max_tokens=3, ignore_eos=True)
         assert len(ids) == 3
 

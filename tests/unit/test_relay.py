@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -97,6 +98,20 @@ def test_stop_cuts_relayed_connections(echo_address: str) -> None:
             pass
     with pytest.raises(OSError):
         _connect(relay.address).close()
+
+
+def test_stop_does_not_wait_for_chunks_still_on_the_link(echo_address: str) -> None:
+    """stop() runs on an event loop (the Ray actor's): it must not block on the relay's threads.
+    A chunk is on a 60 s link when stop() is called; stop() used to join for up to 5 s."""
+    relay = start_relay("127.0.0.1", echo_address, delay_ms=60_000.0)
+    with _connect(relay.address) as sock:
+        sock.sendall(b"ping")
+        time.sleep(0.2)  # the chunk is read and waits in the relay's writer
+        started = time.monotonic()
+        relay.stop()
+        stop_s = time.monotonic() - started
+    assert stop_s < 2.0, f"stop() blocked for {stop_s:.1f} s"
+    assert relay.join(0.0) is False  # the writer still sleeps: stop() did not wait for it
 
 
 def test_a_malformed_target_or_negative_delay_is_refused() -> None:

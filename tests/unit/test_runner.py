@@ -28,12 +28,16 @@ class Sink:
                 self.finished[d.request_id] = d
 
 
-def _runner(client: FakeWorkerClient, reconnect_timeout_s: float = 5.0) -> SchedulerRunner:
+def _runner(
+    client: FakeWorkerClient, reconnect_timeout_s: float = 5.0, step_timeout_s: float = 5.0
+) -> SchedulerRunner:
     def core(info: ModelInfo) -> Scheduler:
         return Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=256), info)
 
     settings = RunnerSettings(
-        step_timeout_s=5, connect_timeout_s=5, worker_reconnect_timeout_s=reconnect_timeout_s
+        step_timeout_s=step_timeout_s,
+        connect_timeout_s=5,
+        worker_reconnect_timeout_s=reconnect_timeout_s,
     )
     return SchedulerRunner(core, client, settings)
 
@@ -75,6 +79,18 @@ def test_a_lost_worker_is_reconnected_and_requests_are_recomputed_exactly() -> N
     runner = _runner(client)
     asyncio.run(_run(runner, sink, 3))
     assert client.num_connects == 2  # the first connect, then the one after the loss
+    for i in range(3):
+        assert sink.finished[f"r{i}"].error_status == ""
+        assert sink.tokens[f"r{i}"] == reference_output(make_prompt(i, 5), 6)
+
+
+def test_a_step_that_never_answers_times_out_and_requests_are_recomputed() -> None:
+    """RunnerSettings.step_timeout_s bounds every step, in-process ones too."""
+    sink, client = Sink(), FakeWorkerClient(FakeWorker())
+    client.num_hung_steps = 1
+    runner = _runner(client, step_timeout_s=0.3)
+    asyncio.run(asyncio.wait_for(_run(runner, sink, 3), 20))
+    assert client.num_connects == 2  # the stuck worker was treated as lost and reconnected
     for i in range(3):
         assert sink.finished[f"r{i}"].error_status == ""
         assert sink.tokens[f"r{i}"] == reference_output(make_prompt(i, 5), 6)
