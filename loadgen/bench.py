@@ -122,9 +122,9 @@ def _run_one(
     return document, result.is_interrupted
 
 
-def preflight(address: str, timeout_s: float) -> str:
+def preflight(address: str, timeout_s: float, tls_ca: str = "") -> str:
     """Check the server answers before any load; returns a one-line description of it."""
-    described = asyncio.run(check_reachable(address, timeout_s))
+    described = asyncio.run(check_reachable(address, timeout_s, tls_ca))
     if described is None:
         return f"{address} (Describe not served)"
     model = described.model

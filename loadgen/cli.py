@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="HOST:PORT of the hopscope front door (Tokenizer)")
+    p.add_argument(
+        "--tls-ca", default="", help="TLS to the front door, trusting this CA certificate"
+    )
     p.add_argument("--rate", type=_float_list, help="open loop, requests/s; a list sweeps: 1,2,4")
     p.add_argument("--concurrency", type=_int_list, help="closed loop; a list sweeps: 1,4,16")
     p.add_argument("--max-concurrency", type=int, help="cap on requests in flight under --rate")
@@ -162,7 +165,10 @@ def build_points(args: argparse.Namespace) -> tuple[list[BenchConfig], list[str]
     else:
         loads = [LoadConfig(concurrency=c, **common) for c in concurrencies]
         tags = [f"concurrency-{c}" for c in concurrencies]
-    configs = [BenchConfig(args.address, load, workload, slo, args.label) for load in loads]
+    configs = [
+        BenchConfig(args.address, load, workload, slo, args.label, tls_ca=args.tls_ca or "")
+        for load in loads
+    ]
     return configs, tags if len(configs) > 1 else [""]
 
 
@@ -186,7 +192,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         plan = BenchPlan(
             points, tags, out, _flags(args), args.repeat, not args.no_plots, not args.no_live
         )
-        server = preflight(args.address, args.connect_timeout_s)
+        server = preflight(args.address, args.connect_timeout_s, args.tls_ca or "")
     except (BenchConfigError, DatasetError, UnreachableError, ValueError) as exc:
         return _fail("hopscope bench", exc)
     console.print(f"target {server}")

@@ -164,6 +164,7 @@ class BenchConfig:
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     slo: SloConfig = field(default_factory=SloConfig)
     label: str = ""
+    tls_ca: str = ""  # a CA certificate: TLS to a front door served with --tls-dir
 
     def __post_init__(self) -> None:
         host, sep, port = self.address.rpartition(":")

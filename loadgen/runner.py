@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
+from loadgen.channel import open_channel
 from loadgen.config import BenchConfig
 from loadgen.metrics import STATUS_INCOMPLETE, STATUS_OK, RequestRecord
 from loadgen.tracectx import RequestTrace, get_tracer, start_request_trace
@@ -106,7 +107,8 @@ class Runner:
     async def run(self, start_at_s: float | None = None) -> list[RequestRecord]:
         self._install_sigint()
         interceptors = _client_interceptors() if self._is_tracing else None
-        async with grpc.aio.insecure_channel(self._config.address, interceptors=interceptors) as ch:
+        channel = open_channel(self._config.address, self._config.tls_ca, interceptors)
+        async with channel as ch:
             self._stub = pb_grpc.TokenizerStub(ch)
             self._t0 = start_at_s if start_at_s is not None else now_s()
             await _sleep_until(self._t0)
@@ -275,15 +277,17 @@ async def _acquire_or_stop(cap: asyncio.Semaphore, stop: asyncio.Event) -> None:
         cap.release()
 
 
-async def check_reachable(address: str, timeout_s: float = 3.0) -> pb.DescribeResponse | None:
+async def check_reachable(
+    address: str, timeout_s: float = 3.0, tls_ca: str = ""
+) -> pb.DescribeResponse | None:
     """Describe the deployment, or raise UnreachableError; None if Describe is not served."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address, tls_ca) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout_s)
         except TimeoutError:
             raise UnreachableError(
                 f"no server answers at {address} (waited {timeout_s:g} s); is `hopscope serve` "
-                "running, and is the address right?"
+                "running, is the address right (and a TLS front door given --tls-ca)?"
             ) from None
         try:
             stub = pb_grpc.TokenizerStub(channel)

@@ -114,6 +114,29 @@ def test_generation_works_over_tls_and_internal_ports_refuse_strangers(
     }
 
 
+def test_bench_reaches_a_tls_front_door_with_tls_ca(
+    served_tls: ServeChild, certs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--address", served_tls.address, "--tls-ca", str(certs[0] / "ca.crt")]
+    argv += ["--concurrency", "2", "--num-requests", "4", "--input-len", "16", "--output-len", "4"]
+    argv += ["--out", str(out), "--no-plots", "--no-live"]
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "deploy.cli", *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(out.read_text())["summary"]
+    assert (summary["completed"], summary["failed"]) == (4, 0)
+
+
 def test_without_tls_internal_ports_need_the_deployment_token(tmp_path: Path) -> None:
     served = start_serve(
         ["--no-ray", "--placement", "colocated-tcp"], log_path=tmp_path / "serve.log"
