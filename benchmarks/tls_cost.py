@@ -3,8 +3,8 @@
 Part 1, per hop: the worker-step echo of benchmarks/hop_cost.py over TCP loopback, served by
 the one server bootstrap in a child process and reached through the one channel factory, as
   plain     no TLS, no token (what every internal hop was before issue 16)
-  token     the per-deployment internal token (a client interceptor adds it, a server
-            interceptor checks it with hmac.compare_digest)
+  token     the per-deployment internal token (call metadata when a call opens, checked by a
+            server interceptor with hmac.compare_digest)
   mtls      mutual TLS + the token: what an internal TCP hop is with --tls-dir
 for a one-message round trip on an open bidi stream (the scheduler->worker shape) and a unary
 call, 32-sequence and 1-sequence decode steps, plus `connect`: a new channel, its handshake and
@@ -42,6 +42,7 @@ from benchmarks import common
 from benchmarks.hop_echo import STREAM_METHOD, UNARY_METHOD, make_step_request, register_echo
 from protos import hopscope_pb2 as pb
 from services.common.channels import create_channel
+from services.common.peer_auth import token_metadata
 from services.common.tls import TlsMaterial, load_tls
 
 ARMS = ("plain", "token", "mtls")
@@ -53,7 +54,7 @@ PREDICTION = (
     "~150-300 us loopback gRPC round trip in Python: expect mTLS +5-15% on bidi/step32, less "
     "in relative terms on unary (more fixed Python cost per call). The token is a metadata "
     "entry per call: ~0 on the stream (sent once when it opens), a few us per unary call "
-    "(two interceptors). A new connection pays the TLS 1.3 handshake with ECDSA P-256 "
+    "(the server interceptor's check). A new connection pays the TLS 1.3 handshake with ECDSA P-256 "
     "certificates both ways: ~1-3 ms vs ~0.5 ms plain. Per token: one bidi message pair per "
     "step per hop, a ~10-20 ms step on the tiny model under 32-way batching: the pipeline's "
     "tokens/s with TLS at 97-100% of without."
@@ -122,24 +123,28 @@ class HopVariant:
         return f"{self.arm}/{self.mode}/{self.payload}"
 
     def open(self) -> grpc.aio.Channel:
-        return create_channel(self.address, tls=self.tls, internal_token=self.token)
+        return create_channel(self.address, tls=self.tls)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return token_metadata(self.token)
 
     async def round_trip(self, request: pb.StepRequest) -> None:
         if self.mode == "connect":
             async with self.open() as channel:
-                await _unary_call(channel)(request)
+                await _unary_call(channel)(request, metadata=self.metadata)
             return
         if self.channel is None:
             self.channel = self.open()
         if self.mode == "unary":
-            await _unary_call(self.channel)(request)
+            await _unary_call(self.channel)(request, metadata=self.metadata)
             return
         if self.stream is None:
             self.stream = self.channel.stream_stream(
                 STREAM_METHOD,
                 request_serializer=pb.StepRequest.SerializeToString,
                 response_deserializer=pb.StepResponse.FromString,
-            )()
+            )(metadata=self.metadata)
         await self.stream.write(request)
         await self.stream.read()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 
 from services.common.grpc_options import KEEPALIVE, Keepalive, channel_options
-from services.common.peer_auth import token_interceptors
 from services.common.tls import INTERNAL_SERVER_NAME, TlsMaterial, channel_credentials
 
 
@@ -15,7 +14,6 @@ def create_channel(
     is_traced: bool = False,
     keepalive: Keepalive = KEEPALIVE,
     tls: TlsMaterial | None = None,
-    internal_token: str = "",
     credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
     """An aio channel to `address` ("HOST:PORT" or "unix:PATH").
@@ -25,7 +23,8 @@ def create_channel(
     `keepalive` must match the server's (start_server's): the default on both ends does.
     Internal hops: `tls` makes a TCP hop mutual TLS (our certificate; the server's checked
     against the CA and INTERNAL_SERVER_NAME, whatever address, relay or node it is reached at);
-    a Unix socket stays plaintext. `internal_token` is sent on every call.
+    a Unix socket stays plaintext. The internal token is call metadata, not a channel
+    setting (services/common/peer_auth.py: token_metadata).
     Front-door callers: `credentials` (the CA they trust, maybe a client certificate), checked
     against the host they dial.
     """
@@ -34,8 +33,6 @@ def create_channel(
         from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
         interceptors += aio_client_interceptors()
-    if internal_token:
-        interceptors += token_interceptors(internal_token)
     options: list[tuple[str, int | str]] = list(channel_options(keepalive))
     if tls is not None and not address.startswith("unix:"):
         credentials = channel_credentials(tls)

@@ -15,6 +15,7 @@ from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.channels import create_channel, transport_of
 from services.common.errors import UnavailableError
+from services.common.peer_auth import token_metadata
 from services.common.tls import TlsMaterial
 from services.common.types import SeqStep, StepOutput
 
@@ -63,7 +64,7 @@ class GrpcWorkerClient:
     ) -> None:
         self.address = address
         self._tls = tls
-        self._internal_token = internal_token
+        self._metadata = token_metadata(internal_token)
         self.transport = transport_of(address)
         self._step_timeout_s = step_timeout_s
         self._channel: grpc.aio.Channel | None = None
@@ -72,17 +73,15 @@ class GrpcWorkerClient:
 
     async def connect(self, timeout_s: float) -> pb.WorkerInfo:
         await self.close()
-        self._channel = create_channel(
-            self.address, tls=self._tls, internal_token=self._internal_token
-        )
+        self._channel = create_channel(self.address, tls=self._tls)
         stub = pb_grpc.WorkerStub(self._channel)
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout_s)
-            info = await stub.Info(pb.InfoRequest(), timeout=timeout_s)
+            info = await stub.Info(pb.InfoRequest(), timeout=timeout_s, metadata=self._metadata)
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
             await self.close()
             raise UnavailableError(f"model worker at {self.address} is unavailable: {exc}") from exc
-        self._call = stub.Step()
+        self._call = stub.Step(metadata=self._metadata)
         return info
 
     async def step(self, seqs: list[SeqStep], carrier: Mapping[str, str]) -> StepOutput:

@@ -18,6 +18,7 @@ from services.common import convert
 from services.common.channels import create_channel, transport_of
 from services.common.errors import UnavailableError
 from services.common.identity import ServiceIdentity
+from services.common.peer_auth import token_metadata
 from services.common.tls import TlsMaterial
 from services.common.types import Delivery
 from services.tokenizer.core import PreparedRequest
@@ -160,7 +161,8 @@ class GrpcSchedulerClient(_Router):
         self.address = address
         self.transport = transport_of(address)
         self._on_health = on_health
-        self._channel = create_channel(address, tls=tls, internal_token=internal_token)
+        self._channel = create_channel(address, tls=tls)
+        self._metadata = token_metadata(internal_token)
         self._stub = pb_grpc.SchedulerStub(self._channel)
         self._outbox: asyncio.Queue[pb.SchedulerInput] = asyncio.Queue()
         self._is_connected = False
@@ -198,7 +200,9 @@ class GrpcSchedulerClient(_Router):
 
     async def describe(self) -> pb.DescribeResponse:
         try:
-            return await self._stub.Describe(pb.DescribeRequest(), timeout=5.0)
+            return await self._stub.Describe(
+                pb.DescribeRequest(), timeout=5.0, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as exc:
             raise UnavailableError(
                 f"the scheduler at {self.address} is unavailable: {exc.details()}"
@@ -212,7 +216,7 @@ class GrpcSchedulerClient(_Router):
 
     async def _stream_forever(self) -> None:
         while True:
-            call = self._stub.Connect(self._outgoing())
+            call = self._stub.Connect(self._outgoing(), metadata=self._metadata)
             try:
                 self._set_connected(True)
                 async for output in call:

@@ -13,15 +13,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.channels import create_channel
-from services.common.peer_auth import is_loopback, new_internal_token, warn_if_exposed
+from services.common.peer_auth import (
+    is_loopback,
+    new_internal_token,
+    token_metadata,
+    warn_if_exposed,
+)
 from services.common.server import start_server
 
 
 async def _reflect(address: str, token: str) -> str:
     """A bidi-stream call (reflection), like the pipeline's internal streams."""
-    async with create_channel(address, internal_token=token) as channel:
+    async with create_channel(address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        call = stub.ServerReflectionInfo()
+        call = stub.ServerReflectionInfo(metadata=token_metadata(token))
         try:
             await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
             answer = await asyncio.wait_for(call.read(), 10)
