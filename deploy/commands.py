@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -130,7 +131,7 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve()) if path else ""
 
 
-def resolve_security(spec: ServeSpec) -> ServeSpec:
+def resolve_security(spec: ServeSpec, has_key: bool = False) -> ServeSpec:
     """The TLS directory from the placement YAML when no --tls-dir, checked now (a missing file
     is named before anything starts); a warning when the front door is reachable from other
     machines with nothing protecting it."""
@@ -143,7 +144,6 @@ def resolve_security(spec: ServeSpec) -> ServeSpec:
     tls_dir = spec.tls_dir or resolve_placement(spec.placement).tls_dir
     if tls_dir:
         read_tls_files(tls_dir, SERVICE_IDENTITIES[:3])  # TlsError (a ValueError) names the file
-    has_key = bool(getattr(spec, "api_key", ""))
     warn_if_exposed("the front door", spec.front_door, is_protected=bool(tls_dir) or has_key)
     return replace(spec, tls_dir=tls_dir)
 
@@ -151,7 +151,8 @@ def resolve_security(spec: ServeSpec) -> ServeSpec:
 # ---------------------------------------------------------------------------- serve
 def run_serve(args: argparse.Namespace) -> int:
     try:
-        spec = resolve_security(spec_from_args(args))
+        has_key = bool(getattr(args, "api_key", "") or os.environ.get("HOPSCOPE_API_KEY"))
+        spec = resolve_security(spec_from_args(args), has_key)
     except ValueError as exc:
         err.print(f"error: {exc}")
         return 2
