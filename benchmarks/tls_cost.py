@@ -238,6 +238,12 @@ def run_pipeline(args: argparse.Namespace, tls_dir: Path, work_dir: Path) -> dic
         ),
     ]
     rounds = common.run_rounds(variants, args.rounds, work_dir)
+    for record in rounds:  # CPU per token: far less sensitive to the machine's other load
+        if "figures" in record:
+            tokens = record["figures"]["completed"] * args.output_len
+            cpu_us = record["server_cpu_s_incl_startup"] * 1e6 / tokens
+            record["figures"]["server_cpu_us_per_token_incl_startup"] = round(cpu_us, 1)
+    cpu_added = _paired_differences(rounds, "server_cpu_us_per_token_incl_startup")
     ratios = common.paired_ratios(rounds, "tls", "plain", "output_tok_s")
     tpot_ratios = common.paired_ratios(rounds, "tls", "plain", "tpot_p50_ms")
     return {
@@ -248,7 +254,23 @@ def run_pipeline(args: argparse.Namespace, tls_dir: Path, work_dir: Path) -> dic
         if ratios
         else None,
         "ratios_per_round_tls_over_plain_tpot_p50": tpot_ratios,
+        "server_cpu_us_per_token_tls_minus_plain_per_round": cpu_added,
+        "median_server_cpu_us_per_token_tls_minus_plain": round(statistics.median(cpu_added), 1)
+        if cpu_added
+        else None,
     }
+
+
+def _paired_differences(rounds: list[dict[str, Any]], figure: str) -> list[float]:
+    """tls - plain of `figure` within each round."""
+    out = []
+    for index in sorted({r["round"] for r in rounds}):
+        arms = {
+            r["variant"]: r["figures"] for r in rounds if r["round"] == index and "figures" in r
+        }
+        if "tls" in arms and "plain" in arms:
+            out.append(round(arms["tls"][figure] - arms["plain"][figure], 1))
+    return out
 
 
 # ---------------------------------------------------------------------------- main
