@@ -266,12 +266,9 @@ def start_serve(
 def _credentials_from_serve_args(args: list[str]) -> Any:
     if "--tls-dir" not in args:
         return None
-    from services.common.tls import CA_CERT_FILE, client_credentials
+    from services.common.tls import client_credentials_from_dir
 
-    tls_dir = Path(args[args.index("--tls-dir") + 1])
-    return client_credentials(
-        tls_dir / CA_CERT_FILE, tls_dir / "client.crt", tls_dir / "client.key"
-    )
+    return client_credentials_from_dir(args[args.index("--tls-dir") + 1])
 
 
 def _sync_channel(address: str, credentials: Any = None) -> Any:

@@ -111,6 +111,15 @@ def client_credentials(
     )
 
 
+def client_credentials_from_dir(tls_dir: str | Path) -> grpc.ChannelCredentials:
+    """A launcher's own client of the front door it started (health waits, Describe): the TLS
+    directory's CA and `client` certificate."""
+    directory = Path(tls_dir)
+    return client_credentials(
+        directory / CA_CERT_FILE, directory / "client.crt", directory / "client.key"
+    )
+
+
 def check_material(material: TlsMaterial, where: str) -> None:
     """Parse the PEM files and check that the key belongs to the certificate, so a mistake is a
     clear error at start-up rather than every handshake failing later."""
