@@ -7,11 +7,13 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from deploy.spec import DEFAULT_PORT, NO_RAY_PLACEMENTS, ServeSpec
+from services.common.metrics import DEFAULT_METRICS_BASE_PORT
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -41,7 +43,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--metrics",
         action="store_true",
-        help="serve Prometheus /metrics at --host on 9401 (tokenizer), 9402 (scheduler), 9403 (worker)",
+        help=f"serve Prometheus /metrics of each service at --host (ports: --metrics-port, "
+        f"default {DEFAULT_METRICS_BASE_PORT}-{DEFAULT_METRICS_BASE_PORT + 2})",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="BASE",
+        help="implies --metrics: tokenizer on BASE, scheduler BASE+1, worker BASE+2 "
+        f"(default {DEFAULT_METRICS_BASE_PORT}; 0 = any free port for each); printed once ready",
+    )
+    serve.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="keep the service processes' logs in DIR (<service>.log; with --no-ray; "
+        "default: a temporary directory removed at exit)",
     )
     serve.add_argument(
         "--tls-dir",
@@ -120,9 +138,17 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_queue_len=args.max_queue_len,
-        is_metrics_enabled=getattr(args, "metrics", False),
+        is_metrics_enabled=getattr(args, "metrics", False)
+        or getattr(args, "metrics_port", None) is not None,
+        metrics_base_port=_or_default(
+            getattr(args, "metrics_port", None), DEFAULT_METRICS_BASE_PORT
+        ),
         tls_dir=_absolute(getattr(args, "tls_dir", "")),
     )
+
+
+def _or_default(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _absolute(path: str) -> str:
@@ -156,9 +182,18 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         err.print(f"error: {exc}")
         return 2
+    from deploy.lifecycle import LaunchError, check_port_free
+
+    try:  # before anything slow (a model load, a kernel build) starts
+        check_port_free(spec.host, spec.port)
+    except LaunchError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return 1
     if not args.no_ray:
         from deploy.ray_serve import run_ray_serve
 
+        if args.log_dir is not None:
+            err.print("note: --log-dir keeps --no-ray service logs; Ray keeps its actors' logs")
         return run_ray_serve(spec, args.ray_address)
     if spec.placement not in NO_RAY_PLACEMENTS:
         err.print(
@@ -169,7 +204,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return _with_tracing(
             "hopscope-inproc", spec.placement, lambda: asyncio.run(_serve_inproc(spec))
         )
-    return _serve_local(spec)
+    return _serve_local(spec, args.log_dir)
 
 
 def _with_tracing(service_name: str, placement: str, run: Any) -> int:
@@ -189,7 +224,7 @@ def _with_tracing(service_name: str, placement: str, run: Any) -> int:
 
 async def _serve_inproc(spec: ServeSpec) -> int:
     from deploy.inproc import start_inproc
-    from deploy.lifecycle import announce_front_door
+    from deploy.lifecycle import announce_front_door, announce_metrics
     from services.common.process import wait_for_stop_signal
 
     try:
@@ -198,24 +233,36 @@ async def _serve_inproc(spec: ServeSpec) -> int:
         err.print(f"error: could not start: {exc}")
         return 1
     announce_front_door(pipeline.address, spec.placement, spec.model)
+    announce_metrics(pipeline.metrics_urls)
     await wait_for_stop_signal()
     err.print("draining: health NOT_SERVING, finishing in-flight streams")
     await pipeline.stop()
     return 0
 
 
-def _serve_local(spec: ServeSpec) -> int:
-    from deploy.lifecycle import LaunchError, StopRequest, announce_front_door, supervise
+def _serve_local(spec: ServeSpec, log_dir: Path | None) -> int:
+    from deploy.lifecycle import (
+        LaunchError,
+        StopRequest,
+        announce_front_door,
+        announce_metrics,
+        supervise,
+    )
     from deploy.local import LocalDeployment
 
-    deployment = LocalDeployment(spec)
+    deployment = LocalDeployment(spec, log_dir)
     stop = StopRequest()
     try:
         address = deployment.start()
         announce_front_door(address, spec.placement, spec.model)
-        supervise(deployment.supervise_once, stop, 0.2, err.print)
+        announce_metrics(deployment.metrics_urls)
+        if log_dir is not None:
+            err.print(f"service logs: {log_dir}/{{worker,scheduler,tokenizer}}.log", markup=False)
+        supervise(
+            deployment.supervise_once, stop, 0.2, lambda event: err.print(event, markup=False)
+        )
     except LaunchError as exc:
-        err.print(f"error: {exc}")
+        err.print(f"error: {exc}", markup=False)
         deployment.stop()
         return 1
     err.print("draining: front door first, then scheduler and worker")

@@ -24,7 +24,14 @@ from deploy.cluster import (
     start_cluster,
     stop_cluster,
 )
-from deploy.lifecycle import START_TIMEOUT_S, StopRequest, announce_front_door, supervise
+from deploy.lifecycle import (
+    START_TIMEOUT_S,
+    StopRequest,
+    announce_front_door,
+    announce_metrics,
+    supervise,
+    wait_serving,
+)
 from deploy.placement import (
     EDGES,
     NODE_LABEL_KEY,
@@ -76,10 +83,22 @@ class RayDeployment:
                 bundle = plan.bundle_of(self.placement, "tokenizer" if role == "pipeline" else role)
                 self.actors[role] = self._create(cls, actor_plan, bundle)
             self._wait_started(timeout_s)
+            # its health follows every downstream
+            wait_serving(self.front_door, timeout_s, self.spec.front_door_credentials())
+        except TimeoutError as exc:
+            self.stop()
+            raise DeployError(f"the pipeline did not become healthy: {exc}") from exc
         except BaseException:
             self.stop()
             raise
         return self.front_door
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        urls: dict[str, str] = {}
+        for info in self.infos.values():
+            urls.update(info.get("metrics", {}))
+        return urls
 
     @property
     def front_door(self) -> str:
@@ -327,6 +346,7 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
         try:
             address = deployment.start()
             announce_front_door(address, spec.placement, spec.model)
+            announce_metrics(deployment.metrics_urls)
             supervise(deployment.supervise_once, stop, 1.0, err.print)
             err.print("draining: front door first, then scheduler and worker")
         finally:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from services.common.metrics import METRICS_PORTS
+from services.common.metrics import DEFAULT_METRICS_BASE_PORT, metrics_port
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.service_config import SchedulerServiceConfig
 from services.tokenizer.server import TokenizerServiceConfig
@@ -31,7 +32,8 @@ class ServeSpec:
     max_queue_len: int = 512
     request_timeout_s: float = 600.0
     worker_reconnect_timeout_s: float = 10.0
-    is_metrics_enabled: bool = False  # /metrics on METRICS_PORTS at `host`
+    is_metrics_enabled: bool = False  # /metrics of each service at `host`
+    metrics_base_port: int = DEFAULT_METRICS_BASE_PORT  # + 0, 1, 2 by service; 0: any free port
     tls_dir: str = ""  # TLS on every TCP hop, mutual between services (`hopscope certs`)
     # made by the deployer (deploy/local.py, deploy/ray_serve.py) for each deployment
     internal_token: str = field(default="", repr=False)
@@ -39,6 +41,8 @@ class ServeSpec:
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if not 0 <= self.metrics_base_port <= 65535 - 2:
+            raise ValueError(f"metrics port must be in [0, 65533], got {self.metrics_base_port}")
         if self.kv_cache_mb < 1:
             raise ValueError("kv_cache_mb must be >= 1")
 
@@ -46,8 +50,19 @@ class ServeSpec:
     def front_door(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def front_door_credentials(self) -> Any:
+        """What the deployer's own health checks of its front door dial with: TLS with the TLS
+        directory's CA and client certificate, or None (plaintext)."""
+        if not self.tls_dir:
+            return None
+        from services.common.tls import client_credentials_from_dir
+
+        return client_credentials_from_dir(self.tls_dir)
+
     def metrics_address(self, service: str) -> str:
-        return f"{self.host}:{METRICS_PORTS[service]}" if self.is_metrics_enabled else ""
+        if not self.is_metrics_enabled:
+            return ""
+        return f"{self.host}:{metrics_port(service, self.metrics_base_port)}"
 
     def worker_config(self, listen: str, node_id: str = "") -> WorkerServiceConfig:
         engine = WorkerConfig(

@@ -50,6 +50,10 @@ class TokenizerServer:
     def address(self) -> str:
         return self.grpc_server.address
 
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {"tokenizer": self.servicer.metrics.url}
+
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.grpc_server.stop(grace_s)  # NOT_SERVING, then in-flight streams finish
         await self.scheduler.close()  # type: ignore[attr-defined]
