@@ -106,3 +106,16 @@ def test_no_hop_of_ours_pickles() -> None:
         if pattern.search(path.read_text()) or "pickle.loads" in path.read_text()
     ]
     assert offenders == []
+
+
+def test_a_placement_yaml_can_name_the_tls_dir(tmp_path: Path) -> None:
+    from deploy.certs import write_certs
+
+    write_certs(tmp_path / "tls", [])
+    yaml_path = tmp_path / "mine.yaml"
+    yaml_path.write_text(
+        "services: {tokenizer: a, scheduler: a, worker: a}\ntransports: {scheduler->worker: tcp}\n"
+        "tls_dir: tls\n"  # relative to the file
+    )
+    spec = resolve_security(spec_from_args(_serve_args("--placement", str(yaml_path))))
+    assert spec.tls_dir == str(tmp_path / "tls")
