@@ -60,7 +60,10 @@ async def stream_generate(
                     on_text(response.text)
                 last = response
         except grpc.aio.AioRpcError as exc:
-            raise GenerateError(f"{exc.code().name}: {exc.details()}", exc.code()) from exc
+            hint = ""
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and credentials is None:
+                hint = " (a front door served with --tls-dir needs --tls-ca)"
+            raise GenerateError(f"{exc.code().name}: {exc.details()}{hint}", exc.code()) from exc
     return {
         "text": "".join(text),
         "token_ids": token_ids,
