@@ -63,6 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--tls-dir",
+        dest="tls",  # the experiment's factor name (`factors: {tls: [DIR]}`)
+        metavar="DIR",
         default="",
         help="TLS on every TCP hop: the front door serves TLS, services talk mutual TLS "
         "(a directory from `hopscope certs`; also `tls_dir` in a placement YAML)",
@@ -143,7 +145,7 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         metrics_base_port=_or_default(
             getattr(args, "metrics_port", None), DEFAULT_METRICS_BASE_PORT
         ),
-        tls_dir=_absolute(getattr(args, "tls_dir", "")),
+        tls_dir=_absolute(getattr(args, "tls", "")),
     )
 
 
