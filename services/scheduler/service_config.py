@@ -25,6 +25,8 @@ class SchedulerServiceConfig:
     worker_link_delay_ms: float = 0.0  # the emulated link's one-way delay (Describe reports it)
     worker_link_rate_mbit: float = 0.0
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off  # how the path to the worker is shaped: "" | "netem" | "relay"
+    tls_dir: str = ""  # mutual TLS on TCP hops, both ways (services/common/tls.py); "" = off
+    internal_token: str = field(default="", repr=False)  # sent to the worker, required of callers
 
     def __post_init__(self) -> None:
         if self.step_timeout_s <= 0 or self.connect_timeout_s <= 0:
