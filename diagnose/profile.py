@@ -155,6 +155,14 @@ async def _profile(
             path = (out_dir / f"{target.name}{suffix}").resolve()
             spies.append((target, path, _py_spy(target, seconds, rate_hz, fmt, path)))
     worker = _worker_address(describe)
+    if worker and not worker.startswith("unix:"):
+        # the worker's TCP port wants the deployment's internal token (services/common/peer_auth)
+        console.print(
+            f"skipped torch.profiler on the worker at {worker}: over TCP its Profile call needs "
+            "the deployment's internal token; only its Unix socket (same user) serves it without",
+            highlight=False,
+        )
+        worker = None
     console.print(
         f"recording {seconds:g} s: py-spy on {len(found)} process(es)"
         + (", torch.profiler on the worker" if worker else ""),

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 TOKEN_METADATA_KEY = "x-hopscope-internal-token"
 TOKEN_ENV = "HOPSCOPE_INTERNAL_TOKEN"  # how a local child receives it (not on its command line)
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+# Open without the token to a caller on a Unix socket only: `hopscope profile` records the
+# worker's steps from outside the deployment. The socket's directory is 0700, so only the
+# deploying user reaches it -- the user who can already attach py-spy to the same processes.
+LOCAL_PEER_METHODS = ("/hopscope.v1.Worker/Profile",)
 
 
 def new_internal_token() -> str:
@@ -57,6 +61,8 @@ class InternalTokenInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if self._is_valid(handler_call_details.invocation_metadata or ()):
             return handler
+        if handler_call_details.method in LOCAL_PEER_METHODS and handler.unary_stream:
+            return _unix_peers_only(handler)
         return _refusing(handler)
 
     def _is_valid(self, metadata: Any) -> bool:
@@ -75,6 +81,29 @@ REFUSAL = (
 
 async def _deny(request: Any, context: grpc.aio.ServicerContext) -> None:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
+
+
+LOCAL_ONLY_REFUSAL = (
+    "without the internal token this call is served only over the service's Unix socket "
+    "(same user, same machine); over TCP it is refused"
+)
+
+
+def _unix_peers_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` (unary-stream) for a caller on a Unix socket; UNAUTHENTICATED for others."""
+    inner = handler.unary_stream
+
+    async def serve(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not context.peer().startswith("unix:"):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, LOCAL_ONLY_REFUSAL)
+        async for response in inner(request, context):
+            yield response
+
+    return grpc.unary_stream_rpc_method_handler(
+        serve,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from protos import hopscope_pb2 as pb
+from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.channels import create_channel
 from services.common.peer_auth import (
     is_loopback,
@@ -102,3 +107,33 @@ def test_unprotected_non_loopback_listeners_warn(
 def test_loopback_hosts() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("")
+
+
+class _ProfilingWorker(pb_grpc.WorkerServicer):
+    async def Profile(self, request: pb.ProfileRequest, context: object) -> AsyncIterator[Any]:
+        yield pb.ProfileResponse(num_steps=3, device="cpu")
+
+
+def _register_worker(server: grpc.aio.Server) -> list[str]:
+    pb_grpc.add_WorkerServicer_to_server(_ProfilingWorker(), server)
+    return ["hopscope.v1.Worker"]
+
+
+async def _profile_without_token(address: str) -> str:
+    server = await start_server(address, _register_worker, internal_token=new_internal_token())
+    try:
+        async with create_channel(server.address) as channel:
+            call = pb_grpc.WorkerStub(channel).Profile(pb.ProfileRequest(seconds=1), timeout=10)
+            try:
+                return f"OK {[r.num_steps async for r in call]}"
+            except grpc.aio.AioRpcError as exc:
+                return str(exc.code().name)
+    finally:
+        await server.stop(0)
+
+
+def test_worker_profile_without_the_token_only_over_the_unix_socket(tmp_path: Path) -> None:
+    # `hopscope profile` reaches the worker from outside the deployment; the socket's directory
+    # keeps other users out, and over TCP the token is still required
+    assert asyncio.run(_profile_without_token(f"unix:{tmp_path}/worker.sock")) == "OK [3]"
+    assert asyncio.run(_profile_without_token("127.0.0.1:0")) == "UNAUTHENTICATED"
