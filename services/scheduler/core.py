@@ -77,7 +77,9 @@ class Scheduler:
         self.config = config
         self.model = model
         self._eos_token_ids = frozenset(model.eos_token_ids)
-        self._blocks = BlockManager(model.num_blocks, model.block_size)
+        self._blocks = BlockManager(
+            model.num_blocks, model.block_size, config.enable_prefix_caching
+        )
         self._seqs: dict[str, _Sequence] = {}  # every unfinished request, waiting or running
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []  # sorted by priority
@@ -203,6 +205,7 @@ class Scheduler:
             if seq is None or seq.seq_id != step.seq_id:
                 continue  # aborted while the step was in flight
             seq.num_computed = step.num_tokens_after
+            self._cache_full_blocks(seq)
             if step.sampling is not None:
                 updates.append(self._append_token(seq, sampled[step.seq_id], now_s))
         return updates
@@ -214,6 +217,7 @@ class Scheduler:
             self._release(seq)
         self._waiting.extendleft(reversed(self._running))
         self._running = []
+        self._blocks.reset_prefix_cache()  # the cached blocks' contents are gone too
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -294,7 +298,7 @@ class Scheduler:
                 break  # members of the batch in progress always queue ahead of newcomers
             if not self.config.enable_chunked_prefill and seq.num_tokens > budget:
                 break
-            if not self._blocks.can_allocate(seq.num_tokens):
+            if not self._can_allocate(seq):
                 break
             self._waiting.popleft()
             self._start(seq, now_s)
@@ -307,14 +311,32 @@ class Scheduler:
         self._static_batch = {s.req.request_id for s in members}
 
     def _start(self, seq: _Sequence, now_s: float) -> None:
-        # blocks for the whole prompt now, so later chunks never wait for memory
-        self._blocks.allocate(seq.seq_id, seq.num_tokens)
-        seq.is_running = True
+        # blocks for the whole prompt now, so later chunks never wait for memory; with prefix
+        # caching its leading full blocks may already be computed
         seq.num_computed = 0
+        if self.config.enable_prefix_caching:
+            tokens = seq.tokens(0, seq.num_tokens)
+            seq.num_computed = self._blocks.allocate_prefix(seq.seq_id, tokens)
+        else:
+            self._blocks.allocate(seq.seq_id, seq.num_tokens)
+        seq.is_running = True
         seq.num_prefill_tokens = seq.num_tokens
         if seq.req.first_scheduled_s is None:
             seq.req.first_scheduled_s = now_s
         bisect.insort(self._running, seq, key=lambda s: s.priority)
+
+    def _can_allocate(self, seq: _Sequence) -> bool:
+        if not self.config.enable_prefix_caching:
+            return self._blocks.can_allocate(seq.num_tokens)
+        return self._blocks.can_allocate(seq.num_tokens, seq.tokens(0, seq.num_tokens))
+
+    def _cache_full_blocks(self, seq: _Sequence) -> None:
+        """Name the blocks this step filled, for later sequences to share."""
+        blocks = self._blocks
+        if blocks.enable_prefix_caching and blocks.has_unnamed_full_block(
+            seq.seq_id, seq.num_computed
+        ):
+            blocks.cache_full_blocks(seq.seq_id, seq.tokens(0, seq.num_computed), seq.num_computed)
 
     def _add_prefill(self, batch: Batch, seq: _Sequence, budget: int) -> int:
         """Add the sequence's next prompt chunk (at most `budget` tokens); returns its size."""

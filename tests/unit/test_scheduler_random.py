@@ -17,13 +17,15 @@ DT_S = 0.001
 def assert_consistent(scheduler: Scheduler) -> None:
     blocks = scheduler.block_manager
     assert blocks.num_sequences == scheduler.num_running  # waiting sequences hold no blocks
+    blocks.check()  # reference counts match the tables, nothing leaked or free twice
     assert scheduler.num_running <= scheduler.config.max_num_seqs
 
 
-def run_random(config: SchedulerConfig, seed: int) -> None:
+def run_random(config: SchedulerConfig, seed: int, shared_prefixes: bool = False) -> int:
     rng = random.Random(seed)
     worker = FakeWorker(num_blocks=24, block_size=4, max_context=128, eos_at_length=30)
     scheduler = Scheduler(config, worker.info)
+    prefixes = [[rng.randint(1, 999) for _ in range(rng.randint(4, 24))] for _ in range(3)]
     pending = [
         make_request(
             i,
@@ -35,6 +37,10 @@ def run_random(config: SchedulerConfig, seed: int) -> None:
         )
         for i in range(NUM_REQUESTS)
     ]
+    if shared_prefixes:  # most prompts start with one of a few prefixes: blocks get shared
+        for req in pending:
+            prefix = rng.choice(prefixes)
+            req.prompt_token_ids = (prefix + req.prompt_token_ids)[: rng.randint(1, 40)]
     added = []
     outcomes: dict[str, Outcome] = {}
     now_s = 0.0
@@ -69,6 +75,7 @@ def run_random(config: SchedulerConfig, seed: int) -> None:
     assert scheduler.num_running == scheduler.num_waiting == 0
     assert scheduler.num_free_blocks == worker.num_blocks
     assert scheduler.block_manager.num_sequences == 0
+    scheduler.block_manager.check()
     assert len(outcomes) == NUM_REQUESTS
     for req in added:
         got = outcomes[req.request_id]
@@ -86,6 +93,7 @@ def run_random(config: SchedulerConfig, seed: int) -> None:
             assert got.finish_reason == ("length" if req.ignore_eos or expected[-1] else "stop")
     num_finished = sum(o.finish_reason in ("stop", "length") for o in outcomes.values())
     assert num_finished > NUM_REQUESTS // 4  # the run exercised real generation, not only aborts
+    return scheduler.block_manager.num_hit_tokens
 
 
 @pytest.mark.parametrize("enable_chunked_prefill", [True, False])
@@ -95,6 +103,7 @@ def test_random_continuous_run_leaks_nothing(enable_chunked_prefill: bool) -> No
         max_num_batched_tokens=64,
         max_queue_len=32,
         enable_chunked_prefill=enable_chunked_prefill,
+        enable_prefix_caching=enable_chunked_prefill,  # both settings of prefix caching run
     )
     run_random(config, seed=1 if enable_chunked_prefill else 2)
 
@@ -104,3 +113,16 @@ def test_random_static_run_leaks_nothing() -> None:
         batching="static", max_num_seqs=8, max_num_batched_tokens=64, max_queue_len=32
     )
     run_random(config, seed=3)
+
+
+@pytest.mark.parametrize("preemption", ["recompute"])
+def test_random_shared_prefix_run_shares_blocks_and_leaks_nothing(preemption: str) -> None:
+    config = SchedulerConfig(
+        max_num_seqs=8,
+        max_num_batched_tokens=64,
+        max_queue_len=32,
+        enable_prefix_caching=True,
+        preemption=preemption,  # type: ignore[arg-type]
+    )
+    scheduler_hits = run_random(config, seed=4, shared_prefixes=True)
+    assert scheduler_hits > 0  # prefixes were actually shared
