@@ -14,7 +14,7 @@ import zlib
 from array import array
 from dataclasses import dataclass, field
 
-from services.common.types import ModelInfo, SamplingParams, SeqStep, StepOutput
+from services.common.types import BlockSwaps, ModelInfo, SamplingParams, SeqStep, StepOutput
 from services.scheduler.core import Request, Scheduler, Update
 
 EOS_TOKEN_ID = 0
@@ -68,8 +68,10 @@ class FakeWorker:
         max_context: int = 512,
         vocab_size: int = 1000,
         eos_at_length: int | None = None,
+        num_swap_blocks: int = 0,
     ) -> None:
         self.num_blocks = num_blocks
+        self.num_swap_blocks = num_swap_blocks
         self.block_size = block_size
         self.max_context = max_context
         self.vocab_size = vocab_size
@@ -92,13 +94,24 @@ class FakeWorker:
             num_blocks=self.num_blocks,
             block_size=self.block_size,
             eos_token_ids=[EOS_TOKEN_ID],
+            num_swap_blocks=self.num_swap_blocks,
         )
 
     def restart(self) -> None:
         """Lose the whole KV cache, as a restarted worker process would."""
         self._cache = [[None] * self.block_size for _ in range(self.num_blocks)]
+        self._host: list[list[_Slot | None]] = [
+            [None] * self.block_size for _ in range(self.num_swap_blocks)
+        ]
+        self.num_swapped_blocks = 0
 
-    def step(self, seq_steps: list[SeqStep]) -> StepOutput:
+    def step(self, seq_steps: list[SeqStep], swaps: BlockSwaps | None = None) -> StepOutput:
+        if swaps:  # out first (the device blocks may be reused by this step), then in
+            for device, host in swaps.swap_out:
+                self._host[host] = list(self._cache[device])
+            for host, device in swaps.swap_in:
+                self._cache[device] = list(self._host[host])
+            self.num_swapped_blocks += len(swaps.swap_out)
         self._check_tables(seq_steps)
         for seq_step in seq_steps:
             self._write(seq_step)
@@ -205,7 +218,7 @@ def run_until_idle(
         now_s += dt_s  # static mode may be waiting for its timeout
         if batch is None:
             continue
-        output = worker.step(batch.seq_steps)
+        output = worker.step(batch.seq_steps, batch.swaps)
         collect(outcomes, scheduler.on_step(batch, output.sampled, now_s))
     raise AssertionError(f"scheduler still busy after {max_steps} steps")
 
@@ -259,7 +272,9 @@ class FakeWorkerClient:
             instance_id=str(self.num_connects),
         )
 
-    async def step(self, seqs: list[SeqStep], carrier: object) -> StepOutput:
+    async def step(
+        self, seqs: list[SeqStep], carrier: object, swaps: BlockSwaps | None = None
+    ) -> StepOutput:
         from services.common.errors import UnavailableError
 
         if self.fail_steps:
@@ -271,7 +286,7 @@ class FakeWorkerClient:
             self.num_hung_steps -= 1
             self.worker.restart()  # whatever it held is gone with the step that never ends
             await asyncio.Event().wait()
-        return self.worker.step(seqs)
+        return self.worker.step(seqs, swaps)
 
     async def close(self) -> None:
         return None

@@ -64,3 +64,25 @@ def link_to(span: Span) -> Link | None:
     if not span.is_recording():
         return None
     return Link(span.get_span_context())
+
+
+SWAP = ("hopscope.v1.Worker", "Swap")
+
+
+def record_swap_span(
+    parent: Span, start_ns: int, swap_ms: float, num_out_blocks: int, num_in_blocks: int
+) -> None:
+    """The KV copies of one step (swap-out then swap-in) as a child INTERNAL span of its Step
+    SERVER span, timed by the engine that made them."""
+    span = _tracer.start_span(
+        f"{SWAP[0]}/{SWAP[1]}",
+        context=trace.set_span_in_context(parent),
+        kind=SpanKind.INTERNAL,
+        start_time=start_ns,
+        attributes={
+            "hopscope.num_swap_out_blocks": num_out_blocks,
+            "hopscope.num_swap_in_blocks": num_in_blocks,
+            "hopscope.swap_ms": swap_ms,
+        },
+    )
+    span.end(end_time=start_ns + int(swap_ms * 1e6))

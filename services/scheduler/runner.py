@@ -193,6 +193,7 @@ class SchedulerRunner:
                 "hopscope.batch_size": batch.num_seqs,
                 "hopscope.num_prefill_tokens": batch.num_prefill_tokens,
                 "hopscope.num_decode_tokens": batch.num_decode_tokens,
+                **_swap_attributes(batch),
             },
         )
         try:
@@ -209,7 +210,9 @@ class SchedulerRunner:
         in time is treated as lost (reconnected, its requests recomputed)."""
         timeout_s = self._settings.step_timeout_s
         try:
-            return await asyncio.wait_for(self.worker.step(batch.seq_steps, carrier), timeout_s)
+            return await asyncio.wait_for(
+                self.worker.step(batch.seq_steps, carrier, batch.swaps), timeout_s
+            )
         except TimeoutError as exc:
             raise UnavailableError(
                 f"the model worker at {self.worker.address} did not finish a step "
@@ -331,6 +334,15 @@ class SchedulerRunner:
         )
         self._worker_down_since = None
         self._on_health(True)
+
+
+def _swap_attributes(batch: Batch) -> dict[str, int]:
+    if not batch.swaps:
+        return {}
+    return {
+        "hopscope.num_swap_out_blocks": len(batch.swaps.swap_out),
+        "hopscope.num_swap_in_blocks": len(batch.swaps.swap_in),
+    }
 
 
 def _to_delivery(update: Update) -> Delivery:

@@ -15,7 +15,7 @@ from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.channels import create_channel, transport_of
 from services.common.errors import UnavailableError
-from services.common.types import SeqStep, StepOutput
+from services.common.types import BlockSwaps, SeqStep, StepOutput
 
 
 class WorkerClient(Protocol):
@@ -24,7 +24,9 @@ class WorkerClient(Protocol):
 
     async def connect(self, timeout_s: float) -> pb.WorkerInfo: ...
 
-    async def step(self, seqs: list[SeqStep], carrier: Mapping[str, str]) -> StepOutput: ...
+    async def step(
+        self, seqs: list[SeqStep], carrier: Mapping[str, str], swaps: BlockSwaps | None = None
+    ) -> StepOutput: ...
 
     async def close(self) -> None: ...
 
@@ -44,8 +46,10 @@ class InprocWorkerClient:
     async def connect(self, timeout_s: float) -> pb.WorkerInfo:
         return self._service.info_pb()
 
-    async def step(self, seqs: list[SeqStep], carrier: Mapping[str, str]) -> StepOutput:
-        return await self._service.step(seqs, carrier, "inproc")
+    async def step(
+        self, seqs: list[SeqStep], carrier: Mapping[str, str], swaps: BlockSwaps | None = None
+    ) -> StepOutput:
+        return await self._service.step(seqs, carrier, "inproc", swaps)
 
     async def close(self) -> None:
         return None
@@ -73,7 +77,9 @@ class GrpcWorkerClient:
         self._call = stub.Step()
         return info
 
-    async def step(self, seqs: list[SeqStep], carrier: Mapping[str, str]) -> StepOutput:
+    async def step(
+        self, seqs: list[SeqStep], carrier: Mapping[str, str], swaps: BlockSwaps | None = None
+    ) -> StepOutput:
         if self._call is None:
             raise UnavailableError(f"not connected to the model worker at {self.address}")
         self._step_id += 1
@@ -82,6 +88,7 @@ class GrpcWorkerClient:
             seqs=[convert.seq_step_to_pb(s) for s in seqs],
             trace_context=dict(carrier),
         )
+        convert.swaps_to_pb(swaps, request)
         try:
             await self._call.write(request)
             response = await asyncio.wait_for(self._call.read(), self._step_timeout_s)

@@ -17,7 +17,7 @@ from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert, spans
 from services.common.identity import ServiceIdentity
 from services.common.metrics import ServiceMetrics
-from services.common.types import ModelInfo, SeqStep, StepOutput
+from services.common.types import BlockSwaps, ModelInfo, SeqStep, StepOutput
 from services.worker.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,11 @@ class WorkerService:
         return self.engine.info
 
     async def step(
-        self, seqs: list[SeqStep], carrier: Mapping[str, str], transport: str
+        self,
+        seqs: list[SeqStep],
+        carrier: Mapping[str, str],
+        transport: str,
+        swaps: BlockSwaps | None = None,
     ) -> StepOutput:
         span = spans.start_rpc_span(
             spans.STEP,
@@ -51,16 +55,21 @@ class WorkerService:
         )
         try:
             loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(self._executor, self.engine.step, seqs)
-        except Exception as exc:
+            out = await loop.run_in_executor(self._executor, self.engine.step, seqs, swaps)
+        except BaseException as exc:  # cancelled too: the span always ends
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, str(exc)))
-            raise
-        finally:
             span.end()
+            raise
         self.metrics.observe_step(batch_size=len(seqs), step_ms=out.step_ms)
         span.set_attribute("hopscope.step_ms", out.step_ms)
         span.set_attribute("hopscope.device_ms", out.device_ms)
+        if swaps:
+            span.set_attribute("hopscope.swap_ms", out.swap_ms)
+            spans.record_swap_span(
+                span, out.swap_start_ns, out.swap_ms, len(swaps.swap_out), len(swaps.swap_in)
+            )
+        span.end()
         return out
 
     def info_pb(self) -> pb.WorkerInfo:
@@ -93,8 +102,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         """One message per step each way; the scheduler sends the next step after the reply."""
         async for request in request_iterator:
             seqs = [convert.seq_step_from_pb(s) for s in request.seqs]
+            swaps = convert.swaps_from_pb(request)
             try:
-                out = await self.service.step(seqs, request.trace_context, self.transport)
+                out = await self.service.step(seqs, request.trace_context, self.transport, swaps)
             except Exception as exc:
                 log.exception("step %d failed", request.step_id)
                 yield pb.StepResponse(step_id=request.step_id, error=f"{type(exc).__name__}: {exc}")

@@ -21,9 +21,11 @@ def assert_consistent(scheduler: Scheduler) -> None:
     assert scheduler.num_running <= scheduler.config.max_num_seqs
 
 
-def run_random(config: SchedulerConfig, seed: int, shared_prefixes: bool = False) -> int:
+def run_random(config: SchedulerConfig, seed: int, shared_prefixes: bool = False) -> Scheduler:
     rng = random.Random(seed)
-    worker = FakeWorker(num_blocks=24, block_size=4, max_context=128, eos_at_length=30)
+    worker = FakeWorker(
+        num_blocks=24, block_size=4, max_context=128, eos_at_length=30, num_swap_blocks=12
+    )
     scheduler = Scheduler(config, worker.info)
     prefixes = [[rng.randint(1, 999) for _ in range(rng.randint(4, 24))] for _ in range(3)]
     pending = [
@@ -66,7 +68,11 @@ def run_random(config: SchedulerConfig, seed: int, shared_prefixes: bool = False
             worker.restart()
             scheduler.on_worker_lost()
             continue
-        output = worker.step(batch.seq_steps)
+        if rng.random() < 0.01:
+            continue  # a step that failed before the worker ran it: never answered
+        output = worker.step(batch.seq_steps, batch.swaps)
+        if rng.random() < 0.01:
+            continue  # ran, but its answer was lost
         if rng.random() < 0.1 and added:  # an abort arrives while the step is in flight
             collect(outcomes, [u for u in [scheduler.abort(rng.choice(added).request_id)] if u])
         collect(outcomes, scheduler.on_step(batch, output.sampled, now_s))
@@ -74,6 +80,7 @@ def run_random(config: SchedulerConfig, seed: int, shared_prefixes: bool = False
 
     assert scheduler.num_running == scheduler.num_waiting == 0
     assert scheduler.num_free_blocks == worker.num_blocks
+    assert scheduler.num_free_host_blocks == worker.num_swap_blocks
     assert scheduler.block_manager.num_sequences == 0
     scheduler.block_manager.check()
     assert len(outcomes) == NUM_REQUESTS
@@ -93,7 +100,7 @@ def run_random(config: SchedulerConfig, seed: int, shared_prefixes: bool = False
             assert got.finish_reason == ("length" if req.ignore_eos or expected[-1] else "stop")
     num_finished = sum(o.finish_reason in ("stop", "length") for o in outcomes.values())
     assert num_finished > NUM_REQUESTS // 4  # the run exercised real generation, not only aborts
-    return scheduler.block_manager.num_hit_tokens
+    return scheduler
 
 
 @pytest.mark.parametrize("enable_chunked_prefill", [True, False])
@@ -115,7 +122,7 @@ def test_random_static_run_leaks_nothing() -> None:
     run_random(config, seed=3)
 
 
-@pytest.mark.parametrize("preemption", ["recompute"])
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
 def test_random_shared_prefix_run_shares_blocks_and_leaks_nothing(preemption: str) -> None:
     config = SchedulerConfig(
         max_num_seqs=8,
@@ -124,5 +131,17 @@ def test_random_shared_prefix_run_shares_blocks_and_leaks_nothing(preemption: st
         enable_prefix_caching=True,
         preemption=preemption,  # type: ignore[arg-type]
     )
-    scheduler_hits = run_random(config, seed=4, shared_prefixes=True)
-    assert scheduler_hits > 0  # prefixes were actually shared
+    scheduler = run_random(config, seed=4, shared_prefixes=True)
+    assert scheduler.block_manager.num_hit_tokens > 0  # prefixes were actually shared
+    assert (scheduler.num_swapped_out > 0) == (preemption == "swap")
+
+
+def test_random_swap_run_swaps_and_leaks_nothing() -> None:
+    config = SchedulerConfig(
+        max_num_seqs=8,
+        max_num_batched_tokens=64,
+        max_queue_len=32,
+        enable_prefix_caching=False,
+        preemption="swap",
+    )
+    assert run_random(config, seed=5).num_swapped_out > 0
