@@ -92,6 +92,22 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--max-queue-len", type=int, default=512)
+    p.add_argument(
+        "--prefix-caching",
+        choices=["on", "off"],
+        default="on",
+        help="share the KV blocks of prompt prefixes already computed (default on)",
+    )
+    p.add_argument(
+        "--preemption",
+        choices=["recompute", "swap"],
+        default="recompute",
+        help="a preempted sequence's KV is dropped and recomputed, or swapped to host memory "
+        "(needs --swap-space-mb)",
+    )
+    p.add_argument(
+        "--swap-space-mb", type=int, default=0, help="worker host memory for swapped KV, MiB"
+    )
 
 
 def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: int = 0) -> ServeSpec:
@@ -108,6 +124,9 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_queue_len=args.max_queue_len,
+        prefix_caching=args.prefix_caching,
+        preemption=args.preemption,
+        swap_space_mb=args.swap_space_mb,
         is_metrics_enabled=getattr(args, "metrics", False),
     )
 

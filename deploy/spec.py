@@ -29,6 +29,9 @@ class ServeSpec:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     max_queue_len: int = 512
+    prefix_caching: str = "on"  # "on" | "off"
+    preemption: str = "recompute"  # "recompute" | "swap"
+    swap_space_mb: int = 0
     request_timeout_s: float = 600.0
     worker_reconnect_timeout_s: float = 10.0
     is_metrics_enabled: bool = False  # /metrics on METRICS_PORTS at `host`
@@ -38,6 +41,12 @@ class ServeSpec:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.kv_cache_mb < 1:
             raise ValueError("kv_cache_mb must be >= 1")
+        if self.prefix_caching not in ("on", "off"):
+            raise ValueError(f"prefix_caching must be on or off, got {self.prefix_caching!r}")
+        if self.swap_space_mb < 0:
+            raise ValueError(f"swap_space_mb must be >= 0, got {self.swap_space_mb}")
+        if self.preemption == "swap" and self.swap_space_mb == 0:
+            raise ValueError("preemption swap needs host memory: give --swap-space-mb (e.g. 256)")
 
     @property
     def front_door(self) -> str:
@@ -54,6 +63,7 @@ class ServeSpec:
             kernels=self.kernels,
             kv_cache_bytes=self.kv_cache_mb * 1024 * 1024,
             max_num_batched_tokens=self.max_num_batched_tokens,
+            swap_space_bytes=self.swap_space_mb * 1024 * 1024,
         )
         return WorkerServiceConfig(
             engine=engine,
@@ -70,6 +80,8 @@ class ServeSpec:
             max_num_batched_tokens=self.max_num_batched_tokens,
             max_queue_len=self.max_queue_len,
             batching=self.batching,  # type: ignore[arg-type]
+            enable_prefix_caching=self.prefix_caching == "on",
+            preemption=self.preemption,  # type: ignore[arg-type]
         )
         return SchedulerServiceConfig(
             core=core,

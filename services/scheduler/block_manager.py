@@ -33,7 +33,9 @@ def hash_block(parent: BlockHash | None, tokens: list[int]) -> BlockHash:
 class BlockManager:
     """Fixed pool of `num_blocks` blocks of `block_size` token slots, handed out per sequence."""
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False
+    ) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError(
                 f"num_blocks and block_size must be >= 1, got {num_blocks} and {block_size}"

@@ -21,6 +21,7 @@ from services.common import convert, spans
 from services.common.errors import HopscopeError, UnavailableError
 from services.common.metrics import ServiceMetrics
 from services.common.types import Delivery, ModelInfo, StepOutput
+from services.scheduler.cache_metrics import CacheMetrics
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Batch, Request, Update
 from services.scheduler.worker_client import WorkerClient
@@ -62,6 +63,7 @@ class SchedulerRunner:
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self.metrics = metrics or ServiceMetrics("scheduler")
+        self._cache_metrics = CacheMetrics(self.metrics)
         self._core_factory = core_factory
         self.core: Scheduler | None = None
         self.worker = worker
@@ -228,6 +230,7 @@ class SchedulerRunner:
         self.metrics.set_kv_blocks(
             num_used=self.core.block_manager.num_blocks - num_free, num_free=num_free
         )
+        self._cache_metrics.record(self.core)
 
     def _parent_of(self, batch: Batch) -> dict[str, str]:
         for rid in batch.request_ids:

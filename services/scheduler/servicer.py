@@ -133,6 +133,12 @@ def describe_scheduler(
                 num_free_blocks=core.num_free_blocks,
                 num_blocks=core.block_manager.num_blocks,
                 is_worker_up=runner.is_worker_up,
+                prefix_caching=core.config.enable_prefix_caching,
+                prefix_cache_hit_rate=core.block_manager.hit_rate,
+                num_cached_blocks=core.block_manager.num_cached_blocks,
+                preemption=core.config.preemption,
+                num_preemptions=core.num_preemptions,
+                num_swapped_out=core.num_swapped_out,
             )
         )
     return response

@@ -24,15 +24,17 @@ def engine() -> Engine:
 def requests(num: int, max_tokens: int) -> list[Request]:
     reqs = []
     for i in range(num):
-        sampling = SamplingParams(temperature=0.9, top_p=0.95, seed=i) if i % 2 else SamplingParams()
+        sampling = (
+            SamplingParams(temperature=0.9, top_p=0.95, seed=i) if i % 2 else SamplingParams()
+        )
         prompt = SHARED + [(11 * i + j) % 3000 + 7 for j in range(3 + i)]
         reqs.append(Request(f"r{i}", prompt, max_tokens, sampling, ignore_eos=True, arrival_s=i))
     return reqs
 
 
-def run(engine: Engine, config: SchedulerConfig, num_blocks: int | None = None) -> tuple[
-    dict[str, list[int]], Scheduler
-]:
+def run(
+    engine: Engine, config: SchedulerConfig, num_blocks: int | None = None
+) -> tuple[dict[str, list[int]], Scheduler]:
     info = engine.info
     if num_blocks is not None:  # a smaller budget than the engine's: forces preemption
         info = dataclasses.replace(info, num_blocks=num_blocks)
