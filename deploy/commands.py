@@ -108,6 +108,18 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--swap-space-mb", type=int, default=0, help="worker host memory for swapped KV, MiB"
     )
+    p.add_argument(
+        "--worker-replicas",
+        type=int,
+        default=1,
+        help="model workers, each its own KV cache and batch (--no-ray placements)",
+    )
+    p.add_argument(
+        "--routing",
+        choices=["round_robin", "least_load", "prefix", "network_aware"],
+        default="network_aware",
+        help="how a request picks a worker replica (default network_aware)",
+    )
 
 
 def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: int = 0) -> ServeSpec:
@@ -127,6 +139,8 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         prefix_caching=args.prefix_caching,
         preemption=args.preemption,
         swap_space_mb=args.swap_space_mb,
+        worker_replicas=args.worker_replicas,
+        routing=args.routing,
         is_metrics_enabled=getattr(args, "metrics", False),
     )
 
@@ -137,6 +151,12 @@ def run_serve(args: argparse.Namespace) -> int:
         spec = spec_from_args(args)
     except ValueError as exc:
         err.print(f"error: {exc}")
+        return 2
+    if not args.no_ray and spec.worker_replicas > 1:
+        err.print(
+            "error: --worker-replicas > 1 runs with --no-ray for now (Ray placement of replicas "
+            "is not built yet); add --no-ray"
+        )
         return 2
     if not args.no_ray:
         from deploy.ray_serve import run_ray_serve

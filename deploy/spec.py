@@ -32,6 +32,8 @@ class ServeSpec:
     prefix_caching: str = "on"  # "on" | "off"
     preemption: str = "recompute"  # "recompute" | "swap"
     swap_space_mb: int = 0
+    worker_replicas: int = 1  # model workers, each its own KV cache and batch
+    routing: str = "network_aware"  # round_robin | least_load | prefix | network_aware
     request_timeout_s: float = 600.0
     worker_reconnect_timeout_s: float = 10.0
     is_metrics_enabled: bool = False  # /metrics on METRICS_PORTS at `host`
@@ -43,6 +45,8 @@ class ServeSpec:
             raise ValueError("kv_cache_mb must be >= 1")
         if self.prefix_caching not in ("on", "off"):
             raise ValueError(f"prefix_caching must be on or off, got {self.prefix_caching!r}")
+        if self.worker_replicas < 1:
+            raise ValueError(f"worker_replicas must be >= 1, got {self.worker_replicas}")
         if self.swap_space_mb < 0:
             raise ValueError(f"swap_space_mb must be >= 0, got {self.swap_space_mb}")
         if self.preemption == "swap" and self.swap_space_mb == 0:
@@ -73,7 +77,11 @@ class ServeSpec:
         )
 
     def scheduler_config(
-        self, listen: str, worker_address: str, node_id: str = ""
+        self,
+        listen: str,
+        worker_address: str,
+        node_id: str = "",
+        extra_worker_addresses: list[str] | None = None,
     ) -> SchedulerServiceConfig:
         core = SchedulerConfig(
             max_num_seqs=self.max_num_seqs,
@@ -90,6 +98,8 @@ class ServeSpec:
             node_id=node_id,
             worker_reconnect_timeout_s=self.worker_reconnect_timeout_s,
             metrics_address=self.metrics_address("scheduler"),
+            extra_worker_addresses=list(extra_worker_addresses or []),
+            routing=self.routing,
         )
 
     def tokenizer_config(

@@ -124,7 +124,7 @@ class DescribeResponse(_message.Message):
     def __init__(self, placement: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceInfo, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., batching: _Optional[str] = ..., ray: _Optional[bool] = ..., scheduler_stats: _Optional[_Union[SchedulerStats, _Mapping]] = ...) -> None: ...
 
 class SchedulerStats(_message.Message):
-    __slots__ = ("num_waiting", "num_running", "num_free_blocks", "num_blocks", "is_worker_up", "prefix_caching", "prefix_cache_hit_rate", "num_cached_blocks", "preemption", "num_preemptions", "num_swapped_out")
+    __slots__ = ("num_waiting", "num_running", "num_free_blocks", "num_blocks", "is_worker_up", "prefix_caching", "prefix_cache_hit_rate", "num_cached_blocks", "preemption", "num_preemptions", "num_swapped_out", "replicas")
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class SchedulerStats(_message.Message):
     PREEMPTION_FIELD_NUMBER: _ClassVar[int]
     NUM_PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     NUM_SWAPPED_OUT_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     num_waiting: int
     num_running: int
     num_free_blocks: int
@@ -147,7 +148,8 @@ class SchedulerStats(_message.Message):
     preemption: str
     num_preemptions: int
     num_swapped_out: int
-    def __init__(self, num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_blocks: _Optional[int] = ..., is_worker_up: _Optional[bool] = ..., prefix_caching: _Optional[bool] = ..., prefix_cache_hit_rate: _Optional[float] = ..., num_cached_blocks: _Optional[int] = ..., preemption: _Optional[str] = ..., num_preemptions: _Optional[int] = ..., num_swapped_out: _Optional[int] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStats]
+    def __init__(self, num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_blocks: _Optional[int] = ..., is_worker_up: _Optional[bool] = ..., prefix_caching: _Optional[bool] = ..., prefix_cache_hit_rate: _Optional[float] = ..., num_cached_blocks: _Optional[int] = ..., preemption: _Optional[str] = ..., num_preemptions: _Optional[int] = ..., num_swapped_out: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "seed")
@@ -298,3 +300,25 @@ class BlockCopy(_message.Message):
     src: int
     dst: int
     def __init__(self, src: _Optional[int] = ..., dst: _Optional[int] = ...) -> None: ...
+
+class ReplicaStats(_message.Message):
+    __slots__ = ("index", "address", "is_worker_up", "num_running", "num_waiting", "num_free_blocks", "num_blocks", "num_steps", "hop_rtt_ms")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    IS_WORKER_UP_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
+    NUM_FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
+    HOP_RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    address: str
+    is_worker_up: bool
+    num_running: int
+    num_waiting: int
+    num_free_blocks: int
+    num_blocks: int
+    num_steps: int
+    hop_rtt_ms: float
+    def __init__(self, index: _Optional[int] = ..., address: _Optional[str] = ..., is_worker_up: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_blocks: _Optional[int] = ..., num_steps: _Optional[int] = ..., hop_rtt_ms: _Optional[float] = ...) -> None: ...

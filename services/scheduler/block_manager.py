@@ -89,6 +89,10 @@ class BlockManager:
         num_shared = sum(1 for b in hits if self._ref_count[b] > 0)
         return self.num_blocks_for(num_tokens) - num_shared <= self.num_free_blocks
 
+    def count_hits(self, token_ids: list[int]) -> int:
+        """Leading tokens a sequence of `token_ids` would find cached now (no side effects)."""
+        return len(self._hits(token_ids, len(token_ids))) * self.block_size
+
     def has(self, seq_id: int) -> bool:
         return seq_id in self._tables
 

@@ -4,7 +4,9 @@ scrape at the start and end of a run gives that run's hit rate: Î”hit_tokens / Î
 
 from __future__ import annotations
 
-from prometheus_client import Gauge
+import weakref
+
+from prometheus_client import CollectorRegistry, Gauge
 
 from services.common.metrics import ServiceMetrics
 from services.scheduler.core import Scheduler
@@ -20,16 +22,28 @@ _GAUGES = {
 }
 
 
-class CacheMetrics:
-    def __init__(self, metrics: ServiceMetrics) -> None:
-        self._gauges = {
-            name: Gauge(f"hopscope_{name}", doc, ("service",), registry=metrics.registry).labels(
-                metrics.service_name
-            )
-            for name, doc in _GAUGES.items()
-        }
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, Gauge]] = (
+    weakref.WeakKeyDictionary()
+)
 
-    def record(self, core: Scheduler) -> None:
+
+class CacheMetrics:
+    """One set of gauges per registry (replicas share the scheduler's), a `replica` label each."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._service = metrics.service_name
+        gauges = _BY_REGISTRY.get(metrics.registry)
+        if gauges is None:
+            gauges = {
+                name: Gauge(
+                    f"hopscope_{name}", doc, ("service", "replica"), registry=metrics.registry
+                )
+                for name, doc in _GAUGES.items()
+            }
+            _BY_REGISTRY[metrics.registry] = gauges
+        self._gauges = gauges
+
+    def record(self, core: Scheduler, replica: str = "0") -> None:
         blocks = core.block_manager
         values = {
             "prefix_cache_hit_rate": blocks.hit_rate,
@@ -41,4 +55,4 @@ class CacheMetrics:
             "swapped_seqs": core.num_swapped,
         }
         for name, value in values.items():
-            self._gauges[name].set(value)
+            self._gauges[name].labels(self._service, replica).set(value)

@@ -164,6 +164,22 @@ class Scheduler:
         return min(deadlines, default=None)
 
     @property
+    def num_pending_tokens(self) -> int:
+        """Tokens still to run for every unfinished request: prompt (or recompute) tokens not
+        yet in the cache plus outputs still to generate. The router's load."""
+        total = 0
+        for seq in self._seqs.values():
+            to_prefill = seq.num_prefill_tokens - seq.num_computed if seq.is_running else 0
+            if not seq.is_running and seq.host_blocks is None:
+                to_prefill = seq.num_tokens
+            total += max(0, to_prefill) + seq.req.max_tokens - seq.req.num_output_tokens
+        return total
+
+    def num_cached_prompt_tokens(self, prompt_token_ids: list[int]) -> int:
+        """Leading prompt tokens whose KV this replica holds now (prefix-cache hits)."""
+        return self._blocks.count_hits(prompt_token_ids)
+
+    @property
     def num_swapped(self) -> int:
         """Waiting sequences whose KV is in the worker's host pool."""
         return sum(1 for s in self._waiting if s.host_blocks is not None)

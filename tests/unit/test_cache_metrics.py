@@ -16,6 +16,8 @@ def test_prefix_cache_hit_rate_and_preemptions_are_exported() -> None:
     metrics = ServiceMetrics("scheduler")
     CacheMetrics(metrics).record(scheduler)
     text = metrics.exposition()
-    assert 'hopscope_prefix_cache_hit_rate{service="scheduler"} 0.444' in text  # 8 of 18
-    assert 'hopscope_prefix_cache_hit_tokens{service="scheduler"} 8.0' in text
-    assert 'hopscope_preemptions{service="scheduler"} 0.0' in text
+    assert (
+        'hopscope_prefix_cache_hit_rate{replica="0",service="scheduler"} 0.444' in text
+    )  # 8 of 18
+    assert 'hopscope_prefix_cache_hit_tokens{replica="0",service="scheduler"} 8.0' in text
+    assert 'hopscope_preemptions{replica="0",service="scheduler"} 0.0' in text
