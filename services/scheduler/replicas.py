@@ -41,6 +41,7 @@ class ReplicaSet:
         self.metrics = metrics
         self._bandwidth = link_bandwidth_mbps or [0.0] * len(runners)
         self._on_health = on_health
+        self._down: set[int] = set()  # replicas whose worker was lost and is not back yet
         for index, runner in enumerate(runners):
             runner.replica = str(index)
             runner.set_health_callback(functools.partial(self._replica_health, index))
@@ -115,8 +116,11 @@ class ReplicaSet:
     def _replica_health(self, index: int, is_up: bool) -> None:
         self._on_health(self.is_worker_up)
         if is_up:
-            log.warning("worker replica %d is back", index)
+            if index in self._down:
+                self._down.discard(index)
+                log.warning("worker replica %d is back", index)
             return
+        self._down.add(index)
         others = [i for i, r in enumerate(self.replicas) if i != index and r.is_worker_up]
         if not others:
             return  # nowhere to go: they wait for their own worker (recomputed there)
