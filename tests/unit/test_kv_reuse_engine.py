@@ -72,3 +72,36 @@ def test_swap_gives_the_same_seeded_tokens_as_recompute(engine: Engine) -> None:
     swap, ss = run(engine, swap_config, num_blocks=16)
     assert rs.num_preemptions > 0 and ss.num_swapped_out > 0
     assert swap == recompute
+
+
+def test_a_step_that_swaps_has_a_swap_span_under_its_step_span(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from services.common import spans
+    from services.common.identity import identify
+    from services.common.types import BlockSwaps, SeqStep
+    from services.worker.servicer import WorkerService
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(spans, "_tracer", provider.get_tracer("test"))
+    service = WorkerService(engine, identify("worker", "inproc", ""))
+    try:
+        step = SeqStep(0, [5, 6, 7], 0, [3], SamplingParams())
+        swaps = BlockSwaps(swap_out=[(1, 0), (2, 1)], swap_in=[(0, 4)])
+        out = asyncio.run(service.step([step], {}, "inproc", swaps))
+    finally:
+        service.close()
+    assert out.swap_ms > 0
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    swap, step_span = by_name["hopscope.v1.Worker/Swap"], by_name["hopscope.v1.Worker/Step"]
+    assert swap.parent is not None and swap.parent.span_id == step_span.context.span_id
+    assert swap.attributes is not None and swap.attributes["hopscope.num_swap_out_blocks"] == 2
+    assert step_span.attributes is not None and step_span.attributes["hopscope.swap_ms"] > 0
