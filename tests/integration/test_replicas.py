@@ -68,3 +68,29 @@ def test_two_replicas_share_load_and_survive_losing_one() -> None:
         steps_before = served.describe().scheduler_stats.replicas[1].num_steps
         _run_all(served)
         assert served.describe().scheduler_stats.replicas[1].num_steps > steps_before
+
+
+def test_inproc_replicas_are_listed_and_both_take_load() -> None:
+    import asyncio
+
+    from deploy.inproc import start_inproc
+    from deploy.spec import ServeSpec
+
+    async def run() -> None:
+        pipeline = await start_inproc(ServeSpec(port=0, worker_replicas=2, routing="round_robin"))
+        try:
+            outputs = await asyncio.gather(
+                *(asyncio.to_thread(_seeded, pipeline.address, i) for i in range(4))
+            )
+            assert all(len(o) == MAX_TOKENS for o in outputs)
+            described = await asyncio.to_thread(Served(pipeline.address, None).describe)  # type: ignore[arg-type]
+            replicas = described.scheduler_stats.replicas
+            assert [r.num_steps > 0 for r in replicas] == [True, True]
+            assert sorted(s.name for s in described.services if s.name.startswith("worker")) == [
+                "worker",
+                "worker-1",
+            ]
+        finally:
+            await pipeline.stop(1.0)
+
+    asyncio.run(run())
