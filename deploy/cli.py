@@ -1,41 +1,81 @@
 """The `hopscope` command. Each package contributes its own subcommands through
-`add_parser(subparsers)`; this module only assembles them (imports point down)."""
+`add_parser(subparsers)`; this module only assembles them (imports point down).
+
+A command imports only the module that registers it: `hopscope bench` (a load client) never
+imports torch or the services, and `--help` stays cheap. Every `--help` shows the defaults.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-Registrar = Callable[[argparse._SubParsersAction], None]
-
-
-def _registrars() -> list[Registrar]:
-    from deploy import cluster_cli, commands
-    from loadgen import cli as loadgen_cli
-    from tracing import cli as tracing_cli
-
-    return [
-        commands.add_parser,
-        cluster_cli.add_parser,
-        loadgen_cli.add_parser,
-        tracing_cli.add_parser,
-    ]
+# command -> the module whose `add_parser(subparsers)` registers it
+COMMAND_MODULES: dict[str, str] = {
+    "serve": "deploy.commands",
+    "generate": "deploy.commands",
+    "describe": "deploy.describe_cli",
+    "cluster": "deploy.cluster_cli",
+    "bench": "loadgen.cli",
+    "traces": "tracing.cli",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to every option with a default worth showing; a help text that
+    already names its default, or an unset/off default (None, False, ""), is left as it is."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and not _is_unset(action.default):
+            action = copy.copy(action)  # an option without help still shows its default
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or _is_unset(action.default):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _is_unset(default: object) -> bool:
+    if default is None or default is False or default == argparse.SUPPRESS:
+        return True
+    return isinstance(default, str | list) and not default
+
+
+class HopscopeParser(argparse.ArgumentParser):
+    """An ArgumentParser whose help shows defaults; subparsers inherit the class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of one command (importing only its module), or of all commands."""
+    parser = HopscopeParser(
         prog="hopscope",
         description="An LLM serving pipeline that measures what every hop costs.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in _registrars():
-        register(sub)
+    if command in COMMAND_MODULES:
+        modules = [COMMAND_MODULES[command]]
+    else:
+        modules = list(dict.fromkeys(COMMAND_MODULES.values()))
+    for name in modules:
+        importlib.import_module(name).add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     # every subcommand sets `func(args) -> int` with set_defaults
     return int(args.func(args) or 0)
 

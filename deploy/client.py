@@ -8,6 +8,8 @@ from typing import Any
 
 import grpc
 
+from loadgen.address import AddressError, parse_address
+from loadgen.frontdoor import DEFAULT_CONNECT_TIMEOUT_S, UnreachableError, wait_reachable
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.channels import create_channel
@@ -42,20 +44,32 @@ async def stream_generate(
     request: pb.GenerateRequest,
     timeout_s: float,
     on_text: Callable[[str], None] | None = None,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """Run one Generate; returns text, token_ids, prompt_token_ids, finish_reason, usage."""
+    """Run one Generate; returns text, token_ids, prompt_token_ids, finish_reason, usage.
+
+    `address` is HOST[:PORT] (no port: 50051); nothing listening there is a GenerateError
+    with one clear line, not gRPC's connection text."""
     text: list[str] = []
     token_ids: list[int] = []
     last = pb.GenerateResponse()
+    try:
+        address = parse_address(address)
+    except AddressError as exc:
+        raise GenerateError(f"--address: {exc}") from None
     async with create_channel(address, is_traced=True) as channel:
         stub = pb_grpc.TokenizerStub(channel)
         try:
+            await wait_reachable(channel, address, connect_timeout_s)
             async for response in stub.Generate(request, timeout=timeout_s):
                 text.append(response.text)
                 token_ids.extend(response.token_ids)
                 if on_text and response.text:
                     on_text(response.text)
                 last = response
+            model = await _model_name(stub, connect_timeout_s)  # after: never delays a request
+        except UnreachableError as exc:
+            raise GenerateError(str(exc), grpc.StatusCode.UNAVAILABLE) from None
         except grpc.aio.AioRpcError as exc:
             raise GenerateError(f"{exc.code().name}: {exc.details()}", exc.code()) from exc
     return {
@@ -68,4 +82,28 @@ async def stream_generate(
             "completion_tokens": last.usage.completion_tokens,
         },
         "request_id": last.request_id,
+        "model": model,
     }
+
+
+async def _model_name(stub: pb_grpc.TokenizerStub, timeout_s: float) -> str:
+    """The served model's name from Describe ("" when Describe is not served)."""
+    try:
+        described = await stub.Describe(pb.DescribeRequest(), timeout=timeout_s)
+    except grpc.aio.AioRpcError:
+        return ""
+    return described.model.name
+
+
+def random_weights_note(model: str) -> str | None:
+    """A one-line note when `model` is a preset: its weights are seeded random numbers, so its
+    text is gibberish by design; without it a new user takes that for a bug."""
+    from services.models.presets import PRESETS
+
+    if model not in PRESETS:
+        return None
+    return (
+        f"note: model {model!r} is a preset with seeded random weights, so its text is "
+        "gibberish by design (tokens, timings and every hop are real); --model DIR serves a "
+        "real checkpoint"
+    )

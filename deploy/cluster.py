@@ -24,7 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-START_TIMEOUT_S = 180.0
+from deploy.lifecycle import START_TIMEOUT_S
+
 STOP_GRACE_S = 5.0
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 READY_MARK = "Ray runtime started"

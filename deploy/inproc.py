@@ -29,6 +29,14 @@ class InprocPipeline:
     def address(self) -> str:
         return self.front_door.address
 
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {
+            **self.front_door.metrics_urls,
+            "scheduler": self.runner.metrics.url,
+            "worker": self.workers[0].metrics.url,
+        }
+
     async def stop(self, grace_s: float = 10.0) -> None:
         await self.front_door.stop(grace_s)
         await self.runner.stop()

@@ -15,9 +15,11 @@ A wait that runs out is an error (LaunchError / TimeoutError), never "carry on".
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +33,7 @@ START_TIMEOUT_S = 180.0  # the one start-up deadline (a cold kernel build + a mo
 STOP_GRACE_S = 10.0
 FRONT_DOOR_RE = re.compile(r"hopscope front door: (?P<address>\S+) \(")
 _POLL_S = 0.05
+_TAIL_BYTES = 256 * 1024
 _PR_SET_PDEATHSIG = 1
 
 
@@ -45,6 +48,34 @@ def front_door_line(address: str, placement: str, model: str) -> str:
 
 def announce_front_door(address: str, placement: str, model: str) -> None:
     print(front_door_line(address, placement, model), flush=True)
+
+
+def announce_metrics(urls: dict[str, str]) -> None:
+    """Where each service serves /metrics (once ready; nothing when metrics are off)."""
+    served = [f"{name} {url}" for name, url in urls.items() if url]
+    if served:
+        print(f"hopscope metrics: {', '.join(served)}", flush=True)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """LaunchError when something already listens on HOST:PORT (port 0: nothing to check).
+
+    Checked before anything slow starts (a model load, a kernel build), so a taken port is
+    refused in a moment. Other bind errors (a host that is not this machine's) are left to the
+    server's own bind, which reports them."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise LaunchError(
+                    f"cannot listen on {host}:{port}: the port is already in use; stop what "
+                    "listens there or pass another --port (0 picks a free one)"
+                ) from exc
 
 
 def _die_with_parent() -> None:
@@ -85,14 +116,12 @@ class Child:
         """
         deadline = time.monotonic() + timeout_s
         while True:
-            for line in self._lines():
-                if match := pattern.search(line):
-                    return match
+            if match := self._search(pattern):
+                return match
             code = self.returncode
             if code is not None:
-                for line in self._lines():  # what it wrote just before exiting
-                    if match := pattern.search(line):
-                        return match
+                if match := self._search(pattern):  # what it wrote just before exiting
+                    return match
                 raise LaunchError(f"{self.name} exited with code {code}{self._tail()}")
             if time.monotonic() > deadline:
                 raise LaunchError(
@@ -102,8 +131,19 @@ class Child:
 
     def last_lines(self, n: int = 20) -> list[str]:
         """The last `n` non-empty lines this launch wrote (stdout and stderr together)."""
-        text = self._read_from(self.log_offset)
-        return [ln for ln in text.splitlines() if ln.strip()][-n:]
+        try:
+            size = self.log_path.stat().st_size
+        except FileNotFoundError:
+            return []
+        start = max(self.log_offset, size - _TAIL_BYTES)  # a long-lived log is not read whole
+        lines = self._read_from(start).splitlines()
+        if start > self.log_offset:
+            lines = lines[1:]  # the first one is cut
+        return [ln for ln in lines if ln.strip()][-n:]
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Its exit code once it exits by itself within `timeout_s`; None if still running."""
+        return self._reap(block=True, timeout_s=timeout_s)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> int | None:
         """SIGTERM the process group, SIGKILL it after `grace_s`; returns the exit code.
@@ -124,10 +164,12 @@ class Child:
         lines = self.last_lines(12)
         if not lines:
             return f" (no output; log {self.log_path})"
-        return f"; its last lines ({self.log_path}):\n  " + "\n  ".join(lines)
+        shown = [ln if len(ln) <= 300 else ln[:300] + "..." for ln in lines]
+        return f"; its last lines ({self.log_path}):\n  " + "\n  ".join(shown)
 
-    def _lines(self) -> list[str]:
-        """Complete lines written since the last call."""
+    def _search(self, pattern: re.Pattern[str]) -> re.Match[str] | None:
+        """The first complete, not yet scanned line that `pattern` matches; lines up to it (and
+        it) count as scanned, so the next wait goes on from there."""
         if self._scan_offset < 0:
             self._scan_offset = self.log_offset
         try:
@@ -135,10 +177,16 @@ class Child:
                 log.seek(self._scan_offset)
                 data = log.read()
         except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1  # a partial last line is read again next time
-        self._scan_offset += end
-        return data[:end].decode(errors="replace").splitlines()
+            return None
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:  # a partial last line waits for its end
+            line = data[start:end].decode(errors="replace")
+            start = end + 1
+            if match := pattern.search(line):
+                self._scan_offset += start
+                return match
+        self._scan_offset += start
+        return None
 
     def _read_from(self, offset: int) -> str:
         try:

@@ -4,19 +4,22 @@ that crashes is restarted on the same address, and `stop` drains front to back."
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.lifecycle import START_TIMEOUT_S, Child, LaunchError, launch
+from deploy.lifecycle import START_TIMEOUT_S, Child, LaunchError, launch, wait_serving
 from deploy.placement import internal_address, resolve_placement
 from deploy.spec import ServeSpec
 from services.common.process import READY_PREFIX, config_to_json
 
 MAX_RESTARTS = 5
-READY_RE = re.compile(rf"^{READY_PREFIX} (?P<address>\S+)$")
+TAIL_LINES = 8  # of a failed service's log, printed on the console
+READY_RE = re.compile(rf"^{READY_PREFIX} (?P<address>\S+)(?: metrics=(?P<metrics>\S+))?$")
 
 __all__ = ["ChildService", "LaunchError", "LocalDeployment"]
 
@@ -32,23 +35,30 @@ class ChildService:
     log_path: Path
     child: Child | None = None
     address: str = ""
+    metrics_url: str = ""
     num_restarts: int = 0
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
         argv = ["-m", self.module, "--config", self.config_json, "--placement", self.placement]
         self.child = launch(argv, name=self.name, log_path=self.log_path)
         try:
-            self.address = self.child.wait_for_line(READY_RE, timeout_s).group("address")
+            ready = self.child.wait_for_line(READY_RE, timeout_s)
         except LaunchError:
             self.terminate(0)
             raise
+        self.address = ready.group("address")
+        self.metrics_url = "" if ready.group("metrics") in (None, "-") else ready.group("metrics")
         return self.address
 
-    def last_error(self) -> str:
-        """The line that best says why it failed: its last `error:` line, else its last line."""
-        lines = self.child.last_lines(200) if self.child is not None else []
+    def exit_reason(self) -> str:
+        """How it ended and, when it said why, its last `error:` line (from this run only)."""
+        code = self.child.returncode if self.child is not None else None
+        if code is not None and code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        lines = self.last_lines(200)
         errors = [ln for ln in lines if ln.startswith("error:")]
-        return (errors or lines or ["no output"])[-1]
+        said = (errors or lines or ["no output"])[-1]
+        return f"exited with code {code}: {said}"
 
     def last_lines(self, n: int = 20) -> list[str]:
         return self.child.last_lines(n) if self.child is not None else []
@@ -64,13 +74,21 @@ class ChildService:
 
 @dataclass
 class LocalDeployment:
+    """`log_dir` keeps the services' logs (<service>.log, appended); none: a temporary
+    directory removed at stop."""
+
     spec: ServeSpec
+    log_dir: Path | None = None
     children: list[ChildService] = field(default_factory=list)
     tmp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hopscope-")))
 
     @property
     def address(self) -> str:
         return self.children[-1].address
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {c.name: c.metrics_url for c in self.children if c.metrics_url}
 
     def start(self) -> str:
         try:
@@ -89,6 +107,10 @@ class LocalDeployment:
                 lambda listen: self.spec.tokenizer_config(listen, sched),
                 listen=self.spec.front_door,
             )
+            wait_serving(self.address, START_TIMEOUT_S)  # the front door's health follows all
+        except TimeoutError as exc:
+            self.stop()
+            raise LaunchError(f"the pipeline did not become healthy: {exc}") from exc
         except BaseException:
             self.stop()
             raise
@@ -97,9 +119,8 @@ class LocalDeployment:
     def _start(self, name: str, module: str, make_config: object, listen: str | None = None) -> str:
         listen = listen or self._internal_address(name)
         config = make_config(listen)  # type: ignore[operator]
-        child = ChildService(
-            name, module, config_to_json(config), self.spec.placement, self.tmp_dir / f"{name}.log"
-        )
+        log_path = (self.log_dir or self.tmp_dir) / f"{name}.log"
+        child = ChildService(name, module, config_to_json(config), self.spec.placement, log_path)
         self.children.append(child)
         return child.start()
 
@@ -110,19 +131,19 @@ class LocalDeployment:
         return internal_address(transport, "127.0.0.1", self.tmp_dir, name)
 
     def supervise_once(self) -> list[str]:
-        """Restart any child that died; returns what happened, for the log."""
+        """Restart any child that died; returns what happened (with its last lines), for the
+        console. LaunchError when one keeps dying or cannot start again."""
         events = []
         for child in self.children:
             if child.is_alive:
                 continue
+            reason, tail = child.exit_reason(), _indented(child.last_lines(TAIL_LINES))
             if child.num_restarts >= MAX_RESTARTS:
-                raise LaunchError(f"{child.name} keeps dying: {child.last_error()}")
+                raise LaunchError(f"{child.name} keeps dying ({reason}){tail}")
             child.num_restarts += 1
-            config = _with_listen(child.config_json, child.address)
-            child.config_json = config
-            events.append(
-                f"{child.name} exited ({child.last_error()}); restarting on {child.address}"
-            )
+            # the same address again (a port chosen by the OS, or the Unix socket)
+            child.config_json = _with_listen(child.config_json, child.address)
+            events.append(f"{child.name} {reason}; restarting on {child.address}{tail}")
             child.start()
         return events
 
@@ -132,14 +153,16 @@ class LocalDeployment:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
+def _indented(lines: list[str]) -> str:
+    return "".join(f"\n  {line}" for line in lines)
+
+
 def _worker_names(num_replicas: int) -> list[str]:
     """`worker`, then `worker-1`, `worker-2`, ... for further replicas (own socket and log)."""
     return ["worker", *(f"worker-{i}" for i in range(1, num_replicas))]
 
 
 def _with_listen(config_json: str, address: str) -> str:
-    import json
-
     data = json.loads(config_json)
     data["listen"] = address
     return json.dumps(data)

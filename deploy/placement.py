@@ -72,7 +72,11 @@ def resolve_placement(ref: str) -> Placement:
     path = Path(ref)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise PlacementError(f"placement file {ref} does not exist")
+            where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
+            presets = ", ".join(PRESETS)
+            raise PlacementError(
+                f"placement file {ref} does not exist{where}; a preset is one of {presets}"
+            )
         import yaml
 
         try:

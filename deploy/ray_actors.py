@@ -107,6 +107,7 @@ class ServiceHost:
             "node_id": self.node_id,
             "host": self.host_ip,
             "relay": getattr(self.relay, "address", ""),
+            "metrics": dict(self.service.metrics_urls),
         }
 
     def check_health(self) -> None:

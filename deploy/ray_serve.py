@@ -24,7 +24,14 @@ from deploy.cluster import (
     start_cluster,
     stop_cluster,
 )
-from deploy.lifecycle import START_TIMEOUT_S, StopRequest, announce_front_door, supervise
+from deploy.lifecycle import (
+    START_TIMEOUT_S,
+    StopRequest,
+    announce_front_door,
+    announce_metrics,
+    supervise,
+    wait_serving,
+)
 from deploy.placement import (
     EDGES,
     NODE_LABEL_KEY,
@@ -37,7 +44,7 @@ from deploy.placement import (
     resolve_placement,
 )
 from deploy.ray_actors import ActorPlan, actor_class
-from deploy.spec import ServeSpec
+from deploy.spec import ServeSpec, announce_http
 
 err = Console(stderr=True, highlight=False)
 
@@ -47,7 +54,8 @@ STOP_GRACE_S = 5.0
 WORKER_RECONNECT_TIMEOUT_S = 60.0
 BUNDLE_CPU = 0.01  # Ray needs non-empty bundles; the services themselves ask for next to nothing
 ACTOR_CPU = 0.003
-OTEL_PREFIXES = ("OTEL_", "HOPSCOPE_TRACE")
+# passed on to every actor's environment (HOPSCOPE_API_KEY: the front door's key, never logged)
+OTEL_PREFIXES = ("OTEL_", "HOPSCOPE_TRACE", "HOPSCOPE_API_KEY")
 CODE_ROOT = Path(__file__).resolve().parents[1]  # holds deploy/, services/, ...: already importable
 
 
@@ -76,10 +84,21 @@ class RayDeployment:
                 bundle = plan.bundle_of(self.placement, "tokenizer" if role == "pipeline" else role)
                 self.actors[role] = self._create(cls, actor_plan, bundle)
             self._wait_started(timeout_s)
+            wait_serving(self.front_door, timeout_s)  # its health follows every downstream
+        except TimeoutError as exc:
+            self.stop()
+            raise DeployError(f"the pipeline did not become healthy: {exc}") from exc
         except BaseException:
             self.stop()
             raise
         return self.front_door
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        urls: dict[str, str] = {}
+        for info in self.infos.values():
+            urls.update(info.get("metrics", {}))
+        return urls
 
     @property
     def front_door(self) -> str:
@@ -309,6 +328,9 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
         try:
             address = deployment.start()
             announce_front_door(address, spec.placement, spec.model)
+            if spec.http_listen:
+                announce_http(f"http://{spec.http_listen}")
+            announce_metrics(deployment.metrics_urls)
             supervise(deployment.supervise_once, stop, 1.0, err.print)
             err.print("draining: front door first, then scheduler and worker")
         finally:

@@ -11,14 +11,15 @@ from rich.console import Console
 
 from loadgen import metrics
 from loadgen.config import BenchConfig
-from loadgen.plots import plot_cdfs, plot_sweep
+from loadgen.frontdoor import check_reachable
+from loadgen.plots import bench_cdf_plots, plot_sweep
 from loadgen.report import LiveProgress, lag_warning, summary_lines, summary_table
 from loadgen.results import git_sha, point_paths, write_requests, write_summary
-from loadgen.runner import check_reachable
 from loadgen.workers import PointResult, run_point
 
 EXIT_INTERRUPTED = 130
 EXIT_NOTHING_COMPLETED = 1
+EXIT_REQUESTS_FAILED = 1  # a point's failed share above --max-failed-frac
 
 
 @dataclass(slots=True, frozen=True)
@@ -32,6 +33,8 @@ class BenchPlan:
     num_repeats: int = 1
     is_plotting: bool = True
     is_live: bool = True
+    max_failed_frac: float = 0.0
+    deployment: dict[str, Any] = field(default_factory=dict)  # Describe, as a dict
 
     def __post_init__(self) -> None:
         if len(self.points) != len(self.point_tags) or not self.points:
@@ -46,6 +49,7 @@ def build_document(
     flags: dict[str, Any],
     requests_file: Path,
     extra: dict[str, Any],
+    deployment: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[metrics.RequestRecord]]:
     window = metrics.measured(result.records, config.load, result.num_scheduled)
     document = {
@@ -61,6 +65,8 @@ def build_document(
             "resolved": config.to_dict(),
         },
         "requests_file": str(requests_file),
+        # what was measured: Describe's placement, services, edges (transport, link), model
+        "deployment": deployment or {},
         "summary": metrics.summarise(window, config.slo),
         "failed_by_status": metrics.failed_by_status(window),
     }
@@ -69,31 +75,56 @@ def build_document(
 
 def run_bench(plan: BenchPlan, console: Console, is_tracing: bool) -> int:
     """Run the plan (the server was checked reachable by the caller); returns the exit code."""
-    num_completed, is_interrupted = 0, False
+    num_completed, is_interrupted, failures = 0, False, []
     for repeat in range(plan.num_repeats):
         documents: list[dict[str, Any]] = []
         for config, tag in zip(plan.points, plan.point_tags, strict=True):
             document, is_interrupted = _run_one(plan, config, tag, repeat, console, is_tracing)
             documents.append(document)
             num_completed += document["summary"]["completed"]
+            if failure := failed_share_error(document["summary"], plan.max_failed_frac):
+                failures.append(f"{tag or 'the run'}: {failure}")
             if is_interrupted:
                 break
         if plan.is_plotting and len(documents) > 1:
             sweep_png = point_paths(plan.out, "sweep", repeat, plan.num_repeats)[0]
             sweep_png = plot_sweep(
-                sweep_png.with_suffix(".png"), documents, "throughput vs latency"
+                sweep_png.with_suffix(".png"),
+                documents,
+                f"{plan.points[0].label or 'bench'}: throughput vs latency",
             )
             console.print(f"sweep plot: {sweep_png}")
         if is_interrupted:
             console.print("[yellow]interrupted: results so far were written[/]")
             return EXIT_INTERRUPTED
-    return 0 if num_completed else EXIT_NOTHING_COMPLETED
+    if not num_completed:
+        return EXIT_NOTHING_COMPLETED
+    for failure in failures:
+        console.print(f"[bold red]failed:[/] {failure}", highlight=False)
+    return EXIT_REQUESTS_FAILED if failures else 0
+
+
+def plots_dir(summary_path: Path) -> Path:
+    """Where a point's figures go: beside its summary, `NAME.json` -> `NAME-plots/`."""
+    return summary_path.with_name(summary_path.stem + "-plots")
+
+
+def failed_share_error(summary: dict[str, Any], max_failed_frac: float) -> str | None:
+    """Why a point fails the run (its failed share of finished requests is above the limit)."""
+    num_failed = summary["failed"]
+    num_finished = num_failed + summary["completed"]
+    if not num_failed or num_failed <= max_failed_frac * num_finished:
+        return None
+    return (
+        f"{num_failed} of {num_finished} requests failed ({num_failed / num_finished:.1%} > "
+        f"--max-failed-frac {max_failed_frac:g}); see failed_by_status in the summary"
+    )
 
 
 def _run_one(
     plan: BenchPlan, config: BenchConfig, tag: str, repeat: int, console: Console, is_tracing: bool
 ) -> tuple[dict[str, Any], bool]:
-    title = f"{config.label or 'bench'} {tag or 'point'}" + (
+    title = " ".join(p for p in (config.label or "bench", tag) if p) + (
         f" repeat {repeat + 1}/{plan.num_repeats}" if plan.num_repeats > 1 else ""
     )
     if plan.is_live:
@@ -108,7 +139,9 @@ def _run_one(
         "num_repeats": plan.num_repeats,
         "repeat_group": str(plan.out),
     }
-    document, window = build_document(config, result, plan.flags, requests_path, extra)
+    document, window = build_document(
+        config, result, plan.flags, requests_path, extra, plan.deployment
+    )
     write_requests(requests_path, result.records, {r.index for r in window})
     write_summary(summary_path, document)
     console.print(summary_table(title, document["summary"]))
@@ -116,16 +149,29 @@ def _run_one(
     if warning := lag_warning(document["summary"]):
         console.print(f"[bold yellow]warning:[/] {warning}")
     if plan.is_plotting:
-        png = plot_cdfs(summary_path.with_suffix(".cdf.png"), metrics.samples(window), title)
-        console.print(f"latency CDFs: {png}")
+        plot_dir = plots_dir(summary_path)
+        pngs = bench_cdf_plots(plot_dir, {config.label: metrics.samples(window)})
+        console.print(f"latency CDFs: {plot_dir}/ ({', '.join(p.name for p in pngs)})")
     console.print(f"summary: {summary_path}  requests: {requests_path}")
     return document, result.is_interrupted
 
 
-def preflight(address: str, timeout_s: float) -> str:
-    """Check the server answers before any load; returns a one-line description of it."""
+def preflight(address: str, timeout_s: float) -> tuple[str, dict[str, Any]]:
+    """Check the server answers before any load; returns a one-line description of it and its
+    Describe as a dict ({} when not served), which the summary records as `deployment`."""
+    from google.protobuf.json_format import MessageToDict
+
+    if address.startswith(("http://", "https://")):
+        from loadgen.http_client import describe
+
+        return asyncio.run(describe(address, timeout_s)), {}
     described = asyncio.run(check_reachable(address, timeout_s))
     if described is None:
-        return f"{address} (Describe not served)"
+        return f"{address} (Describe not served)", {}
     model = described.model
-    return f"{address}: placement {described.placement or '?'}, model {model.name or '?'}"
+    edges = ", ".join(
+        f"{getattr(e, 'from')}→{e.to} {e.transport}" + (f" ({e.link})" if e.link else "")
+        for e in described.edges
+    )
+    line = f"{address}: placement {described.placement or '?'}, model {model.name or '?'}"
+    return line + (f", edges {edges}" if edges else ""), MessageToDict(described)

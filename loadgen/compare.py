@@ -7,6 +7,7 @@ interval (Student t), so `compare a.r*.json b.r*.json` compares two repeated run
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,33 @@ ROWS = (
 class Column:
     name: str
     documents: list[dict[str, Any]]
+    paths: list[Path]
+
+    @property
+    def loop(self) -> str:
+        """ "open" (--rate), "closed" (--concurrency) or "mixed" over its runs."""
+        loops = {_loop(d) for d in self.documents}
+        return loops.pop() if len(loops) == 1 else "mixed"
+
+
+def _loop(document: dict[str, Any]) -> str:
+    load = document["config"].get("resolved", {}).get("load", {})
+    return "open" if load.get("rate") is not None else "closed"
+
+
+def loop_warning(columns: list[Column]) -> str | None:
+    """A warning when closed-loop and open-loop runs are compared: their latencies answer
+    different questions (a closed loop waits for each answer before it sends, so it never
+    queues; an open loop keeps sending), so their difference is not the servers'."""
+    loops = {c.name: c.loop for c in columns}
+    if len(set(loops.values())) < 2:
+        return None
+    which = ", ".join(f"{name} {loop}-loop" for name, loop in loops.items())
+    return (
+        f"comparing closed-loop (--concurrency) with open-loop (--rate) runs ({which}): a closed "
+        "loop waits for each answer before sending, an open loop keeps sending, so latencies "
+        "differ by design; compare runs of the same kind"
+    )
 
 
 def t95(dof: int) -> float:
@@ -87,8 +115,33 @@ def group_columns(paths: list[Path]) -> list[Column]:
             name = (config.get("label") or Path(str(config.get("repeat_group"))).stem) + (
                 f" {config['point']}" if config.get("point") else ""
             )
-        columns.setdefault(key, Column(name, [])).documents.append(document)
+        column = columns.setdefault(key, Column(name, [], []))
+        column.documents.append(document)
+        column.paths.append(Path(path))
     return list(columns.values())
+
+
+def column_samples(column: Column) -> dict[str, list[float]]:
+    """The raw latency samples of a column's runs (measured, successful requests), read from
+    each summary's requests file: the CDF overlays of `bench compare --plots`."""
+    samples: dict[str, list[float]] = {}
+    for document, path in zip(column.documents, column.paths, strict=True):
+        for row in _measured_rows(document, path):
+            for key in ("ttft_ms", "tpot_ms", "e2e_ms", "e2e_from_schedule_ms"):
+                if row.get(key) is not None:
+                    samples.setdefault(key, []).append(float(row[key]))
+            samples.setdefault("itl_ms", []).extend(float(v) for v in row.get("itl_ms") or [])
+    return samples
+
+
+def _measured_rows(document: dict[str, Any], summary_path: Path) -> list[dict[str, Any]]:
+    recorded = Path(document["requests_file"])
+    # as written (relative to where bench ran), else beside the summary (a moved directory)
+    for candidate in (recorded, summary_path.parent / recorded.name):
+        if candidate.is_file():
+            rows = [json.loads(line) for line in candidate.read_text().splitlines() if line]
+            return [r for r in rows if r.get("is_measured") and r.get("status") == "OK"]
+    raise ValueError(f"{summary_path}: its requests file {recorded} is not there")
 
 
 def _value(document: dict[str, Any], metric: str, stat: str | None) -> float | None:

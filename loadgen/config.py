@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from loadgen.address import AddressError, parse_address
+
 ARRIVALS = ("poisson", "gamma", "constant")
 LENGTH_DISTS = ("fixed", "uniform", "normal")
 DATASET_FORMATS = ("jsonl", "sharegpt")
@@ -164,11 +166,24 @@ class BenchConfig:
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     slo: SloConfig = field(default_factory=SloConfig)
     label: str = ""
+    url: str = ""  # an OpenAI-compatible HTTP front door instead of the gRPC `address`
+    endpoint: str = "completions"  # with `url`: completions | chat
 
     def __post_init__(self) -> None:
-        host, sep, port = self.address.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise BenchConfigError(f"--address must be HOST:PORT, got {self.address!r}")
+        if self.url:
+            if not self.url.startswith(("http://", "https://")):
+                raise BenchConfigError(f"--url must be http://HOST:PORT, got {self.url!r}")
+            if self.endpoint not in ("completions", "chat"):
+                raise BenchConfigError(
+                    f"--endpoint must be completions or chat, got {self.endpoint!r}"
+                )
+            return
+        try:
+            resolved = parse_address(self.address)
+        except AddressError as exc:
+            raise BenchConfigError(f"--address: {exc}") from None
+        if resolved != self.address:
+            raise BenchConfigError(f"--address {self.address!r}: resolve it first ({resolved})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

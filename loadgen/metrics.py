@@ -1,4 +1,4 @@
-"""Per-request timelines and the metrics DESIGN.md defines on them ("Load generator metrics").
+"""Per-request timelines and the metrics docs/metrics.md defines on them.
 
 All times are seconds on one monotonic clock, relative to the run's start. Definitions:
 TTFT = t_first - t_send; E2E = t_end - t_send; E2E-from-schedule = t_end - t_sched (counts the

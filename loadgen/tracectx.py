@@ -14,8 +14,10 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-ROOT_SPAN_NAME = "loadgen.request"
-REQUEST_ID_ATTRIBUTE = "hopscope.request_id"
+from tracing import schema
+
+ROOT_SPAN_NAME = schema.LOADGEN_REQUEST
+REQUEST_ID_ATTRIBUTE = schema.REQUEST_ID
 
 # traceparent always travels, whatever OTEL_PROPAGATORS says: the servers read W3C context
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -34,7 +36,7 @@ class RequestTrace:
 
     def end(self, status: str, error: str = "") -> None:
         if self.span.is_recording():
-            self.span.set_attribute("hopscope.status", status)
+            self.span.set_attribute(schema.STATUS, status)
             if error:
                 self.span.set_status(trace.Status(trace.StatusCode.ERROR, error))
         self.span.end()
@@ -49,10 +51,13 @@ def _random_span_context() -> SpanContext:
     )
 
 
-def start_request_trace(tracer: trace.Tracer, request_id: str) -> RequestTrace:
-    """Start a root `loadgen.request` span (a new trace, never a child of the caller's)."""
+def start_request_trace(tracer: trace.Tracer, request_id: str, label: str = "") -> RequestTrace:
+    """Start a root `loadgen.request` span (a new trace, never a child of the caller's);
+    `label` (bench --label) lets `traces summarize --label` pick this run's requests."""
     span = tracer.start_span(
-        ROOT_SPAN_NAME, context=Context(), attributes={REQUEST_ID_ATTRIBUTE: request_id}
+        ROOT_SPAN_NAME,
+        context=Context(),
+        attributes={REQUEST_ID_ATTRIBUTE: request_id, schema.LABEL: label},
     )
     span_context = span.get_span_context()
     if not span_context.is_valid:

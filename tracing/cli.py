@@ -9,12 +9,16 @@ import sys
 import threading
 from dataclasses import asdict
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 
 from tracing.collector import DEFAULT_LISTEN, CollectorError, OtlpCollector
 from tracing.model import Span, normalize_trace_id
+
+if TYPE_CHECKING:
+    from tracing.filters import RequestFilter
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +34,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     collect.set_defaults(func=run_collect)
 
-    summarize = actions.add_parser("summarize", help="per-component breakdown over requests")
+    summarize = actions.add_parser(
+        "summarize",
+        help="per-component breakdown over requests",
+        description="Where each request's time went, summarized over requests. A span file "
+        "may hold many runs: --label, --since/--until and --requests pick one.",
+    )
     _add_source_args(summarize)
+    summarize.add_argument(
+        "--label", default=None, help="only requests a `hopscope bench --label LABEL` run sent"
+    )
+    summarize.add_argument(
+        "--until", default=None, help="only requests that started by then (same forms as --since)"
+    )
+    summarize.add_argument(
+        "--requests",
+        metavar="FILE",
+        default=None,
+        help="only the trace ids in a bench run's records JSONL (or its summary JSON)",
+    )
     summarize.add_argument("--json", action="store_true", help="print the summary as JSON")
     summarize.add_argument(
         "--per-request", action="store_true", help="with --json: add every request's breakdown"
@@ -51,16 +72,38 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
         "--jaeger", metavar="URL", help="Jaeger query service, e.g. http://127.0.0.1:16686"
     )
     parser.add_argument("--service", default=None, help="Jaeger: only traces of this service")
-    parser.add_argument("--since", default="15m", help="Jaeger: look back this far (default 15m)")
+    parser.add_argument(
+        "--since",
+        default=None,
+        help="only requests that started after WHEN: a duration ago (30s, 15m, 2h, 1d), unix "
+        "seconds or an ISO 8601 time; Jaeger: the query window (default 15m)",
+    )
 
 
 def _load_spans(args: argparse.Namespace) -> list[Span]:
-    from tracing.jaeger import parse_since, query_jaeger
+    from datetime import UTC, datetime, timedelta
+
+    from tracing.filters import parse_when
+    from tracing.jaeger import query_jaeger
     from tracing.readers import read_file
 
     if args.input:
         return read_file(args.input)
-    return query_jaeger(args.jaeger, service=args.service, since=parse_since(args.since))
+    window = timedelta(minutes=15)
+    if args.since:
+        window = datetime.now(UTC) - parse_when(args.since)
+    return query_jaeger(args.jaeger, service=args.service, since=window)
+
+
+def _request_filter(args: argparse.Namespace) -> RequestFilter:
+    from tracing.filters import RequestFilter, parse_when, read_trace_ids
+
+    return RequestFilter(
+        label=args.label,
+        since=parse_when(args.since) if args.since else None,
+        until=parse_when(args.until) if args.until else None,
+        trace_ids=read_trace_ids(args.requests) if args.requests else None,
+    )
 
 
 def _error(message: str) -> None:
@@ -112,22 +155,31 @@ def run_summarize(args: argparse.Namespace) -> int:
     from tracing.summary import summarize
 
     try:
+        request_filter = _request_filter(args)
         spans = _load_spans(args)
     except (TraceReadError, ValueError) as exc:
         _error(str(exc))
         return 2
-    breakdowns = decompose(spans)
+    found = decompose(spans)
+    breakdowns = request_filter.apply(found)
     summary = summarize(breakdowns)
+    if request_filter.is_active:
+        summary["filter"] = {**request_filter.describe(), "num_requests_read": len(found)}
     if args.json and args.per_request:
         summary["per_request"] = [asdict(b) for b in breakdowns]
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        console = console_for_output()
-        if summary["requests"] == 0:
-            console.print(f"no requests found among {len(spans)} spans (no Submit SERVER span)")
-            return 1
-        print_summary(console, summary)
+        return 0
+    console = console_for_output()
+    if not found:
+        console.print(f"no requests found among {len(spans)} spans (no Submit SERVER span)")
+        return 1
+    if not breakdowns:
+        console.print(f"none of the {len(found)} requests read match the filters")
+        return 1
+    if request_filter.is_active:
+        console.print(f"{len(breakdowns)} of the {len(found)} requests read match the filters")
+    print_summary(console, summary)
     return 0
 
 

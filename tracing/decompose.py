@@ -12,13 +12,14 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tracing import schema
 from tracing.model import Link, Span
+from tracing.schema import ENCODE, GENERATE, LOADGEN_REQUEST, STEP, SUBMIT
 
-LOADGEN_REQUEST = "loadgen.request"
-GENERATE = "hopscope.v1.Tokenizer/Generate"
-ENCODE = "tokenizer.encode"
-SUBMIT = "hopscope.v1.Scheduler/Submit"
-STEP = "hopscope.v1.Worker/Step"
+__all__ = ["ENCODE", "GENERATE", "LOADGEN_REQUEST", "STEP", "SUBMIT"]  # re-exported names
+# The HTTP front door's spans (OpenTelemetry's ASGI server span, the bench client's span) stand
+# where Generate's CLIENT/SERVER pair stands for gRPC.
+HTTP_FRONT_DOOR = ("POST /v1/completions", "POST /v1/chat/completions")
 
 TOKENIZE = "tokenize"
 QUEUE = "queue"
@@ -56,6 +57,10 @@ class RequestBreakdown:
     tpot_components_ms: dict[str, float] = field(default_factory=dict)
     clamped_ms: float = 0.0  # how much negative time was clamped to zero (overlap, jitter)
     notes: list[str] = field(default_factory=list)
+    # components no span measured for this request (counted 0 in components_ms; shown "n/a")
+    unmeasured: list[str] = field(default_factory=list)
+    start_unix_ns: int = 0  # when the request's root span started
+    label: str = ""  # `hopscope bench --label` of the run that sent it ("" when unknown)
 
     @property
     def is_sum_within_tolerance(self) -> bool:
@@ -70,9 +75,13 @@ class _StepCall:
     phase: str
 
 
+def _is_front_door(span: Span, kind: str) -> bool:
+    return span.kind == kind and (_is(span, GENERATE) or span.name in HTTP_FRONT_DOOR)
+
+
 def _is(span: Span, name: str, kind: str | None = None) -> bool:
     # OTel's gRPC instrumentation names spans "/pkg.Service/Method"; ours omit the slash
-    return span.name.lstrip("/") == name and (kind is None or span.kind == kind)
+    return schema.base_name(span.name) == name and (kind is None or span.kind == kind)
 
 
 class SpanIndex:
@@ -86,13 +95,13 @@ class SpanIndex:
         for span in self.spans:
             if span.parent_key is not None:
                 self.children[span.parent_key].append(span)
-            num_prefill = span.attributes.get("hopscope.num_prefill_links")
+            num_prefill = span.attributes.get(schema.NUM_PREFILL_LINKS)
             for position, link in enumerate(span.links):
-                if isinstance(num_prefill, int) and "hopscope.phase" not in link.attributes:
+                if isinstance(num_prefill, int) and schema.PHASE not in link.attributes:
                     # a step span lists its prefill links first and says how many there are
                     phase = "prefill" if position < num_prefill else "decode"
                     link = Link(
-                        link.trace_id, link.span_id, {**link.attributes, "hopscope.phase": phase}
+                        link.trace_id, link.span_id, {**link.attributes, schema.PHASE: phase}
                     )
                 self.linked_from[(link.trace_id, link.span_id)].append((span, link))
 
@@ -124,7 +133,7 @@ class SpanIndex:
         for position, (client, link) in enumerate(pairs):
             # Jaeger's UI format drops link attributes: the first step is then the prefill
             default_phase = "prefill" if position == 0 else "decode"
-            phase = str(link.attributes.get("hopscope.phase", default_phase))
+            phase = str(link.attributes.get(schema.PHASE, default_phase))
             calls.append(_StepCall(client, self.child(client, STEP, "SERVER"), phase))
         return calls
 
@@ -164,9 +173,9 @@ def _find_request_spans(index: SpanIndex, submit_server: Span) -> _RequestSpans:
     for ancestor in chain:
         if _is(ancestor, SUBMIT, "CLIENT") and found.submit_client is None:
             found.submit_client = ancestor
-        elif _is(ancestor, GENERATE, "SERVER") and found.generate_server is None:
+        elif _is_front_door(ancestor, "SERVER") and found.generate_server is None:
             found.generate_server = ancestor
-        elif _is(ancestor, GENERATE, "CLIENT") and found.generate_client is None:
+        elif _is_front_door(ancestor, "CLIENT") and found.generate_client is None:
             found.generate_client = ancestor
         elif _is(ancestor, LOADGEN_REQUEST) and found.loadgen is None:
             found.loadgen = ancestor
@@ -178,7 +187,9 @@ def _decompose_request(index: SpanIndex, submit_server: Span) -> RequestBreakdow
     root = found.root
     notes: list[str] = []
     calls = index.step_calls(submit_server)
-    raw = _raw_components(index, found, calls, notes)
+    measured = _raw_components(index, found, calls, notes)
+    unmeasured = [name for name in COMPONENTS if name in measured and measured[name] is None]
+    raw = {name: value or 0.0 for name, value in measured.items()}
     clamped_ms = 0.0
     for name, value in raw.items():
         if value < 0:
@@ -200,6 +211,9 @@ def _decompose_request(index: SpanIndex, submit_server: Span) -> RequestBreakdow
         components_ms=components,
         clamped_ms=clamped_ms,
         notes=notes,
+        unmeasured=unmeasured,
+        start_unix_ns=root.start_ns,
+        label=str(found.loadgen.attributes.get(schema.LABEL, "")) if found.loadgen else "",
     )
     _add_tpot(breakdown, calls, submit_server)
     return breakdown
@@ -207,12 +221,13 @@ def _decompose_request(index: SpanIndex, submit_server: Span) -> RequestBreakdow
 
 def _raw_components(
     index: SpanIndex, found: _RequestSpans, calls: list[_StepCall], notes: list[str]
-) -> dict[str, float]:
-    """Every component but `other`, possibly negative (clamped by the caller)."""
+) -> dict[str, float | None]:
+    """Every component but `other`, possibly negative (clamped by the caller); None when no
+    span measured it (e.g. the client hop of a caller that does not trace)."""
     server = found.submit_server
-    raw: dict[str, float] = {
-        QUEUE: _attr_ms(server, "hopscope.queue_ms"),
-        DETOKENIZE: _attr_ms(found.submit_client, "hopscope.detokenize_ms"),
+    raw: dict[str, float | None] = {
+        QUEUE: _attr_ms(server, schema.QUEUE_MS),
+        DETOKENIZE: _attr_ms(found.submit_client, schema.DETOKENIZE_MS),
         TOKENIZE: _tokenize_ms(index, found.generate_server),
         NET_CLIENT_TOKENIZER: _hop_ms(found.generate_client, found.generate_server),
         NET_TOKENIZER_SCHEDULER: _hop_ms(found.submit_client, server),
@@ -221,13 +236,13 @@ def _raw_components(
         raw.update(_step_components(calls, notes))
     else:
         notes.append("no Worker/Step spans link to this request; compute from Submit attributes")
-        raw[PREFILL] = _attr_ms(server, "hopscope.prefill_ms")
-        raw[DECODE] = _attr_ms(server, "hopscope.decode_ms")
-        raw[NET_SCHEDULER_WORKER] = 0.0
+        raw[PREFILL] = _attr_ms(server, schema.PREFILL_MS)
+        raw[DECODE] = _attr_ms(server, schema.DECODE_MS)
+        raw[NET_SCHEDULER_WORKER] = None
     return raw
 
 
-def _step_components(calls: list[_StepCall], notes: list[str]) -> dict[str, float]:
+def _step_components(calls: list[_StepCall], notes: list[str]) -> dict[str, float | None]:
     compute = {"prefill": 0.0, "decode": 0.0}
     network_ms = 0.0
     for call in calls:
@@ -263,29 +278,30 @@ def _add_tpot(breakdown: RequestBreakdown, calls: list[_StepCall], submit_server
     }
 
 
-def _tokenize_ms(index: SpanIndex, generate_server: Span | None) -> float:
+def _tokenize_ms(index: SpanIndex, generate_server: Span | None) -> float | None:
     if generate_server is None:
-        return 0.0
-    return sum(c.duration_ms for c in index.children[generate_server.key] if _is(c, ENCODE))
+        return None
+    encodes = [c for c in index.children[generate_server.key] if _is(c, ENCODE)]
+    return sum(c.duration_ms for c in encodes) if encodes else None
 
 
-def _hop_ms(client: Span | None, server: Span | None) -> float:
+def _hop_ms(client: Span | None, server: Span | None) -> float | None:
     if client is None or server is None:
-        return 0.0
+        return None
     return client.duration_ms - server.duration_ms
 
 
-def _attr_ms(span: Span | None, key: str) -> float:
-    if span is None:
-        return 0.0
+def _attr_ms(span: Span | None, key: str) -> float | None:
+    if span is None or key not in span.attributes:
+        return None
     try:
-        return float(span.attributes.get(key, 0.0))
+        return float(span.attributes[key])
     except (TypeError, ValueError):
-        return 0.0
+        return None
 
 
 def _request_id(found: _RequestSpans) -> str:
     for span in (found.submit_server, found.submit_client, found.generate_server, found.loadgen):
-        if span is not None and "hopscope.request_id" in span.attributes:
-            return str(span.attributes["hopscope.request_id"])
+        if span is not None and schema.REQUEST_ID in span.attributes:
+            return str(span.attributes[schema.REQUEST_ID])
     return ""

@@ -22,12 +22,15 @@ def summary_table(summary: dict[str, Any]) -> Table:
         table.add_column(header, justify="left" if header == "component" else "right")
     for name, row in summary["components"].items():
         style = "cyan" if "network" in name else None
-        table.add_row(name, *_stat_cells(row), f"{row['share']:.1%}", style=style)
+        table.add_row(name, *_stat_cells(row), _share(row["share"]), style=style)
     table.add_section()
     table.add_row("e2e", *_stat_cells(summary["e2e"]), "100%", style="bold")
     network = summary["network_total"]
-    table.add_row("network (all hops)", *_stat_cells(network), f"{network['share']:.1%}")
+    table.add_row("network (all hops)", *_stat_cells(network), _share(network["share"]))
     return table
+
+
+NOT_MEASURED = "n/a"  # no span measured it: unknown, which is not 0
 
 
 def tpot_table(tpot: dict[str, Any]) -> Table:
@@ -35,14 +38,22 @@ def tpot_table(tpot: dict[str, Any]) -> Table:
     for header in ("component", "mean ms", "p50 ms", "p99 ms", "share of TPOT"):
         table.add_column(header, justify="left" if header == "component" else "right")
     for name, row in tpot["components"].items():
-        table.add_row(name, *_stat_cells(row), f"{row['share']:.1%}")
+        table.add_row(name, *_stat_cells(row), _share(row["share"]))
     table.add_section()
     table.add_row("TPOT", *_stat_cells(tpot), "100%", style="bold")
     return table
 
 
-def _stat_cells(row: dict[str, float]) -> list[str]:
-    return [f"{row['mean_ms']:.3f}", f"{row['p50_ms']:.3f}", f"{row['p99_ms']:.3f}"]
+def _stat_cells(row: dict[str, float | None]) -> list[str]:
+    return [_ms(row[key]) for key in ("mean_ms", "p50_ms", "p99_ms")]
+
+
+def _ms(value: float | None) -> str:
+    return NOT_MEASURED if value is None else f"{value:.3f}"
+
+
+def _share(value: float | None) -> str:
+    return NOT_MEASURED if value is None else f"{value:.1%}"
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
@@ -119,9 +130,12 @@ def breakdown_table(breakdown: RequestBreakdown) -> Table:
     for header in ("component", "ms", "share of e2e"):
         table.add_column(header, justify="left" if header == "component" else "right")
     for name in COMPONENTS:
+        style = "cyan" if "network" in name else None
+        if name in breakdown.unmeasured:
+            table.add_row(name, NOT_MEASURED, NOT_MEASURED, style=style)
+            continue
         value = breakdown.components_ms.get(name, 0.0)
         share = value / breakdown.e2e_ms if breakdown.e2e_ms > 0 else 0.0
-        style = "cyan" if "network" in name else None
         table.add_row(name, f"{value:.3f}", f"{share:.1%}", style=style)
     if breakdown.tpot_ms is not None:
         table.add_section()

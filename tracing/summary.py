@@ -26,25 +26,40 @@ def stats_ms(values: Sequence[float]) -> dict[str, float]:
     return {"mean_ms": mean, "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99)}
 
 
+NO_DATA: dict[str, float | None] = {"mean_ms": None, "p50_ms": None, "p99_ms": None, "share": None}
+
+
 def _component_stats(
-    rows: Sequence[dict[str, float]], names: Sequence[str], total_ms: float
-) -> dict[str, dict[str, float]]:
-    result = {}
+    rows: Sequence[dict[str, float | None]], names: Sequence[str], total_ms: float
+) -> dict[str, dict[str, float | None]]:
+    """Stats of each component over the requests that measured it (None in a row: not
+    measured); a component no request measured is all None ("n/a"), never a fake 0."""
+    result: dict[str, dict[str, float | None]] = {}
     for name in names:
-        values = [row.get(name, 0.0) for row in rows]
+        values = [v for row in rows if (v := row.get(name, 0.0)) is not None]
+        if not values and rows:
+            result[name] = dict(NO_DATA)
+            continue
         # ratio of sums, so the shares of a partition add up to 1
         share = sum(values) / total_ms if total_ms > 0 else 0.0
         result[name] = {**stats_ms(values), "share": share}
     return result
 
 
+def _measured_row(breakdown: RequestBreakdown) -> dict[str, float | None]:
+    return {
+        name: None if name in breakdown.unmeasured else value
+        for name, value in breakdown.components_ms.items()
+    }
+
+
 def summarize(breakdowns: Sequence[RequestBreakdown]) -> dict[str, Any]:
     """The `--json` document of `hopscope traces summarize`."""
     e2e = [b.e2e_ms for b in breakdowns]
     total_e2e_ms = sum(e2e)
-    rows = [b.components_ms for b in breakdowns]
+    rows = [_measured_row(b) for b in breakdowns]
     components = _component_stats(rows, COMPONENTS, total_e2e_ms)
-    network_rows = [{"network": _network_ms(b.components_ms)} for b in breakdowns]
+    network_rows = [{"network": _network_ms(row)} for row in rows]
     return {
         "requests": len(breakdowns),
         "e2e": stats_ms(e2e),
@@ -55,14 +70,15 @@ def summarize(breakdowns: Sequence[RequestBreakdown]) -> dict[str, Any]:
     }
 
 
-def _network_ms(components_ms: dict[str, float]) -> float:
-    return sum(value for name, value in components_ms.items() if "network" in name)
+def _network_ms(row: dict[str, float | None]) -> float | None:
+    values = [value for name, value in row.items() if "network" in name and value is not None]
+    return sum(values) if values else None
 
 
 def _tpot_summary(breakdowns: Sequence[RequestBreakdown]) -> dict[str, Any]:
     with_tpot = [b for b in breakdowns if b.tpot_ms is not None]
     tpot = [b.tpot_ms for b in with_tpot if b.tpot_ms is not None]
-    rows = [b.tpot_components_ms for b in with_tpot]
+    rows: list[dict[str, float | None]] = [dict(b.tpot_components_ms) for b in with_tpot]
     return {
         "requests": len(with_tpot),
         **stats_ms(tpot),
@@ -71,9 +87,9 @@ def _tpot_summary(breakdowns: Sequence[RequestBreakdown]) -> dict[str, Any]:
 
 
 def _checks(
-    breakdowns: Sequence[RequestBreakdown], components: dict[str, dict[str, float]]
+    breakdowns: Sequence[RequestBreakdown], components: dict[str, dict[str, float | None]]
 ) -> dict[str, Any]:
-    other_share = components[OTHER]["share"] if breakdowns else 0.0
+    other_share = (components[OTHER]["share"] or 0.0) if breakdowns else 0.0
     num_clamped = sum(1 for b in breakdowns if b.clamped_ms > 0)
     num_off = sum(1 for b in breakdowns if not b.is_sum_within_tolerance)
     warnings = []
@@ -86,6 +102,13 @@ def _checks(
         warnings.append(
             f"'other' is {other_share:.0%} of e2e (limit {OTHER_SHARE_LIMIT:.0%}): a span is "
             "probably missing; check that every service exports traces"
+        )
+    unmeasured = [name for name, row in components.items() if row["mean_ms"] is None]
+    if unmeasured and breakdowns:
+        warnings.append(
+            f"no span measured {', '.join(unmeasured)} (n/a): the caller's side is not traced "
+            "(run `hopscope bench` with OTEL_EXPORTER_OTLP_ENDPOINT or HOPSCOPE_TRACE_FILE set) "
+            "or a service does not export"
         )
     return {
         "num_clamped": num_clamped,

@@ -19,8 +19,19 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client import start_http_server as _start_http_server
 
-# Default /metrics port of each service (0 disables the endpoint). deploy/prometheus scrapes these.
-METRICS_PORTS: dict[str, int] = {"tokenizer": 9401, "scheduler": 9402, "worker": 9403}
+# Default /metrics port of each service: `serve --metrics-port BASE` puts them at BASE + offset
+# (BASE 0: any free port each). deploy/prometheus scrapes the defaults.
+DEFAULT_METRICS_BASE_PORT = 9401
+METRICS_PORT_OFFSETS: dict[str, int] = {"tokenizer": 0, "scheduler": 1, "worker": 2}
+METRICS_PORTS: dict[str, int] = {
+    name: DEFAULT_METRICS_BASE_PORT + offset for name, offset in METRICS_PORT_OFFSETS.items()
+}
+
+
+def metrics_port(service_name: str, base_port: int) -> int:
+    """The service's /metrics port for a base port (0: any free port)."""
+    return base_port + METRICS_PORT_OFFSETS[service_name] if base_port else 0
+
 
 # Millisecond buckets from a fast CPU step (0.1 ms) to a long generation (60 s).
 LATENCY_BUCKETS_MS = (
@@ -37,11 +48,13 @@ class ServiceMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self.url = ""  # where /metrics is served (set by serve_metrics); "" when not served
         gauges = {
             "queue_length": "Requests waiting to be scheduled",
             "running_seqs": "Sequences currently running (prefill or decode)",
             "kv_blocks_used": "KV-cache blocks allocated to sequences",
             "kv_blocks_free": "KV-cache blocks free",
+            "kv_blocks_total": "KV-cache blocks in all (used + free)",
         }
         self._gauges = {name: self._gauge(name, doc) for name, doc in gauges.items()}
         self._batch_size = self._histogram("batch_size", "Sequences per step", BATCH_SIZE_BUCKETS)
@@ -79,6 +92,7 @@ class ServiceMetrics:
     def set_kv_blocks(self, *, num_used: int, num_free: int) -> None:
         self._gauges["kv_blocks_used"].set(num_used)
         self._gauges["kv_blocks_free"].set(num_free)
+        self._gauges["kv_blocks_total"].set(num_used + num_free)
 
     # --- histograms
 
@@ -132,8 +146,13 @@ def start_metrics_server(metrics: ServiceMetrics, host: str, port: int) -> int:
     """
     if port == 0:
         return 0
-    if not 0 < port < 65536:
-        raise MetricsServerError(f"metrics port must be in [1, 65535] or 0 (off), got {port}")
+    return _bind_metrics_server(metrics, host, port)
+
+
+def _bind_metrics_server(metrics: ServiceMetrics, host: str, port: int) -> int:
+    """Like start_metrics_server, but port 0 binds any free port."""
+    if not 0 <= port < 65536:
+        raise MetricsServerError(f"metrics port must be in [0, 65535], got {port}")
     if metrics._server is not None:
         raise MetricsServerError(f"metrics of {metrics.service_name} are already being served")
     try:
@@ -141,16 +160,18 @@ def start_metrics_server(metrics: ServiceMetrics, host: str, port: int) -> int:
     except OSError as exc:
         raise MetricsServerError(
             f"cannot serve {metrics.service_name} metrics on {host}:{port}: {exc}; "
-            "is the port already in use? (pass another metrics port, or 0 to disable)"
+            "is the port already in use? (`serve --metrics-port 0` picks free ports)"
         ) from exc
     metrics._server, metrics._thread = server, thread
     return int(server.server_address[1])
 
 
 def serve_metrics(service_name: str, address: str) -> ServiceMetrics:
-    """The service's metrics, served on `address` ("HOST:PORT") unless it is "" (off)."""
+    """The service's metrics, served on `address` ("HOST:PORT", port 0: any free one) unless it
+    is "" (off)."""
     metrics = ServiceMetrics(service_name)
     if address:
         host, _, port = address.rpartition(":")
-        start_metrics_server(metrics, host, int(port))
+        bound_port = _bind_metrics_server(metrics, host, int(port))
+        metrics.url = f"http://{host}:{bound_port}/metrics"
     return metrics

@@ -1,7 +1,7 @@
 """The one entry point shape for a service process: `python -m services.<name> --config JSON`.
 
-It configures logging and tracing, starts the service, prints `HOPSCOPE_READY <address>` once
-it serves (the launcher waits for that line), drains on SIGTERM/SIGINT and exits 0; a fatal
+It configures logging and tracing, starts the service, prints
+`HOPSCOPE_READY <address> metrics=<url or ->` once it serves (the launcher waits for that line), drains on SIGTERM/SIGINT and exits 0; a fatal
 error at start-up is one clear line on stderr and exit code 2.
 """
 
@@ -27,6 +27,9 @@ T = TypeVar("T")
 class RunningService(Protocol):
     @property
     def address(self) -> str: ...
+
+    @property
+    def metrics_urls(self) -> dict[str, str]: ...
 
     async def stop(self, grace_s: float) -> None: ...
 
@@ -85,20 +88,18 @@ async def _serve(name: str, config: T, start: Callable[[T], Awaitable[RunningSer
     except Exception as exc:  # noqa: BLE001 - a fatal start-up error is reported, not a traceback
         print(f"error: {name} could not start: {exc}", file=sys.stderr, flush=True)
         return 2
-    print(f"{READY_PREFIX} {service.address}", flush=True)
+    metrics_url = next(iter(service.metrics_urls.values()), "")
+    print(f"{READY_PREFIX} {service.address} metrics={metrics_url or '-'}", flush=True)
     await wait_for_stop_signal()
     await service.stop(10.0)
     return 0
 
 
 async def wait_for_stop_signal() -> None:
-    """Return once SIGTERM or SIGINT arrives (the one "wait for a signal, then drain")."""
+    """Return once SIGTERM or SIGINT arrives (the one "wait for a signal, then drain"). The
+    handlers stay: a second signal during the drain must not kill it before spans are flushed."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    await stop.wait()

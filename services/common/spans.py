@@ -2,7 +2,7 @@
 tokenizer->scheduler stream, one step on the scheduler->worker stream, and in-process calls.
 
 They follow the RPC semantic conventions so every placement yields spans of the same shape
-(names and attributes are listed in ARCHITECTURE.md). Trace context travels in a plain dict
+(names and attribute keys come from tracing/schema.py, listed in ARCHITECTURE.md). Trace context travels in a plain dict
 carrier (a `map<string,string>` on the wire).
 """
 
@@ -14,8 +14,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span, SpanKind
 
-SUBMIT = ("hopscope.v1.Scheduler", "Submit")
-STEP = ("hopscope.v1.Worker", "Step")
+from tracing import schema
+
+SUBMIT = schema.SUBMIT_RPC
+STEP = schema.STEP_RPC
 _NET_TRANSPORT = {"uds": "unix", "tcp": "tcp", "inproc": "inproc"}
 
 _tracer = trace.get_tracer("hopscope")
@@ -43,10 +45,10 @@ def start_rpc_span(
         kind=kind,
         links=links,
         attributes={
-            "rpc.system": "inproc" if transport == "inproc" else "grpc",
-            "rpc.service": service,
-            "rpc.method": method,
-            "network.transport": _NET_TRANSPORT.get(transport, transport),
+            schema.RPC_SYSTEM: "inproc" if transport == "inproc" else "grpc",
+            schema.RPC_SERVICE: service,
+            schema.RPC_METHOD: method,
+            schema.NETWORK_TRANSPORT: _NET_TRANSPORT.get(transport, transport),
             **dict(attributes or {}),
         },
     )

@@ -24,7 +24,9 @@ from services.common.types import Delivery, ModelInfo, StepOutput
 from services.scheduler.cache_metrics import CacheMetrics
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Batch, Request, Update
+from services.scheduler.service_config import WORKER_RESTART_TIMEOUT_S
 from services.scheduler.worker_client import WorkerClient
+from tracing import schema
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,8 @@ class RunnerSettings:
     step_timeout_s: float = 120.0
     connect_timeout_s: float = 30.0
     # how long in-flight requests wait for a lost worker to come back before failing UNAVAILABLE
-    worker_reconnect_timeout_s: float = 10.0
+    # (long enough for a restarted worker that rebuilds its kernels: `--worker-restart-timeout`)
+    worker_reconnect_timeout_s: float = WORKER_RESTART_TIMEOUT_S
 
 
 @dataclass(slots=True)
@@ -79,6 +82,7 @@ class SchedulerRunner:
         self.replica = "0"  # its index among worker replicas (a metrics label)
         self.hop_rtt_ms = 0.0
         self.tokens_per_ms = 0.0
+        worker.watch(self._wakeup.set)  # a stream lost while idle is noticed at once
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -88,6 +92,8 @@ class SchedulerRunner:
             self.worker_info.model, list(self.worker_info.eos_token_ids)
         )
         self.core = self._core_factory(info)
+        # all free before the first step (an unset gauge reads 0 free: a full cache)
+        self.metrics.set_kv_blocks(num_used=0, num_free=self.core.block_manager.num_blocks)
         self._worker_down_since = None
         self._on_health(True)
         self._task = asyncio.create_task(self._run(), name="scheduler-loop")
@@ -122,8 +128,8 @@ class SchedulerRunner:
             transport,
             parent=request.context if isinstance(request.context, Mapping) else {},
             attributes={
-                "hopscope.request_id": request.request_id,
-                "hopscope.num_prompt_tokens": len(request.prompt_token_ids),
+                schema.REQUEST_ID: request.request_id,
+                schema.NUM_PROMPT_TOKENS: len(request.prompt_token_ids),
                 **dict(attributes or {}),
             },
         )
@@ -162,6 +168,10 @@ class SchedulerRunner:
         assert self.core is not None
         if not self.is_worker_up:
             await self._reconnect()
+            return
+        if not self.worker.is_connected:
+            log.warning("worker lost: the step stream to %s ended", self.worker.address)
+            self._lose_worker()
             return
         now = time.monotonic()
         self._deliver(self.core.expire(now))
@@ -204,11 +214,11 @@ class SchedulerRunner:
             parent=self._parent_of(batch),
             links=prefill_links + decode_links,
             attributes={
-                "hopscope.num_prefill_links": len(prefill_links),
-                "hopscope.step_id": batch.step_id,
-                "hopscope.batch_size": batch.num_seqs,
-                "hopscope.num_prefill_tokens": batch.num_prefill_tokens,
-                "hopscope.num_decode_tokens": batch.num_decode_tokens,
+                schema.NUM_PREFILL_LINKS: len(prefill_links),
+                schema.STEP_ID: batch.step_id,
+                schema.BATCH_SIZE: batch.num_seqs,
+                schema.NUM_PREFILL_TOKENS: batch.num_prefill_tokens,
+                schema.NUM_DECODE_TOKENS: batch.num_decode_tokens,
                 **_swap_attributes(batch),
             },
         )
@@ -217,7 +227,7 @@ class SchedulerRunner:
         except Exception as exc:
             _end_span(span, exc)
             raise
-        span.set_attribute("hopscope.worker_step_ms", out.step_ms)
+        span.set_attribute(schema.WORKER_STEP_MS, out.step_ms)
         span.end()
         return out.sampled, out.step_ms
 
@@ -346,12 +356,12 @@ class SchedulerRunner:
     def _close_span(self, tracked: _Tracked, finish_reason: str, error: Exception | None) -> None:
         req, span = tracked.request, tracked.span
         if req.first_scheduled_s is not None:
-            span.set_attribute("hopscope.queue_ms", (req.first_scheduled_s - req.arrival_s) * 1e3)
-        span.set_attribute("hopscope.prefill_ms", tracked.prefill_ms)
-        span.set_attribute("hopscope.decode_ms", tracked.decode_ms)
-        span.set_attribute("hopscope.num_output_tokens", req.num_output_tokens)
-        span.set_attribute("hopscope.num_preemptions", req.num_preemptions)
-        span.set_attribute("hopscope.finish_reason", finish_reason)
+            span.set_attribute(schema.QUEUE_MS, (req.first_scheduled_s - req.arrival_s) * 1e3)
+        span.set_attribute(schema.PREFILL_MS, tracked.prefill_ms)
+        span.set_attribute(schema.DECODE_MS, tracked.decode_ms)
+        span.set_attribute(schema.NUM_OUTPUT_TOKENS, req.num_output_tokens)
+        span.set_attribute(schema.NUM_PREEMPTIONS, req.num_preemptions)
+        span.set_attribute(schema.FINISH_REASON, finish_reason)
         _end_span(span, error)
 
     # ------------------------------------------------------------------ worker loss

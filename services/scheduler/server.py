@@ -30,6 +30,10 @@ class SchedulerServer:
     def address(self) -> str:
         return self.grpc_server.address
 
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {"scheduler": self.runner.metrics.url}
+
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.grpc_server.stop(grace_s)
         await self.runner.stop()

@@ -120,6 +120,8 @@ def describe_scheduler(
             service = response.services.add()
             service.CopyFrom(info.service)
             service.name = name
+            if not replica.is_worker_up:
+                service.pid = 0  # that process is gone; the one that replaces it is not known yet
             if index == 0:
                 response.model.CopyFrom(info.model)
         response.edges.append(

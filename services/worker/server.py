@@ -31,6 +31,10 @@ class WorkerServer:
     def address(self) -> str:
         return self.grpc_server.address
 
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        return {"worker": self.service.metrics.url}
+
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.grpc_server.stop(grace_s)
         self.service.close()

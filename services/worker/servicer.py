@@ -19,6 +19,7 @@ from services.common.identity import ServiceIdentity
 from services.common.metrics import ServiceMetrics
 from services.common.types import BlockSwaps, ModelInfo, SeqStep, StepOutput
 from services.worker.engine import Engine
+from tracing import schema
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class WorkerService:
         self.metrics = metrics or ServiceMetrics("worker")
         self.instance_id = uuid.uuid4().hex
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._observe_kv_blocks([])  # all free until the first step, not 0 free (looks full)
 
     @property
     def info(self) -> ModelInfo:
@@ -47,30 +49,39 @@ class WorkerService:
         swaps: BlockSwaps | None = None,
     ) -> StepOutput:
         span = spans.start_rpc_span(
-            spans.STEP,
+            schema.STEP_RPC,
             SpanKind.SERVER,
             transport,
             parent=carrier,
-            attributes={"hopscope.batch_size": len(seqs)},
+            attributes={schema.BATCH_SIZE: len(seqs)},
         )
         try:
             loop = asyncio.get_running_loop()
             out = await loop.run_in_executor(self._executor, self.engine.step, seqs, swaps)
-        except BaseException as exc:  # cancelled too: the span always ends
+            # before end(): attributes set on an ended span are dropped, never exported
+            span.set_attribute(schema.STEP_MS, out.step_ms)
+            span.set_attribute(schema.DEVICE_MS, out.device_ms)
+            if swaps:
+                span.set_attribute("hopscope.swap_ms", out.swap_ms)
+                spans.record_swap_span(
+                    span, out.swap_start_ns, out.swap_ms, len(swaps.swap_out), len(swaps.swap_in)
+                )
+        except Exception as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, str(exc)))
-            span.end()
             raise
+        finally:
+            span.end()
         self.metrics.observe_step(batch_size=len(seqs), step_ms=out.step_ms)
-        span.set_attribute("hopscope.step_ms", out.step_ms)
-        span.set_attribute("hopscope.device_ms", out.device_ms)
-        if swaps:
-            span.set_attribute("hopscope.swap_ms", out.swap_ms)
-            spans.record_swap_span(
-                span, out.swap_start_ns, out.swap_ms, len(swaps.swap_out), len(swaps.swap_in)
-            )
-        span.end()
+        self._observe_kv_blocks(seqs)
         return out
+
+    def _observe_kv_blocks(self, seqs: list[SeqStep]) -> None:
+        """Blocks the step's sequences hold (the scheduler sends every running sequence's table
+        each step), so used + free = the cache's total, as the scheduler counts them."""
+        num_used = len({block for seq in seqs for block in seq.block_table})
+        num_total = self.engine.info.num_blocks
+        self.metrics.set_kv_blocks(num_used=num_used, num_free=num_total - num_used)
 
     def info_pb(self) -> pb.WorkerInfo:
         info = self.engine.info

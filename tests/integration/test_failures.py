@@ -129,7 +129,7 @@ def test_dead_worker_turns_requests_unavailable_and_serving_resumes_after_restar
 
 def _run_serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "serve", "--no-ray", *args],
+        [sys.executable, "-P", "-m", "deploy.cli", "serve", "--no-ray", *args],
         check=False,
         capture_output=True,
         text=True,

@@ -1,16 +1,24 @@
-"""`hopscope serve` as a user starts it: every server is SERVING while it serves, and the user's
-working directory never becomes hopscope's code."""
+"""`hopscope serve` as a user starts it (through deploy/lifecycle.py): every server is SERVING
+while it serves, the user's working directory never becomes hopscope's code, a taken port is
+refused before the model loads, metrics ports and kept logs are the user's to choose, and a
+service that dies is reported with its last lines."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deploy.lifecycle import START_TIMEOUT_S, LaunchError, launch, start_serve
+from deploy.lifecycle import START_TIMEOUT_S, LaunchError, launch, start_serve, wait_serving
 from tests.harness import generate, serve
 
 
@@ -84,3 +92,80 @@ def test_no_ray_actor_imports_from_the_users_working_directory(tmp_path: Path) -
         child.stop(0)
     assert not (cwd / "imported.txt").exists(), (cwd / "imported.txt").read_text()
     assert len(ids) == 2
+
+
+def _serve_fails(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "deploy.cli", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("placement", ["inproc", "colocated"])
+def test_a_taken_port_is_refused_before_the_model_loads(placement: str) -> None:
+    """The model does not even exist: the port is what serve must complain about, first."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = _serve_fails(
+            "--no-ray", "--placement", placement, "--port", str(port), "--model", "/no/such/model"
+        )
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr and "already in use" in result.stderr
+    assert "/no/such/model" not in result.stderr, result.stderr
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+@pytest.mark.parametrize("placement", ["inproc", "colocated"])
+def test_metrics_port_zero_gives_each_service_its_own_free_port(placement: str) -> None:
+    with serve(placement, "--metrics-port", "0") as served:
+        match = re.search(r"hopscope metrics: (.+)", served.log())
+        assert match, served.log()
+        urls = dict(part.split(" ") for part in match.group(1).split(", "))
+        pages = {name: _scrape(url) for name, url in urls.items()}
+    assert set(urls) == {"tokenizer", "scheduler", "worker"}
+    assert len(set(urls.values())) == 3
+    for name, page in pages.items():
+        assert f'service="{name}"' in page
+
+
+def test_log_dir_keeps_the_logs_and_a_dead_service_is_reported_with_its_last_lines(
+    tmp_path: Path,
+) -> None:
+    log_dir = tmp_path / "logs"
+    with serve("colocated", "--log-dir", str(log_dir)) as served:
+        worker_pid = next(s.pid for s in served.describe().services if s.name == "worker")
+        os.kill(worker_pid, signal.SIGKILL)
+        wait_serving(served.address, 120.0)  # restarted by serve's supervisor
+        ids, _, _ = generate(served.address, prompt="again", max_tokens=2, ignore_eos=True)
+        console = served.log()
+    assert len(ids) == 2
+    assert "worker killed by SIGKILL; restarting" in console, console
+    assert {p.name for p in log_dir.iterdir()} == {"worker.log", "scheduler.log", "tokenizer.log"}
+    assert "HOPSCOPE_READY" in (log_dir / "worker.log").read_text()  # kept after the exit
+
+
+def test_a_chatty_child_never_blocks_on_its_output(tmp_path: Path) -> None:
+    """1 MiB after the ready line: a pipe nobody reads (64 KiB) would block the child forever."""
+    script = (
+        "import sys; print('READY', flush=True); "
+        "sys.stdout.write('x' * (1 << 20) + '\\n'); sys.stderr.write('y' * (1 << 20) + '\\n'); "
+        "print('finished', flush=True)"
+    )
+    child = launch(["-c", script], name="chatty", log_path=tmp_path / "chatty.log")
+    try:
+        child.wait_for_line(re.compile("^READY$"), 30)
+        child.wait_for_line(re.compile("^finished$"), 30)
+        code = child.wait(30)
+    finally:
+        child.stop(0)
+    assert code == 0
+    assert (tmp_path / "chatty.log").stat().st_size > 2 << 20

@@ -125,7 +125,10 @@ def test_open_loop_run_writes_the_contract_records_and_plots(instant: str, tmp_p
     assert all(re.fullmatch(r"[0-9a-f]{32}", r["trace_id"]) for r in rows)
     assert len({r["trace_id"] for r in rows}) == 60
     assert all(r["n_out"] == 12 and r["n_in"] == 128 for r in rows)
-    assert out.with_suffix(".cdf.png").stat().st_size > 0
+    plots = tmp_path / "open-plots"
+    for name in ("ttft_cdf.png", "tpot_cdf.png", "itl_cdf.png", "e2e_cdf.png"):
+        assert (plots / name).stat().st_size > 0, name  # one figure per metric
+    assert document["deployment"]["placement"] == "instant-fixture"  # Describe, recorded
 
 
 def test_closed_loop_with_two_workers_and_compare(
@@ -172,35 +175,31 @@ def test_closed_loop_with_two_workers_and_compare(
         "--no-plots",
     )
     capsys.readouterr()
-    assert bench("compare", str(out), str(other)) == 0
+    overlays = tmp_path / "compare-plots"
+    assert bench("compare", str(out), str(other), "--plots", str(overlays)) == 0
     table = capsys.readouterr().out
     assert "closed" in table and "again" in table and "Δ vs first" in table
+    assert "warning" not in table  # two closed loops: like with like
+    assert {p.name for p in overlays.iterdir()} == {
+        "ttft_cdf.png", "tpot_cdf.png", "itl_cdf.png", "e2e_cdf.png"
+    }  # fmt: skip
 
 
 def test_failed_requests_are_counted_by_status_and_kept_out_of_latency(
-    slow_failing: str, tmp_path: Path
+    slow_failing: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "fail.json"
-    code = bench(
-        "--address",
-        slow_failing,
-        "--concurrency",
-        "5",
-        "--num-requests",
-        "10",
-        "--output-len",
-        "4",
-        "--out",
-        str(out),
-        "--no-live",
-        "--no-plots",
-    )
-    assert code == 0
+    args = ["--address", slow_failing, "--concurrency", "5", "--num-requests", "10"]
+    args += ["--output-len", "4", "--out", str(out), "--no-live", "--no-plots"]
+    code = bench(*args)
+    assert code == 1  # 2 of 10 failed: a run with failures is not a success by default
+    assert "2 of 10 requests failed (20.0% > --max-failed-frac 0)" in capsys.readouterr().out
     document = json.loads(out.read_text())
     assert document["summary"]["failed"] == 2 and document["summary"]["completed"] == 8
     assert document["failed_by_status"] == {"RESOURCE_EXHAUSTED": 2}
     # a refused request answers at once; the successful ones take 4 x 0.2 s
     assert document["summary"]["e2e_ms"]["min"] > 500
+    assert bench(*args, "--max-failed-frac", "0.2") == 0  # at the limit: accepted
 
 
 def test_unreachable_address_exits_non_zero_and_sends_nothing(

@@ -155,7 +155,7 @@ def test_label_nobody_has_is_refused(cluster: ClusterRecord, tmp_path: Path) -> 
 
 def test_remote_on_the_one_node_embedded_ray_is_refused() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "serve", "--placement", "remote", "--port", "0"],
+        [sys.executable, "-P", "-m", "deploy.cli", "serve", "--placement", "remote", "--port", "0"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -50,8 +50,13 @@ def test_impossible_combinations_are_refused(argv: list[str], message: str) -> N
 def test_address_is_required_and_checked() -> None:
     with pytest.raises(BenchConfigError, match="--address"):
         cli.build_points(parse("--rate", "1"))
-    with pytest.raises(BenchConfigError, match="HOST:PORT"):
-        cli.build_points(parse("--address", "nohost", "--rate", "1"))
+    with pytest.raises(BenchConfigError, match="port must be a number"):
+        cli.build_points(parse("--address", "h:port", "--rate", "1"))
+
+
+def test_an_address_without_a_port_dials_50051_not_443() -> None:
+    points, _ = cli.build_points(parse("--address", "localhost", "--rate", "1"))
+    assert points[0].address == "localhost:50051"
 
 
 def test_slo_parsing() -> None:

@@ -1,4 +1,4 @@
-"""Metric math on synthetic timelines with known answers (DESIGN.md "Load generator metrics")."""
+"""Metric math on synthetic timelines with known answers (docs/metrics.md)."""
 
 from __future__ import annotations
 

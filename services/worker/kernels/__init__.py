@@ -1,21 +1,29 @@
 """The engine's fused CPU kernels (cpu_kernels.cpp), compiled on first use by torch's C++
 extension loader and called as `torch.ops.hopscope.*`.
 
-The build (about fifteen seconds, once per CPU type and source version) is cached under
-`TORCH_EXTENSIONS_DIR` (default ~/.cache/torch_extensions); later loads take milliseconds. It is
-compiled for this CPU (-march=native), so the cache entry is named after the CPU's feature flags:
-a home directory shared by different machines never hands one of them another's instructions.
+The build (about fifteen seconds) is cached under `TORCH_EXTENSIONS_DIR` (default
+~/.cache/torch_extensions); later loads take milliseconds. The cache entry is named after
+everything the build depends on (`BuildInputs`: the source, torch's version and install, this
+CPU's feature flags for -march=native, the compiler, the Python interpreter and prefix, which
+`ninja` runs, the flags), so two venvs or checkouts on one machine each keep their own entry
+instead of rebuilding over each other, and a home directory shared by different machines never
+hands one of them another's instructions.
 Where it cannot be built (no C++ compiler), the engine falls back to plain torch ops and says why.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import platform
+import shutil
 import subprocess
+import sys
 import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -45,7 +53,7 @@ def load() -> None:
             try:
                 from torch.utils import cpp_extension
 
-                name = f"hopscope_cpu_kernels_{_cpu_tag()}"
+                name = cache_name(build_inputs())
                 _remove_stale_build_lock(Path(cpp_extension._get_build_directory(name, False)))
                 cpp_extension.load(
                     name=name,
@@ -85,16 +93,53 @@ def _remove_stale_build_lock(build_dir: Path) -> None:
         lock.unlink(missing_ok=True)
 
 
-def _cpu_tag() -> str:
-    """A short hash of this CPU's feature flags (what -march=native compiles for) and of the
-    torch version (whose C++ ABI the build links against)."""
+@dataclass(frozen=True, slots=True)
+class BuildInputs:
+    """Everything the compiled kernels depend on; `cache_name` hashes all of it."""
+
+    source_sha256: str
+    torch_version: str
+    torch_dir: str  # its headers and libraries: two venvs hold two copies
+    cpu_flags: str  # what -march=native compiles for
+    compiler: str  # resolved path of $CXX, else of c++
+    python: str  # the interpreter (its headers, its ABI)
+    prefix: str  # the venv
+    ninja: str  # whichever `ninja` PATH finds: it writes the build files
+    cflags: tuple[str, ...]
+
+
+def build_inputs() -> BuildInputs:
+    return BuildInputs(
+        source_sha256=hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
+        torch_version=torch.__version__,
+        torch_dir=str(Path(torch.__file__).resolve().parent),
+        cpu_flags=_cpu_flags(),
+        compiler=_resolved(os.environ.get("CXX") or "c++"),
+        python=str(Path(sys.executable).resolve()),
+        prefix=str(Path(sys.prefix).resolve()),
+        ninja=_resolved("ninja"),
+        cflags=tuple(_CFLAGS),
+    )
+
+
+def cache_name(inputs: BuildInputs) -> str:
+    """The extension's name, hence its build directory: one per distinct set of inputs."""
+    key = json.dumps(asdict(inputs), sort_keys=True)
+    return f"hopscope_cpu_kernels_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _resolved(program: str) -> str:
+    path = shutil.which(program)
+    return str(Path(path).resolve()) if path else f"{program} (not found)"
+
+
+def _cpu_flags() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
     except OSError:
         flags = ""
-    key = f"{flags or platform.machine()}|{torch.__version__}"
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+    return flags.strip() or platform.machine()
 
 
 def available() -> bool:

@@ -1,0 +1,81 @@
+"""`hopscope describe --address ADDR [--json]`: what a running deployment says about itself."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from loadgen.address import DEFAULT_PORT
+
+EXIT_UNREACHABLE = 1
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    describe = sub.add_parser(
+        "describe",
+        help="print what a running front door reports (placement, services, edges, model)",
+        description="Calls Describe on a running front door: placement, each service's node, "
+        "host, pid and address, each edge's transport and link shaping, the model, and the "
+        "scheduler's queue and KV blocks.",
+    )
+    describe.add_argument(
+        "--address",
+        default=f"127.0.0.1:{DEFAULT_PORT}",
+        help=f"HOST[:PORT] of the front door (no port: {DEFAULT_PORT})",
+    )
+    describe.add_argument("--json", action="store_true", help="print Describe as JSON")
+    describe.add_argument("--timeout-s", type=float, default=3.0, help="connect and call deadline")
+    describe.set_defaults(func=run_describe)
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    from loadgen.address import parse_address
+    from loadgen.frontdoor import UnreachableError, describe_dict
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        described = describe_dict(parse_address(args.address), args.timeout_s)
+    except (UnreachableError, ValueError) as exc:
+        err.print(f"error: {exc}", markup=False)
+        return EXIT_UNREACHABLE
+    if not described:
+        err.print(f"error: {args.address} does not serve Describe", markup=False)
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(json.dumps(described, indent=2))
+    else:
+        print_describe(Console(highlight=False), described)
+    return 0
+
+
+def print_describe(console: Console, d: dict[str, Any]) -> None:
+    model = d.get("model", {})
+    console.print(
+        f"placement {d.get('placement', '?')}{' (Ray actors)' if d.get('ray') else ''}, "
+        f"batching {d.get('batching', '?')}, model {model.get('name', '?')} "
+        f"({model.get('architecture', '?')}, {model.get('dtype', '?')} on "
+        f"{model.get('device', '?')}, {model.get('numBlocks', 0)} KV blocks of "
+        f"{model.get('blockSize', 0)} tokens)",
+        markup=False,
+    )
+    services = Table("service", "node", "host", "pid", "address", title="services")
+    for s in d.get("services", []):
+        cells = (s.get(k, "") for k in ("name", "nodeId", "host", "pid", "address"))
+        services.add_row(*(str(c) for c in cells))
+    console.print(services)
+    edges = Table("edge", "transport", "link", title="edges")
+    for e in d.get("edges", []):
+        edge = f"{e.get('from', '')} → {e.get('to', '')}"
+        edges.add_row(edge, e.get("transport", ""), e.get("link") or "none")
+    console.print(edges)
+    stats = d.get("schedulerStats", {})
+    console.print(
+        f"scheduler: {stats.get('numWaiting', 0)} waiting, {stats.get('numRunning', 0)} running, "
+        f"{stats.get('numFreeBlocks', 0)}/{stats.get('numBlocks', 0)} KV blocks free, worker "
+        f"{'up' if stats.get('isWorkerUp') else 'down'}",
+        markup=False,
+    )

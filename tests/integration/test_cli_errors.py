@@ -1,0 +1,51 @@
+"""What a new user sees when a command goes wrong: one clear line on stderr, a non-zero exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deploy import cli
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_generate_to_nothing_says_so_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["generate", "hi", "--address", "127.0.0.1:1", "--max-tokens", "2"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 1
+    assert line.startswith("error: no server answers at 127.0.0.1:1")
+    assert "failed to connect to all addresses" not in line  # not gRPC's own text
+
+
+def test_generate_names_a_malformed_address(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["generate", "hi", "--address", "localhost:http"])
+    assert code == 1
+    assert "the port must be a number" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("ray_flags", [["--no-ray"], []])
+def test_a_missing_placement_file_is_named_not_blamed_on_ray(
+    ray_flags: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nothere.yaml"
+    code = cli.main(["serve", *ray_flags, "--placement", str(missing), "--port", "0"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2
+    assert f"placement file {missing} does not exist" in line
+    assert "Ray" not in line
+
+
+def test_generate_with_a_preset_says_its_text_is_gibberish(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = cli.main(["generate", "Once upon a time", "--max-tokens", "3", "--kv-cache-mb", "16"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "model 'tiny' is a preset with seeded random weights" in err
+    assert "gibberish" in err

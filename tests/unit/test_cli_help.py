@@ -1,0 +1,92 @@
+"""What `hopscope ... --help` shows, and what a command costs to start."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from deploy import cli
+
+
+def _subparsers(
+    parser: argparse.ArgumentParser, path: str
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _subparsers(child, f"{path} {name}")
+
+
+_FULLY_DOCUMENTED = ("bench", "describe", "traces")  # every option has a help text
+
+
+def _entry(help_text: str, flag: str) -> str:
+    """The lines of one option in a help text (its flag line up to the next option)."""
+    match = re.search(
+        rf"^  (-\w, )?{re.escape(flag)}\b.*?(?=^  -|\Z)", help_text, re.MULTILINE | re.DOTALL
+    )
+    assert match, flag
+    return match.group(0)
+
+
+def _shows_no_default(default: object) -> bool:
+    return default is None or default is False or isinstance(default, str | list) and not default
+
+
+def test_every_option_of_every_command_has_help_showing_its_default() -> None:
+    problems = []
+    for path, parser in _subparsers(cli.build_parser(), "hopscope"):
+        text = parser.format_help()
+        for action in parser._actions:
+            if not action.option_strings or action.default == argparse.SUPPRESS:
+                continue
+            flag = action.option_strings[-1]
+            if not action.help and path.split()[1] in _FULLY_DOCUMENTED:
+                problems.append(f"{path} {flag}: no help")
+            elif not _shows_no_default(action.default) and "default" not in _entry(text, flag):
+                problems.append(f"{path} {flag}: default {action.default!r} not shown")
+    assert not problems, "\n".join(problems)
+
+
+_NO_HEAVY_IMPORTS = (
+    "import sys\n"
+    "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith('services'))\n"
+    "assert not heavy, heavy\n"
+)
+_NO_TORCH = "import sys\nassert 'torch' not in sys.modules\n"
+
+
+@pytest.mark.parametrize(
+    ("build", "check"),
+    [
+        ("deploy.cli.build_parser('bench').format_help()", _NO_HEAVY_IMPORTS),
+        ("deploy.cli.build_parser().format_help()", _NO_TORCH),  # `hopscope --help`
+    ],
+)
+def test_building_the_parser_does_not_import_torch(build: str, check: str) -> None:
+    code = f"import deploy.cli\n{build}\n{check}"
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_bench_itself_does_not_import_torch_or_the_services() -> None:
+    """A load client runs where torch is absent: a whole (failing) bench run imports neither."""
+    code = (
+        "import deploy.cli\n"
+        "rc = deploy.cli.main(['bench', '--address', '127.0.0.1:1', '--rate', '1',"
+        " '--num-requests', '1', '--connect-timeout-s', '0.2', '--no-live'])\n"
+        "assert rc != 0\n" + _NO_HEAVY_IMPORTS
+    )
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no server answers at 127.0.0.1:1" in result.stderr
