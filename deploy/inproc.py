@@ -30,11 +30,16 @@ class InprocPipeline:
         return self.front_door.address
 
     @property
+    def worker(self) -> WorkerService:
+        """The first worker replica (the only one unless `worker_replicas` > 1)."""
+        return self.workers[0]
+
+    @property
     def metrics_urls(self) -> dict[str, str]:
         return {
             **self.front_door.metrics_urls,
             "scheduler": self.runner.metrics.url,
-            "worker": self.workers[0].metrics.url,
+            "worker": self.worker.metrics.url,
         }
 
     async def stop(self, grace_s: float = 10.0) -> None:

@@ -68,7 +68,7 @@ def link_to(span: Span) -> Link | None:
     return Link(span.get_span_context())
 
 
-SWAP = ("hopscope.v1.Worker", "Swap")
+SWAP = schema.SWAP_RPC
 
 
 def record_swap_span(
@@ -77,14 +77,14 @@ def record_swap_span(
     """The KV copies of one step (swap-out then swap-in) as a child INTERNAL span of its Step
     SERVER span, timed by the engine that made them."""
     span = _tracer.start_span(
-        f"{SWAP[0]}/{SWAP[1]}",
+        schema.SWAP,
         context=trace.set_span_in_context(parent),
         kind=SpanKind.INTERNAL,
         start_time=start_ns,
         attributes={
-            "hopscope.num_swap_out_blocks": num_out_blocks,
-            "hopscope.num_swap_in_blocks": num_in_blocks,
-            "hopscope.swap_ms": swap_ms,
+            schema.NUM_SWAP_OUT_BLOCKS: num_out_blocks,
+            schema.NUM_SWAP_IN_BLOCKS: num_in_blocks,
+            schema.SWAP_MS: swap_ms,
         },
     )
     span.end(end_time=start_ns + int(swap_ms * 1e6))

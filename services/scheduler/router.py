@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from tracing import schema
+
 ROUTING_POLICIES: tuple[str, ...] = ("round_robin", "least_load", "prefix", "network_aware")
 PROMPT_BYTES_PER_TOKEN = 4  # int32 token ids on the scheduler->worker hop
 PRIOR_TOKENS_PER_MS = 1.0  # before a replica has run a step
@@ -64,9 +66,9 @@ class Decision:
             for c in self.candidates
         ]
         return {
-            "hopscope.replica": self.chosen,
-            "hopscope.routing": self.policy,
-            "hopscope.routing_candidates": json.dumps(table, separators=(",", ":")),
+            schema.REPLICA: self.chosen,
+            schema.ROUTING: self.policy,
+            schema.ROUTING_CANDIDATES: json.dumps(table, separators=(",", ":")),
         }
 
 

@@ -404,8 +404,8 @@ def _swap_attributes(batch: Batch) -> dict[str, int]:
     if not batch.swaps:
         return {}
     return {
-        "hopscope.num_swap_out_blocks": len(batch.swaps.swap_out),
-        "hopscope.num_swap_in_blocks": len(batch.swaps.swap_in),
+        schema.NUM_SWAP_OUT_BLOCKS: len(batch.swaps.swap_out),
+        schema.NUM_SWAP_IN_BLOCKS: len(batch.swaps.swap_in),
     }
 
 

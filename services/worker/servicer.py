@@ -62,7 +62,7 @@ class WorkerService:
             span.set_attribute(schema.STEP_MS, out.step_ms)
             span.set_attribute(schema.DEVICE_MS, out.device_ms)
             if swaps:
-                span.set_attribute("hopscope.swap_ms", out.swap_ms)
+                span.set_attribute(schema.SWAP_MS, out.swap_ms)
                 spans.record_swap_span(
                     span, out.swap_start_ns, out.swap_ms, len(swaps.swap_out), len(swaps.swap_in)
                 )
