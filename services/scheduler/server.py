@@ -11,6 +11,7 @@ from services.common.health import HealthPublisher
 from services.common.identity import ServiceIdentity, identify
 from services.common.metrics import ServiceMetrics, serve_metrics
 from services.common.server import GrpcServer, start_server
+from services.common.tls import load_tls
 from services.common.types import ModelInfo
 from services.scheduler.core import Scheduler
 from services.scheduler.replicas import ReplicaSet
@@ -75,8 +76,12 @@ def build_replicas(
 
 async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
     """SERVING exactly while the worker is up. A failed start stops what it started."""
+    tls = load_tls(config.tls_dir, "scheduler") if config.tls_dir else None
     workers: list[WorkerClient] = [
-        GrpcWorkerClient(address, config.step_timeout_s) for address in config.worker_addresses
+        GrpcWorkerClient(
+            address, config.step_timeout_s, tls=tls, internal_token=config.internal_token
+        )
+        for address in config.worker_addresses
     ]
     health = HealthPublisher(is_serving=False)
     runner = build_replicas(config, workers, health.set_serving)
@@ -89,7 +94,13 @@ async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
 
     try:
         await runner.start()
-        grpc_server = await start_server(config.listen, register, health_publisher=health)
+        grpc_server = await start_server(
+            config.listen,
+            register,
+            health_publisher=health,
+            tls=tls,
+            internal_token=config.internal_token,
+        )
     except BaseException:
         await runner.stop()  # the worker channel, the loop and the metrics server
         raise
