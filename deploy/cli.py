@@ -22,6 +22,7 @@ COMMAND_MODULES: dict[str, str] = {
     "cluster": "deploy.cluster_cli",
     "bench": "loadgen.cli",
     "traces": "tracing.cli",
+    "experiment": "experiment.cli",
 }
 
 
