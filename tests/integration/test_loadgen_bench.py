@@ -27,6 +27,8 @@ SUMMARY_KEYS = {
     "output_token_throughput",
     "total_token_throughput",
     "goodput",
+    "client_cpu_s",
+    "client_cpu_us_per_token",
     *ALL_METRICS,
 }
 
@@ -155,6 +157,9 @@ def test_closed_loop_with_two_workers_and_compare(
     document = json.loads(out.read_text())
     assert_contract(document)
     assert document["summary"]["completed"] == 40
+    # both worker processes' CPU is summed; a real cost, never zero (their gRPC reads)
+    assert document["summary"]["client_cpu_s"] > 0
+    assert document["summary"]["client_cpu_us_per_token"] > 0
     rows = [json.loads(line) for line in Path(document["requests_file"]).read_text().splitlines()]
     assert {r["worker"] for r in rows} == {0, 1}
     assert sorted(r["index"] for r in rows) == list(range(40))
