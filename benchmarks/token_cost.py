@@ -16,7 +16,11 @@ accounting is experiment/cpu.py's, the one the experiment runner's cpu.json uses
 
 Ratios: "engine alone" = cores ÷ engine µs per token (tokens/s if every core only ran the engine
 at this batch), "worker alone" likewise with the whole worker (the issue's definition of its
-target); `ratio_to_*` = the pipeline's measured output tokens/s ÷ that.
+target); `ratio_to_*` = the pipeline's measured output tokens/s ÷ that. On a machine shared with
+other work the pipeline does not get all the cores, so these fall with the other load;
+`cpu_share_engine` / `cpu_share_worker` = engine (worker) µs ÷ all processes' µs per token (client
+included) is what they would be on dedicated cores with the pipeline CPU-bound, and other load
+moves it far less. For inproc the worker is the whole pipeline process.
 
     .venv/bin/python -m benchmarks.token_cost [--rounds 3] [--num-requests 192] [--out FILE]
 """
@@ -180,6 +184,14 @@ def _record(
         "bench_cpu_outside_run_s": round(bench_total_cpu_s - summary["client_cpu_s"], 3),
         "tpot_p50_ms": _round(summary["tpot_ms"]["p50"]),
     }
+    # what the ratios would be if the pipeline had the cores to itself and were CPU-bound:
+    # (engine or worker CPU) / (every process's CPU, client included), per token. On a shared
+    # machine the measured tokens/s (and so ratio_to_*) falls with other load; this does not.
+    total_us = sum(v for k, v in us.items() if v and k != "engine" and "outside" not in k)
+    figures["total_cpu_us_per_token"] = round(total_us, 2)
+    if us["engine"]:
+        figures["cpu_share_engine"] = round(us["engine"] / total_us, 4)
+        figures["cpu_share_worker"] = round((us[worker] or 0.0) / total_us, 4)
     for alone in ("engine", worker):
         per_token = us.get(alone)
         if per_token:
@@ -197,7 +209,9 @@ def _round(value: float | None) -> float | None:
 def flat(figures: dict[str, Any]) -> dict[str, float]:
     """One level: cpu_us_per_token's entries become `<process>_cpu_us_per_token`."""
     out = {k: v for k, v in figures.items() if isinstance(v, int | float)}
-    out |= {f"{k}_cpu_us_per_token": v for k, v in figures["cpu_us_per_token"].items() if v}
+    out |= {
+        f"{k}_cpu_us_per_token": v for k, v in figures["cpu_us_per_token"].items() if v is not None
+    }
     return out
 
 
