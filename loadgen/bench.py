@@ -162,6 +162,10 @@ def preflight(address: str, timeout_s: float) -> tuple[str, dict[str, Any]]:
     Describe as a dict ({} when not served), which the summary records as `deployment`."""
     from google.protobuf.json_format import MessageToDict
 
+    if address.startswith(("http://", "https://")):
+        from loadgen.http_client import describe
+
+        return asyncio.run(describe(address, timeout_s)), {}
     described = asyncio.run(check_reachable(address, timeout_s))
     if described is None:
         return f"{address} (Describe not served)", {}

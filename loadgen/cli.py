@@ -53,6 +53,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="HOST:PORT of the hopscope front door (Tokenizer)")
+    p.add_argument(
+        "--url",
+        help="http://HOST:PORT of an OpenAI-compatible HTTP front door (`serve --http-port`), "
+        "instead of --address; sends HOPSCOPE_API_KEY as a Bearer key when set",
+    )
+    p.add_argument(
+        "--endpoint",
+        choices=["completions", "chat"],
+        default="completions",
+        help="with --url: /v1/completions or /v1/chat/completions (text prompts), streamed",
+    )
     p.add_argument("--rate", type=_float_list, help="open loop, requests/s; a list sweeps: 1,2,4")
     p.add_argument("--concurrency", type=_int_list, help="closed loop; a list sweeps: 1,4,16")
     p.add_argument("--max-concurrency", type=int, help="cap on requests in flight under --rate")
@@ -164,10 +175,13 @@ def _arrival(args: argparse.Namespace) -> tuple[str, float]:
 
 def build_points(args: argparse.Namespace) -> tuple[list[BenchConfig], list[str]]:
     """One BenchConfig per sweep point, with its tag ("" when there is one point)."""
-    if not args.address:
+    if not args.address and not args.url:
         raise BenchConfigError(
-            "--address HOST:PORT is required (the front door of `hopscope serve`)"
+            "--address HOST:PORT (the gRPC front door of `hopscope serve`) or --url "
+            "http://HOST:PORT (its HTTP front door) is required"
         )
+    if args.address and args.url:
+        raise BenchConfigError("choose --address (gRPC) or --url (HTTP), not both")
     try:
         # no port: hopscope's 50051, not gRPC's 443 ("" when another front door is named)
         address = parse_address(args.address) if args.address else ""
@@ -213,7 +227,10 @@ def build_points(args: argparse.Namespace) -> tuple[list[BenchConfig], list[str]
     else:
         loads = [LoadConfig(concurrency=c, **common) for c in concurrencies]
         tags = [f"concurrency-{c}" for c in concurrencies]
-    configs = [BenchConfig(address, load, workload, slo, args.label) for load in loads]
+    configs = [
+        BenchConfig(address, load, workload, slo, args.label, args.url or "", args.endpoint)
+        for load in loads
+    ]
     return configs, tags if len(configs) > 1 else [""]
 
 
@@ -244,7 +261,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
             not args.no_live,
             max_failed_frac=args.max_failed_frac,
         )
-        server, deployment = preflight(points[0].address, args.connect_timeout_s)
+        server, deployment = preflight(args.url or points[0].address, args.connect_timeout_s)
     except (BenchConfigError, DatasetError, UnreachableError, ValueError) as exc:
         return _fail("hopscope bench", exc)
     console.print(f"target {server}")

@@ -166,8 +166,18 @@ class BenchConfig:
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     slo: SloConfig = field(default_factory=SloConfig)
     label: str = ""
+    url: str = ""  # an OpenAI-compatible HTTP front door instead of the gRPC `address`
+    endpoint: str = "completions"  # with `url`: completions | chat
 
     def __post_init__(self) -> None:
+        if self.url:
+            if not self.url.startswith(("http://", "https://")):
+                raise BenchConfigError(f"--url must be http://HOST:PORT, got {self.url!r}")
+            if self.endpoint not in ("completions", "chat"):
+                raise BenchConfigError(
+                    f"--endpoint must be completions or chat, got {self.endpoint!r}"
+                )
+            return
         try:
             resolved = parse_address(self.address)
         except AddressError as exc:

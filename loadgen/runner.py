@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import threading
 import time
 from collections.abc import Awaitable, Iterator, MutableSequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import trace
@@ -27,6 +28,9 @@ from loadgen.tracectx import RequestTrace, get_tracer, start_request_trace
 from loadgen.workloads import RequestSpec, Workload
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from loadgen.http_client import HttpFrontDoor
 
 # counter slots shared with the progress display (a list, or a multiprocessing array)
 SENT, OK, FAILED, INCOMPLETE, LAG_SUM_MS, LAG_MAX_MS = range(6)
@@ -86,6 +90,9 @@ class Runner:
         self._stop = asyncio.Event()
         self._tracer = get_tracer()
         self._t0 = 0.0
+        self._http: HttpFrontDoor | None = None
+        api_key = os.environ.get("HOPSCOPE_API_KEY", "")  # `serve --api-key`; never recorded
+        self._auth = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     def prepare(self) -> None:
         """Build every known request before the clock starts, off the hot path."""
@@ -102,19 +109,30 @@ class Runner:
 
     async def run(self, start_at_s: float | None = None) -> list[RequestRecord]:
         self._install_sigint()
-        interceptors = _client_interceptors() if self._is_tracing else None
-        async with grpc.aio.insecure_channel(self._config.address, interceptors=interceptors) as ch:
-            self._stub = pb_grpc.TokenizerStub(ch)
-            self._t0 = start_at_s if start_at_s is not None else now_s()
-            await _sleep_until(self._t0)
-            tasks: set[asyncio.Task[None]] = set()
-            if self._plan.due_s is not None:
-                await self._open_loop(tasks)
-            else:
-                await self._closed_loop(tasks)
-            await self._drain(tasks)
+        if self._config.url:  # the OpenAI-compatible HTTP front door
+            from loadgen.http_client import HttpFrontDoor
+
+            async with HttpFrontDoor(self._config, self._is_tracing) as http:
+                self._http = http
+                await self._dispatch(start_at_s)
+        else:
+            interceptors = _client_interceptors() if self._is_tracing else None
+            address = self._config.address
+            async with grpc.aio.insecure_channel(address, interceptors=interceptors) as ch:
+                self._stub = pb_grpc.TokenizerStub(ch)
+                await self._dispatch(start_at_s)
         # a request cancelled before it was sent never happened; it is not a record
         return [r for r in self._records if r.t_send is not None]
+
+    async def _dispatch(self, start_at_s: float | None) -> None:
+        self._t0 = start_at_s if start_at_s is not None else now_s()
+        await _sleep_until(self._t0)
+        tasks: set[asyncio.Task[None]] = set()
+        if self._plan.due_s is not None:
+            await self._open_loop(tasks)
+        else:
+            await self._closed_loop(tasks)
+        await self._drain(tasks)
 
     # dispatch
 
@@ -194,10 +212,18 @@ class Runner:
             trace.use_span(req_trace.span) if self._is_tracing else contextlib.nullcontext()
         )
         with span_scope:
+            if self._http is not None:
+                body = self._http.body(request)
+                record.t_send = now_s() - self._t0
+                self._count_send(record)
+                await self._http.send(body, record, req_trace.metadata, self._t0)
+                return
             record.t_send = now_s() - self._t0
             self._count_send(record)
             call = self._stub.Generate(
-                request, metadata=req_trace.metadata, timeout=self._config.load.request_timeout_s
+                request,
+                metadata=req_trace.metadata + self._auth,
+                timeout=self._config.load.request_timeout_s,
             )
             try:
                 async for message in call:

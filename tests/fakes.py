@@ -225,9 +225,11 @@ class FakeWorkerClient:
 
     transport = "inproc"
     address = "fake"
+    is_connected = True
 
     def __init__(self, worker: FakeWorker) -> None:
         self.worker = worker
+        self.step_delay_s = 0.0  # each step takes this long (requests stay in flight a while)
         self.fail_steps: list[Exception] = []
         self.num_failed_connects = 0
         self.num_hung_steps = 0
@@ -250,8 +252,11 @@ class FakeWorkerClient:
         )
 
     async def step(self, seqs: list[SeqStep], carrier: object) -> StepOutput:
+
         from services.common.errors import UnavailableError
 
+        if self.step_delay_s:
+            await asyncio.sleep(self.step_delay_s)
         if self.fail_steps:
             error = self.fail_steps.pop(0)
             if isinstance(error, UnavailableError):
@@ -263,5 +268,70 @@ class FakeWorkerClient:
             await asyncio.Event().wait()
         return self.worker.step(seqs)
 
+    def watch(self, on_lost: object) -> None:
+        return None
+
     async def close(self) -> None:
         return None
+
+
+class FakeWorkerServicer:
+    """`hopscope.v1.Worker` over a FakeWorker, served by the real server bootstrap: the
+    scheduler's real gRPC worker client talks to it. `kill_streams()` ends every open Step stream
+    from the server side with UNAVAILABLE (as a GOAWAY or a proxy would), without a step in
+    flight; `restart()` also loses the fake KV cache."""
+
+    def __init__(self, worker: FakeWorker) -> None:
+
+        self.worker = worker
+        self.instance_id = "fake-1"
+        self.pid = 12345  # the pid Describe reports for it
+        self.num_streams = 0
+        self._kill = asyncio.Event()
+
+    def register(self, server: object) -> list[str]:
+        from protos import hopscope_pb2_grpc as pb_grpc
+
+        pb_grpc.add_WorkerServicer_to_server(self, server)  # type: ignore[arg-type]
+        return ["hopscope.v1.Worker"]
+
+    def kill_streams(self) -> None:
+
+        self._kill.set()
+        self._kill = asyncio.Event()
+
+    async def Info(self, request: object, context: object) -> object:
+        from protos import hopscope_pb2 as pb
+        from services.common import convert
+
+        info = self.worker.info
+        return pb.WorkerInfo(
+            model=convert.model_info_to_pb(info),
+            eos_token_ids=info.eos_token_ids,
+            instance_id=self.instance_id,
+            service=pb.ServiceInfo(name="worker", pid=self.pid, address="fake"),
+        )
+
+    async def Step(self, request_iterator: object, context: object) -> object:
+
+        import grpc
+
+        from services.common import convert
+
+        self.num_streams += 1
+        kill = asyncio.ensure_future(self._kill.wait())
+        requests = request_iterator.__aiter__()  # type: ignore[attr-defined]
+        try:
+            while True:
+                next_request = asyncio.ensure_future(requests.__anext__())
+                await asyncio.wait({next_request, kill}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_request.done():
+                    next_request.cancel()
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "stream killed")  # type: ignore[attr-defined]
+                if isinstance(next_request.exception(), StopAsyncIteration):
+                    return
+                request = next_request.result()
+                seqs = [convert.seq_step_from_pb(s) for s in request.seqs]
+                yield convert.step_output_to_pb(request.step_id, self.worker.step(seqs))
+        finally:
+            kill.cancel()

@@ -17,6 +17,9 @@ from tracing.model import Link, Span
 from tracing.schema import ENCODE, GENERATE, LOADGEN_REQUEST, STEP, SUBMIT
 
 __all__ = ["ENCODE", "GENERATE", "LOADGEN_REQUEST", "STEP", "SUBMIT"]  # re-exported names
+# The HTTP front door's spans (OpenTelemetry's ASGI server span, the bench client's span) stand
+# where Generate's CLIENT/SERVER pair stands for gRPC.
+HTTP_FRONT_DOOR = ("POST /v1/completions", "POST /v1/chat/completions")
 
 TOKENIZE = "tokenize"
 QUEUE = "queue"
@@ -70,6 +73,10 @@ class _StepCall:
     client: Span
     server: Span | None
     phase: str
+
+
+def _is_front_door(span: Span, kind: str) -> bool:
+    return span.kind == kind and (_is(span, GENERATE) or span.name in HTTP_FRONT_DOOR)
 
 
 def _is(span: Span, name: str, kind: str | None = None) -> bool:
@@ -166,9 +173,9 @@ def _find_request_spans(index: SpanIndex, submit_server: Span) -> _RequestSpans:
     for ancestor in chain:
         if _is(ancestor, SUBMIT, "CLIENT") and found.submit_client is None:
             found.submit_client = ancestor
-        elif _is(ancestor, GENERATE, "SERVER") and found.generate_server is None:
+        elif _is_front_door(ancestor, "SERVER") and found.generate_server is None:
             found.generate_server = ancestor
-        elif _is(ancestor, GENERATE, "CLIENT") and found.generate_client is None:
+        elif _is_front_door(ancestor, "CLIENT") and found.generate_client is None:
             found.generate_client = ancestor
         elif _is(ancestor, LOADGEN_REQUEST) and found.loadgen is None:
             found.loadgen = ancestor

@@ -22,6 +22,10 @@ class DeadlineExceededError(HopscopeError):
     status = "DEADLINE_EXCEEDED"
 
 
+class AlreadyExistsError(HopscopeError):
+    status = "ALREADY_EXISTS"
+
+
 class UnavailableError(HopscopeError):
     status = "UNAVAILABLE"
 
@@ -36,6 +40,7 @@ _BY_STATUS = {
         InvalidArgumentError,
         ResourceExhaustedError,
         DeadlineExceededError,
+        AlreadyExistsError,
         UnavailableError,
         CancelledError,
     )

@@ -32,6 +32,7 @@ def metrics_port(service_name: str, base_port: int) -> int:
     """The service's /metrics port for a base port (0: any free port)."""
     return base_port + METRICS_PORT_OFFSETS[service_name] if base_port else 0
 
+
 # Millisecond buckets from a fast CPU step (0.1 ms) to a long generation (60 s).
 LATENCY_BUCKETS_MS = (
     0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,

@@ -96,13 +96,10 @@ async def _serve(name: str, config: T, start: Callable[[T], Awaitable[RunningSer
 
 
 async def wait_for_stop_signal() -> None:
-    """Return once SIGTERM or SIGINT arrives (the one "wait for a signal, then drain")."""
+    """Return once SIGTERM or SIGINT arrives (the one "wait for a signal, then drain"). The
+    handlers stay: a second signal during the drain must not kill it before spans are flushed."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    await stop.wait()

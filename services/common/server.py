@@ -61,11 +61,15 @@ async def start_server(
     *,
     health_publisher: HealthPublisher | None = None,
     keepalive: Keepalive = KEEPALIVE,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> GrpcServer:
     """Start a server on `address` ("HOST:PORT" or "unix:PATH"); `register` adds the servicers
     and returns their full service names (for health and reflection). `health_publisher`
-    decides SERVING (default: serving from the start); `keepalive` must be its clients'."""
-    server = grpc.aio.server(interceptors=_interceptors(), options=server_options(keepalive))
+    decides SERVING (default: serving from the start); `keepalive` must be its clients'.
+    `interceptors` run inside the common ones (e.g. the front door's API-key check)."""
+    server = grpc.aio.server(
+        interceptors=[*_interceptors(), *interceptors], options=server_options(keepalive)
+    )
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

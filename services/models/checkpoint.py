@@ -83,6 +83,10 @@ def load_source_weights(
     source: ModelSource, seed: int, dtype: torch.dtype, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """Hugging Face-named weights of a resolved model: seeded for a preset, read otherwise."""
+    if source.gguf_path is not None:
+        from services.models.gguf import load_gguf_weights
+
+        return load_gguf_weights(source.gguf_path, source.config, dtype, device)
     if source.checkpoint_dir is None:
         return preset_weights(source.config, seed, dtype, device)
     return load_weights(source.checkpoint_dir, dtype, device)

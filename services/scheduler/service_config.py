@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from services.scheduler.config import SchedulerConfig
 
+# How long the scheduler holds requests for a lost worker before failing them UNAVAILABLE: long
+# enough for a restarted worker to load its model and rebuild its kernels (15-25 s seen on CPU).
+WORKER_RESTART_TIMEOUT_S = 60.0
+
 
 @dataclass(slots=True)
 class SchedulerServiceConfig:
@@ -16,7 +20,7 @@ class SchedulerServiceConfig:
     node_id: str = ""
     step_timeout_s: float = 120.0
     connect_timeout_s: float = 60.0
-    worker_reconnect_timeout_s: float = 10.0
+    worker_reconnect_timeout_s: float = WORKER_RESTART_TIMEOUT_S
     worker_link: str = ""
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off  # how the path to the worker is shaped: "" | "netem" | "relay"
 

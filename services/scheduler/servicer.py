@@ -111,7 +111,10 @@ def describe_scheduler(
     response = pb.DescribeResponse(services=[convert.identity_to_pb(identity)])
     info = runner.worker_info
     if info is not None:
-        response.services.append(info.service)
+        worker = response.services.add()
+        worker.CopyFrom(info.service)
+        if not runner.is_worker_up:
+            worker.pid = 0  # that process is gone; the one that replaces it is not known yet
         response.model.CopyFrom(info.model)
     response.edges.append(
         pb.Edge(

@@ -5,7 +5,7 @@ worker is gone, so the runner handles a lost worker the same way in every placem
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import grpc
@@ -26,6 +26,15 @@ class WorkerClient(Protocol):
 
     async def step(self, seqs: list[SeqStep], carrier: Mapping[str, str]) -> StepOutput: ...
 
+    @property
+    def is_connected(self) -> bool:
+        """False once the link to the worker is known to be gone (the next step would fail)."""
+        ...
+
+    def watch(self, on_lost: Callable[[], None]) -> None:
+        """Call `on_lost` when the link breaks while no step is in flight."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -34,6 +43,7 @@ class InprocWorkerClient:
 
     transport = "inproc"
     address = "inproc"
+    is_connected = True
 
     def __init__(self, service: object) -> None:
         from services.worker.servicer import WorkerService
@@ -47,11 +57,19 @@ class InprocWorkerClient:
     async def step(self, seqs: list[SeqStep], carrier: Mapping[str, str]) -> StepOutput:
         return await self._service.step(seqs, carrier, "inproc")
 
+    def watch(self, on_lost: Callable[[], None]) -> None:
+        return None  # the worker lives and dies with this process
+
     async def close(self) -> None:
         return None
 
 
 class GrpcWorkerClient:
+    """One channel for the client's life (it reconnects by itself when the worker comes back on
+    the same address) and one Step stream per connection. Any failure of the stream, whatever
+    raises it (a status, EOF, a call finished under us by a GOAWAY, a timeout), is reported as
+    UnavailableError and drops the stream: the runner then reconnects and recomputes."""
+
     def __init__(self, address: str, step_timeout_s: float) -> None:
         self.address = address
         self.transport = transport_of(address)
@@ -59,23 +77,37 @@ class GrpcWorkerClient:
         self._channel: grpc.aio.Channel | None = None
         self._call: grpc.aio.StreamStreamCall | None = None
         self._step_id = 0
+        self._on_lost: Callable[[], None] = lambda: None
+
+    @property
+    def is_connected(self) -> bool:
+        return self._call is not None and not self._call.done()
+
+    def watch(self, on_lost: Callable[[], None]) -> None:
+        self._on_lost = on_lost
 
     async def connect(self, timeout_s: float) -> pb.WorkerInfo:
-        await self.close()
-        self._channel = create_channel(self.address)
+        self._drop_call()
+        if self._channel is None:
+            self._channel = create_channel(self.address)
         stub = pb_grpc.WorkerStub(self._channel)
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout_s)
             info = await stub.Info(pb.InfoRequest(), timeout=timeout_s)
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
-            await self.close()
-            raise UnavailableError(f"model worker at {self.address} is unavailable: {exc}") from exc
-        self._call = stub.Step()
+            raise UnavailableError(
+                f"model worker at {self.address} is unavailable: {_reason(exc)}"
+            ) from exc
+        call = stub.Step()
+        call.add_done_callback(lambda _call: self._on_lost())
+        self._call = call
         return info
 
     async def step(self, seqs: list[SeqStep], carrier: Mapping[str, str]) -> StepOutput:
-        if self._call is None:
-            raise UnavailableError(f"not connected to the model worker at {self.address}")
+        call = self._call
+        if call is None or call.done():
+            self._drop_call()
+            raise UnavailableError(f"the step stream to the model worker at {self.address} ended")
         self._step_id += 1
         request = pb.StepRequest(
             step_id=self._step_id,
@@ -83,24 +115,35 @@ class GrpcWorkerClient:
             trace_context=dict(carrier),
         )
         try:
-            await self._call.write(request)
-            response = await asyncio.wait_for(self._call.read(), self._step_timeout_s)
-        except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
-            self._call = None
+            await call.write(request)
+            response = await asyncio.wait_for(call.read(), self._step_timeout_s)
+        except Exception as exc:
+            self._drop_call()
             raise UnavailableError(
-                f"model worker at {self.address} stopped answering: {exc}"
+                f"model worker at {self.address} stopped answering: {_reason(exc)}"
             ) from exc
         if response is grpc.aio.EOF:
-            self._call = None
+            self._drop_call()
             raise UnavailableError(f"model worker at {self.address} closed the step stream")
         if response.error:
             raise RuntimeError(f"worker step failed: {response.error}")
         return convert.step_output_from_pb(response)
 
+    def _drop_call(self) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+
     async def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
+        self._drop_call()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"

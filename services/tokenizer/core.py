@@ -1,23 +1,25 @@
 """The front door's pure core: validation, encoding, incremental detokenization, stop strings.
 
-No gRPC here; the servicer converts protobuf to `GenerateParams` and back.
+No gRPC here; the servicer converts protobuf to `GenerateParams` and a request's `Delivery`s
+to responses through an `OutputStream` (text deltas, stop strings, usage) and back.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from services.common.errors import InvalidArgumentError
-from services.common.types import SamplingParams
+from services.common.types import Delivery, SamplingParams
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
-MAX_PROMPT_CHARS = 1_000_000
+MAX_PROMPT_CHARS = 1_000_000  # the cap whatever the context; the model's own bound is lower
 MAX_REQUEST_ID_CHARS = 128
 
 
@@ -50,10 +52,16 @@ class PreparedRequest:
 class TokenizerCore:
     """Owns the Hugging Face tokenizer and the limits a request is checked against."""
 
-    def __init__(self, tokenizer_path: Path, max_context: int, vocab_size: int) -> None:
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    def __init__(self, tokenizer: Tokenizer | Path, max_context: int, vocab_size: int) -> None:
+        if isinstance(tokenizer, Path):
+            tokenizer = Tokenizer.from_file(str(tokenizer))
+        self.tokenizer = tokenizer
         self.max_context = max_context
         self.vocab_size = vocab_size
+        # No token spells more characters than the longest vocabulary entry, so a prompt longer
+        # than this cannot fit the context: refused before the (costly) encoding.
+        max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+        self.max_prompt_chars = min(MAX_PROMPT_CHARS, max_context * max(1, max_token_chars))
 
     def prepare(self, params: GenerateParams, request_id: str) -> PreparedRequest:
         """Validate every field, then encode; raises InvalidArgumentError naming the field."""
@@ -82,6 +90,11 @@ class TokenizerCore:
     def _prompt_ids(self, params: GenerateParams) -> list[int]:
         if params.prompt_token_ids:
             ids = list(params.prompt_token_ids)
+            if len(ids) >= self.max_context:
+                raise InvalidArgumentError(
+                    f"prompt_token_ids has {len(ids)} tokens but the model's context is "
+                    f"{self.max_context}"
+                )
             bad = [t for t in ids if not 0 <= t < self.vocab_size]
             if bad:
                 raise InvalidArgumentError(
@@ -92,9 +105,14 @@ class TokenizerCore:
             raise InvalidArgumentError(
                 "prompt is empty: send text in `prompt` or ids in `prompt_token_ids`"
             )
-        if len(params.prompt) > MAX_PROMPT_CHARS:
-            raise InvalidArgumentError(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
-        return self.tokenizer.encode(params.prompt).ids
+        if len(params.prompt) > self.max_prompt_chars:
+            raise InvalidArgumentError(
+                f"prompt has {len(params.prompt)} characters; at most {self.max_prompt_chars} "
+                f"can fit the model's context of {self.max_context} tokens"
+            )
+        # encode_batch releases the GIL (encode does not): a long prompt tokenized on a worker
+        # thread does not stall the event loop's other streams
+        return self.tokenizer.encode_batch([params.prompt])[0].ids
 
     def _check_lengths(self, num_prompt_tokens: int, max_tokens: int) -> None:
         if max_tokens < 1:
@@ -112,6 +130,58 @@ class TokenizerCore:
 
     def detokenizer(self) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self.tokenizer)
+
+    def output_stream(self, req: PreparedRequest) -> OutputStream:
+        return OutputStream(req, IncrementalDetokenizer(self.tokenizer))
+
+
+@dataclass(slots=True)
+class Chunk:
+    """What one delivery becomes for the caller: a text delta and, at the end, how it ended."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str = ""  # "" while running; "stop" also when a stop string matched
+    is_stopped_by_string: bool = False  # the scheduler must be told to stop generating
+
+    @property
+    def is_final(self) -> bool:
+        return self.finish_reason != ""
+
+
+class OutputStream:
+    """One request's output: incremental detokenization, stop strings, and usage."""
+
+    def __init__(self, req: PreparedRequest, detokenizer: IncrementalDetokenizer) -> None:
+        self.request = req
+        self._detokenizer = detokenizer
+        self._stop = StopMatcher(req.stop)
+        self.num_output_tokens = 0
+        self.detokenize_s = 0.0
+        self.is_finished = False
+
+    def push(self, delivery: Delivery) -> Chunk:
+        """The chunk for one (error-free) delivery; the one with a finish_reason is the last."""
+        started = time.perf_counter()
+        self.num_output_tokens += len(delivery.token_ids)
+        stop = self._stop
+        text = stop.push(self._detokenizer.push(delivery.token_ids))
+        if delivery.is_finished and not stop.is_stopped:
+            text += stop.push(self._detokenizer.flush())
+            text += "" if stop.is_stopped else stop.flush()
+        self.detokenize_s += time.perf_counter() - started
+        chunk = Chunk(text, list(delivery.token_ids))
+        if stop.is_stopped:
+            chunk.finish_reason, chunk.is_stopped_by_string = "stop", True
+        elif delivery.is_finished:
+            chunk.finish_reason = delivery.finish_reason
+        self.is_finished = chunk.is_final
+        return chunk
+
+    @property
+    def usage(self) -> tuple[int, int]:
+        """(prompt tokens, completion tokens)."""
+        return len(self.request.prompt_token_ids), self.num_output_tokens
 
 
 def _check_sampling(params: GenerateParams) -> None:

@@ -1,13 +1,21 @@
 """How the front door reaches the scheduler: one long-lived `Scheduler.Connect` stream shared by
 every request (adds and aborts out, one token batch per step in), or direct calls in-process.
-Both hand each request an async iterator of `Delivery`s."""
+Both hand each request an async iterator of `Delivery`s.
+
+The gRPC client holds every request in flight (its prompt and the tokens generated so far): when
+the stream breaks, whatever the cause, it reconnects and resubmits each one as prompt + generated
+tokens with the remaining max_tokens and the same seed. Sampling randomness is keyed by (seed,
+position), so the continuation is the same tokens a request would have generated uninterrupted.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,13 +24,15 @@ from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.channels import create_channel, transport_of
-from services.common.errors import UnavailableError
+from services.common.errors import AlreadyExistsError, UnavailableError
 from services.common.identity import ServiceIdentity
 from services.common.types import Delivery
 from services.tokenizer.core import PreparedRequest
 
 log = logging.getLogger(__name__)
 HealthCallback = Callable[[bool], None]
+BACKOFF_FIRST_S = 0.1  # between attempts to reach a scheduler that is gone, doubling...
+BACKOFF_MAX_S = 2.0  # ...up to this
 
 
 class RequestStream:
@@ -53,6 +63,8 @@ class _Router:
         self._streams: dict[str, RequestStream] = {}
 
     def open(self, request_id: str) -> RequestStream:
+        if request_id in self._streams:
+            raise _duplicate(request_id)
         stream = RequestStream(request_id)
         self._streams[request_id] = stream
         return stream
@@ -69,23 +81,11 @@ class _Router:
     def forget(self, request_id: str) -> bool:
         return self._streams.pop(request_id, None) is not None
 
-    def fail_all(self, message: str) -> None:
-        streams, self._streams = self._streams, {}
-        for rid, stream in streams.items():
-            stream.put(Delivery(rid, [], "abort", "UNAVAILABLE", message))
 
-
-def _add_request(
-    req: PreparedRequest, timeout_s: float, carrier: Mapping[str, str]
-) -> pb.AddRequest:
-    return pb.AddRequest(
-        request_id=req.request_id,
-        prompt_token_ids=req.prompt_token_ids,
-        max_tokens=req.max_tokens,
-        sampling=convert.sampling_to_pb(req.sampling),
-        ignore_eos=req.ignore_eos,
-        timeout_s=timeout_s,
-        trace_context=dict(carrier),
+def _duplicate(request_id: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        f"request_id {request_id!r} is already in use by a request in flight; "
+        "give each request its own id (or none: one is drawn)"
     )
 
 
@@ -144,24 +144,66 @@ class InprocSchedulerClient(_Router):
         return None
 
 
-class GrpcSchedulerClient(_Router):
-    """Multiplexes every request over one `Connect` stream; reconnects when it breaks."""
+@dataclass(slots=True, eq=False)
+class _InFlight:
+    """What the front door holds of one request, to resubmit it to a restarted scheduler."""
 
-    def __init__(self, address: str, on_health: HealthCallback) -> None:
-        super().__init__()
+    req: PreparedRequest
+    stream: RequestStream
+    deadline_s: float  # monotonic
+    carrier: dict[str, str]
+    wire_id: str  # the id on the scheduler stream: each resubmission is a new request there
+    generated: list[int] = field(default_factory=list)
+    attempt: int = 0
+
+    def add(self, now_s: float) -> pb.SchedulerInput:
+        """The AddRequest that continues this request from the tokens it already has."""
+        return pb.SchedulerInput(
+            add=pb.AddRequest(
+                request_id=self.wire_id,
+                prompt_token_ids=self.req.prompt_token_ids + self.generated,
+                max_tokens=self.req.max_tokens - len(self.generated),
+                sampling=convert.sampling_to_pb(self.req.sampling),
+                ignore_eos=self.req.ignore_eos,
+                timeout_s=max(self.deadline_s - now_s, 1e-3),
+                trace_context=self.carrier,
+            )
+        )
+
+    def finish(self, finish_reason: str, status: str = "", message: str = "") -> None:
+        self.stream.put(Delivery(self.req.request_id, [], finish_reason, status, message))
+
+
+class GrpcSchedulerClient:
+    """Multiplexes every request over one `Connect` stream; reconnects and resubmits when it
+    breaks. Reports its health (`on_health`) when it changes: ready = the stream is up and the
+    scheduler itself reports SERVING (its worker is up)."""
+
+    def __init__(
+        self, address: str, on_health: HealthCallback, reconnect_timeout_s: float = 60.0
+    ) -> None:
         self.address = address
         self.transport = transport_of(address)
         self._on_health = on_health
+        self._reconnect_timeout_s = reconnect_timeout_s
         self._channel = create_channel(address)
         self._stub = pb_grpc.SchedulerStub(self._channel)
         self._outbox: asyncio.Queue[pb.SchedulerInput] = asyncio.Queue()
+        self._in_flight: dict[str, _InFlight] = {}  # by the caller's request id
+        self._by_wire_id: dict[str, _InFlight] = {}
         self._is_connected = False
+        self._down_since_s: float | None = None
         self._is_scheduler_serving = False
+        self._last_health: bool | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def is_ready(self) -> bool:
         return self._is_connected and self._is_scheduler_serving
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._in_flight)
 
     async def connect(self, timeout_s: float) -> None:
         try:
@@ -175,18 +217,49 @@ class GrpcSchedulerClient(_Router):
             asyncio.create_task(self._watch_health(), name="scheduler-health"),
         ]
 
+    # ------------------------------------------------------------------ requests
     async def submit(
         self, req: PreparedRequest, timeout_s: float, carrier: Mapping[str, str]
     ) -> RequestStream:
         if not self._is_connected:
             raise UnavailableError(f"the scheduler at {self.address} is unavailable")
-        stream = self.open(req.request_id)
-        self._outbox.put_nowait(pb.SchedulerInput(add=_add_request(req, timeout_s, carrier)))
-        return stream
+        rid = req.request_id
+        if rid in self._in_flight or rid in self._by_wire_id:
+            raise _duplicate(rid)
+        now_s = time.monotonic()
+        deadline_s = now_s + timeout_s if math.isfinite(timeout_s) else math.inf
+        entry = _InFlight(req, RequestStream(rid), deadline_s, dict(carrier), wire_id=rid)
+        self._in_flight[rid] = entry
+        self._by_wire_id[rid] = entry
+        self._outbox.put_nowait(entry.add(now_s))
+        return entry.stream
 
     def abort(self, request_id: str) -> None:
-        if self.forget(request_id) and self._is_connected:
-            self._outbox.put_nowait(pb.SchedulerInput(abort=pb.AbortRequest(request_id=request_id)))
+        entry = self._in_flight.get(request_id)
+        if entry is None:
+            return
+        self._forget(entry)
+        if self._is_connected:
+            abort = pb.AbortRequest(request_id=entry.wire_id)
+            self._outbox.put_nowait(pb.SchedulerInput(abort=abort))
+
+    def _forget(self, entry: _InFlight) -> None:
+        self._in_flight.pop(entry.req.request_id, None)
+        self._by_wire_id.pop(entry.wire_id, None)
+
+    def _deliver(self, updates: Iterable[pb.RequestUpdate]) -> None:
+        for update in updates:
+            entry = self._by_wire_id.get(update.request_id)
+            if entry is None:
+                continue  # aborted by us meanwhile
+            d = convert.delivery_from_pb(update)
+            entry.generated.extend(d.token_ids)
+            if d.is_finished:
+                self._forget(entry)
+            rid = entry.req.request_id
+            entry.stream.put(
+                Delivery(rid, d.token_ids, d.finish_reason, d.error_status, d.error_message)
+            )
 
     async def describe(self) -> pb.DescribeResponse:
         try:
@@ -200,50 +273,137 @@ class GrpcSchedulerClient(_Router):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for entry in list(self._in_flight.values()):
+            entry.finish("abort", "UNAVAILABLE", "the front door is shutting down")
+        self._in_flight.clear()
+        self._by_wire_id.clear()
         await self._channel.close()
 
+    # ------------------------------------------------------------------ the stream
     async def _stream_forever(self) -> None:
+        """Keep one stream up, whatever ends it; one log line per change of state."""
+        backoff_s = BACKOFF_FIRST_S
         while True:
-            call = self._stub.Connect(self._outgoing())
+            started_s = time.monotonic()
             try:
-                self._set_connected(True)
-                async for output in call:
-                    self.deliver([convert.delivery_from_pb(u) for u in output.updates])
-                reason = "closed the stream"
-            except grpc.aio.AioRpcError as exc:
-                reason = f"{exc.code().name}: {exc.details()}"
-            finally:
-                call.cancel()
-            self._set_connected(False)
-            self.fail_all(f"the scheduler at {self.address} went away ({reason})")
-            log.warning("scheduler stream ended (%s); reconnecting", reason)
-            await asyncio.sleep(0.2)
+                reason = await self._stream_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means: reconnect, resubmit
+                reason = f"{type(exc).__name__}: {exc}"
+            if self._is_connected:
+                self._set_connected(False)
+                self._down_since_s = time.monotonic()
+                log.warning(
+                    "scheduler at %s unavailable (%s); holding %d requests to resubmit",
+                    self.address,
+                    reason,
+                    len(self._in_flight),
+                )
+            lived_s = time.monotonic() - started_s
+            backoff_s = BACKOFF_FIRST_S if lived_s > 5.0 else min(2 * backoff_s, BACKOFF_MAX_S)
+            await asyncio.sleep(backoff_s)
+
+    async def _stream_once(self) -> str:
+        """Wait for the scheduler, open a stream, resubmit what is in flight, read until it ends;
+        returns why it ended."""
+        await self._wait_for_channel()
+        outbox: asyncio.Queue[pb.SchedulerInput] = asyncio.Queue()
+        call = self._stub.Connect(self._outgoing(outbox))
+        try:
+            self._outbox = outbox
+            self._resubmit(outbox)
+            self._set_connected(True)
+            async for output in call:
+                self._deliver(output.updates)
+            return "it closed the stream"
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+        finally:
+            call.cancel()
+
+    async def _wait_for_channel(self) -> None:
+        """Until the channel is ready; gives up the held requests after reconnect_timeout_s."""
+        wait_s = BACKOFF_FIRST_S
+        while True:
             try:
-                await asyncio.wait_for(self._channel.channel_ready(), 5.0)
+                await asyncio.wait_for(self._channel.channel_ready(), wait_s)
+                return
             except TimeoutError:
                 pass
+            self._expire_held(time.monotonic())
+            wait_s = min(2 * wait_s, BACKOFF_MAX_S)
 
-    async def _outgoing(self) -> AsyncIterator[pb.SchedulerInput]:
-        while True:
-            yield await self._outbox.get()
+    def _expire_held(self, now_s: float) -> None:
+        down_s = now_s - (self._down_since_s or now_s)
+        for entry in list(self._in_flight.values()):
+            if down_s > self._reconnect_timeout_s:
+                message = f"the scheduler at {self.address} has been unavailable for {down_s:.0f} s"
+                entry.finish("abort", "UNAVAILABLE", message)
+            elif entry.deadline_s <= now_s:
+                message = f"request {entry.req.request_id!r} missed its deadline while the "
+                message += f"scheduler at {self.address} was unavailable"
+                entry.finish("abort", "DEADLINE_EXCEEDED", message)
+            else:
+                continue
+            self._forget(entry)
 
-    async def _watch_health(self) -> None:
-        stub = health_pb2_grpc.HealthStub(self._channel)
+    def _resubmit(self, outbox: asyncio.Queue[pb.SchedulerInput]) -> None:
+        now_s = time.monotonic()
+        self._expire_held(now_s)
+        for entry in list(self._in_flight.values()):
+            self._by_wire_id.pop(entry.wire_id, None)
+            while True:  # an id of its own on the scheduler, apart from every other in flight
+                entry.attempt += 1
+                entry.wire_id = f"{entry.req.request_id}#{entry.attempt}"
+                if entry.wire_id not in self._by_wire_id:
+                    break
+            self._by_wire_id[entry.wire_id] = entry
+            outbox.put_nowait(entry.add(now_s))
+        if self._down_since_s is not None:
+            log.warning(
+                "scheduler at %s is back; resubmitted %d requests",
+                self.address,
+                len(self._in_flight),
+            )
+            self._down_since_s = None
+
+    async def _outgoing(
+        self, outbox: asyncio.Queue[pb.SchedulerInput]
+    ) -> AsyncIterator[pb.SchedulerInput]:
         while True:
-            try:
-                async for response in stub.Watch(health_pb2.HealthCheckRequest(service="")):
-                    self._is_scheduler_serving = (
-                        response.status == health_pb2.HealthCheckResponse.SERVING
-                    )
-                    self._on_health(self.is_ready)
-            except grpc.aio.AioRpcError:
-                self._is_scheduler_serving = False
-                self._on_health(False)
-            await asyncio.sleep(0.5)
+            yield await outbox.get()
 
     def _set_connected(self, is_connected: bool) -> None:
         if not is_connected:
-            # requests queued for a stream that is gone must not leak into the next one
+            # a stream that is gone takes its queue with it: nothing leaks into the next one
             self._outbox = asyncio.Queue()
         self._is_connected = is_connected
-        self._on_health(self.is_ready)
+        self._publish_health()
+
+    # ------------------------------------------------------------------ health
+    async def _watch_health(self) -> None:
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        backoff_s = BACKOFF_FIRST_S
+        while True:
+            try:
+                async for response in stub.Watch(health_pb2.HealthCheckRequest(service="")):
+                    backoff_s = BACKOFF_FIRST_S
+                    is_serving = response.status == health_pb2.HealthCheckResponse.SERVING
+                    self._set_scheduler_serving(is_serving)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the scheduler is gone or restarting: retry
+                log.debug("health watch on %s ended: %s", self.address, exc)
+            self._set_scheduler_serving(False)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(2 * backoff_s, BACKOFF_MAX_S)
+
+    def _set_scheduler_serving(self, is_serving: bool) -> None:
+        self._is_scheduler_serving = is_serving
+        self._publish_health()
+
+    def _publish_health(self) -> None:
+        if self.is_ready != self._last_health:
+            self._last_health = self.is_ready
+            self._on_health(self.is_ready)

@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.health import HealthPublisher
 from services.common.identity import identify
 from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
-from services.models import resolve_model
+from services.models import ModelSource, resolve_model
+from services.tokenizer.auth import ApiKey, ApiKeyInterceptor, api_key_from_env
 from services.tokenizer.core import TokenizerCore
 from services.tokenizer.scheduler_client import GrpcSchedulerClient
 from services.tokenizer.servicer import SchedulerClient, TokenizerServicer
+
+if TYPE_CHECKING:  # FastAPI and uvicorn are imported only when the HTTP front door is on
+    from services.tokenizer.http.server import HttpServer
 
 FRONT_DOOR_SERVICE = "hopscope.v1.Tokenizer"
 
@@ -28,13 +33,19 @@ class TokenizerServiceConfig:
     placement: str = "colocated"
     request_timeout_s: float = 600.0  # cap on a request without its own deadline
     connect_timeout_s: float = 60.0
+    # how long requests in flight wait for a lost scheduler to come back (then resubmitted)
+    scheduler_reconnect_timeout_s: float = 60.0
     scheduler_link: str = ""  # how the path to the scheduler is shaped: "" | "netem" | "relay"
     is_ray: bool = False
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off
+    http_listen: str = ""  # "HOST:PORT" (port 0 = any) for the OpenAI-compatible HTTP API
+    max_model_len: int | None = None  # the context cap the worker serves (--max-model-len)
 
     def __post_init__(self) -> None:
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("request_timeout_s and connect_timeout_s must be > 0")
+        if self.scheduler_reconnect_timeout_s < 0:
+            raise ValueError("scheduler_reconnect_timeout_s must be >= 0")
 
 
 @dataclass
@@ -42,24 +53,32 @@ class TokenizerServer:
     grpc_server: GrpcServer
     scheduler: SchedulerClient
     servicer: TokenizerServicer
+    http: HttpServer | None = None
 
     @property
     def address(self) -> str:
         return self.grpc_server.address
 
     @property
+    def http_url(self) -> str:
+        """`http://HOST:PORT` of the OpenAI-compatible API, "" when it is off."""
+        return self.http.url if self.http is not None else ""
+
+    @property
     def metrics_urls(self) -> dict[str, str]:
         return {"tokenizer": self.servicer.metrics.url}
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        await self.grpc_server.stop(grace_s)  # NOT_SERVING, then in-flight streams finish
+        # Both front doors drain at once: NOT_SERVING / no new connections, in-flight finish.
+        http_stop = self.http.stop(grace_s) if self.http is not None else asyncio.sleep(0)
+        await asyncio.gather(self.grpc_server.stop(grace_s), http_stop)
         await self.scheduler.close()  # type: ignore[attr-defined]
         self.servicer.metrics.stop_server()
 
 
-def build_core(model: str) -> TokenizerCore:
-    source = resolve_model(model)
-    return TokenizerCore(source.tokenizer_path, source.max_context, source.vocab_size)
+def build_core(model: str, max_model_len: int | None = None) -> tuple[TokenizerCore, ModelSource]:
+    source = resolve_model(model, max_model_len)
+    return TokenizerCore(source.load_tokenizer(), source.max_context, source.vocab_size), source
 
 
 async def start_tokenizer(
@@ -70,13 +89,16 @@ async def start_tokenizer(
     """Start the front door; `scheduler` (and the `health` its owner feeds) are given for the
     in-process placement. SERVING exactly while the scheduler is. A failed start stops what it
     started."""
-    core = await asyncio.to_thread(build_core, config.model)
+    core, source = await asyncio.to_thread(build_core, config.model, config.max_model_len)
+    api_key = ApiKey(api_key_from_env())
     if health is None:
         health = HealthPublisher(is_serving=False)
     started: list[Callable[[], Awaitable[None] | None]] = []
     try:
         if scheduler is None:
-            client = GrpcSchedulerClient(config.scheduler_address, health.set_serving)
+            client = GrpcSchedulerClient(
+                config.scheduler_address, health.set_serving, config.scheduler_reconnect_timeout_s
+            )
             started.append(client.close)
             await client.connect(config.connect_timeout_s)
             scheduler = client
@@ -89,7 +111,12 @@ async def start_tokenizer(
             pb_grpc.add_TokenizerServicer_to_server(servicer, server)
             return [FRONT_DOOR_SERVICE]
 
-        grpc_server = await start_server(config.listen, register, health_publisher=health)
+        grpc_server = await start_server(
+            config.listen,
+            register,
+            health_publisher=health,
+            interceptors=[ApiKeyInterceptor(api_key)] if api_key.is_required else [],
+        )
     except BaseException:
         for stop in reversed(started):
             result = stop()
@@ -97,4 +124,15 @@ async def start_tokenizer(
                 await result
         raise
     identity.address = grpc_server.address
-    return TokenizerServer(grpc_server, scheduler, servicer)
+    front = TokenizerServer(grpc_server, scheduler, servicer)
+    if config.http_listen:
+        from services.tokenizer.http.app import FrontDoorApp
+        from services.tokenizer.http.server import start_http_server
+
+        try:
+            app = FrontDoorApp(servicer, source.name, source.chat_template, api_key)
+            front.http = await start_http_server(app, config.http_listen)
+        except BaseException:
+            await front.stop(0)
+            raise
+    return front

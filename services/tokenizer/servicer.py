@@ -3,6 +3,7 @@ and streams one message per scheduler step with the text that step completed."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -20,7 +21,13 @@ from services.common import convert, spans
 from services.common.errors import error_for_status
 from services.common.identity import ServiceIdentity
 from services.common.metrics import ServiceMetrics
-from services.tokenizer.core import GenerateParams, PreparedRequest, StopMatcher, TokenizerCore
+from services.tokenizer.core import (
+    Chunk,
+    GenerateParams,
+    OutputStream,
+    PreparedRequest,
+    TokenizerCore,
+)
 from services.tokenizer.scheduler_client import RequestStream
 from tracing import schema
 
@@ -46,16 +53,10 @@ class SchedulerClient(Protocol):
     async def describe(self) -> pb.DescribeResponse: ...
 
 
-@dataclass(slots=True)
-class _Progress:
-    started_s: float = 0.0
-    first_token_s: float | None = None
-    num_output_tokens: int = 0
-    detokenize_s: float = 0.0
-    is_finished: bool = False
-
-
 class TokenizerServicer(pb_grpc.TokenizerServicer):
+    """Converts and delegates: the core validates, encodes and turns deliveries into text; the
+    scheduler client carries the request."""
+
     def __init__(
         self,
         core: TokenizerCore,
@@ -73,12 +74,21 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        request_id = request.request_id or uuid.uuid4().hex
+        async for response in self.generate(_params_from_pb(request), context.time_remaining()):
+            yield response
+
+    async def generate(
+        self, params: GenerateParams, remaining_s: float | None
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """The pipeline path of one request, for every front door (gRPC Generate, HTTP):
+        validate and encode, submit, stream; abort and free its KV blocks if it is cancelled."""
+        started_s = time.perf_counter()
+        request_id = params.request_id or uuid.uuid4().hex
         with _tracer.start_as_current_span(
             schema.ENCODE, attributes={schema.REQUEST_ID: request_id}
         ):
-            prepared = self.core.prepare(_params_from_pb(request), request_id)
-        remaining_s = context.time_remaining()
+            # off the event loop: a long prompt must not stall every other stream
+            prepared = await asyncio.to_thread(self.core.prepare, params, request_id)
         timeout_s = min(
             self.config.request_timeout_s, remaining_s if remaining_s is not None else math.inf
         )
@@ -91,62 +101,39 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
                 schema.SERVER_ADDRESS: self.scheduler.address,
             },
         )
-        progress = _Progress(started_s=time.perf_counter())
+        output = self.core.output_stream(prepared)
+        timing = _Timing(started_s)
+        stream: RequestStream | None = None
         try:
             stream = await self.scheduler.submit(prepared, timeout_s, spans.carrier_of(span))
-            async for response in self._responses(prepared, stream, progress):
-                yield response
+            async for delivery in stream:
+                if delivery.error_status:
+                    raise error_for_status(delivery.error_status, delivery.error_message)
+                if delivery.token_ids and timing.first_token_s is None:
+                    timing.first_token_s = time.perf_counter()
+                chunk = output.push(delivery)
+                if chunk.is_stopped_by_string:
+                    self.scheduler.abort(request_id)
+                yield _response(request_id, chunk, output)
+                if chunk.is_final:
+                    return
         finally:
-            if not progress.is_finished:  # cancelled by the client, deadline, or an error
+            # cancelled by the client, deadline, or an error: free the scheduler's share (only
+            # of a request this call submitted: a refused duplicate id is another's)
+            if stream is not None and not output.is_finished:
                 self.scheduler.abort(request_id)
-            self._record(progress)
-            span.set_attribute(schema.DETOKENIZE_MS, progress.detokenize_s * 1e3)
-            span.set_attribute(schema.NUM_OUTPUT_TOKENS, progress.num_output_tokens)
+            self._record(timing, output)
+            span.set_attribute(schema.DETOKENIZE_MS, output.detokenize_s * 1e3)
+            span.set_attribute(schema.NUM_OUTPUT_TOKENS, output.num_output_tokens)
             span.end()
 
-    async def _responses(
-        self, req: PreparedRequest, stream: RequestStream, progress: _Progress
-    ) -> AsyncIterator[pb.GenerateResponse]:
-        detokenizer = self.core.detokenizer()
-        stop = StopMatcher(req.stop)
-        async for delivery in stream:
-            if delivery.error_status:
-                raise error_for_status(delivery.error_status, delivery.error_message)
-            if delivery.token_ids and progress.first_token_s is None:
-                progress.first_token_s = time.perf_counter()
-            progress.num_output_tokens += len(delivery.token_ids)
-            started = time.perf_counter()
-            text = stop.push(detokenizer.push(delivery.token_ids))
-            if delivery.is_finished and not stop.is_stopped:
-                text += stop.push(detokenizer.flush()) + (
-                    stop.flush() if not stop.is_stopped else ""
-                )
-            progress.detokenize_s += time.perf_counter() - started
-            response = pb.GenerateResponse(
-                text=text, token_ids=delivery.token_ids, request_id=req.request_id
-            )
-            if stop.is_stopped:
-                self.scheduler.abort(req.request_id)
-                response.finish_reason = "stop"
-            elif delivery.is_finished:
-                response.finish_reason = delivery.finish_reason
-            else:
-                yield response
-                continue
-            progress.is_finished = True
-            response.usage.prompt_tokens = len(req.prompt_token_ids)
-            response.usage.completion_tokens = progress.num_output_tokens
-            response.prompt_token_ids.extend(req.prompt_token_ids)
-            yield response
-            return
-
-    def _record(self, progress: _Progress) -> None:
-        e2e_ms = (time.perf_counter() - progress.started_s) * 1e3
+    def _record(self, timing: _Timing, output: OutputStream) -> None:
+        e2e_ms = (time.perf_counter() - timing.started_s) * 1e3
         self.metrics.observe_rpc("Generate", e2e_ms)
-        if not progress.is_finished or progress.first_token_s is None:
+        if not output.is_finished or timing.first_token_s is None:
             return
-        ttft_ms = (progress.first_token_s - progress.started_s) * 1e3
-        n = progress.num_output_tokens
+        ttft_ms = (timing.first_token_s - timing.started_s) * 1e3
+        n = output.num_output_tokens
         tpot_ms = (e2e_ms - ttft_ms) / (n - 1) if n >= 2 else None
         self.metrics.observe_request(ttft_ms=ttft_ms, tpot_ms=tpot_ms, e2e_ms=e2e_ms)
 
@@ -173,6 +160,23 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         response.model.CopyFrom(downstream.model)
         response.scheduler_stats.CopyFrom(downstream.scheduler_stats)
         return response
+
+
+@dataclass(slots=True)
+class _Timing:
+    started_s: float
+    first_token_s: float | None = None
+
+
+def _response(request_id: str, chunk: Chunk, output: OutputStream) -> pb.GenerateResponse:
+    response = pb.GenerateResponse(
+        text=chunk.text, token_ids=chunk.token_ids, request_id=request_id
+    )
+    if chunk.is_final:
+        response.finish_reason = chunk.finish_reason
+        response.usage.prompt_tokens, response.usage.completion_tokens = output.usage
+        response.prompt_token_ids.extend(output.request.prompt_token_ids)
+    return response
 
 
 def _params_from_pb(request: pb.GenerateRequest) -> GenerateParams:

@@ -25,6 +25,8 @@ class WorkerConfig:
     kernels: the non-GEMM ops. `native`: fused CPU kernels, decode attention read in place from
         the paged cache (compiled on first use, services/worker/kernels); `torch`: plain torch ops
         (any device); `auto`: native on CPU where they build, else torch.
+    max_model_len: the longest sequence served (None: the model's own context, or a packaged
+        model's default); the KV cache must hold one sequence this long.
     """
 
     model: str = "tiny"
@@ -36,6 +38,7 @@ class WorkerConfig:
     seed: int = 0
     max_num_batched_tokens: int = 2048
     kernels: str = "auto"
+    max_model_len: int | None = None  # caps the context (and the KV cache it needs)
 
     def __post_init__(self) -> None:
         self._check_device()

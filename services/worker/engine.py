@@ -34,7 +34,7 @@ class Engine:
         self.config = config
         self.device = config.torch_device
         self.dtype = config.torch_dtype
-        self.source: ModelSource = resolve_model(config.model)
+        self.source: ModelSource = resolve_model(config.model, config.max_model_len)
         weights = load_source_weights(self.source, config.seed, self.dtype, self.device)
         self.kernels, self.gemm = self._kernels()
         self.model = Transformer(

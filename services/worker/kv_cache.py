@@ -53,9 +53,10 @@ def num_blocks_for_budget(
     num_blocks = budget_bytes // bytes_per_block(config, block_size, dtype)
     needed = -(-max_context // block_size)
     if num_blocks < needed:
+        needed_mib = -(-needed * bytes_per_block(config, block_size, dtype) // 2**20)
         raise KVCacheTooSmallError(
             f"KV-cache budget of {budget_bytes / 2**20:.1f} MiB holds {num_blocks} blocks of "
             f"{block_size} tokens, fewer than the {needed} one sequence of {max_context} tokens "
-            "needs; raise the KV-cache budget (kv_cache_bytes / gpu_memory_fraction)"
+            f"needs; raise --kv-cache-mb (to at least {needed_mib}) or lower --max-model-len"
         )
     return int(num_blocks)

@@ -95,3 +95,28 @@ def test_partial_stop_prefix_is_released_when_it_is_not_a_stop() -> None:
 def test_earliest_of_several_stop_strings_wins() -> None:
     stop = StopMatcher(["zz", "b"])
     assert stop.push("a b zz") == "a "
+
+
+def test_an_oversize_prompt_is_refused_before_it_is_encoded(core: TokenizerCore) -> None:
+    """The bound comes from the context: no prompt longer than this can fit it."""
+    assert core.max_prompt_chars < 64 * 100
+    with pytest.raises(InvalidArgumentError, match="characters; at most"):
+        core.prepare(GenerateParams(prompt="🙂" * 999_999), "r1")
+    with pytest.raises(InvalidArgumentError, match="context is 64"):
+        core.prepare(GenerateParams(prompt_token_ids=[5] * 100_000), "r1")
+
+
+def test_the_output_stream_applies_stop_strings_and_counts_usage(core: TokenizerCore) -> None:
+    from services.common.types import Delivery
+
+    req = core.prepare(GenerateParams(prompt="hi", max_tokens=20, stop=["END"]), "r1")
+    out = core.output_stream(req)
+    ids = core.tokenizer.encode("abc END tail", add_special_tokens=False).ids
+    chunks = []
+    for token in ids:
+        chunks.append(out.push(Delivery("r1", [token])))
+        if chunks[-1].is_final:
+            break
+    assert "".join(c.text for c in chunks) == "abc "
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].is_stopped_by_string
+    assert out.is_finished and out.usage == (len(req.prompt_token_ids), len(chunks))

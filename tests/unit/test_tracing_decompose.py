@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -274,3 +275,15 @@ def test_phase_from_the_count_of_prefill_links_covers_chunked_prefill() -> None:
     (b,) = decompose(spans)
     assert b.components_ms[PREFILL] == pytest.approx(18)  # two prompt chunks
     assert b.components_ms[DECODE] == pytest.approx(26)
+
+
+def test_the_http_front_doors_spans_pair_like_generate() -> None:
+    # the bench's CLIENT span and the ASGI SERVER span of an HTTP request stand where gRPC's
+    # Generate pair stands: the same client -> front door hop
+    renamed = [
+        replace(s, name="POST /v1/chat/completions") if "Tokenizer/Generate" in s.name else s
+        for s in one_request()
+    ]
+    (b,) = decompose(renamed)
+    assert b.components_ms[NET_CLIENT_TOKENIZER] == pytest.approx(4)
+    assert b.components_ms[TOKENIZE] == pytest.approx(2)

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP front door (FastAPI on uvicorn), in the tokenizer service."""

@@ -1,0 +1,70 @@
+"""`serve --http-port 0` in a multi-process placement prints its HTTP line, `bench --url` drives
+it with the same records as the gRPC path, and a service that goes down is a 503."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from deploy.lifecycle import start_serve
+from deploy.spec import HTTP_RE
+
+
+def test_bench_url_against_a_colocated_http_front_door_then_a_503(tmp_path: Path) -> None:
+    served = start_serve(
+        ["--no-ray", "--placement", "colocated", "--model", "tiny", "--http-port", "0"],
+        log_path=tmp_path / "serve.log",
+    )
+    try:
+        # printed right after the front-door line start_serve waited for
+        url = next(m["url"] for ln in served.child.last_lines(50) if (m := HTTP_RE.search(ln)))
+        out = tmp_path / "bench.json"
+        bench = subprocess.run(
+            [sys.executable, "-P", "-m", "deploy.cli", "bench", "--url", url,
+             "--concurrency", "2", "--num-requests", "6", "--input-len", "16",
+             "--output-len", "8", "--out", str(out), "--no-plots", "--no-live"],
+            check=False, capture_output=True, text=True, timeout=120,
+            cwd=Path(__file__).parents[2],
+        )  # fmt: skip
+        assert bench.returncode == 0, bench.stdout + bench.stderr
+        summary = json.loads(out.read_text())["summary"]
+        assert summary["completed"] == 6 and summary["failed"] == 0
+        records = [
+            json.loads(line) for line in Path(summary_requests(out)).read_text().splitlines()
+        ]
+        assert all(r["n_out"] == 8 and r["n_in"] == 16 and len(r["itl_ms"]) == 7 for r in records)
+        assert httpx.get(f"{url}/health").status_code == 200
+        scheduler = next(s for s in served.describe()["services"] if s["name"] == "scheduler")
+        # the supervisor paused (it would restart the scheduler at once), the scheduler killed
+        os.kill(served.child.pid, signal.SIGSTOP)
+        try:
+            os.kill(int(scheduler["pid"]), signal.SIGKILL)
+            down = _wait_status(url, {"prompt": "hi", "max_tokens": 4}, 503)
+            assert down.json()["error"]["type"] == "service_unavailable"
+            assert httpx.get(f"{url}/health", timeout=10).status_code == 503
+        finally:
+            os.kill(served.child.pid, signal.SIGCONT)
+    finally:
+        served.stop()
+
+
+def summary_requests(summary_path: Path) -> str:
+    return str(json.loads(summary_path.read_text())["requests_file"])
+
+
+def _wait_status(url: str, body: dict[str, object], status: int) -> httpx.Response:
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        response = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+        if response.status_code == status or time.monotonic() > deadline:
+            assert response.status_code == status, response.text
+            return response
+        time.sleep(0.2)
