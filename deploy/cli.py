@@ -20,6 +20,7 @@ COMMAND_MODULES: dict[str, str] = {
     "generate": "deploy.commands",
     "describe": "deploy.describe_cli",
     "cluster": "deploy.cluster_cli",
+    "certs": "deploy.certs",
     "bench": "loadgen.cli",
     "traces": "tracing.cli",
     "experiment": "experiment.cli",

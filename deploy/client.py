@@ -45,11 +45,14 @@ async def stream_generate(
     timeout_s: float,
     on_text: Callable[[str], None] | None = None,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> dict[str, Any]:
     """Run one Generate; returns text, token_ids, prompt_token_ids, finish_reason, usage.
 
     `address` is HOST[:PORT] (no port: 50051); nothing listening there is a GenerateError
-    with one clear line, not gRPC's connection text."""
+    with one clear line, not gRPC's connection text. `credentials`: TLS to a front door served
+    with --tls-dir (services/common/tls.py)."""
     text: list[str] = []
     token_ids: list[int] = []
     last = pb.GenerateResponse()
@@ -57,7 +60,7 @@ async def stream_generate(
         address = parse_address(address)
     except AddressError as exc:
         raise GenerateError(f"--address: {exc}") from None
-    async with create_channel(address, is_traced=True) as channel:
+    async with create_channel(address, is_traced=True, credentials=credentials) as channel:
         stub = pb_grpc.TokenizerStub(channel)
         try:
             await wait_reachable(channel, address, connect_timeout_s)
@@ -71,7 +74,10 @@ async def stream_generate(
         except UnreachableError as exc:
             raise GenerateError(str(exc), grpc.StatusCode.UNAVAILABLE) from None
         except grpc.aio.AioRpcError as exc:
-            raise GenerateError(f"{exc.code().name}: {exc.details()}", exc.code()) from exc
+            hint = ""
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and credentials is None:
+                hint = " (a front door served with --tls-dir needs --tls-ca)"
+            raise GenerateError(f"{exc.code().name}: {exc.details()}{hint}", exc.code()) from exc
     return {
         "text": "".join(text),
         "token_ids": token_ids,

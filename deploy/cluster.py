@@ -209,6 +209,24 @@ def _reap(nodes: list[NodeRecord]) -> None:
 def _start_node(record: ClusterRecord, ip: str, label: str, head_port: int = 0) -> NodeRecord:
     node_dir = Path(record.temp_dir) / label
     node_dir.mkdir(parents=True)
+    args = node_args(record.address, ip, label, node_dir, head_port)
+    log_path = node_dir / "ray-start.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            args,
+            env=ray_env(),
+            cwd=node_dir,  # never the user's directory (its workers start there)
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: `down` stops exactly this node
+        )
+    return NodeRecord(ip, label, process.pid, str(node_dir), str(log_path))
+
+
+def node_args(address: str, ip: str, label: str, node_dir: Path, head_port: int = 0) -> list[str]:
+    """`ray start` for one node: every port on the node's own (loopback) address; the head's
+    dashboard off, and bound to that address were it turned on."""
     args = [
         _ray_bin(),
         "start",
@@ -232,21 +250,11 @@ def _start_node(record: ClusterRecord, ip: str, label: str, head_port: int = 0) 
     if head_port:
         args += ["--head", "--port", str(head_port)]
         args += ["--ray-client-server-port", str(_free_port(ip))]
-        args += ["--include-dashboard", "false", "--dashboard-port", str(_free_port(ip))]
+        args += ["--include-dashboard", "false", "--dashboard-host", ip]
+        args += ["--dashboard-port", str(_free_port(ip))]
     else:
-        args += ["--address", record.address]
-    log_path = node_dir / "ray-start.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            args,
-            env=ray_env(),
-            cwd=node_dir,  # never the user's directory (its workers start there)
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: `down` stops exactly this node
-        )
-    return NodeRecord(ip, label, process.pid, str(node_dir), str(log_path))
+        args += ["--address", address]
+    return args
 
 
 def _wait_ready(nodes: list[NodeRecord], timeout_s: float = START_TIMEOUT_S) -> None:

@@ -85,6 +85,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="how long requests in flight wait for a restarting model worker before they fail "
         "UNAVAILABLE (default 60: a restart may rebuild the CPU kernels)",
     )
+    serve.add_argument(
+        "--tls-dir",
+        dest="tls",  # the experiment's factor name (`factors: {tls: [DIR]}`)
+        metavar="DIR",
+        default="",
+        help="TLS on every TCP hop: the front door serves TLS, services talk mutual TLS "
+        "(a directory from `hopscope certs`; also `tls_dir` in a placement YAML)",
+    )
     _add_engine_args(serve)
     serve.set_defaults(func=run_serve)
 
@@ -107,6 +115,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--request-id", default="")
     gen.add_argument("--timeout", type=float, default=600.0, help="deadline in seconds")
     gen.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    gen.add_argument(
+        "--tls-ca", default="", help="connect with TLS, trusting this CA certificate (ca.crt)"
+    )
+    gen.add_argument("--tls-cert", default="", help="client certificate, with --tls-key")
+    gen.add_argument("--tls-key", default="", help="client key, with --tls-cert")
     _add_engine_args(gen)
     gen.set_defaults(func=run_generate)
 
@@ -169,6 +182,7 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         http_port=getattr(args, "http_port", None),
         max_model_len=args.max_model_len,
         worker_reconnect_timeout_s=getattr(args, "worker_restart_timeout", 60.0),
+        tls_dir=_absolute(getattr(args, "tls", "")),
     )
 
 
@@ -176,14 +190,37 @@ def _or_default(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
+def _absolute(path: str) -> str:
+    from pathlib import Path
+
+    return str(Path(path).expanduser().resolve()) if path else ""
+
+
+def resolve_security(spec: ServeSpec, has_key: bool = False) -> ServeSpec:
+    """The TLS directory from the placement YAML when no --tls-dir, checked now (a missing file
+    is named before anything starts); a warning when the front door is reachable from other
+    machines with nothing protecting it."""
+    from dataclasses import replace
+
+    from deploy.placement import resolve_placement
+    from services.common.peer_auth import warn_if_exposed
+    from services.common.tls import SERVICE_IDENTITIES, read_tls_files
+
+    tls_dir = spec.tls_dir or resolve_placement(spec.placement).tls_dir
+    if tls_dir:
+        read_tls_files(tls_dir, SERVICE_IDENTITIES[:3])  # TlsError (a ValueError) names the file
+    warn_if_exposed("the front door", spec.front_door, is_protected=bool(tls_dir) or has_key)
+    return replace(spec, tls_dir=tls_dir)
+
+
 # ---------------------------------------------------------------------------- serve
 def run_serve(args: argparse.Namespace) -> int:
-    from deploy.placement import resolve_placement
     from deploy.spec import NO_RAY_PLACEMENTS
 
     try:
-        spec = spec_from_args(args)
-        resolve_placement(spec.placement)  # a missing file or a typo, named before anything starts
+        has_key = bool(getattr(args, "api_key", "") or os.environ.get("HOPSCOPE_API_KEY"))
+        # a missing placement file or a typo is named here, before anything starts
+        spec = resolve_security(spec_from_args(args), has_key)
     except ValueError as exc:
         err.print(f"error: {exc}")
         return 2
@@ -293,13 +330,14 @@ def run_generate(args: argparse.Namespace) -> int:
 
     try:
         request = build_request(args)
+        credentials = _client_credentials(args)
     except ValueError as exc:
         err.print(f"error: {exc}")
         return 2
     result: dict[str, Any] = {}
 
     def run() -> int:
-        result.update(asyncio.run(_generate(args, request)))
+        result.update(asyncio.run(_generate(args, request, credentials)))
         return 0
 
     try:
@@ -319,12 +357,25 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _generate(args: argparse.Namespace, request: Any) -> dict[str, Any]:
+def _client_credentials(args: argparse.Namespace) -> Any:
+    """TLS credentials for --tls-ca (and --tls-cert/--tls-key); None without --tls-ca."""
+    if not args.tls_ca:
+        if args.tls_cert or args.tls_key:
+            raise ValueError("--tls-cert/--tls-key need --tls-ca (the CA that signed the server)")
+        return None
+    from services.common.tls import client_credentials
+
+    return client_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+
+
+async def _generate(args: argparse.Namespace, request: Any, credentials: Any) -> dict[str, Any]:
     from deploy.client import stream_generate
 
     on_text = None if args.json else (lambda text: print(text, end="", flush=True))
     if args.address:
-        return await stream_generate(args.address, request, args.timeout, on_text)
+        return await stream_generate(
+            args.address, request, args.timeout, on_text, credentials=credentials
+        )
     from deploy.inproc import start_inproc
 
     try:

@@ -261,16 +261,16 @@ class ServeChild:
 
     child: Child
     address: str
+    credentials: Any = None  # grpc.ChannelCredentials when the front door serves TLS
 
     def describe(self) -> dict[str, Any]:
         """Describe as a dict (MessageToDict, proto field names)."""
-        import grpc
         from google.protobuf.json_format import MessageToDict
 
         from protos import hopscope_pb2 as pb
         from protos import hopscope_pb2_grpc as pb_grpc
 
-        with grpc.insecure_channel(self.address) as channel:
+        with _sync_channel(self.address, self.credentials) as channel:
             response = pb_grpc.TokenizerStub(channel).Describe(pb.DescribeRequest(), timeout=10)
         return MessageToDict(response, preserving_proto_field_name=True)
 
@@ -286,10 +286,14 @@ def start_serve(
     env: dict[str, str] | None = None,
     timeout_s: float = START_TIMEOUT_S,
     cwd: Path | None = None,
+    credentials: Any = None,
 ) -> ServeChild:
     """Start `hopscope serve SERVE_ARGS` (with `--port 0` unless a port is given), wait for its
-    front-door line and then for gRPC health SERVING there. LaunchError otherwise (stopped)."""
+    front-door line and then for gRPC health SERVING there. LaunchError otherwise (stopped).
+    With `--tls-dir DIR` in SERVE_ARGS the front door is reached with TLS (DIR's CA and client
+    certificate) unless `credentials` are given."""
     args = list(serve_args)
+    credentials = credentials or _credentials_from_serve_args(args)
     if "--port" not in args:
         args += ["--port", "0"]
     argv = ["-m", "deploy.cli", "serve", *args]
@@ -297,17 +301,33 @@ def start_serve(
     deadline = time.monotonic() + timeout_s
     try:
         address = child.wait_for_line(FRONT_DOOR_RE, timeout_s).group("address")
-        wait_serving(address, max(1.0, deadline - time.monotonic()))
+        wait_serving(address, max(1.0, deadline - time.monotonic()), credentials)
     except TimeoutError as exc:
         child.stop()
         raise LaunchError(f"hopscope serve: {exc}{child._tail()}") from exc
     except BaseException:
         child.stop()
         raise
-    return ServeChild(child, address)
+    return ServeChild(child, address, credentials)
 
 
-def wait_serving(address: str, timeout_s: float) -> None:
+def _credentials_from_serve_args(args: list[str]) -> Any:
+    if "--tls-dir" not in args:
+        return None
+    from services.common.tls import client_credentials_from_dir
+
+    return client_credentials_from_dir(args[args.index("--tls-dir") + 1])
+
+
+def _sync_channel(address: str, credentials: Any = None) -> Any:
+    import grpc
+
+    if credentials is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, credentials)
+
+
+def wait_serving(address: str, timeout_s: float, credentials: Any = None) -> None:
     """Standard grpc.health.v1 Check on `address` until SERVING; TimeoutError when it runs out."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -315,7 +335,7 @@ def wait_serving(address: str, timeout_s: float) -> None:
     serving = health_pb2.HealthCheckResponse.SERVING
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    with grpc.insecure_channel(address) as channel:
+    with _sync_channel(address, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             left_s = deadline - time.monotonic()

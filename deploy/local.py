@@ -5,16 +5,18 @@ that crashes is restarted on the same address, and `stop` drains front to back."
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deploy.lifecycle import START_TIMEOUT_S, Child, LaunchError, launch, wait_serving
 from deploy.placement import internal_address, resolve_placement
 from deploy.spec import ServeSpec
+from services.common.peer_auth import TOKEN_ENV, new_internal_token
 from services.common.process import READY_PREFIX, config_to_json
 
 MAX_RESTARTS = 5
@@ -37,10 +39,11 @@ class ChildService:
     address: str = ""
     metrics_url: str = ""
     num_restarts: int = 0
+    env: dict[str, str] | None = field(default=None, repr=False)  # carries the internal token
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
         argv = ["-m", self.module, "--config", self.config_json, "--placement", self.placement]
-        self.child = launch(argv, name=self.name, log_path=self.log_path)
+        self.child = launch(argv, name=self.name, log_path=self.log_path, env=self.env)
         try:
             ready = self.child.wait_for_line(READY_RE, timeout_s)
         except LaunchError:
@@ -91,6 +94,8 @@ class LocalDeployment:
         return {c.name: c.metrics_url for c in self.children if c.metrics_url}
 
     def start(self) -> str:
+        if not self.spec.internal_token:  # one per deployment: only its own services get in
+            self.spec = replace(self.spec, internal_token=new_internal_token())
         try:
             worker = self._start(
                 "worker", "services.worker", lambda listen: self.spec.worker_config(listen)
@@ -106,7 +111,8 @@ class LocalDeployment:
                 lambda listen: self.spec.tokenizer_config(listen, sched),
                 listen=self.spec.front_door,
             )
-            wait_serving(self.address, START_TIMEOUT_S)  # the front door's health follows all
+            # the front door's health follows all
+            wait_serving(self.address, START_TIMEOUT_S, self.spec.front_door_credentials())
         except TimeoutError as exc:
             self.stop()
             raise LaunchError(f"the pipeline did not become healthy: {exc}") from exc
@@ -119,7 +125,10 @@ class LocalDeployment:
         listen = listen or self._internal_address(name)
         config = make_config(listen)  # type: ignore[operator]
         log_path = (self.log_dir or self.tmp_dir) / f"{name}.log"
-        child = ChildService(name, module, config_to_json(config), self.spec.placement, log_path)
+        # the token travels in the child's environment, not on its command line (`ps` shows that)
+        env = {**os.environ, TOKEN_ENV: config.internal_token}
+        config_json = config_to_json(replace(config, internal_token=""))
+        child = ChildService(name, module, config_json, self.spec.placement, log_path, env=env)
         self.children.append(child)
         return child.start()
 

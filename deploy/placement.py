@@ -31,6 +31,7 @@ class Placement:
     nodes: dict[str, str]  # service -> node label
     transports: dict[str, str]  # edge ("tokenizer->scheduler") -> "inproc" | "uds" | "tcp"
     is_preset: bool = True
+    tls_dir: str = ""  # `tls_dir:` in a YAML file (relative to the file): serve --tls-dir
 
     @property
     def is_inproc(self) -> bool:
@@ -83,26 +84,30 @@ def resolve_placement(ref: str) -> Placement:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise PlacementError(f"placement file {ref} is not valid YAML: {exc}") from exc
-        return parse_placement(data, name=ref)
+        return parse_placement(data, name=ref, base_dir=path.parent)
     raise PlacementError(
         f"unknown placement {ref!r}: use one of {', '.join(PRESETS)} or a YAML file "
         "(see deploy/placements/example.yaml)"
     )
 
 
-def parse_placement(data: Any, name: str) -> Placement:
-    """Validate a custom placement: `services: {service: label}`, optional `transports`."""
+def parse_placement(data: Any, name: str, base_dir: Path | None = None) -> Placement:
+    """Validate a custom placement: `services: {service: label}`, optional `transports` and
+    `tls_dir` (a directory from `hopscope certs`, relative to `base_dir`)."""
     if not isinstance(data, dict):
         raise PlacementError(f"{name}: expected a mapping with 'services' (and 'transports')")
-    unknown_keys = set(data) - {"services", "transports"}
+    unknown_keys = set(data) - {"services", "transports", "tls_dir"}
     if unknown_keys:
         raise PlacementError(
-            f"{name}: unknown keys {sorted(unknown_keys)}; allowed: services, transports"
+            f"{name}: unknown keys {sorted(unknown_keys)}; allowed: services, transports, tls_dir"
         )
     nodes = _parse_nodes(data.get("services"), name)
     overrides = _parse_overrides(data.get("transports") or {}, name)
     transports = {edge: derive_transport(nodes, edge, overrides.get(edge), name) for edge in EDGES}
-    return Placement(name, nodes, transports, is_preset=False)
+    tls_dir = str(data.get("tls_dir") or "")
+    if tls_dir:
+        tls_dir = str(((base_dir or Path.cwd()) / Path(tls_dir).expanduser()).resolve())
+    return Placement(name, nodes, transports, is_preset=False, tls_dir=tls_dir)
 
 
 def _parse_nodes(services: Any, name: str) -> dict[str, str]:

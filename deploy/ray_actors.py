@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import shutil
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +38,9 @@ class ActorPlan:
     downstream: str = ""  # the address this service connects to
     link: LinkSettings = field(default_factory=LinkSettings)  # shaped: a relay to downstream
     otel_env: dict[str, str] = field(default_factory=dict)
+    # the TLS files this role needs, read by the driver (services/common/tls.py: read_tls_files):
+    # contents, not a path, so no node needs the driver's disk; `spec.tls_dir` is set on the node
+    tls_files: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         assert self.role in ROLES, self.role
@@ -53,6 +57,7 @@ class ServiceHost:
         self.loop = asyncio.new_event_loop()
         self.service: Any = None
         self.relay: Any = None
+        self.tls_dir: Path | None = None
         self.failure: BaseException | None = None
         self.is_ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"hopscope-{plan.role}", daemon=True)
@@ -85,13 +90,20 @@ class ServiceHost:
         )
         if self.plan.listen.startswith("unix:"):
             socket_path = Path(self.plan.listen.removeprefix("unix:"))
-            socket_path.parent.mkdir(parents=True, exist_ok=True)
+            _private_dir(socket_path.parent)
             socket_path.unlink(missing_ok=True)  # left behind by a killed predecessor
-        downstream = self.plan.downstream
-        if self.plan.link.is_shaped:
-            self.relay = await _start_relay(self.host_ip, downstream, self.plan.link)
+        plan = self.plan
+        if plan.tls_files:
+            from services.common.tls import write_tls_files
+
+            self.tls_dir = write_tls_files(plan.tls_files)
+            plan = replace(plan, spec=replace(plan.spec, tls_dir=str(self.tls_dir)))
+        downstream = plan.downstream
+        if plan.link.is_shaped:
+            # only this process dials the relay: it listens on loopback, not on the node's address
+            self.relay = await _start_relay("127.0.0.1", downstream, plan.link)
             downstream = self.relay.address
-        return await _start_service(self.plan, downstream, self.node_id)
+        return await _start_service(plan, downstream, self.node_id)
 
     @property
     def host_ip(self) -> str:
@@ -129,6 +141,8 @@ class ServiceHost:
         await asyncio.to_thread(shutdown_tracing)
         if self.relay is not None:
             self.relay.stop()  # returns at once: its threads end on their own
+        if self.tls_dir is not None:
+            shutil.rmtree(self.tls_dir, ignore_errors=True)
         if self.plan.listen.startswith("unix:"):
             socket_path = Path(self.plan.listen.removeprefix("unix:"))
             socket_path.unlink(missing_ok=True)
@@ -136,6 +150,14 @@ class ServiceHost:
                 socket_path.parent.rmdir()  # the last service of this deployment on the node
             except OSError:
                 pass
+
+
+def _private_dir(path: Path) -> None:
+    """The Unix sockets' directory: ours alone (0700), so only this user's processes connect."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid != os.getuid():
+        raise ServiceStartError(f"{path} belongs to another user; refusing to put sockets in it")
+    path.chmod(0o700)
 
 
 async def _start_service(plan: ActorPlan, downstream: str, node_id: str) -> Any:

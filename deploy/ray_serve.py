@@ -84,7 +84,8 @@ class RayDeployment:
                 bundle = plan.bundle_of(self.placement, "tokenizer" if role == "pipeline" else role)
                 self.actors[role] = self._create(cls, actor_plan, bundle)
             self._wait_started(timeout_s)
-            wait_serving(self.front_door, timeout_s)  # its health follows every downstream
+            # its health follows every downstream
+            wait_serving(self.front_door, timeout_s, self.spec.front_door_credentials())
         except TimeoutError as exc:
             self.stop()
             raise DeployError(f"the pipeline did not become healthy: {exc}") from exc
@@ -134,7 +135,8 @@ class RayDeployment:
         front_door = f"{spec.host}:{front_port}"
         otel_env = _otel_env()
         if placement.is_inproc:
-            return {"pipeline": ActorPlan("pipeline", spec, front_door, otel_env=otel_env)}
+            pipeline = ActorPlan("pipeline", spec, front_door, otel_env=otel_env)
+            return _with_secrets({"pipeline": pipeline}, spec.tls_dir)
         socket_dir = f"/tmp/hs-{self.deploy_id}"
         listen = {"tokenizer": front_door}
         for service in ("scheduler", "worker"):
@@ -142,7 +144,7 @@ class RayDeployment:
             port = free_port(node_of[service], ip_of[service]) if transport == "tcp" else 0
             listen[service] = internal_address(transport, ip_of[service], socket_dir, service, port)
         links = {edge: self._edge_link(edge) for edge in EDGES}
-        return {
+        plans = {
             "worker": ActorPlan("worker", spec, listen["worker"], otel_env=otel_env),
             "scheduler": ActorPlan(
                 "scheduler", spec, listen["scheduler"], listen["worker"], links[EDGES[1]], otel_env
@@ -151,6 +153,7 @@ class RayDeployment:
                 "tokenizer", spec, front_door, listen["scheduler"], links[EDGES[0]], otel_env
             ),
         }
+        return _with_secrets(plans, spec.tls_dir)
 
     def _edge_link(self, edge: str) -> LinkSettings:
         """Only a TCP edge between two nodes is a network link that can be shaped."""
@@ -216,6 +219,22 @@ class RayDeployment:
         if self.pg is not None:
             remove_placement_group(self.pg)
             self.pg = None
+
+
+def _with_secrets(plans: dict[str, ActorPlan], tls_dir: str) -> dict[str, ActorPlan]:
+    """One internal token for the deployment, and each actor's TLS files by content (read here,
+    in the driver): actors never assume the driver's disk."""
+    from services.common.peer_auth import new_internal_token
+    from services.common.tls import read_tls_files
+
+    token = new_internal_token()
+    secured = {}
+    for role, plan in plans.items():
+        identity = "tokenizer" if role == "pipeline" else role
+        files = read_tls_files(tls_dir, (identity,)) if tls_dir else {}
+        spec = replace(plan.spec, tls_dir="", internal_token=token)
+        secured[role] = replace(plan, spec=spec, tls_files=files)
+    return secured
 
 
 def actor_error(exc: BaseException) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from loadgen.address import DEFAULT_PORT
 from services.common.metrics import DEFAULT_METRICS_BASE_PORT, metrics_port
@@ -44,6 +45,9 @@ class ServeSpec:
     metrics_base_port: int = DEFAULT_METRICS_BASE_PORT  # + 0, 1, 2 by service; 0: any free port
     http_port: int | None = None  # the OpenAI-compatible HTTP front door at `host` (0 = any)
     max_model_len: int | None = None  # caps the context (and the KV cache it needs)
+    tls_dir: str = ""  # TLS on every TCP hop, mutual between services (`hopscope certs`)
+    # made by the deployer (deploy/local.py, deploy/ray_serve.py) for each deployment
+    internal_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -78,6 +82,15 @@ class ServeSpec:
             sock.bind((self.host, 0))
             return replace(self, http_port=int(sock.getsockname()[1]))
 
+    def front_door_credentials(self) -> Any:
+        """What the deployer's own health checks of its front door dial with: TLS with the TLS
+        directory's CA and client certificate, or None (plaintext)."""
+        if not self.tls_dir:
+            return None
+        from services.common.tls import client_credentials_from_dir
+
+        return client_credentials_from_dir(self.tls_dir)
+
     def metrics_address(self, service: str) -> str:
         if not self.is_metrics_enabled:
             return ""
@@ -98,6 +111,8 @@ class ServeSpec:
             listen=listen,
             node_id=node_id,
             metrics_address=self.metrics_address("worker"),
+            tls_dir=self.tls_dir,
+            internal_token=self.internal_token,
         )
 
     def scheduler_config(
@@ -116,6 +131,8 @@ class ServeSpec:
             node_id=node_id,
             worker_reconnect_timeout_s=self.worker_reconnect_timeout_s,
             metrics_address=self.metrics_address("scheduler"),
+            tls_dir=self.tls_dir,
+            internal_token=self.internal_token,
         )
 
     def tokenizer_config(
@@ -131,4 +148,6 @@ class ServeSpec:
             metrics_address=self.metrics_address("tokenizer"),
             http_listen=self.http_listen,
             max_model_len=self.max_model_len,
+            tls_dir=self.tls_dir,
+            internal_token=self.internal_token,
         )

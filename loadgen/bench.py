@@ -157,7 +157,7 @@ def _run_one(
     return document, result.is_interrupted
 
 
-def preflight(address: str, timeout_s: float) -> tuple[str, dict[str, Any]]:
+def preflight(address: str, timeout_s: float, tls_ca: str = "") -> tuple[str, dict[str, Any]]:
     """Check the server answers before any load; returns a one-line description of it and its
     Describe as a dict ({} when not served), which the summary records as `deployment`."""
     from google.protobuf.json_format import MessageToDict
@@ -166,7 +166,7 @@ def preflight(address: str, timeout_s: float) -> tuple[str, dict[str, Any]]:
         from loadgen.http_client import describe
 
         return asyncio.run(describe(address, timeout_s)), {}
-    described = asyncio.run(check_reachable(address, timeout_s))
+    described = asyncio.run(check_reachable(address, timeout_s, tls_ca))
     if described is None:
         return f"{address} (Describe not served)", {}
     model = described.model

@@ -64,6 +64,9 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
         default="completions",
         help="with --url: /v1/completions or /v1/chat/completions (text prompts), streamed",
     )
+    p.add_argument(
+        "--tls-ca", default="", help="TLS to the front door, trusting this CA certificate"
+    )
     p.add_argument("--rate", type=_float_list, help="open loop, requests/s; a list sweeps: 1,2,4")
     p.add_argument("--concurrency", type=_int_list, help="closed loop; a list sweeps: 1,4,16")
     p.add_argument("--max-concurrency", type=int, help="cap on requests in flight under --rate")
@@ -228,7 +231,16 @@ def build_points(args: argparse.Namespace) -> tuple[list[BenchConfig], list[str]
         loads = [LoadConfig(concurrency=c, **common) for c in concurrencies]
         tags = [f"concurrency-{c}" for c in concurrencies]
     configs = [
-        BenchConfig(address, load, workload, slo, args.label, args.url or "", args.endpoint)
+        BenchConfig(
+            address,
+            load,
+            workload,
+            slo,
+            args.label,
+            args.url or "",
+            args.endpoint,
+            tls_ca=args.tls_ca or "",
+        )
         for load in loads
     ]
     return configs, tags if len(configs) > 1 else [""]
@@ -261,7 +273,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
             not args.no_live,
             max_failed_frac=args.max_failed_frac,
         )
-        server, deployment = preflight(args.url or points[0].address, args.connect_timeout_s)
+        server, deployment = preflight(
+            args.url or points[0].address, args.connect_timeout_s, args.tls_ca or ""
+        )
     except (BenchConfigError, DatasetError, UnreachableError, ValueError) as exc:
         return _fail("hopscope bench", exc)
     console.print(f"target {server}")

@@ -168,6 +168,7 @@ class BenchConfig:
     label: str = ""
     url: str = ""  # an OpenAI-compatible HTTP front door instead of the gRPC `address`
     endpoint: str = "completions"  # with `url`: completions | chat
+    tls_ca: str = ""  # a CA certificate: TLS to a front door served with --tls-dir
 
     def __post_init__(self) -> None:
         if self.url:

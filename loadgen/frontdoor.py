@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from loadgen.channel import open_channel
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
 
@@ -25,15 +26,16 @@ async def wait_reachable(channel: grpc.aio.Channel, address: str, timeout_s: flo
     except TimeoutError:
         raise UnreachableError(
             f"no server answers at {address} (waited {timeout_s:g} s); is "
-            "`hopscope serve` running, and is the address right?"
+            "`hopscope serve` running, is the address right (and a TLS front door given --tls-ca)?"
         ) from None
 
 
 async def check_reachable(
-    address: str, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    address: str, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, tls_ca: str = ""
 ) -> pb.DescribeResponse | None:
-    """Describe the deployment, or raise UnreachableError; None if Describe is not served."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    """Describe the deployment, or raise UnreachableError; None if Describe is not served.
+    `tls_ca`: the CA that signed a TLS front door's certificate (`--tls-ca`)."""
+    async with open_channel(address, tls_ca) as channel:
         await wait_reachable(channel, address, timeout_s)
         try:
             stub = pb_grpc.TokenizerStub(channel)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from opentelemetry import trace
 
+from loadgen.channel import open_channel
 from loadgen.config import BenchConfig
 from loadgen.frontdoor import UnreachableError, check_reachable  # noqa: F401 - re-exported
 from loadgen.metrics import STATUS_INCOMPLETE, STATUS_OK, RequestRecord
@@ -117,8 +118,8 @@ class Runner:
                 await self._dispatch(start_at_s)
         else:
             interceptors = _client_interceptors() if self._is_tracing else None
-            address = self._config.address
-            async with grpc.aio.insecure_channel(address, interceptors=interceptors) as ch:
+            channel = open_channel(self._config.address, self._config.tls_ca, interceptors)
+            async with channel as ch:
                 self._stub = pb_grpc.TokenizerStub(ch)
                 await self._dispatch(start_at_s)
         # a request cancelled before it was sent never happened; it is not a record

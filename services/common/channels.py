@@ -5,25 +5,43 @@ from __future__ import annotations
 import grpc
 
 from services.common.grpc_options import KEEPALIVE, Keepalive, channel_options
+from services.common.tls import INTERNAL_SERVER_NAME, TlsMaterial, channel_credentials
 
 
 def create_channel(
-    address: str, *, is_traced: bool = False, keepalive: Keepalive = KEEPALIVE
+    address: str,
+    *,
+    is_traced: bool = False,
+    keepalive: Keepalive = KEEPALIVE,
+    tls: TlsMaterial | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure aio channel to `address` ("HOST:PORT" or "unix:PATH").
+    """An aio channel to `address` ("HOST:PORT" or "unix:PATH").
 
     `is_traced` adds OpenTelemetry's client interceptors (CLIENT spans, traceparent injected):
     used for front-door calls; the internal streams carry trace context themselves.
     `keepalive` must match the server's (start_server's): the default on both ends does.
+    Internal hops: `tls` makes a TCP hop mutual TLS (our certificate; the server's checked
+    against the CA and INTERNAL_SERVER_NAME, whatever address, relay or node it is reached at);
+    a Unix socket stays plaintext. The internal token is call metadata, not a channel
+    setting (services/common/peer_auth.py: token_metadata).
+    Front-door callers: `credentials` (the CA they trust, maybe a client certificate), checked
+    against the host they dial.
     """
-    interceptors = None
+    interceptors: list[grpc.aio.ClientInterceptor] = []
     if is_traced:
         from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-        interceptors = aio_client_interceptors()
-    return grpc.aio.insecure_channel(
-        address, options=channel_options(keepalive), interceptors=interceptors
-    )
+        interceptors += aio_client_interceptors()
+    options: list[tuple[str, int | str]] = list(channel_options(keepalive))
+    if tls is not None and not address.startswith("unix:"):
+        credentials = channel_credentials(tls)
+        options.append(("grpc.ssl_target_name_override", INTERNAL_SERVER_NAME))
+    if credentials is not None:
+        return grpc.aio.secure_channel(
+            address, credentials, options=options, interceptors=interceptors or None
+        )
+    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors or None)
 
 
 def transport_of(address: str) -> str:

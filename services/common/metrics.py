@@ -19,6 +19,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client import start_http_server as _start_http_server
 
+from services.common.peer_auth import warn_if_exposed
+
 # Default /metrics port of each service: `serve --metrics-port BASE` puts them at BASE + offset
 # (BASE 0: any free port each). deploy/prometheus scrapes the defaults.
 DEFAULT_METRICS_BASE_PORT = 9401
@@ -172,6 +174,8 @@ def serve_metrics(service_name: str, address: str) -> ServiceMetrics:
     metrics = ServiceMetrics(service_name)
     if address:
         host, _, port = address.rpartition(":")
+        # /metrics has no key: beyond loopback anyone can read it (it holds no prompts or tokens)
+        warn_if_exposed(f"{service_name} /metrics", address, is_protected=False)
         bound_port = _bind_metrics_server(metrics, host, int(port))
         metrics.url = f"http://{host}:{bound_port}/metrics"
     return metrics

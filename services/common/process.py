@@ -12,12 +12,14 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import typing
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+from services.common.peer_auth import TOKEN_ENV
 from tracing.setup import configure_tracing, shutdown_tracing
 
 READY_PREFIX = "HOPSCOPE_READY"
@@ -64,7 +66,7 @@ def run_service_main(
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"[{name}] %(levelname)s %(message)s")
     try:
-        config = config_from_dict(config_cls, json.loads(args.config))
+        config = config_from_dict(config_cls, _with_secrets(json.loads(args.config)))
     except (ValueError, TypeError) as exc:
         print(f"error: bad {name} config: {exc}", file=sys.stderr)
         return 2
@@ -80,6 +82,13 @@ def run_service_main(
         return asyncio.run(_serve(name, config, start))
     finally:
         shutdown_tracing()
+
+
+def _with_secrets(data: dict[str, Any]) -> dict[str, Any]:
+    """Secrets come from the environment (a command line is visible to every user in `ps`);
+    taken out of it, so that nothing this process starts inherits them."""
+    token = os.environ.pop(TOKEN_ENV, "")
+    return {**data, "internal_token": token} if token else data
 
 
 async def _serve(name: str, config: T, start: Callable[[T], Awaitable[RunningService]]) -> int:

@@ -23,6 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from services.common.errors import HopscopeError, InvalidArgumentError
 from services.common.grpc_options import KEEPALIVE, MAX_MESSAGE_BYTES, Keepalive, server_options
 from services.common.health import HealthPublisher
+from services.common.peer_auth import InternalTokenInterceptor, warn_if_exposed
+from services.common.tls import TlsMaterial, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -62,30 +64,50 @@ async def start_server(
     health_publisher: HealthPublisher | None = None,
     keepalive: Keepalive = KEEPALIVE,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    tls: TlsMaterial | None = None,
+    require_client_cert: bool = True,
+    internal_token: str = "",
+    has_key: bool = False,
 ) -> GrpcServer:
     """Start a server on `address` ("HOST:PORT" or "unix:PATH"); `register` adds the servicers
     and returns their full service names (for health and reflection). `health_publisher`
     decides SERVING (default: serving from the start); `keepalive` must be its clients'.
-    `interceptors` run inside the common ones (e.g. the front door's API-key check)."""
-    server = grpc.aio.server(
-        interceptors=[*_interceptors(), *interceptors], options=server_options(keepalive)
-    )
+
+    `tls`: a TCP listener serves TLS with these credentials — mutual (a client certificate from
+    the CA required) unless `require_client_cert` is False (the front door); a Unix socket stays
+    plaintext (it never leaves the machine; its directory is private). `internal_token`: every
+    call but health checks must carry it (services/common/peer_auth.py). `has_key`: the caller
+    checks a key of its own (the front door's API key); only used to decide on the warning for
+    an unprotected non-loopback listener. `interceptors` run inside the common ones (e.g. the
+    front door's API-key check).
+    """
+    chain = [*_interceptors(), *interceptors]
+    if internal_token:
+        chain.insert(0, InternalTokenInterceptor(internal_token))
+    server = grpc.aio.server(interceptors=chain, options=server_options(keepalive))
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    resolved = _bind(server, address)
+    credentials = server_credentials(tls, require_client_auth=require_client_cert) if tls else None
+    resolved = _bind(server, address, credentials)
+    is_protected = tls is not None or bool(internal_token) or has_key
+    warn_if_exposed(f"gRPC server {','.join(service_names)}", resolved, is_protected=is_protected)
     await server.start()
     publisher = health_publisher or HealthPublisher(is_serving=True)
     await publisher.attach(health_servicer, service_names)
     return GrpcServer(server, publisher, resolved, service_names)
 
 
-def _bind(server: grpc.aio.Server, address: str) -> str:
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> str:
+    is_tls = credentials is not None and not address.startswith("unix:")
     try:
-        port = server.add_insecure_port(address)
+        if is_tls:
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise BindError(f"cannot listen on {address}: {exc}; is it already in use?") from exc
     if address.startswith("unix:"):

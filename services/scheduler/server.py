@@ -11,6 +11,7 @@ from services.common.health import HealthPublisher
 from services.common.identity import ServiceIdentity, identify
 from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
+from services.common.tls import load_tls
 from services.common.types import ModelInfo
 from services.scheduler.core import Scheduler
 from services.scheduler.runner import RunnerSettings, SchedulerRunner
@@ -56,7 +57,10 @@ def build_runner(
 
 async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
     """SERVING exactly while the worker is up. A failed start stops what it started."""
-    worker = GrpcWorkerClient(config.worker_address, config.step_timeout_s)
+    tls = load_tls(config.tls_dir, "scheduler") if config.tls_dir else None
+    worker = GrpcWorkerClient(
+        config.worker_address, config.step_timeout_s, tls=tls, internal_token=config.internal_token
+    )
     health = HealthPublisher(is_serving=False)
     runner = build_runner(config, worker, health.set_serving)
     identity: ServiceIdentity = identify("scheduler", config.listen, config.node_id)
@@ -68,7 +72,13 @@ async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
 
     try:
         await runner.start()
-        grpc_server = await start_server(config.listen, register, health_publisher=health)
+        grpc_server = await start_server(
+            config.listen,
+            register,
+            health_publisher=health,
+            tls=tls,
+            internal_token=config.internal_token,
+        )
     except BaseException:
         await runner.stop()  # the worker channel, the loop and the metrics server
         raise

@@ -23,6 +23,8 @@ class SchedulerServiceConfig:
     worker_reconnect_timeout_s: float = WORKER_RESTART_TIMEOUT_S
     worker_link: str = ""
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off  # how the path to the worker is shaped: "" | "netem" | "relay"
+    tls_dir: str = ""  # mutual TLS on TCP hops, both ways (services/common/tls.py); "" = off
+    internal_token: str = field(default="", repr=False)  # sent to the worker, required of callers
 
     def __post_init__(self) -> None:
         if self.step_timeout_s <= 0 or self.connect_timeout_s <= 0:

@@ -15,6 +15,8 @@ from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.channels import create_channel, transport_of
 from services.common.errors import UnavailableError
+from services.common.peer_auth import token_metadata
+from services.common.tls import TlsMaterial
 from services.common.types import SeqStep, StepOutput
 
 
@@ -70,8 +72,17 @@ class GrpcWorkerClient:
     raises it (a status, EOF, a call finished under us by a GOAWAY, a timeout), is reported as
     UnavailableError and drops the stream: the runner then reconnects and recomputes."""
 
-    def __init__(self, address: str, step_timeout_s: float) -> None:
+    def __init__(
+        self,
+        address: str,
+        step_timeout_s: float,
+        *,
+        tls: TlsMaterial | None = None,
+        internal_token: str = "",
+    ) -> None:
         self.address = address
+        self._tls = tls
+        self._metadata = token_metadata(internal_token)
         self.transport = transport_of(address)
         self._step_timeout_s = step_timeout_s
         self._channel: grpc.aio.Channel | None = None
@@ -89,16 +100,16 @@ class GrpcWorkerClient:
     async def connect(self, timeout_s: float) -> pb.WorkerInfo:
         self._drop_call()
         if self._channel is None:
-            self._channel = create_channel(self.address)
+            self._channel = create_channel(self.address, tls=self._tls)
         stub = pb_grpc.WorkerStub(self._channel)
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout_s)
-            info = await stub.Info(pb.InfoRequest(), timeout=timeout_s)
+            info = await stub.Info(pb.InfoRequest(), timeout=timeout_s, metadata=self._metadata)
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
             raise UnavailableError(
                 f"model worker at {self.address} is unavailable: {_reason(exc)}"
             ) from exc
-        call = stub.Step()
+        call = stub.Step(metadata=self._metadata)
         call.add_done_callback(lambda _call: self._on_lost())
         self._call = call
         return info

@@ -26,6 +26,8 @@ from services.common import convert
 from services.common.channels import create_channel, transport_of
 from services.common.errors import AlreadyExistsError, UnavailableError
 from services.common.identity import ServiceIdentity
+from services.common.peer_auth import token_metadata
+from services.common.tls import TlsMaterial
 from services.common.types import Delivery
 from services.tokenizer.core import PreparedRequest
 
@@ -180,13 +182,20 @@ class GrpcSchedulerClient:
     scheduler itself reports SERVING (its worker is up)."""
 
     def __init__(
-        self, address: str, on_health: HealthCallback, reconnect_timeout_s: float = 60.0
+        self,
+        address: str,
+        on_health: HealthCallback,
+        reconnect_timeout_s: float = 60.0,
+        *,
+        tls: TlsMaterial | None = None,
+        internal_token: str = "",
     ) -> None:
         self.address = address
         self.transport = transport_of(address)
         self._on_health = on_health
         self._reconnect_timeout_s = reconnect_timeout_s
-        self._channel = create_channel(address)
+        self._channel = create_channel(address, tls=tls)
+        self._metadata = token_metadata(internal_token)
         self._stub = pb_grpc.SchedulerStub(self._channel)
         self._outbox: asyncio.Queue[pb.SchedulerInput] = asyncio.Queue()
         self._in_flight: dict[str, _InFlight] = {}  # by the caller's request id
@@ -263,7 +272,9 @@ class GrpcSchedulerClient:
 
     async def describe(self) -> pb.DescribeResponse:
         try:
-            return await self._stub.Describe(pb.DescribeRequest(), timeout=5.0)
+            return await self._stub.Describe(
+                pb.DescribeRequest(), timeout=5.0, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as exc:
             raise UnavailableError(
                 f"the scheduler at {self.address} is unavailable: {exc.details()}"
@@ -309,7 +320,7 @@ class GrpcSchedulerClient:
         returns why it ended."""
         await self._wait_for_channel()
         outbox: asyncio.Queue[pb.SchedulerInput] = asyncio.Queue()
-        call = self._stub.Connect(self._outgoing(outbox))
+        call = self._stub.Connect(self._outgoing(outbox), metadata=self._metadata)
         try:
             self._outbox = outbox
             self._resubmit(outbox)

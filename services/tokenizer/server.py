@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from protos import hopscope_pb2_grpc as pb_grpc
@@ -12,6 +12,7 @@ from services.common.health import HealthPublisher
 from services.common.identity import identify
 from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
+from services.common.tls import load_tls
 from services.models import ModelSource, resolve_model
 from services.tokenizer.auth import ApiKey, ApiKeyInterceptor, api_key_from_env
 from services.tokenizer.core import TokenizerCore
@@ -40,6 +41,8 @@ class TokenizerServiceConfig:
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off
     http_listen: str = ""  # "HOST:PORT" (port 0 = any) for the OpenAI-compatible HTTP API
     max_model_len: int | None = None  # the context cap the worker serves (--max-model-len)
+    tls_dir: str = ""  # TLS on the front door, mutual TLS to the scheduler; "" = off
+    internal_token: str = field(default="", repr=False)  # sent to the scheduler
 
     def __post_init__(self) -> None:
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:
@@ -89,6 +92,7 @@ async def start_tokenizer(
     """Start the front door; `scheduler` (and the `health` its owner feeds) are given for the
     in-process placement. SERVING exactly while the scheduler is. A failed start stops what it
     started."""
+    tls = load_tls(config.tls_dir, "tokenizer") if config.tls_dir else None
     core, source = await asyncio.to_thread(build_core, config.model, config.max_model_len)
     api_key = ApiKey(api_key_from_env())
     if health is None:
@@ -97,7 +101,11 @@ async def start_tokenizer(
     try:
         if scheduler is None:
             client = GrpcSchedulerClient(
-                config.scheduler_address, health.set_serving, config.scheduler_reconnect_timeout_s
+                config.scheduler_address,
+                health.set_serving,
+                config.scheduler_reconnect_timeout_s,
+                tls=tls,
+                internal_token=config.internal_token,
             )
             started.append(client.close)
             await client.connect(config.connect_timeout_s)
@@ -111,10 +119,14 @@ async def start_tokenizer(
             pb_grpc.add_TokenizerServicer_to_server(servicer, server)
             return [FRONT_DOOR_SERVICE]
 
+        # the front door: TLS without client certificates (callers authenticate with a key)
         grpc_server = await start_server(
             config.listen,
             register,
             health_publisher=health,
+            tls=tls,
+            require_client_cert=False,
+            has_key=api_key.is_required,
             interceptors=[ApiKeyInterceptor(api_key)] if api_key.is_required else [],
         )
     except BaseException:

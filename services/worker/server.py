@@ -10,6 +10,7 @@ from services.common.channels import transport_of
 from services.common.identity import identify
 from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
+from services.common.tls import load_tls
 from services.worker.config import WorkerConfig
 from services.worker.servicer import WorkerService, WorkerServicer
 
@@ -20,6 +21,8 @@ class WorkerServiceConfig:
     listen: str = "127.0.0.1:50053"  # "HOST:PORT" or "unix:PATH"
     node_id: str = ""
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off
+    tls_dir: str = ""  # mutual TLS on a TCP listener (services/common/tls.py); "" = off
+    internal_token: str = field(default="", repr=False)  # callers must send it; "" = no check
 
 
 @dataclass
@@ -50,6 +53,7 @@ def build_worker_service(config: WorkerServiceConfig, address: str) -> WorkerSer
 
 
 async def start_worker(config: WorkerServiceConfig) -> WorkerServer:
+    tls = load_tls(config.tls_dir, "worker") if config.tls_dir else None  # fail before loading
     # loading weights is slow and blocking: keep the loop free meanwhile
     service = await asyncio.to_thread(build_worker_service, config, config.listen)
     servicer = WorkerServicer(service, transport_of(config.listen))
@@ -59,7 +63,9 @@ async def start_worker(config: WorkerServiceConfig) -> WorkerServer:
         return ["hopscope.v1.Worker"]
 
     try:
-        grpc_server = await start_server(config.listen, register)
+        grpc_server = await start_server(
+            config.listen, register, tls=tls, internal_token=config.internal_token
+        )
     except BaseException:
         service.close()  # the engine and the metrics server
         raise

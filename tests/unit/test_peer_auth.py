@@ -1,0 +1,104 @@
+"""The internal token through the one server bootstrap and channel factory: a real server on
+port 0 answers a client with the deployment's token and refuses, UNAUTHENTICATED, one without it
+or with another; health checks stay open."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.common.channels import create_channel
+from services.common.peer_auth import (
+    is_loopback,
+    new_internal_token,
+    token_metadata,
+    warn_if_exposed,
+)
+from services.common.server import start_server
+
+
+async def _reflect(address: str, token: str) -> str:
+    """A bidi-stream call (reflection), like the pipeline's internal streams."""
+    async with create_channel(address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = stub.ServerReflectionInfo(metadata=token_metadata(token))
+        try:
+            await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+            answer = await asyncio.wait_for(call.read(), 10)
+            await call.done_writing()
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+        code = await call.code()
+        if code != grpc.StatusCode.OK:
+            return str(code.name)
+        return "OK" if answer.list_services_response.service else "EMPTY"
+
+
+async def _health(address: str) -> str:
+    async with create_channel(address) as channel:
+        answer = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+async def _calls(token: str) -> dict[str, str]:
+    server = await start_server("127.0.0.1:0", lambda _server: [], internal_token=token)
+    try:
+        return {
+            "right": await _reflect(server.address, token),
+            "none": await _reflect(server.address, ""),
+            "wrong": await _reflect(server.address, new_internal_token()),
+            "health_without_token": await _health(server.address),
+        }
+    finally:
+        await server.stop(0)
+
+
+def test_internal_token_is_required_except_for_health() -> None:
+    assert asyncio.run(_calls(new_internal_token())) == {
+        "right": "OK",
+        "none": "UNAUTHENTICATED",
+        "wrong": "UNAUTHENTICATED",
+        "health_without_token": "SERVING",
+    }
+
+
+def test_tokens_are_random_and_hidden_from_config_reprs() -> None:
+    from services.worker.server import WorkerServiceConfig
+
+    token = new_internal_token()
+    assert len(token) >= 40 and token != new_internal_token()
+    assert token not in repr(WorkerServiceConfig(internal_token=token))
+
+
+@pytest.mark.parametrize(
+    ("address", "is_protected", "warns"),
+    [
+        ("0.0.0.0:50051", False, True),
+        ("[::]:50051", False, True),
+        (":50051", False, True),
+        ("0.0.0.0:50051", True, False),  # TLS or a key
+        ("127.0.0.1:50051", False, False),
+        ("127.0.3.7:50051", False, False),  # a local cluster's node address
+        ("localhost:50051", False, False),
+        ("[::1]:50051", False, False),
+        ("unix:/tmp/x.sock", False, False),
+    ],
+)
+def test_unprotected_non_loopback_listeners_warn(
+    address: str, is_protected: bool, warns: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_exposed("the front door", address, is_protected=is_protected) is warns
+    assert ("without TLS or a key" in caplog.text) is warns
+
+
+def test_loopback_hosts() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("")
