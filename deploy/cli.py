@@ -23,6 +23,7 @@ COMMAND_MODULES: dict[str, str] = {
     "certs": "deploy.certs",
     "bench": "loadgen.cli",
     "traces": "tracing.cli",
+    "experiment": "experiment.cli",
 }
 
 

@@ -17,6 +17,7 @@ from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert, spans
 from services.common.identity import ServiceIdentity
 from services.common.metrics import ServiceMetrics
+from services.common.threads import ENGINE_THREAD_NAME, name_os_thread
 from services.common.types import BlockSwaps, ModelInfo, SeqStep, StepOutput
 from services.worker.engine import Engine
 from tracing import schema
@@ -34,7 +35,13 @@ class WorkerService:
         self.identity = identity
         self.metrics = metrics or ServiceMetrics("worker")
         self.instance_id = uuid.uuid4().hex
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="engine",
+            # named in the OS before any torch work: its OpenMP threads inherit the name
+            initializer=name_os_thread,
+            initargs=(ENGINE_THREAD_NAME,),
+        )
         self._observe_kv_blocks([])  # all free until the first step, not 0 free (looks full)
 
     @property

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["services", "deploy", "tracing", "loadgen"]
+PACKAGES = ["services", "deploy", "tracing", "loadgen", "experiment"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

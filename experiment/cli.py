@@ -1,0 +1,97 @@
+"""`hopscope experiment PLAN --out DIR`, `--list`, `compare DIR_A DIR_B`, `report DIR`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+EXIT_BAD_INPUT = 2
+USAGE = (
+    "hopscope experiment PLAN --out DIR [--resume] [--quiet] [--ray-address ADDR]\n"
+    "       hopscope experiment --list\n"
+    "       hopscope experiment compare DIR_A DIR_B\n"
+    "       hopscope experiment report DIR"
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "experiment",
+        help="measure a baseline and variants that change one setting each; write a report",
+        usage=USAGE,
+        description="Runs every variant of PLAN (a YAML file or a built-in plan's name) in "
+        "rounds against the baseline, and writes DIR/summary.json and DIR/report.html.",
+    )
+    p.add_argument(
+        "plan", nargs="?", help="YAML file or built-in plan (see --list); or `compare` / `report`"
+    )
+    p.add_argument("dirs", nargs="*", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help="experiment directory to write")
+    p.add_argument("--list", action="store_true", help="list the built-in plans")
+    p.add_argument("--resume", action="store_true", help="skip variant-rounds complete in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress display (for scripts)")
+    p.add_argument("--ray-address", default="", help="use this Ray cluster instead of starting one")
+    p.set_defaults(func=run_experiment_command)
+
+
+def _fail(message: str) -> int:
+    Console(stderr=True, soft_wrap=True, highlight=False).print(
+        f"[bold red]hopscope experiment:[/] {message}"
+    )
+    return EXIT_BAD_INPUT
+
+
+def run_experiment_command(args: argparse.Namespace) -> int:
+    if args.list:
+        from experiment.plan import list_lines
+
+        print("\n".join(list_lines()))
+        return 0
+    if args.plan == "compare":
+        return _compare(args.dirs)
+    if args.plan == "report":
+        return _report(args.dirs)
+    if not args.plan:
+        return _fail(f"name a plan (--list shows the built-in ones)\nusage: {USAGE}")
+    if args.dirs:
+        return _fail(f"unexpected arguments {' '.join(map(str, args.dirs))}\nusage: {USAGE}")
+    if args.out is None:
+        return _fail("--out DIR is required (where the results and the report go)")
+    from experiment.plan import PlanError, load_plan
+    from experiment.run import ExperimentError, run_experiment
+
+    try:
+        plan = load_plan(args.plan, ray_address=args.ray_address)
+        return run_experiment(
+            plan,
+            args.out,
+            is_resume=args.resume,
+            is_quiet=args.quiet,
+            ray_address=args.ray_address,
+        )
+    except (PlanError, ExperimentError) as exc:
+        return _fail(str(exc))
+
+
+def _compare(dirs: list[Path]) -> int:
+    from experiment.compare import compare_table
+
+    if len(dirs) != 2:
+        return _fail("compare needs two experiment directories: compare DIR_A DIR_B")
+    try:
+        table = compare_table(dirs[0], dirs[1])
+    except (OSError, ValueError, KeyError) as exc:
+        return _fail(f"compare: {exc}")
+    Console().print(table)
+    return 0
+
+
+def _report(dirs: list[Path]) -> int:
+    """Rebuild summary.json and the report from an experiment directory's raw files."""
+    from experiment.run import finish
+
+    if len(dirs) != 1 or not (dirs[0] / "plan.json").exists():
+        return _fail("report needs one experiment directory (with plan.json): report DIR")
+    return finish(dirs[0], Console(stderr=True))

@@ -1,0 +1,360 @@
+"""Experiment plans: a baseline deployment, a workload, factors; read, validated, expanded into
+variants. Every refusal happens here, before anything starts, and names the key and what is
+allowed (the allowed flags come from the real `serve` / `bench` parsers: experiment/flags.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from experiment.flags import Flag, bench_flags, normalize_key, serve_flags
+
+# Cluster factors: settings of the emulated link between nodes (`hopscope cluster up` flags).
+CLUSTER_FACTORS = {"link_delay_ms": "--delay-ms", "link_rate_mbit": "--rate-mbit"}
+TOP_KEYS = (
+    "name",
+    "description",
+    "baseline",
+    "workload",
+    "factors",
+    "repeats",
+    "warmup",
+    "timeout_s",
+)
+DEFAULT_WARMUP_REQUESTS = 4
+DEFAULT_TIMEOUT_S = 900.0  # one variant-round's workload; running out of it is a failure
+BASELINE = "baseline"
+
+
+class PlanError(ValueError):
+    """The plan cannot run; one line per problem, each naming the key and the allowed values."""
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """The baseline, or the baseline with exactly one setting changed."""
+
+    name: str
+    factor: str | None
+    value: Any
+    serve: dict[str, Any]  # serve flags set by the plan (baseline + this factor)
+    link_delay_ms: float = 0.0
+    link_rate_mbit: float = 0.0
+
+    @property
+    def dirname(self) -> str:
+        return self.name.replace("/", "_").replace(" ", "_")
+
+    @property
+    def is_ray(self) -> bool:
+        return not self.serve.get("no_ray", False)
+
+    @property
+    def num_nodes(self) -> int:
+        """Ray nodes the placement spans (1 when it fits on one)."""
+        from deploy.placement import resolve_placement
+
+        return len(resolve_placement(str(self.serve.get("placement", "inproc"))).node_labels)
+
+    def serve_argv(self) -> list[str]:
+        flags = serve_flags()
+        return [arg for key, value in self.serve.items() for arg in flags[key].argv(value)]
+
+    def deployment(self) -> dict[str, Any]:
+        """Every serve flag, resolved (defaults filled in), plus the link between nodes."""
+        from experiment.flags import resolve, serve_parser
+
+        resolved = resolve(serve_parser(), self.serve_argv())
+        for key in ("host", "port", "ray_address", "metrics", "metrics_port", "log_dir"):
+            resolved.pop(key, None)
+        resolved["link_delay_ms"] = self.link_delay_ms
+        resolved["link_rate_mbit"] = self.link_rate_mbit
+        return resolved
+
+
+@dataclass(slots=True)
+class Plan:
+    name: str
+    description: str
+    baseline: dict[str, Any]
+    workload: dict[str, Any]
+    factors: dict[str, list[Any]]
+    repeats: int = 1
+    warmup: int = DEFAULT_WARMUP_REQUESTS
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    source: str = ""
+    variants: list[Variant] = field(default_factory=list)
+
+    @property
+    def is_cluster_needed(self) -> bool:
+        """A Ray variant spans nodes, or a link between nodes is emulated."""
+        return any(
+            v.is_ray and (v.num_nodes > 1 or v.factor in CLUSTER_FACTORS) for v in self.variants
+        )
+
+    @property
+    def num_cluster_nodes(self) -> int:
+        return max((v.num_nodes for v in self.variants if v.is_ray), default=1)
+
+    def bench_argv(self) -> list[str]:
+        flags = bench_flags()
+        return [arg for key, value in self.workload.items() for arg in flags[key].argv(value)]
+
+    def resolved(self) -> dict[str, Any]:
+        from experiment.flags import bench_parser, resolve
+
+        workload = resolve(bench_parser(), ["--address", "-", *self.bench_argv()])
+        for key in ("address", "out", "label", "no_plots", "no_live", "repeat"):
+            workload.pop(key, None)
+        return {
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+            "baseline": self.variants[0].deployment(),
+            "workload": workload,
+            "factors": self.factors,
+            "repeats": self.repeats,
+            "warmup": self.warmup,
+            "timeout_s": self.timeout_s,
+            "variants": [v.name for v in self.variants],
+        }
+
+
+# ---------------------------------------------------------------------------- built-in plans
+def builtin_plans() -> dict[str, Path]:
+    folder = resources.files("experiment") / "plans"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def list_lines() -> list[str]:
+    """`hopscope experiment --list`: one line per built-in plan."""
+    lines = []
+    for name, path in sorted(builtin_plans().items()):
+        data = yaml.safe_load(path.read_text()) or {}
+        lines.append(f"{name:<10} {data.get('description', '')}")
+    return lines
+
+
+# ---------------------------------------------------------------------------- reading
+def load_plan(ref: str, *, ray_address: str = "") -> Plan:
+    """A built-in plan's name or a YAML file; PlanError (every problem found) otherwise."""
+    builtins = builtin_plans()
+    if ref in builtins:
+        path = builtins[ref]
+    else:
+        path = Path(ref)
+        if not path.is_file():
+            raise PlanError(
+                f"plan {ref!r}: no such file and not a built-in plan; built-in plans: "
+                f"{', '.join(sorted(builtins))} (`hopscope experiment --list`)"
+            )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PlanError(f"plan {path}: not valid YAML: {exc}") from None
+    # a built-in plan is named by its name (what the user typed, e.g. in the --resume hint)
+    return parse_plan(data, source=ref if ref in builtins else str(path), ray_address=ray_address)
+
+
+def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> Plan:
+    errors: list[str] = []
+    if not isinstance(data, dict):
+        raise PlanError(f"plan {source}: expected a mapping with baseline, workload, factors")
+    for key in data:
+        if key not in TOP_KEYS:
+            errors.append(f"{key}: unknown plan key; allowed: {', '.join(TOP_KEYS)}")
+    baseline = _settings(data.get("baseline") or {}, "baseline", serve_flags(), "serve", errors)
+    workload = _settings(data.get("workload") or {}, "workload", bench_flags(), "bench", errors)
+    raw_load = (
+        {normalize_key(k) for k in (data.get("workload") or {})}
+        if isinstance(data.get("workload"), dict)
+        else set()
+    )
+    if not raw_load & {"rate", "concurrency"}:
+        errors.append("workload: set concurrency (closed loop) or rate (open loop)")
+    if "rate" in workload and "concurrency" in workload:
+        errors.append("workload: set concurrency or rate, not both")
+    factors = _factors(data.get("factors"), baseline, errors)
+    repeats = _positive(data.get("repeats", 1), "repeats", int, errors)
+    warmup = _positive(data.get("warmup", DEFAULT_WARMUP_REQUESTS), "warmup", int, errors, 0)
+    timeout_s = _positive(data.get("timeout_s", DEFAULT_TIMEOUT_S), "timeout_s", float, errors)
+    plan = Plan(
+        name=str(data.get("name") or Path(source).stem),
+        description=str(data.get("description") or ""),
+        baseline=baseline,
+        workload=workload,
+        factors=factors,
+        repeats=int(repeats),
+        warmup=int(warmup),
+        timeout_s=float(timeout_s),
+        source=source,
+    )
+    if not errors:
+        plan.variants = _variants(plan)
+        _check_variants(plan, ray_address, errors)
+    if errors:
+        unique = list(dict.fromkeys(errors))
+        raise PlanError(f"plan {source} cannot run:\n  " + "\n  ".join(unique))
+    return plan
+
+
+def _settings(
+    raw: Any, where: str, flags: dict[str, Flag], command: str, errors: list[str]
+) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        errors.append(f"{where}: expected a mapping of `hopscope {command}` flags")
+        return {}
+    settings: dict[str, Any] = {}
+    for raw_key, value in raw.items():
+        key = normalize_key(raw_key)
+        if key not in flags:
+            errors.append(
+                f"{where}.{raw_key}: not a `hopscope {command}` flag a plan can set; allowed: "
+                + ", ".join(sorted(flags))
+            )
+            continue
+        try:
+            settings[key] = flags[key].check(value, f"{where}.{raw_key}")
+        except ValueError as exc:
+            errors.append(str(exc))
+    return settings
+
+
+def _factors(raw: Any, baseline: dict[str, Any], errors: list[str]) -> dict[str, list[Any]]:
+    allowed = sorted([*serve_flags(), *CLUSTER_FACTORS])
+    if not isinstance(raw, dict) or not raw:
+        errors.append(
+            "factors: expected a mapping FACTOR: [VALUE, ...]; factors: " + ", ".join(allowed)
+        )
+        return {}
+    factors: dict[str, list[Any]] = {}
+    for raw_key, values in raw.items():
+        key, where = normalize_key(raw_key), f"factors.{raw_key}"
+        if key not in allowed:
+            errors.append(f"{where}: unknown factor; allowed: {', '.join(allowed)}")
+            continue
+        if not isinstance(values, list) or not values:
+            errors.append(f"{where}: expected a non-empty list of values, e.g. [4, 16]")
+            continue
+        checked = []
+        for value in values:
+            try:
+                checked.append(_check_factor_value(key, value, where, baseline))
+            except ValueError as exc:
+                errors.append(str(exc))
+        if len({repr(v) for v in checked}) != len(checked):
+            errors.append(f"{where}: a value is listed twice")
+        factors[key] = checked
+    return factors
+
+
+def _check_factor_value(key: str, value: Any, where: str, baseline: dict[str, Any]) -> Any:
+    if key in CLUSTER_FACTORS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(
+                f"{where}: {value!r} must be a number > 0 (the baseline link has none)"
+            )
+        return float(value)
+    flag = serve_flags()[key]
+    checked = flag.check(value, where)
+    base = baseline.get(key, flag.default)
+    if checked == base:
+        raise ValueError(
+            f"{where}: {value!r} equals the baseline's {key} ({base!r}); a factor value must "
+            "change the setting (drop it: the baseline is always measured)"
+        )
+    return checked
+
+
+def _positive(value: Any, key: str, kind: type, errors: list[str], minimum: float = 1) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        errors.append(f"{key}: {value!r}; allowed: a {kind.__name__} >= {minimum:g}")
+        return minimum
+    return kind(value)
+
+
+def variant_name(factor: str, value: Any) -> str:
+    text = (
+        str(value).lower()
+        if isinstance(value, bool)
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
+    return f"{factor}={text}"
+
+
+def _variants(plan: Plan) -> list[Variant]:
+    variants = [Variant(BASELINE, None, None, dict(plan.baseline))]
+    for factor, values in plan.factors.items():
+        for value in values:
+            if factor in CLUSTER_FACTORS:
+                link = {factor: value}
+                variants.append(
+                    Variant(variant_name(factor, value), factor, value, dict(plan.baseline), **link)
+                )
+            else:
+                serve = {**plan.baseline, factor: value}
+                variants.append(Variant(variant_name(factor, value), factor, value, serve))
+    return variants
+
+
+def _check_variants(plan: Plan, ray_address: str, errors: list[str]) -> None:
+    from deploy.placement import PlacementError, resolve_placement
+    from deploy.spec import NO_RAY_PLACEMENTS
+
+    for variant in plan.variants:
+        where = f"factors.{variant.factor}" if variant.factor else "baseline"
+        placement = str(variant.serve.get("placement", "inproc"))
+        try:
+            num_nodes = len(resolve_placement(placement).node_labels)
+        except PlacementError as exc:
+            errors.append(f"{where}.placement: {exc}")
+            continue
+        if not variant.is_ray and placement not in NO_RAY_PLACEMENTS:
+            errors.append(
+                f"{where}: placement {placement!r} needs a Ray cluster but no_ray is true; "
+                f"with no_ray allowed placements: {', '.join(NO_RAY_PLACEMENTS)}"
+            )
+        if variant.factor in CLUSTER_FACTORS:
+            _check_link_factor(variant, where, placement, num_nodes, ray_address, errors)
+        _check_device(variant, "baseline" if variant.factor != "device" else where, errors)
+
+
+def _check_link_factor(
+    variant: Variant,
+    where: str,
+    placement: str,
+    num_nodes: int,
+    ray_address: str,
+    errors: list[str],
+) -> None:
+    if not variant.is_ray:
+        errors.append(f"{where}: an emulated link needs a Ray cluster; set baseline no_ray: false")
+    elif num_nodes < 2:
+        errors.append(
+            f"{where}: the baseline placement {placement!r} keeps every service on one node, so "
+            "a link between nodes changes nothing; allowed baseline placements: split, remote "
+            "(or a placement file across nodes)"
+        )
+    elif ray_address:
+        errors.append(
+            f"{where}: the experiment must start its own cluster to set the link between nodes; "
+            "drop --ray-address"
+        )
+
+
+def _check_device(variant: Variant, where: str, errors: list[str]) -> None:
+    device = str(variant.serve.get("device", "cpu"))
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        errors.append(
+            f"{where}.device: {device!r} but this machine has no CUDA device; allowed: cpu"
+        )

@@ -1,0 +1,444 @@
+"""report.md and report.html (one self-contained file, the PNGs embedded) from summary.json and
+the raw per-request files; the diagnosis is rendered when summary.json carries it."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+from typing import Any
+
+from experiment import layout, plots
+from experiment.stats import COMPARED
+from experiment.summary import component_label
+
+HEADLINE_METRICS = ("output_tok_s", "tpot_ms.p50", "ttft_ms.p99", "e2e_ms.p50")
+UNITS = {"output_tok_s": "tok/s", "request_throughput": "req/s"}
+
+
+def write_report(out: Path) -> Path:
+    """Writes DIR/plots/*.png, DIR/report.md and DIR/report.html; returns report.md's path."""
+    summary = layout.read_json(out / layout.SUMMARY)
+    figures = _figures(out, summary)
+    blocks = _blocks(summary, figures, out)
+    md_path = out / "report.md"
+    md_path.write_text(_markdown(blocks), encoding="utf-8")
+    (out / "report.html").write_text(_html(blocks, summary), encoding="utf-8")
+    return md_path
+
+
+# ---------------------------------------------------------------------------- figures
+def _figures(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
+    folder = out / "plots"
+    figures: dict[str, Path] = {}
+    for key, draw in (
+        ("effects", plots.plot_effects),
+        ("components", plots.plot_components),
+        ("throughput_tpot", plots.plot_throughput_tpot),
+    ):
+        path = draw(summary, folder / f"{key}.png")
+        if path is not None:
+            figures[key] = path
+    samples = _latency_samples(summary)
+    for factor in _factors(summary):
+        names = [summary["baseline"]] + [
+            v["name"] for v in summary["variants"] if v["factor"] == factor
+        ]
+        for metric, label in plots.CDF_METRICS:
+            series = {n: samples.get(n, {}).get(metric, []) for n in names}
+            path = folder / f"cdf_{_slug(factor)}_{metric}.png"
+            figures[f"cdf:{factor}:{metric}"] = _cdf(series, metric, label, path)
+    return figures
+
+
+def _cdf(series: dict[str, list[float]], metric: str, label: str, path: Path) -> Path:
+    """loadgen's CDF figure (the one `bench` draws) where this checkout has it."""
+    try:
+        from loadgen.plots import cdf_plot  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return plots.plot_cdf(series, label, "ms", path)
+    return Path(cdf_plot(series, metric, "ms", path))
+
+
+def _factors(summary: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(v["factor"] for v in summary["variants"] if v["factor"]))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def _latency_samples(summary: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """variant -> metric -> every measured successful request's value, all rounds."""
+    samples: dict[str, dict[str, list[float]]] = {}
+    for variant in summary["variants"]:
+        per_metric: dict[str, list[float]] = {m: [] for m, _ in plots.CDF_METRICS}
+        for r in variant["rounds"]:
+            try:
+                records = layout.read_requests(Path(r["path"]))
+            except (OSError, ValueError):
+                continue
+            for rec in records:
+                if rec.get("status") != "OK" or not rec.get("is_measured", True):
+                    continue
+                for metric, values in per_metric.items():
+                    if rec.get(metric) is not None:
+                        values.append(float(rec[metric]))
+        samples[variant["name"]] = per_metric
+    return samples
+
+
+# ---------------------------------------------------------------------------- content
+# A block is ("h2", text) | ("p", text) | ("table", (header, rows)) | ("img", (path, alt))
+Block = tuple[str, Any]
+
+
+def _blocks(summary: dict[str, Any], figures: dict[str, Path], out: Path) -> list[Block]:
+    plan = summary["plan"]
+    blocks: list[Block] = [("h1", f"hopscope experiment: {plan['name']}")]
+    blocks += _what_was_run(summary)
+    blocks += _headline(summary)
+    blocks += [("h2", "Every variant against the baseline")]
+    blocks += [
+        (
+            "p",
+            "Ratio = variant / baseline, geometric mean of the per-round ratios, with "
+            "its 95% interval. " + _method_line(summary),
+        )
+    ]
+    blocks += [("table", _effects_table(summary))]
+    if "effects" in figures:
+        blocks += [("img", (figures["effects"], "ratios to the baseline with 95% intervals"))]
+    blocks += [("h2", "Measured values"), ("table", _values_table(summary))]
+    blocks += _components_section(summary, figures)
+    blocks += _cdf_section(summary, figures)
+    if "throughput_tpot" in figures:
+        blocks += [
+            ("h2", "Throughput vs time per output token"),
+            ("img", (figures["throughput_tpot"], "output tokens/s vs TPOT p50")),
+        ]
+    blocks += _cpu_section(summary)
+    blocks += _diagnosis_section(summary)
+    raw = (
+        f"Everything above is computed from `{out}`: summary.json, and per variant and round "
+        "bench.json, requests.jsonl, spans.jsonl, describe.json, metrics/*.prom, cpu.json and "
+        f"logs/. Rebuild this report with `hopscope experiment report {out}`."
+    )
+    blocks += [("h2", "Raw data"), ("p", raw)]
+    return blocks
+
+
+def _what_was_run(summary: dict[str, Any]) -> list[Block]:
+    plan, machine = summary["plan"], summary["machine"]
+    workload = plan["workload"]
+    load = (
+        f"closed loop, concurrency {workload['concurrency'][0]}"
+        if workload.get("concurrency")
+        else f"open loop, {workload['rate'][0]:g} requests/s"
+    )
+    changed = ", ".join(f"`{v['name']}`" for v in summary["variants"] if v["factor"]) or "none"
+    base = plan["baseline"]
+    base_text = ", ".join(
+        f"{k}={_plain(v)}" for k, v in base.items() if v not in (None, False, 0, 0.0)
+    )
+    lines = [
+        f"{plan.get('description') or ''}".strip(),
+        f"**Baseline**: {base_text}.",
+        f"**Variants** (each differs from the baseline in one setting): {changed}.",
+        (
+            f"**Workload**: {load}, {workload.get('num_requests')} requests of "
+            f"{workload.get('input_len')} prompt tokens and {workload.get('output_len')} output "
+            f"tokens, after {plan.get('warmup')} warm-up requests on each fresh deployment."
+        ),
+        f"**Rounds**: {plan['repeats']} (every variant once per round, order rotated).",
+        f"**Machine**: {machine['cpus']} CPUs, {machine.get('memory_gib')} GiB, torch "
+        f"{machine['torch']}, {machine['device']}, git {str(machine['git_sha'])[:12]}. Started "
+        f"{summary.get('started')}, finished {summary.get('finished')}"
+        + (f" ({summary['wall_s']:.0f} s)." if summary.get("wall_s") else "."),
+    ]
+    return [("h2", "What was run"), *(("p", line) for line in lines if line)]
+
+
+def _plain(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _method_line(summary: dict[str, Any]) -> str:
+    rounds = summary["plan"]["repeats"]
+    text = (
+        "Intervals: a two-level bootstrap (rounds resampled with their baseline pair, then "
+        "requests — or time windows, for throughput — within each round; 2000 resamples). "
+        "A verdict is *no measurable effect* when the interval contains 1."
+    )
+    if rounds == 1:
+        text += (
+            " With one round the interval reflects request-to-request variation only, not "
+            "deployment-to-deployment variation: use `repeats: 3` for decisions."
+        )
+    return text
+
+
+def _fmt_effect(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "-"
+    lo, hi = entry["ci95"]
+    return f"{entry['ratio']:.2f}× [{lo:.2f}, {hi:.2f}] {entry['verdict']}"
+
+
+def _effects_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    specs = [s for s in COMPARED]
+    header = ["variant", *(s.label for s in specs)]
+    rows = []
+    for v in summary["variants"]:
+        if v["factor"] is None:
+            continue
+        rows.append([v["name"], *(_fmt_effect(v["vs_baseline"].get(s.key)) for s in specs)])
+    return header, rows
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _values_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = [
+        "variant",
+        "output tok/s",
+        "req/s",
+        "TTFT p50 / p99 ms",
+        "TPOT p50 / p99 ms",
+        "ITL p50 ms",
+        "E2E p50 / p99 ms",
+        "completed",
+        "failed",
+    ]
+    rows = []
+    for v in summary["variants"]:
+        m = v["metrics"]
+        rows.append(
+            [
+                v["name"],
+                _num(m["output_tok_s"]),
+                _num(m["request_throughput"], 2),
+                f"{_num(m['ttft_ms']['p50'])} / {_num(m['ttft_ms']['p99'])}",
+                f"{_num(m['tpot_ms']['p50'], 2)} / {_num(m['tpot_ms']['p99'], 2)}",
+                _num(m["itl_ms"]["p50"], 2),
+                f"{_num(m['e2e_ms']['p50'])} / {_num(m['e2e_ms']['p99'])}",
+                str(m["completed"]),
+                str(m["failed"]),
+            ]
+        )
+    return header, rows
+
+
+def _headline(summary: dict[str, Any]) -> list[Block]:
+    lines = []
+    baseline = next(v for v in summary["variants"] if v["factor"] is None)
+    top = _top_components(baseline.get("components", {}), 2)
+    if top:
+        lines.append(
+            "The baseline's request time goes mostly to "
+            + " and ".join(f"{component_label(n)} ({share:.0%})" for n, share in top)
+            + "."
+        )
+    for v in summary["variants"]:
+        if v["factor"] is None:
+            continue
+        effects = v["vs_baseline"]
+        moved = [
+            (s, effects[s.key])
+            for s in COMPARED
+            if s.key in HEADLINE_METRICS
+            and s.key in effects
+            and effects[s.key]["verdict"] != "no measurable effect"
+        ]
+        if not moved:
+            lines.append(
+                f"`{v['name']}`: no measurable effect on tokens/s, TPOT, TTFT p99 or E2E p50."
+            )
+            continue
+        parts = [
+            f"{s.label} {e['ratio']:.2f}× [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}] ({e['verdict']})"
+            for s, e in moved
+        ]
+        lines.append(f"`{v['name']}`: " + "; ".join(parts) + ".")
+        if diagnosis := v.get("diagnosis"):
+            lines[-1] += f" Diagnosed: **{diagnosis.get('primary')}**."
+    return [("h2", "Headline"), ("ul", lines)]
+
+
+def _top_components(components: dict[str, dict[str, float]], n: int) -> list[tuple[str, float]]:
+    ranked = sorted(((k, c["share"]) for k, c in components.items()), key=lambda kv: -kv[1])
+    return [kv for kv in ranked[:n] if kv[1] > 0]
+
+
+def _components_section(summary: dict[str, Any], figures: dict[str, Path]) -> list[Block]:
+    variants = [v for v in summary["variants"] if v.get("components")]
+    if not variants:
+        return [("h2", "Where the time goes"), ("p", "No spans were decomposed.")]
+    names = list(dict.fromkeys(n for v in variants for n in v["components"]))
+    header = ["variant", *(component_label(n) for n in names)]
+    rows = [
+        [v["name"], *(_component_cell(v["components"].get(n, {})) for n in names)] for v in variants
+    ]
+    text = (
+        "Mean per request from the spans (share of E2E). Network time of a hop = client span "
+        "− server span of the same call."
+    )
+    blocks: list[Block] = [("h2", "Where the time goes"), ("p", text)]
+    if "components" in figures:
+        blocks.append(("img", (figures["components"], "stacked bar of each variant's time")))
+    blocks.append(("table", (header, rows)))
+    return blocks
+
+
+def _component_cell(component: dict[str, float]) -> str:
+    return f"{component.get('mean_ms', 0):.1f} ms ({component.get('share', 0):.0%})"
+
+
+def _cdf_section(summary: dict[str, Any], figures: dict[str, Path]) -> list[Block]:
+    blocks: list[Block] = []
+    for factor in _factors(summary):
+        blocks.append(("h3", f"Latency distributions: {factor}"))
+        for metric, label in plots.CDF_METRICS:
+            key = f"cdf:{factor}:{metric}"
+            if key in figures:
+                blocks.append(("img", (figures[key], f"{label} CDF, {factor}")))
+    return [("h2", "Latency distributions per factor"), *blocks] if blocks else []
+
+
+def _cpu_section(summary: dict[str, Any]) -> list[Block]:
+    names = list(dict.fromkeys(n for v in summary["variants"] for n in v["cpu_us_per_token"]))
+    if not names:
+        return []
+    header = ["variant", *names]
+    rows = [
+        [v["name"], *(_num(v["cpu_us_per_token"].get(n), 0) for n in names)]
+        for v in summary["variants"]
+    ]
+    text = (
+        "CPU time of each process during the workload (/proc utime+stime, before/after) per "
+        "output token, µs. `client` is the load generator (from its preflight to its exit)."
+    )
+    return [("h2", "CPU per output token"), ("p", text), ("table", (header, rows))]
+
+
+def _diagnosis_section(summary: dict[str, Any]) -> list[Block]:
+    diagnosed = [v for v in summary["variants"] if v.get("diagnosis") or v.get("prediction")]
+    if not diagnosed:
+        return []
+    blocks: list[Block] = [("h2", "Diagnosis")]
+    for v in diagnosed:
+        diagnosis = v.get("diagnosis") or {}
+        blocks.append(("h3", f"{v['name']}: {diagnosis.get('primary', 'no diagnosis')}"))
+        for finding in (diagnosis.get("findings") or [])[:3]:
+            evidence = ", ".join(
+                f"{k} {_value(e)}" for k, e in (finding.get("evidence") or {}).items()
+            )
+            suggestions = "; ".join(
+                f"{s.get('method')} (`{s.get('switch')}`): {s.get('expected_effect')}"
+                for s in finding.get("suggestions") or []
+            )
+            line = f"**{finding.get('type')}** (score {finding.get('score', 0):.2f}): " + str(
+                finding.get("symptom", "")
+            )
+            items = [line] + ([f"evidence: {evidence}"] if evidence else [])
+            items += [f"try: {suggestions}"] if suggestions else []
+            blocks.append(("ul", items))
+        if prediction := v.get("prediction"):
+            text = (
+                f"Predicted from the {prediction.get('from')}'s spans: TPOT p50 "
+                f"{_num(prediction.get('tpot_p50_ms'), 2)} ms; measured "
+                f"{_num(prediction.get('measured_tpot_p50_ms'), 2)} ms (error "
+                f"{_pct(prediction.get('error'))})."
+            )
+            blocks.append(("p", text))
+    return blocks
+
+
+def _value(evidence: Any) -> str:
+    if isinstance(evidence, dict):
+        value = evidence.get("value")
+        text = f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
+        return f"{text} {evidence.get('unit', '')}".strip()
+    return str(evidence)
+
+
+def _pct(value: Any) -> str:
+    return f"{value:+.0%}" if isinstance(value, (int, float)) else "-"
+
+
+# ---------------------------------------------------------------------------- rendering
+def _markdown(blocks: list[Block]) -> str:
+    lines: list[str] = []
+    for kind, content in blocks:
+        if kind in ("h1", "h2", "h3"):
+            lines += [f"{'#' * int(kind[1])} {content}", ""]
+        elif kind == "p":
+            lines += [content, ""]
+        elif kind == "ul":
+            lines += [f"- {item}" for item in content] + [""]
+        elif kind == "table":
+            header, rows = content
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+            lines.append("")
+        elif kind == "img":
+            path, alt = content
+            lines += [f"![{alt}](plots/{path.name})", ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    """The little markdown the blocks use (`code`, **bold**, *em*) as HTML."""
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"\*([^*]+)\*", r"<i>\1</i>", text)
+
+
+def _html(blocks: list[Block], summary: dict[str, Any]) -> str:
+    body: list[str] = []
+    for kind, content in blocks:
+        if kind in ("h1", "h2", "h3", "p"):
+            body.append(f"<{kind}>{_inline(content)}</{kind}>")
+        elif kind == "ul":
+            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in content) + "</ul>")
+        elif kind == "table":
+            header, rows = content
+            head = "".join(f"<th>{_inline(h)}</th>" for h in header)
+            cells = "".join(
+                "<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+        elif kind == "img":
+            path, alt = content
+            data = base64.b64encode(path.read_bytes()).decode()
+            body.append(
+                f'<figure><img alt="{html.escape(alt)}" '
+                f'src="data:image/png;base64,{data}"></figure>'
+            )
+    title = html.escape(f"hopscope experiment: {summary['plan']['name']}")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+th {{ background: #f3f3f3; }}
+.better {{ color: #1a7f1a; font-weight: 600; }} .worse {{ color: #c62828; font-weight: 600; }}
+img {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 0.2em; }}
+</style></head><body>
+{chr(10).join(body)}
+</body></html>
+"""
+
+
+def _cell(text: str) -> str:
+    css = "better" if text.endswith(" better") else "worse" if text.endswith(" worse") else ""
+    inner = _inline(text)
+    return f'<span class="{css}">{inner}</span>' if css else inner

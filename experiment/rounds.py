@@ -1,0 +1,313 @@
+"""One variant in one round: a fresh deployment with tracing on, warm-up, the workload through
+`hopscope bench` as a child process, then Describe, Prometheus metrics and CPU time saved into
+DIR/<variant>/round-<k>/ (the layout in experiment/layout.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.lifecycle import Child, LaunchError, ServeChild, launch, start_serve
+from experiment import layout
+from experiment.cpu import CpuReadError, cpu_document, read_cpu_s
+from experiment.plan import Plan, Variant
+
+COLLECTOR_RE = re.compile(r"collecting OTLP/gRPC traces on \S+:(?P<port>\d+)")
+TARGET_RE = re.compile(r"^target ")  # `hopscope bench` prints it once the server answered
+BENCH_START_TIMEOUT_S = 120.0
+METRICS_TIMEOUT_S = 5.0
+
+
+class RoundError(RuntimeError):
+    """A variant-round could not run; the message names it and points at its logs."""
+
+
+def tracing_env(collector_port: int) -> dict[str, str]:
+    """Children export spans to the experiment's collector, often and without dropping any (the
+    SDK's 2048-span queue and 5 s delay lost a service's last spans in the benchmarks)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "HOPSCOPE_TRACE"))}
+    return env | {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "262144",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2048",
+    }
+
+
+@dataclass(slots=True)
+class RoundContext:
+    plan: Plan
+    variant: Variant
+    round_index: int
+    position: int  # order within the round
+    out: Path
+    ray_address: str = ""  # "" = no Ray, or serve starts its own local Ray instance
+
+
+def run_round(ctx: RoundContext) -> Path:
+    """Run it; returns the round directory (complete). RoundError when it cannot finish."""
+    round_dir = layout.round_dir(ctx.out, ctx.variant, ctx.round_index)
+    if round_dir.exists():
+        shutil.rmtree(round_dir)  # an interrupted attempt: start it over
+    (round_dir / "logs").mkdir(parents=True)
+    started = time.time()
+    collector = start_collector(round_dir)
+    serve: ServeChild | None = None
+    bench: Child | None = None
+    service_logs: dict[str, Any] = {}
+    try:
+        env = tracing_env(collector_port(collector))
+        serve = _start_serve(ctx, round_dir, env)
+        _record_pids(round_dir, {"serve": serve.child.pid})
+        pids = service_pids(serve.describe(), serve.child.pid)
+        _record_pids(round_dir, {"serve": serve.child.pid, **pids})
+        warm_up(serve.address, ctx.plan)
+        before = {name: read_cpu_s(pid) for name, pid in pids.items()}
+        bench = _launch_bench(ctx, round_dir, serve.address, env)
+        _record_pids(round_dir, {"serve": serve.child.pid, **pids, "client": bench.pid})
+        bench.wait_for_line(TARGET_RE, BENCH_START_TIMEOUT_S)
+        client_before = read_cpu_s(bench.pid)
+        _wait_bench(bench, ctx.plan.timeout_s)
+        _move_requests(round_dir)
+        cpu_s = {name: read_cpu_s(pid) - before[name] for name, pid in pids.items()}
+        cpu_s["client"] = (bench.cpu_s or 0.0) - client_before
+        layout.write_json(round_dir / "describe.json", serve.describe())
+        scrape_metrics(round_dir / "metrics", serve.child.log_path)
+        _write_cpu(round_dir, pids | {"client": bench.pid}, cpu_s)
+        service_logs = open_service_logs(pids, skip_under=round_dir)
+    except (LaunchError, CpuReadError, TimeoutError, OSError) as exc:
+        raise RoundError(f"{ctx.variant.name} round {ctx.round_index + 1}: {exc}") from exc
+    finally:
+        with uninterruptible():
+            if bench is not None:
+                bench.stop()
+            if serve is not None:
+                serve.stop()  # drains: every service flushes its spans to the collector
+            collector.stop()  # after serve and bench: it has every span they flushed
+            save_service_logs(service_logs, round_dir / "logs")
+    layout.write_json(
+        round_dir / "round.json",
+        {
+            "variant": ctx.variant.name,
+            "round": ctx.round_index + 1,
+            "position": ctx.position,
+            "started": started,
+            "finished": time.time(),
+            "ray_address": ctx.ray_address,
+            "num_spans": _count_spans(round_dir / "spans.jsonl"),
+            "complete": True,
+        },
+    )
+    return round_dir
+
+
+@contextmanager
+def uninterruptible() -> Iterator[None]:
+    """While stopping children, a second Ctrl-C must not abandon them half-stopped."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def start_collector(round_dir: Path) -> Child:
+    """`hopscope traces collect` for this round's spans, as a child: its gRPC threads stay out
+    of this process (which forks the serve and bench children) and off its GIL."""
+    argv = ["-m", "deploy.cli", "traces", "collect", "--listen", "127.0.0.1:0"]
+    argv += ["--out", str(round_dir / "spans.jsonl")]
+    return launch(
+        argv, name="hopscope traces collect", log_path=round_dir / "logs" / "collector.log"
+    )
+
+
+def collector_port(collector: Child) -> int:
+    return int(collector.wait_for_line(COLLECTOR_RE, BENCH_START_TIMEOUT_S).group("port"))
+
+
+def _count_spans(path: Path) -> int:
+    from tracing.readers import TraceReadError, read_file
+
+    try:
+        return len(read_file(path))
+    except TraceReadError:
+        return 0
+
+
+def _start_serve(ctx: RoundContext, round_dir: Path, env: dict[str, str]) -> ServeChild:
+    argv = ctx.variant.serve_argv()
+    if ctx.ray_address and ctx.variant.is_ray:
+        argv += ["--ray-address", ctx.ray_address]
+    argv += metrics_args()
+    if not ctx.variant.is_ray and "--log-dir" in _serve_options():
+        argv += ["--log-dir", str(round_dir / "logs")]  # each service's log, kept
+    return start_serve(argv, log_path=round_dir / "logs" / "serve.log", env=env)
+
+
+def metrics_args() -> list[str]:
+    """--metrics on free ports where `serve` can pick them (`--metrics-port 0`); the fixed
+    default ports would collide with any other hopscope serving metrics on this machine."""
+    return ["--metrics", "--metrics-port", "0"] if "--metrics-port" in _serve_options() else []
+
+
+def _serve_options() -> set[str]:
+    from experiment.flags import serve_parser
+
+    return {o for a in serve_parser()._actions for o in a.option_strings}
+
+
+def _launch_bench(ctx: RoundContext, round_dir: Path, address: str, env: dict[str, str]) -> Child:
+    argv = ["-m", "deploy.cli", "bench", "--address", address, *ctx.plan.bench_argv()]
+    argv += ["--out", str(round_dir / "bench.json"), "--label", ctx.variant.name]
+    argv += ["--no-live", "--no-plots"]
+    return launch(argv, name="hopscope bench", log_path=round_dir / "logs" / "bench.log", env=env)
+
+
+def _wait_bench(bench: Child, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while bench.is_alive:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the workload did not finish within {timeout_s:.0f} s (timeout_s)")
+        time.sleep(0.1)
+    if bench.returncode != 0:
+        lines = "\n  ".join(bench.last_lines(8))
+        raise LaunchError(f"hopscope bench exited with {bench.returncode}:\n  {lines}")
+
+
+def _move_requests(round_dir: Path) -> None:
+    """bench writes `bench.requests.jsonl` next to `bench.json`; the layout names it
+    `requests.jsonl`."""
+    bench_path = round_dir / "bench.json"
+    bench = layout.read_json(bench_path)
+    source = Path(bench["requests_file"])
+    target = round_dir / "requests.jsonl"
+    source.replace(target)
+    bench["requests_file"] = str(target)
+    layout.write_json(bench_path, bench)
+
+
+def service_pids(describe: dict[str, Any], serve_pid: int) -> dict[str, int]:
+    """Process name -> pid from Describe: each service, services sharing a process joined
+    ("pipeline" when all three share one, as inproc), plus the serve process itself when it is
+    not one of them (the local supervisor, or the Ray driver)."""
+    by_pid: dict[int, list[str]] = {}
+    for service in describe.get("services", []):
+        pid = int(service.get("pid") or 0)
+        if pid:
+            by_pid.setdefault(pid, []).append(str(service.get("name")))
+    pids = {}
+    for pid, names in by_pid.items():
+        name = "pipeline" if len(names) >= 3 else "+".join(names)
+        pids[name] = pid
+    if serve_pid not in by_pid:
+        pids["serve"] = serve_pid
+    return pids
+
+
+def open_service_logs(pids: dict[str, int], skip_under: Path) -> dict[str, Any]:
+    """Open each service process's stdout (its log file, wherever serve put it: a temp dir that
+    is deleted at stop, or a Ray session dir) so it can be copied after the drain."""
+    opened = {}
+    for name, pid in pids.items():
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/1")
+            if target.startswith(str(skip_under)):
+                continue  # already in the round's logs (serve.log)
+            if target.startswith("/") and os.path.isfile(target):
+                opened[name] = open(target, "rb")  # noqa: SIM115 - closed in save_service_logs
+        except OSError:
+            continue
+    return opened
+
+
+def save_service_logs(opened: dict[str, Any], folder: Path) -> None:
+    for name, handle in opened.items():
+        with handle:
+            (folder / f"{name}.log").write_bytes(handle.read())
+
+
+def _record_pids(round_dir: Path, pids: dict[str, int]) -> None:
+    layout.write_json(round_dir / "pids.json", pids)
+
+
+def _write_cpu(round_dir: Path, pids: dict[str, int], cpu_s: dict[str, float]) -> None:
+    records = layout.read_requests(round_dir)
+    output_tokens = sum(int(r.get("n_out") or 0) for r in records if r.get("status") == "OK")
+    bench = json.loads((round_dir / "bench.json").read_text())
+    processes = {name: {"pid": pids[name], "cpu_s": round(cpu_s[name], 4)} for name in cpu_s}
+    document = cpu_document(processes, output_tokens, float(bench["summary"]["duration_s"]))
+    layout.write_json(round_dir / "cpu.json", document)
+
+
+# ---------------------------------------------------------------------------- warm-up
+def warm_up(address: str, plan: Plan) -> None:
+    """A few requests of the workload's shape on the fresh deployment (first-call costs: kernel
+    loading, allocator growth, connection set-up), concurrently; not measured."""
+    if plan.warmup <= 0:
+        return
+    asyncio.run(_warm_up(address, plan))
+
+
+async def _warm_up(address: str, plan: Plan) -> None:
+    from deploy.client import stream_generate
+    from protos import hopscope_pb2 as pb
+
+    words = max(1, int(plan.workload.get("input_len", 64)) // 2)
+    request = pb.GenerateRequest(
+        prompt=" ".join(["warm"] * words),
+        max_tokens=int(plan.workload.get("output_len", 64)),
+        ignore_eos=True,
+    )
+    await asyncio.gather(*(stream_generate(address, request, 300.0) for _ in range(plan.warmup)))
+
+
+# ---------------------------------------------------------------------------- metrics
+METRICS_LINE_RE = re.compile(r"^hopscope metrics: (?P<urls>.+)$", re.MULTILINE)
+
+
+def scrape_metrics(folder: Path, serve_log: Path) -> dict[str, Path]:
+    """GET /metrics of each service whose metrics address the serve log names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for service, address in metrics_addresses(serve_log).items():
+        try:
+            with urllib.request.urlopen(
+                f"http://{address}/metrics", timeout=METRICS_TIMEOUT_S
+            ) as r:
+                text = r.read().decode()
+        except OSError as exc:
+            text = f"# scrape of http://{address}/metrics failed: {exc}\n"
+        path = folder / f"{service}.prom"
+        path.write_text(text)
+        written[service] = path
+    return written
+
+
+def metrics_addresses(serve_log: Path) -> dict[str, str]:
+    """service -> HOST:PORT from the line serve prints once ready:
+    `hopscope metrics: tokenizer http://127.0.0.1:41001/metrics, scheduler http://...`."""
+    try:
+        match = METRICS_LINE_RE.search(serve_log.read_text(errors="replace"))
+    except OSError:
+        return {}
+    addresses = {}
+    for item in (match.group("urls").split(", ") if match else []):
+        name, _, url = item.strip().partition(" ")
+        address = url.removeprefix("http://").split("/", 1)[0]
+        if name and address:
+            addresses[name] = address
+    return addresses

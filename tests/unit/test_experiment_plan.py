@@ -1,0 +1,193 @@
+"""`hopscope experiment` plans: every refusal happens before anything starts and names the key
+and the allowed values; the statistics call noise noise."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+
+from experiment.cpu import cpu_us_per_token, read_cpu_s
+from experiment.plan import PlanError, builtin_plans, load_plan, parse_plan
+from experiment.rounds import service_pids
+from experiment.run import schedule
+from experiment.stats import COMPARED, RoundSamples, compare, verdict
+
+
+def _plan(**overrides: Any) -> dict[str, Any]:
+    plan: dict[str, Any] = {
+        "baseline": {"placement": "colocated", "no_ray": True, "max_num_seqs": 16},
+        "workload": {"concurrency": 8, "num_requests": 16},
+        "factors": {"max_num_seqs": [2]},
+    }
+    plan.update(overrides)
+    return plan
+
+
+def _refusal(plan: dict[str, Any]) -> str:
+    with pytest.raises(PlanError) as caught:
+        parse_plan(plan)
+    return str(caught.value)
+
+
+def test_a_valid_plan_expands_into_the_baseline_and_one_variant_per_value() -> None:
+    plan = parse_plan(_plan(factors={"max-num-seqs": [2, 4], "placement": ["inproc"]}))
+    assert [v.name for v in plan.variants] == [
+        "baseline",
+        "max_num_seqs=2",
+        "max_num_seqs=4",
+        "placement=inproc",
+    ]
+    variant = plan.variants[1]
+    assert variant.factor == "max_num_seqs" and variant.value == 2
+    assert "--max-num-seqs" in variant.serve_argv() and "--no-ray" in variant.serve_argv()
+    assert variant.deployment()["max_num_seqs"] == 2
+    assert variant.deployment()["placement"] == "colocated"  # everything else as the baseline
+    assert not plan.is_cluster_needed
+
+
+def test_unknown_serve_flag_is_refused_naming_the_allowed_flags() -> None:
+    message = _refusal(_plan(baseline={"max_seqs": 4}))
+    assert "baseline.max_seqs" in message
+    assert "max_num_seqs" in message and "placement" in message  # the real serve flags
+
+
+def test_unknown_bench_flag_is_refused_naming_the_allowed_flags() -> None:
+    message = _refusal(_plan(workload={"concurrency": 4, "qps": 3}))
+    assert "workload.qps" in message and "rate" in message and "num_requests" in message
+
+
+def test_flags_the_experiment_sets_itself_are_refused() -> None:
+    message = _refusal(_plan(baseline={"port": 50051}))
+    assert "baseline.port" in message
+
+
+def test_factor_value_equal_to_the_baseline_is_refused() -> None:
+    message = _refusal(_plan(factors={"max_num_seqs": [16]}))
+    assert "factors.max_num_seqs" in message and "equals the baseline" in message
+
+
+def test_placement_needing_a_cluster_is_refused_with_no_ray() -> None:
+    message = _refusal(_plan(factors={"placement": ["split"]}))
+    assert "factors.placement" in message and "'split'" in message
+    assert "inproc, colocated, colocated-tcp" in message
+
+
+def test_booleans_must_be_true_or_false() -> None:
+    message = _refusal(_plan(baseline={"no_ray": "yes"}))
+    assert "baseline.no_ray" in message and "allowed: true, false" in message
+
+
+def test_choices_and_types_name_the_allowed_values() -> None:
+    message = _refusal(_plan(factors={"batching": ["dynamic"], "max_num_seqs": ["many"]}))
+    assert "factors.batching" in message and "continuous, static" in message
+    assert "factors.max_num_seqs" in message and "integer" in message
+
+
+def test_a_link_factor_needs_ray_and_a_placement_across_nodes() -> None:
+    assert "no_ray" in _refusal(_plan(factors={"link_delay_ms": [2]}))
+    ray_colocated = _plan(baseline={"placement": "colocated"}, factors={"link_delay_ms": [2]})
+    message = _refusal(ray_colocated)
+    assert "factors.link_delay_ms" in message and "split, remote" in message
+    split = parse_plan(_plan(baseline={"placement": "split"}, factors={"link_delay_ms": [2]}))
+    assert split.is_cluster_needed and split.num_cluster_nodes == 2
+    assert split.variants[1].link_delay_ms == 2.0 and split.variants[1].name == "link_delay_ms=2"
+
+
+def test_a_link_factor_is_refused_on_a_given_ray_address() -> None:
+    plan = _plan(baseline={"placement": "split"}, factors={"link_delay_ms": [2]})
+    with pytest.raises(PlanError, match="drop --ray-address"):
+        parse_plan(plan, ray_address="127.0.0.1:6379")
+
+
+def test_a_load_point_is_required_and_single() -> None:
+    assert "concurrency" in _refusal(_plan(workload={"num_requests": 4}))
+    assert "one number" in _refusal(_plan(workload={"concurrency": "4,8"}))
+
+
+def test_unknown_top_level_keys_and_bad_repeats_are_refused() -> None:
+    message = _refusal(_plan(repeat=3, repeats=0))
+    assert "repeat: unknown plan key" in message and "repeats" in message
+
+
+def test_builtin_plans_load() -> None:
+    names = set(builtin_plans())
+    assert {"quick", "placement", "batching", "network", "precision"} <= names
+    for name in names - {"precision"}:  # precision needs a CUDA device
+        assert len(load_plan(name).variants) >= 2
+    quick = load_plan("quick")
+    assert not quick.is_cluster_needed and all(not v.is_ray for v in quick.variants)
+
+
+def test_rounds_rotate_the_order() -> None:
+    plan = parse_plan(_plan(factors={"max_num_seqs": [2, 4]}, repeats=3))
+    order = schedule(plan)
+    firsts = [v.name for k, position, v in order if position == 0]
+    assert firsts == ["baseline", "max_num_seqs=2", "max_num_seqs=4"]
+    assert len(order) == 9
+
+
+# ---------------------------------------------------------------------------- statistics
+def _samples(rng: np.random.Generator, scale: float, n: int = 200) -> RoundSamples:
+    values = rng.lognormal(np.log(10 * scale), 0.2, n)
+    windows = rng.normal(1000 / scale, 20, 12)
+    return RoundSamples({"ttft_ms": values, "tpot_ms": values, "e2e_ms": values}, windows, windows)
+
+
+def _spec(key: str) -> Any:
+    return next(s for s in COMPARED if s.key == key)
+
+
+def test_a_clear_slowdown_is_worse_with_an_interval_excluding_one() -> None:
+    rng = np.random.default_rng(1)
+    variant = [_samples(rng, 2.0) for _ in range(2)]
+    baseline = [_samples(rng, 1.0) for _ in range(2)]
+    tpot = compare(_spec("tpot_ms.p50"), variant, baseline)
+    tokens = compare(_spec("output_tok_s"), variant, baseline)
+    assert tpot is not None and tokens is not None
+    assert tpot["verdict"] == "worse" and tpot["ci95"][0] > 1.0
+    assert tokens["verdict"] == "worse" and tokens["ci95"][1] < 1.0  # lower tokens/s is worse
+    assert 1.8 < tpot["ratio"] < 2.2
+
+
+def test_identical_distributions_have_no_measurable_effect() -> None:
+    rng = np.random.default_rng(2)
+    result = compare(_spec("e2e_ms.p50"), [_samples(rng, 1.0)], [_samples(rng, 1.0)])
+    assert result is not None and result["verdict"] == "no measurable effect"
+    assert result["ci95"][0] <= 1.0 <= result["ci95"][1]
+
+
+def test_verdict_respects_the_metrics_direction() -> None:
+    assert verdict(1.1, 1.3, higher_is_better=True) == "better"
+    assert verdict(1.1, 1.3, higher_is_better=False) == "worse"
+    assert verdict(0.7, 0.9, higher_is_better=False) == "better"
+    assert verdict(0.9, 1.1, higher_is_better=True) == "no measurable effect"
+
+
+# ---------------------------------------------------------------------------- CPU
+def test_cpu_of_this_process_grows_with_work() -> None:
+    before = read_cpu_s(os.getpid())
+    total = 0
+    for i in range(3_000_000):
+        total += i
+    assert read_cpu_s(os.getpid()) > before
+    assert cpu_us_per_token(0.5, 1000) == pytest.approx(500.0)
+    assert cpu_us_per_token(0.5, 0) is None
+
+
+def test_service_pids_group_services_sharing_a_process() -> None:
+    inproc = {"services": [{"name": n, "pid": 10} for n in ("tokenizer", "scheduler", "worker")]}
+    assert service_pids(inproc, serve_pid=10) == {"pipeline": 10}
+    local = {
+        "services": [
+            {"name": n, "pid": p} for n, p in (("tokenizer", 11), ("scheduler", 12), ("worker", 13))
+        ]
+    }
+    assert service_pids(local, serve_pid=10) == {
+        "tokenizer": 11,
+        "scheduler": 12,
+        "worker": 13,
+        "serve": 10,
+    }
