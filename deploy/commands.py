@@ -156,6 +156,34 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--max-queue-len", type=int, default=512)
+    p.add_argument(
+        "--prefix-caching",
+        choices=["on", "off"],
+        default="on",
+        help="share the KV blocks of prompt prefixes already computed (default on)",
+    )
+    p.add_argument(
+        "--preemption",
+        choices=["recompute", "swap"],
+        default="recompute",
+        help="a preempted sequence's KV is dropped and recomputed, or swapped to host memory "
+        "(needs --swap-space-mb)",
+    )
+    p.add_argument(
+        "--swap-space-mb", type=int, default=0, help="worker host memory for swapped KV, MiB"
+    )
+    p.add_argument(
+        "--worker-replicas",
+        type=int,
+        default=1,
+        help="model workers, each its own KV cache and batch (--no-ray placements)",
+    )
+    p.add_argument(
+        "--routing",
+        choices=["round_robin", "least_load", "prefix", "network_aware"],
+        default="network_aware",
+        help="how a request picks a worker replica (default network_aware)",
+    )
 
 
 def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: int = 0) -> ServeSpec:
@@ -174,6 +202,11 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_queue_len=args.max_queue_len,
+        prefix_caching=args.prefix_caching,
+        preemption=args.preemption,
+        swap_space_mb=args.swap_space_mb,
+        worker_replicas=args.worker_replicas,
+        routing=args.routing,
         is_metrics_enabled=getattr(args, "metrics", False)
         or getattr(args, "metrics_port", None) is not None,
         metrics_base_port=_or_default(
@@ -223,6 +256,12 @@ def run_serve(args: argparse.Namespace) -> int:
         spec = resolve_security(spec_from_args(args), has_key)
     except ValueError as exc:
         err.print(f"error: {exc}")
+        return 2
+    if not args.no_ray and spec.worker_replicas > 1:
+        err.print(
+            "error: --worker-replicas > 1 runs with --no-ray for now (Ray placement of replicas "
+            "is not built yet); add --no-ray"
+        )
         return 2
     from deploy.lifecycle import LaunchError, check_port_free
 

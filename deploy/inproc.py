@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from deploy.spec import ServeSpec
 from services.common.health import HealthPublisher
 from services.common.identity import identify
+from services.scheduler.replicas import ReplicaSet
 from services.scheduler.runner import SchedulerRunner
-from services.scheduler.server import build_runner
+from services.scheduler.server import build_replicas
 from services.scheduler.worker_client import InprocWorkerClient
 from services.tokenizer.scheduler_client import InprocSchedulerClient
 from services.tokenizer.server import TokenizerServer, start_tokenizer
@@ -21,12 +22,17 @@ from services.worker.servicer import WorkerService
 @dataclass
 class InprocPipeline:
     front_door: TokenizerServer
-    runner: SchedulerRunner
-    worker: WorkerService
+    runner: SchedulerRunner | ReplicaSet
+    workers: list[WorkerService]
 
     @property
     def address(self) -> str:
         return self.front_door.address
+
+    @property
+    def worker(self) -> WorkerService:
+        """The first worker replica (the only one unless `worker_replicas` > 1)."""
+        return self.workers[0]
 
     @property
     def metrics_urls(self) -> dict[str, str]:
@@ -39,17 +45,21 @@ class InprocPipeline:
     async def stop(self, grace_s: float = 10.0) -> None:
         await self.front_door.stop(grace_s)
         await self.runner.stop()
-        self.worker.close()
+        for worker in self.workers:
+            worker.close()
 
 
 async def start_inproc(spec: ServeSpec, node_id: str = "", is_ray: bool = False) -> InprocPipeline:
     """`node_id` / `is_ray` are what Describe reports (set when hosted in a Ray actor)."""
     worker_config = spec.worker_config("inproc", node_id)
-    worker = await asyncio.to_thread(build_worker_service, worker_config, "inproc")
+    workers = [
+        await asyncio.to_thread(build_worker_service, worker_config, "inproc")
+        for _ in range(spec.worker_replicas)
+    ]
     health = HealthPublisher(is_serving=False)  # the front door's: serving while the worker is up
-    runner = build_runner(
+    runner = build_replicas(
         spec.scheduler_config("inproc", "inproc", node_id),
-        InprocWorkerClient(worker),
+        [InprocWorkerClient(worker) for worker in workers],
         health.set_serving,
     )
     try:
@@ -60,6 +70,7 @@ async def start_inproc(spec: ServeSpec, node_id: str = "", is_ray: bool = False)
         front = await start_tokenizer(front_config, scheduler, health)
     except BaseException:
         await runner.stop()
-        worker.close()
+        for worker in workers:
+            worker.close()
         raise
-    return InprocPipeline(front, runner, worker)
+    return InprocPipeline(front, runner, workers)

@@ -97,13 +97,14 @@ class LocalDeployment:
         if not self.spec.internal_token:  # one per deployment: only its own services get in
             self.spec = replace(self.spec, internal_token=new_internal_token())
         try:
-            worker = self._start(
-                "worker", "services.worker", lambda listen: self.spec.worker_config(listen)
-            )
+            workers = [
+                self._start(name, "services.worker", lambda listen: self.spec.worker_config(listen))
+                for name in _worker_names(self.spec.worker_replicas)
+            ]
             sched = self._start(
                 "scheduler",
                 "services.scheduler",
-                lambda listen: self.spec.scheduler_config(listen, worker),
+                lambda listen: self.spec.scheduler_config(listen, workers[0], "", workers[1:]),
             )
             self._start(
                 "tokenizer",
@@ -133,7 +134,9 @@ class LocalDeployment:
         return child.start()
 
     def _internal_address(self, name: str) -> str:
-        transport = resolve_placement(self.spec.placement).listen_transport(name)
+        # replicas (`worker-1`, ...) are reached like `worker`, each on its own address
+        service = name.partition("-")[0]
+        transport = resolve_placement(self.spec.placement).listen_transport(service)
         return internal_address(transport, "127.0.0.1", self.tmp_dir, name)
 
     def supervise_once(self) -> list[str]:
@@ -161,6 +164,11 @@ class LocalDeployment:
 
 def _indented(lines: list[str]) -> str:
     return "".join(f"\n  {line}" for line in lines)
+
+
+def _worker_names(num_replicas: int) -> list[str]:
+    """`worker`, then `worker-1`, `worker-2`, ... for further replicas (own socket and log)."""
+    return ["worker", *(f"worker-{i}" for i in range(1, num_replicas))]
 
 
 def _with_listen(config_json: str, address: str) -> str:

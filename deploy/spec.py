@@ -39,6 +39,11 @@ class ServeSpec:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     max_queue_len: int = 512
+    prefix_caching: str = "on"  # "on" | "off"
+    preemption: str = "recompute"  # "recompute" | "swap"
+    swap_space_mb: int = 0
+    worker_replicas: int = 1  # model workers, each its own KV cache and batch
+    routing: str = "network_aware"  # round_robin | least_load | prefix | network_aware
     request_timeout_s: float = 600.0
     worker_reconnect_timeout_s: float = WORKER_RESTART_TIMEOUT_S
     is_metrics_enabled: bool = False  # /metrics of each service at `host`
@@ -56,6 +61,14 @@ class ServeSpec:
             raise ValueError(f"metrics port must be in [0, 65533], got {self.metrics_base_port}")
         if self.kv_cache_mb < 1:
             raise ValueError("kv_cache_mb must be >= 1")
+        if self.prefix_caching not in ("on", "off"):
+            raise ValueError(f"prefix_caching must be on or off, got {self.prefix_caching!r}")
+        if self.worker_replicas < 1:
+            raise ValueError(f"worker_replicas must be >= 1, got {self.worker_replicas}")
+        if self.swap_space_mb < 0:
+            raise ValueError(f"swap_space_mb must be >= 0, got {self.swap_space_mb}")
+        if self.preemption == "swap" and self.swap_space_mb == 0:
+            raise ValueError("preemption swap needs host memory: give --swap-space-mb (e.g. 256)")
         if self.http_port is not None and not 0 <= self.http_port < 65536:
             raise ValueError(f"--http-port must be in [0, 65535], got {self.http_port}")
         if self.max_model_len is not None and self.max_model_len < 2:
@@ -104,6 +117,7 @@ class ServeSpec:
             kernels=self.kernels,
             kv_cache_bytes=self.kv_cache_mb * 1024 * 1024,
             max_num_batched_tokens=self.max_num_batched_tokens,
+            swap_space_bytes=self.swap_space_mb * 1024 * 1024,
             max_model_len=self.max_model_len,
         )
         return WorkerServiceConfig(
@@ -116,13 +130,19 @@ class ServeSpec:
         )
 
     def scheduler_config(
-        self, listen: str, worker_address: str, node_id: str = ""
+        self,
+        listen: str,
+        worker_address: str,
+        node_id: str = "",
+        extra_worker_addresses: list[str] | None = None,
     ) -> SchedulerServiceConfig:
         core = SchedulerConfig(
             max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,
             max_queue_len=self.max_queue_len,
             batching=self.batching,  # type: ignore[arg-type]
+            enable_prefix_caching=self.prefix_caching == "on",
+            preemption=self.preemption,  # type: ignore[arg-type]
         )
         return SchedulerServiceConfig(
             core=core,
@@ -131,6 +151,8 @@ class ServeSpec:
             node_id=node_id,
             worker_reconnect_timeout_s=self.worker_reconnect_timeout_s,
             metrics_address=self.metrics_address("scheduler"),
+            extra_worker_addresses=list(extra_worker_addresses or []),
+            routing=self.routing,
             tls_dir=self.tls_dir,
             internal_token=self.internal_token,
         )

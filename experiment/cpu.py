@@ -4,12 +4,22 @@ accounting (the experiment's cpu.json, `hopscope diagnose`'s host_cpu rule and i
 A process's CPU time is utime + stime of /proc/PID/stat (every thread of it), plus cutime + cstime
 (its children that it waited for), in seconds. Readings are taken before and after the workload;
 the difference is what the workload cost the process.
+
+Within a process, CPU splits by thread: /proc/PID/task/TID/stat per thread, grouped by the
+thread's OS name (comm). The worker names its engine thread ENGINE_THREAD_NAME and the torch
+intra-op threads it starts inherit that name, so `thread_cpu_s(pid)[ENGINE_THREAD_NAME]` is the
+engine's share (model, sampling, KV cache writes: everything `Engine.step` runs, plus OpenMP
+spin-waiting) and the rest of the process is the service around it (gRPC, protobuf, asyncio,
+spans). Threads that already exited are not in /proc/PID/task: read before and after a workload
+while the threads live.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from services.common.threads import ENGINE_THREAD_NAME
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -23,6 +33,29 @@ def read_cpu_s(pid: int, proc: Path = Path("/proc")) -> float:
     fields = _stat_fields(pid, proc)
     # fields after the ")" that ends the command name: state is [0]; utime..cstime are [11:15]
     return sum(int(v) for v in fields[11:15]) / _TICKS_PER_S
+
+
+def thread_cpu_s(pid: int, proc: Path = Path("/proc")) -> dict[str, float]:
+    """utime + stime of the live threads of `pid`, seconds, summed per OS thread name."""
+    by_name: dict[str, float] = {}
+    try:
+        tids = [p.name for p in (proc / str(pid) / "task").iterdir()]
+    except OSError as exc:
+        raise CpuReadError(f"cannot list the threads of pid {pid}: {exc.strerror or exc}") from exc
+    for tid in tids:
+        try:
+            text = (proc / str(pid) / "task" / tid / "stat").read_text()
+        except OSError:
+            continue  # the thread ended between the listing and the read
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        by_name[name] = by_name.get(name, 0.0) + sum(int(v) for v in fields[11:13]) / _TICKS_PER_S
+    return by_name
+
+
+def engine_cpu_s(pid: int, proc: Path = Path("/proc")) -> float:
+    """CPU seconds of the engine's threads in `pid` (0.0 when it runs no engine)."""
+    return thread_cpu_s(pid, proc).get(ENGINE_THREAD_NAME, 0.0)
 
 
 def process_state(pid: int, proc: Path = Path("/proc")) -> str:

@@ -67,7 +67,8 @@ def build_document(
         "requests_file": str(requests_file),
         # what was measured: Describe's placement, services, edges (transport, link), model
         "deployment": deployment or {},
-        "summary": metrics.summarise(window, config.slo),
+        "summary": metrics.summarise(window, config.slo)
+        | metrics.client_cpu(result.client_cpu_s, result.records),
         "failed_by_status": metrics.failed_by_status(window),
     }
     return document, window

@@ -175,6 +175,17 @@ def summarise(window: list[RequestRecord], slo: SloConfig) -> dict[str, Any]:
     return summary
 
 
+def client_cpu(cpu_s: float, records: list[RequestRecord]) -> dict[str, float | None]:
+    """The load generator's own cost: CPU seconds from the first send to the end, per output
+    token of every completed request it sent (warm-up included, as the CPU is). A figure near
+    what a server process costs per token means the client may be the bottleneck."""
+    num_out = sum(r.num_output_tokens for r in records if r.is_ok)
+    return {
+        "client_cpu_s": cpu_s,
+        "client_cpu_us_per_token": cpu_s * 1e6 / num_out if num_out else None,
+    }
+
+
 def _per_s(count: float, duration: float) -> float:
     return count / duration if duration > 0 else 0.0
 

@@ -89,7 +89,13 @@ def summary_lines(summary: dict[str, Any], failed_by_status: dict[str, int]) -> 
         f"{summary['request_throughput']:.2f} req/s  "
         f"{summary['output_token_throughput']:.1f} out tok/s  "
         f"{summary['total_token_throughput']:.1f} total tok/s  goodput {summary['goodput']:.2f} req/s"
+        + _client_cpu_line(summary)
     )
+
+
+def _client_cpu_line(summary: dict[str, Any]) -> str:
+    us = summary.get("client_cpu_us_per_token")
+    return "" if us is None else f"\nclient CPU {us:.1f} µs per output token"
 
 
 def lag_warning(summary: dict[str, Any]) -> str | None:

@@ -1,7 +1,8 @@
 """Result files: per-request JSONL and the summary JSON (the contract the rest of hopscope reads).
 
 Summary document: `config` (every flag, the resolved point, seed, git sha, label),
-`requests_file` (path of the JSONL), `summary` (counts, duration, throughputs, goodput and the
+`requests_file` (path of the JSONL), `summary` (counts, duration, throughputs, goodput, the
+client's own CPU (`client_cpu_s`, `client_cpu_us_per_token`) and the
 statistics of ttft_ms tpot_ms itl_ms e2e_ms e2e_from_schedule_ms schedule_lag_ms), and
 `failed_by_status` (failed requests per gRPC status code name).
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import queue
+import resource
 import signal
 import time
 from collections.abc import Callable, MutableSequence, Sequence
@@ -33,6 +34,9 @@ class PointResult:
     num_scheduled: int
     started_at_unix_s: float
     is_interrupted: bool
+    # CPU of the client's processes from the first send to the end (start-up, request building
+    # and result writing excluded): every thread, so gRPC's poller is counted too
+    client_cpu_s: float = 0.0
 
 
 def plan_slices(config: BenchConfig) -> tuple[list[SlicePlan], int]:
@@ -67,30 +71,37 @@ def run_point(
     plans, num_scheduled = plan_slices(config)
     started_at = time.time()
     if len(plans) == 1:
-        records, is_interrupted = _run_here(config, plans[0], is_tracing, on_tick)
+        records, is_interrupted, cpu_s = _run_here(config, plans[0], is_tracing, on_tick)
     else:
-        records, is_interrupted = _run_in_processes(config, plans, is_tracing, on_tick)
+        records, is_interrupted, cpu_s = _run_in_processes(config, plans, is_tracing, on_tick)
     records.sort(key=lambda r: r.index)
     if not num_scheduled:  # closed loop by duration: as many as were sent
         num_scheduled = max((r.index for r in records), default=-1) + 1
-    return PointResult(records, num_scheduled, started_at, is_interrupted)
+    return PointResult(records, num_scheduled, started_at, is_interrupted, cpu_s)
+
+
+def process_cpu_s() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _run_here(
     config: BenchConfig, plan: SlicePlan, is_tracing: bool, on_tick: ProgressHook | None
-) -> tuple[list[RequestRecord], bool]:
+) -> tuple[list[RequestRecord], bool, float]:
     counters: list[float] = [0.0] * NUM_COUNTERS
 
-    async def main() -> tuple[list[RequestRecord], bool]:
+    async def main() -> tuple[list[RequestRecord], bool, float]:
         runner = Runner(config, plan, counters, is_tracing)
         runner.prepare()
         ticker = asyncio.create_task(_tick(on_tick, [counters])) if on_tick else None
+        cpu_before_s = process_cpu_s()
         try:
             records = await runner.run()
         finally:
             if ticker:
                 ticker.cancel()
-        return records, runner.is_stopped
+        return records, runner.is_stopped, process_cpu_s() - cpu_before_s
 
     return asyncio.run(main())
 
@@ -103,7 +114,7 @@ async def _tick(on_tick: ProgressHook, counters: list[MutableSequence[float]]) -
 
 def _run_in_processes(
     config: BenchConfig, plans: list[SlicePlan], is_tracing: bool, on_tick: ProgressHook | None
-) -> tuple[list[RequestRecord], bool]:
+) -> tuple[list[RequestRecord], bool, float]:
     ctx = mp.get_context("spawn")  # no fork: grpc and OTel threads do not survive a fork
     counters = [ctx.Array("d", NUM_COUNTERS, lock=False) for _ in plans]
     ready = [ctx.Event() for _ in plans]
@@ -123,7 +134,7 @@ def _run_in_processes(
         for proc in procs:
             proc.start()
         _release_when_ready(ready, go, start_at, procs)
-        records = _collect(results, procs, counters, on_tick)
+        records, cpu_s = _collect(results, procs, counters, on_tick)
         is_interrupted = stop.is_set()
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -131,7 +142,7 @@ def _run_in_processes(
         go.set()
         for proc in procs:
             proc.join(timeout=5)
-    return records, is_interrupted
+    return records, is_interrupted, cpu_s
 
 
 def _release_when_ready(ready: list[Any], go: Any, start_at: Any, procs: list[Any]) -> None:
@@ -146,8 +157,10 @@ def _release_when_ready(ready: list[Any], go: Any, start_at: Any, procs: list[An
 
 def _collect(
     results: Any, procs: list[Any], counters: list[Any], on_tick: ProgressHook | None
-) -> list[RequestRecord]:
+) -> tuple[list[RequestRecord], float]:
+    """Every worker's records and the sum of their CPU seconds."""
     records: list[RequestRecord] = []
+    cpu_s = 0.0
     num_pending = len(procs)
     while num_pending:
         if on_tick:
@@ -158,9 +171,11 @@ def _collect(
             if not any(p.is_alive() for p in procs):
                 raise RuntimeError("a loadgen worker process died without results") from None
             continue
-        records.extend(part)
+        part_records, part_cpu_s = part
+        records.extend(part_records)
+        cpu_s += part_cpu_s
         num_pending -= 1
-    return records
+    return records, cpu_s
 
 
 def _worker_main(
@@ -198,14 +213,15 @@ async def _worker_run(
     go: Any,
     stop: Any,
     start_at: Any,
-) -> list[RequestRecord]:
+) -> tuple[list[RequestRecord], float]:
     runner = Runner(config, plan, counters, is_tracing)
     runner.prepare()
     ready.set()
     await asyncio.to_thread(go.wait)
     watcher = asyncio.create_task(_watch_stop(stop, runner))
+    cpu_before_s = process_cpu_s()
     try:
-        return await runner.run(start_at.value)
+        return await runner.run(start_at.value), process_cpu_s() - cpu_before_s
     finally:
         watcher.cancel()
 

@@ -14,7 +14,7 @@ import zlib
 from array import array
 from dataclasses import dataclass, field
 
-from services.common.types import ModelInfo, SamplingParams, SeqStep, StepOutput
+from services.common.types import BlockSwaps, ModelInfo, SamplingParams, SeqStep, StepOutput
 from services.scheduler.core import Request, Scheduler, Update
 
 EOS_TOKEN_ID = 0
@@ -68,8 +68,10 @@ class FakeWorker:
         max_context: int = 512,
         vocab_size: int = 1000,
         eos_at_length: int | None = None,
+        num_swap_blocks: int = 0,
     ) -> None:
         self.num_blocks = num_blocks
+        self.num_swap_blocks = num_swap_blocks
         self.block_size = block_size
         self.max_context = max_context
         self.vocab_size = vocab_size
@@ -92,13 +94,24 @@ class FakeWorker:
             num_blocks=self.num_blocks,
             block_size=self.block_size,
             eos_token_ids=[EOS_TOKEN_ID],
+            num_swap_blocks=self.num_swap_blocks,
         )
 
     def restart(self) -> None:
         """Lose the whole KV cache, as a restarted worker process would."""
         self._cache = [[None] * self.block_size for _ in range(self.num_blocks)]
+        self._host: list[list[_Slot | None]] = [
+            [None] * self.block_size for _ in range(self.num_swap_blocks)
+        ]
+        self.num_swapped_blocks = 0
 
-    def step(self, seq_steps: list[SeqStep]) -> StepOutput:
+    def step(self, seq_steps: list[SeqStep], swaps: BlockSwaps | None = None) -> StepOutput:
+        if swaps:  # out first (the device blocks may be reused by this step), then in
+            for device, host in swaps.swap_out:
+                self._host[host] = list(self._cache[device])
+            for host, device in swaps.swap_in:
+                self._cache[device] = list(self._host[host])
+            self.num_swapped_blocks += len(swaps.swap_out)
         self._check_tables(seq_steps)
         for seq_step in seq_steps:
             self._write(seq_step)
@@ -110,10 +123,10 @@ class FakeWorker:
         return StepOutput(sampled=sampled, step_ms=0.0)
 
     def _check_tables(self, seq_steps: list[SeqStep]) -> None:
-        owner: dict[int, int] = {}
         seq_ids = [s.seq_id for s in seq_steps]
         if len(set(seq_ids)) != len(seq_ids):
             raise BlockTableError(f"a sequence appears twice in one step: {seq_ids}")
+        users: dict[int, set[int]] = {}  # block -> sequences whose table names it
         for s in seq_steps:
             if not s.token_ids:
                 raise BlockTableError(f"sequence {s.seq_id} has no token to run")
@@ -125,11 +138,19 @@ class FakeWorker:
             for block in s.block_table:
                 if not 0 <= block < self.num_blocks:
                     raise BlockTableError(f"block {block} does not exist")
-                if block in owner:
+                users.setdefault(block, set()).add(s.seq_id)
+        # a block may be shared (a cached prefix) only while nobody writes into it
+        for s in seq_steps:
+            written = {
+                s.block_table[p // self.block_size]
+                for p in range(s.num_computed, s.num_tokens_after)
+            }
+            for block in written:
+                if len(users[block]) > 1:
                     raise BlockTableError(
-                        f"block {block} is shared by sequences {owner[block]} and {s.seq_id}"
+                        f"sequence {s.seq_id} writes into block {block}, which sequences "
+                        f"{sorted(users[block])} share"
                     )
-                owner[block] = s.seq_id
 
     def _write(self, s: SeqStep) -> None:
         for offset, token in enumerate(s.token_ids):
@@ -142,7 +163,9 @@ class FakeWorker:
         for position in range(s.num_tokens_after):
             block = s.block_table[position // self.block_size]
             slot = self._cache[block][position % self.block_size]
-            if slot is None or slot.seq_id != s.seq_id or slot.position != position:
+            # a shared prefix block holds another sequence's slots: same position and token
+            # (a wrong token changes the sampled one, which the tests compare)
+            if slot is None or slot.position != position:
                 raise BlockTableError(
                     f"sequence {s.seq_id} reads position {position} from block {block}, "
                     f"which holds {slot}: its KV was never computed or was overwritten"
@@ -195,7 +218,7 @@ def run_until_idle(
         now_s += dt_s  # static mode may be waiting for its timeout
         if batch is None:
             continue
-        output = worker.step(batch.seq_steps)
+        output = worker.step(batch.seq_steps, batch.swaps)
         collect(outcomes, scheduler.on_step(batch, output.sampled, now_s))
     raise AssertionError(f"scheduler still busy after {max_steps} steps")
 
@@ -251,8 +274,9 @@ class FakeWorkerClient:
             instance_id=str(self.num_connects),
         )
 
-    async def step(self, seqs: list[SeqStep], carrier: object) -> StepOutput:
-
+    async def step(
+        self, seqs: list[SeqStep], carrier: object, swaps: BlockSwaps | None = None
+    ) -> StepOutput:
         from services.common.errors import UnavailableError
 
         if self.step_delay_s:
@@ -266,7 +290,7 @@ class FakeWorkerClient:
             self.num_hung_steps -= 1
             self.worker.restart()  # whatever it held is gone with the step that never ends
             await asyncio.Event().wait()
-        return self.worker.step(seqs)
+        return self.worker.step(seqs, swaps)
 
     def watch(self, on_lost: object) -> None:
         return None

@@ -55,6 +55,16 @@ DEVICE_MS = "hopscope.device_ms"
 # a link's phase when a reader keeps link attributes (derived from NUM_PREFILL_LINKS otherwise)
 PHASE = "hopscope.phase"
 
+# present only while a feature is in use (not in PROMISED): KV swap and worker replicas
+SWAP_RPC = (WORKER_SERVICE, "Swap")  # INTERNAL, child of Step SERVER: one step's KV copies
+SWAP = "/".join(SWAP_RPC)
+SWAP_MS = "hopscope.swap_ms"
+NUM_SWAP_OUT_BLOCKS = "hopscope.num_swap_out_blocks"
+NUM_SWAP_IN_BLOCKS = "hopscope.num_swap_in_blocks"
+REPLICA = "hopscope.replica"  # Submit SERVER: the worker replica the router chose
+ROUTING = "hopscope.routing"  # the routing policy
+ROUTING_CANDIDATES = "hopscope.routing_candidates"  # JSON: every candidate and its score
+
 RPC_ATTRIBUTES = (RPC_SYSTEM, RPC_SERVICE, RPC_METHOD, NETWORK_TRANSPORT)
 
 # (span name, kind) -> the attributes every such span carries (ARCHITECTURE.md's span table)

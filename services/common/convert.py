@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from protos import hopscope_pb2 as pb
 from services.common.identity import ServiceIdentity
-from services.common.types import Delivery, ModelInfo, SamplingParams, SeqStep, StepOutput
+from services.common.types import (
+    BlockSwaps,
+    Delivery,
+    ModelInfo,
+    SamplingParams,
+    SeqStep,
+    StepOutput,
+)
 
 
 def sampling_to_pb(s: SamplingParams) -> pb.SamplingParams:
@@ -45,6 +52,7 @@ def step_output_to_pb(step_id: int, out: StepOutput) -> pb.StepResponse:
         token_ids=list(out.sampled.values()),
         step_ms=out.step_ms,
         device_ms=out.device_ms,
+        swap_ms=out.swap_ms,
     )
 
 
@@ -53,6 +61,21 @@ def step_output_from_pb(m: pb.StepResponse) -> StepOutput:
         sampled=dict(zip(m.seq_ids, m.token_ids, strict=True)),
         step_ms=m.step_ms,
         device_ms=m.device_ms,
+        swap_ms=m.swap_ms,
+    )
+
+
+def swaps_to_pb(swaps: BlockSwaps | None, request: pb.StepRequest) -> pb.StepRequest:
+    """Add the step's block copies to its request; returns the request."""
+    if swaps:
+        request.swap_out.extend(pb.BlockCopy(src=s, dst=d) for s, d in swaps.swap_out)
+        request.swap_in.extend(pb.BlockCopy(src=s, dst=d) for s, d in swaps.swap_in)
+    return request
+
+
+def swaps_from_pb(m: pb.StepRequest) -> BlockSwaps:
+    return BlockSwaps(
+        swap_out=[(c.src, c.dst) for c in m.swap_out], swap_in=[(c.src, c.dst) for c in m.swap_in]
     )
 
 
@@ -66,6 +89,7 @@ def model_info_to_pb(info: ModelInfo) -> pb.ModelInfo:
         device=info.device,
         num_blocks=info.num_blocks,
         block_size=info.block_size,
+        num_swap_blocks=info.num_swap_blocks,
     )
 
 
@@ -80,6 +104,7 @@ def model_info_from_pb(m: pb.ModelInfo, eos_token_ids: list[int]) -> ModelInfo:
         num_blocks=m.num_blocks,
         block_size=m.block_size,
         eos_token_ids=list(eos_token_ids),
+        num_swap_blocks=m.num_swap_blocks,
     )
 
 

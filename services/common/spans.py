@@ -66,3 +66,25 @@ def link_to(span: Span) -> Link | None:
     if not span.is_recording():
         return None
     return Link(span.get_span_context())
+
+
+SWAP = schema.SWAP_RPC
+
+
+def record_swap_span(
+    parent: Span, start_ns: int, swap_ms: float, num_out_blocks: int, num_in_blocks: int
+) -> None:
+    """The KV copies of one step (swap-out then swap-in) as a child INTERNAL span of its Step
+    SERVER span, timed by the engine that made them."""
+    span = _tracer.start_span(
+        schema.SWAP,
+        context=trace.set_span_in_context(parent),
+        kind=SpanKind.INTERNAL,
+        start_time=start_ns,
+        attributes={
+            schema.NUM_SWAP_OUT_BLOCKS: num_out_blocks,
+            schema.NUM_SWAP_IN_BLOCKS: num_in_blocks,
+            schema.SWAP_MS: swap_ms,
+        },
+    )
+    span.end(end_time=start_ns + int(swap_ms * 1e6))

@@ -40,10 +40,24 @@ class SeqStep:
 
 
 @dataclass(slots=True)
+class BlockSwaps:
+    """KV blocks a step copies before it runs: out to the worker's host pool (preempted
+    sequences), then back in (resumed ones). Pairs are (source block, destination block)."""
+
+    swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device, host)
+    swap_in: list[tuple[int, int]] = field(default_factory=list)  # (host, device)
+
+    def __bool__(self) -> bool:
+        return bool(self.swap_out or self.swap_in)
+
+
+@dataclass(slots=True)
 class StepOutput:
     sampled: dict[int, int]  # seq_id -> sampled token, for every SeqStep with sampling
     step_ms: float  # worker's own wall time for the step
     device_ms: float = 0.0  # device time (CUDA events) where measured
+    swap_ms: float = 0.0  # of step_ms: copying swapped KV blocks out and in
+    swap_start_ns: int = 0  # wall clock (time.time_ns) of the copies, for their span
 
 
 @dataclass(slots=True)
@@ -59,6 +73,7 @@ class ModelInfo:
     num_blocks: int
     block_size: int
     eos_token_ids: list[int] = field(default_factory=list)
+    num_swap_blocks: int = 0  # blocks of the worker's host pool for swapped-out KV
 
 
 @dataclass(slots=True)

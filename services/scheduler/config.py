@@ -7,6 +7,8 @@ from typing import Literal
 
 BatchingMode = Literal["continuous", "static"]
 BATCHING_MODES: tuple[str, ...] = ("continuous", "static")
+PreemptionMode = Literal["recompute", "swap"]
+PREEMPTION_MODES: tuple[str, ...] = ("recompute", "swap")
 
 
 @dataclass(slots=True, frozen=True)
@@ -20,6 +22,10 @@ class SchedulerConfig:
     - enable_chunked_prefill: split a prompt longer than the step's remaining budget.
     - static_batch_timeout_s: static mode waits this long after the oldest arrival for a full
       batch of max_num_seqs before running a partial one.
+    - enable_prefix_caching: share the KV blocks of prompt prefixes already computed (full blocks
+      named by a chained hash; freed ones kept and evicted least recently used first).
+    - preemption: what happens to a preempted sequence's KV: "recompute" (dropped, the prompt and
+      output so far run again) or "swap" (copied to the worker's host memory and back).
     """
 
     max_num_seqs: int = 64
@@ -28,6 +34,8 @@ class SchedulerConfig:
     batching: BatchingMode = "continuous"
     enable_chunked_prefill: bool = True
     static_batch_timeout_s: float = 0.05
+    enable_prefix_caching: bool = True
+    preemption: PreemptionMode = "recompute"
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -48,6 +56,11 @@ class SchedulerConfig:
         if not self.static_batch_timeout_s >= 0.0:  # also refuses NaN
             raise ValueError(
                 f"static_batch_timeout_s must be >= 0, got {self.static_batch_timeout_s}"
+            )
+
+        if self.preemption not in PREEMPTION_MODES:
+            raise ValueError(
+                f"preemption must be one of {', '.join(PREEMPTION_MODES)}, got {self.preemption!r}"
             )
 
     @property

@@ -46,6 +46,7 @@ class _Sequence:
     is_running: bool = False
     num_computed: int = 0  # tokens whose KV is in the worker's cache
     num_prefill_tokens: int = 0  # tokens to (re)compute before decoding, fixed at admission
+    host_blocks: list[int] | None = None  # swapped out: where its first blocks wait on the host
 
     @property
     def num_tokens(self) -> int:
@@ -77,7 +78,9 @@ class Scheduler:
         self.config = config
         self.model = model
         self._eos_token_ids = frozenset(model.eos_token_ids)
-        self._blocks = BlockManager(model.num_blocks, model.block_size)
+        self._blocks = BlockManager(
+            model.num_blocks, model.block_size, config.enable_prefix_caching
+        )
         self._seqs: dict[str, _Sequence] = {}  # every unfinished request, waiting or running
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []  # sorted by priority
@@ -86,6 +89,10 @@ class Scheduler:
         self._next_seq_id = 0
         self._next_step_id = 0
         self.num_preemptions = 0
+        self.num_swapped_out = 0  # preemptions whose KV went to the worker's host pool
+        self._host_free: deque[int] = deque(range(model.num_swap_blocks))
+        # swap-outs not yet sent to the worker (request id -> (device, host) block pairs)
+        self._pending_swap_out: dict[str, list[tuple[int, int]]] = {}
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -157,6 +164,31 @@ class Scheduler:
         return min(deadlines, default=None)
 
     @property
+    def num_pending_tokens(self) -> int:
+        """Tokens still to run for every unfinished request: prompt (or recompute) tokens not
+        yet in the cache plus outputs still to generate. The router's load."""
+        total = 0
+        for seq in self._seqs.values():
+            to_prefill = seq.num_prefill_tokens - seq.num_computed if seq.is_running else 0
+            if not seq.is_running and seq.host_blocks is None:
+                to_prefill = seq.num_tokens
+            total += max(0, to_prefill) + seq.req.max_tokens - seq.req.num_output_tokens
+        return total
+
+    def num_cached_prompt_tokens(self, prompt_token_ids: list[int]) -> int:
+        """Leading prompt tokens whose KV this replica holds now (prefix-cache hits)."""
+        return self._blocks.count_hits(prompt_token_ids)
+
+    @property
+    def num_swapped(self) -> int:
+        """Waiting sequences whose KV is in the worker's host pool."""
+        return sum(1 for s in self._waiting if s.host_blocks is not None)
+
+    @property
+    def num_free_host_blocks(self) -> int:
+        return len(self._host_free)
+
+    @property
     def block_manager(self) -> BlockManager:
         return self._blocks
 
@@ -174,7 +206,9 @@ class Scheduler:
 
     def schedule(self, now_s: float) -> Batch | None:
         """Build the next step: running decodes, then prompt chunks, then new prefills (FCFS)."""
-        self._in_flight = None  # an unanswered batch failed; its sequences go again
+        if self._in_flight is not None:  # an unanswered batch failed; its sequences go again
+            self._undo_swaps(self._in_flight)
+            self._in_flight = None
         batch = Batch(self._next_step_id)
         did_preempt = self._schedule_decodes(batch)
         budget = self.config.max_num_batched_tokens - batch.num_tokens
@@ -182,7 +216,11 @@ class Scheduler:
         if not did_preempt:  # re-admitting now would only thrash the cache
             self._admit(batch, budget, now_s)
         if not batch.seq_steps:
-            return None
+            return None  # swap-outs stay pending: nothing writes into the freed blocks yet
+        for request_id, pairs in self._pending_swap_out.items():
+            batch.swaps.swap_out.extend(pairs)
+            batch.swapped_out.append(request_id)
+        self._pending_swap_out.clear()
         self._next_step_id += 1
         self._in_flight = batch
         return batch
@@ -203,6 +241,7 @@ class Scheduler:
             if seq is None or seq.seq_id != step.seq_id:
                 continue  # aborted while the step was in flight
             seq.num_computed = step.num_tokens_after
+            self._cache_full_blocks(seq)
             if step.sampling is not None:
                 updates.append(self._append_token(seq, sampled[step.seq_id], now_s))
         return updates
@@ -214,6 +253,10 @@ class Scheduler:
             self._release(seq)
         self._waiting.extendleft(reversed(self._running))
         self._running = []
+        self._blocks.reset_prefix_cache()  # the cached blocks' contents are gone too
+        self._pending_swap_out.clear()
+        for seq in self._waiting:  # so is the host pool: swapped sequences are recomputed
+            self._drop_host_copy(seq)
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -294,7 +337,13 @@ class Scheduler:
                 break  # members of the batch in progress always queue ahead of newcomers
             if not self.config.enable_chunked_prefill and seq.num_tokens > budget:
                 break
-            if not self._blocks.can_allocate(seq.num_tokens):
+            if seq.host_blocks is not None:
+                if not self._blocks.can_allocate(seq.num_tokens):
+                    break
+                self._waiting.popleft()
+                budget -= self._resume(batch, seq, budget)
+                continue
+            if not self._can_allocate(seq):
                 break
             self._waiting.popleft()
             self._start(seq, now_s)
@@ -307,14 +356,32 @@ class Scheduler:
         self._static_batch = {s.req.request_id for s in members}
 
     def _start(self, seq: _Sequence, now_s: float) -> None:
-        # blocks for the whole prompt now, so later chunks never wait for memory
-        self._blocks.allocate(seq.seq_id, seq.num_tokens)
-        seq.is_running = True
+        # blocks for the whole prompt now, so later chunks never wait for memory; with prefix
+        # caching its leading full blocks may already be computed
         seq.num_computed = 0
+        if self.config.enable_prefix_caching:
+            tokens = seq.tokens(0, seq.num_tokens)
+            seq.num_computed = self._blocks.allocate_prefix(seq.seq_id, tokens)
+        else:
+            self._blocks.allocate(seq.seq_id, seq.num_tokens)
+        seq.is_running = True
         seq.num_prefill_tokens = seq.num_tokens
         if seq.req.first_scheduled_s is None:
             seq.req.first_scheduled_s = now_s
         bisect.insort(self._running, seq, key=lambda s: s.priority)
+
+    def _can_allocate(self, seq: _Sequence) -> bool:
+        if not self.config.enable_prefix_caching:
+            return self._blocks.can_allocate(seq.num_tokens)
+        return self._blocks.can_allocate(seq.num_tokens, seq.tokens(0, seq.num_tokens))
+
+    def _cache_full_blocks(self, seq: _Sequence) -> None:
+        """Name the blocks this step filled, for later sequences to share."""
+        blocks = self._blocks
+        if blocks.enable_prefix_caching and blocks.has_unnamed_full_block(
+            seq.seq_id, seq.num_computed
+        ):
+            blocks.cache_full_blocks(seq.seq_id, seq.tokens(0, seq.num_computed), seq.num_computed)
 
     def _add_prefill(self, batch: Batch, seq: _Sequence, budget: int) -> int:
         """Add the sequence's next prompt chunk (at most `budget` tokens); returns its size."""
@@ -346,12 +413,74 @@ class Scheduler:
         return Update(req.request_id, [token], reason)
 
     def _preempt(self, seq: _Sequence) -> None:
-        """Free the sequence's blocks and queue it first; it is recomputed from its tokens."""
+        """Free the sequence's blocks and queue it first; it is recomputed from its tokens, or,
+        with preemption="swap" and room in the host pool, its KV is copied out and back in."""
         self._running.remove(seq)
+        host_blocks = self._swap_out(seq)
+        num_computed, num_prefill_tokens = seq.num_computed, seq.num_prefill_tokens
         self._release(seq)
+        if host_blocks is not None:
+            seq.host_blocks = host_blocks
+            seq.num_computed, seq.num_prefill_tokens = num_computed, num_prefill_tokens
         seq.req.num_preemptions += 1
         self.num_preemptions += 1
         self._waiting.appendleft(seq)
+
+    def _swap_out(self, seq: _Sequence) -> list[int] | None:
+        """Host blocks for the sequence's computed blocks, the copy queued; None to recompute."""
+        if self.config.preemption != "swap":
+            return None
+        num_blocks = self._blocks.num_blocks_for(seq.num_computed)
+        if num_blocks == 0 or num_blocks > len(self._host_free):
+            return None
+        host_blocks = [self._host_free.popleft() for _ in range(num_blocks)]
+        table = self._blocks.block_table(seq.seq_id)
+        self._pending_swap_out[seq.req.request_id] = list(zip(table, host_blocks))
+        self.num_swapped_out += 1
+        return host_blocks
+
+    def _resume(self, batch: Batch, seq: _Sequence, budget: int) -> int:
+        """Bring a swapped-out sequence back: fresh blocks, its KV copied in before the step,
+        and its next chunk or decode in this batch; returns the tokens it adds."""
+        host_blocks = seq.host_blocks
+        assert host_blocks is not None
+        table = self._blocks.allocate(seq.seq_id, seq.num_tokens)
+        batch.swaps.swap_in.extend(zip(host_blocks, table))
+        batch.swapped_in.append(seq.req.request_id)
+        # free now: a swap-out reusing them comes in a later step (none is queued while a
+        # schedule() preempts, and the worker copies out before in within a step)
+        self._host_free.extend(host_blocks)
+        seq.host_blocks = None
+        seq.is_running = True
+        bisect.insort(self._running, seq, key=lambda s: s.priority)
+        if seq.is_prefill:
+            return self._add_prefill(batch, seq, budget)
+        step = SeqStep(
+            seq.seq_id, [seq.last_token], seq.num_tokens - 1, list(table), seq.req.sampling
+        )
+        batch.add(step, seq.req.request_id, "decode")
+        return 1
+
+    def _undo_swaps(self, batch: Batch) -> None:
+        """The batch was never answered: its copies may not have happened, so the sequences it
+        swapped out or in are recomputed."""
+        for request_id in batch.swapped_out:
+            seq = self._seqs.get(request_id)
+            if seq is not None and not seq.is_running:
+                self._drop_host_copy(seq)
+        for request_id in batch.swapped_in:
+            seq = self._seqs.get(request_id)
+            if seq is not None and seq.is_running:  # its blocks cover every token: rerun them
+                seq.num_computed = 0
+                seq.num_prefill_tokens = seq.num_tokens
+
+    def _drop_host_copy(self, seq: _Sequence) -> None:
+        if seq.host_blocks is not None:
+            self._host_free.extend(seq.host_blocks)
+            self._pending_swap_out.pop(seq.req.request_id, None)
+        seq.host_blocks = None
+        seq.num_computed = 0
+        seq.num_prefill_tokens = 0
 
     def _release(self, seq: _Sequence) -> None:
         self._blocks.free(seq.seq_id)
@@ -368,5 +497,6 @@ class Scheduler:
             self._release(seq)
         else:
             self._waiting.remove(seq)
+            self._drop_host_copy(seq)
         req.finish_reason = reason
         req.finished_s = finished_s

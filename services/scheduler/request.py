@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.types import SamplingParams, SeqStep
+from services.common.types import BlockSwaps, SamplingParams, SeqStep
 from services.scheduler.errors import SchedulerError
 
 FINISH_REASONS: tuple[str, ...] = ("", "length", "stop", "abort")
@@ -63,6 +63,10 @@ class Batch:
     seq_steps: list[SeqStep] = field(default_factory=list)
     request_ids: list[str] = field(default_factory=list)
     phases: list[str] = field(default_factory=list)  # "prefill" | "decode"
+    swaps: BlockSwaps = field(default_factory=BlockSwaps)  # KV copies done before the step
+    # requests whose KV this batch copies out / in (recomputed instead if it is never answered)
+    swapped_out: list[str] = field(default_factory=list)
+    swapped_in: list[str] = field(default_factory=list)
 
     @property
     def num_prefill_tokens(self) -> int:

@@ -21,6 +21,7 @@ from services.common import convert, spans
 from services.common.errors import HopscopeError, UnavailableError
 from services.common.metrics import ServiceMetrics
 from services.common.types import Delivery, ModelInfo, StepOutput
+from services.scheduler.cache_metrics import CacheMetrics
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Batch, Request, Update
 from services.scheduler.service_config import WORKER_RESTART_TIMEOUT_S
@@ -65,6 +66,7 @@ class SchedulerRunner:
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self.metrics = metrics or ServiceMetrics("scheduler")
+        self._cache_metrics = CacheMetrics(self.metrics)
         self._core_factory = core_factory
         self.core: Scheduler | None = None
         self.worker = worker
@@ -75,6 +77,11 @@ class SchedulerRunner:
         self._wakeup = asyncio.Event()
         self._worker_down_since: float | None = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        # measured per step, read by the replica router
+        self.num_steps = 0
+        self.replica = "0"  # its index among worker replicas (a metrics label)
+        self.hop_rtt_ms = 0.0
+        self.tokens_per_ms = 0.0
         worker.watch(self._wakeup.set)  # a stream lost while idle is noticed at once
 
     # ------------------------------------------------------------------ lifecycle
@@ -105,8 +112,15 @@ class SchedulerRunner:
         return self._worker_down_since is None
 
     # ------------------------------------------------------------------ requests
-    def submit(self, request: Request, sink: Sink, transport: str) -> None:
-        """Queue a request; raises a domain error (mapped to a status) if it cannot be taken."""
+    def submit(
+        self,
+        request: Request,
+        sink: Sink,
+        transport: str,
+        attributes: Mapping[str, str | int | float] | None = None,
+    ) -> None:
+        """Queue a request; raises a domain error (mapped to a status) if it cannot be taken.
+        `attributes` go on its Submit SERVER span (e.g. the routing decision)."""
         assert self.core is not None, "submit before start"
         span = spans.start_rpc_span(
             spans.SUBMIT,
@@ -116,6 +130,7 @@ class SchedulerRunner:
             attributes={
                 schema.REQUEST_ID: request.request_id,
                 schema.NUM_PROMPT_TOKENS: len(request.prompt_token_ids),
+                **dict(attributes or {}),
             },
         )
         try:
@@ -176,6 +191,7 @@ class SchedulerRunner:
                 self._fail(rid, HopscopeError(f"the model worker failed a step: {exc}"))
             return
         self._account(batch, step_ms)
+        self._measure_hop(batch, now, step_ms)
         self._deliver(self.core.on_step(batch, sampled, time.monotonic()))
         self._record(batch, now)
 
@@ -203,6 +219,7 @@ class SchedulerRunner:
                 schema.BATCH_SIZE: batch.num_seqs,
                 schema.NUM_PREFILL_TOKENS: batch.num_prefill_tokens,
                 schema.NUM_DECODE_TOKENS: batch.num_decode_tokens,
+                **_swap_attributes(batch),
             },
         )
         try:
@@ -219,7 +236,9 @@ class SchedulerRunner:
         in time is treated as lost (reconnected, its requests recomputed)."""
         timeout_s = self._settings.step_timeout_s
         try:
-            return await asyncio.wait_for(self.worker.step(batch.seq_steps, carrier), timeout_s)
+            return await asyncio.wait_for(
+                self.worker.step(batch.seq_steps, carrier, batch.swaps), timeout_s
+            )
         except TimeoutError as exc:
             raise UnavailableError(
                 f"the model worker at {self.worker.address} did not finish a step "
@@ -235,12 +254,50 @@ class SchedulerRunner:
         self.metrics.set_kv_blocks(
             num_used=self.core.block_manager.num_blocks - num_free, num_free=num_free
         )
+        self._cache_metrics.record(self.core, self.replica)
 
     def _parent_of(self, batch: Batch) -> dict[str, str]:
         for rid in batch.request_ids:
             if (tracked := self._tracked.get(rid)) is not None:
                 return spans.carrier_of(tracked.span)
         return {}
+
+    def _measure_hop(self, batch: Batch, started_s: float, step_ms: float) -> None:
+        """Running estimates the router reads: the hop's round trip (step round trip minus the
+        worker's own time) and the worker's tokens per ms of step time."""
+        round_trip_ms = (time.monotonic() - started_s) * 1e3
+        self.num_steps += 1
+        self.hop_rtt_ms = _ewma(self.hop_rtt_ms, max(0.0, round_trip_ms - step_ms))
+        if step_ms > 0:
+            self.tokens_per_ms = _ewma(self.tokens_per_ms, batch.num_tokens / step_ms)
+
+    def take_all(self) -> list[_Tracked]:
+        """Hand over every request (its worker is gone): dropped from this core, unfinished,
+        with its sink and span, for another replica to `adopt`."""
+        taken = []
+        for rid, tracked in list(self._tracked.items()):
+            del self._tracked[rid]
+            if self.core is not None:
+                self.core.abort(rid)
+            tracked.request.finish_reason = ""
+            taken.append(tracked)
+        return taken
+
+    def adopt(self, tracked: _Tracked) -> None:
+        """Continue a request another replica held: its tokens so far are recomputed here."""
+        assert self.core is not None, "adopt before start"
+        self._tracked[tracked.request.request_id] = tracked
+        try:
+            self.core.add(tracked.request)
+        except HopscopeError as exc:  # e.g. this replica's queue is full
+            self._fail(tracked.request.request_id, exc)
+        self._wakeup.set()
+
+    def is_tracking(self, request_id: str) -> bool:
+        return request_id in self._tracked
+
+    def set_health_callback(self, on_health: Callable[[bool], None]) -> None:
+        self._on_health = on_health
 
     def _account(self, batch: Batch, step_ms: float) -> None:
         for rid, phase in zip(batch.request_ids, batch.phases):
@@ -341,6 +398,19 @@ class SchedulerRunner:
         )
         self._worker_down_since = None
         self._on_health(True)
+
+
+def _swap_attributes(batch: Batch) -> dict[str, int]:
+    if not batch.swaps:
+        return {}
+    return {
+        schema.NUM_SWAP_OUT_BLOCKS: len(batch.swaps.swap_out),
+        schema.NUM_SWAP_IN_BLOCKS: len(batch.swaps.swap_in),
+    }
+
+
+def _ewma(previous: float, sample: float, weight: float = 0.2) -> float:
+    return sample if previous == 0.0 else (1 - weight) * previous + weight * sample
 
 
 def _to_delivery(update: Update) -> Delivery:

@@ -9,11 +9,13 @@ from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.channels import transport_of
 from services.common.health import HealthPublisher
 from services.common.identity import ServiceIdentity, identify
-from services.common.metrics import serve_metrics
+from services.common.metrics import ServiceMetrics, serve_metrics
 from services.common.server import GrpcServer, start_server
 from services.common.tls import load_tls
 from services.common.types import ModelInfo
 from services.scheduler.core import Scheduler
+from services.scheduler.replicas import ReplicaSet
+from services.scheduler.router import Router
 from services.scheduler.runner import RunnerSettings, SchedulerRunner
 from services.scheduler.service_config import SchedulerServiceConfig
 from services.scheduler.servicer import SchedulerServicer
@@ -23,7 +25,7 @@ from services.scheduler.worker_client import GrpcWorkerClient, WorkerClient
 @dataclass
 class SchedulerServer:
     grpc_server: GrpcServer
-    runner: SchedulerRunner
+    runner: SchedulerRunner | ReplicaSet
 
     @property
     def address(self) -> str:
@@ -42,6 +44,7 @@ def build_runner(
     config: SchedulerServiceConfig,
     worker: WorkerClient,
     on_health: Callable[[bool], None] = lambda is_serving: None,
+    metrics: ServiceMetrics | None = None,
 ) -> SchedulerRunner:
     def core_factory(info: ModelInfo) -> Scheduler:
         return Scheduler(config.core, info)
@@ -51,18 +54,37 @@ def build_runner(
         connect_timeout_s=config.connect_timeout_s,
         worker_reconnect_timeout_s=config.worker_reconnect_timeout_s,
     )
-    metrics = serve_metrics("scheduler", config.metrics_address)
+    if metrics is None:
+        metrics = serve_metrics("scheduler", config.metrics_address)
     return SchedulerRunner(core_factory, worker, settings, on_health, metrics)
+
+
+def build_replicas(
+    config: SchedulerServiceConfig,
+    workers: list[WorkerClient],
+    on_health: Callable[[bool], None] = lambda is_serving: None,
+) -> SchedulerRunner | ReplicaSet:
+    """One runner for one worker; a ReplicaSet (a runner per worker, one router) for several."""
+    if len(workers) == 1:
+        return build_runner(config, workers[0], on_health)
+    metrics = serve_metrics("scheduler", config.metrics_address)
+    runners = [build_runner(config, w, metrics=metrics) for w in workers]
+    return ReplicaSet(
+        runners, Router(config.routing), metrics, config.link_bandwidth_mbps, on_health
+    )
 
 
 async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
     """SERVING exactly while the worker is up. A failed start stops what it started."""
     tls = load_tls(config.tls_dir, "scheduler") if config.tls_dir else None
-    worker = GrpcWorkerClient(
-        config.worker_address, config.step_timeout_s, tls=tls, internal_token=config.internal_token
-    )
+    workers: list[WorkerClient] = [
+        GrpcWorkerClient(
+            address, config.step_timeout_s, tls=tls, internal_token=config.internal_token
+        )
+        for address in config.worker_addresses
+    ]
     health = HealthPublisher(is_serving=False)
-    runner = build_runner(config, worker, health.set_serving)
+    runner = build_replicas(config, workers, health.set_serving)
     identity: ServiceIdentity = identify("scheduler", config.listen, config.node_id)
     servicer = SchedulerServicer(runner, identity, transport_of(config.listen), config.worker_link)
     servicer.worker_link_shape = (config.worker_link_delay_ms, config.worker_link_rate_mbit)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.scheduler.config import SchedulerConfig
+from services.scheduler.router import ROUTING_POLICIES
 
 # How long the scheduler holds requests for a lost worker before failing them UNAVAILABLE: long
 # enough for a restarted worker to load its model and rebuild its kernels (15-25 s seen on CPU).
@@ -28,8 +29,24 @@ class SchedulerServiceConfig:
     tls_dir: str = ""  # mutual TLS on TCP hops, both ways (services/common/tls.py); "" = off
     internal_token: str = field(default="", repr=False)  # sent to the worker, required of callers
 
+    # worker replicas beyond `worker_address` (each its own KV cache and batch), and how a
+    # request picks one: round_robin | least_load | prefix | network_aware
+    extra_worker_addresses: list[str] = field(default_factory=list)
+    routing: str = "network_aware"
+    # per replica (worker_address first): the link's bandwidth in Mbit/s for the router's
+    # transfer term; 0 or missing = unknown (left out)
+    link_bandwidth_mbps: list[float] = field(default_factory=list)
+
+    @property
+    def worker_addresses(self) -> list[str]:
+        return [self.worker_address, *self.extra_worker_addresses]
+
     def __post_init__(self) -> None:
         if self.step_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("step_timeout_s and connect_timeout_s must be > 0")
+        if self.routing not in ROUTING_POLICIES:
+            raise ValueError(
+                f"routing must be one of {', '.join(ROUTING_POLICIES)}, got {self.routing!r}"
+            )
         if self.worker_reconnect_timeout_s < 0:
             raise ValueError("worker_reconnect_timeout_s must be >= 0")

@@ -16,6 +16,7 @@ from services.common import convert
 from services.common.errors import HopscopeError, InvalidArgumentError
 from services.common.identity import ServiceIdentity
 from services.common.types import Delivery
+from services.scheduler.replicas import ReplicaSet
 from services.scheduler.request import Request
 from services.scheduler.runner import SchedulerRunner
 
@@ -39,7 +40,7 @@ class _Connection:
 class SchedulerServicer(pb_grpc.SchedulerServicer):
     def __init__(
         self,
-        runner: SchedulerRunner,
+        runner: SchedulerRunner | ReplicaSet,
         identity: ServiceIdentity,
         transport: str,
         worker_link: str = "",
@@ -109,40 +110,78 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
 
 
 def describe_scheduler(
-    runner: SchedulerRunner,
+    runner: SchedulerRunner | ReplicaSet,
     identity: ServiceIdentity,
     worker_link: str = "",
     worker_link_shape: tuple[float, float] = (0.0, 0.0),
 ) -> pb.DescribeResponse:
-    """The scheduler's and worker's part of Describe (the front door adds its own)."""
+    """The scheduler's and worker's part of Describe (the front door adds its own). With several
+    worker replicas: every replica's service and edge (`worker`, `worker-1`, ...), summed stats
+    and one ReplicaStats each."""
     response = pb.DescribeResponse(services=[convert.identity_to_pb(identity)])
-    info = runner.worker_info
-    if info is not None:
-        worker = response.services.add()
-        worker.CopyFrom(info.service)
-        if not runner.is_worker_up:
-            worker.pid = 0  # that process is gone; the one that replaces it is not known yet
-        response.model.CopyFrom(info.model)
-    delay_ms, rate_mbit = worker_link_shape
-    edge: dict[str, Any] = {
-        "from": "scheduler",  # a Python keyword: passed by dict
-        "to": "worker",
-        "transport": runner.worker.transport,
-        "link": worker_link,
-        "delay_ms": delay_ms,
-        "rate_mbit": rate_mbit,
-    }
-    response.edges.append(pb.Edge(**edge))
-    core = runner.core
-    if core is not None:
-        response.batching = core.config.batching
-        response.scheduler_stats.CopyFrom(
-            pb.SchedulerStats(
-                num_waiting=core.num_waiting,
-                num_running=core.num_running,
-                num_free_blocks=core.num_free_blocks,
-                num_blocks=core.block_manager.num_blocks,
-                is_worker_up=runner.is_worker_up,
-            )
-        )
+    runners = runner.replicas if isinstance(runner, ReplicaSet) else [runner]
+    delay_ms, rate_mbit = worker_link_shape  # an emulated link, the same for every replica
+    for index, replica in enumerate(runners):
+        name = "worker" if index == 0 else f"worker-{index}"
+        info = replica.worker_info
+        if info is not None:
+            service = response.services.add()
+            service.CopyFrom(info.service)
+            service.name = name
+            if not replica.is_worker_up:
+                service.pid = 0  # that process is gone; the one that replaces it is not known yet
+            if index == 0:
+                response.model.CopyFrom(info.model)
+        edge: dict[str, Any] = {
+            "from": "scheduler",  # a Python keyword: passed by dict
+            "to": name,
+            "transport": replica.worker.transport,
+            "link": worker_link,
+            "delay_ms": delay_ms,
+            "rate_mbit": rate_mbit,
+        }
+        response.edges.append(pb.Edge(**edge))
+    cores = [r.core for r in runners if r.core is not None]
+    if cores:
+        response.batching = cores[0].config.batching
+        response.scheduler_stats.CopyFrom(_stats(runner, runners))
     return response
+
+
+def _stats(
+    runner: SchedulerRunner | ReplicaSet, runners: list[SchedulerRunner]
+) -> pb.SchedulerStats:
+    cores = [r.core for r in runners if r.core is not None]
+    queried = sum(c.block_manager.num_queried_tokens for c in cores)
+    stats = pb.SchedulerStats(
+        num_waiting=sum(c.num_waiting for c in cores),
+        num_running=sum(c.num_running for c in cores),
+        num_free_blocks=sum(c.num_free_blocks for c in cores),
+        num_blocks=sum(c.block_manager.num_blocks for c in cores),
+        is_worker_up=runner.is_worker_up,
+        prefix_caching=cores[0].config.enable_prefix_caching,
+        prefix_cache_hit_rate=sum(c.block_manager.num_hit_tokens for c in cores) / queried
+        if queried
+        else 0.0,
+        num_cached_blocks=sum(c.block_manager.num_cached_blocks for c in cores),
+        preemption=cores[0].config.preemption,
+        num_preemptions=sum(c.num_preemptions for c in cores),
+        num_swapped_out=sum(c.num_swapped_out for c in cores),
+    )
+    if len(runners) > 1:
+        for index, r in enumerate(runners):
+            core = r.core
+            stats.replicas.append(
+                pb.ReplicaStats(
+                    index=index,
+                    address=r.worker.address,
+                    is_worker_up=r.is_worker_up,
+                    num_running=core.num_running if core else 0,
+                    num_waiting=core.num_waiting if core else 0,
+                    num_free_blocks=core.num_free_blocks if core else 0,
+                    num_blocks=core.block_manager.num_blocks if core else 0,
+                    num_steps=r.num_steps,
+                    hop_rtt_ms=r.hop_rtt_ms,
+                )
+            )
+    return stats

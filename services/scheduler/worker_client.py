@@ -17,7 +17,7 @@ from services.common.channels import create_channel, transport_of
 from services.common.errors import UnavailableError
 from services.common.peer_auth import token_metadata
 from services.common.tls import TlsMaterial
-from services.common.types import SeqStep, StepOutput
+from services.common.types import BlockSwaps, SeqStep, StepOutput
 
 
 class WorkerClient(Protocol):
@@ -26,7 +26,9 @@ class WorkerClient(Protocol):
 
     async def connect(self, timeout_s: float) -> pb.WorkerInfo: ...
 
-    async def step(self, seqs: list[SeqStep], carrier: Mapping[str, str]) -> StepOutput: ...
+    async def step(
+        self, seqs: list[SeqStep], carrier: Mapping[str, str], swaps: BlockSwaps | None = None
+    ) -> StepOutput: ...
 
     @property
     def is_connected(self) -> bool:
@@ -56,8 +58,10 @@ class InprocWorkerClient:
     async def connect(self, timeout_s: float) -> pb.WorkerInfo:
         return self._service.info_pb()
 
-    async def step(self, seqs: list[SeqStep], carrier: Mapping[str, str]) -> StepOutput:
-        return await self._service.step(seqs, carrier, "inproc")
+    async def step(
+        self, seqs: list[SeqStep], carrier: Mapping[str, str], swaps: BlockSwaps | None = None
+    ) -> StepOutput:
+        return await self._service.step(seqs, carrier, "inproc", swaps)
 
     def watch(self, on_lost: Callable[[], None]) -> None:
         return None  # the worker lives and dies with this process
@@ -114,7 +118,9 @@ class GrpcWorkerClient:
         self._call = call
         return info
 
-    async def step(self, seqs: list[SeqStep], carrier: Mapping[str, str]) -> StepOutput:
+    async def step(
+        self, seqs: list[SeqStep], carrier: Mapping[str, str], swaps: BlockSwaps | None = None
+    ) -> StepOutput:
         call = self._call
         if call is None or call.done():
             self._drop_call()
@@ -125,6 +131,7 @@ class GrpcWorkerClient:
             seqs=[convert.seq_step_to_pb(s) for s in seqs],
             trace_context=dict(carrier),
         )
+        convert.swaps_to_pb(swaps, request)
         try:
             await call.write(request)
             response = await asyncio.wait_for(call.read(), self._step_timeout_s)

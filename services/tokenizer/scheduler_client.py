@@ -98,10 +98,11 @@ class InprocSchedulerClient(_Router):
     address = "inproc"
 
     def __init__(self, runner: object, identity: ServiceIdentity) -> None:
+        from services.scheduler.replicas import ReplicaSet
         from services.scheduler.runner import SchedulerRunner
 
         super().__init__()
-        assert isinstance(runner, SchedulerRunner)
+        assert isinstance(runner, SchedulerRunner | ReplicaSet)
         self.runner = runner
         self.identity = identity
 

@@ -22,6 +22,8 @@ class WorkerConfig:
     gpu_memory_fraction: share of the GPU's free memory (after weights) the worker may use.
     seed: seed of a preset's random weights.
     max_num_batched_tokens: the most tokens one step may carry (sizes the activation reserve).
+    swap_space_bytes: host memory for KV blocks of preempted sequences (the scheduler's
+        `preemption="swap"`); 0 = none. Pinned memory on CUDA.
     kernels: the non-GEMM ops. `native`: fused CPU kernels, decode attention read in place from
         the paged cache (compiled on first use, services/worker/kernels); `torch`: plain torch ops
         (any device); `auto`: native on CPU where they build, else torch.
@@ -38,6 +40,7 @@ class WorkerConfig:
     seed: int = 0
     max_num_batched_tokens: int = 2048
     kernels: str = "auto"
+    swap_space_bytes: int = 0
     max_model_len: int | None = None  # caps the context (and the KV cache it needs)
 
     def __post_init__(self) -> None:
@@ -58,6 +61,8 @@ class WorkerConfig:
             raise ValueError("kernels 'native' are CPU kernels; on CUDA use auto or torch")
         if self.block_size < 1 or self.max_num_batched_tokens < 1 or self.kv_cache_bytes < 1:
             raise ValueError("block_size, max_num_batched_tokens and kv_cache_bytes must be >= 1")
+        if self.swap_space_bytes < 0:
+            raise ValueError(f"swap_space_bytes must be >= 0, got {self.swap_space_bytes}")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
             raise ValueError(
                 f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}"

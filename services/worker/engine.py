@@ -10,13 +10,14 @@ import time
 
 import torch
 
-from services.common.types import ModelInfo, SeqStep, StepOutput
+from services.common.types import BlockSwaps, ModelInfo, SeqStep, StepOutput
 from services.models import ModelSource, resolve_model
 from services.models.checkpoint import load_source_weights
 from services.worker import kernels
 from services.worker.batch import StepBatch, build_batch
 from services.worker.config import WorkerConfig
 from services.worker.kv_cache import KVCache, bytes_per_block, num_blocks_for_budget
+from services.worker.kv_swap import HostKVPool
 from services.worker.model import Transformer
 from services.worker.sampling import SamplingTensors, sample
 
@@ -55,6 +56,8 @@ class Engine:
         self.kv_cache = KVCache(
             self.source.config, num_blocks, config.block_size, self.dtype, self.device
         )
+        block_bytes = bytes_per_block(self.source.config, config.block_size, self.dtype)
+        self.host_pool = HostKVPool(self.kv_cache, config.swap_space_bytes // block_bytes)
         self.info = ModelInfo(
             name=self.source.name,
             architecture=self.source.architecture,
@@ -65,6 +68,7 @@ class Engine:
             num_blocks=num_blocks,
             block_size=config.block_size,
             eos_token_ids=self.source.eos_token_ids,
+            num_swap_blocks=self.host_pool.num_blocks,
         )
         log.info(
             "engine ready: %s (%s) on %s %s, kernels=%s, gemm=%s, %d KV blocks of %d tokens",
@@ -78,9 +82,14 @@ class Engine:
             config.block_size,
         )
 
-    def step(self, seqs: list[SeqStep]) -> StepOutput:
-        """Run one batch of prefill chunks and decodes; sample where `sampling` is set."""
+    def step(self, seqs: list[SeqStep], swaps: BlockSwaps | None = None) -> StepOutput:
+        """Copy swapped blocks out then in, then run one batch of prefill chunks and decodes;
+        sample where `sampling` is set."""
         start_s = time.perf_counter()
+        swap_start_ns = time.time_ns()
+        if swaps:
+            self._swap(swaps)
+        swap_ms = (time.perf_counter() - start_s) * 1e3 if swaps else 0.0
         events = self._start_events()
         with torch.inference_mode():
             batch, logits = self._forward(seqs)
@@ -99,7 +108,23 @@ class Engine:
             sampled=dict(zip(batch.sample_seq_ids, token_list, strict=True)),
             step_ms=(time.perf_counter() - start_s) * 1e3,
             device_ms=events[0].elapsed_time(events[1]) if events is not None else 0.0,
+            swap_ms=swap_ms,
+            swap_start_ns=swap_start_ns if swaps else 0,
         )
+
+    def _swap(self, swaps: BlockSwaps) -> None:
+        for pairs, limit, name in (
+            (swaps.swap_out, (self.info.num_blocks, self.host_pool.num_blocks), "swap_out"),
+            (swaps.swap_in, (self.host_pool.num_blocks, self.info.num_blocks), "swap_in"),
+        ):
+            if any(not (0 <= s < limit[0] and 0 <= d < limit[1]) for s, d in pairs):
+                raise StepError(
+                    f"{name} {pairs} names a block outside the device cache "
+                    f"({self.info.num_blocks} blocks) or host pool ({self.host_pool.num_blocks})"
+                )
+        with torch.inference_mode():
+            self.host_pool.swap_out(self.kv_cache, swaps.swap_out)  # first: blocks get reused
+            self.host_pool.swap_in(self.kv_cache, swaps.swap_in)
 
     def logits(self, seqs: list[SeqStep]) -> dict[int, torch.Tensor]:
         """Like `step` (KV written the same way) but returns float32 logits per sampled seq_id

@@ -17,7 +17,8 @@ from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert, spans
 from services.common.identity import ServiceIdentity
 from services.common.metrics import ServiceMetrics
-from services.common.types import ModelInfo, SeqStep, StepOutput
+from services.common.threads import ENGINE_THREAD_NAME, name_os_thread
+from services.common.types import BlockSwaps, ModelInfo, SeqStep, StepOutput
 from services.worker.engine import Engine
 from services.worker.profiling import ProfileBusyError, StepProfiler
 from tracing import schema
@@ -36,7 +37,13 @@ class WorkerService:
         self.identity = identity
         self.metrics = metrics or ServiceMetrics("worker")
         self.instance_id = uuid.uuid4().hex
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="engine",
+            # named in the OS before any torch work: its OpenMP threads inherit the name
+            initializer=name_os_thread,
+            initargs=(ENGINE_THREAD_NAME,),
+        )
         self._observe_kv_blocks([])  # all free until the first step, not 0 free (looks full)
 
     @property
@@ -44,7 +51,11 @@ class WorkerService:
         return self.engine.info
 
     async def step(
-        self, seqs: list[SeqStep], carrier: Mapping[str, str], transport: str
+        self,
+        seqs: list[SeqStep],
+        carrier: Mapping[str, str],
+        transport: str,
+        swaps: BlockSwaps | None = None,
     ) -> StepOutput:
         span = spans.start_rpc_span(
             schema.STEP_RPC,
@@ -55,10 +66,15 @@ class WorkerService:
         )
         try:
             loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(self._executor, self.engine.step, seqs)
+            out = await loop.run_in_executor(self._executor, self.engine.step, seqs, swaps)
             # before end(): attributes set on an ended span are dropped, never exported
             span.set_attribute(schema.STEP_MS, out.step_ms)
             span.set_attribute(schema.DEVICE_MS, out.device_ms)
+            if swaps:
+                span.set_attribute(schema.SWAP_MS, out.swap_ms)
+                spans.record_swap_span(
+                    span, out.swap_start_ns, out.swap_ms, len(swaps.swap_out), len(swaps.swap_in)
+                )
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, str(exc)))
@@ -112,8 +128,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         """One message per step each way; the scheduler sends the next step after the reply."""
         async for request in request_iterator:
             seqs = [convert.seq_step_from_pb(s) for s in request.seqs]
+            swaps = convert.swaps_from_pb(request)
             try:
-                out = await self.service.step(seqs, request.trace_context, self.transport)
+                out = await self.service.step(seqs, request.trace_context, self.transport, swaps)
             except Exception as exc:
                 log.exception("step %d failed", request.step_id)
                 yield pb.StepResponse(step_id=request.step_id, error=f"{type(exc).__name__}: {exc}")

@@ -27,6 +27,8 @@ SUMMARY_KEYS = {
     "output_token_throughput",
     "total_token_throughput",
     "goodput",
+    "client_cpu_s",
+    "client_cpu_us_per_token",
     *ALL_METRICS,
 }
 
@@ -119,6 +121,9 @@ def test_open_loop_run_writes_the_contract_records_and_plots(instant: str, tmp_p
     summary = document["summary"]
     assert (summary["completed"], summary["failed"], summary["incomplete"]) == (55, 0, 0)
     assert summary["goodput"] == pytest.approx(summary["request_throughput"])
+    # the client's own cost over all 60 requests' 720 tokens (warm-up sent too), never zero
+    assert summary["client_cpu_us_per_token"] == pytest.approx(summary["client_cpu_s"] * 1e6 / 720)
+    assert summary["client_cpu_s"] > 0
     assert document["config"]["label"] == "open" and document["config"]["rate"] == [50.0]
     rows = [json.loads(line) for line in Path(document["requests_file"]).read_text().splitlines()]
     assert len(rows) == 60 and sum(r["is_measured"] for r in rows) == 55
@@ -155,6 +160,9 @@ def test_closed_loop_with_two_workers_and_compare(
     document = json.loads(out.read_text())
     assert_contract(document)
     assert document["summary"]["completed"] == 40
+    # both worker processes' CPU is summed; a real cost, never zero (their gRPC reads)
+    assert document["summary"]["client_cpu_s"] > 0
+    assert document["summary"]["client_cpu_us_per_token"] > 0
     rows = [json.loads(line) for line in Path(document["requests_file"]).read_text().splitlines()]
     assert {r["worker"] for r in rows} == {0, 1}
     assert sorted(r["index"] for r in rows) == list(range(40))

@@ -17,13 +17,17 @@ DT_S = 0.001
 def assert_consistent(scheduler: Scheduler) -> None:
     blocks = scheduler.block_manager
     assert blocks.num_sequences == scheduler.num_running  # waiting sequences hold no blocks
+    blocks.check()  # reference counts match the tables, nothing leaked or free twice
     assert scheduler.num_running <= scheduler.config.max_num_seqs
 
 
-def run_random(config: SchedulerConfig, seed: int) -> None:
+def run_random(config: SchedulerConfig, seed: int, shared_prefixes: bool = False) -> Scheduler:
     rng = random.Random(seed)
-    worker = FakeWorker(num_blocks=24, block_size=4, max_context=128, eos_at_length=30)
+    worker = FakeWorker(
+        num_blocks=24, block_size=4, max_context=128, eos_at_length=30, num_swap_blocks=12
+    )
     scheduler = Scheduler(config, worker.info)
+    prefixes = [[rng.randint(1, 999) for _ in range(rng.randint(4, 24))] for _ in range(3)]
     pending = [
         make_request(
             i,
@@ -35,6 +39,10 @@ def run_random(config: SchedulerConfig, seed: int) -> None:
         )
         for i in range(NUM_REQUESTS)
     ]
+    if shared_prefixes:  # most prompts start with one of a few prefixes: blocks get shared
+        for req in pending:
+            prefix = rng.choice(prefixes)
+            req.prompt_token_ids = (prefix + req.prompt_token_ids)[: rng.randint(1, 40)]
     added = []
     outcomes: dict[str, Outcome] = {}
     now_s = 0.0
@@ -60,7 +68,11 @@ def run_random(config: SchedulerConfig, seed: int) -> None:
             worker.restart()
             scheduler.on_worker_lost()
             continue
-        output = worker.step(batch.seq_steps)
+        if rng.random() < 0.01:
+            continue  # a step that failed before the worker ran it: never answered
+        output = worker.step(batch.seq_steps, batch.swaps)
+        if rng.random() < 0.01:
+            continue  # ran, but its answer was lost
         if rng.random() < 0.1 and added:  # an abort arrives while the step is in flight
             collect(outcomes, [u for u in [scheduler.abort(rng.choice(added).request_id)] if u])
         collect(outcomes, scheduler.on_step(batch, output.sampled, now_s))
@@ -68,7 +80,9 @@ def run_random(config: SchedulerConfig, seed: int) -> None:
 
     assert scheduler.num_running == scheduler.num_waiting == 0
     assert scheduler.num_free_blocks == worker.num_blocks
+    assert scheduler.num_free_host_blocks == worker.num_swap_blocks
     assert scheduler.block_manager.num_sequences == 0
+    scheduler.block_manager.check()
     assert len(outcomes) == NUM_REQUESTS
     for req in added:
         got = outcomes[req.request_id]
@@ -86,6 +100,7 @@ def run_random(config: SchedulerConfig, seed: int) -> None:
             assert got.finish_reason == ("length" if req.ignore_eos or expected[-1] else "stop")
     num_finished = sum(o.finish_reason in ("stop", "length") for o in outcomes.values())
     assert num_finished > NUM_REQUESTS // 4  # the run exercised real generation, not only aborts
+    return scheduler
 
 
 @pytest.mark.parametrize("enable_chunked_prefill", [True, False])
@@ -95,6 +110,7 @@ def test_random_continuous_run_leaks_nothing(enable_chunked_prefill: bool) -> No
         max_num_batched_tokens=64,
         max_queue_len=32,
         enable_chunked_prefill=enable_chunked_prefill,
+        enable_prefix_caching=enable_chunked_prefill,  # both settings of prefix caching run
     )
     run_random(config, seed=1 if enable_chunked_prefill else 2)
 
@@ -104,3 +120,28 @@ def test_random_static_run_leaks_nothing() -> None:
         batching="static", max_num_seqs=8, max_num_batched_tokens=64, max_queue_len=32
     )
     run_random(config, seed=3)
+
+
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+def test_random_shared_prefix_run_shares_blocks_and_leaks_nothing(preemption: str) -> None:
+    config = SchedulerConfig(
+        max_num_seqs=8,
+        max_num_batched_tokens=64,
+        max_queue_len=32,
+        enable_prefix_caching=True,
+        preemption=preemption,  # type: ignore[arg-type]
+    )
+    scheduler = run_random(config, seed=4, shared_prefixes=True)
+    assert scheduler.block_manager.num_hit_tokens > 0  # prefixes were actually shared
+    assert (scheduler.num_swapped_out > 0) == (preemption == "swap")
+
+
+def test_random_swap_run_swaps_and_leaks_nothing() -> None:
+    config = SchedulerConfig(
+        max_num_seqs=8,
+        max_num_batched_tokens=64,
+        max_queue_len=32,
+        enable_prefix_caching=False,
+        preemption="swap",
+    )
+    assert run_random(config, seed=5).num_swapped_out > 0
