@@ -62,6 +62,7 @@ def test_collect_command_flushes_and_exits_zero_on_sigterm(tmp_path: Path) -> No
     out = tmp_path / "traces.jsonl"
     command = [
         sys.executable,
+        "-P",
         "-m",
         "tracing.cli",
         "traces",

@@ -18,7 +18,7 @@ NEW_TOKENS = 16
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "deploy.cli", *args],
+        [sys.executable, "-P", "-m", "deploy.cli", *args],
         check=False,
         capture_output=True,
         text=True,

@@ -237,6 +237,7 @@ def test_ctrl_c_stops_sending_counts_incomplete_and_still_writes(
     proc = subprocess.Popen(
         [
             sys.executable,
+            "-P",
             "-m",
             "deploy.cli",
             "bench",
