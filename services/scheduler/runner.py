@@ -107,6 +107,8 @@ class SchedulerRunner:
         self.metrics.set_kv_blocks(num_used=0, num_free=self.core.block_manager.num_blocks)
         self._worker_down_since = None
         self._on_health(True)
+        if self.core.config.async_scheduling:
+            log.info("async scheduling: each step is built while the previous one runs")
         self._task = asyncio.create_task(self._run(), name="scheduler-loop")
 
     async def stop(self) -> None:
@@ -288,7 +290,7 @@ class SchedulerRunner:
         )
         try:
             out = await self._bounded_step(batch, spans.carrier_of(span))
-        except Exception as exc:
+        except BaseException as exc:  # also a step dropped (cancelled) with a lost worker
             _end_span(span, exc)
             raise
         span.set_attribute(schema.WORKER_STEP_MS, out.step_ms)
