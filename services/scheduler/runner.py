@@ -497,7 +497,7 @@ def _to_delivery(update: Update) -> Delivery:
     )
 
 
-def _end_span(span: Span, error: Exception | None) -> None:
+def _end_span(span: Span, error: BaseException | None) -> None:
     if error is not None:
         span.set_status(Status(StatusCode.ERROR, str(error)))
     span.end()
