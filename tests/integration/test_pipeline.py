@@ -167,16 +167,17 @@ def _mixed(address: str) -> list[tuple[list[int], str]]:
 
 
 def test_async_scheduling_gives_the_same_seeded_tokens(colocated: Served, checkpoint: Path) -> None:
-    """`--async-scheduling on` (two steps in flight on the Step stream, the worker filling in the
-    tokens it sampled) against the module's server with it off."""
+    """`--async-scheduling on` (two steps in flight, the worker filling in the tokens it sampled),
+    in-process and colocated (the Step stream), against the module's server with it off."""
     plain = _mixed(colocated.address)
-    with serve("colocated", "--model", str(checkpoint), "--async-scheduling", "on") as overlapped:
-        assert _mixed(overlapped.address) == plain
-        assert [len(ids) for ids, _ in plain] == [12, 1, 20, 5, 9, 16]
-        with pytest.raises(grpc.RpcError) as info:  # aborted mid-stream: its blocks come back
-            generate(
-                overlapped.address, timeout_s=0.05, prompt="hi", max_tokens=400, ignore_eos=True
-            )
-        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        stats = wait_until_idle(overlapped)
-        assert stats.num_running == 0 and stats.num_free_blocks == stats.num_blocks
+    assert [len(ids) for ids, _ in plain] == [12, 1, 20, 5, 9, 16]
+    for placement in ("inproc", "colocated"):
+        with serve(placement, "--model", str(checkpoint), "--async-scheduling", "on") as served:
+            assert _mixed(served.address) == plain, placement
+            with pytest.raises(grpc.RpcError) as info:  # aborted mid-stream: blocks come back
+                generate(
+                    served.address, timeout_s=0.05, prompt="hi", max_tokens=400, ignore_eos=True
+                )
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            stats = wait_until_idle(served)
+            assert stats.num_running == 0 and stats.num_free_blocks == stats.num_blocks

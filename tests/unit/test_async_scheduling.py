@@ -133,3 +133,19 @@ def test_the_runner_gives_the_same_tokens_and_frees_every_block(service: WorkerS
     assert num >= 3 and overlapped.tokens["r2"][:num] == plain.tokens["r2"][:num]
     runner.core.block_manager.check()
     assert runner.core.num_free_blocks == runner.core.block_manager.num_blocks
+
+
+def test_the_serve_flag_reaches_the_scheduler_process() -> None:
+    """`serve --async-scheduling on` -> the scheduler's config, through the JSON a child gets."""
+    import json
+
+    from deploy.cli import build_parser
+    from deploy.commands import spec_from_args
+    from services.common.process import config_from_dict, config_to_json
+    from services.scheduler.service_config import SchedulerServiceConfig
+
+    for flag, expected in (("on", True), ("off", False)):
+        args = build_parser().parse_args(["serve", "--no-ray", "--async-scheduling", flag])
+        config = spec_from_args(args).scheduler_config("unix:/tmp/s.sock", "unix:/tmp/w.sock")
+        sent = json.loads(config_to_json(config))
+        assert config_from_dict(SchedulerServiceConfig, sent).core.async_scheduling is expected
