@@ -88,6 +88,7 @@ class SchedulerRunner:
         self._worker_down_since: float | None = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._sent: deque[_Sent] = deque()  # async scheduling: oldest first, at most two
+        self._last_answer_s = 0.0  # async scheduling: when the previous step's answer came
         # measured per step, read by the replica router
         self.num_steps = 0
         self.replica = "0"  # its index among worker replicas (a metrics label)
@@ -251,10 +252,14 @@ class SchedulerRunner:
             return
         self._sent.popleft()
         batch = sent.batch
+        # a step sent while another ran started on the worker when that one's answer left it:
+        # its round trip counts from then (else the hop's estimate would include a whole step)
+        started_s = max(sent.started_s, self._last_answer_s)
+        self._last_answer_s = time.monotonic()
         self._account(batch, step_ms)
-        self._measure_hop(batch, sent.started_s, step_ms)
+        self._measure_hop(batch, started_s, step_ms)
         self._deliver(self.core.on_step(batch, sampled, time.monotonic()))
-        self._record(batch, sent.started_s)
+        self._record(batch, started_s)
 
     def _drop_sent(self) -> None:
         for sent in self._sent:
