@@ -170,6 +170,13 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         "(needs --swap-space-mb)",
     )
     p.add_argument(
+        "--async-scheduling",
+        choices=["on", "off"],
+        default="off",
+        help="overlap the scheduler with the worker: build step N+1 while step N runs, two "
+        "steps in flight (default off)",
+    )
+    p.add_argument(
         "--swap-space-mb", type=int, default=0, help="worker host memory for swapped KV, MiB"
     )
     p.add_argument(
@@ -205,6 +212,7 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         prefix_caching=args.prefix_caching,
         preemption=args.preemption,
         swap_space_mb=args.swap_space_mb,
+        async_scheduling=getattr(args, "async_scheduling", "off"),
         worker_replicas=args.worker_replicas,
         routing=args.routing,
         is_metrics_enabled=getattr(args, "metrics", False)

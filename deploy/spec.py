@@ -42,6 +42,7 @@ class ServeSpec:
     prefix_caching: str = "on"  # "on" | "off"
     preemption: str = "recompute"  # "recompute" | "swap"
     swap_space_mb: int = 0
+    async_scheduling: str = "off"  # "on": build step N+1 while step N runs
     worker_replicas: int = 1  # model workers, each its own KV cache and batch
     routing: str = "network_aware"  # round_robin | least_load | prefix | network_aware
     request_timeout_s: float = 600.0
@@ -63,6 +64,8 @@ class ServeSpec:
             raise ValueError("kv_cache_mb must be >= 1")
         if self.prefix_caching not in ("on", "off"):
             raise ValueError(f"prefix_caching must be on or off, got {self.prefix_caching!r}")
+        if self.async_scheduling not in ("on", "off"):
+            raise ValueError(f"async_scheduling must be on or off, got {self.async_scheduling!r}")
         if self.worker_replicas < 1:
             raise ValueError(f"worker_replicas must be >= 1, got {self.worker_replicas}")
         if self.swap_space_mb < 0:
@@ -143,6 +146,7 @@ class ServeSpec:
             batching=self.batching,  # type: ignore[arg-type]
             enable_prefix_caching=self.prefix_caching == "on",
             preemption=self.preemption,  # type: ignore[arg-type]
+            async_scheduling=self.async_scheduling == "on",
         )
         return SchedulerServiceConfig(
             core=core,

@@ -10,11 +10,19 @@ raise `BlockTableError` on the spot.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import zlib
 from array import array
 from dataclasses import dataclass, field
 
-from services.common.types import BlockSwaps, ModelInfo, SamplingParams, SeqStep, StepOutput
+from services.common.types import (
+    PLACEHOLDER_TOKEN_ID,
+    BlockSwaps,
+    ModelInfo,
+    SamplingParams,
+    SeqStep,
+    StepOutput,
+)
 from services.scheduler.core import Request, Scheduler, Update
 
 EOS_TOKEN_ID = 0
@@ -104,6 +112,7 @@ class FakeWorker:
             [None] * self.block_size for _ in range(self.num_swap_blocks)
         ]
         self.num_swapped_blocks = 0
+        self._last_sampled: dict[int, int] = {}
 
     def step(self, seq_steps: list[SeqStep], swaps: BlockSwaps | None = None) -> StepOutput:
         if swaps:  # out first (the device blocks may be reused by this step), then in
@@ -112,6 +121,7 @@ class FakeWorker:
             for host, device in swaps.swap_in:
                 self._cache[device] = list(self._host[host])
             self.num_swapped_blocks += len(swaps.swap_out)
+        seq_steps = [self._fill_placeholder(s) for s in seq_steps]
         self._check_tables(seq_steps)
         for seq_step in seq_steps:
             self._write(seq_step)
@@ -120,7 +130,16 @@ class FakeWorker:
         }
         self.num_steps += 1
         self.steps.append(seq_steps)
+        self._last_sampled = sampled
         return StepOutput(sampled=sampled, step_ms=0.0)
+
+    def _fill_placeholder(self, seq: SeqStep) -> SeqStep:
+        """Async scheduling: the token this sequence sampled in the previous step."""
+        if seq.token_ids != [PLACEHOLDER_TOKEN_ID]:
+            return seq
+        if seq.seq_id not in self._last_sampled:
+            raise BlockTableError(f"sequence {seq.seq_id}: placeholder with no token sampled last")
+        return dataclasses.replace(seq, token_ids=[self._last_sampled[seq.seq_id]])
 
     def _check_tables(self, seq_steps: list[SeqStep]) -> None:
         seq_ids = [s.seq_id for s in seq_steps]

@@ -20,6 +20,11 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+# Async scheduling: a decode's token id when the scheduler built the step before the previous
+# one returned; the worker runs the token it sampled for this sequence in its previous step.
+PLACEHOLDER_TOKEN_ID = -1
+
+
 @dataclass(slots=True)
 class SeqStep:
     """One sequence's share of a worker step."""

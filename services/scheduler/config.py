@@ -26,6 +26,8 @@ class SchedulerConfig:
       named by a chained hash; freed ones kept and evicted least recently used first).
     - preemption: what happens to a preempted sequence's KV: "recompute" (dropped, the prompt and
       output so far run again) or "swap" (copied to the worker's host memory and back).
+    - async_scheduling: build step N+1 while step N runs (two steps in flight); its decodes of
+      sequences in step N carry PLACEHOLDER_TOKEN_ID, which the worker fills in.
     """
 
     max_num_seqs: int = 64
@@ -36,6 +38,7 @@ class SchedulerConfig:
     static_batch_timeout_s: float = 0.05
     enable_prefix_caching: bool = True
     preemption: PreemptionMode = "recompute"
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

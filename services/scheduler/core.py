@@ -1,10 +1,12 @@
 """The scheduler's pure core: waiting queue, running set, KV-block accounting and batching.
 
 Synchronous and transport-free: a runner calls `add` / `abort` / `expire` as requests come and
-go, and loops `schedule(now)` -> worker step -> `on_step(batch, sampled, now)`. At most one batch
-is in flight: a decode needs the token its previous step sampled. A batch whose step failed is
-simply not answered: the next `schedule()` drops it and its sequences run that step again (the
-worker only rewrites the same KV slots), and a late `on_step` for it is ignored.
+go, and loops `schedule(now)` -> worker step -> `on_step(batch, sampled, now)`. One batch is in
+flight, or two with async scheduling: `schedule_ahead(now)` builds the next step while one runs,
+its decodes carrying PLACEHOLDER_TOKEN_ID for the token the running step samples (the worker fills
+it in). Batches are answered in order. A batch whose step failed is simply not answered: the next
+`schedule()` drops every unanswered batch and their sequences run again (the worker only rewrites
+the same KV slots), and a late `on_step` for one is ignored.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import bisect
 from collections import deque
 from dataclasses import dataclass
 
-from services.common.types import ModelInfo, SeqStep
+from services.common.types import PLACEHOLDER_TOKEN_ID, ModelInfo, SeqStep
 from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.errors import (
@@ -85,11 +87,12 @@ class Scheduler:
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []  # sorted by priority
         self._static_batch: set[str] = set()  # static mode: request ids of the batch in progress
-        self._in_flight: Batch | None = None
+        self._in_flight: list[Batch] = []  # sent, unanswered, oldest first
         self._next_seq_id = 0
         self._next_step_id = 0
         self.num_preemptions = 0
         self.num_swapped_out = 0  # preemptions whose KV went to the worker's host pool
+        self.num_scheduled_ahead = 0  # async scheduling: steps built while another ran
         self._host_free: deque[int] = deque(range(model.num_swap_blocks))
         # swap-outs not yet sent to the worker (request id -> (device, host) block pairs)
         self._pending_swap_out: dict[str, list[tuple[int, int]]] = {}
@@ -206,9 +209,9 @@ class Scheduler:
 
     def schedule(self, now_s: float) -> Batch | None:
         """Build the next step: running decodes, then prompt chunks, then new prefills (FCFS)."""
-        if self._in_flight is not None:  # an unanswered batch failed; its sequences go again
-            self._undo_swaps(self._in_flight)
-            self._in_flight = None
+        for unanswered in self._in_flight:  # a failed step; its sequences go again
+            self._undo_swaps(unanswered)
+        self._in_flight = []
         batch = Batch(self._next_step_id)
         did_preempt = self._schedule_decodes(batch)
         budget = self.config.max_num_batched_tokens - batch.num_tokens
@@ -222,24 +225,79 @@ class Scheduler:
             batch.swapped_out.append(request_id)
         self._pending_swap_out.clear()
         self._next_step_id += 1
-        self._in_flight = batch
+        self._in_flight = [batch]
         return batch
+
+    def schedule_ahead(self, now_s: float) -> Batch | None:
+        """Async scheduling: build the step after the one in flight before its tokens are known.
+
+        Each sequence the running step samples for decodes one position further with
+        PLACEHOLDER_TOKEN_ID (the worker runs the token it sampled), unless that token certainly
+        finishes it (max_tokens); one the token finishes on EOS wastes its slot, which on_step
+        drops. Prompt chunks continue where the running step's end. None when nothing can run or
+        the decodes would need a preemption: the caller then waits and calls `schedule()`."""
+        if len(self._in_flight) != 1:
+            return None
+        running = {s.seq_id: s for s in self._in_flight[0].seq_steps}
+        decodes: list[tuple[_Sequence, int, int]] = []  # (seq, position, token id)
+        chunk_starts: list[tuple[_Sequence, int]] = []
+        for seq in self._running:
+            step = running.get(seq.seq_id)
+            if step is None:
+                if seq.is_prefill:
+                    chunk_starts.append((seq, seq.num_computed))
+                else:
+                    decodes.append((seq, seq.num_tokens - 1, seq.last_token))
+            elif step.sampling is None:
+                chunk_starts.append((seq, step.num_tokens_after))
+            elif seq.req.num_output_tokens + 1 < seq.req.max_tokens:
+                decodes.append((seq, step.num_tokens_after, PLACEHOLDER_TOKEN_ID))
+        blocks = self._blocks
+        missing = sum(blocks.num_missing_blocks(s.seq_id, pos + 1) for s, pos, _ in decodes)
+        if missing > blocks.num_free_blocks:
+            return None
+        batch = Batch(self._next_step_id)
+        for seq, pos, token in decodes:
+            table = blocks.append_slot(seq.seq_id, pos + 1)
+            step = SeqStep(seq.seq_id, [token], pos, list(table), seq.req.sampling)
+            batch.add(step, seq.req.request_id, "decode")
+        budget = self.config.max_num_batched_tokens - batch.num_tokens
+        for seq, start in chunk_starts:
+            if budget == 0:
+                break
+            budget -= self._add_chunk(batch, seq, start, budget)
+        self._admit(batch, budget, now_s)
+        if not batch.seq_steps:
+            return None
+        for request_id, pairs in self._pending_swap_out.items():
+            batch.swaps.swap_out.extend(pairs)
+            batch.swapped_out.append(request_id)
+        self._pending_swap_out.clear()
+        self._next_step_id += 1
+        self.num_scheduled_ahead += 1
+        self._in_flight.append(batch)
+        return batch
+
+    @property
+    def num_in_flight(self) -> int:
+        """Batches handed out by schedule()/schedule_ahead() and not yet answered."""
+        return len(self._in_flight)
 
     def on_step(self, batch: Batch, sampled: dict[int, int], now_s: float) -> list[Update]:
         """Take the worker's sampled tokens; one Update per request that got a token."""
-        if batch is not self._in_flight:
+        if not self._in_flight or batch is not self._in_flight[0]:
             return []  # dropped by on_worker_lost() or a later schedule(): it runs again
         missing = [
             s.seq_id for s in batch.seq_steps if s.sampling is not None and s.seq_id not in sampled
         ]
         if missing:
             raise SchedulerError(f"the worker returned no token for sequences {missing}")
-        self._in_flight = None
+        self._in_flight.pop(0)
         updates = []
         for step, request_id in zip(batch.seq_steps, batch.request_ids):
             seq = self._seqs.get(request_id)
             if seq is None or seq.seq_id != step.seq_id:
-                continue  # aborted while the step was in flight
+                continue  # aborted or finished (async: a wasted slot) while it was in flight
             seq.num_computed = step.num_tokens_after
             self._cache_full_blocks(seq)
             if step.sampling is not None:
@@ -248,7 +306,7 @@ class Scheduler:
 
     def on_worker_lost(self) -> None:
         """The worker restarted with an empty cache: recompute every running sequence."""
-        self._in_flight = None
+        self._in_flight = []
         for seq in self._running:
             self._release(seq)
         self._waiting.extendleft(reversed(self._running))
@@ -385,7 +443,9 @@ class Scheduler:
 
     def _add_prefill(self, batch: Batch, seq: _Sequence, budget: int) -> int:
         """Add the sequence's next prompt chunk (at most `budget` tokens); returns its size."""
-        start = seq.num_computed
+        return self._add_chunk(batch, seq, seq.num_computed, budget)
+
+    def _add_chunk(self, batch: Batch, seq: _Sequence, start: int, budget: int) -> int:
         stop = min(seq.num_prefill_tokens, start + budget)
         is_last_chunk = stop == seq.num_prefill_tokens
         step = SeqStep(

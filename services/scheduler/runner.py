@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,6 +57,15 @@ class _Tracked:
     decode_ms: float = 0.0
 
 
+@dataclass(slots=True)
+class _Sent:
+    """Async scheduling: a step handed to the worker, not yet answered."""
+
+    batch: Batch
+    task: asyncio.Task[tuple[dict[int, int], float]]
+    started_s: float
+
+
 class SchedulerRunner:
     def __init__(
         self,
@@ -77,6 +87,8 @@ class SchedulerRunner:
         self._wakeup = asyncio.Event()
         self._worker_down_since: float | None = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        self._sent: deque[_Sent] = deque()  # async scheduling: oldest first, at most two
+        self._last_answer_s = 0.0  # async scheduling: when the previous step's answer came
         # measured per step, read by the replica router
         self.num_steps = 0
         self.replica = "0"  # its index among worker replicas (a metrics label)
@@ -96,12 +108,15 @@ class SchedulerRunner:
         self.metrics.set_kv_blocks(num_used=0, num_free=self.core.block_manager.num_blocks)
         self._worker_down_since = None
         self._on_health(True)
+        if self.core.config.async_scheduling:
+            log.info("async scheduling: each step is built while the previous one runs")
         self._task = asyncio.create_task(self._run(), name="scheduler-loop")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._drop_sent()
         for rid in list(self._tracked):
             self._fail(rid, UnavailableError("the scheduler is shutting down"))
         await self.worker.close()
@@ -175,6 +190,9 @@ class SchedulerRunner:
             return
         now = time.monotonic()
         self._deliver(self.core.expire(now))
+        if self.core.config.async_scheduling:
+            await self._iterate_overlapped(now)
+            return
         batch = self.core.schedule(now)
         if batch is None or not batch.seq_steps:
             await self._wait_for_work(now)
@@ -194,6 +212,59 @@ class SchedulerRunner:
         self._measure_hop(batch, now, step_ms)
         self._deliver(self.core.on_step(batch, sampled, time.monotonic()))
         self._record(batch, now)
+
+    async def _iterate_overlapped(self, now: float) -> None:
+        """Async scheduling: keep a second step queued behind the running one (built before the
+        running one's tokens are known), then take the oldest step's answer."""
+        assert self.core is not None
+        if not self._sent:
+            batch = self.core.schedule(now)
+            if batch is None or not batch.seq_steps:
+                await self._wait_for_work(now)
+                return
+            self._send(batch, now)
+        if len(self._sent) == 1 and (ahead := self.core.schedule_ahead(now)) is not None:
+            self._send(ahead, now)
+        await self._take_oldest()
+
+    def _send(self, batch: Batch, now: float) -> None:
+        task = asyncio.create_task(self._step(batch), name=f"step-{batch.step_id}")
+        task.add_done_callback(_retrieve)  # a dropped step's error is not "never retrieved"
+        self._sent.append(_Sent(batch, task, now))
+
+    async def _take_oldest(self) -> None:
+        assert self.core is not None
+        sent = self._sent[0]
+        try:
+            sampled, step_ms = await sent.task
+        except Exception as exc:
+            # the step queued behind it may be built on its tokens: wait for its answer (so the
+            # stream stays in step) and drop it; the core reruns its sequences
+            await asyncio.gather(*(s.task for s in self._sent), return_exceptions=True)
+            self._sent.clear()
+            if isinstance(exc, UnavailableError):
+                log.warning("worker lost: %s", exc)
+                self._lose_worker()
+                return
+            log.error("step failed: %s", exc, exc_info=exc)
+            for rid in set(sent.batch.request_ids):
+                self._fail(rid, HopscopeError(f"the model worker failed a step: {exc}"))
+            return
+        self._sent.popleft()
+        batch = sent.batch
+        # a step sent while another ran started on the worker when that one's answer left it:
+        # its round trip counts from then (else the hop's estimate would include a whole step)
+        started_s = max(sent.started_s, self._last_answer_s)
+        self._last_answer_s = time.monotonic()
+        self._account(batch, step_ms)
+        self._measure_hop(batch, started_s, step_ms)
+        self._deliver(self.core.on_step(batch, sampled, time.monotonic()))
+        self._record(batch, started_s)
+
+    def _drop_sent(self) -> None:
+        for sent in self._sent:
+            sent.task.cancel()
+        self._sent.clear()
 
     async def _step(self, batch: Batch) -> tuple[dict[int, int], float]:
         # Links carry no attributes (the SDK re-validates each link's attributes on every span,
@@ -224,7 +295,7 @@ class SchedulerRunner:
         )
         try:
             out = await self._bounded_step(batch, spans.carrier_of(span))
-        except Exception as exc:
+        except BaseException as exc:  # also a step dropped (cancelled) with a lost worker
             _end_span(span, exc)
             raise
         span.set_attribute(schema.WORKER_STEP_MS, out.step_ms)
@@ -369,6 +440,7 @@ class SchedulerRunner:
         assert self.core is not None
         self._worker_down_since = time.monotonic()
         self._on_health(False)
+        self._drop_sent()  # their stream is gone; the core forgets them too
         self.core.on_worker_lost()  # running sequences will be recomputed once it is back
 
     def _is_worker_given_up(self) -> bool:
@@ -400,6 +472,11 @@ class SchedulerRunner:
         self._on_health(True)
 
 
+def _retrieve(task: asyncio.Task[tuple[dict[int, int], float]]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def _swap_attributes(batch: Batch) -> dict[str, int]:
     if not batch.swaps:
         return {}
@@ -425,7 +502,7 @@ def _to_delivery(update: Update) -> Delivery:
     )
 
 
-def _end_span(span: Span, error: Exception | None) -> None:
+def _end_span(span: Span, error: BaseException | None) -> None:
     if error is not None:
         span.set_status(Status(StatusCode.ERROR, str(error)))
     span.end()

@@ -74,7 +74,10 @@ class GrpcWorkerClient:
     """One channel for the client's life (it reconnects by itself when the worker comes back on
     the same address) and one Step stream per connection. Any failure of the stream, whatever
     raises it (a status, EOF, a call finished under us by a GOAWAY, a timeout), is reported as
-    UnavailableError and drops the stream: the runner then reconnects and recomputes."""
+    UnavailableError and drops the stream: the runner then reconnects and recomputes.
+
+    Two steps may be in flight (async scheduling): concurrent `step` calls write in call order
+    and each reads the reply to its own request (the worker answers in order)."""
 
     def __init__(
         self,
@@ -93,6 +96,10 @@ class GrpcWorkerClient:
         self._call: grpc.aio.StreamStreamCall | None = None
         self._step_id = 0
         self._on_lost: Callable[[], None] = lambda: None
+        # FIFO locks: a call takes the read lock as it releases the write lock (no await in
+        # between), so replies are read in the order the requests were written
+        self._write_lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
 
     @property
     def is_connected(self) -> bool:
@@ -133,8 +140,10 @@ class GrpcWorkerClient:
         )
         convert.swaps_to_pb(swaps, request)
         try:
-            await call.write(request)
-            response = await asyncio.wait_for(call.read(), self._step_timeout_s)
+            async with self._write_lock:
+                await call.write(request)
+            async with self._read_lock:
+                response = await asyncio.wait_for(call.read(), self._step_timeout_s)
         except Exception as exc:
             self._drop_call()
             raise UnavailableError(

@@ -4,6 +4,7 @@ the gRPC servicer and, directly, by the in-process placement); `WorkerServicer` 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -18,8 +19,14 @@ from services.common import convert, spans
 from services.common.identity import ServiceIdentity
 from services.common.metrics import ServiceMetrics
 from services.common.threads import ENGINE_THREAD_NAME, name_os_thread
-from services.common.types import BlockSwaps, ModelInfo, SeqStep, StepOutput
-from services.worker.engine import Engine
+from services.common.types import (
+    PLACEHOLDER_TOKEN_ID,
+    BlockSwaps,
+    ModelInfo,
+    SeqStep,
+    StepOutput,
+)
+from services.worker.engine import Engine, StepError
 from services.worker.profiling import ProfileBusyError, StepProfiler
 from tracing import schema
 
@@ -45,6 +52,8 @@ class WorkerService:
             initargs=(ENGINE_THREAD_NAME,),
         )
         self._observe_kv_blocks([])  # all free until the first step, not 0 free (looks full)
+        # what the previous step sampled (seq_id -> token): fills async scheduling's placeholders
+        self._last_sampled: dict[int, int] = {}
 
     @property
     def info(self) -> ModelInfo:
@@ -66,7 +75,8 @@ class WorkerService:
         )
         try:
             loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(self._executor, self.engine.step, seqs, swaps)
+            # steps run one after another on the engine thread, in the order they arrive
+            out = await loop.run_in_executor(self._executor, self._run_step, seqs, swaps)
             # before end(): attributes set on an ended span are dropped, never exported
             span.set_attribute(schema.STEP_MS, out.step_ms)
             span.set_attribute(schema.DEVICE_MS, out.device_ms)
@@ -84,6 +94,30 @@ class WorkerService:
         self.metrics.observe_step(batch_size=len(seqs), step_ms=out.step_ms)
         self._observe_kv_blocks(seqs)
         return out
+
+    def _run_step(self, seqs: list[SeqStep], swaps: BlockSwaps | None) -> StepOutput:
+        """On the engine thread: fill placeholders from the previous step, then run."""
+        try:
+            out = self.engine.step(self._fill_placeholders(seqs), swaps)
+        except Exception:
+            self._last_sampled = {}  # a step built on this one's tokens must fail, not guess
+            raise
+        self._last_sampled = out.sampled
+        return out
+
+    def _fill_placeholders(self, seqs: list[SeqStep]) -> list[SeqStep]:
+        filled = []
+        for seq in seqs:
+            if seq.token_ids == [PLACEHOLDER_TOKEN_ID]:
+                token = self._last_sampled.get(seq.seq_id)
+                if token is None:
+                    raise StepError(
+                        f"sequence {seq.seq_id}: a placeholder token but the previous step "
+                        "sampled none for it (async scheduling out of order?)"
+                    )
+                seq = dataclasses.replace(seq, token_ids=[token])
+            filled.append(seq)
+        return filled
 
     def _observe_kv_blocks(self, seqs: list[SeqStep]) -> None:
         """Blocks the step's sequences hold (the scheduler sends every running sequence's table
@@ -125,7 +159,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def Step(
         self, request_iterator: AsyncIterator[pb.StepRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StepResponse]:
-        """One message per step each way; the scheduler sends the next step after the reply."""
+        """One message per step each way, answered in order. With async scheduling the next
+        step is already waiting in the stream: it starts as soon as this reply is sent."""
         async for request in request_iterator:
             seqs = [convert.seq_step_from_pb(s) for s in request.seqs]
             swaps = convert.swaps_from_pb(request)

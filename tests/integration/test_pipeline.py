@@ -145,3 +145,39 @@ def test_same_seed_same_tokens_in_every_placement(checkpoint: Path) -> None:
                 assert edges == {"tcp"}
     assert results["inproc"] == results["colocated"] == results["colocated-tcp"]
     assert len(results["inproc"]) == 16
+
+
+def _mixed(address: str) -> list[tuple[list[int], str]]:
+    """Concurrent greedy and seeded requests of different lengths, one stopping at once."""
+    lengths = [12, 1, 20, 5, 9, 16]
+
+    def one(i: int) -> tuple[list[int], str]:
+        sampling = {"temperature": 0.9, "top_p": 0.95, "seed": 100 + i} if i % 2 else {}
+        ids, _, last = generate(
+            address,
+            prompt_token_ids=PROMPTS[i % len(PROMPTS)],
+            max_tokens=lengths[i],
+            ignore_eos=True,
+            **sampling,
+        )
+        return ids, last.finish_reason
+
+    with ThreadPoolExecutor(len(lengths)) as pool:
+        return list(pool.map(one, range(len(lengths))))
+
+
+def test_async_scheduling_gives_the_same_seeded_tokens(colocated: Served, checkpoint: Path) -> None:
+    """`--async-scheduling on` (two steps in flight, the worker filling in the tokens it sampled),
+    in-process and colocated (the Step stream), against the module's server with it off."""
+    plain = _mixed(colocated.address)
+    assert [len(ids) for ids, _ in plain] == [12, 1, 20, 5, 9, 16]
+    for placement in ("inproc", "colocated"):
+        with serve(placement, "--model", str(checkpoint), "--async-scheduling", "on") as served:
+            assert _mixed(served.address) == plain, placement
+            with pytest.raises(grpc.RpcError) as info:  # aborted mid-stream: blocks come back
+                generate(
+                    served.address, timeout_s=0.05, prompt="hi", max_tokens=400, ignore_eos=True
+                )
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            stats = wait_until_idle(served)
+            assert stats.num_running == 0 and stats.num_free_blocks == stats.num_blocks

@@ -50,9 +50,12 @@ def test_the_other_policies() -> None:
         Router("random")
 
 
-def _replicas(clients: list[FakeWorkerClient], policy: str) -> ReplicaSet:
+def _replicas(clients: list[FakeWorkerClient], policy: str, overlap: bool = False) -> ReplicaSet:
     def core(info: ModelInfo) -> Scheduler:
-        return Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=256), info)
+        config = SchedulerConfig(
+            max_num_seqs=8, max_num_batched_tokens=256, async_scheduling=overlap
+        )
+        return Scheduler(config, info)
 
     settings = RunnerSettings(step_timeout_s=5, connect_timeout_s=5, worker_reconnect_timeout_s=5)
     metrics = ServiceMetrics("scheduler")
@@ -90,9 +93,10 @@ def test_two_replicas_both_take_load() -> None:
     assert 'hopscope_replica_steps{replica="1",service="scheduler"}' in text
 
 
-def test_a_lost_replica_loses_no_request_and_tokens_are_unchanged() -> None:
+@pytest.mark.parametrize("overlap", [False, True], ids=["sync", "async"])
+def test_a_lost_replica_loses_no_request_and_tokens_are_unchanged(overlap: bool) -> None:
     clients = [FakeWorkerClient(FakeWorker()), FakeWorkerClient(FakeWorker())]
-    replicas, sink = _replicas(clients, "round_robin"), Sink()
+    replicas, sink = _replicas(clients, "round_robin", overlap), Sink()
     asyncio.run(_generate(replicas, sink, 8, kill=clients[1]))
     assert sorted(sink.finished) == [f"r{i}" for i in range(8)]
     assert all(d.finish_reason == "length" for d in sink.finished.values())

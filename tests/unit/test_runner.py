@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from services.common.errors import UnavailableError
 from services.common.types import Delivery, ModelInfo
 from services.scheduler.config import SchedulerConfig
@@ -12,6 +14,9 @@ from services.scheduler.core import Scheduler
 from services.scheduler.request import Request
 from services.scheduler.runner import RunnerSettings, SchedulerRunner
 from tests.fakes import FakeWorker, FakeWorkerClient, make_prompt, reference_output
+
+# every runner test also runs with async scheduling (two steps in flight)
+OVERLAP = pytest.mark.parametrize("overlap", [False, True], ids=["sync", "async"])
 
 
 class Sink:
@@ -29,10 +34,16 @@ class Sink:
 
 
 def _runner(
-    client: FakeWorkerClient, reconnect_timeout_s: float = 5.0, step_timeout_s: float = 5.0
+    client: FakeWorkerClient,
+    reconnect_timeout_s: float = 5.0,
+    step_timeout_s: float = 5.0,
+    overlap: bool = False,
 ) -> SchedulerRunner:
     def core(info: ModelInfo) -> Scheduler:
-        return Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=256), info)
+        config = SchedulerConfig(
+            max_num_seqs=8, max_num_batched_tokens=256, async_scheduling=overlap
+        )
+        return Scheduler(config, info)
 
     settings = RunnerSettings(
         step_timeout_s=step_timeout_s,
@@ -60,9 +71,13 @@ async def _run(runner: SchedulerRunner, sink: Sink, num: int, timeout_s: float =
         await runner.stop()
 
 
-def test_each_step_delivers_one_batch_per_sink_and_every_request_finishes() -> None:
+@OVERLAP
+def test_each_step_delivers_one_batch_per_sink_and_every_request_finishes(overlap: bool) -> None:
     sink, client = Sink(), FakeWorkerClient(FakeWorker())
-    asyncio.run(_run(_runner(client), sink, 4))
+    runner = _runner(client, overlap=overlap)
+    asyncio.run(_run(runner, sink, 4))
+    assert runner.core is not None
+    assert (runner.core.num_scheduled_ahead > 0) == overlap  # steps were built ahead
     assert {rid: d.finish_reason for rid, d in sink.finished.items()} == {
         f"r{i}": "length" for i in range(4)
     }
@@ -72,11 +87,12 @@ def test_each_step_delivers_one_batch_per_sink_and_every_request_finishes() -> N
     assert len(sink.batches) < sum(len(t) for t in sink.tokens.values())
 
 
-def test_a_lost_worker_is_reconnected_and_requests_are_recomputed_exactly() -> None:
+@OVERLAP
+def test_a_lost_worker_is_reconnected_and_requests_are_recomputed_exactly(overlap: bool) -> None:
     sink, client = Sink(), FakeWorkerClient(FakeWorker())
     client.fail_steps = [UnavailableError("worker died")]
     client.num_failed_connects = 2
-    runner = _runner(client)
+    runner = _runner(client, overlap=overlap)
     asyncio.run(_run(runner, sink, 3))
     assert client.num_connects == 2  # the first connect, then the one after the loss
     for i in range(3):
@@ -84,11 +100,12 @@ def test_a_lost_worker_is_reconnected_and_requests_are_recomputed_exactly() -> N
         assert sink.tokens[f"r{i}"] == reference_output(make_prompt(i, 5), 6)
 
 
-def test_a_step_that_never_answers_times_out_and_requests_are_recomputed() -> None:
+@OVERLAP
+def test_a_step_that_never_answers_times_out_and_requests_are_recomputed(overlap: bool) -> None:
     """RunnerSettings.step_timeout_s bounds every step, in-process ones too."""
     sink, client = Sink(), FakeWorkerClient(FakeWorker())
     client.num_hung_steps = 1
-    runner = _runner(client, step_timeout_s=0.3)
+    runner = _runner(client, step_timeout_s=0.3, overlap=overlap)
     asyncio.run(asyncio.wait_for(_run(runner, sink, 3), 20))
     assert client.num_connects == 2  # the stuck worker was treated as lost and reconnected
     for i in range(3):
@@ -96,18 +113,20 @@ def test_a_step_that_never_answers_times_out_and_requests_are_recomputed() -> No
         assert sink.tokens[f"r{i}"] == reference_output(make_prompt(i, 5), 6)
 
 
-def test_a_worker_gone_too_long_fails_requests_unavailable() -> None:
+@OVERLAP
+def test_a_worker_gone_too_long_fails_requests_unavailable(overlap: bool) -> None:
     sink, client = Sink(), FakeWorkerClient(FakeWorker())
     client.fail_steps = [UnavailableError("worker died")]
     client.num_failed_connects = 10**6
-    asyncio.run(_run(_runner(client, reconnect_timeout_s=0.3), sink, 2))
+    asyncio.run(_run(_runner(client, reconnect_timeout_s=0.3, overlap=overlap), sink, 2))
     assert {d.error_status for d in sink.finished.values()} == {"UNAVAILABLE"}
 
 
-def test_a_failing_step_fails_its_requests_and_the_loop_goes_on() -> None:
+@OVERLAP
+def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(overlap: bool) -> None:
     sink, client = Sink(), FakeWorkerClient(FakeWorker())
     client.fail_steps = [RuntimeError("CUDA out of memory")]
-    runner = _runner(client)
+    runner = _runner(client, overlap=overlap)
 
     async def scenario() -> None:
         await runner.start()

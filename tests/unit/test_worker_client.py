@@ -38,14 +38,17 @@ async def _finish(runner: SchedulerRunner, sink: Sink, ids: range, timeout_s: fl
 
 
 class _Pipeline:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, overlap: bool = False) -> None:
         self.address = address
         self.fake = FakeWorkerServicer(FakeWorker())
         self.server: GrpcServer | None = None
         self.client = GrpcWorkerClient(address, step_timeout_s=5.0)
 
         def core(info: ModelInfo) -> Scheduler:
-            return Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=256), info)
+            config = SchedulerConfig(
+                max_num_seqs=8, max_num_batched_tokens=256, async_scheduling=overlap
+            )
+            return Scheduler(config, info)
 
         settings = RunnerSettings(step_timeout_s=5, connect_timeout_s=5)
         self.health: list[bool] = []
@@ -65,8 +68,8 @@ class _Pipeline:
 
 
 @contextlib.asynccontextmanager
-async def _pipeline(tmp_path: Path) -> AsyncIterator[_Pipeline]:
-    p = _Pipeline(f"unix:{tmp_path}/worker.sock")
+async def _pipeline(tmp_path: Path, overlap: bool = False) -> AsyncIterator[_Pipeline]:
+    p = _Pipeline(f"unix:{tmp_path}/worker.sock", overlap)
     await p.start_worker()
     await p.runner.start()
     try:
@@ -125,6 +128,34 @@ async def _restarted_while_idle_in(pipeline: _Pipeline) -> None:
     for i in range(4):
         assert sink.finished[f"r{i}"].error_status == "", sink.finished[f"r{i}"]
         assert sink.tokens[f"r{i}"] == reference_output(make_prompt(i, 5), 6)
+
+
+def test_a_worker_lost_with_two_steps_in_flight_is_recomputed(tmp_path: Path) -> None:
+    """Async scheduling over real gRPC: the worker goes away while two steps are on the stream
+    and comes back with an empty cache; every request still gets exactly its tokens."""
+    asyncio.run(asyncio.wait_for(_lost_in_flight(tmp_path), 30))
+
+
+async def _lost_in_flight(tmp_path: Path) -> None:
+    async with _pipeline(tmp_path, overlap=True) as pipeline:
+        sink, runner = Sink(), pipeline.runner
+        for i in range(4):
+            runner.submit(_request(i, max_tokens=40), sink, "uds")
+        await _until(lambda: len(sink.tokens.get("r0", [])) >= 5)
+        assert not sink.finished  # lost mid-generation
+        await pipeline.stop_worker()
+        pipeline.fake.worker.restart()
+        pipeline.fake.instance_id = "fake-2"
+        await pipeline.start_worker()
+        await _until(lambda: len(sink.finished) == 4)
+        assert runner.core is not None and runner.core.num_scheduled_ahead > 0
+        for i in range(4):
+            assert sink.finished[f"r{i}"].error_status == "", sink.finished[f"r{i}"]
+            assert sink.tokens[f"r{i}"] == reference_output(make_prompt(i, 5), 40)
+        assert pipeline.client.address and pipeline.fake.num_streams >= 2  # it did reconnect
+        runner.core.block_manager.check()
+        await _until(lambda: runner.core is not None and runner.core.num_in_flight == 0)
+        assert runner.core.num_free_blocks == runner.core.block_manager.num_blocks
 
 
 def test_health_follows_the_worker_stream_without_traffic(tmp_path: Path) -> None:
