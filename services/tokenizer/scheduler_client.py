@@ -46,17 +46,25 @@ class RequestStream:
     ends run on the event loop's thread.
     """
 
-    __slots__ = ("request_id", "_items", "_waiter")
+    __slots__ = ("_items", "_num_tokens", "_waiter", "request_id", "wake_at_tokens")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
+        # a waiting reader is woken once this many tokens are queued (or the request ended):
+        # the front door's --stream-interval sets it, so a message of N tokens costs one wake-up
+        self.wake_at_tokens = 1
         self._items: deque[Delivery] = deque()
+        self._num_tokens = 0
         self._waiter: asyncio.Future[None] | None = None
 
     def put(self, delivery: Delivery) -> None:
         self._items.append(delivery)
+        self._num_tokens += len(delivery.token_ids)
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is None or waiter.done():
+            return
+        wake_at = self.wake_at_tokens
+        if wake_at <= 1 or self._num_tokens >= wake_at or delivery.is_finished:
             waiter.set_result(None)
 
     def __aiter__(self) -> AsyncIterator[Delivery]:
@@ -72,6 +80,7 @@ class RequestStream:
                 finally:
                     self._waiter = None
             delivery = items.popleft()
+            self._num_tokens -= len(delivery.token_ids)
             yield delivery
             if delivery.is_finished:
                 return

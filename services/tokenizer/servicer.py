@@ -130,6 +130,8 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
                         return
                 else:
                     pending = chunk
+                # wake this task again only when the next message can go (one wake-up per message)
+                stream.wake_at_tokens = interval - (len(pending.token_ids) if pending else 0)
         finally:
             # cancelled by the client, deadline, or an error: free the scheduler's share (only
             # of a request this call submitted: a refused duplicate id is another's)

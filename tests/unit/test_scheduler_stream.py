@@ -225,3 +225,18 @@ def test_stream_interval_coalesces_tokens_and_changes_nothing_else(
     sizes = [len(m.token_ids) for m in four]
     assert sizes[0] == 1 and max(sizes) == 4 and all(1 <= n <= 4 for n in sizes)
     assert len(four) < len(one) / 2
+
+
+def test_stream_interval_flag_reaches_the_front_door_and_is_checked() -> None:
+    import argparse
+
+    from deploy.commands import add_parser, spec_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--placement", "colocated", "--stream-interval", "4"])
+    config = spec_from_args(args).tokenizer_config("127.0.0.1:0", "unix:/tmp/x.sock")
+    assert config.stream_interval == 4
+    zero = parser.parse_args(["serve", "--stream-interval", "0"])
+    with pytest.raises(ValueError, match="--stream-interval must be >= 1"):
+        spec_from_args(zero)
