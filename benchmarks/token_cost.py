@@ -73,7 +73,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--placements", default=",".join(PLACEMENTS))
+    parser.add_argument(
+        "--placements",
+        default=",".join(PLACEMENTS),
+        help="variants, comma-separated: a placement, optionally +FLAG=VALUE serve flags "
+        "(colocated+stream-interval=4)",
+    )
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "token_cost.json")
     parser.add_argument("--notes", default="", help="what was found, stored in notes.result")
     return parser.parse_args()
@@ -112,9 +117,16 @@ def warm_up(address: str, args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+def serve_argv(variant: str) -> list[str]:
+    """`colocated` or `colocated+stream-interval=4`: a placement and extra serve flags."""
+    placement, *flags = variant.split("+")
+    extra = [arg for flag in flags for arg in (f"--{flag.split('=')[0]}", flag.split("=")[1])]
+    return ["--no-ray", "--placement", placement, *extra]
+
+
 def run_once(args: argparse.Namespace, placement: str, round_index: int, tmp: Path) -> dict:
     serve = start_serve(
-        ["--no-ray", "--placement", placement, "--model", args.model],
+        [*serve_argv(placement), "--model", args.model],
         log_path=tmp / f"serve-{placement}-{round_index}.log",
         cwd=common.REPO,
     )

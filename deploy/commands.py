@@ -191,6 +191,14 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         default="network_aware",
         help="how a request picks a worker replica (default network_aware)",
     )
+    p.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        metavar="N",
+        help="tokens per front-door message at most: 1 (default) = one message per step; N > 1 "
+        "sends the first token at once, then every N tokens (fewer messages, less host CPU)",
+    )
 
 
 def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: int = 0) -> ServeSpec:
@@ -224,6 +232,7 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         max_model_len=args.max_model_len,
         worker_reconnect_timeout_s=getattr(args, "worker_restart_timeout", 60.0),
         tls_dir=_absolute(getattr(args, "tls", "")),
+        stream_interval=getattr(args, "stream_interval", 1),
     )
 
 

@@ -52,6 +52,7 @@ class ServeSpec:
     http_port: int | None = None  # the OpenAI-compatible HTTP front door at `host` (0 = any)
     max_model_len: int | None = None  # caps the context (and the KV cache it needs)
     tls_dir: str = ""  # TLS on every TCP hop, mutual between services (`hopscope certs`)
+    stream_interval: int = 1  # tokens per front-door message at most (first token at once)
     # made by the deployer (deploy/local.py, deploy/ray_serve.py) for each deployment
     internal_token: str = field(default="", repr=False)
 
@@ -74,6 +75,8 @@ class ServeSpec:
             raise ValueError("preemption swap needs host memory: give --swap-space-mb (e.g. 256)")
         if self.http_port is not None and not 0 <= self.http_port < 65536:
             raise ValueError(f"--http-port must be in [0, 65535], got {self.http_port}")
+        if self.stream_interval < 1:
+            raise ValueError(f"--stream-interval must be >= 1, got {self.stream_interval}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"--max-model-len must be >= 2, got {self.max_model_len}")
         if not self.worker_reconnect_timeout_s >= 0:
@@ -176,4 +179,5 @@ class ServeSpec:
             max_model_len=self.max_model_len,
             tls_dir=self.tls_dir,
             internal_token=self.internal_token,
+            stream_interval=self.stream_interval,
         )

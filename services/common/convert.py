@@ -23,15 +23,19 @@ def sampling_from_pb(m: pb.SamplingParams) -> SamplingParams:
 
 
 def seq_step_to_pb(s: SeqStep) -> pb.SeqStep:
+    # once per sequence per step: fields set in place (a SamplingParams message built and
+    # copied in cost ~1 µs more per token)
+    p = s.sampling
     msg = pb.SeqStep(
         seq_id=s.seq_id,
         token_ids=s.token_ids,
         num_computed=s.num_computed,
         block_table=s.block_table,
-        sample=s.sampling is not None,
+        sample=p is not None,
     )
-    if s.sampling is not None:
-        msg.sampling.CopyFrom(sampling_to_pb(s.sampling))
+    if p is not None:
+        m = msg.sampling
+        m.temperature, m.top_p, m.top_k, m.seed = p.temperature, p.top_p, p.top_k, p.seed
     return msg
 
 

@@ -148,6 +148,14 @@ class Chunk:
     def is_final(self) -> bool:
         return self.finish_reason != ""
 
+    def extend(self, later: Chunk) -> Chunk:
+        """This chunk followed by `later`, as one (several deliveries in one message)."""
+        self.text += later.text
+        self.token_ids += later.token_ids
+        self.finish_reason = later.finish_reason
+        self.is_stopped_by_string = later.is_stopped_by_string
+        return self
+
 
 class OutputStream:
     """One request's output: incremental detokenization, stop strings, and usage."""

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -38,21 +39,48 @@ BACKOFF_MAX_S = 2.0  # ...up to this
 
 
 class RequestStream:
-    """The deliveries of one request, in order; ends after the finishing one."""
+    """The deliveries of one request, in order; ends after the finishing one.
+
+    A deque and one future to wait on, not an asyncio.Queue: this runs once per token of every
+    request, and the queue's bookkeeping (getters, putters, maxsize) was most of its cost. Both
+    ends run on the event loop's thread.
+    """
+
+    __slots__ = ("_items", "_num_tokens", "_waiter", "request_id", "wake_at_tokens")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        # a waiting reader is woken once this many tokens are queued (or the request ended):
+        # the front door's --stream-interval sets it, so a message of N tokens costs one wake-up
+        self.wake_at_tokens = 1
+        self._items: deque[Delivery] = deque()
+        self._num_tokens = 0
+        self._waiter: asyncio.Future[None] | None = None
 
     def put(self, delivery: Delivery) -> None:
-        self._queue.put_nowait(delivery)
+        self._items.append(delivery)
+        self._num_tokens += len(delivery.token_ids)
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        wake_at = self.wake_at_tokens
+        if wake_at <= 1 or self._num_tokens >= wake_at or delivery.is_finished:
+            waiter.set_result(None)
 
     def __aiter__(self) -> AsyncIterator[Delivery]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Delivery]:
+        items = self._items
         while True:
-            delivery = await self._queue.get()
+            if not items:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            delivery = items.popleft()
+            self._num_tokens -= len(delivery.token_ids)
             yield delivery
             if delivery.is_finished:
                 return
@@ -266,10 +294,8 @@ class GrpcSchedulerClient:
             entry.generated.extend(d.token_ids)
             if d.is_finished:
                 self._forget(entry)
-            rid = entry.req.request_id
-            entry.stream.put(
-                Delivery(rid, d.token_ids, d.finish_reason, d.error_status, d.error_message)
-            )
+            d.request_id = entry.req.request_id  # the caller's id, not the wire id
+            entry.stream.put(d)
 
     async def describe(self) -> pb.DescribeResponse:
         try:

@@ -45,12 +45,17 @@ class TokenizerServiceConfig:
     max_model_len: int | None = None  # the context cap the worker serves (--max-model-len)
     tls_dir: str = ""  # TLS on the front door, mutual TLS to the scheduler; "" = off
     internal_token: str = field(default="", repr=False)  # sent to the scheduler
+    # at most this many tokens per Generate message: 1 = one message per scheduler step; N > 1
+    # sends the first token at once, then every N tokens (and the last), fewer messages to write
+    stream_interval: int = 1
 
     def __post_init__(self) -> None:
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("request_timeout_s and connect_timeout_s must be > 0")
         if self.scheduler_reconnect_timeout_s < 0:
             raise ValueError("scheduler_reconnect_timeout_s must be >= 0")
+        if self.stream_interval < 1:
+            raise ValueError(f"stream_interval must be >= 1, got {self.stream_interval}")
 
 
 @dataclass

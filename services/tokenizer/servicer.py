@@ -71,11 +71,12 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         self.identity = identity
         self.config = config
 
-    async def Generate(
+    def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        async for response in self.generate(_params_from_pb(request), context.time_remaining()):
-            yield response
+        # returns generate's iterator rather than re-yielding it: one async-generator layer
+        # less for every message (the server's wrapper iterates it)
+        return self.generate(_params_from_pb(request), context.time_remaining())
 
     async def generate(
         self, params: GenerateParams, remaining_s: float | None
@@ -104,19 +105,33 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         output = self.core.output_stream(prepared)
         timing = _Timing(started_s)
         stream: RequestStream | None = None
+        interval = self.config.stream_interval
+        pending: Chunk | None = None  # tokens held for the next message (stream_interval > 1)
         try:
             stream = await self.scheduler.submit(prepared, timeout_s, spans.carrier_of(span))
             async for delivery in stream:
                 if delivery.error_status:
+                    if pending is not None:  # what the client was owed, then the error
+                        yield _response(request_id, pending, output)
                     raise error_for_status(delivery.error_status, delivery.error_message)
                 if delivery.token_ids and timing.first_token_s is None:
                     timing.first_token_s = time.perf_counter()
                 chunk = output.push(delivery)
                 if chunk.is_stopped_by_string:
                     self.scheduler.abort(request_id)
-                yield _response(request_id, chunk, output)
-                if chunk.is_final:
-                    return
+                if pending is not None:
+                    chunk = pending.extend(chunk)
+                # the first token goes at once (TTFT), then every `interval` tokens, and the last
+                if chunk.is_final or len(chunk.token_ids) >= interval or not timing.num_messages:
+                    pending = None
+                    timing.num_messages += 1
+                    yield _response(request_id, chunk, output)
+                    if chunk.is_final:
+                        return
+                else:
+                    pending = chunk
+                # wake this task again only when the next message can go (one wake-up per message)
+                stream.wake_at_tokens = interval - (len(pending.token_ids) if pending else 0)
         finally:
             # cancelled by the client, deadline, or an error: free the scheduler's share (only
             # of a request this call submitted: a refused duplicate id is another's)
@@ -165,6 +180,7 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
 class _Timing:
     started_s: float
     first_token_s: float | None = None
+    num_messages: int = 0
 
 
 def _response(request_id: str, chunk: Chunk, output: OutputStream) -> pb.GenerateResponse:

@@ -63,12 +63,15 @@ class _Scheduler:
 
 @contextlib.asynccontextmanager
 async def _pipeline(
-    tmp_path: Path,
+    tmp_path: Path, stream_interval: int = 1
 ) -> AsyncIterator[tuple[_Scheduler, TokenizerServer, pb_grpc.TokenizerStub]]:
     scheduler = _Scheduler(f"unix:{tmp_path}/scheduler.sock")
     await scheduler.start()
     config = TokenizerServiceConfig(
-        model="tiny", scheduler_address=scheduler.address, listen="127.0.0.1:0"
+        model="tiny",
+        scheduler_address=scheduler.address,
+        listen="127.0.0.1:0",
+        stream_interval=stream_interval,
     )
     front = await start_tokenizer(config)
     try:
@@ -187,3 +190,53 @@ def test_prompts_are_tokenized_off_the_event_loop(tmp_path: Path) -> None:
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
     assert threads and threads[0] is not threading.main_thread()
+
+
+def _messages(tmp_path: Path, stream_interval: int, **fields: object) -> list[pb.GenerateResponse]:
+    async def scenario() -> list[pb.GenerateResponse]:
+        async with _pipeline(tmp_path, stream_interval) as (_, _front, stub):
+            return [m async for m in stub.Generate(_request(3, **fields), timeout=20)]
+
+    return asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def _joined(messages: list[pb.GenerateResponse]) -> tuple[list[int], str, str, tuple[int, int]]:
+    last = messages[-1]
+    ids = [t for m in messages for t in m.token_ids]
+    usage = (last.usage.prompt_tokens, last.usage.completion_tokens)
+    return ids, "".join(m.text for m in messages), last.finish_reason, usage
+
+
+@pytest.mark.parametrize("with_stop", [False, True])
+def test_stream_interval_coalesces_tokens_and_changes_nothing_else(
+    tmp_path: Path, with_stop: bool
+) -> None:
+    """--stream-interval 4: the first token at once, then messages of up to 4 tokens; the
+    tokens, text, finish reason and usage are those of one message per step."""
+    one = _messages(tmp_path, 1)
+    assert [len(m.token_ids) for m in one] == [1] * 30
+    fields: dict[str, object] = {}
+    if with_stop:  # a stop string in the middle of the text: both must end at the same place
+        fields["stop"] = [_joined(one)[1][40:43]]
+        one = _messages(tmp_path, 1, **fields)
+        assert _joined(one)[2] == "stop"
+    four = _messages(tmp_path, 4, **fields)
+    assert _joined(four) == _joined(one)
+    sizes = [len(m.token_ids) for m in four]
+    assert sizes[0] == 1 and max(sizes) == 4 and all(1 <= n <= 4 for n in sizes)
+    assert len(four) < len(one) / 2
+
+
+def test_stream_interval_flag_reaches_the_front_door_and_is_checked() -> None:
+    import argparse
+
+    from deploy.commands import add_parser, spec_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--placement", "colocated", "--stream-interval", "4"])
+    config = spec_from_args(args).tokenizer_config("127.0.0.1:0", "unix:/tmp/x.sock")
+    assert config.stream_interval == 4
+    zero = parser.parse_args(["serve", "--stream-interval", "0"])
+    with pytest.raises(ValueError, match="--stream-interval must be >= 1"):
+        spec_from_args(zero)
