@@ -11,7 +11,6 @@ on/off ratios.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -81,15 +80,9 @@ def main() -> int:
     ]
     with tempfile.TemporaryDirectory(prefix="async-sched-bench-") as tmp:
         rounds = common.run_rounds(variants, args.rounds, Path(tmp))
-    checks: dict[str, dict[str, Any]] = {}
-    for figure, better in (("output_tok_s", "higher"), ("tpot_p50_ms", "lower")):
-        ratios = common.paired_ratios(rounds, "on", "off", figure)
-        median = round(statistics.median(ratios), 4) if ratios else None
-        checks[figure] = {
-            "on_over_off_per_round": ratios,
-            "median_ratio": median,
-            "passed": median is not None and (median < 1 if better == "lower" else median > 1),
-        }
+    checks = common.ratio_checks(
+        rounds, "on", "off", (("output_tok_s", "higher"), ("tpot_p50_ms", "lower"))
+    )
     payload = {
         "benchmark": "async scheduling on vs off",
         "issue": 14,

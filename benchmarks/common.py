@@ -267,6 +267,26 @@ def paired_ratios(
     return ratios
 
 
+def ratio_checks(
+    rounds: Sequence[Mapping[str, Any]],
+    numerator: str,
+    denominator: str,
+    figures: Sequence[tuple[str, str]],
+) -> dict[str, dict[str, Any]]:
+    """For each (figure, better = "higher" | "lower"): the per-round numerator/denominator ratios,
+    their median, and whether the median is on the better side of 1."""
+    checks: dict[str, dict[str, Any]] = {}
+    for figure, better in figures:
+        ratios = paired_ratios(rounds, numerator, denominator, figure)
+        median = round(statistics.median(ratios), 4) if ratios else None
+        checks[figure] = {
+            f"{numerator}_over_{denominator}_per_round": ratios,
+            "median_ratio": median,
+            "passed": median is not None and (median < 1 if better == "lower" else median > 1),
+        }
+    return checks
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpus": os.cpu_count(),

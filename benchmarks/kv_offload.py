@@ -13,7 +13,6 @@ prompts share nothing anyway), alternating in rounds, a fresh `hopscope serve` p
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -58,15 +57,9 @@ def main() -> int:
     variants = [common.Variant(v, serve_args(args, v), bench) for v in VARIANTS]
     with tempfile.TemporaryDirectory(prefix="kv-offload-bench-") as tmp:
         rounds = kv_rounds.run_rounds(variants, args.rounds, Path(tmp))
-    checks = {}
-    for figure, better in (("output_tok_s", "higher"), ("ttft_p99_ms", "lower")):
-        ratios = common.paired_ratios(rounds, "swap", "recompute", figure)
-        median = round(statistics.median(ratios), 4) if ratios else None
-        checks[figure] = {
-            "swap_over_recompute_per_round": ratios,
-            "median_ratio": median,
-            "passed": median is not None and (median < 1 if better == "lower" else median > 1),
-        }
+    checks = common.ratio_checks(
+        rounds, "swap", "recompute", (("output_tok_s", "higher"), ("ttft_p99_ms", "lower"))
+    )
     payload = {
         "benchmark": "KV offload: swap vs recompute under KV pressure",
         "issue": 15,

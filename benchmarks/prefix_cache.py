@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -101,15 +100,9 @@ def main() -> int:
             for v in VARIANTS
         ]
         rounds = kv_rounds.run_rounds(variants, args.rounds, Path(tmp))
-    checks = {}
-    for figure, better in (("ttft_p50_ms", "lower"), ("output_tok_s", "higher")):
-        ratios = common.paired_ratios(rounds, "on", "off", figure)
-        median = round(statistics.median(ratios), 4) if ratios else None
-        checks[figure] = {
-            "on_over_off_per_round": ratios,
-            "median_ratio": median,
-            "passed": median is not None and (median < 1 if better == "lower" else median > 1),
-        }
+    checks = common.ratio_checks(
+        rounds, "on", "off", (("ttft_p50_ms", "lower"), ("output_tok_s", "higher"))
+    )
     payload = {
         "benchmark": "prefix caching on vs off, shared-prefix workload",
         "issue": 15,
