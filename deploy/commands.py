@@ -274,12 +274,6 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         err.print(f"error: {exc}")
         return 2
-    if not args.no_ray and spec.worker_replicas > 1:
-        err.print(
-            "error: --worker-replicas > 1 runs with --no-ray for now (Ray placement of replicas "
-            "is not built yet); add --no-ray"
-        )
-        return 2
     from deploy.lifecycle import LaunchError, check_port_free
 
     try:  # before anything slow (a model load, a kernel build) starts

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deploy.lifecycle import START_TIMEOUT_S, Child, LaunchError, launch, wait_serving
-from deploy.placement import internal_address, resolve_placement
+from deploy.placement import internal_address, resolve_placement, worker_names
 from deploy.spec import ServeSpec
 from services.common.peer_auth import TOKEN_ENV, new_internal_token
 from services.common.process import READY_PREFIX, config_to_json
@@ -99,7 +99,7 @@ class LocalDeployment:
         try:
             workers = [
                 self._start(name, "services.worker", lambda listen: self.spec.worker_config(listen))
-                for name in _worker_names(self.spec.worker_replicas)
+                for name in worker_names(self.spec.worker_replicas)
             ]
             sched = self._start(
                 "scheduler",
@@ -164,11 +164,6 @@ class LocalDeployment:
 
 def _indented(lines: list[str]) -> str:
     return "".join(f"\n  {line}" for line in lines)
-
-
-def _worker_names(num_replicas: int) -> list[str]:
-    """`worker`, then `worker-1`, `worker-2`, ... for further replicas (own socket and log)."""
-    return ["worker", *(f"worker-{i}" for i in range(1, num_replicas))]
 
 
 def _with_listen(config_json: str, address: str) -> str:

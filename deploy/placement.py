@@ -230,3 +230,9 @@ def internal_address(
     if transport == "uds":
         return f"unix:{Path(socket_dir) / f'{service}.sock'}"
     return f"{host}:{port}"
+
+
+def worker_names(num_replicas: int) -> list[str]:
+    """`worker`, then `worker-1`, `worker-2`, ... for further replicas (each its own address,
+    socket, log; on Ray its own actor)."""
+    return ["worker", *(f"worker-{i}" for i in range(1, num_replicas))]

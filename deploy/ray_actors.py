@@ -41,9 +41,16 @@ class ActorPlan:
     # the TLS files this role needs, read by the driver (services/common/tls.py: read_tls_files):
     # contents, not a path, so no node needs the driver's disk; `spec.tls_dir` is set on the node
     tls_files: dict[str, bytes] = field(default_factory=dict, repr=False)
+    # the scheduler's further worker replicas (`worker-1`, ...), each dialled like `downstream`
+    extra_downstreams: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        assert self.role in ROLES, self.role
+        assert self.service in ROLES, self.role
+
+    @property
+    def service(self) -> str:
+        """`worker` for every replica (`worker-1`, ...); otherwise the role itself."""
+        return self.role.partition("-")[0]
 
 
 class ServiceHost:
@@ -57,6 +64,7 @@ class ServiceHost:
         self.loop = asyncio.new_event_loop()
         self.service: Any = None
         self.relay: Any = None
+        self.relays: list[Any] = []
         self.tls_dir: Path | None = None
         self.failure: BaseException | None = None
         self.is_ready = threading.Event()
@@ -98,12 +106,13 @@ class ServiceHost:
 
             self.tls_dir = write_tls_files(plan.tls_files)
             plan = replace(plan, spec=replace(plan.spec, tls_dir=str(self.tls_dir)))
-        downstream = plan.downstream
+        downstreams = [plan.downstream, *plan.extra_downstreams]
         if plan.link.is_shaped:
-            # only this process dials the relay: it listens on loopback, not on the node's address
-            self.relay = await _start_relay("127.0.0.1", downstream, plan.link)
-            downstream = self.relay.address
-        return await _start_service(plan, downstream, self.node_id)
+            # only this process dials the relays (one per downstream): they listen on loopback
+            self.relays = [await _start_relay("127.0.0.1", d, plan.link) for d in downstreams]
+            self.relay = self.relays[0]
+            downstreams = [relay.address for relay in self.relays]
+        return await _start_service(plan, downstreams, self.node_id)
 
     @property
     def host_ip(self) -> str:
@@ -139,8 +148,8 @@ class ServiceHost:
         await self.service.stop(grace_s)
         # the actor is killed right after: flush its spans now or they are lost
         await asyncio.to_thread(shutdown_tracing)
-        if self.relay is not None:
-            self.relay.stop()  # returns at once: its threads end on their own
+        for relay in self.relays:
+            relay.stop()  # returns at once: its threads end on their own
         if self.tls_dir is not None:
             shutil.rmtree(self.tls_dir, ignore_errors=True)
         if self.plan.listen.startswith("unix:"):
@@ -160,16 +169,17 @@ def _private_dir(path: Path) -> None:
     path.chmod(0o700)
 
 
-async def _start_service(plan: ActorPlan, downstream: str, node_id: str) -> Any:
+async def _start_service(plan: ActorPlan, downstreams: list[str], node_id: str) -> Any:
     spec, link = plan.spec, plan.link.mechanism
-    if plan.role == "worker":
+    downstream = downstreams[0]
+    if plan.service == "worker":
         from services.worker.server import start_worker
 
         return await start_worker(spec.worker_config(plan.listen, node_id))
     if plan.role == "scheduler":
         from services.scheduler.server import start_scheduler
 
-        config = spec.scheduler_config(plan.listen, downstream, node_id)
+        config = spec.scheduler_config(plan.listen, downstream, node_id, downstreams[1:])
         config.worker_link = link
         config.worker_link_delay_ms = plan.link.delay_ms
         config.worker_link_rate_mbit = plan.link.rate_mbit

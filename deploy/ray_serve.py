@@ -35,6 +35,7 @@ from deploy.lifecycle import (
 from deploy.placement import (
     EDGES,
     NODE_LABEL_KEY,
+    SERVICES,
     NodePlan,
     NodeView,
     Placement,
@@ -42,6 +43,7 @@ from deploy.placement import (
     assign_nodes,
     internal_address,
     resolve_placement,
+    worker_names,
 )
 from deploy.ray_actors import ActorPlan, actor_class
 from deploy.spec import ServeSpec, announce_http
@@ -81,8 +83,10 @@ class RayDeployment:
             plans = self._actor_plans(plan, self._reserve(plan))
             cls = actor_class()
             for role, actor_plan in plans.items():  # all at once: each waits for its downstream
-                bundle = plan.bundle_of(self.placement, "tokenizer" if role == "pipeline" else role)
-                self.actors[role] = self._create(cls, actor_plan, bundle)
+                service = "tokenizer" if role == "pipeline" else actor_plan.service
+                self.actors[role] = self._create(
+                    cls, actor_plan, plan.bundle_of(self.placement, service)
+                )
             self._wait_started(timeout_s)
             # its health follows every downstream
             wait_serving(self.front_door, timeout_s, self.spec.front_door_credentials())
@@ -110,8 +114,9 @@ class RayDeployment:
         import ray
         from ray.util.placement_group import placement_group, placement_group_table
 
+        cpus = [self._bundle_cpu(plan, i) for i in range(len(plan.labels))]
         self.pg = placement_group(
-            [{"CPU": BUNDLE_CPU} for _ in plan.labels],
+            [{"CPU": cpu} for cpu in cpus],
             strategy=plan.strategy,
             bundle_label_selector=plan.selectors,
             name=f"hopscope-{self.deploy_id}",
@@ -119,13 +124,28 @@ class RayDeployment:
         try:
             ray.get(self.pg.ready(), timeout=RESERVE_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError as exc:
+            needs = ", ".join(
+                f"node {label}: {cpu:g} CPU" for label, cpu in zip(plan.labels, cpus, strict=True)
+            )
+            replicas = self.spec.worker_replicas
+            with_replicas = f" with {replicas} worker replicas" if replicas > 1 else ""
             raise DeployError(
                 f"could not reserve {len(plan.labels)} node(s) ({plan.strategy}) for placement "
-                f"{self.placement.name!r} within {RESERVE_TIMEOUT_S:.0f} s: are the nodes out of CPU?"
+                f"{self.placement.name!r}{with_replicas} within {RESERVE_TIMEOUT_S:.0f} s "
+                f"({needs}): are the nodes out of CPU? `ray status` shows what is free"
             ) from exc
         bundle_nodes = placement_group_table(self.pg)["bundles_to_node_id"]
         nodes = {n.node_id: n for n in alive_nodes()}
         return [nodes[bundle_nodes[i]] for i in range(len(plan.labels))]
+
+    def _bundle_cpu(self, plan: NodePlan, bundle: int) -> float:
+        """Room for every actor placed in the bundle: the services on its node, and every
+        worker replica when it holds the worker (replicas go where `worker` goes)."""
+        if self.placement.is_inproc:
+            return BUNDLE_CPU
+        here = [s for s in SERVICES if plan.bundle_of(self.placement, s) == bundle]
+        num_actors = len(here) + (self.spec.worker_replicas - 1) * ("worker" in here)
+        return max(BUNDLE_CPU, ACTOR_CPU * num_actors)
 
     def _actor_plans(self, plan: NodePlan, bundle_nodes: list[NodeView]) -> dict[str, ActorPlan]:
         placement, spec = self.placement, self.spec
@@ -139,15 +159,23 @@ class RayDeployment:
             return _with_secrets({"pipeline": pipeline}, spec.tls_dir)
         socket_dir = f"/tmp/hs-{self.deploy_id}"
         listen = {"tokenizer": front_door}
-        for service in ("scheduler", "worker"):
+        workers = worker_names(spec.worker_replicas)
+        for name in ("scheduler", *workers):
+            service = name.partition("-")[0]  # replicas listen like `worker`, each its own address
             transport = placement.listen_transport(service)
             port = free_port(node_of[service], ip_of[service]) if transport == "tcp" else 0
-            listen[service] = internal_address(transport, ip_of[service], socket_dir, service, port)
+            listen[name] = internal_address(transport, ip_of[service], socket_dir, name, port)
         links = {edge: self._edge_link(edge) for edge in EDGES}
-        plans = {
-            "worker": ActorPlan("worker", spec, listen["worker"], otel_env=otel_env),
+        plans = {name: ActorPlan(name, spec, listen[name], otel_env=otel_env) for name in workers}
+        plans |= {
             "scheduler": ActorPlan(
-                "scheduler", spec, listen["scheduler"], listen["worker"], links[EDGES[1]], otel_env
+                "scheduler",
+                spec,
+                listen["scheduler"],
+                listen["worker"],
+                links[EDGES[1]],
+                otel_env,
+                extra_downstreams=[listen[name] for name in workers[1:]],
             ),
             "tokenizer": ActorPlan(
                 "tokenizer", spec, front_door, listen["scheduler"], links[EDGES[0]], otel_env
@@ -207,7 +235,8 @@ class RayDeployment:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        for role in ("pipeline", "tokenizer", "scheduler", "worker"):
+        replicas = worker_names(self.spec.worker_replicas)
+        for role in ("pipeline", "tokenizer", "scheduler", *replicas):
             actor = self.actors.pop(role, None)
             if actor is None:
                 continue
@@ -230,7 +259,7 @@ def _with_secrets(plans: dict[str, ActorPlan], tls_dir: str) -> dict[str, ActorP
     token = new_internal_token()
     secured = {}
     for role, plan in plans.items():
-        identity = "tokenizer" if role == "pipeline" else role
+        identity = "tokenizer" if role == "pipeline" else plan.service
         files = read_tls_files(tls_dir, (identity,)) if tls_dir else {}
         spec = replace(plan.spec, tls_dir="", internal_token=token)
         secured[role] = replace(plan, spec=spec, tls_files=files)

@@ -1,0 +1,96 @@
+"""Two worker replicas on a local 3-node Ray cluster (`hopscope serve --placement remote
+--worker-replicas 2`): two worker actors on the worker's node, each its own address, both listed
+by Describe, both take load, and 16 seeded generations give the tokens of the in-process
+single-worker pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from deploy.cluster import ClusterRecord, start_cluster, stop_cluster
+from deploy.lifecycle import ServeChild, start_serve
+from deploy.spec import ServeSpec
+from tests.harness import generate
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+NUM_REQUESTS = 16
+MAX_TOKENS = 24
+
+
+def _seeded(address: str, i: int) -> list[int]:
+    ids, _, last = generate(
+        address,
+        prompt_token_ids=[0, *range(100 + 7 * i, 130 + 7 * i)],
+        max_tokens=MAX_TOKENS,
+        ignore_eos=True,
+        temperature=0.8,
+        seed=1000 + i,
+    )
+    assert last.finish_reason == "length", last
+    return ids
+
+
+def _run_all(address: str) -> list[list[int]]:
+    with ThreadPoolExecutor(NUM_REQUESTS) as pool:
+        return list(pool.map(lambda i: _seeded(address, i), range(NUM_REQUESTS)))
+
+
+def _inproc_reference() -> list[list[int]]:
+    from deploy.inproc import start_inproc
+
+    async def run() -> list[list[int]]:
+        pipeline = await start_inproc(ServeSpec(port=0))
+        try:
+            return await asyncio.to_thread(_run_all, pipeline.address)
+        finally:
+            await pipeline.stop(1.0)
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ClusterRecord]:
+    record = start_cluster(3, is_recorded=False)
+    try:
+        yield record
+    finally:
+        stop_cluster(record)
+
+
+@pytest.fixture
+def served(cluster: ClusterRecord) -> Iterator[ServeChild]:
+    args = ["--placement", "remote", "--worker-replicas", "2", "--routing", "round_robin"]
+    with tempfile.TemporaryDirectory(prefix="hopscope-test-") as log_dir:
+        child = start_serve(
+            [*args, "--ray-address", cluster.address, "--max-num-seqs", "8"],
+            log_path=Path(log_dir) / "serve.log",
+        )
+        try:
+            yield child
+        finally:
+            code = child.stop(60.0)
+        assert code == 0, "\n".join(child.child.last_lines(100))
+
+
+def test_two_ray_replicas_both_take_load_with_seeded_tokens(served: ServeChild) -> None:
+    described = served.describe()
+    services = {s["name"]: s for s in described["services"]}
+    assert {"worker", "worker-1"} <= set(services), services
+    worker, replica = services["worker"], services["worker-1"]
+    assert worker["address"] != replica["address"] and worker["pid"] != replica["pid"]
+    # replicas go where `worker` goes: its node, one network hop from the scheduler
+    assert worker["node_id"] == replica["node_id"] != services["scheduler"]["node_id"]
+    edges = {(e["from"], e["to"]): e["transport"] for e in described["edges"]}
+    assert edges[("scheduler", "worker")] == edges[("scheduler", "worker-1")] == "tcp"
+
+    tokens = _run_all(served.address)
+    replicas = served.describe()["scheduler_stats"]["replicas"]
+    assert len(replicas) == 2, replicas
+    assert all(int(r.get("num_steps", 0)) > 0 for r in replicas), replicas
+    assert tokens == _inproc_reference()
