@@ -128,6 +128,7 @@ class ServiceHost:
             "node_id": self.node_id,
             "host": self.host_ip,
             "relay": getattr(self.relay, "address", ""),
+            "relays": [relay.address for relay in self.relays],  # one per downstream
             "metrics": dict(self.service.metrics_urls),
         }
 

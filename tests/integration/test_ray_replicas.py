@@ -1,7 +1,8 @@
 """Two worker replicas on a local 3-node Ray cluster (`hopscope serve --placement remote
 --worker-replicas 2`): two worker actors on the worker's node, each its own address, both listed
 by Describe, both take load, and 16 seeded generations give the tokens of the in-process
-single-worker pipeline."""
+single-worker pipeline; on a shaped link (split, 1 ms) each replica's hop goes through its own
+relay."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.cluster import ClusterRecord, start_cluster, stop_cluster
+from deploy.cluster import ClusterRecord, LinkSettings, start_cluster, stop_cluster
 from deploy.lifecycle import ServeChild, start_serve
+from deploy.placement import resolve_placement
+from deploy.ray_serve import RayDeployment, connect
 from deploy.spec import ServeSpec
 from tests.harness import generate
 
@@ -41,7 +44,9 @@ def _run_all(address: str) -> list[list[int]]:
         return list(pool.map(lambda i: _seeded(address, i), range(NUM_REQUESTS)))
 
 
-def _inproc_reference() -> list[list[int]]:
+@pytest.fixture(scope="module")
+def reference() -> list[list[int]]:
+    """The 16 seeded generations from the in-process single-worker pipeline, without Ray."""
     from deploy.inproc import start_inproc
 
     async def run() -> list[list[int]]:
@@ -58,8 +63,12 @@ def _inproc_reference() -> list[list[int]]:
 def cluster() -> Iterator[ClusterRecord]:
     record = start_cluster(3, is_recorded=False)
     try:
+        connect(record.address)
         yield record
     finally:
+        import ray
+
+        ray.shutdown()
         stop_cluster(record)
 
 
@@ -78,7 +87,9 @@ def served(cluster: ClusterRecord) -> Iterator[ServeChild]:
         assert code == 0, "\n".join(child.child.last_lines(100))
 
 
-def test_two_ray_replicas_both_take_load_with_seeded_tokens(served: ServeChild) -> None:
+def test_two_ray_replicas_both_take_load_with_seeded_tokens(
+    served: ServeChild, reference: list[list[int]]
+) -> None:
     described = served.describe()
     services = {s["name"]: s for s in described["services"]}
     assert {"worker", "worker-1"} <= set(services), services
@@ -93,4 +104,30 @@ def test_two_ray_replicas_both_take_load_with_seeded_tokens(served: ServeChild) 
     replicas = served.describe()["scheduler_stats"]["replicas"]
     assert len(replicas) == 2, replicas
     assert all(int(r.get("num_steps", 0)) > 0 for r in replicas), replicas
-    assert tokens == _inproc_reference()
+    assert tokens == reference
+
+
+def test_each_replica_hop_is_shaped_through_its_own_relay(
+    cluster: ClusterRecord, reference: list[list[int]]
+) -> None:
+    spec = ServeSpec(placement="split", port=0, worker_replicas=2, routing="round_robin")
+    deployment = RayDeployment(spec, resolve_placement("split"), LinkSettings(delay_ms=1.0))
+    address = deployment.start()
+    try:
+        assert set(deployment.actors) == {"tokenizer", "scheduler", "worker", "worker-1"}
+        with ThreadPoolExecutor(4) as pool:
+            tokens = list(pool.map(lambda i: _seeded(address, i), range(4)))
+        assert tokens == reference[:4]
+        from tests.harness import Served
+
+        described = Served(address, None).describe()  # type: ignore[arg-type]
+        links = {e.to: e.link for e in described.edges if getattr(e, "from") == "scheduler"}
+        assert links == {"worker": "relay", "worker-1": "relay"}
+        # the scheduler dials each replica through a loopback relay, not the replica's address
+        workers = {s.address for s in described.services if s.name.startswith("worker")}
+        dialled = [r.address for r in described.scheduler_stats.replicas]
+        assert len(set(dialled)) == 2 and not set(dialled) & workers, (dialled, workers)
+        assert dialled == deployment.infos["scheduler"]["relays"]
+        assert all(r.num_steps > 0 for r in described.scheduler_stats.replicas)
+    finally:
+        deployment.stop()
