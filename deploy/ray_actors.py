@@ -129,7 +129,11 @@ class ServiceHost:
             "host": self.host_ip,
             "relay": getattr(self.relay, "address", ""),
             "relays": [relay.address for relay in self.relays],  # one per downstream
-            "metrics": dict(self.service.metrics_urls),
+            # a replica's /metrics is its own (`worker-1`), not the first worker's
+            "metrics": {
+                (self.plan.role if name == self.plan.service else name): url
+                for name, url in self.service.metrics_urls.items()
+            },
         }
 
     def check_health(self) -> None:

@@ -166,7 +166,14 @@ class RayDeployment:
             port = free_port(node_of[service], ip_of[service]) if transport == "tcp" else 0
             listen[name] = internal_address(transport, ip_of[service], socket_dir, name, port)
         links = {edge: self._edge_link(edge) for edge in EDGES}
-        plans = {name: ActorPlan(name, spec, listen[name], otel_env=otel_env) for name in workers}
+        # further replicas share the worker's node: their /metrics take any free port
+        replica_spec = replace(spec, metrics_base_port=0)
+        plans = {
+            name: ActorPlan(
+                name, spec if name == "worker" else replica_spec, listen[name], otel_env=otel_env
+            )
+            for name in workers
+        }
         plans |= {
             "scheduler": ActorPlan(
                 "scheduler",

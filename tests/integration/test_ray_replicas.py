@@ -7,6 +7,8 @@ relay."""
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -72,9 +74,17 @@ def cluster() -> Iterator[ClusterRecord]:
         stop_cluster(record)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture
 def served(cluster: ClusterRecord) -> Iterator[ServeChild]:
     args = ["--placement", "remote", "--worker-replicas", "2", "--routing", "round_robin"]
+    # a fixed metrics base (the worker's node holds both replicas: the second must not clash)
+    args += ["--metrics", "--metrics-port", str(_free_port())]
     with tempfile.TemporaryDirectory(prefix="hopscope-test-") as log_dir:
         child = start_serve(
             [*args, "--ray-address", cluster.address, "--max-num-seqs", "8"],
@@ -99,6 +109,9 @@ def test_two_ray_replicas_both_take_load_with_seeded_tokens(
     assert worker["node_id"] == replica["node_id"] != services["scheduler"]["node_id"]
     edges = {(e["from"], e["to"]): e["transport"] for e in described["edges"]}
     assert edges[("scheduler", "worker")] == edges[("scheduler", "worker-1")] == "tcp"
+
+    metrics_line = next(ln for ln in served.child.last_lines(200) if "hopscope metrics:" in ln)
+    assert re.search(r"\bworker http://\S+, .*\bworker-1 http://", metrics_line), metrics_line
 
     tokens = _run_all(served.address)
     replicas = served.describe()["scheduler_stats"]["replicas"]
