@@ -87,3 +87,18 @@ def wait_until_idle(served: Served, timeout_s: float = 30.0) -> pb.SchedulerStat
             return stats
         time.sleep(0.1)
     return stats
+
+
+def seeded_generation(address: str, i: int, prompt_len: int, max_tokens: int) -> list[int]:
+    """Request `i` of a seeded, sampled (temperature 0.8) batch: its own prompt ids and seed,
+    `max_tokens` tokens ignoring EOS; asserts it ran to its length."""
+    ids, _, last = generate(
+        address,
+        prompt_token_ids=[0, *range(100 + 7 * i, 100 + prompt_len + 7 * i)],
+        max_tokens=max_tokens,
+        ignore_eos=True,
+        temperature=0.8,
+        seed=1000 + i,
+    )
+    assert last.finish_reason == "length", last
+    return ids

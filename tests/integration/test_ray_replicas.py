@@ -21,7 +21,7 @@ from deploy.lifecycle import ServeChild, start_serve
 from deploy.placement import resolve_placement
 from deploy.ray_serve import RayDeployment, connect
 from deploy.spec import ServeSpec
-from tests.harness import generate
+from tests.harness import seeded_generation
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 NUM_REQUESTS = 16
@@ -29,16 +29,7 @@ MAX_TOKENS = 24
 
 
 def _seeded(address: str, i: int) -> list[int]:
-    ids, _, last = generate(
-        address,
-        prompt_token_ids=[0, *range(100 + 7 * i, 130 + 7 * i)],
-        max_tokens=MAX_TOKENS,
-        ignore_eos=True,
-        temperature=0.8,
-        seed=1000 + i,
-    )
-    assert last.finish_reason == "length", last
-    return ids
+    return seeded_generation(address, i, 30, MAX_TOKENS)
 
 
 def _run_all(address: str) -> list[list[int]]:

@@ -8,23 +8,14 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.harness import Served, generate, serve
+from tests.harness import Served, seeded_generation, serve
 
 NUM_REQUESTS = 16
 MAX_TOKENS = 48
 
 
 def _seeded(address: str, i: int) -> list[int]:
-    ids, _, last = generate(
-        address,
-        prompt_token_ids=[0, *range(100 + 7 * i, 140 + 7 * i)],
-        max_tokens=MAX_TOKENS,
-        ignore_eos=True,
-        temperature=0.8,
-        seed=1000 + i,
-    )
-    assert last.finish_reason == "length", last
-    return ids
+    return seeded_generation(address, i, 40, MAX_TOKENS)
 
 
 def _run_all(served: Served, kill_replica: int | None = None) -> list[list[int]]:
