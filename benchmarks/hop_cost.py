@@ -24,7 +24,6 @@ import os
 import platform
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import grpc
 
 from benchmarks.hop_notes import PREDICTION, build_notes
 from deploy.relay import link_mechanism, netem_available
+from diagnose.calibrate import echo_child
 from diagnose.hop_echo import UNARY_METHOD, bidi_round_trip, echo_step, make_step_request
 from protos import hopscope_pb2 as pb
 from services.common.channels import create_channel
@@ -77,32 +77,6 @@ class HopCostConfig:
 
 
 # --- child processes: the echo server and the relays
-
-
-@contextmanager
-def _child(args: list[str]) -> Iterator[dict[str, str]]:
-    """Start `python -m diagnose.hop_echo ARGS`; yield the addresses it prints; stop it."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "diagnose.hop_echo", *args],
-        cwd=REPO_ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"diagnose.hop_echo {args[0]} exited before listening")
-        yield json.loads(line)
-    finally:
-        assert process.stdin is not None
-        process.stdin.close()  # the child stops when its stdin closes
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # --- Ray: a local single-node cluster of our own, on its own loopback address
@@ -290,10 +264,10 @@ def run(config: HopCostConfig) -> dict[str, Any]:
     machine = _machine()  # load average before the run
     with ExitStack() as stack:
         socket_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hopscope-hop-"))
-        servers = stack.enter_context(_child(["serve", "--uds", f"{socket_dir}/echo.sock"]))
+        servers = stack.enter_context(echo_child(["serve", "--uds", f"{socket_dir}/echo.sock"]))
         delays = ",".join(f"{d:g}" for d in RELAY_DELAYS_MS)
         relays = stack.enter_context(
-            _child(["relay", "--target", servers["tcp"], "--delays-ms", delays])
+            echo_child(["relay", "--target", servers["tcp"], "--delays-ms", delays])
         )
         relays = {str(float(d)): address for d, address in relays.items()}
         actor = stack.enter_context(_ray_actor()) if config.use_ray else None

@@ -118,7 +118,7 @@ def get_calibration(*, measure_if_missing: bool = True) -> Calibration | None:
 
 
 @contextmanager
-def _echo_child(args: list[str]) -> Iterator[dict[str, str]]:
+def echo_child(args: list[str]) -> Iterator[dict[str, str]]:
     """`python -P -m diagnose.hop_echo ARGS`: yields the addresses it prints; stopped on exit."""
     process = subprocess.Popen(
         [sys.executable, "-P", "-m", "diagnose.hop_echo", *args],
@@ -193,7 +193,7 @@ def measure(rounds: int = 10, iters: int = 40) -> Calibration:
     with ExitStack() as stack:
         socket_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hopscope-cal-"))
         servers = stack.enter_context(
-            _echo_child(["serve", "--uds", f"{socket_dir}/echo.sock", "--host", "127.0.0.1"])
+            echo_child(["serve", "--uds", f"{socket_dir}/echo.sock", "--host", "127.0.0.1"])
         )
         # the relay runs in the caller's process, as a deployment runs it in the scheduler's
         # (deploy/ray_actors.py): its threads share that process's interpreter
