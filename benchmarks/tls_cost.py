@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 
 from benchmarks import common
-from benchmarks.hop_echo import STREAM_METHOD, UNARY_METHOD, make_step_request, register_echo
+from diagnose.hop_echo import STREAM_METHOD, UNARY_METHOD, make_step_request, register_echo
 from protos import hopscope_pb2 as pb
 from services.common.channels import create_channel
 from services.common.peer_auth import token_metadata

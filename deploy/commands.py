@@ -199,6 +199,14 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         help="tokens per front-door message at most: 1 (default) = one message per step; N > 1 "
         "sends the first token at once, then every N tokens (fewer messages, less host CPU)",
     )
+    p.add_argument(
+        "--step-encoding",
+        choices=["nested", "packed", "delta"],
+        default="delta",
+        help="how the scheduler sends a step's sequences to the worker: a message each "
+        "(nested), packed arrays (packed), or packed with block tables as deltas (delta, "
+        "the default)",
+    )
 
 
 def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: int = 0) -> ServeSpec:
@@ -233,6 +241,7 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         worker_reconnect_timeout_s=getattr(args, "worker_restart_timeout", 60.0),
         tls_dir=_absolute(getattr(args, "tls", "")),
         stream_interval=getattr(args, "stream_interval", 1),
+        step_encoding=getattr(args, "step_encoding", "delta"),
     )
 
 

@@ -53,6 +53,7 @@ class ServeSpec:
     max_model_len: int | None = None  # caps the context (and the KV cache it needs)
     tls_dir: str = ""  # TLS on every TCP hop, mutual between services (`hopscope certs`)
     stream_interval: int = 1  # tokens per front-door message at most (first token at once)
+    step_encoding: str = "delta"  # scheduler -> worker step messages: nested | packed | delta
     # made by the deployer (deploy/local.py, deploy/ray_serve.py) for each deployment
     internal_token: str = field(default="", repr=False)
 
@@ -162,6 +163,7 @@ class ServeSpec:
             routing=self.routing,
             tls_dir=self.tls_dir,
             internal_token=self.internal_token,
+            step_encoding=self.step_encoding,
         )
 
     def tokenizer_config(

@@ -23,6 +23,8 @@ from typing import Any
 import grpc
 
 from protos import hopscope_pb2 as pb
+from services.common.convert import StepEncoder
+from services.common.types import SamplingParams, SeqStep
 
 ECHO_SERVICE = "hopscope.bench.Echo"
 UNARY_METHOD = f"/{ECHO_SERVICE}/Step"
@@ -30,25 +32,26 @@ STREAM_METHOD = f"/{ECHO_SERVICE}/StepStream"
 
 
 def make_step_request(num_seqs: int, step_id: int = 0) -> pb.StepRequest:
-    """A decode step of `num_seqs` sequences: one token each, a 512-token context in 32 blocks."""
+    """A decode step of `num_seqs` sequences: one token each, a 512-token context in 32 blocks,
+    in the packed encoding with whole block tables (the first step of a Step stream)."""
     seqs = [
-        pb.SeqStep(
+        SeqStep(
             seq_id=1000 + i,
             token_ids=[17 + i],
             num_computed=511,
             block_table=list(range(32 * i, 32 * i + 32)),
-            sample=True,
-            sampling=pb.SamplingParams(temperature=0.7, top_p=0.9, top_k=50, seed=i),
+            sampling=SamplingParams(temperature=0.7, top_p=0.9, top_k=50, seed=i),
         )
         for i in range(num_seqs)
     ]
     trace_context = {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}
-    return pb.StepRequest(step_id=step_id, seqs=seqs, trace_context=trace_context)
+    return StepEncoder("packed").encode(step_id, seqs, trace_context)
 
 
 def echo_step(request: pb.StepRequest) -> pb.StepResponse:
     """What a worker answers to `request`, minus the model."""
-    sampled = [seq.seq_id for seq in request.seqs if seq.sample]
+    sampled = [seq_id for seq_id, s in zip(request.packed.seq_ids, request.packed.sample) if s]
+    sampled += [seq.seq_id for seq in request.seqs if seq.sample]  # the nested encoding
     return pb.StepResponse(
         step_id=request.step_id,
         seq_ids=sampled,

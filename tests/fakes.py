@@ -370,6 +370,7 @@ class FakeWorkerServicer:
         self.num_streams += 1
         kill = asyncio.ensure_future(self._kill.wait())
         requests = request_iterator.__aiter__()  # type: ignore[attr-defined]
+        decoder = convert.StepDecoder()
         try:
             while True:
                 next_request = asyncio.ensure_future(requests.__anext__())
@@ -380,7 +381,7 @@ class FakeWorkerServicer:
                 if isinstance(next_request.exception(), StopAsyncIteration):
                     return
                 request = next_request.result()
-                seqs = [convert.seq_step_from_pb(s) for s in request.seqs]
+                seqs = decoder.decode(request)
                 yield convert.step_output_to_pb(request.step_id, self.worker.step(seqs))
         finally:
             kill.cancel()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from protos import hopscope_pb2 as pb
 from services.common.identity import ServiceIdentity
 from services.common.types import (
@@ -47,6 +49,157 @@ def seq_step_from_pb(m: pb.SeqStep) -> SeqStep:
         block_table=list(m.block_table),
         sampling=sampling_from_pb(m.sampling) if m.sample else None,
     )
+
+
+STEP_ENCODINGS = ("nested", "packed", "delta")
+_NOT_SAMPLED = SamplingParams(temperature=0.0, top_p=0.0, top_k=0, seed=0)  # packed placeholder
+
+
+class StepEncoder:
+    """Builds the StepRequests of one Step stream in one of three encodings (`--step-encoding`):
+
+    - nested: a SeqStep message per sequence;
+    - packed: PackedSeqs, one repeated scalar field per attribute;
+    - delta: packed, and a sequence that was in the previous step of this stream carries only the
+      blocks appended to its table since (the worker's StepDecoder keeps the tables).
+
+    A stream's requests must be encoded in the order they are sent, and a new stream needs a new
+    encoder (the worker's decoder starts empty with each stream).
+    """
+
+    def __init__(self, encoding: str = "delta") -> None:
+        if encoding not in STEP_ENCODINGS:
+            raise ValueError(
+                f"step encoding {encoding!r} is not one of {', '.join(STEP_ENCODINGS)}"
+            )
+        self.encoding = encoding
+        self._tables: dict[int, list[int]] = {}  # delta: each sequence's table as last sent
+
+    def encode(
+        self,
+        step_id: int,
+        seqs: list[SeqStep],
+        carrier: Mapping[str, str],
+        swaps: BlockSwaps | None = None,
+    ) -> pb.StepRequest:
+        request = pb.StepRequest(step_id=step_id, trace_context=carrier)
+        if self.encoding == "nested":
+            request.seqs.extend([seq_step_to_pb(s) for s in seqs])
+        else:
+            self._pack(seqs, request.packed)
+        return swaps_to_pb(swaps, request)
+
+    def _pack(self, seqs: list[SeqStep], packed: pb.PackedSeqs) -> None:
+        token_ids: list[int] = []
+        block_ids: list[int] = []
+        num_blocks: list[int] = []
+        is_delta: list[bool] = []
+        sample: list[bool] = []
+        temperature: list[float] = []
+        top_p: list[float] = []
+        top_k: list[int] = []
+        seed: list[int] = []
+        previous = self._tables if self.encoding == "delta" else {}
+        tables: dict[int, list[int]] = {}
+        for s in seqs:
+            token_ids += s.token_ids
+            table = s.block_table
+            base = previous.get(s.seq_id)
+            # the scheduler appends blocks to a running sequence's table; anything else (a
+            # preempted and rescheduled sequence, a block replaced) goes whole
+            if base is not None and table[: len(base)] == base:
+                block_ids += table[len(base) :]
+                num_blocks.append(len(table) - len(base))
+                is_delta.append(True)
+            else:
+                block_ids += table
+                num_blocks.append(len(table))
+                is_delta.append(False)
+            if self.encoding == "delta":
+                tables[s.seq_id] = table[:]  # a copy: the scheduler's list grows in place
+            p = s.sampling
+            sample.append(p is not None)
+            if p is None:
+                p = _NOT_SAMPLED
+            temperature.append(p.temperature)
+            top_p.append(p.top_p)
+            top_k.append(p.top_k)
+            seed.append(p.seed)
+        self._tables = tables
+        packed.seq_ids.extend([s.seq_id for s in seqs])
+        packed.num_tokens.extend([len(s.token_ids) for s in seqs])
+        packed.token_ids.extend(token_ids)
+        packed.num_computed.extend([s.num_computed for s in seqs])
+        packed.num_blocks.extend(num_blocks)
+        packed.block_ids.extend(block_ids)
+        packed.table_is_delta.extend(is_delta)
+        packed.sample.extend(sample)
+        packed.temperature.extend(temperature)
+        packed.top_p.extend(top_p)
+        packed.top_k.extend(top_k)
+        packed.seed.extend(seed)
+
+
+class StepDecodeError(ValueError):
+    """A step message the worker cannot turn into sequences (a delta without its base)."""
+
+
+class StepDecoder:
+    """The worker's side of one Step stream: any encoding in, `SeqStep`s out. Keeps the tables of
+    the previous step for the delta encoding; a message that cannot be decoded raises
+    StepDecodeError, after which the stream must end (its tables no longer match the sender's)."""
+
+    def __init__(self) -> None:
+        self._tables: dict[int, list[int]] = {}
+
+    def decode(self, m: pb.StepRequest) -> list[SeqStep]:
+        if not m.HasField("packed"):
+            self._tables = {}
+            return [seq_step_from_pb(s) for s in m.seqs]
+        p = m.packed
+        token_ids = list(p.token_ids)
+        block_ids = list(p.block_ids)
+        previous = self._tables
+        tables: dict[int, list[int]] = {}
+        seqs: list[SeqStep] = []
+        t = b = 0
+        columns = zip(
+            p.seq_ids, p.num_tokens, p.num_computed, p.num_blocks, p.table_is_delta, p.sample,
+            p.temperature, p.top_p, p.top_k, p.seed, strict=True,
+        )  # fmt: skip
+        for (
+            seq_id,
+            n_tokens,
+            n_computed,
+            n_blocks,
+            is_delta,
+            sample,
+            temp,
+            top_p,
+            top_k,
+            seed,
+        ) in columns:
+            table = block_ids[b : b + n_blocks]
+            if is_delta:
+                base = previous.get(seq_id)
+                if base is None:
+                    raise StepDecodeError(
+                        f"step {m.step_id}: sequence {seq_id} sends a block-table delta but was "
+                        "not in the previous step of this stream"
+                    )
+                table = base + table
+            tables[seq_id] = table
+            sampling = SamplingParams(temp, top_p, top_k, seed) if sample else None
+            seqs.append(SeqStep(seq_id, token_ids[t : t + n_tokens], n_computed, table, sampling))
+            t += n_tokens
+            b += n_blocks
+        if t != len(token_ids) or b != len(block_ids):
+            raise StepDecodeError(
+                f"step {m.step_id}: {len(token_ids)} token ids and {len(block_ids)} block ids "
+                f"for sequences that account for {t} and {b}"
+            )
+        self._tables = tables
+        return seqs
 
 
 def step_output_to_pb(step_id: int, out: StepOutput) -> pb.StepResponse:

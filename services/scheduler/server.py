@@ -79,7 +79,11 @@ async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
     tls = load_tls(config.tls_dir, "scheduler") if config.tls_dir else None
     workers: list[WorkerClient] = [
         GrpcWorkerClient(
-            address, config.step_timeout_s, tls=tls, internal_token=config.internal_token
+            address,
+            config.step_timeout_s,
+            tls=tls,
+            internal_token=config.internal_token,
+            step_encoding=config.step_encoding,
         )
         for address in config.worker_addresses
     ]

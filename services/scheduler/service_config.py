@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.common.convert import STEP_ENCODINGS
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.router import ROUTING_POLICIES
 
@@ -28,6 +29,8 @@ class SchedulerServiceConfig:
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off  # how the path to the worker is shaped: "" | "netem" | "relay"
     tls_dir: str = ""  # mutual TLS on TCP hops, both ways (services/common/tls.py); "" = off
     internal_token: str = field(default="", repr=False)  # sent to the worker, required of callers
+    # how a step's sequences travel to the worker: nested | packed | delta (convert.StepEncoder)
+    step_encoding: str = "delta"
 
     # worker replicas beyond `worker_address` (each its own KV cache and batch), and how a
     # request picks one: round_robin | least_load | prefix | network_aware
@@ -47,6 +50,11 @@ class SchedulerServiceConfig:
         if self.routing not in ROUTING_POLICIES:
             raise ValueError(
                 f"routing must be one of {', '.join(ROUTING_POLICIES)}, got {self.routing!r}"
+            )
+        if self.step_encoding not in STEP_ENCODINGS:
+            raise ValueError(
+                f"step_encoding must be one of {', '.join(STEP_ENCODINGS)}, "
+                f"got {self.step_encoding!r}"
             )
         if self.worker_reconnect_timeout_s < 0:
             raise ValueError("worker_reconnect_timeout_s must be >= 0")

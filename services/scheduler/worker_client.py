@@ -86,8 +86,11 @@ class GrpcWorkerClient:
         *,
         tls: TlsMaterial | None = None,
         internal_token: str = "",
+        step_encoding: str = "delta",
     ) -> None:
         self.address = address
+        self._step_encoding = step_encoding
+        self._encoder = convert.StepEncoder(step_encoding)
         self._tls = tls
         self._metadata = token_metadata(internal_token)
         self.transport = transport_of(address)
@@ -121,6 +124,7 @@ class GrpcWorkerClient:
                 f"model worker at {self.address} is unavailable: {_reason(exc)}"
             ) from exc
         call = stub.Step(metadata=self._metadata)
+        self._encoder = convert.StepEncoder(self._step_encoding)  # the worker's decoder is new too
         call.add_done_callback(lambda _call: self._on_lost())
         self._call = call
         return info
@@ -132,15 +136,11 @@ class GrpcWorkerClient:
         if call is None or call.done():
             self._drop_call()
             raise UnavailableError(f"the step stream to the model worker at {self.address} ended")
-        self._step_id += 1
-        request = pb.StepRequest(
-            step_id=self._step_id,
-            seqs=[convert.seq_step_to_pb(s) for s in seqs],
-            trace_context=dict(carrier),
-        )
-        convert.swaps_to_pb(swaps, request)
         try:
             async with self._write_lock:
+                # encoded in the order written: the delta encoding's tables follow the stream
+                self._step_id += 1
+                request = self._encoder.encode(self._step_id, seqs, carrier, swaps)
                 await call.write(request)
             async with self._read_lock:
                 response = await asyncio.wait_for(call.read(), self._step_timeout_s)

@@ -161,8 +161,11 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     ) -> AsyncIterator[pb.StepResponse]:
         """One message per step each way, answered in order. With async scheduling the next
         step is already waiting in the stream: it starts as soon as this reply is sent."""
+        decoder = convert.StepDecoder()  # per stream: the delta encoding's tables
         async for request in request_iterator:
-            seqs = [convert.seq_step_from_pb(s) for s in request.seqs]
+            # a message that does not decode ends the stream (the scheduler reconnects and
+            # recomputes): the tables of both ends no longer agree
+            seqs = decoder.decode(request)
             swaps = convert.swaps_from_pb(request)
             try:
                 out = await self.service.step(seqs, request.trace_context, self.transport, swaps)

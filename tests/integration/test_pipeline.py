@@ -166,6 +166,17 @@ def _mixed(address: str) -> list[tuple[list[int], str]]:
         return list(pool.map(one, range(len(lengths))))
 
 
+@pytest.mark.parametrize("encoding", ["nested", "packed"])
+def test_every_step_encoding_gives_the_same_seeded_tokens(
+    colocated: Served, checkpoint: Path, encoding: str
+) -> None:
+    """`--step-encoding nested|packed` against the module's server (the default, delta): the
+    same tokens, greedy and seeded, over block boundaries and a sequence finishing at once."""
+    plain = _mixed(colocated.address)
+    with serve("colocated", "--model", str(checkpoint), "--step-encoding", encoding) as served:
+        assert _mixed(served.address) == plain, encoding
+
+
 def test_async_scheduling_gives_the_same_seeded_tokens(colocated: Served, checkpoint: Path) -> None:
     """`--async-scheduling on` (two steps in flight, the worker filling in the tokens it sampled),
     in-process and colocated (the Step stream), against the module's server with it off."""
