@@ -53,6 +53,14 @@ TARGETS = {
     "bench_cpu_outside_run_s": (1.0, "max"),
     "ratio_to_worker_alone": (0.75, "min"),
 }
+RATIO_FIGURES = [
+    ("output_tok_s", "higher"),
+    ("tokenizer_cpu_us_per_token", "lower"),
+    ("scheduler_cpu_us_per_token", "lower"),
+    ("worker_cpu_us_per_token", "lower"),
+    ("client_cpu_us_per_token", "lower"),
+    ("total_cpu_us_per_token", "lower"),
+]
 PREDICTION = (
     "From the issue's figures (worker 287, client 77, tokenizer 76, scheduler 35 µs/token at "
     "c=32 colocated, 0.46 of the worker alone): the engine threads take ~85% of the worker; "
@@ -81,6 +89,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "token_cost.json")
     parser.add_argument("--notes", default="", help="what was found, stored in notes.result")
+    parser.add_argument(
+        "--prediction", default=PREDICTION, help="what the run is expected to show (notes)"
+    )
     return parser.parse_args()
 
 
@@ -118,16 +129,25 @@ def warm_up(address: str, args: argparse.Namespace) -> None:
 
 
 def serve_argv(variant: str) -> list[str]:
-    """`colocated` or `colocated+stream-interval=4`: a placement and extra serve flags."""
+    """`colocated` or `colocated+stream-interval=4`: a placement and extra serve flags
+    (`+env:NAME=VALUE` parts are the serve's environment instead, see `serve_env`)."""
     placement, *flags = variant.split("+")
+    flags = [f for f in flags if not f.startswith("env:")]
     extra = [arg for flag in flags for arg in (f"--{flag.split('=')[0]}", flag.split("=")[1])]
     return ["--no-ray", "--placement", placement, *extra]
+
+
+def serve_env(variant: str) -> dict[str, str] | None:
+    """`colocated+env:OMP_WAIT_POLICY=PASSIVE`: that variable set for serve and its children."""
+    pairs = [f[len("env:") :].split("=", 1) for f in variant.split("+")[1:] if f.startswith("env:")]
+    return {**os.environ, **dict(pairs)} if pairs else None
 
 
 def run_once(args: argparse.Namespace, placement: str, round_index: int, tmp: Path) -> dict:
     serve = start_serve(
         [*serve_argv(placement), "--model", args.model],
         log_path=tmp / f"serve-{placement}-{round_index}.log",
+        env=serve_env(placement),
         cwd=common.REPO,
     )
     try:
@@ -258,12 +278,17 @@ def main() -> int:
                     common.log(f"round {round_index} {placement} failed: {exc}")
                     rounds.append({"round": round_index, "variant": placement, "error": str(exc)})
     per_placement = {p: medians(rounds, p) for p in placements}
+    flat_rounds = [{**r, "figures": flat(r["figures"])} for r in rounds if "figures" in r]
+    ratios = {
+        variant: common.ratio_checks(flat_rounds, variant, placements[0], RATIO_FIGURES)
+        for variant in placements[1:]
+    }
     targets = check_targets(per_placement.get("colocated", {}))
     payload = {
         "benchmark": "CPU µs per output token per process, tokens/s and ratio to the engine alone",
         "issue": 14,
         "command": f"python -m benchmarks.token_cost --rounds {args.rounds} "
-        f"--num-requests {args.num_requests}",
+        f"--num-requests {args.num_requests} --placements {args.placements}",
         "config": {
             "model": args.model,
             "placements": placements,
@@ -282,10 +307,12 @@ def main() -> int:
         "wall_s": round(time.monotonic() - started, 1),
         "rounds": rounds,
         "medians": per_placement,
+        # each variant against the first, within each round (same machine load), then the median
+        f"ratios_to_{placements[0]}": ratios,
         "targets_colocated": targets,
         "passed": all(t["met"] for t in targets.values()),
         "notes": {
-            "prediction": PREDICTION,
+            "prediction": args.prediction,
             "result": args.notes,
             "caveat": "indicative: the 2-core machine is shared with other jobs; absolute "
             "tokens/s swing, CPU per token (a cost) moves less; OpenMP spin-waiting counts as "

@@ -207,6 +207,15 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         "(nested), packed arrays (packed), or packed with block tables as deltas (delta, "
         "the default)",
     )
+    p.add_argument(
+        "--num-scheduler-steps",
+        type=int,
+        default=1,
+        metavar="N",
+        help="multi-step decoding: a step of decodes only runs with up to N-1 more decode steps "
+        "in one worker round trip, their tokens sent together (fewer messages per token; "
+        "tokens arrive N at a time, new requests wait for the run; default 1: off)",
+    )
 
 
 def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: int = 0) -> ServeSpec:
@@ -242,6 +251,7 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         tls_dir=_absolute(getattr(args, "tls", "")),
         stream_interval=getattr(args, "stream_interval", 1),
         step_encoding=getattr(args, "step_encoding", "delta"),
+        num_scheduler_steps=getattr(args, "num_scheduler_steps", 1),
     )
 
 

@@ -54,6 +54,7 @@ class ServeSpec:
     tls_dir: str = ""  # TLS on every TCP hop, mutual between services (`hopscope certs`)
     stream_interval: int = 1  # tokens per front-door message at most (first token at once)
     step_encoding: str = "delta"  # scheduler -> worker step messages: nested | packed | delta
+    num_scheduler_steps: int = 1  # multi-step decoding: decode steps per worker round trip
     # made by the deployer (deploy/local.py, deploy/ray_serve.py) for each deployment
     internal_token: str = field(default="", repr=False)
 
@@ -70,6 +71,17 @@ class ServeSpec:
             raise ValueError(f"async_scheduling must be on or off, got {self.async_scheduling!r}")
         if self.worker_replicas < 1:
             raise ValueError(f"worker_replicas must be >= 1, got {self.worker_replicas}")
+        if self.num_scheduler_steps < 1:
+            raise ValueError(f"--num-scheduler-steps must be >= 1, got {self.num_scheduler_steps}")
+        if self.num_scheduler_steps > 1 and self.async_scheduling == "on":
+            raise ValueError(
+                "--num-scheduler-steps > 1 and --async-scheduling on do not combine: choose one"
+            )
+        if self.num_scheduler_steps > 1 and self.step_encoding == "nested":
+            raise ValueError(
+                "--num-scheduler-steps > 1 needs --step-encoding packed or delta (a nested step "
+                "message carries one step)"
+            )
         if self.swap_space_mb < 0:
             raise ValueError(f"swap_space_mb must be >= 0, got {self.swap_space_mb}")
         if self.preemption == "swap" and self.swap_space_mb == 0:
@@ -151,6 +163,7 @@ class ServeSpec:
             enable_prefix_caching=self.prefix_caching == "on",
             preemption=self.preemption,  # type: ignore[arg-type]
             async_scheduling=self.async_scheduling == "on",
+            num_scheduler_steps=self.num_scheduler_steps,
         )
         return SchedulerServiceConfig(
             core=core,

@@ -275,7 +275,7 @@ class SeqStep(_message.Message):
     def __init__(self, seq_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_computed: _Optional[int] = ..., block_table: _Optional[_Iterable[int]] = ..., sample: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
 
 class StepRequest(_message.Message):
-    __slots__ = ("step_id", "seqs", "packed", "trace_context", "swap_out", "swap_in")
+    __slots__ = ("step_id", "seqs", "packed", "then", "trace_context", "swap_out", "swap_in")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -286,19 +286,21 @@ class StepRequest(_message.Message):
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     SEQS_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
+    THEN_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     SWAP_OUT_FIELD_NUMBER: _ClassVar[int]
     SWAP_IN_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     seqs: _containers.RepeatedCompositeFieldContainer[SeqStep]
     packed: PackedSeqs
+    then: _containers.RepeatedCompositeFieldContainer[PackedSeqs]
     trace_context: _containers.ScalarMap[str, str]
     swap_out: _containers.RepeatedCompositeFieldContainer[BlockCopy]
     swap_in: _containers.RepeatedCompositeFieldContainer[BlockCopy]
-    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SeqStep, _Mapping]]] = ..., packed: _Optional[_Union[PackedSeqs, _Mapping]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., swap_out: _Optional[_Iterable[_Union[BlockCopy, _Mapping]]] = ..., swap_in: _Optional[_Iterable[_Union[BlockCopy, _Mapping]]] = ...) -> None: ...
+    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SeqStep, _Mapping]]] = ..., packed: _Optional[_Union[PackedSeqs, _Mapping]] = ..., then: _Optional[_Iterable[_Union[PackedSeqs, _Mapping]]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., swap_out: _Optional[_Iterable[_Union[BlockCopy, _Mapping]]] = ..., swap_in: _Optional[_Iterable[_Union[BlockCopy, _Mapping]]] = ...) -> None: ...
 
 class StepResponse(_message.Message):
-    __slots__ = ("step_id", "seq_ids", "token_ids", "step_ms", "device_ms", "error", "swap_ms")
+    __slots__ = ("step_id", "seq_ids", "token_ids", "step_ms", "device_ms", "error", "swap_ms", "num_sampled")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +308,7 @@ class StepResponse(_message.Message):
     DEVICE_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SWAP_MS_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLED_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     seq_ids: _containers.RepeatedScalarFieldContainer[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -313,7 +316,8 @@ class StepResponse(_message.Message):
     device_ms: float
     error: str
     swap_ms: float
-    def __init__(self, step_id: _Optional[int] = ..., seq_ids: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., step_ms: _Optional[float] = ..., device_ms: _Optional[float] = ..., error: _Optional[str] = ..., swap_ms: _Optional[float] = ...) -> None: ...
+    num_sampled: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, step_id: _Optional[int] = ..., seq_ids: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ..., step_ms: _Optional[float] = ..., device_ms: _Optional[float] = ..., error: _Optional[str] = ..., swap_ms: _Optional[float] = ..., num_sampled: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PackedSeqs(_message.Message):
     __slots__ = ("seq_ids", "num_tokens", "token_ids", "num_computed", "num_blocks", "block_ids", "table_is_delta", "sample", "temperature", "top_p", "top_k", "seed")

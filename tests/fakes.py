@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import zlib
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from services.common.types import (
@@ -294,7 +295,11 @@ class FakeWorkerClient:
         )
 
     async def step(
-        self, seqs: list[SeqStep], carrier: object, swaps: BlockSwaps | None = None
+        self,
+        seqs: list[SeqStep],
+        carrier: object,
+        swaps: BlockSwaps | None = None,
+        later: Sequence[list[SeqStep]] = (),
     ) -> StepOutput:
         from services.common.errors import UnavailableError
 
@@ -309,7 +314,9 @@ class FakeWorkerClient:
             self.num_hung_steps -= 1
             self.worker.restart()  # whatever it held is gone with the step that never ends
             await asyncio.Event().wait()
-        return self.worker.step(seqs, swaps)
+        out = self.worker.step(seqs, swaps)
+        out.later_sampled = [self.worker.step(each).sampled for each in later]
+        return out
 
     def watch(self, on_lost: object) -> None:
         return None
@@ -381,7 +388,9 @@ class FakeWorkerServicer:
                 if isinstance(next_request.exception(), StopAsyncIteration):
                     return
                 request = next_request.result()
-                seqs = decoder.decode(request)
-                yield convert.step_output_to_pb(request.step_id, self.worker.step(seqs))
+                seqs, *later = decoder.decode(request)
+                out = self.worker.step(seqs)
+                out.later_sampled = [self.worker.step(each).sampled for each in later]
+                yield convert.step_output_to_pb(request.step_id, out)
         finally:
             kill.cancel()

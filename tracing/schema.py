@@ -64,6 +64,8 @@ NUM_SWAP_IN_BLOCKS = "hopscope.num_swap_in_blocks"
 REPLICA = "hopscope.replica"  # Submit SERVER: the worker replica the router chose
 ROUTING = "hopscope.routing"  # the routing policy
 ROUTING_CANDIDATES = "hopscope.routing_candidates"  # JSON: every candidate and its score
+# Step CLIENT and SERVER of a multi-step run (--num-scheduler-steps): decode steps it ran
+NUM_STEPS = "hopscope.num_steps"
 
 RPC_ATTRIBUTES = (RPC_SYSTEM, RPC_SERVICE, RPC_METHOD, NETWORK_TRANSPORT)
 

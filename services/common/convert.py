@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from protos import hopscope_pb2 as pb
 from services.common.identity import ServiceIdentity
@@ -81,12 +81,19 @@ class StepEncoder:
         seqs: list[SeqStep],
         carrier: Mapping[str, str],
         swaps: BlockSwaps | None = None,
+        later: Sequence[list[SeqStep]] = (),
     ) -> pb.StepRequest:
+        """`later`: decode steps chained behind this one (multi-step), packed whatever the
+        encoding: a nested step cannot carry them."""
         request = pb.StepRequest(step_id=step_id, trace_context=carrier)
         if self.encoding == "nested":
+            if later:
+                raise ValueError("the nested step encoding carries one step per message")
             request.seqs.extend([seq_step_to_pb(s) for s in seqs])
         else:
             self._pack(seqs, request.packed)
+            for each in later:
+                self._pack(each, request.then.add())
         return swaps_to_pb(swaps, request)
 
     def _pack(self, seqs: list[SeqStep], packed: pb.PackedSeqs) -> None:
@@ -152,11 +159,14 @@ class StepDecoder:
     def __init__(self) -> None:
         self._tables: dict[int, list[int]] = {}
 
-    def decode(self, m: pb.StepRequest) -> list[SeqStep]:
+    def decode(self, m: pb.StepRequest) -> list[list[SeqStep]]:
+        """Every step the message carries, in order: its own, then any chained behind it."""
         if not m.HasField("packed"):
             self._tables = {}
-            return [seq_step_from_pb(s) for s in m.seqs]
-        p = m.packed
+            return [[seq_step_from_pb(s) for s in m.seqs]]
+        return [self._unpack(m.step_id, p) for p in (m.packed, *m.then)]
+
+    def _unpack(self, step_id: int, p: pb.PackedSeqs) -> list[SeqStep]:
         token_ids = list(p.token_ids)
         block_ids = list(p.block_ids)
         previous = self._tables
@@ -184,7 +194,7 @@ class StepDecoder:
                 base = previous.get(seq_id)
                 if base is None:
                     raise StepDecodeError(
-                        f"step {m.step_id}: sequence {seq_id} sends a block-table delta but was "
+                        f"step {step_id}: sequence {seq_id} sends a block-table delta but was "
                         "not in the previous step of this stream"
                     )
                 table = base + table
@@ -195,7 +205,7 @@ class StepDecoder:
             b += n_blocks
         if t != len(token_ids) or b != len(block_ids):
             raise StepDecodeError(
-                f"step {m.step_id}: {len(token_ids)} token ids and {len(block_ids)} block ids "
+                f"step {step_id}: {len(token_ids)} token ids and {len(block_ids)} block ids "
                 f"for sequences that account for {t} and {b}"
             )
         self._tables = tables
@@ -203,7 +213,7 @@ class StepDecoder:
 
 
 def step_output_to_pb(step_id: int, out: StepOutput) -> pb.StepResponse:
-    return pb.StepResponse(
+    response = pb.StepResponse(
         step_id=step_id,
         seq_ids=list(out.sampled.keys()),
         token_ids=list(out.sampled.values()),
@@ -211,14 +221,30 @@ def step_output_to_pb(step_id: int, out: StepOutput) -> pb.StepResponse:
         device_ms=out.device_ms,
         swap_ms=out.swap_ms,
     )
+    if out.later_sampled:  # multi-step: every step's tokens, one after the other
+        response.num_sampled.append(len(out.sampled))
+        for sampled in out.later_sampled:
+            response.seq_ids.extend(sampled.keys())
+            response.token_ids.extend(sampled.values())
+            response.num_sampled.append(len(sampled))
+    return response
 
 
 def step_output_from_pb(m: pb.StepResponse) -> StepOutput:
+    pairs = list(zip(m.seq_ids, m.token_ids, strict=True))
+    sizes = list(m.num_sampled) or [len(pairs)]
+    if sum(sizes) != len(pairs):
+        raise ValueError(f"step {m.step_id}: {len(pairs)} tokens for steps of {sizes}")
+    per_step, start = [], 0
+    for size in sizes:
+        per_step.append(dict(pairs[start : start + size]))
+        start += size
     return StepOutput(
-        sampled=dict(zip(m.seq_ids, m.token_ids, strict=True)),
+        sampled=per_step[0],
         step_ms=m.step_ms,
         device_ms=m.device_ms,
         swap_ms=m.swap_ms,
+        later_sampled=per_step[1:],
     )
 
 

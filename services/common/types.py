@@ -63,6 +63,8 @@ class StepOutput:
     device_ms: float = 0.0  # device time (CUDA events) where measured
     swap_ms: float = 0.0  # of step_ms: copying swapped KV blocks out and in
     swap_start_ns: int = 0  # wall clock (time.time_ns) of the copies, for their span
+    # multi-step: what each decode step chained behind this one sampled, in order
+    later_sampled: list[dict[int, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

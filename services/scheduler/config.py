@@ -28,6 +28,10 @@ class SchedulerConfig:
       output so far run again) or "swap" (copied to the worker's host memory and back).
     - async_scheduling: build step N+1 while step N runs (two steps in flight); its decodes of
       sequences in step N carry PLACEHOLDER_TOKEN_ID, which the worker fills in.
+    - num_scheduler_steps: multi-step decoding. A step of decodes only (nothing to prefill or
+      swap) goes to the worker with up to N-1 more decode steps chained behind it, run there one
+      after another in one round trip (placeholders as with async scheduling); their tokens come
+      back, and go to the front door, together. Requests arriving meanwhile wait for the run.
     """
 
     max_num_seqs: int = 64
@@ -39,6 +43,7 @@ class SchedulerConfig:
     enable_prefix_caching: bool = True
     preemption: PreemptionMode = "recompute"
     async_scheduling: bool = False
+    num_scheduler_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -49,6 +54,13 @@ class SchedulerConfig:
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
                 f"max_num_seqs ({self.max_num_seqs}) so every running sequence can decode "
                 "in one step"
+            )
+        if self.num_scheduler_steps < 1:
+            raise ValueError(f"num_scheduler_steps must be >= 1, got {self.num_scheduler_steps}")
+        if self.num_scheduler_steps > 1 and self.async_scheduling:
+            raise ValueError(
+                "multi-step decoding (--num-scheduler-steps > 1) and --async-scheduling on do "
+                "not combine: choose one"
             )
         if self.max_queue_len < 1:
             raise ValueError(f"max_queue_len must be >= 1, got {self.max_queue_len}")

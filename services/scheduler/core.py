@@ -228,6 +228,45 @@ class Scheduler:
         self._in_flight = [batch]
         return batch
 
+    def schedule_run(self, now_s: float) -> list[Batch]:
+        """`schedule()`, and when that step is decodes only (no prompt chunk, no swap), up to
+        num_scheduler_steps - 1 further decode steps chained behind it: each sequence one
+        position further with PLACEHOLDER_TOKEN_ID, unless max_tokens certainly finishes it
+        first (EOS wastes the rest of its run, which on_step drops). The run is cut short where
+        the cache has no block for the next position. Answer each batch with on_step, in order;
+        [] when nothing can run."""
+        first = self.schedule(now_s)
+        if first is None:
+            return []
+        run = [first]
+        is_decodes_only = all(p == "decode" for p in first.phases) and not first.swaps
+        while is_decodes_only and len(run) < self.config.num_scheduler_steps:
+            after = self._decode_after(run[-1], len(run))
+            if after is None:
+                break
+            run.append(after)
+        return run
+
+    def _decode_after(self, before: Batch, num_before: int) -> Batch | None:
+        """The decode step after `before`, the last of `num_before` in flight."""
+        blocks = self._blocks
+        decodes: list[tuple[str, _Sequence, int]] = []  # (request id, sequence, position)
+        for step, request_id in zip(before.seq_steps, before.request_ids):
+            seq = self._seqs[request_id]
+            if seq.req.num_output_tokens + num_before < seq.req.max_tokens:
+                decodes.append((request_id, seq, step.num_tokens_after))
+        missing = sum(blocks.num_missing_blocks(s.seq_id, pos + 1) for _, s, pos in decodes)
+        if not decodes or missing > blocks.num_free_blocks:
+            return None
+        batch = Batch(self._next_step_id)
+        for request_id, seq, pos in decodes:
+            table = blocks.append_slot(seq.seq_id, pos + 1)
+            step = SeqStep(seq.seq_id, [PLACEHOLDER_TOKEN_ID], pos, list(table), seq.req.sampling)
+            batch.add(step, request_id, "decode")
+        self._next_step_id += 1
+        self._in_flight.append(batch)
+        return batch
+
     def schedule_ahead(self, now_s: float) -> Batch | None:
         """Async scheduling: build the step after the one in flight before its tokens are known.
 

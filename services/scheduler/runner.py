@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,7 +62,7 @@ class _Sent:
     """Async scheduling: a step handed to the worker, not yet answered."""
 
     batch: Batch
-    task: asyncio.Task[tuple[dict[int, int], float]]
+    task: asyncio.Task[tuple[list[dict[int, int]], float]]
     started_s: float
 
 
@@ -193,12 +193,13 @@ class SchedulerRunner:
         if self.core.config.async_scheduling:
             await self._iterate_overlapped(now)
             return
-        batch = self.core.schedule(now)
-        if batch is None or not batch.seq_steps:
+        run = self.core.schedule_run(now)  # one step, or a multi-step run of decodes
+        if not run:
             await self._wait_for_work(now)
             return
+        batch = run[0]
         try:
-            sampled, step_ms = await self._step(batch)
+            sampled, step_ms = await self._step(batch, run[1:])
         except UnavailableError as exc:
             log.warning("worker lost: %s", exc)
             self._lose_worker()
@@ -208,9 +209,13 @@ class SchedulerRunner:
             for rid in set(batch.request_ids):
                 self._fail(rid, HopscopeError(f"the model worker failed a step: {exc}"))
             return
-        self._account(batch, step_ms)
         self._measure_hop(batch, now, step_ms)
-        self._deliver(self.core.on_step(batch, sampled, time.monotonic()))
+        updates: list[Update] = []
+        for each, each_sampled in zip(run, sampled, strict=True):
+            self._account(each, step_ms / len(run))
+            updates += self.core.on_step(each, each_sampled, time.monotonic())
+        # a run's tokens leave together: one delivery per request, not one per step
+        self._deliver(_merged(updates) if len(run) > 1 else updates)
         self._record(batch, now)
 
     async def _iterate_overlapped(self, now: float) -> None:
@@ -236,7 +241,7 @@ class SchedulerRunner:
         assert self.core is not None
         sent = self._sent[0]
         try:
-            sampled, step_ms = await sent.task
+            sampled_per_step, step_ms = await sent.task
         except Exception as exc:
             # the step queued behind it may be built on its tokens: wait for its answer (so the
             # stream stays in step) and drop it; the core reruns its sequences
@@ -258,7 +263,7 @@ class SchedulerRunner:
         self._last_answer_s = time.monotonic()
         self._account(batch, step_ms)
         self._measure_hop(batch, started_s, step_ms)
-        self._deliver(self.core.on_step(batch, sampled, time.monotonic()))
+        self._deliver(self.core.on_step(batch, sampled_per_step[0], time.monotonic()))
         self._record(batch, started_s)
 
     def _drop_sent(self) -> None:
@@ -266,7 +271,11 @@ class SchedulerRunner:
             sent.task.cancel()
         self._sent.clear()
 
-    async def _step(self, batch: Batch) -> tuple[dict[int, int], float]:
+    async def _step(
+        self, batch: Batch, later: Sequence[Batch] = ()
+    ) -> tuple[list[dict[int, int]], float]:
+        """Run `batch` (and the decode steps chained behind it, multi-step); the tokens each
+        sampled, in order, and the worker's time for all of them."""
         # Links carry no attributes (the SDK re-validates each link's attributes on every span,
         # which dominated tracing's cost): prefill links come first and their count is an
         # attribute of the step span instead.
@@ -291,24 +300,34 @@ class SchedulerRunner:
                 schema.NUM_PREFILL_TOKENS: batch.num_prefill_tokens,
                 schema.NUM_DECODE_TOKENS: batch.num_decode_tokens,
                 **_swap_attributes(batch),
+                **({schema.NUM_STEPS: 1 + len(later)} if later else {}),
             },
         )
         try:
-            out = await self._bounded_step(batch, spans.carrier_of(span))
+            out = await self._bounded_step(batch, later, spans.carrier_of(span))
+            if len(out.later_sampled) != len(later):
+                raise HopscopeError(
+                    f"the worker ran {1 + len(out.later_sampled)} of {1 + len(later)} steps"
+                )
         except BaseException as exc:  # also a step dropped (cancelled) with a lost worker
             _end_span(span, exc)
             raise
         span.set_attribute(schema.WORKER_STEP_MS, out.step_ms)
         span.end()
-        return out.sampled, out.step_ms
+        return [out.sampled, *out.later_sampled], out.step_ms
 
-    async def _bounded_step(self, batch: Batch, carrier: dict[str, str]) -> StepOutput:
+    async def _bounded_step(
+        self, batch: Batch, later: Sequence[Batch], carrier: dict[str, str]
+    ) -> StepOutput:
         """One step within step_timeout_s, whatever the client: a worker that does not answer
         in time is treated as lost (reconnected, its requests recomputed)."""
         timeout_s = self._settings.step_timeout_s
         try:
             return await asyncio.wait_for(
-                self.worker.step(batch.seq_steps, carrier, batch.swaps), timeout_s
+                self.worker.step(
+                    batch.seq_steps, carrier, batch.swaps, [b.seq_steps for b in later]
+                ),
+                timeout_s * (1 + len(later)),
             )
         except TimeoutError as exc:
             raise UnavailableError(
@@ -472,7 +491,7 @@ class SchedulerRunner:
         self._on_health(True)
 
 
-def _retrieve(task: asyncio.Task[tuple[dict[int, int], float]]) -> None:
+def _retrieve(task: asyncio.Task[tuple[list[dict[int, int]], float]]) -> None:
     if not task.cancelled():
         task.exception()
 
@@ -488,6 +507,21 @@ def _swap_attributes(batch: Batch) -> dict[str, int]:
 
 def _ewma(previous: float, sample: float, weight: float = 0.2) -> float:
     return sample if previous == 0.0 else (1 - weight) * previous + weight * sample
+
+
+def _merged(updates: list[Update]) -> list[Update]:
+    """One update per request, its tokens in order (a multi-step run's updates, step by step)."""
+    by_request: dict[str, Update] = {}
+    for update in updates:
+        merged = by_request.get(update.request_id)
+        if merged is None:
+            by_request[update.request_id] = Update(
+                update.request_id, list(update.token_ids), update.finish_reason, update.error
+            )
+        else:
+            merged.token_ids += update.token_ids
+            merged.finish_reason, merged.error = update.finish_reason, update.error
+    return list(by_request.values())
 
 
 def _to_delivery(update: Update) -> Delivery:

@@ -56,5 +56,10 @@ class SchedulerServiceConfig:
                 f"step_encoding must be one of {', '.join(STEP_ENCODINGS)}, "
                 f"got {self.step_encoding!r}"
             )
+        if self.step_encoding == "nested" and self.core.num_scheduler_steps > 1:
+            raise ValueError(
+                "multi-step decoding (--num-scheduler-steps > 1) needs the packed or delta step "
+                "encoding: a nested step message carries one step"
+            )
         if self.worker_reconnect_timeout_s < 0:
             raise ValueError("worker_reconnect_timeout_s must be >= 0")

@@ -5,7 +5,7 @@ worker is gone, so the runner handles a lost worker the same way in every placem
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import grpc
@@ -27,8 +27,15 @@ class WorkerClient(Protocol):
     async def connect(self, timeout_s: float) -> pb.WorkerInfo: ...
 
     async def step(
-        self, seqs: list[SeqStep], carrier: Mapping[str, str], swaps: BlockSwaps | None = None
-    ) -> StepOutput: ...
+        self,
+        seqs: list[SeqStep],
+        carrier: Mapping[str, str],
+        swaps: BlockSwaps | None = None,
+        later: Sequence[list[SeqStep]] = (),
+    ) -> StepOutput:
+        """Run one step, and the decode steps in `later` after it (multi-step): their tokens
+        come back in StepOutput.later_sampled."""
+        ...
 
     @property
     def is_connected(self) -> bool:
@@ -59,9 +66,13 @@ class InprocWorkerClient:
         return self._service.info_pb()
 
     async def step(
-        self, seqs: list[SeqStep], carrier: Mapping[str, str], swaps: BlockSwaps | None = None
+        self,
+        seqs: list[SeqStep],
+        carrier: Mapping[str, str],
+        swaps: BlockSwaps | None = None,
+        later: Sequence[list[SeqStep]] = (),
     ) -> StepOutput:
-        return await self._service.step(seqs, carrier, "inproc", swaps)
+        return await self._service.step(seqs, carrier, "inproc", swaps, later)
 
     def watch(self, on_lost: Callable[[], None]) -> None:
         return None  # the worker lives and dies with this process
@@ -130,7 +141,11 @@ class GrpcWorkerClient:
         return info
 
     async def step(
-        self, seqs: list[SeqStep], carrier: Mapping[str, str], swaps: BlockSwaps | None = None
+        self,
+        seqs: list[SeqStep],
+        carrier: Mapping[str, str],
+        swaps: BlockSwaps | None = None,
+        later: Sequence[list[SeqStep]] = (),
     ) -> StepOutput:
         call = self._call
         if call is None or call.done():
@@ -140,7 +155,7 @@ class GrpcWorkerClient:
             async with self._write_lock:
                 # encoded in the order written: the delta encoding's tables follow the stream
                 self._step_id += 1
-                request = self._encoder.encode(self._step_id, seqs, carrier, swaps)
+                request = self._encoder.encode(self._step_id, seqs, carrier, swaps, later)
                 await call.write(request)
             async with self._read_lock:
                 response = await asyncio.wait_for(call.read(), self._step_timeout_s)

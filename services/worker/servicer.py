@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -65,18 +65,19 @@ class WorkerService:
         carrier: Mapping[str, str],
         transport: str,
         swaps: BlockSwaps | None = None,
+        later: Sequence[list[SeqStep]] = (),
     ) -> StepOutput:
+        """Run `seqs`, then each decode step of `later` (multi-step) on the same thread call."""
+        attributes: dict[str, int] = {schema.BATCH_SIZE: len(seqs)}
+        if later:
+            attributes[schema.NUM_STEPS] = 1 + len(later)
         span = spans.start_rpc_span(
-            schema.STEP_RPC,
-            SpanKind.SERVER,
-            transport,
-            parent=carrier,
-            attributes={schema.BATCH_SIZE: len(seqs)},
+            schema.STEP_RPC, SpanKind.SERVER, transport, parent=carrier, attributes=attributes
         )
         try:
             loop = asyncio.get_running_loop()
             # steps run one after another on the engine thread, in the order they arrive
-            out = await loop.run_in_executor(self._executor, self._run_step, seqs, swaps)
+            out = await loop.run_in_executor(self._executor, self._run_steps, seqs, swaps, later)
             # before end(): attributes set on an ended span are dropped, never exported
             span.set_attribute(schema.STEP_MS, out.step_ms)
             span.set_attribute(schema.DEVICE_MS, out.device_ms)
@@ -92,7 +93,18 @@ class WorkerService:
         finally:
             span.end()
         self.metrics.observe_step(batch_size=len(seqs), step_ms=out.step_ms)
-        self._observe_kv_blocks(seqs)
+        self._observe_kv_blocks([*seqs, *(later[-1] if later else [])])
+        return out
+
+    def _run_steps(
+        self, seqs: list[SeqStep], swaps: BlockSwaps | None, later: Sequence[list[SeqStep]]
+    ) -> StepOutput:
+        out = self._run_step(seqs, swaps)
+        for each in later:
+            after = self._run_step(each, None)
+            out.later_sampled.append(after.sampled)
+            out.step_ms += after.step_ms
+            out.device_ms += after.device_ms
         return out
 
     def _run_step(self, seqs: list[SeqStep], swaps: BlockSwaps | None) -> StepOutput:
@@ -165,10 +177,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         async for request in request_iterator:
             # a message that does not decode ends the stream (the scheduler reconnects and
             # recomputes): the tables of both ends no longer agree
-            seqs = decoder.decode(request)
+            seqs, *later = decoder.decode(request)
             swaps = convert.swaps_from_pb(request)
             try:
-                out = await self.service.step(seqs, request.trace_context, self.transport, swaps)
+                out = await self.service.step(
+                    seqs, request.trace_context, self.transport, swaps, later
+                )
             except Exception as exc:
                 log.exception("step %d failed", request.step_id)
                 yield pb.StepResponse(step_id=request.step_id, error=f"{type(exc).__name__}: {exc}")

@@ -177,6 +177,20 @@ def test_every_step_encoding_gives_the_same_seeded_tokens(
         assert _mixed(served.address) == plain, encoding
 
 
+def test_multi_step_decoding_gives_the_same_seeded_tokens(
+    colocated: Served, checkpoint: Path
+) -> None:
+    """`--num-scheduler-steps 4` over the Step stream: decode runs of up to 4 steps in one
+    round trip, their tokens in messages of up to 4; the same tokens as one step at a time."""
+    plain = _mixed(colocated.address)
+    with serve("colocated", "--model", str(checkpoint), "--num-scheduler-steps", "4") as served:
+        assert _mixed(served.address) == plain
+        ids, _, _ = generate(served.address, prompt="hi", max_tokens=24, ignore_eos=True)
+        assert len(ids) == 24
+        stats = wait_until_idle(served)
+        assert stats.num_running == 0 and stats.num_free_blocks == stats.num_blocks
+
+
 def test_async_scheduling_gives_the_same_seeded_tokens(colocated: Served, checkpoint: Path) -> None:
     """`--async-scheduling on` (two steps in flight, the worker filling in the tokens it sampled),
     in-process and colocated (the Step stream), against the module's server with it off."""

@@ -46,7 +46,7 @@ def test_every_encoding_decodes_to_the_steps_sent(encoding: str) -> None:
         swaps = BlockSwaps(swap_out=[(1, 2)]) if step_id == 2 else None
         request = encoder.encode(step_id, seqs, {"traceparent": "x"}, swaps)
         wire = pb.StepRequest.FromString(request.SerializeToString())
-        assert decoder.decode(wire) == seqs, (encoding, step_id)
+        assert decoder.decode(wire) == [seqs], (encoding, step_id)
         assert wire.step_id == step_id and dict(wire.trace_context) == {"traceparent": "x"}
         assert [(c.src, c.dst) for c in wire.swap_out] == ([(1, 2)] if swaps else [])
 
@@ -84,3 +84,31 @@ def test_a_delta_without_its_base_is_refused() -> None:
 def test_an_unknown_encoding_is_refused() -> None:
     with pytest.raises(ValueError, match="nested, packed, delta"):
         StepEncoder("json")
+
+
+@pytest.mark.parametrize("encoding", ["packed", "delta"])
+def test_decode_steps_chained_behind_a_step_travel_in_its_message(encoding: str) -> None:
+    """Multi-step: the later steps' tables are deltas of the step before them, in order."""
+    steps = _steps()[1:4]
+    encoder, decoder = StepEncoder(encoding), StepDecoder()
+    decoder.decode(encoder.encode(1, _steps()[0], {}))
+    wire = pb.StepRequest.FromString(
+        encoder.encode(2, steps[0], {}, None, steps[1:]).SerializeToString()
+    )
+    assert len(wire.then) == 2
+    assert decoder.decode(wire) == steps
+    with pytest.raises(ValueError, match="one step per message"):
+        StepEncoder("nested").encode(1, steps[0], {}, None, steps[1:])
+
+
+def test_a_multi_step_answer_splits_into_its_steps() -> None:
+    from services.common.convert import step_output_from_pb, step_output_to_pb
+    from services.common.types import StepOutput
+
+    out = StepOutput({1: 10, 2: 20}, step_ms=3.0, later_sampled=[{1: 11, 2: 21}, {2: 22}])
+    back = step_output_from_pb(
+        pb.StepResponse.FromString(step_output_to_pb(7, out).SerializeToString())
+    )
+    assert back.sampled == {1: 10, 2: 20} and back.later_sampled == [{1: 11, 2: 21}, {2: 22}]
+    single = step_output_from_pb(step_output_to_pb(8, StepOutput({3: 30}, step_ms=1.0)))
+    assert single.sampled == {3: 30} and single.later_sampled == []

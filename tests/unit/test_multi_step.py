@@ -1,0 +1,174 @@
+"""Multi-step decoding (`--num-scheduler-steps N`) on the real engine (tiny model): a step of
+decodes only runs with up to N-1 decode steps chained behind it in one worker call. Seeded
+tokens are those of one step at a time, for greedy and seeded requests of different lengths, one
+stopping at EOS mid-run, one at max_tokens=1, one aborted; a run's tokens reach the front door as
+one delivery per request; no KV block leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from services.common.identity import identify
+from services.common.types import Delivery, ModelInfo, SamplingParams
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.core import Request, Scheduler
+from services.scheduler.runner import RunnerSettings, SchedulerRunner
+from services.scheduler.worker_client import InprocWorkerClient
+from services.worker.config import WorkerConfig
+from services.worker.engine import Engine
+from services.worker.servicer import WorkerService
+
+MAX_TOKENS = [12, 1, 7, 20, 3, 16]
+
+
+@pytest.fixture(scope="module")
+def service() -> WorkerService:
+    engine = Engine(WorkerConfig(model="tiny", kv_cache_bytes=8 * 2**20))
+    return WorkerService(engine, identify("worker", "inproc"))
+
+
+def _requests() -> list[Request]:
+    reqs = []
+    for i, max_tokens in enumerate(MAX_TOKENS):
+        sampling = SamplingParams(temperature=0.8, top_p=0.9, seed=i) if i % 2 else SamplingParams()
+        prompt = [(31 * i + 7 * j) % 3000 + 5 for j in range(5 + 9 * i)]
+        reqs.append(Request(f"r{i}", prompt, max_tokens, sampling, arrival_s=float(i)))
+    return reqs
+
+
+def _drive(
+    service: WorkerService, info: ModelInfo, num_steps: int
+) -> tuple[dict[str, list[int]], dict[str, str], list[int]]:
+    """The runner's loop without the event loop; requests arrive over three turns. Returns the
+    tokens, finish reasons and the length of every run."""
+    config = SchedulerConfig(max_num_batched_tokens=64, num_scheduler_steps=num_steps)
+    core = Scheduler(config, info)
+    tokens: dict[str, list[int]] = {}
+    reasons: dict[str, str] = {}
+    run_lengths: list[int] = []
+    pending = _requests()
+    while pending or core.has_unfinished:
+        if pending:
+            core.add(pending.pop(0))
+            core.add(pending.pop(0))
+        run = core.schedule_run(0.0)
+        assert run
+        run_lengths.append(len(run))
+        first, later = run[0], [b.seq_steps for b in run[1:]]
+        out = asyncio.run(service.step(first.seq_steps, {}, "inproc", first.swaps, later))
+        for batch, sampled in zip(run, [out.sampled, *out.later_sampled], strict=True):
+            for update in core.on_step(batch, sampled, 0.0):
+                tokens.setdefault(update.request_id, []).extend(update.token_ids)
+                if update.finish_reason:
+                    reasons[update.request_id] = update.finish_reason
+    core.block_manager.check()
+    assert core.num_free_blocks == core.block_manager.num_blocks
+    return tokens, reasons, run_lengths
+
+
+def test_seeded_tokens_are_the_same_in_runs_of_four(service: WorkerService) -> None:
+    plain, _, _ = _drive(service, service.info, num_steps=1)
+    # EOS is a token r0 samples at its 4th step: r0 stops there, inside a run
+    info = dataclasses.replace(service.info, eos_token_ids=[plain["r0"][3]])
+    one_at_a_time, reasons_off, lengths_off = _drive(service, info, num_steps=1)
+    in_runs, reasons_on, lengths_on = _drive(service, info, num_steps=4)
+    assert set(lengths_off) == {1} and max(lengths_on) == 4
+    assert len(lengths_on) < len(lengths_off) / 2  # fewer worker calls
+    assert in_runs == one_at_a_time
+    assert reasons_on == reasons_off
+    assert reasons_on["r0"] == "stop" and len(in_runs["r0"]) <= 4
+    assert reasons_on["r1"] == "length" and len(in_runs["r1"]) == 1
+    assert all(len(in_runs[f"r{i}"]) == n for i, n in enumerate(MAX_TOKENS) if i != 0)
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.tokens: dict[str, list[int]] = {}
+        self.sizes: list[int] = []  # tokens per delivery
+        self.finished: dict[str, Delivery] = {}
+
+    def deliver(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            self.tokens.setdefault(d.request_id, []).extend(d.token_ids)
+            self.sizes.append(len(d.token_ids))
+            assert len({x.request_id for x in deliveries}) == len(deliveries), "one per request"
+            if d.is_finished:
+                self.finished[d.request_id] = d
+
+
+async def _serve(service: WorkerService, num_steps: int) -> tuple[_Sink, SchedulerRunner]:
+    """The real runner over the in-process worker: six concurrent requests, r2 aborted after
+    its third token."""
+
+    def core(info: ModelInfo) -> Scheduler:
+        config = SchedulerConfig(max_num_batched_tokens=64, num_scheduler_steps=num_steps)
+        return Scheduler(config, info)
+
+    runner = SchedulerRunner(core, InprocWorkerClient(service), RunnerSettings())
+    sink = _Sink()
+    await runner.start()
+    try:
+        for req in _requests():
+            req.arrival_s = time.monotonic()
+            runner.submit(req, sink, "inproc")
+        deadline = time.monotonic() + 60
+        while len(sink.finished) < len(MAX_TOKENS) and time.monotonic() < deadline:
+            if "r2" not in sink.finished and len(sink.tokens.get("r2", [])) >= 3:
+                runner.abort("r2")
+                sink.finished["r2"] = Delivery("r2", [], "abort")
+            await asyncio.sleep(0.001)
+        assert len(sink.finished) == len(MAX_TOKENS), "requests did not finish in 60 s"
+    finally:
+        await runner.stop()
+    return sink, runner
+
+
+def test_the_runner_sends_a_runs_tokens_together_and_frees_every_block(
+    service: WorkerService,
+) -> None:
+    plain, _ = asyncio.run(_serve(service, num_steps=1))
+    in_runs, runner = asyncio.run(_serve(service, num_steps=4))
+    assert max(plain.sizes) == 1 and max(in_runs.sizes) == 4
+    for rid in (f"r{i}" for i in range(len(MAX_TOKENS)) if i != 2):
+        assert in_runs.tokens[rid] == plain.tokens[rid], rid
+        assert in_runs.finished[rid].finish_reason == "length"
+    num = min(len(plain.tokens["r2"]), len(in_runs.tokens["r2"]))
+    assert num >= 3 and in_runs.tokens["r2"][:num] == plain.tokens["r2"][:num]
+    assert runner.core is not None
+    runner.core.block_manager.check()
+    assert runner.core.num_free_blocks == runner.core.block_manager.num_blocks
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num-scheduler-steps", "0"], "--num-scheduler-steps must be >= 1"),
+        (["--num-scheduler-steps", "4", "--async-scheduling", "on"], "do not combine"),
+        (["--num-scheduler-steps", "4", "--step-encoding", "nested"], "packed or delta"),
+    ],
+)
+def test_the_flag_is_checked(flags: list[str], message: str) -> None:
+    from deploy.cli import build_parser
+    from deploy.commands import spec_from_args
+
+    args = build_parser().parse_args(["serve", "--no-ray", *flags])
+    with pytest.raises(ValueError, match=message):
+        spec_from_args(args)
+
+
+def test_the_serve_flag_reaches_the_scheduler_process() -> None:
+    import json
+
+    from deploy.cli import build_parser
+    from deploy.commands import spec_from_args
+    from services.common.process import config_from_dict, config_to_json
+    from services.scheduler.service_config import SchedulerServiceConfig
+
+    args = build_parser().parse_args(["serve", "--no-ray", "--num-scheduler-steps", "4"])
+    config = spec_from_args(args).scheduler_config("unix:/tmp/s.sock", "unix:/tmp/w.sock")
+    sent = json.loads(config_to_json(config))
+    assert config_from_dict(SchedulerServiceConfig, sent).core.num_scheduler_steps == 4
