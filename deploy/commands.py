@@ -208,6 +208,14 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         "the default)",
     )
     p.add_argument(
+        "--engine-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="torch CPU threads of the worker's engine (default 0: one per core); fewer leaves "
+        "cores to the tokenizer, scheduler and clients on the same machine",
+    )
+    p.add_argument(
         "--num-scheduler-steps",
         type=int,
         default=1,
@@ -252,6 +260,7 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         stream_interval=getattr(args, "stream_interval", 1),
         step_encoding=getattr(args, "step_encoding", "delta"),
         num_scheduler_steps=getattr(args, "num_scheduler_steps", 1),
+        engine_threads=getattr(args, "engine_threads", 0),
     )
 
 

@@ -55,6 +55,7 @@ class ServeSpec:
     stream_interval: int = 1  # tokens per front-door message at most (first token at once)
     step_encoding: str = "delta"  # scheduler -> worker step messages: nested | packed | delta
     num_scheduler_steps: int = 1  # multi-step decoding: decode steps per worker round trip
+    engine_threads: int = 0  # the worker engine's torch CPU threads (0: one per core)
     # made by the deployer (deploy/local.py, deploy/ray_serve.py) for each deployment
     internal_token: str = field(default="", repr=False)
 
@@ -71,6 +72,10 @@ class ServeSpec:
             raise ValueError(f"async_scheduling must be on or off, got {self.async_scheduling!r}")
         if self.worker_replicas < 1:
             raise ValueError(f"worker_replicas must be >= 1, got {self.worker_replicas}")
+        if self.engine_threads < 0:
+            raise ValueError(
+                f"--engine-threads must be >= 0 (0: one per core), got {self.engine_threads}"
+            )
         if self.num_scheduler_steps < 1:
             raise ValueError(f"--num-scheduler-steps must be >= 1, got {self.num_scheduler_steps}")
         if self.num_scheduler_steps > 1 and self.async_scheduling == "on":
@@ -138,6 +143,7 @@ class ServeSpec:
             max_num_batched_tokens=self.max_num_batched_tokens,
             swap_space_bytes=self.swap_space_mb * 1024 * 1024,
             max_model_len=self.max_model_len,
+            num_threads=self.engine_threads,
         )
         return WorkerServiceConfig(
             engine=engine,

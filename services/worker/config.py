@@ -29,6 +29,8 @@ class WorkerConfig:
         (any device); `auto`: native on CPU where they build, else torch.
     max_model_len: the longest sequence served (None: the model's own context, or a packaged
         model's default); the KV cache must hold one sequence this long.
+    num_threads: torch CPU threads of the engine (intra-op, OpenMP); 0 = torch's default (one per
+        core). Fewer than the cores leaves cores to the other services on the same machine.
     """
 
     model: str = "tiny"
@@ -42,6 +44,7 @@ class WorkerConfig:
     kernels: str = "auto"
     swap_space_bytes: int = 0
     max_model_len: int | None = None  # caps the context (and the KV cache it needs)
+    num_threads: int = 0
 
     def __post_init__(self) -> None:
         self._check_device()
@@ -61,6 +64,8 @@ class WorkerConfig:
             raise ValueError("kernels 'native' are CPU kernels; on CUDA use auto or torch")
         if self.block_size < 1 or self.max_num_batched_tokens < 1 or self.kv_cache_bytes < 1:
             raise ValueError("block_size, max_num_batched_tokens and kv_cache_bytes must be >= 1")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0 (0: one per core), got {self.num_threads}")
         if self.swap_space_bytes < 0:
             raise ValueError(f"swap_space_bytes must be >= 0, got {self.swap_space_bytes}")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:

@@ -33,6 +33,8 @@ class Engine:
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
+        if config.num_threads:  # this thread's (model loading); the engine thread sets its own
+            torch.set_num_threads(config.num_threads)
         self.device = config.torch_device
         self.dtype = config.torch_dtype
         self.source: ModelSource = resolve_model(config.model, config.max_model_len)

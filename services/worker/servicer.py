@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import torch
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from protos import hopscope_pb2 as pb
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 PROFILE_CHUNK_BYTES = 1 << 20
 
 
+def _start_engine_thread(num_threads: int) -> None:
+    # named in the OS before any torch work: the OpenMP threads it starts inherit the name
+    name_os_thread(ENGINE_THREAD_NAME)
+    if num_threads:  # OpenMP's thread count is per calling thread: set where the steps run
+        torch.set_num_threads(num_threads)
+
+
 class WorkerService:
     """Runs one step at a time on a dedicated thread so the event loop stays responsive."""
 
@@ -47,9 +55,8 @@ class WorkerService:
         self._executor = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="engine",
-            # named in the OS before any torch work: its OpenMP threads inherit the name
-            initializer=name_os_thread,
-            initargs=(ENGINE_THREAD_NAME,),
+            initializer=_start_engine_thread,
+            initargs=(engine.config.num_threads,),
         )
         self._observe_kv_blocks([])  # all free until the first step, not 0 free (looks full)
         # what the previous step sampled (seq_id -> token): fills async scheduling's placeholders
