@@ -28,7 +28,9 @@ def one_cycle(engine: Engine, batch: int, input_len: int, output_len: int, base:
     block_size = engine.info.block_size
     num_blocks = -(-(input_len + output_len) // block_size)
     tables = [list(range(i * num_blocks, (i + 1) * num_blocks)) for i in range(batch)]
-    prompts = [[(base + 97 * i + 13 * j) % 4000 + 2 for j in range(input_len)] for i in range(batch)]
+    prompts = [
+        [(base + 97 * i + 13 * j) % 4000 + 2 for j in range(input_len)] for i in range(batch)
+    ]
     out = engine.step([SeqStep(i, p, 0, tables[i], GREEDY) for i, p in enumerate(prompts)])
     for length in range(input_len, input_len + output_len - 1):
         steps = [SeqStep(i, [out.sampled[i]], length, tables[i], GREEDY) for i in range(batch)]

@@ -143,6 +143,31 @@ def serve_env(variant: str) -> dict[str, str] | None:
     return {**os.environ, **dict(pairs)} if pairs else None
 
 
+ENGINE = "engine"  # the variant that runs benchmarks/engine_alone.py instead of a pipeline
+
+
+def run_engine_alone(args: argparse.Namespace, round_index: int, tmp: Path) -> dict:
+    """The engine alone on the same workload (batch = concurrency), in a fresh child."""
+    argv = [
+        "-m", "benchmarks.engine_alone", "--model", args.model, "--batch", str(args.concurrency),
+        "--input-len", str(args.input_len), "--output-len", str(args.output_len),
+    ]  # fmt: skip
+    log_path = tmp / f"engine-{round_index}.log"
+    env = {**os.environ, "PYTHONPATH": str(common.REPO)}  # benchmarks/ is not installed
+    child = launch(argv, name="engine alone", log_path=log_path, env=env, cwd=common.REPO)
+    code = child.wait(BENCH_TIMEOUT_S)
+    if code != 0:
+        child.stop()
+        raise LaunchError(f"engine_alone exited with {code}: {child.last_lines(8)}")
+    result = json.loads(log_path.read_text().strip().splitlines()[-1])
+    figures = {
+        "output_tok_s": result["output_tok_s"],
+        "engine_cpu_us_per_token": result["cpu_us_per_token"],
+    }
+    common.log(f"round {round_index} {ENGINE}: {json.dumps(result)}")
+    return {"round": round_index, "variant": ENGINE, "figures": figures}
+
+
 def run_once(args: argparse.Namespace, placement: str, round_index: int, tmp: Path) -> dict:
     serve = start_serve(
         [*serve_argv(placement), "--model", args.model],
@@ -271,14 +296,27 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="token-cost-") as tmp:
         for round_index in range(args.rounds):
-            for placement in common.rotated(placements, round_index):
+            for placement in common.rotated([*placements, ENGINE], round_index):
                 try:
+                    if placement == ENGINE:
+                        rounds.append(run_engine_alone(args, round_index, Path(tmp)))
+                        continue
                     rounds.append(run_once(args, placement, round_index, Path(tmp)))
                 except (LaunchError, OSError) as exc:
                     common.log(f"round {round_index} {placement} failed: {exc}")
                     rounds.append({"round": round_index, "variant": placement, "error": str(exc)})
     per_placement = {p: medians(rounds, p) for p in placements}
-    flat_rounds = [{**r, "figures": flat(r["figures"])} for r in rounds if "figures" in r]
+    flat_rounds = [
+        {**r, "figures": r["figures"] if r["variant"] == ENGINE else flat(r["figures"])}
+        for r in rounds
+        if "figures" in r
+    ]
+    engine_tok_s = [r["figures"]["output_tok_s"] for r in flat_rounds if r["variant"] == ENGINE]
+    for variant in placements:  # measured, not derived from CPU: the engine in a process alone
+        paired = common.paired_ratios(flat_rounds, variant, ENGINE, "output_tok_s")
+        per_placement[variant]["ratio_to_engine_measured"] = (
+            round(statistics.median(paired), 4) if paired else None
+        )
     ratios = {
         variant: common.ratio_checks(flat_rounds, variant, placements[0], RATIO_FIGURES)
         for variant in placements[1:]
@@ -307,6 +345,12 @@ def main() -> int:
         "wall_s": round(time.monotonic() - started, 1),
         "rounds": rounds,
         "medians": per_placement,
+        "engine_alone_measured_tok_s": {
+            "per_round": engine_tok_s,
+            "median": statistics.median(engine_tok_s) if engine_tok_s else None,
+            "what": "benchmarks/engine_alone.py: the Engine in a process of its own, batch = "
+            "concurrency, prompts prefilled in one step then decoded, greedy",
+        },
         # each variant against the first, within each round (same machine load), then the median
         f"ratios_to_{placements[0]}": ratios,
         "targets_colocated": targets,
