@@ -354,6 +354,12 @@ def main() -> int:
         # each variant against the first, within each round (same machine load), then the median
         f"ratios_to_{placements[0]}": ratios,
         "targets_colocated": targets,
+        # the same targets for every colocated variant (which switches meet which target)
+        "targets_by_variant": {
+            v: {name: t["met"] for name, t in check_targets(per_placement[v]).items()}
+            for v in placements
+            if v.startswith("colocated+")
+        },
         "passed": all(t["met"] for t in targets.values()),
         "notes": {
             "prediction": args.prediction,
