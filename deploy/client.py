@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -60,11 +61,13 @@ async def stream_generate(
         address = parse_address(address)
     except AddressError as exc:
         raise GenerateError(f"--address: {exc}") from None
+    api_key = os.environ.get("HOPSCOPE_API_KEY", "")  # `serve --api-key`'s; never printed
+    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
     async with create_channel(address, is_traced=True, credentials=credentials) as channel:
         stub = pb_grpc.TokenizerStub(channel)
         try:
             await wait_reachable(channel, address, connect_timeout_s)
-            async for response in stub.Generate(request, timeout=timeout_s):
+            async for response in stub.Generate(request, timeout=timeout_s, metadata=metadata):
                 text.append(response.text)
                 token_ids.extend(response.token_ids)
                 if on_text and response.text:
@@ -77,6 +80,8 @@ async def stream_generate(
             hint = ""
             if exc.code() == grpc.StatusCode.UNAVAILABLE and credentials is None:
                 hint = " (a front door served with --tls-dir needs --tls-ca)"
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and not api_key:
+                hint = " (set HOPSCOPE_API_KEY to the key the front door was served with)"
             raise GenerateError(f"{exc.code().name}: {exc.details()}{hint}", exc.code()) from exc
     return {
         "text": "".join(text),

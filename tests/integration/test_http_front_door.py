@@ -171,6 +171,14 @@ def test_each_error_status_and_the_api_key(
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         metadata = (("authorization", f"Bearer {KEY}"),)
         assert len(list(stub.Generate(request, timeout=30, metadata=metadata))) >= 1
+    # `hopscope generate --address` sends HOPSCOPE_API_KEY; without it, it says what to set
+    from deploy.client import GenerateError, stream_generate
+
+    result = asyncio.run(stream_generate(served.address, request, 30))
+    assert result["usage"]["completion_tokens"] == 2
+    monkeypatch.delenv(API_KEY_ENV)
+    with pytest.raises(GenerateError, match="set HOPSCOPE_API_KEY"):
+        asyncio.run(stream_generate(served.address, request, 30))
 
 
 async def _check_errors(served: Running) -> None:
