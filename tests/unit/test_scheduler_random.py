@@ -11,6 +11,7 @@ from services.scheduler.core import QueueFullError, Scheduler
 from tests.fakes import FakeWorker, Outcome, collect, make_request, reference_output
 
 NUM_REQUESTS = 300
+RUN_LENGTHS: list[int] = []  # multi-step: the length of every run handed out
 DT_S = 0.001
 
 
@@ -66,6 +67,9 @@ def run_random(
         if added and rng.random() < 0.1:
             collect(outcomes, [u for u in [scheduler.abort(rng.choice(added).request_id)] if u])
         collect(outcomes, scheduler.expire(now_s))
+        if config.num_scheduler_steps > 1:
+            _multi_step_turn(scheduler, worker, rng, added, outcomes, now_s)
+            continue
         batch = running or scheduler.schedule(now_s)
         running = None
         if batch is None:
@@ -111,6 +115,53 @@ def run_random(
     num_finished = sum(o.finish_reason in ("stop", "length") for o in outcomes.values())
     assert num_finished > NUM_REQUESTS // 4  # the run exercised real generation, not only aborts
     return scheduler
+
+
+def _multi_step_turn(
+    scheduler: Scheduler,
+    worker: FakeWorker,
+    rng: random.Random,
+    added: list,  # type: ignore[type-arg]
+    outcomes: dict[str, Outcome],
+    now_s: float,
+) -> None:
+    """One multi-step run (as the runner drives it): never answered, lost, or answered step by
+    step, with aborts arriving while it runs."""
+    run = scheduler.schedule_run(now_s)
+    if not run:
+        return
+    RUN_LENGTHS.append(len(run))
+    if rng.random() < 0.01:
+        worker.restart()
+        scheduler.on_worker_lost()
+        return
+    if rng.random() < 0.01:
+        return  # failed before the worker ran it
+    outputs = [worker.step(batch.seq_steps, batch.swaps) for batch in run]
+    if rng.random() < 0.01:
+        return  # ran, but its answer was lost
+    if rng.random() < 0.1 and added:
+        collect(outcomes, [u for u in [scheduler.abort(rng.choice(added).request_id)] if u])
+    for batch, output in zip(run, outputs, strict=True):
+        collect(outcomes, scheduler.on_step(batch, output.sampled, now_s))
+        assert_consistent(scheduler)
+
+
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+def test_random_multi_step_run_gives_the_tokens_and_leaks_nothing(preemption: str) -> None:
+    """Runs of up to 4 decode steps: cut short by a full cache, preemptions between them,
+    sequences ending mid-run on EOS or max_tokens, aborts while a run is in flight."""
+    config = SchedulerConfig(
+        max_num_seqs=8,
+        max_num_batched_tokens=64,
+        max_queue_len=32,
+        enable_prefix_caching=True,
+        preemption=preemption,  # type: ignore[arg-type]
+        num_scheduler_steps=4,
+    )
+    RUN_LENGTHS.clear()
+    run_random(config, seed=6, shared_prefixes=True)
+    assert RUN_LENGTHS.count(4) > 20 and RUN_LENGTHS.count(1) > 20, RUN_LENGTHS
 
 
 @pytest.mark.parametrize("enable_chunked_prefill", [True, False])
