@@ -10,9 +10,9 @@ per step, and the forward is the model's own torch-op decode path (`Transformer.
 padded tables, keys past each context length masked. Padding rows (B - n of them) write and read
 only the KV cache's scratch block, so they touch no sequence's blocks; their logits are dropped.
 
-Padding the block tables costs gathered keys that are masked out; buckets double (16, 32, 64, ...
+Padding the block tables costs gathered keys that are masked out; buckets double (8, 16, 32, ...
 blocks, then the model's whole context), so at most half of what is gathered is padding once a
-context passes 16 blocks. On CPU (tests, dry runs) the same path runs without capture.
+context passes 8 blocks. On CPU (tests, dry runs) the same path runs without capture.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from services.worker.model import Transformer
 
 log = logging.getLogger(__name__)
 
-MIN_BLOCK_BUCKET = 16
+MIN_BLOCK_BUCKET = 8  # 128 tokens at the default block size
 WARMUP_FORWARDS = 2  # before capture: compiles (with --compile), cuBLAS plans, allocator state
 
 
@@ -40,7 +40,7 @@ def graph_batch_sizes(max_batch: int) -> list[int]:
 
 
 def block_buckets(max_blocks: int) -> list[int]:
-    """16, 32, 64, ... blocks below `max_blocks` (a whole context), then `max_blocks`."""
+    """8, 16, 32, ... blocks below `max_blocks` (a whole context), then `max_blocks`."""
     buckets = []
     bucket = MIN_BLOCK_BUCKET
     while bucket < max_blocks:

@@ -15,7 +15,7 @@ from tests.checkpoints import BlockPool, generate
 
 # Five sequences; the 300-token one needs 19 blocks (the 32-block bucket) and prefills in five
 # chunks, while the others decode beside it (mixed steps: eager), then all five decode (padded to
-# 8 rows), then it alone. A first run of two short ones decodes in the 16-block bucket.
+# 8 rows), then it alone. A first run of two short ones decodes in the 8-block bucket.
 PROMPTS = [[0] + [(97 * i + 13 * j) % 4000 + 2 for j in range(4 + 9 * i)] for i in range(4)]
 PROMPTS.append([0] + [(7 * j) % 4000 + 2 for j in range(299)])
 SAMPLING = [SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=i) for i in range(4)]
@@ -35,8 +35,8 @@ def test_shapes_are_powers_of_two_up_to_the_caps() -> None:
     assert graph_batch_sizes(64) == [1, 2, 4, 8, 16, 32, 64]
     assert graph_batch_sizes(48) == [1, 2, 4, 8, 16, 32, 48]
     assert graph_batch_sizes(1) == [1]
-    assert block_buckets(128) == [16, 32, 64, 128]
-    assert block_buckets(100) == [16, 32, 64, 100]
+    assert block_buckets(128) == [8, 16, 32, 64, 128]
+    assert block_buckets(100) == [8, 16, 32, 64, 100]
     assert block_buckets(4) == [4]
 
 
@@ -58,7 +58,7 @@ def test_fixed_shape_decode_gives_the_plain_engines_seeded_tokens(
     monkeypatch.setattr(StaticDecode, "forward", recording)
     assert run(engine) == plain
     # the decode-only steps went through it: padded batches and both block buckets
-    assert set(shapes) == {(2, 16), (8, 32), (1, 32)}
+    assert set(shapes) == {(2, 8), (8, 32), (1, 32)}
 
 
 def test_fixed_shape_logits_match_the_plain_path_and_padding_touches_no_sequence() -> None:
