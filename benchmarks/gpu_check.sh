@@ -31,7 +31,7 @@ $PYTHON -c "import triton; print('triton', triton.__version__)" >> "$OUT/version
   || echo "no triton: --compile on CUDA cannot run" >> "$OUT/versions.txt"
 
 stamp "pytest tests/gpu"
-timeout 240 $PYTHON -m pytest tests/gpu -q -p no:cacheprovider -rs > "$OUT/pytest_gpu.txt" 2>&1
+timeout 200 $PYTHON -m pytest tests/gpu -q -p no:cacheprovider -rs > "$OUT/pytest_gpu.txt" 2>&1
 stamp "pytest tests/gpu exit $?"
 
 stamp "gpu_step $MODEL $DEVICE $DTYPE"
@@ -40,7 +40,7 @@ timeout 300 $PYTHON -m benchmarks.gpu_step --model "$MODEL" --device "$DEVICE" -
 stamp "gpu_step exit $?"
 
 stamp "engine_bench $MODEL $DEVICE $DTYPE --cuda-graphs $GRAPHS"
-timeout 150 $PYTHON -m benchmarks.engine_bench --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" \
+timeout 120 $PYTHON -m benchmarks.engine_bench --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" \
   --cuda-graphs "$GRAPHS" --batch-sizes 1,8,32,128 --repeats 3 --out "$OUT/engine_${DEVICE}.json" \
   > "$OUT/engine_${DEVICE}.log" 2>&1
 stamp "engine_bench exit $?"
