@@ -317,14 +317,23 @@ def bench_decode(
         result["engine_torch_ops_tokens_per_s"] = round(batch_size / torch_ops_s, 1)
         result["engine_torch_ops_step_ms_p50"] = round(torch_ops_s * 1e3, 3)
         result["native_vs_torch_ops_ratio"] = round(torch_ops_s / ours_s, 2)
+        result["engine_torch_ops_step_cpu_ms_p50"] = round(
+            statistics.median(t[1] for t in torch_ops) * 1e3, 3
+        )
     if compile_times:
         compile_s = statistics.median(t[0] for t in compile_times)
         result["engine_compile_tokens_per_s"] = round(batch_size / compile_s, 1)
         result["engine_compile_step_ms_p50"] = round(compile_s * 1e3, 3)
         result["compile_vs_engine_ratio"] = round(ours_s / compile_s, 2)
+        compile_cpu_s = statistics.median(t[1] for t in compile_times)
+        result["engine_compile_step_cpu_ms_p50"] = round(compile_cpu_s * 1e3, 3)
+        result["compile_vs_engine_cpu_time_ratio"] = round(ours_cpu_s / compile_cpu_s, 2)
         if torch_ops:  # the same op set, eager
             result["compile_vs_torch_ops_ratio"] = round(
                 statistics.median(t[0] for t in torch_ops) / compile_s, 2
+            )
+            result["compile_vs_torch_ops_cpu_time_ratio"] = round(
+                statistics.median(t[1] for t in torch_ops) / compile_cpu_s, 2
             )
     return result
 
@@ -426,6 +435,11 @@ def notes(results: dict[str, Any], engine: Engine) -> str:
             )
             if "compile_vs_torch_ops_ratio" in d:
                 line += f", {d['compile_vs_torch_ops_ratio']}x torch ops eagerly"
+            if single_thread:
+                line += (
+                    f" (CPU time: {d['compile_vs_engine_cpu_time_ratio']}x the engine, "
+                    f"{d.get('compile_vs_torch_ops_cpu_time_ratio')}x torch ops)"
+                )
         if single_thread:  # thread CPU time counts only the calling thread
             line += f"; {d['cpu_time_ratio']}x CPU time"
         lines.append(line + ");")
