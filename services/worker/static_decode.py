@@ -114,7 +114,8 @@ class StaticDecode:
         graph = self.graphs.get(shape)
         if graph is None:
             return self.model.forward(self.batches[shape], self.kv_cache)[: len(seqs)]
-        graph.replay()
+        with torch.cuda.device(self.inputs.device):
+            graph.replay()
         return self.outputs[shape][: len(seqs)]
 
     def _static_batch(self, b: int, nb: int) -> StepBatch:
@@ -157,7 +158,8 @@ class StaticDecode:
         gc.collect()
         gc.freeze()
         try:
-            self._capture_shapes()
+            with torch.cuda.device(self.inputs.device):  # graphs belong to the current device
+                self._capture_shapes()
         finally:
             gc.unfreeze()
         self.capture_s = time.perf_counter() - start_s
