@@ -4,10 +4,11 @@
 # but no Ray and no OpenTelemetry: these checks import neither. About 5-8 minutes on an H200;
 # each part has its own time limit, the most important first, and each writes as it goes.
 #   bash benchmarks/gpu_check.sh                                       # on the GPU machine
-#   DEVICE=cpu MODEL=tiny DTYPE=float32 bash benchmarks/gpu_check.sh   # dry run here (~2 min)
+#   DEVICE=cpu MODEL=tiny DTYPE=float32 bash benchmarks/gpu_check.sh   # dry run here (1-2 min)
 #
-# 1. pytest tests/gpu: CUDA parity with transformers (float32), seeded sampling, CUDA graphs on =
-#    off in float32 / bfloat16 / float16, --compile with and without graphs = eager.
+# 1. pytest tests/gpu: CUDA parity with transformers (float32), seeded sampling, replayed CUDA
+#    graphs = the same steps uncaptured (float32 / bfloat16 / float16), graphs and --compile =
+#    eager (tokens in float32, logits within rounding in bfloat16 / float16).
 # 2. benchmarks.gpu_step (gpu_step.json): batch-1 and batch-32 decode steps with CUDA graphs off
 #    and on vs the memory roofline and vs transformers generate; float32 / bfloat16 / float16;
 #    --compile on and off. On CPU its CUDA-only parts are skipped and listed under "skipped".
