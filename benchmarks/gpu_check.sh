@@ -31,6 +31,7 @@ $PYTHON -c "import torch, transformers; print(torch.__version__, transformers.__
 $PYTHON -c "import triton; print('triton', triton.__version__)" >> "$OUT/versions.txt" 2>&1 \
   || echo "no triton: --compile on CUDA cannot run" >> "$OUT/versions.txt"
 
+$PYTHON -c "import pytest" 2>/dev/null || stamp "no pytest here: part 1 cannot run (pip install pytest)"
 stamp "pytest tests/gpu"
 timeout 200 $PYTHON -m pytest tests/gpu -q -p no:cacheprovider -rs > "$OUT/pytest_gpu.txt" 2>&1
 stamp "pytest tests/gpu exit $?"
