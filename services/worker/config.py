@@ -34,7 +34,7 @@ class WorkerConfig:
         captured at start for batch sizes 1, 2, 4, ... up to `cuda_graph_max_batch` (a batch is
         padded up to the next captured size; larger ones, prefills and mixed steps run eagerly).
     cuda_graph_max_batch: the largest decode batch captured (graphs cost start-up time and memory).
-    compile: torch.compile the model's dense parts (QKV projection + rotary, and output
+    compile: torch.compile the model's dense parts (rotary on the QKV projection, and output
         projection + MLP + norms; attention and the cache writes stay eager) on the torch op set:
         inductor's C++ on CPU, Triton on CUDA. Compiled on first use of each shape class.
     """
