@@ -152,6 +152,26 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         help="CPU ops: native (fused C++ kernels built on first use, oneDNN-packed GEMMs), "
         "torch (plain torch ops) or auto (native where they build)",
     )
+    p.add_argument(
+        "--cuda-graphs",
+        choices=["on", "off"],
+        default="off",
+        help="replay decode-only steps from CUDA graphs captured at start for batch sizes 1, 2, "
+        "4, ... up to --cuda-graph-max-batch (needs --device cuda; prefills run eagerly)",
+    )
+    p.add_argument(
+        "--cuda-graph-max-batch",
+        type=int,
+        default=64,
+        metavar="N",
+        help="the largest decode batch captured as a CUDA graph; larger steps run eagerly",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's dense parts (torch op set; CPU: inductor C++, CUDA: "
+        "Triton); compiled on first use, so the first steps are slow",
+    )
     p.add_argument("--batching", choices=["continuous", "static"], default="continuous")
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
@@ -261,6 +281,9 @@ def spec_from_args(args: argparse.Namespace, placement: str = "inproc", port: in
         step_encoding=getattr(args, "step_encoding", "delta"),
         num_scheduler_steps=getattr(args, "num_scheduler_steps", 1),
         engine_threads=getattr(args, "engine_threads", 0),
+        cuda_graphs=getattr(args, "cuda_graphs", "off"),
+        cuda_graph_max_batch=getattr(args, "cuda_graph_max_batch", 64),
+        compile=getattr(args, "compile", False),
     )
 
 

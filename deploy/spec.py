@@ -56,6 +56,9 @@ class ServeSpec:
     step_encoding: str = "delta"  # scheduler -> worker step messages: nested | packed | delta
     num_scheduler_steps: int = 1  # multi-step decoding: decode steps per worker round trip
     engine_threads: int = 0  # the worker engine's torch CPU threads (0: one per core)
+    cuda_graphs: str = "off"  # "on": decode-only steps replayed from CUDA graphs (CUDA only)
+    cuda_graph_max_batch: int = 64  # the largest decode batch captured
+    compile: bool = False  # torch.compile of the model's dense parts (torch op set)
     # made by the deployer (deploy/local.py, deploy/ray_serve.py) for each deployment
     internal_token: str = field(default="", repr=False)
 
@@ -97,9 +100,25 @@ class ServeSpec:
             raise ValueError(f"--stream-interval must be >= 1, got {self.stream_interval}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"--max-model-len must be >= 2, got {self.max_model_len}")
+        self._check_step_loop()
         if not self.worker_reconnect_timeout_s >= 0:
             raise ValueError(
                 f"--worker-restart-timeout must be >= 0 s, got {self.worker_reconnect_timeout_s}"
+            )
+
+    def _check_step_loop(self) -> None:
+        """What can be refused before anything starts (the device itself is checked where the
+        worker runs: on Ray that may be another node)."""
+        if self.cuda_graphs not in ("on", "off"):
+            raise ValueError(f"--cuda-graphs must be on or off, got {self.cuda_graphs!r}")
+        if self.cuda_graphs == "on" and self.device == "cpu":
+            raise ValueError(
+                "--cuda-graphs needs CUDA (--device cuda); CPU steps run eagerly, leave it off"
+            )
+        if self.compile and self.kernels == "native":
+            raise ValueError(
+                "--compile compiles the torch op set; the native CPU kernels are already fused: "
+                "use --kernels auto (or torch) with --compile"
             )
 
     @property
@@ -144,6 +163,9 @@ class ServeSpec:
             swap_space_bytes=self.swap_space_mb * 1024 * 1024,
             max_model_len=self.max_model_len,
             num_threads=self.engine_threads,
+            cuda_graphs=self.cuda_graphs == "on",
+            cuda_graph_max_batch=self.cuda_graph_max_batch,
+            compile=self.compile,
         )
         return WorkerServiceConfig(
             engine=engine,

@@ -68,7 +68,11 @@ def _memory_io(s: Signals) -> list[dict[str, str]]:
 
 def _compute(s: Signals) -> list[dict[str, str]]:
     return [
-        _s("kernel fusion", "--kernels native; CUDA graphs / --compile on a GPU", "shorter steps"),
+        _s(
+            "kernel fusion",
+            "--kernels native; --cuda-graphs on / --compile on a GPU",
+            "shorter steps",
+        ),
         _s("lower precision", "--dtype bfloat16 / float16 (GPU)", "faster matrix multiplies"),
         _s(
             "smaller token budget per step",

@@ -8,6 +8,7 @@ import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 KERNELS = ("auto", "native", "torch")
+MAX_GRAPH_BATCH = 1024
 
 
 @dataclass(slots=True)
@@ -31,6 +32,13 @@ class WorkerConfig:
         model's default); the KV cache must hold one sequence this long.
     num_threads: torch CPU threads of the engine (intra-op, OpenMP); 0 = torch's default (one per
         core). Fewer than the cores leaves cores to the other services on the same machine.
+    cuda_graphs: replay decode-only steps (every sequence one token, all sampled) from CUDA graphs
+        captured at start for batch sizes 1, 2, 4, ... up to `cuda_graph_max_batch` (a batch is
+        padded up to the next captured size; larger ones, prefills and mixed steps run eagerly).
+    cuda_graph_max_batch: the largest decode batch captured (graphs cost start-up time and memory).
+    compile: torch.compile the model's dense parts (rotary on the QKV projection, and output
+        projection + MLP + norms; attention and the cache writes stay eager) on the torch op set:
+        inductor's C++ on CPU, Triton on CUDA. Compiled on first use of each shape class.
     """
 
     model: str = "tiny"
@@ -45,6 +53,9 @@ class WorkerConfig:
     swap_space_bytes: int = 0
     max_model_len: int | None = None  # caps the context (and the KV cache it needs)
     num_threads: int = 0
+    cuda_graphs: bool = False
+    cuda_graph_max_batch: int = 64
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self._check_device()
@@ -62,6 +73,7 @@ class WorkerConfig:
             )
         if self.kernels == "native" and self.device != "cpu":
             raise ValueError("kernels 'native' are CPU kernels; on CUDA use auto or torch")
+        self._check_step_loop()
         if self.block_size < 1 or self.max_num_batched_tokens < 1 or self.kv_cache_bytes < 1:
             raise ValueError("block_size, max_num_batched_tokens and kv_cache_bytes must be >= 1")
         if self.num_threads < 0:
@@ -71,6 +83,22 @@ class WorkerConfig:
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
             raise ValueError(
                 f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}"
+            )
+
+    def _check_step_loop(self) -> None:
+        if self.cuda_graphs and self.device == "cpu":
+            raise ValueError(
+                "--cuda-graphs needs CUDA (--device cuda); CPU steps run eagerly, leave it off"
+            )
+        if not 1 <= self.cuda_graph_max_batch <= MAX_GRAPH_BATCH:
+            raise ValueError(
+                f"cuda_graph_max_batch must be in 1..{MAX_GRAPH_BATCH}, "
+                f"got {self.cuda_graph_max_batch}"
+            )
+        if self.compile and self.kernels == "native":
+            raise ValueError(
+                "--compile compiles the torch op set; the native CPU kernels are already fused: "
+                "use --kernels auto (or torch) with --compile"
             )
 
     def _check_device(self) -> None:

@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import NamedTuple
 
 import torch
 
-from services.common.types import BlockSwaps, ModelInfo, SeqStep, StepOutput
+from services.common.types import BlockSwaps, ModelInfo, SamplingParams, SeqStep, StepOutput
 from services.models import ModelSource, resolve_model
 from services.models.checkpoint import load_source_weights
 from services.worker import kernels
-from services.worker.batch import StepBatch, build_batch
+from services.worker.batch import build_batch
 from services.worker.config import WorkerConfig
 from services.worker.kv_cache import KVCache, bytes_per_block, num_blocks_for_budget
 from services.worker.kv_swap import HostKVPool
 from services.worker.model import Transformer
 from services.worker.sampling import SamplingTensors, sample
+from services.worker.static_decode import StaticDecode
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,22 @@ class StepError(ValueError):
     """A step asked for something the engine cannot do (bad block table, context overflow)."""
 
 
-class Engine:
-    """Loads the model named by the config and executes scheduler-built steps."""
+class Forward(NamedTuple):
+    """One forward pass's sampled rows: which sequences, how, and their float32 logits."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    seq_ids: list[int]
+    sampling: list[SamplingParams]
+    logits: torch.Tensor  # [len(seq_ids), vocab]
+
+
+class Engine:
+    """Loads the model named by the config and executes scheduler-built steps.
+
+    `static_decode`: run decode-only steps through the fixed-shape path of the CUDA graphs
+    (services/worker/static_decode.py) without capturing them. None: exactly when
+    `config.cuda_graphs` (captured). Tests and dry runs set it on CPU."""
+
+    def __init__(self, config: WorkerConfig, static_decode: bool | None = None) -> None:
         self.config = config
         if config.num_threads:  # this thread's (model loading); the engine thread sets its own
             torch.set_num_threads(config.num_threads)
@@ -47,7 +61,10 @@ class Engine:
             config.block_size,
             native_kernels=self.kernels == "native",
             packed_gemm=self.gemm == "onednn-packed",
+            compile=config.compile,
         )
+        if static_decode is None:
+            static_decode = config.cuda_graphs
         num_blocks = num_blocks_for_budget(
             self.source.config,
             config.block_size,
@@ -56,7 +73,12 @@ class Engine:
             self.source.max_context,
         )
         self.kv_cache = KVCache(
-            self.source.config, num_blocks, config.block_size, self.dtype, self.device
+            self.source.config,
+            num_blocks,
+            config.block_size,
+            self.dtype,
+            self.device,
+            has_scratch_block=static_decode,
         )
         block_bytes = bytes_per_block(self.source.config, config.block_size, self.dtype)
         self.host_pool = HostKVPool(self.kv_cache, config.swap_space_bytes // block_bytes)
@@ -72,8 +94,19 @@ class Engine:
             eos_token_ids=self.source.eos_token_ids,
             num_swap_blocks=self.host_pool.num_blocks,
         )
+        self.static_decode: StaticDecode | None = None
+        if static_decode:
+            with torch.inference_mode():
+                self.static_decode = StaticDecode(
+                    self.model,
+                    self.kv_cache,
+                    config.cuda_graph_max_batch,
+                    self.source.max_context,
+                    capture=config.cuda_graphs,
+                )
         log.info(
-            "engine ready: %s (%s) on %s %s, kernels=%s, gemm=%s, %d KV blocks of %d tokens",
+            "engine ready: %s (%s) on %s %s, kernels=%s, gemm=%s, %d KV blocks of %d tokens, "
+            "cuda_graphs=%s, compile=%s",
             self.info.name,
             self.info.architecture,
             self.info.device,
@@ -82,6 +115,8 @@ class Engine:
             self.gemm,
             num_blocks,
             config.block_size,
+            config.cuda_graphs,
+            config.compile,
         )
 
     def step(self, seqs: list[SeqStep], swaps: BlockSwaps | None = None) -> StepOutput:
@@ -94,8 +129,12 @@ class Engine:
         swap_ms = (time.perf_counter() - start_s) * 1e3 if swaps else 0.0
         events = self._start_events()
         with torch.inference_mode():
-            batch, logits = self._forward(seqs)
-            tokens = sample(logits, self._sampling_tensors(batch, seqs)) if logits.numel() else None
+            forward = self._forward(seqs)
+            tokens = (
+                sample(forward.logits, self._sampling_tensors(forward, seqs))
+                if forward.seq_ids
+                else None
+            )
             if events is not None:
                 events[1].record()
             # The step's one host-device synchronisation (a step that samples nothing, a
@@ -107,7 +146,7 @@ class Engine:
                 if events is not None:
                     events[1].synchronize()
         return StepOutput(
-            sampled=dict(zip(batch.sample_seq_ids, token_list, strict=True)),
+            sampled=dict(zip(forward.seq_ids, token_list, strict=True)),
             step_ms=(time.perf_counter() - start_s) * 1e3,
             device_ms=events[0].elapsed_time(events[1]) if events is not None else 0.0,
             swap_ms=swap_ms,
@@ -132,21 +171,27 @@ class Engine:
         """Like `step` (KV written the same way) but returns float32 logits per sampled seq_id
         instead of sampling: for parity checks against a reference implementation."""
         with torch.inference_mode():
-            batch, logits = self._forward(seqs)
-        return {seq_id: logits[i] for i, seq_id in enumerate(batch.sample_seq_ids)}
+            forward = self._forward(seqs)
+        # clone: a replayed graph's logits are overwritten by the next step
+        return {seq_id: forward.logits[i].clone() for i, seq_id in enumerate(forward.seq_ids)}
 
-    def _forward(self, seqs: list[SeqStep]) -> tuple[StepBatch, torch.Tensor]:
+    def _forward(self, seqs: list[SeqStep]) -> Forward:
         self._validate(seqs)
+        if self.static_decode is not None and self.static_decode.fits(seqs):
+            sampling = [s.sampling for s in seqs if s.sampling is not None]
+            return Forward([s.seq_id for s in seqs], sampling, self.static_decode.forward(seqs))
         batch = build_batch(seqs, self.config.block_size, self.device)
         if not seqs:
-            return batch, torch.empty(0, self.info.vocab_size, device=self.device)
-        return batch, self.model.forward(batch, self.kv_cache)
+            return Forward([], [], torch.empty(0, self.info.vocab_size, device=self.device))
+        return Forward(
+            batch.sample_seq_ids, batch.sampling, self.model.forward(batch, self.kv_cache)
+        )
 
-    def _sampling_tensors(self, batch: StepBatch, seqs: list[SeqStep]) -> SamplingTensors:
+    def _sampling_tensors(self, forward: Forward, seqs: list[SeqStep]) -> SamplingTensors:
         # The sampled token's position is the sequence's length after this step.
         position_by_id = {s.seq_id: s.num_tokens_after for s in seqs}
-        positions = [position_by_id[seq_id] for seq_id in batch.sample_seq_ids]
-        return SamplingTensors(batch.sampling, positions, self.device)
+        positions = [position_by_id[seq_id] for seq_id in forward.seq_ids]
+        return SamplingTensors(forward.sampling, positions, self.device)
 
     def _validate(self, seqs: list[SeqStep]) -> None:
         for seq in seqs:
@@ -181,7 +226,7 @@ class Engine:
     def _kernels(self) -> tuple[str, str]:
         """(non-GEMM ops, GEMMs): `native` or `torch`, and `onednn-packed` or `torch`.
         An explicit `native` raises where either half is unavailable."""
-        if self.config.kernels == "torch" or self.config.is_cuda:
+        if self.config.kernels == "torch" or self.config.is_cuda or self.config.compile:
             return "torch", "torch"
         packed = kernels.packed_gemm_available(self.dtype)
         if self.config.kernels == "native":
@@ -218,4 +263,8 @@ class Engine:
         # Decode attention gathers one layer's K/V for the longest context of each sequence.
         gather = 2 * bytes_per_block(cfg, self.config.block_size, self.dtype) // cfg.num_layers
         num_context_blocks = -(-self.source.max_context // self.config.block_size)
-        return self.config.max_num_batched_tokens * per_token + 64 * gather * num_context_blocks
+        reserve = self.config.max_num_batched_tokens * per_token + 64 * gather * num_context_blocks
+        if self.config.cuda_graphs:  # the graphs' private pool holds their largest shape's too
+            max_batch = self.config.cuda_graph_max_batch
+            reserve += max_batch * (per_token + gather * num_context_blocks)
+        return reserve

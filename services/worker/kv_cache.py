@@ -29,10 +29,14 @@ class KVCache:
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
+        has_scratch_block: bool = False,
     ) -> None:
-        self.num_blocks = num_blocks
+        self.num_blocks = num_blocks  # the blocks the scheduler hands out: 0..num_blocks-1
         self.block_size = block_size
-        num_slots = num_blocks * block_size
+        # One more block, never handed out, where the padding rows of a fixed-shape decode batch
+        # write and read (services/worker/static_decode.py): block `num_blocks`.
+        self.scratch_block = num_blocks if has_scratch_block else None
+        num_slots = (num_blocks + has_scratch_block) * block_size
         # Head-major: a gather of blocks yields [kv_heads, blocks, ...], ready for batched
         # matmuls over (kv head, sequence) without a transposing copy.
         shape = (config.num_layers, 2, config.num_kv_heads, num_slots, config.head_dim)

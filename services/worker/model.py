@@ -83,6 +83,33 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def rotate_qk(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_rotated_heads: int, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch op set's rotary on a QKV projection [tokens, heads * D]: (q and k heads rotated,
+    [tokens, q + k heads, D]; v heads)."""
+    qkv = qkv.view(qkv.shape[0], -1, head_dim)
+    # q and k heads rotate together: one set of kernels instead of two.
+    qk = apply_rope(qkv[:, :num_rotated_heads], cos.unsqueeze(1), sin.unsqueeze(1))
+    return qk, qkv[:, num_rotated_heads:]
+
+
+def attention_out_and_mlp(
+    hidden: torch.Tensor,
+    attention: torch.Tensor,
+    layer: LayerWeights,
+    next_norm: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """The torch op set's rest of a layer: output projection, residual add + RMSNorm, SwiGLU MLP,
+    residual add + the next RMSNorm. `hidden` (the residual stream) is updated in place."""
+    hidden.add_(F.linear(attention, layer.o, layer.o_bias))
+    x = rms_norm(hidden, layer.post_norm, eps)
+    gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+    hidden.add_(F.linear(F.silu(gate) * up, layer.down, layer.down_bias))
+    return rms_norm(hidden, next_norm, eps)
+
+
 class Transformer:
     """Weights in Hugging Face layout, fused where that saves matmuls."""
 
@@ -94,10 +121,23 @@ class Transformer:
         block_size: int,
         native_kernels: bool = False,
         packed_gemm: bool = False,
+        compile: bool = False,
     ) -> None:
         self.config = config
         self.block_size = block_size
         self.native = native_kernels
+        self.is_torch_ops = not native_kernels and not packed_gemm
+        if compile and not self.is_torch_ops:
+            raise ValueError("compile needs the torch op set (no native kernels, no packed GEMMs)")
+        # The torch op set's dense parts; attention and the cache writes stay eager (their
+        # shapes and Python change with every step's mix of prefills and decodes). Shapes are
+        # specialised on first use, then made dynamic in the token count when another comes.
+        self.rotate_qk = torch.compile(rotate_qk, fullgraph=True) if compile else rotate_qk
+        self.attention_out_and_mlp = (
+            torch.compile(attention_out_and_mlp, fullgraph=True)
+            if compile
+            else attention_out_and_mlp
+        )
         self.embed = weights["model.embed_tokens.weight"]
         self.lm_head = weights.get("lm_head.weight", self.embed)
         if config.tie_word_embeddings:
@@ -136,12 +176,19 @@ class Transformer:
         # `hidden` is the residual stream, updated in place; each norm follows its residual add.
         x = self._norm(hidden, self.layers[0].input_norm)
         for index, layer in enumerate(self.layers):
-            attention = self.linear(self._attention(x, layer, step, index), layer.o, layer.o_bias)
-            x = self._add_norm(hidden, attention, layer.post_norm)
-            gate_up = self.linear(x, layer.gate_up, layer.gate_up_bias)
-            mlp = self.linear(self._silu_and_mul(gate_up), layer.down, layer.down_bias)
             is_last = index + 1 == len(self.layers)
             next_norm = self.final_norm if is_last else self.layers[index + 1].input_norm
+            attention = self._attention(x, layer, step, index)
+            if self.is_torch_ops:
+                x = self.attention_out_and_mlp(
+                    hidden, attention, layer, next_norm, self.config.rms_norm_eps
+                )
+                continue
+            x = self._add_norm(
+                hidden, self.linear(attention, layer.o, layer.o_bias), layer.post_norm
+            )
+            gate_up = self.linear(x, layer.gate_up, layer.gate_up_bias)
+            mlp = self.linear(self._silu_and_mul(gate_up), layer.down, layer.down_bias)
             x = self._add_norm(hidden, mlp, next_norm)
         return self.linear(x.index_select(0, batch.sample_rows), self.lm_head, None).float()
 
@@ -169,11 +216,17 @@ class Transformer:
         self, x: torch.Tensor, layer: LayerWeights, step: StepTensors, index: int
     ) -> torch.Tensor:
         num_tokens, head_dim = x.shape[0], self.config.head_dim
-        qkv = self.linear(x, layer.qkv, layer.qkv_bias)
         num_heads, num_kv_heads = self.config.num_heads, self.config.num_kv_heads
         batch = step.batch
         k_cache, v_cache = step.kv_cache.layer(index)
-        if self.native:  # q and k rotated in place, k and v written to the cache: one kernel
+        if not self.native:
+            qkv = self.linear(x, layer.qkv, layer.qkv_bias)
+            qk, v = self.rotate_qk(qkv, step.cos, step.sin, num_heads + num_kv_heads, head_dim)
+            q, k = qk.split([num_heads, num_kv_heads], dim=1)
+            k_cache.index_copy_(1, batch.slot_mapping, k.transpose(0, 1))
+            v_cache.index_copy_(1, batch.slot_mapping, v.transpose(0, 1))
+        else:  # q and k rotated in place, k and v written to the cache: one kernel
+            qkv = self.linear(x, layer.qkv, layer.qkv_bias)
             kernels.rope_and_cache_(
                 qkv,
                 step.cos,
@@ -184,18 +237,9 @@ class Transformer:
                 num_heads,
                 num_kv_heads,
             )
-        qkv = qkv.view(num_tokens, -1, head_dim)
-        v = qkv[:, num_heads + num_kv_heads :]
-        if self.native:
+            qkv = qkv.view(num_tokens, -1, head_dim)
+            v = qkv[:, num_heads + num_kv_heads :]
             q, k = qkv[:, :num_heads], qkv[:, num_heads : num_heads + num_kv_heads]
-        else:
-            # q and k heads rotate together: one set of kernels instead of two.
-            qk = apply_rope(
-                qkv[:, : num_heads + num_kv_heads], step.cos.unsqueeze(1), step.sin.unsqueeze(1)
-            )
-            q, k = qk.split([num_heads, num_kv_heads], dim=1)
-            k_cache.index_copy_(1, batch.slot_mapping, k.transpose(0, 1))
-            v_cache.index_copy_(1, batch.slot_mapping, v.transpose(0, 1))
         if not batch.prefills:  # a pure decode step needs no output buffer to assemble
             return self._decode_attention(q, k_cache, v_cache, step).reshape(num_tokens, -1)
         out = torch.empty_like(q)

@@ -41,6 +41,21 @@ def test_a_missing_placement_file_is_named_not_blamed_on_ray(
     assert "Ray" not in line
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--cuda-graphs", "on"], "--cuda-graphs needs CUDA (--device cuda)"),
+        (["--compile", "--kernels", "native"], "--compile compiles the torch op set"),
+    ],
+)
+def test_step_loop_switches_this_host_cannot_run_are_refused_before_start(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["serve", "--no-ray", "--port", "0", *flags])
+    assert code == 2
+    assert message in _one_error_line(capsys.readouterr().err)
+
+
 def test_generate_with_a_preset_says_its_text_is_gibberish(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

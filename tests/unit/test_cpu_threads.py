@@ -16,7 +16,10 @@ from services.worker.servicer import WorkerService
 
 
 def _engine_service() -> WorkerService:
-    engine: Any = SimpleNamespace(info=SimpleNamespace(num_blocks=8))  # only what __init__ reads
+    # only what __init__ reads
+    engine: Any = SimpleNamespace(
+        info=SimpleNamespace(num_blocks=8), config=SimpleNamespace(num_threads=0)
+    )
     return WorkerService(engine, identify("worker", "127.0.0.1:0"))
 
 

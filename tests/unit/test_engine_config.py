@@ -30,6 +30,9 @@ def test_cuda_without_cuda_is_an_actionable_error() -> None:
         ({"device": "tpu"}, "cpu, cuda or cuda:N"),
         ({"gpu_memory_fraction": 1.5}, r"\(0, 1\]"),
         ({"kernels": "fast"}, "auto, native, torch"),
+        ({"cuda_graphs": True}, "--cuda-graphs needs CUDA"),
+        ({"cuda_graph_max_batch": 0}, r"1\.\.1024"),
+        ({"compile": True, "kernels": "native"}, "--compile compiles the torch op set"),
     ],
 )
 def test_invalid_choices_are_rejected(kwargs: dict[str, object], message: str) -> None:

@@ -114,8 +114,8 @@ def test_unknown_top_level_keys_and_bad_repeats_are_refused() -> None:
 
 def test_builtin_plans_load() -> None:
     names = set(builtin_plans())
-    assert {"quick", "placement", "batching", "network", "precision"} <= names
-    for name in names - {"precision"}:  # precision needs a CUDA device
+    assert {"quick", "placement", "batching", "network", "precision", "step_loop"} <= names
+    for name in names - {"precision", "step_loop"}:  # these need a CUDA device
         assert len(load_plan(name).variants) >= 2
     quick = load_plan("quick")
     assert not quick.is_cluster_needed and all(not v.is_ray for v in quick.variants)
