@@ -262,8 +262,9 @@ def paired_ratios(
         by_variant = {
             r["variant"]: r["figures"] for r in rounds if r["round"] == index and "figures" in r
         }
-        if numerator in by_variant and denominator in by_variant:
-            ratios.append(round(by_variant[numerator][figure] / by_variant[denominator][figure], 4))
+        top, bottom = by_variant.get(numerator, {}), by_variant.get(denominator, {})
+        if top.get(figure) is not None and bottom.get(figure):  # not every variant has each
+            ratios.append(round(top[figure] / bottom[figure], 4))
     return ratios
 
 
