@@ -44,12 +44,14 @@ class WorkerServer:
 
 
 def build_worker_service(config: WorkerServiceConfig, address: str) -> WorkerService:
-    from services.worker.engine import Engine
-
     metrics = serve_metrics("worker", config.metrics_address)
-    return WorkerService(
-        Engine(config.engine), identify("worker", address, config.node_id), metrics
-    )
+    try:
+        return WorkerService.load(
+            config.engine, identify("worker", address, config.node_id), metrics
+        )
+    except BaseException:
+        metrics.stop_server()
+        raise
 
 
 async def start_worker(config: WorkerServiceConfig) -> WorkerServer:

@@ -27,6 +27,7 @@ from services.common.types import (
     SeqStep,
     StepOutput,
 )
+from services.worker.config import WorkerConfig
 from services.worker.engine import Engine, StepError
 from services.worker.profiling import ProfileBusyError, StepProfiler
 from tracing import schema
@@ -42,25 +43,53 @@ def _start_engine_thread(num_threads: int) -> None:
         torch.set_num_threads(num_threads)
 
 
+def engine_executor(num_threads: int = 0) -> ThreadPoolExecutor:
+    """The one thread an engine is built on and every step of it runs on."""
+    return ThreadPoolExecutor(
+        max_workers=1,
+        thread_name_prefix="engine",
+        initializer=_start_engine_thread,
+        initargs=(num_threads,),
+    )
+
+
 class WorkerService:
     """Runs one step at a time on a dedicated thread so the event loop stays responsive."""
 
     def __init__(
-        self, engine: Engine, identity: ServiceIdentity, metrics: ServiceMetrics | None = None
+        self,
+        engine: Engine,
+        identity: ServiceIdentity,
+        metrics: ServiceMetrics | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.engine = engine
         self.identity = identity
         self.metrics = metrics or ServiceMetrics("worker")
         self.instance_id = uuid.uuid4().hex
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="engine",
-            initializer=_start_engine_thread,
-            initargs=(engine.config.num_threads,),
-        )
+        self._executor = executor or engine_executor(engine.config.num_threads)
         self._observe_kv_blocks([])  # all free until the first step, not 0 free (looks full)
         # what the previous step sampled (seq_id -> token): fills async scheduling's placeholders
         self._last_sampled: dict[int, int] = {}
+
+    @classmethod
+    def load(
+        cls, config: WorkerConfig, identity: ServiceIdentity, metrics: ServiceMetrics | None = None
+    ) -> WorkerService:
+        """The engine built on the thread that will run its steps (blocks while it loads).
+
+        Built on another thread (the loader), the engine ran its decode steps at ~0.6x the
+        speed on 2 cores (benchmarks/README.md): each thread that starts OpenMP parallel
+        regions gets its own team, and with more OpenMP threads than CPUs libgomp throttles
+        the spin-wait of idle team threads, so every parallel region of a step paid a futex
+        wake-up. One thread, one team."""
+        executor = engine_executor(config.num_threads)
+        try:
+            engine = executor.submit(Engine, config).result()
+        except BaseException:
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        return cls(engine, identity, metrics, executor)
 
     @property
     def info(self) -> ModelInfo:
