@@ -337,6 +337,7 @@ class FakeWorkerServicer:
         self.instance_id = "fake-1"
         self.pid = 12345  # the pid Describe reports for it
         self.num_streams = 0
+        self.step_delay_s = 0.0  # each message's time on the "device"
         self._kill = asyncio.Event()
 
     def register(self, server: object) -> list[str]:
@@ -389,6 +390,8 @@ class FakeWorkerServicer:
                     return
                 request = next_request.result()
                 seqs, *later = decoder.decode(request)
+                if self.step_delay_s:
+                    await asyncio.sleep(self.step_delay_s)
                 out = self.worker.step(seqs)
                 out.later_sampled = [self.worker.step(each).sampled for each in later]
                 yield convert.step_output_to_pb(request.step_id, out)

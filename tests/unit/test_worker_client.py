@@ -38,7 +38,7 @@ async def _finish(runner: SchedulerRunner, sink: Sink, ids: range, timeout_s: fl
 
 
 class _Pipeline:
-    def __init__(self, address: str, overlap: bool = False) -> None:
+    def __init__(self, address: str, overlap: bool = False, num_steps: int = 1) -> None:
         self.address = address
         self.fake = FakeWorkerServicer(FakeWorker())
         self.server: GrpcServer | None = None
@@ -46,7 +46,10 @@ class _Pipeline:
 
         def core(info: ModelInfo) -> Scheduler:
             config = SchedulerConfig(
-                max_num_seqs=8, max_num_batched_tokens=256, async_scheduling=overlap
+                max_num_seqs=8,
+                max_num_batched_tokens=256,
+                async_scheduling=overlap,
+                num_scheduler_steps=num_steps,
             )
             return Scheduler(config, info)
 
@@ -68,8 +71,10 @@ class _Pipeline:
 
 
 @contextlib.asynccontextmanager
-async def _pipeline(tmp_path: Path, overlap: bool = False) -> AsyncIterator[_Pipeline]:
-    p = _Pipeline(f"unix:{tmp_path}/worker.sock", overlap)
+async def _pipeline(
+    tmp_path: Path, overlap: bool = False, num_steps: int = 1
+) -> AsyncIterator[_Pipeline]:
+    p = _Pipeline(f"unix:{tmp_path}/worker.sock", overlap, num_steps)
     await p.start_worker()
     await p.runner.start()
     try:
@@ -155,6 +160,37 @@ async def _lost_in_flight(tmp_path: Path) -> None:
         assert pipeline.client.address and pipeline.fake.num_streams >= 2  # it did reconnect
         runner.core.block_manager.check()
         await _until(lambda: runner.core is not None and runner.core.num_in_flight == 0)
+        assert runner.core.num_free_blocks == runner.core.block_manager.num_blocks
+
+
+def test_a_worker_lost_during_a_multi_step_run_is_recomputed(tmp_path: Path) -> None:
+    """Multi-step over real gRPC (runs of 4 decode steps, delta-encoded tables): the worker
+    goes away and comes back empty; the new stream starts its tables afresh and every request
+    still gets exactly its tokens."""
+    asyncio.run(asyncio.wait_for(_lost_in_a_run(tmp_path), 30))
+
+
+async def _lost_in_a_run(tmp_path: Path) -> None:
+    async with _pipeline(tmp_path, num_steps=4) as pipeline:
+        pipeline.fake.step_delay_s = 0.01  # a run takes a while: the loss lands mid-request
+        sink, runner = Sink(), pipeline.runner
+        for i in range(4):
+            runner.submit(_request(i, max_tokens=40), sink, "uds")
+        await _until(lambda: len(sink.tokens.get("r0", [])) >= 8)
+        assert not sink.finished
+        await pipeline.stop_worker()
+        pipeline.fake.worker.restart()
+        pipeline.fake.instance_id = "fake-2"
+        await pipeline.start_worker()
+        await _until(lambda: len(sink.finished) == 4)
+        for i in range(4):
+            assert sink.finished[f"r{i}"].error_status == "", sink.finished[f"r{i}"]
+            assert sink.tokens[f"r{i}"] == reference_output(make_prompt(i, 5), 40)
+        assert pipeline.fake.num_streams >= 2
+        sizes = [len(d.token_ids) for batch in sink.batches for d in batch]
+        assert max(sizes) == 4  # runs of 4 steps reached the sink as one delivery each
+        assert runner.core is not None
+        runner.core.block_manager.check()
         assert runner.core.num_free_blocks == runner.core.block_manager.num_blocks
 
 
