@@ -11,6 +11,7 @@ put a relay (deploy/relay.py) on every cross-node TCP edge.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -25,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from deploy.lifecycle import START_TIMEOUT_S
+
+log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
@@ -164,9 +167,8 @@ def start_cluster(
     try:
         record.nodes.append(_start_node(record, ips[0], "a", head_port=gcs_port))
         _wait_ready(record.nodes[:1])
-        for i, ip in enumerate(ips[1:], start=1):
-            record.nodes.append(_start_node(record, ip, string.ascii_lowercase[i]))
-        _wait_ready(record.nodes[1:])
+        for i, ip in enumerate(ips[1:], start=1):  # one at a time: the GCS registers each
+            _join(record, ip, string.ascii_lowercase[i])
     except BaseException:
         stop_cluster(record)
         raise
@@ -206,8 +208,31 @@ def _reap(nodes: list[NodeRecord]) -> None:
             pass
 
 
-def _start_node(record: ClusterRecord, ip: str, label: str, head_port: int = 0) -> NodeRecord:
-    node_dir = Path(record.temp_dir) / label
+def _join(record: ClusterRecord, ip: str, label: str) -> None:
+    """Start a worker node and wait until it has joined; one that exits before joining is
+    started once more (a busy head's GCS answered a joining node `Deadline Exceeded` once in CI,
+    and `ray start` gave up)."""
+    node = _start_node(record, ip, label)
+    record.nodes.append(node)
+    try:
+        _wait_ready([node])
+        return
+    except ClusterError as exc:
+        if not _has_exited(node.pid):
+            raise  # still running but not joined in time: waiting longer will not help
+        log.warning("%s; starting it again", exc)
+    _signal_group(node.pid, signal.SIGKILL)  # whatever it left in its process group
+    _reap([node])
+    record.nodes.remove(node)
+    node = _start_node(record, ip, label, attempt=2)
+    record.nodes.append(node)
+    _wait_ready([node])
+
+
+def _start_node(
+    record: ClusterRecord, ip: str, label: str, head_port: int = 0, attempt: int = 1
+) -> NodeRecord:
+    node_dir = Path(record.temp_dir) / (label if attempt == 1 else f"{label}-{attempt}")
     node_dir.mkdir(parents=True)
     args = node_args(record.address, ip, label, node_dir, head_port)
     log_path = node_dir / "ray-start.log"

@@ -28,7 +28,18 @@ from services.common.server import start_server
 
 
 async def _reflect(address: str, token: str) -> str:
-    """A bidi-stream call (reflection), like the pipeline's internal streams."""
+    """A bidi-stream call (reflection), like the pipeline's internal streams. The server refuses
+    a stream before reading it; when that beats the client's first write, grpc's client turns the
+    failed write into a local INTERNAL (the server's status is lost, seen once in CI under load):
+    such a probe is tried again, at most 5 times."""
+    for _ in range(5):
+        code = await _reflect_once(address, token)
+        if code != "INTERNAL":
+            break
+    return code
+
+
+async def _reflect_once(address: str, token: str) -> str:
     async with create_channel(address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         call = stub.ServerReflectionInfo(metadata=token_metadata(token))
