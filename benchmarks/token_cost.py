@@ -240,6 +240,10 @@ def _record(
         "cpu_us_per_token": us,
         "bench_cpu_outside_run_s": round(bench_total_cpu_s - summary["client_cpu_s"], 3),
         "tpot_p50_ms": _round(summary["tpot_ms"]["p50"]),
+        # what coalescing switches trade: tokens arrive in bursts, new requests may wait
+        "ttft_p50_ms": _round(summary["ttft_ms"]["p50"]),
+        "ttft_p99_ms": _round(summary["ttft_ms"]["p99"]),
+        "itl_p99_ms": _round(summary["itl_ms"]["p99"]),
     }
     # what the ratios would be if the pipeline had the cores to itself and were CPU-bound:
     # (engine or worker CPU) / (every process's CPU, client included), per token. On a shared
