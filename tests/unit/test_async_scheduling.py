@@ -9,28 +9,17 @@ import asyncio
 import dataclasses
 import time
 
-import pytest
-
-from services.common.identity import identify
 from services.common.types import Delivery, ModelInfo, SamplingParams
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.core import Request, Scheduler
 from services.scheduler.runner import RunnerSettings, SchedulerRunner
 from services.scheduler.worker_client import InprocWorkerClient
-from services.worker.config import WorkerConfig
-from services.worker.engine import Engine
 from services.worker.servicer import WorkerService
 
 MAX_TOKENS = [12, 1, 7, 20, 3, 16]  # one request stops at once, others at different lengths
 
 
-@pytest.fixture(scope="module")
-def service() -> WorkerService:
-    engine = Engine(WorkerConfig(model="tiny", kv_cache_bytes=8 * 2**20))
-    return WorkerService(engine, identify("worker", "inproc"))
-
-
-def _requests() -> list[Request]:
+def mixed_requests() -> list[Request]:
     reqs = []
     for i, max_tokens in enumerate(MAX_TOKENS):
         sampling = SamplingParams(temperature=0.8, top_p=0.9, seed=i) if i % 2 else SamplingParams()
@@ -47,7 +36,7 @@ def _drive(
     core = Scheduler(SchedulerConfig(max_num_batched_tokens=64, async_scheduling=overlap), info)
     tokens: dict[str, list[int]] = {}
     reasons: dict[str, str] = {}
-    pending = _requests()
+    pending = mixed_requests()
     running = None
     while pending or core.has_unfinished:
         if pending:
@@ -104,7 +93,7 @@ async def _serve(service: WorkerService, overlap: bool) -> tuple[_Sink, Schedule
     sink = _Sink()
     await runner.start()
     try:
-        for req in _requests():
+        for req in mixed_requests():
             req.arrival_s = time.monotonic()
             runner.submit(req, sink, "inproc")
         deadline = time.monotonic() + 60

@@ -12,32 +12,16 @@ import time
 
 import pytest
 
-from services.common.identity import identify
-from services.common.types import Delivery, ModelInfo, SamplingParams
+from services.common.types import Delivery, ModelInfo
 from services.scheduler.config import SchedulerConfig
-from services.scheduler.core import Request, Scheduler
+from services.scheduler.core import Scheduler
 from services.scheduler.runner import RunnerSettings, SchedulerRunner
 from services.scheduler.worker_client import InprocWorkerClient
-from services.worker.config import WorkerConfig
-from services.worker.engine import Engine
 from services.worker.servicer import WorkerService
 
-MAX_TOKENS = [12, 1, 7, 20, 3, 16]
-
-
-@pytest.fixture(scope="module")
-def service() -> WorkerService:
-    engine = Engine(WorkerConfig(model="tiny", kv_cache_bytes=8 * 2**20))
-    return WorkerService(engine, identify("worker", "inproc"))
-
-
-def _requests() -> list[Request]:
-    reqs = []
-    for i, max_tokens in enumerate(MAX_TOKENS):
-        sampling = SamplingParams(temperature=0.8, top_p=0.9, seed=i) if i % 2 else SamplingParams()
-        prompt = [(31 * i + 7 * j) % 3000 + 5 for j in range(5 + 9 * i)]
-        reqs.append(Request(f"r{i}", prompt, max_tokens, sampling, arrival_s=float(i)))
-    return reqs
+# the requests of the async-scheduling tests (and the `service` fixture of tests/unit/conftest.py):
+# both switches are checked against one step at a time on the same mix
+from tests.unit.test_async_scheduling import MAX_TOKENS, mixed_requests
 
 
 def _drive(
@@ -50,7 +34,7 @@ def _drive(
     tokens: dict[str, list[int]] = {}
     reasons: dict[str, str] = {}
     run_lengths: list[int] = []
-    pending = _requests()
+    pending = mixed_requests()
     while pending or core.has_unfinished:
         if pending:
             core.add(pending.pop(0))
@@ -112,7 +96,7 @@ async def _serve(service: WorkerService, num_steps: int) -> tuple[_Sink, Schedul
     sink = _Sink()
     await runner.start()
     try:
-        for req in _requests():
+        for req in mixed_requests():
             req.arrival_s = time.monotonic()
             runner.submit(req, sink, "inproc")
         deadline = time.monotonic() + 60
