@@ -71,3 +71,13 @@ def test_bad_flags_exit_non_zero_with_a_message(capsys: pytest.CaptureFixture[st
     args = parse("--address", "127.0.0.1:1", "--rate", "5", "--concurrency", "2")
     assert args.func(args) == cli.EXIT_BAD_INPUT
     assert "not both" in capsys.readouterr().err
+
+
+def test_client_processes_default_to_one_per_eight_cores() -> None:
+    """`bench --workers` unset: one client process on a small machine (the cores are for what
+    it measures), more on a large one, never more than the concurrency."""
+    from loadgen.cli import auto_workers
+
+    assert [auto_workers(n) for n in (1, 2, 8, 16, 64, 256)] == [1, 1, 1, 2, 8, 8]
+    assert auto_workers(64, concurrency=4) == 4
+    assert auto_workers(64, concurrency=0) == 8  # open loop: no concurrency to cap it
