@@ -81,10 +81,6 @@ class ServeSpec:
             )
         if self.num_scheduler_steps < 1:
             raise ValueError(f"--num-scheduler-steps must be >= 1, got {self.num_scheduler_steps}")
-        if self.num_scheduler_steps > 1 and self.async_scheduling == "on":
-            raise ValueError(
-                "--num-scheduler-steps > 1 and --async-scheduling on do not combine: choose one"
-            )
         if self.num_scheduler_steps > 1 and self.step_encoding == "nested":
             raise ValueError(
                 "--num-scheduler-steps > 1 needs --step-encoding packed or delta (a nested step "

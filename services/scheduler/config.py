@@ -32,6 +32,7 @@ class SchedulerConfig:
       swap) goes to the worker with up to N-1 more decode steps chained behind it, run there one
       after another in one round trip (placeholders as with async scheduling); their tokens come
       back, and go to the front door, together. Requests arriving meanwhile wait for the run.
+      With async_scheduling, the next run is built while one runs.
     """
 
     max_num_seqs: int = 64
@@ -57,11 +58,6 @@ class SchedulerConfig:
             )
         if self.num_scheduler_steps < 1:
             raise ValueError(f"num_scheduler_steps must be >= 1, got {self.num_scheduler_steps}")
-        if self.num_scheduler_steps > 1 and self.async_scheduling:
-            raise ValueError(
-                "multi-step decoding (--num-scheduler-steps > 1) and --async-scheduling on do "
-                "not combine: choose one"
-            )
         if self.max_queue_len < 1:
             raise ValueError(f"max_queue_len must be >= 1, got {self.max_queue_len}")
         if self.batching not in BATCHING_MODES:

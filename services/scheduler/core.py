@@ -12,7 +12,7 @@ the same KV slots), and a late `on_step` for one is ignored.
 from __future__ import annotations
 
 import bisect
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from services.common.types import PLACEHOLDER_TOKEN_ID, ModelInfo, SeqStep
@@ -236,24 +236,41 @@ class Scheduler:
         the cache has no block for the next position. Answer each batch with on_step, in order;
         [] when nothing can run."""
         first = self.schedule(now_s)
-        if first is None:
-            return []
+        return [] if first is None else self._extend_run(first)
+
+    def schedule_run_ahead(self, now_s: float) -> list[Batch]:
+        """Async scheduling with multi-step: `schedule_ahead()` (the step after every one in
+        flight), extended like `schedule_run()`; [] when nothing can be built ahead."""
+        first = self.schedule_ahead(now_s)
+        return [] if first is None else self._extend_run(first)
+
+    def _extend_run(self, first: Batch) -> list[Batch]:
         run = [first]
         is_decodes_only = all(p == "decode" for p in first.phases) and not first.swaps
-        while is_decodes_only and len(run) < self.config.num_scheduler_steps:
-            after = self._decode_after(run[-1], len(run))
+        if not is_decodes_only or self.config.num_scheduler_steps == 1:
+            return run
+        pending = self._pending_samples()
+        while len(run) < self.config.num_scheduler_steps:
+            after = self._decode_after(run[-1], pending)
             if after is None:
                 break
             run.append(after)
         return run
 
-    def _decode_after(self, before: Batch, num_before: int) -> Batch | None:
-        """The decode step after `before`, the last of `num_before` in flight."""
+    def _pending_samples(self) -> Counter[int]:
+        """seq_id -> steps in flight that sample a token for it (its tokens not yet known)."""
+        return Counter(
+            s.seq_id for b in self._in_flight for s in b.seq_steps if s.sampling is not None
+        )
+
+    def _decode_after(self, before: Batch, pending: Counter[int]) -> Batch | None:
+        """The decode step after `before`, the last in flight; `pending` counts each sequence's
+        samples in flight, and is updated with this step's."""
         blocks = self._blocks
         decodes: list[tuple[str, _Sequence, int]] = []  # (request id, sequence, position)
         for step, request_id in zip(before.seq_steps, before.request_ids):
             seq = self._seqs[request_id]
-            if seq.req.num_output_tokens + num_before < seq.req.max_tokens:
+            if seq.req.num_output_tokens + pending[seq.seq_id] < seq.req.max_tokens:
                 decodes.append((request_id, seq, step.num_tokens_after))
         missing = sum(blocks.num_missing_blocks(s.seq_id, pos + 1) for _, s, pos in decodes)
         if not decodes or missing > blocks.num_free_blocks:
@@ -263,33 +280,39 @@ class Scheduler:
             table = blocks.append_slot(seq.seq_id, pos + 1)
             step = SeqStep(seq.seq_id, [PLACEHOLDER_TOKEN_ID], pos, list(table), seq.req.sampling)
             batch.add(step, request_id, "decode")
+            pending[seq.seq_id] += 1
         self._next_step_id += 1
         self._in_flight.append(batch)
         return batch
 
     def schedule_ahead(self, now_s: float) -> Batch | None:
-        """Async scheduling: build the step after the one in flight before its tokens are known.
+        """Async scheduling: build the step after the ones in flight before their tokens are
+        known (one step, or with multi-step a run of them: the last one in flight counts).
 
-        Each sequence the running step samples for decodes one position further with
-        PLACEHOLDER_TOKEN_ID (the worker runs the token it sampled), unless that token certainly
-        finishes it (max_tokens); one the token finishes on EOS wastes its slot, which on_step
-        drops. Prompt chunks continue where the running step's end. None when nothing can run or
+        Each sequence the last step samples for decodes one position further with
+        PLACEHOLDER_TOKEN_ID (the worker runs the token it sampled), unless the tokens in flight
+        certainly finish it (max_tokens); one they finish on EOS wastes its slot, which on_step
+        drops. Prompt chunks continue where the last step's end. None when nothing can run or
         the decodes would need a preemption: the caller then waits and calls `schedule()`."""
-        if len(self._in_flight) != 1:
+        if not self._in_flight:
             return None
-        running = {s.seq_id: s for s in self._in_flight[0].seq_steps}
+        running = {s.seq_id: s for s in self._in_flight[-1].seq_steps}
+        in_flight = {s.seq_id for b in self._in_flight for s in b.seq_steps}
+        pending = self._pending_samples()
         decodes: list[tuple[_Sequence, int, int]] = []  # (seq, position, token id)
         chunk_starts: list[tuple[_Sequence, int]] = []
         for seq in self._running:
             step = running.get(seq.seq_id)
             if step is None:
+                if seq.seq_id in in_flight:
+                    continue  # in an earlier step in flight but not the last: it is ending
                 if seq.is_prefill:
                     chunk_starts.append((seq, seq.num_computed))
                 else:
                     decodes.append((seq, seq.num_tokens - 1, seq.last_token))
             elif step.sampling is None:
                 chunk_starts.append((seq, step.num_tokens_after))
-            elif seq.req.num_output_tokens + 1 < seq.req.max_tokens:
+            elif seq.req.num_output_tokens + pending[seq.seq_id] < seq.req.max_tokens:
                 decodes.append((seq, step.num_tokens_after, PLACEHOLDER_TOKEN_ID))
         blocks = self._blocks
         missing = sum(blocks.num_missing_blocks(s.seq_id, pos + 1) for s, pos, _ in decodes)

@@ -59,9 +59,9 @@ class _Tracked:
 
 @dataclass(slots=True)
 class _Sent:
-    """Async scheduling: a step handed to the worker, not yet answered."""
+    """Async scheduling: a step (or multi-step run) handed to the worker, not yet answered."""
 
-    batch: Batch
+    run: list[Batch]
     task: asyncio.Task[tuple[list[dict[int, int]], float]]
     started_s: float
 
@@ -209,33 +209,40 @@ class SchedulerRunner:
             for rid in set(batch.request_ids):
                 self._fail(rid, HopscopeError(f"the model worker failed a step: {exc}"))
             return
-        self._measure_hop(batch, now, step_ms)
+        self._apply(run, sampled, step_ms, now)
+
+    def _apply(
+        self, run: list[Batch], sampled: list[dict[int, int]], step_ms: float, started_s: float
+    ) -> None:
+        """A step's (or a multi-step run's) answer: to the core, step by step, then out."""
+        assert self.core is not None
+        self._measure_hop(run[0], started_s, step_ms)
         updates: list[Update] = []
         for each, each_sampled in zip(run, sampled, strict=True):
             self._account(each, step_ms / len(run))
             updates += self.core.on_step(each, each_sampled, time.monotonic())
         # a run's tokens leave together: one delivery per request, not one per step
         self._deliver(_merged(updates) if len(run) > 1 else updates)
-        self._record(batch, now)
+        self._record(run[0], started_s)
 
     async def _iterate_overlapped(self, now: float) -> None:
-        """Async scheduling: keep a second step queued behind the running one (built before the
-        running one's tokens are known), then take the oldest step's answer."""
+        """Async scheduling: keep a second step (or multi-step run) queued behind the running
+        one (built before the running one's tokens are known), then take the oldest's answer."""
         assert self.core is not None
         if not self._sent:
-            batch = self.core.schedule(now)
-            if batch is None or not batch.seq_steps:
+            run = self.core.schedule_run(now)
+            if not run:
                 await self._wait_for_work(now)
                 return
-            self._send(batch, now)
-        if len(self._sent) == 1 and (ahead := self.core.schedule_ahead(now)) is not None:
+            self._send(run, now)
+        if len(self._sent) == 1 and (ahead := self.core.schedule_run_ahead(now)):
             self._send(ahead, now)
         await self._take_oldest()
 
-    def _send(self, batch: Batch, now: float) -> None:
-        task = asyncio.create_task(self._step(batch), name=f"step-{batch.step_id}")
+    def _send(self, run: list[Batch], now: float) -> None:
+        task = asyncio.create_task(self._step(run[0], run[1:]), name=f"step-{run[0].step_id}")
         task.add_done_callback(_retrieve)  # a dropped step's error is not "never retrieved"
-        self._sent.append(_Sent(batch, task, now))
+        self._sent.append(_Sent(run, task, now))
 
     async def _take_oldest(self) -> None:
         assert self.core is not None
@@ -252,19 +259,15 @@ class SchedulerRunner:
                 self._lose_worker()
                 return
             log.error("step failed: %s", exc, exc_info=exc)
-            for rid in set(sent.batch.request_ids):
+            for rid in set(sent.run[0].request_ids):
                 self._fail(rid, HopscopeError(f"the model worker failed a step: {exc}"))
             return
         self._sent.popleft()
-        batch = sent.batch
         # a step sent while another ran started on the worker when that one's answer left it:
         # its round trip counts from then (else the hop's estimate would include a whole step)
         started_s = max(sent.started_s, self._last_answer_s)
         self._last_answer_s = time.monotonic()
-        self._account(batch, step_ms)
-        self._measure_hop(batch, started_s, step_ms)
-        self._deliver(self.core.on_step(batch, sampled_per_step[0], time.monotonic()))
-        self._record(batch, started_s)
+        self._apply(sent.run, sampled_per_step, step_ms, started_s)
 
     def _drop_sent(self) -> None:
         for sent in self._sent:

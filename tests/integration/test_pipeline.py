@@ -183,12 +183,14 @@ def test_multi_step_decoding_gives_the_same_seeded_tokens(
     """`--num-scheduler-steps 4` over the Step stream: decode runs of up to 4 steps in one
     round trip, their tokens in messages of up to 4; the same tokens as one step at a time."""
     plain = _mixed(colocated.address)
-    with serve("colocated", "--model", str(checkpoint), "--num-scheduler-steps", "4") as served:
-        assert _mixed(served.address) == plain
-        ids, _, _ = generate(served.address, prompt="hi", max_tokens=24, ignore_eos=True)
-        assert len(ids) == 24
-        stats = wait_until_idle(served)
-        assert stats.num_running == 0 and stats.num_free_blocks == stats.num_blocks
+    for overlap in ("off", "on"):  # and with async scheduling: the next run built ahead
+        flags = ("--num-scheduler-steps", "4", "--async-scheduling", overlap)
+        with serve("colocated", "--model", str(checkpoint), *flags) as served:
+            assert _mixed(served.address) == plain, overlap
+            ids, _, _ = generate(served.address, prompt="hi", max_tokens=24, ignore_eos=True)
+            assert len(ids) == 24
+            stats = wait_until_idle(served)
+            assert stats.num_running == 0 and stats.num_free_blocks == stats.num_blocks
 
 
 def test_async_scheduling_gives_the_same_seeded_tokens(colocated: Served, checkpoint: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 from services.common.types import Delivery, ModelInfo
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.core import Scheduler
+from services.scheduler.request import Batch
 from services.scheduler.runner import RunnerSettings, SchedulerRunner
 from services.scheduler.worker_client import InprocWorkerClient
 from services.worker.servicer import WorkerService
@@ -25,22 +26,27 @@ from tests.unit.test_async_scheduling import MAX_TOKENS, mixed_requests
 
 
 def _drive(
-    service: WorkerService, info: ModelInfo, num_steps: int
+    service: WorkerService, info: ModelInfo, num_steps: int, overlap: bool = False
 ) -> tuple[dict[str, list[int]], dict[str, str], list[int]]:
-    """The runner's loop without the event loop; requests arrive over three turns. Returns the
-    tokens, finish reasons and the length of every run."""
-    config = SchedulerConfig(max_num_batched_tokens=64, num_scheduler_steps=num_steps)
+    """The runner's loop without the event loop; requests arrive over three turns. With
+    `overlap` (async scheduling) the next run is built before the running one is answered.
+    Returns the tokens, finish reasons and the length of every run."""
+    config = SchedulerConfig(
+        max_num_batched_tokens=64, num_scheduler_steps=num_steps, async_scheduling=overlap
+    )
     core = Scheduler(config, info)
     tokens: dict[str, list[int]] = {}
     reasons: dict[str, str] = {}
     run_lengths: list[int] = []
     pending = mixed_requests()
+    ahead: list[Batch] = []
     while pending or core.has_unfinished:
         if pending:
             core.add(pending.pop(0))
             core.add(pending.pop(0))
-        run = core.schedule_run(0.0)
+        run = ahead or core.schedule_run(0.0)
         assert run
+        ahead = core.schedule_run_ahead(0.0) if overlap else []
         run_lengths.append(len(run))
         first, later = run[0], [b.seq_steps for b in run[1:]]
         out = asyncio.run(service.step(first.seq_steps, {}, "inproc", first.swaps, later))
@@ -67,6 +73,10 @@ def test_seeded_tokens_are_the_same_in_runs_of_four(service: WorkerService) -> N
     assert reasons_on["r0"] == "stop" and len(in_runs["r0"]) <= 4
     assert reasons_on["r1"] == "length" and len(in_runs["r1"]) == 1
     assert all(len(in_runs[f"r{i}"]) == n for i, n in enumerate(MAX_TOKENS) if i != 0)
+    # with async scheduling too: the next run built while one runs
+    overlapped, reasons_both, lengths_both = _drive(service, info, num_steps=4, overlap=True)
+    assert overlapped == one_at_a_time and reasons_both == reasons_off
+    assert max(lengths_both) == 4
 
 
 class _Sink:
@@ -84,12 +94,16 @@ class _Sink:
                 self.finished[d.request_id] = d
 
 
-async def _serve(service: WorkerService, num_steps: int) -> tuple[_Sink, SchedulerRunner]:
+async def _serve(
+    service: WorkerService, num_steps: int, overlap: bool = False
+) -> tuple[_Sink, SchedulerRunner]:
     """The real runner over the in-process worker: six concurrent requests, r2 aborted after
     its third token."""
 
     def core(info: ModelInfo) -> Scheduler:
-        config = SchedulerConfig(max_num_batched_tokens=64, num_scheduler_steps=num_steps)
+        config = SchedulerConfig(
+            max_num_batched_tokens=64, num_scheduler_steps=num_steps, async_scheduling=overlap
+        )
         return Scheduler(config, info)
 
     runner = SchedulerRunner(core, InprocWorkerClient(service), RunnerSettings())
@@ -106,16 +120,19 @@ async def _serve(service: WorkerService, num_steps: int) -> tuple[_Sink, Schedul
                 sink.finished["r2"] = Delivery("r2", [], "abort")
             await asyncio.sleep(0.001)
         assert len(sink.finished) == len(MAX_TOKENS), "requests did not finish in 60 s"
+        while runner.core is not None and runner.core.num_in_flight:  # a run built ahead
+            await asyncio.sleep(0.01)
     finally:
         await runner.stop()
     return sink, runner
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 def test_the_runner_sends_a_runs_tokens_together_and_frees_every_block(
-    service: WorkerService,
+    service: WorkerService, overlap: bool
 ) -> None:
     plain, _ = asyncio.run(_serve(service, num_steps=1))
-    in_runs, runner = asyncio.run(_serve(service, num_steps=4))
+    in_runs, runner = asyncio.run(_serve(service, num_steps=4, overlap=overlap))
     assert max(plain.sizes) == 1 and max(in_runs.sizes) == 4
     for rid in (f"r{i}" for i in range(len(MAX_TOKENS)) if i != 2):
         assert in_runs.tokens[rid] == plain.tokens[rid], rid
@@ -131,7 +148,6 @@ def test_the_runner_sends_a_runs_tokens_together_and_frees_every_block(
     ("flags", "message"),
     [
         (["--num-scheduler-steps", "0"], "--num-scheduler-steps must be >= 1"),
-        (["--num-scheduler-steps", "4", "--async-scheduling", "on"], "do not combine"),
         (["--num-scheduler-steps", "4", "--step-encoding", "nested"], "packed or delta"),
     ],
 )

@@ -8,6 +8,7 @@ import pytest
 from services.common.types import SamplingParams
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.core import QueueFullError, Scheduler
+from services.scheduler.request import Batch
 from tests.fakes import FakeWorker, Outcome, collect, make_request, reference_output
 
 NUM_REQUESTS = 300
@@ -52,6 +53,7 @@ def run_random(
     outcomes: dict[str, Outcome] = {}
     now_s = 0.0
     running = None  # overlap: the step built ahead, run next
+    running_run: list[Batch] = []  # multi-step with overlap: the run built ahead
     while pending or scheduler.has_unfinished:
         now_s += DT_S
         for _ in range(rng.randint(0, 3)):
@@ -68,7 +70,9 @@ def run_random(
             collect(outcomes, [u for u in [scheduler.abort(rng.choice(added).request_id)] if u])
         collect(outcomes, scheduler.expire(now_s))
         if config.num_scheduler_steps > 1:
-            _multi_step_turn(scheduler, worker, rng, added, outcomes, now_s)
+            running_run = _multi_step_turn(
+                scheduler, worker, rng, added, outcomes, now_s, running_run
+            )
             continue
         batch = running or scheduler.schedule(now_s)
         running = None
@@ -124,31 +128,41 @@ def _multi_step_turn(
     added: list,  # type: ignore[type-arg]
     outcomes: dict[str, Outcome],
     now_s: float,
-) -> None:
+    running: list[Batch],
+) -> list[Batch]:
     """One multi-step run (as the runner drives it): never answered, lost, or answered step by
-    step, with aborts arriving while it runs."""
-    run = scheduler.schedule_run(now_s)
+    step, with aborts arriving while it runs. With async scheduling the next run is built before
+    this one is answered; it is returned, to run next (and dropped with this one's failure)."""
+    run = running or scheduler.schedule_run(now_s)
     if not run:
-        return
+        return []
+    ahead = scheduler.schedule_run_ahead(now_s) if scheduler.config.async_scheduling else []
     RUN_LENGTHS.append(len(run))
     if rng.random() < 0.01:
         worker.restart()
         scheduler.on_worker_lost()
-        return
+        return []
     if rng.random() < 0.01:
-        return  # failed before the worker ran it
+        return []  # failed before the worker ran it (the one behind it is dropped too)
     outputs = [worker.step(batch.seq_steps, batch.swaps) for batch in run]
     if rng.random() < 0.01:
-        return  # ran, but its answer was lost
+        for batch in ahead:  # the worker ran the run behind it too; both answers lost
+            worker.step(batch.seq_steps, batch.swaps)
+        return []  # ran, but its answer was lost
     if rng.random() < 0.1 and added:
         collect(outcomes, [u for u in [scheduler.abort(rng.choice(added).request_id)] if u])
     for batch, output in zip(run, outputs, strict=True):
         collect(outcomes, scheduler.on_step(batch, output.sampled, now_s))
         assert_consistent(scheduler)
+    return ahead
 
 
-@pytest.mark.parametrize("preemption", ["recompute", "swap"])
-def test_random_multi_step_run_gives_the_tokens_and_leaks_nothing(preemption: str) -> None:
+@pytest.mark.parametrize(
+    ("preemption", "overlap"), [("recompute", False), ("swap", False), ("recompute", True)]
+)
+def test_random_multi_step_run_gives_the_tokens_and_leaks_nothing(
+    preemption: str, overlap: bool
+) -> None:
     """Runs of up to 4 decode steps: cut short by a full cache, preemptions between them,
     sequences ending mid-run on EOS or max_tokens, aborts while a run is in flight."""
     config = SchedulerConfig(
@@ -158,6 +172,7 @@ def test_random_multi_step_run_gives_the_tokens_and_leaks_nothing(preemption: st
         enable_prefix_caching=True,
         preemption=preemption,  # type: ignore[arg-type]
         num_scheduler_steps=4,
+        async_scheduling=overlap,
     )
     RUN_LENGTHS.clear()
     run_random(config, seed=6, shared_prefixes=True)
