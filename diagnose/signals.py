@@ -52,6 +52,7 @@ class Signals:
     num_preemptions: int | None = None
     device: str = "cpu"
     hot_functions: dict[str, list[str]] = field(default_factory=dict)  # service -> top self time
+    steps_per_run: int = 1  # the longest multi-step run seen (--num-scheduler-steps in use)
     notes: list[str] = field(default_factory=list)
 
 
@@ -97,6 +98,7 @@ def extract(run: RunInputs) -> Signals:
         cpu_us_per_token=run.cpu_us_per_token(),
         device=_device(run.describe),
         hot_functions=hot_functions(run.profile_dir),
+        steps_per_run=max((s.num_steps for s in samples), default=1),
     )
     signals.kv_usage, signals.num_preemptions = _kv_pressure(run, index)
     if not run.bench:

@@ -5,6 +5,10 @@ A decode step's *cycle* — what one output token of every running sequence cost
 engine time, the worker's own overhead around the engine, the hop (CLIENT − SERVER) and the
 scheduler's gap before it sends the next step. Only steps that decode count: a gap after such a
 step is time the running sequences waited on the host, never idleness for lack of work.
+
+A multi-step run (`serve --num-scheduler-steps`, `hopscope.num_steps` on its Step spans) is one
+call for several decode steps: its sample is the run's mean step (times divided by the steps,
+the gap after it too), so hop and gap are what each step's tokens paid for them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class StepSample:
     batch_size: int
     transport: str
     gap_ms: float | None = None  # CLIENT end -> next CLIENT start, when the next step decodes
+    num_steps: int = 1  # decode steps of a multi-step run this call carried (times are per step)
 
     @property
     def num_tokens(self) -> int:
@@ -66,17 +71,20 @@ def step_samples(spans: Iterable[Span]) -> list[StepSample]:
         if server is None:
             continue
         engine_ms = server.attributes.get("hopscope.step_ms")
+        num_steps = max(1, _int_attr(client, "hopscope.num_steps"))
         samples.append(
             StepSample(
                 start_ns=client.start_ns,
                 end_ns=client.end_ns,
-                client_ms=client.duration_ms,
-                server_ms=server.duration_ms,
-                engine_ms=float(engine_ms) if engine_ms is not None else server.duration_ms,
+                client_ms=client.duration_ms / num_steps,
+                server_ms=server.duration_ms / num_steps,
+                engine_ms=(float(engine_ms) if engine_ms is not None else server.duration_ms)
+                / num_steps,
                 num_prefill_tokens=_int_attr(client, "hopscope.num_prefill_tokens"),
                 num_decode_tokens=_int_attr(client, "hopscope.num_decode_tokens"),
                 batch_size=_int_attr(client, "hopscope.batch_size"),
                 transport=str(client.attributes.get("network.transport", "")),
+                num_steps=num_steps,
             )
         )
     samples.sort(key=lambda s: s.start_ns)
@@ -91,7 +99,7 @@ def _fill_gaps(samples: list[StepSample]) -> None:
         gap_ns = following.start_ns - current.end_ns
         is_decoding = current.num_decode_tokens > 0 and following.num_decode_tokens > 0
         if is_decoding and 0 <= gap_ns < max_gap_ns:
-            current.gap_ms = gap_ns / 1e6
+            current.gap_ms = gap_ns / 1e6 / current.num_steps
 
 
 @dataclass(slots=True, frozen=True)

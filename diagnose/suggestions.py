@@ -84,13 +84,15 @@ def _compute(s: Signals) -> list[dict[str, str]]:
 
 
 def _host_cpu(s: Signals) -> list[dict[str, str]]:
+    steps = 4 if s.steps_per_run < 4 else 2 * s.steps_per_run
+    now = f" (runs of {s.steps_per_run} now)" if s.steps_per_run > 1 else ""
     return [
         _s(
             "fewer messages per token (multi-step decoding)",
-            "--num-scheduler-steps 4",
-            "decode steps run 4 to a worker round trip and their tokens travel together: "
-            "scheduler, front-door and client CPU per token fall by roughly half (measured "
-            "on 2 cores, benchmarks/README.md); tokens arrive 4 at a time",
+            f"--num-scheduler-steps {steps}",
+            f"decode steps run {steps} to a worker round trip{now} and their tokens travel "
+            "together: at 4 (from 1) scheduler, front-door and client CPU per token fell by "
+            f"roughly half on 2 cores (benchmarks/README.md); tokens arrive {steps} at a time",
         ),
         _s(
             "fewer front-door messages per token",

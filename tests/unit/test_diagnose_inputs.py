@@ -188,3 +188,24 @@ def test_host_cpu_names_the_hottest_functions_of_a_profile(tmp_path: Path) -> No
                 "profiles": [{"type": "sampled", "samples": samples, "weights": [1] * 8}]}  # fmt: skip
     (tmp_path / "tokenizer.speedscope.json").write_text(json.dumps(document))
     assert hot_functions(tmp_path) == {"tokenizer": ["encode (tok.py:10) 100%"]}
+
+
+def test_a_multi_step_run_counts_as_its_mean_step() -> None:
+    """`--num-scheduler-steps 4`: one Step call carries 4 decode steps; the diagnosis sees a
+    step of a quarter of its times (hop and gap included), not one step four times as long."""
+    from tracing.decompose import STEP
+    from tracing.model import Span
+
+    trace, ms = "ab" * 16, 1_000_000
+    spans = []
+    for i, start in enumerate((0, 24 * ms)):  # two runs of 4 steps, 20 ms apart end to start
+        client, server = f"{2 * i + 1:016x}", f"{2 * i + 2:016x}"
+        attrs = {"hopscope.num_decode_tokens": 32, "hopscope.batch_size": 32,
+                 "hopscope.num_steps": 4}  # fmt: skip
+        spans.append(Span(trace, client, "", STEP, "CLIENT", start, start + 20 * ms, attrs))
+        spans.append(Span(trace, server, client, STEP, "SERVER", start + 2 * ms, start + 18 * ms,
+                          {"hopscope.step_ms": 12.0}))  # fmt: skip
+    first = step_samples(spans)[0]
+    assert first.num_steps == 4 and first.engine_ms == pytest.approx(3.0)
+    assert first.hop_ms == pytest.approx(1.0) and first.worker_host_ms == pytest.approx(1.0)
+    assert first.gap_ms == pytest.approx(1.0) and first.num_tokens == 32
