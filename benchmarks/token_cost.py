@@ -1,6 +1,7 @@
 """The pipeline's cost per output token (issue 14): CPU µs per token of every process, split.
 
-For each placement (`inproc`, `colocated`, `colocated-tcp`), alternated in rounds (order rotated
+For each variant (by default `colocated`, `inproc`, `colocated-tcp` and
+`colocated+num-scheduler-steps=8`; ratios are to the first), alternated in rounds (order rotated
 each round), a fresh `hopscope serve --no-ray` (deploy/lifecycle.py), a short warm-up, then
 `hopscope bench` (closed loop, tiny model, 64-token prompts and outputs, ignore_eos). The CPU
 accounting is experiment/cpu.py's, the one the experiment runner's cpu.json uses:
@@ -42,7 +43,7 @@ from deploy.lifecycle import LaunchError, ServeChild, launch, start_serve
 from experiment.cpu import cpu_us_per_token, engine_cpu_s, read_cpu_s
 from experiment.rounds import service_pids
 
-PLACEMENTS = ("inproc", "colocated", "colocated-tcp")
+PLACEMENTS = ("colocated", "inproc", "colocated-tcp", "colocated+num-scheduler-steps=8")
 BENCH_TIMEOUT_S = 600.0
 WARMUP_REQUESTS = 8
 # issue 14's targets, at c=32 colocated: (figure, limit, "max" or "min")
