@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from services.common.threads import openmp_env_defaults
 
 # command -> the module whose `add_parser(subparsers)` registers it
 COMMAND_MODULES: dict[str, str] = {
@@ -78,6 +81,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # before anything imports torch; services started from here inherit it
+    os.environ.update(openmp_env_defaults(os.environ))
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     # every subcommand sets `func(args) -> int` with set_defaults

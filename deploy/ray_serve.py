@@ -47,6 +47,7 @@ from deploy.placement import (
 )
 from deploy.ray_actors import ActorPlan, actor_class
 from deploy.spec import ServeSpec, announce_http
+from services.common.threads import openmp_env_defaults
 
 err = Console(stderr=True, highlight=False)
 
@@ -320,7 +321,14 @@ def _free_port_on_node(node_id: str, bind_host: str) -> int:
 
 
 def _otel_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(OTEL_PREFIXES)}
+    """What every actor's process gets: tracing settings, the API key, and the OpenMP defaults
+    (an actor's process does not inherit the driver's environment)."""
+    passed = {k: v for k, v in os.environ.items() if k.startswith(OTEL_PREFIXES)}
+    return passed | _openmp_env() | openmp_env_defaults(os.environ)
+
+
+def _openmp_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
 
 
 def connect(ray_address: str) -> None:

@@ -166,6 +166,18 @@ def _mixed(address: str) -> list[tuple[list[int], str]]:
         return list(pool.map(one, range(len(lengths))))
 
 
+def test_the_worker_process_starts_with_the_openmp_defaults(colocated: Served) -> None:
+    """The worker's libgomp reads GOMP_SPINCOUNT once, at start: it must be in its environment
+    (services/common/threads.py: OPENMP_ENV_DEFAULTS), unless the user set their own."""
+    import os
+
+    worker = next(s for s in colocated.describe().services if s.name == "worker")
+    environ = Path(f"/proc/{worker.pid}/environ").read_bytes().split(b"\0")
+    expected = os.environ.get("GOMP_SPINCOUNT", "100000")
+    if "OMP_WAIT_POLICY" not in os.environ:
+        assert f"GOMP_SPINCOUNT={expected}".encode() in environ
+
+
 @pytest.mark.parametrize("encoding", ["nested", "packed"])
 def test_every_step_encoding_gives_the_same_seeded_tokens(
     colocated: Served, checkpoint: Path, encoding: str

@@ -34,3 +34,11 @@ def test_the_flag_reaches_the_worker_config_and_is_checked() -> None:
     bad = build_parser().parse_args(["serve", "--no-ray", "--engine-threads", "-1"])
     with pytest.raises(ValueError, match="--engine-threads must be >= 0"):
         spec_from_args(bad)
+
+
+def test_openmp_defaults_yield_to_the_users_settings() -> None:
+    from services.common.threads import openmp_env_defaults
+
+    assert openmp_env_defaults({}) == {"GOMP_SPINCOUNT": "100000"}
+    assert openmp_env_defaults({"GOMP_SPINCOUNT": "5"}) == {}
+    assert openmp_env_defaults({"OMP_WAIT_POLICY": "PASSIVE"}) == {}
