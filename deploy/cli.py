@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from services.common.threads import openmp_env_defaults
+ENGINE_COMMANDS = ("serve", "generate")  # they run a model here or in children started here
 
 # command -> the module whose `add_parser(subparsers)` registers it
 COMMAND_MODULES: dict[str, str] = {
@@ -81,9 +81,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # before anything imports torch; services started from here inherit it
-    os.environ.update(openmp_env_defaults(os.environ))
     command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in ENGINE_COMMANDS:  # before anything imports torch; its services inherit it
+        from services.common.threads import openmp_env_defaults
+
+        os.environ.update(openmp_env_defaults(os.environ))
     args = build_parser(command).parse_args(argv)
     # every subcommand sets `func(args) -> int` with set_defaults
     return int(args.func(args) or 0)
