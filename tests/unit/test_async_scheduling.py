@@ -70,27 +70,37 @@ def test_seeded_tokens_are_the_same_with_steps_built_ahead(service: WorkerServic
     assert reasons_on["r1"] == "length" and len(overlapped["r1"]) == 1
 
 
-class _Sink:
+class MixSink:
+    """What the front door would get: tokens per request, delivery sizes, the finishing ones."""
+
     def __init__(self) -> None:
         self.tokens: dict[str, list[int]] = {}
+        self.sizes: list[int] = []  # tokens per delivery
         self.finished: dict[str, Delivery] = {}
 
     def deliver(self, deliveries: list[Delivery]) -> None:
+        assert len({d.request_id for d in deliveries}) == len(deliveries), "one per request"
         for d in deliveries:
             self.tokens.setdefault(d.request_id, []).extend(d.token_ids)
+            self.sizes.append(len(d.token_ids))
             if d.is_finished:
                 self.finished[d.request_id] = d
 
 
-async def _serve(service: WorkerService, overlap: bool) -> tuple[_Sink, SchedulerRunner]:
-    """The real runner over the in-process worker: six concurrent requests, r2 aborted after
-    its third token."""
+async def serve_mix(
+    service: WorkerService, overlap: bool, num_steps: int = 1
+) -> tuple[MixSink, SchedulerRunner]:
+    """The real runner over the in-process worker: the mix of requests at once, r2 aborted
+    after its third token; returns once every request ended and nothing is in flight."""
 
     def core(info: ModelInfo) -> Scheduler:
-        return Scheduler(SchedulerConfig(max_num_batched_tokens=64, async_scheduling=overlap), info)
+        config = SchedulerConfig(
+            max_num_batched_tokens=64, async_scheduling=overlap, num_scheduler_steps=num_steps
+        )
+        return Scheduler(config, info)
 
     runner = SchedulerRunner(core, InprocWorkerClient(service), RunnerSettings())
-    sink = _Sink()
+    sink = MixSink()
     await runner.start()
     try:
         for req in mixed_requests():
@@ -111,8 +121,8 @@ async def _serve(service: WorkerService, overlap: bool) -> tuple[_Sink, Schedule
 
 
 def test_the_runner_gives_the_same_tokens_and_frees_every_block(service: WorkerService) -> None:
-    plain, _ = asyncio.run(_serve(service, overlap=False))
-    overlapped, runner = asyncio.run(_serve(service, overlap=True))
+    plain, _ = asyncio.run(serve_mix(service, overlap=False))
+    overlapped, runner = asyncio.run(serve_mix(service, overlap=True))
     assert runner.core is not None and runner.core.num_scheduled_ahead > 0
     for rid in (f"r{i}" for i in range(len(MAX_TOKENS)) if i != 2):
         assert overlapped.tokens[rid] == plain.tokens[rid], rid

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 
 import pytest
 
-from services.common.types import Delivery, ModelInfo
+from services.common.types import ModelInfo
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Batch
-from services.scheduler.runner import RunnerSettings, SchedulerRunner
-from services.scheduler.worker_client import InprocWorkerClient
 from services.worker.servicer import WorkerService
 
 # the requests of the async-scheduling tests (and the `service` fixture of tests/unit/conftest.py):
 # both switches are checked against one step at a time on the same mix
-from tests.unit.test_async_scheduling import MAX_TOKENS, mixed_requests
+from tests.unit.test_async_scheduling import MAX_TOKENS, mixed_requests, serve_mix
 
 
 def _drive(
@@ -79,60 +76,12 @@ def test_seeded_tokens_are_the_same_in_runs_of_four(service: WorkerService) -> N
     assert max(lengths_both) == 4
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.tokens: dict[str, list[int]] = {}
-        self.sizes: list[int] = []  # tokens per delivery
-        self.finished: dict[str, Delivery] = {}
-
-    def deliver(self, deliveries: list[Delivery]) -> None:
-        for d in deliveries:
-            self.tokens.setdefault(d.request_id, []).extend(d.token_ids)
-            self.sizes.append(len(d.token_ids))
-            assert len({x.request_id for x in deliveries}) == len(deliveries), "one per request"
-            if d.is_finished:
-                self.finished[d.request_id] = d
-
-
-async def _serve(
-    service: WorkerService, num_steps: int, overlap: bool = False
-) -> tuple[_Sink, SchedulerRunner]:
-    """The real runner over the in-process worker: six concurrent requests, r2 aborted after
-    its third token."""
-
-    def core(info: ModelInfo) -> Scheduler:
-        config = SchedulerConfig(
-            max_num_batched_tokens=64, num_scheduler_steps=num_steps, async_scheduling=overlap
-        )
-        return Scheduler(config, info)
-
-    runner = SchedulerRunner(core, InprocWorkerClient(service), RunnerSettings())
-    sink = _Sink()
-    await runner.start()
-    try:
-        for req in mixed_requests():
-            req.arrival_s = time.monotonic()
-            runner.submit(req, sink, "inproc")
-        deadline = time.monotonic() + 60
-        while len(sink.finished) < len(MAX_TOKENS) and time.monotonic() < deadline:
-            if "r2" not in sink.finished and len(sink.tokens.get("r2", [])) >= 3:
-                runner.abort("r2")
-                sink.finished["r2"] = Delivery("r2", [], "abort")
-            await asyncio.sleep(0.001)
-        assert len(sink.finished) == len(MAX_TOKENS), "requests did not finish in 60 s"
-        while runner.core is not None and runner.core.num_in_flight:  # a run built ahead
-            await asyncio.sleep(0.01)
-    finally:
-        await runner.stop()
-    return sink, runner
-
-
 @pytest.mark.parametrize("overlap", [False, True])
 def test_the_runner_sends_a_runs_tokens_together_and_frees_every_block(
     service: WorkerService, overlap: bool
 ) -> None:
-    plain, _ = asyncio.run(_serve(service, num_steps=1))
-    in_runs, runner = asyncio.run(_serve(service, num_steps=4, overlap=overlap))
+    plain, _ = asyncio.run(serve_mix(service, overlap=False))
+    in_runs, runner = asyncio.run(serve_mix(service, overlap, num_steps=4))
     assert max(plain.sizes) == 1 and max(in_runs.sizes) == 4
     for rid in (f"r{i}" for i in range(len(MAX_TOKENS)) if i != 2):
         assert in_runs.tokens[rid] == plain.tokens[rid], rid
