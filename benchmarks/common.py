@@ -96,6 +96,13 @@ def hopscope_argv(*args: str) -> list[str]:
     return [sys.executable, "-P", "-m", "deploy.cli", *args]  # -P: never the cwd's modules
 
 
+def repo_env() -> dict[str, str]:
+    """This environment with the checkout first on PYTHONPATH: a `python -P -m benchmarks.X`
+    child finds the (not installed) benchmarks package there, never in its working directory."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
     env = dict(os.environ)
     # a benchmark's "tracing off" must really be off, whatever the caller's shell exports

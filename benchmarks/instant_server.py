@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -126,16 +125,13 @@ def main(argv: list[str] | None = None) -> int:
 def start_subprocess(*flags: str) -> tuple[subprocess.Popen[bytes], str]:
     """Run this server as a child process on a free port (through deploy/lifecycle.py: its own
     process group, `python -P`, output drained to a log file); returns it and its address."""
+    from benchmarks.common import repo_env
     from deploy.lifecycle import launch
 
     log_path = Path(tempfile.mkdtemp(prefix="hopscope-instant-")) / "instant_server.log"
     argv = ["-m", "benchmarks.instant_server", "--port", "0", *flags]
     # benchmarks/ is not installed: it is found through PYTHONPATH (the checkout, never the cwd)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    child = launch(argv, name="instant_server", log_path=log_path, env=env, cwd=REPO)
+    child = launch(argv, name="instant_server", log_path=log_path, env=repo_env(), cwd=REPO)
     try:
         address = child.wait_for_line(re.compile(r"listening on (\S+)"), 60.0).group(1)
     except BaseException:

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import repo_env
 from benchmarks.instant_server import start_subprocess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +64,7 @@ def run_point(
         "--seed",
         "1",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run(argv, cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(argv, cwd=REPO, env=repo_env(), check=True, capture_output=True, timeout=300)
     summary = json.loads(out.read_text())["summary"]
     lag = summary["schedule_lag_ms"]
     return {

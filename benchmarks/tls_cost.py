@@ -83,8 +83,9 @@ async def _serve_echo(tls_dir: str) -> None:
 def _echo_child(tls_dir: Path) -> Iterator[dict[str, str]]:
     process = subprocess.Popen(
         # the repository's benchmarks package, like benchmarks/hop_cost.py's children
-        [sys.executable, "-m", "benchmarks.tls_cost", "serve", "--tls-dir", str(tls_dir)],
+        [sys.executable, "-P", "-m", "benchmarks.tls_cost", "serve", "--tls-dir", str(tls_dir)],
         cwd=common.REPO,
+        env=common.repo_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -154,7 +154,7 @@ def run_engine_alone(args: argparse.Namespace, round_index: int, tmp: Path) -> d
         "--input-len", str(args.input_len), "--output-len", str(args.output_len),
     ]  # fmt: skip
     log_path = tmp / f"engine-{round_index}.log"
-    env = {**os.environ, "PYTHONPATH": str(common.REPO)}  # benchmarks/ is not installed
+    env = common.repo_env()  # benchmarks/ is not installed
     child = launch(argv, name="engine alone", log_path=log_path, env=env, cwd=common.REPO)
     code = child.wait(BENCH_TIMEOUT_S)
     if code != 0:
