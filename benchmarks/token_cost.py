@@ -283,7 +283,7 @@ def medians(rounds: list[dict[str, Any]], placement: str) -> dict[str, float]:
     return {n: round(statistics.median(run[n] for run in runs if n in run), 3) for n in names}
 
 
-def check_targets(colocated: dict[str, float]) -> dict[str, dict[str, Any]]:
+def check_targets(colocated: dict[str, float | None]) -> dict[str, dict[str, Any]]:
     checked = {}
     for name, (limit, kind) in TARGETS.items():
         value = colocated.get(name)
@@ -310,7 +310,9 @@ def main() -> int:
                 except (LaunchError, OSError) as exc:
                     common.log(f"round {round_index} {placement} failed: {exc}")
                     rounds.append({"round": round_index, "variant": placement, "error": str(exc)})
-    per_placement = {p: medians(rounds, p) for p in placements}
+    per_placement: dict[str, dict[str, float | None]] = {
+        p: {**medians(rounds, p)} for p in placements
+    }
     flat_rounds = [
         {**r, "figures": r["figures"] if r["variant"] == ENGINE else flat(r["figures"])}
         for r in rounds

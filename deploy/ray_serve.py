@@ -154,7 +154,7 @@ class RayDeployment:
         ip_of = {s: node.ip for s, node in node_of.items()}
         front_port = spec.port or free_port(node_of["tokenizer"], spec.host)
         front_door = f"{spec.host}:{front_port}"
-        otel_env = _otel_env()
+        otel_env = _actor_env()
         if placement.is_inproc:
             pipeline = ActorPlan("pipeline", spec, front_door, otel_env=otel_env)
             return _with_secrets({"pipeline": pipeline}, spec.tls_dir)
@@ -320,7 +320,7 @@ def _free_port_on_node(node_id: str, bind_host: str) -> int:
     return int(ray.get(probe.options(scheduling_strategy=strategy).remote(), timeout=60.0))
 
 
-def _otel_env() -> dict[str, str]:
+def _actor_env() -> dict[str, str]:
     """What every actor's process gets: tracing settings, the API key, and the OpenMP defaults
     (an actor's process does not inherit the driver's environment)."""
     passed = {k: v for k, v in os.environ.items() if k.startswith(OTEL_PREFIXES)}

@@ -1,9 +1,4 @@
-import os
 import sys
-
-from services.common.threads import openmp_env_defaults
-
-os.environ.update(openmp_env_defaults(os.environ))  # before the server's imports load torch
 
 from services.common.process import run_service_main
 from services.worker.server import WorkerServiceConfig, start_worker
