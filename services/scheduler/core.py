@@ -220,13 +220,7 @@ class Scheduler:
             self._admit(batch, budget, now_s)
         if not batch.seq_steps:
             return None  # swap-outs stay pending: nothing writes into the freed blocks yet
-        for request_id, pairs in self._pending_swap_out.items():
-            batch.swaps.swap_out.extend(pairs)
-            batch.swapped_out.append(request_id)
-        self._pending_swap_out.clear()
-        self._next_step_id += 1
-        self._in_flight = [batch]
-        return batch
+        return self._hand_out(batch)
 
     def schedule_run(self, now_s: float) -> list[Batch]:
         """`schedule()`, and when that step is decodes only (no prompt chunk, no swap), up to
@@ -276,10 +270,8 @@ class Scheduler:
         if not decodes or missing > blocks.num_free_blocks:
             return None
         batch = Batch(self._next_step_id)
-        for request_id, seq, pos in decodes:
-            table = blocks.append_slot(seq.seq_id, pos + 1)
-            step = SeqStep(seq.seq_id, [PLACEHOLDER_TOKEN_ID], pos, list(table), seq.req.sampling)
-            batch.add(step, request_id, "decode")
+        for _, seq, pos in decodes:
+            self._add_decode(batch, seq, PLACEHOLDER_TOKEN_ID, pos)
             pending[seq.seq_id] += 1
         self._next_step_id += 1
         self._in_flight.append(batch)
@@ -320,9 +312,7 @@ class Scheduler:
             return None
         batch = Batch(self._next_step_id)
         for seq, pos, token in decodes:
-            table = blocks.append_slot(seq.seq_id, pos + 1)
-            step = SeqStep(seq.seq_id, [token], pos, list(table), seq.req.sampling)
-            batch.add(step, seq.req.request_id, "decode")
+            self._add_decode(batch, seq, token, pos)
         budget = self.config.max_num_batched_tokens - batch.num_tokens
         for seq, start in chunk_starts:
             if budget == 0:
@@ -331,12 +321,17 @@ class Scheduler:
         self._admit(batch, budget, now_s)
         if not batch.seq_steps:
             return None
+        self.num_scheduled_ahead += 1
+        return self._hand_out(batch)
+
+    def _hand_out(self, batch: Batch) -> Batch:
+        """The batch goes to the worker: it carries every swap-out queued so far (its copies run
+        before the step writes into the freed blocks) and joins the steps in flight."""
         for request_id, pairs in self._pending_swap_out.items():
             batch.swaps.swap_out.extend(pairs)
             batch.swapped_out.append(request_id)
         self._pending_swap_out.clear()
         self._next_step_id += 1
-        self.num_scheduled_ahead += 1
         self._in_flight.append(batch)
         return batch
 
@@ -430,12 +425,8 @@ class Scheduler:
                 if victim is seq:
                     break
             else:
-                table = self._blocks.append_slot(seq.seq_id, seq.num_tokens)
                 scheduled.add(seq.seq_id)
-                step = SeqStep(
-                    seq.seq_id, [seq.last_token], seq.num_tokens - 1, list(table), seq.req.sampling
-                )
-                batch.add(step, seq.req.request_id, "decode")
+                self._add_decode(batch, seq, seq.last_token, seq.num_tokens - 1)
         return did_preempt
 
     def _schedule_prompt_chunks(self, batch: Batch, budget: int) -> int:
@@ -577,11 +568,15 @@ class Scheduler:
         bisect.insort(self._running, seq, key=lambda s: s.priority)
         if seq.is_prefill:
             return self._add_prefill(batch, seq, budget)
-        step = SeqStep(
-            seq.seq_id, [seq.last_token], seq.num_tokens - 1, list(table), seq.req.sampling
-        )
-        batch.add(step, seq.req.request_id, "decode")
+        self._add_decode(batch, seq, seq.last_token, seq.num_tokens - 1)
         return 1
+
+    def _add_decode(self, batch: Batch, seq: _Sequence, token: int, position: int) -> None:
+        """The one decode step of a sequence: `token` at `position`, a slot for it allocated
+        (the one place a decode SeqStep is built, whichever path schedules it)."""
+        table = self._blocks.append_slot(seq.seq_id, position + 1)
+        step = SeqStep(seq.seq_id, [token], position, list(table), seq.req.sampling)
+        batch.add(step, seq.req.request_id, "decode")
 
     def _undo_swaps(self, batch: Batch) -> None:
         """The batch was never answered: its copies may not have happened, so the sequences it

@@ -197,19 +197,23 @@ class SchedulerRunner:
         if not run:
             await self._wait_for_work(now)
             return
-        batch = run[0]
         try:
-            sampled, step_ms = await self._step(batch, run[1:])
-        except UnavailableError as exc:
+            sampled, step_ms = await self._step(run[0], run[1:])
+        except Exception as exc:  # noqa: BLE001 -- _on_step_error logs it, the loop goes on
+            self._on_step_error(exc, run[0])
+            return
+        self._apply(run, sampled, step_ms, now)
+
+    def _on_step_error(self, exc: Exception, batch: Batch) -> None:
+        """A step that got no answer: a lost worker (UnavailableError: every running sequence
+        is recomputed once it is back) or a failed step (its requests fail, not the loop)."""
+        if isinstance(exc, UnavailableError):
             log.warning("worker lost: %s", exc)
             self._lose_worker()
             return
-        except Exception as exc:  # a failed step fails its requests, not the loop
-            log.exception("step failed")
-            for rid in set(batch.request_ids):
-                self._fail(rid, HopscopeError(f"the model worker failed a step: {exc}"))
-            return
-        self._apply(run, sampled, step_ms, now)
+        log.error("step failed: %s", exc, exc_info=exc)
+        for rid in set(batch.request_ids):
+            self._fail(rid, HopscopeError(f"the model worker failed a step: {exc}"))
 
     def _apply(
         self, run: list[Batch], sampled: list[dict[int, int]], step_ms: float, started_s: float
@@ -249,18 +253,12 @@ class SchedulerRunner:
         sent = self._sent[0]
         try:
             sampled_per_step, step_ms = await sent.task
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- _on_step_error logs it, the loop goes on
             # the step queued behind it may be built on its tokens: wait for its answer (so the
             # stream stays in step) and drop it; the core reruns its sequences
             await asyncio.gather(*(s.task for s in self._sent), return_exceptions=True)
             self._sent.clear()
-            if isinstance(exc, UnavailableError):
-                log.warning("worker lost: %s", exc)
-                self._lose_worker()
-                return
-            log.error("step failed: %s", exc, exc_info=exc)
-            for rid in set(sent.run[0].request_ids):
-                self._fail(rid, HopscopeError(f"the model worker failed a step: {exc}"))
+            self._on_step_error(exc, sent.run[0])
             return
         self._sent.popleft()
         # a step sent while another ran started on the worker when that one's answer left it:

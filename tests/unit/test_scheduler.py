@@ -314,3 +314,43 @@ def test_a_failed_step_is_scheduled_again_and_its_late_answer_ignored() -> None:
     scheduler.on_step(retried, worker.step(retried.seq_steps).sampled, 0.0)
     run_until_idle(scheduler, worker)
     assert req.output_token_ids == reference_output(req.prompt_token_ids, 5)
+
+
+def test_a_decode_step_is_the_same_whichever_path_builds_it() -> None:
+    """schedule(), schedule_ahead() and a multi-step run build a sequence's decode step alike
+    (only the token differs where it is not known yet): one builder, no copies drifting."""
+    from dataclasses import replace
+
+    from services.common.types import PLACEHOLDER_TOKEN_ID
+
+    sampling = SamplingParams(temperature=0.7, seed=5)
+
+    def prefilled(**config: object) -> tuple[Scheduler, FakeWorker, object]:
+        worker = FakeWorker(block_size=4)
+        scheduler = make_scheduler(worker, **config)
+        scheduler.add(make_request(0, num_prompt_tokens=8, max_tokens=8, sampling=sampling))
+        prefill = scheduler.schedule(0.0)
+        assert prefill is not None
+        return scheduler, worker, prefill
+
+    scheduler, worker, prefill = prefilled()
+    scheduler.on_step(prefill, worker.step(prefill.seq_steps).sampled, 0.0)
+    plain = scheduler.schedule(0.0)
+    assert plain is not None and plain.phases == ["decode"]
+    (decode,) = plain.seq_steps
+    assert decode.num_tokens_after == 9 and decode.sampling == sampling
+    assert len(decode.block_table) == 3  # 9 positions in blocks of 4
+
+    ahead_scheduler, _, _ = prefilled(async_scheduling=True)
+    ahead = ahead_scheduler.schedule_ahead(0.0)
+    assert ahead is not None
+    assert ahead.seq_steps == [replace(decode, token_ids=[PLACEHOLDER_TOKEN_ID])]
+
+    run_scheduler, run_worker, prefill = prefilled(num_scheduler_steps=3)
+    run_scheduler.on_step(prefill, run_worker.step(prefill.seq_steps).sampled, 0.0)
+    first, second, third = run_scheduler.schedule_run(0.0)
+    assert first.seq_steps == [decode]
+    for later, position in ((second, 9), (third, 10)):
+        (step_,) = later.seq_steps
+        expected = replace(decode, token_ids=[PLACEHOLDER_TOKEN_ID], num_computed=position)
+        assert step_ == expected  # the table already covers positions up to 11
