@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from deploy.spec import ServeSpec
 from services.common.health import HealthPublisher
 from services.common.identity import identify
-from services.scheduler.replicas import ReplicaSet
-from services.scheduler.runner import SchedulerRunner
+from services.scheduler.replicas import RequestRunner
 from services.scheduler.server import build_replicas
 from services.scheduler.worker_client import InprocWorkerClient
 from services.tokenizer.scheduler_client import InprocSchedulerClient
@@ -22,7 +21,7 @@ from services.worker.servicer import WorkerService
 @dataclass
 class InprocPipeline:
     front_door: TokenizerServer
-    runner: SchedulerRunner | ReplicaSet
+    runner: RequestRunner
     workers: list[WorkerService]
 
     @property

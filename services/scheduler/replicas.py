@@ -1,7 +1,9 @@
 """N model-worker replicas behind one scheduler: one `SchedulerRunner` per replica (its own core,
 KV-block accounting, batch, worker stream and loop) and a `Router` that picks the replica of each
-request. It offers the runner's interface (start, stop, submit, abort, is_worker_up) so the
-servicer and the in-process client use it unchanged.
+request. One worker is a set of one: every request goes through the same routing path.
+
+`RequestRunner` is what the servicer, Describe and the in-process client need of a scheduler (a
+`ReplicaSet`, or a bare `SchedulerRunner` in tests): the one interface they are typed against.
 
 A replica whose worker is lost hands its requests to the healthy replicas at once (their tokens
 so far are recomputed there, so seeded outputs are unchanged), and gets no new request until its
@@ -13,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from prometheus_client import Gauge
 
@@ -26,6 +29,27 @@ from services.scheduler.runner import SchedulerRunner, Sink
 log = logging.getLogger(__name__)
 
 
+class RequestRunner(Protocol):
+    """The scheduler as its front ends see it: start/stop, take and abort requests, the worker
+    replicas behind it (for Describe) and the metrics they share."""
+
+    metrics: ServiceMetrics
+
+    @property
+    def is_worker_up(self) -> bool: ...
+
+    @property
+    def replicas(self) -> Sequence[SchedulerRunner]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def submit(self, request: Request, sink: Sink, transport: str) -> None: ...
+
+    def abort(self, request_id: str) -> None: ...
+
+
 class ReplicaSet:
     def __init__(
         self,
@@ -36,7 +60,7 @@ class ReplicaSet:
         on_health: Callable[[bool], None] = lambda is_serving: None,
     ) -> None:
         assert runners, "a replica set needs at least one replica"
-        self.replicas = runners
+        self._replicas = runners
         self.router = router
         self.metrics = metrics
         self._bandwidth = link_bandwidth_mbps or [0.0] * len(runners)
@@ -68,6 +92,10 @@ class ReplicaSet:
     # ---- the runner's interface ------------------------------------------------------------
 
     @property
+    def replicas(self) -> list[SchedulerRunner]:
+        return self._replicas
+
+    @property
     def is_worker_up(self) -> bool:
         return any(r.is_worker_up for r in self.replicas)
 
@@ -83,11 +111,14 @@ class ReplicaSet:
         await asyncio.gather(*(r.stop() for r in self.replicas), return_exceptions=True)
 
     def submit(self, request: Request, sink: Sink, transport: str) -> None:
-        healthy = [i for i, r in enumerate(self.replicas) if r.is_worker_up and r.core]
-        if not healthy:
+        started = [i for i, r in enumerate(self.replicas) if r.core is not None]
+        if not started:
             raise UnavailableError("no model worker replica is available")
+        # With no worker up, a request waits for one (as it would with one replica); a replica
+        # whose worker is given up refuses it in its own submit.
+        candidates = [i for i in started if self.replicas[i].is_worker_up] or started
         decision = self.router.choose(
-            [self._view(i, request.prompt_token_ids) for i in healthy],
+            [self._view(i, request.prompt_token_ids) for i in candidates],
             len(request.prompt_token_ids),
             request.max_tokens,
         )

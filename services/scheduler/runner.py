@@ -126,6 +126,11 @@ class SchedulerRunner:
     def is_worker_up(self) -> bool:
         return self._worker_down_since is None
 
+    @property
+    def replicas(self) -> list[SchedulerRunner]:
+        """A bare runner is its only replica (`RequestRunner`, as a `ReplicaSet` of one)."""
+        return [self]
+
     # ------------------------------------------------------------------ requests
     def submit(
         self,

@@ -14,7 +14,7 @@ from services.common.server import GrpcServer, start_server
 from services.common.tls import load_tls
 from services.common.types import ModelInfo
 from services.scheduler.core import Scheduler
-from services.scheduler.replicas import ReplicaSet
+from services.scheduler.replicas import ReplicaSet, RequestRunner
 from services.scheduler.router import Router
 from services.scheduler.runner import RunnerSettings, SchedulerRunner
 from services.scheduler.service_config import SchedulerServiceConfig
@@ -25,7 +25,7 @@ from services.scheduler.worker_client import GrpcWorkerClient, WorkerClient
 @dataclass
 class SchedulerServer:
     grpc_server: GrpcServer
-    runner: SchedulerRunner | ReplicaSet
+    runner: RequestRunner
 
     @property
     def address(self) -> str:
@@ -63,10 +63,8 @@ def build_replicas(
     config: SchedulerServiceConfig,
     workers: list[WorkerClient],
     on_health: Callable[[bool], None] = lambda is_serving: None,
-) -> SchedulerRunner | ReplicaSet:
-    """One runner for one worker; a ReplicaSet (a runner per worker, one router) for several."""
-    if len(workers) == 1:
-        return build_runner(config, workers[0], on_health)
+) -> ReplicaSet:
+    """A runner per worker behind one router: one worker is a set of one (the same path)."""
     metrics = serve_metrics("scheduler", config.metrics_address)
     runners = [build_runner(config, w, metrics=metrics) for w in workers]
     return ReplicaSet(

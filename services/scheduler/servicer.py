@@ -16,7 +16,7 @@ from services.common import convert
 from services.common.errors import HopscopeError, InvalidArgumentError
 from services.common.identity import ServiceIdentity
 from services.common.types import Delivery
-from services.scheduler.replicas import ReplicaSet
+from services.scheduler.replicas import RequestRunner
 from services.scheduler.request import Request
 from services.scheduler.runner import SchedulerRunner
 
@@ -43,7 +43,7 @@ class _Connection:
 class SchedulerServicer(pb_grpc.SchedulerServicer):
     def __init__(
         self,
-        runner: SchedulerRunner | ReplicaSet,
+        runner: RequestRunner,
         identity: ServiceIdentity,
         transport: str,
         worker_link: str = "",
@@ -113,7 +113,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
 
 
 def describe_scheduler(
-    runner: SchedulerRunner | ReplicaSet,
+    runner: RequestRunner,
     identity: ServiceIdentity,
     worker_link: str = "",
     worker_link_shape: tuple[float, float] = (0.0, 0.0),
@@ -122,7 +122,7 @@ def describe_scheduler(
     worker replicas: every replica's service and edge (`worker`, `worker-1`, ...), summed stats
     and one ReplicaStats each."""
     response = pb.DescribeResponse(services=[convert.identity_to_pb(identity)])
-    runners = runner.replicas if isinstance(runner, ReplicaSet) else [runner]
+    runners = list(runner.replicas)
     delay_ms, rate_mbit = worker_link_shape  # an emulated link, the same for every replica
     for index, replica in enumerate(runners):
         name = "worker" if index == 0 else f"worker-{index}"
@@ -151,9 +151,7 @@ def describe_scheduler(
     return response
 
 
-def _stats(
-    runner: SchedulerRunner | ReplicaSet, runners: list[SchedulerRunner]
-) -> pb.SchedulerStats:
+def _stats(runner: RequestRunner, runners: list[SchedulerRunner]) -> pb.SchedulerStats:
     cores = [r.core for r in runners if r.core is not None]
     queried = sum(c.block_manager.num_queried_tokens for c in cores)
     stats = pb.SchedulerStats(

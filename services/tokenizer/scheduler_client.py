@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,6 +32,9 @@ from services.common.peer_auth import token_metadata
 from services.common.tls import TlsMaterial
 from services.common.types import Delivery
 from services.tokenizer.core import PreparedRequest
+
+if TYPE_CHECKING:  # the tokenizer process imports no scheduler code at run time
+    from services.scheduler.replicas import RequestRunner
 
 log = logging.getLogger(__name__)
 HealthCallback = Callable[[bool], None]
@@ -125,12 +129,8 @@ class InprocSchedulerClient(_Router):
     transport = "inproc"
     address = "inproc"
 
-    def __init__(self, runner: object, identity: ServiceIdentity) -> None:
-        from services.scheduler.replicas import ReplicaSet
-        from services.scheduler.runner import SchedulerRunner
-
+    def __init__(self, runner: RequestRunner, identity: ServiceIdentity) -> None:
         super().__init__()
-        assert isinstance(runner, SchedulerRunner | ReplicaSet)
         self.runner = runner
         self.identity = identity
 

@@ -16,8 +16,10 @@ from services.scheduler.config import SchedulerConfig
 from services.scheduler.core import Scheduler
 from services.scheduler.replicas import ReplicaSet
 from services.scheduler.request import Request
-from services.scheduler.router import ReplicaView, Router
+from services.scheduler.router import Decision, ReplicaView, Router
 from services.scheduler.runner import RunnerSettings, SchedulerRunner
+from services.scheduler.server import build_replicas
+from services.scheduler.service_config import SchedulerServiceConfig
 from tests.fakes import FakeWorker, FakeWorkerClient, make_prompt, reference_output
 from tests.unit.test_runner import Sink
 
@@ -103,3 +105,29 @@ def test_a_lost_replica_loses_no_request_and_tokens_are_unchanged(overlap: bool)
     for i in range(8):
         assert sink.tokens[f"r{i}"] == reference_output(make_prompt(i, 5), 12)
     assert not replicas.replicas[1].is_worker_up and replicas.replicas[0].is_worker_up
+
+
+def test_one_worker_is_a_replica_set_of_one_on_the_same_routing_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 20 defect 6: with one worker the scheduler used a bare runner that skipped the
+    router, so routing, the replica gauges and the lost-replica path ran only with two or more."""
+    chosen: list[int] = []
+    choose = Router.choose
+
+    def spy(self: Router, views: list[ReplicaView], num_prompt: int, max_tokens: int) -> Decision:
+        decision = choose(self, views, num_prompt, max_tokens)
+        chosen.append(decision.chosen)
+        return decision
+
+    monkeypatch.setattr(Router, "choose", spy)
+    client = FakeWorkerClient(FakeWorker())
+    runner = build_replicas(SchedulerServiceConfig(worker_reconnect_timeout_s=5), [client])
+    assert isinstance(runner, ReplicaSet) and len(runner.replicas) == 1
+    sink = Sink()
+    asyncio.run(_generate(runner, sink, 4, kill=None))
+    assert chosen == [0, 0, 0, 0]
+    for i in range(4):
+        assert sink.tokens[f"r{i}"] == reference_output(make_prompt(i, 5), 12)
+    text = runner.metrics.exposition()
+    assert 'hopscope_replica_steps{replica="0",service="scheduler"}' in text
