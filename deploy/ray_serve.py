@@ -116,6 +116,9 @@ class RayDeployment:
         from ray.util.placement_group import placement_group, placement_group_table
 
         cpus = [self._bundle_cpu(plan, i) for i in range(len(plan.labels))]
+        refusal = room_refusal(plan, cpus, node_cpus(), ray.available_resources().get("CPU", 0.0))
+        if refusal:  # what Ray would only say by timing out after RESERVE_TIMEOUT_S
+            raise DeployError(f"placement {self.placement.name!r}: {refusal}")
         self.pg = placement_group(
             [{"CPU": cpu} for cpu in cpus],
             strategy=plan.strategy,
@@ -281,14 +284,52 @@ def actor_error(exc: BaseException) -> str:
     return (ours or lines or [type(exc).__name__])[-1]
 
 
-def alive_nodes() -> list[NodeView]:
+def room_refusal(
+    plan: NodePlan, cpus: list[float], nodes: list[tuple[NodeView, float]], free_cpu: float
+) -> str | None:
+    """Why the bundles (`cpus`, one per `plan.labels`) cannot fit the alive `nodes` (each with
+    its CPU count), known without asking Ray to reserve: a labelled node with too few CPUs, too
+    few nodes with room for a spread, or less free CPU in the cluster than the bundles need.
+    None when they may fit (then only the reservation can tell)."""
+    if plan.selectors is not None:  # each bundle on the node with its label
+        for label, cpu in zip(plan.labels, cpus, strict=True):
+            sizes = [total for node, total in nodes if node.hopscope_label == label]
+            if sizes and max(sizes) < cpu:
+                return (
+                    f"node {label} has {max(sizes):g} CPU, its actors need {cpu:g}: start it "
+                    "with CPUs (`ray start --num-cpus N`)"
+                )
+    else:
+        roomy = [node for node, total in nodes if total >= max(cpus)]
+        if len(roomy) < len(cpus):
+            return (
+                f"needs {len(cpus)} nodes with at least {max(cpus):g} CPU each; this cluster has "
+                f"{len(roomy)} of {len(nodes)} (nodes started with `--num-cpus 0` take no actor)"
+            )
+    if free_cpu < sum(cpus):
+        return (
+            f"needs {sum(cpus):g} CPU and the cluster has {free_cpu:g} free (held by other "
+            "deployments or tasks: `ray status` shows what is used)"
+        )
+    return None
+
+
+def node_cpus() -> list[tuple[NodeView, float]]:
+    """The alive nodes with their CPU counts (what Ray can place bundles on)."""
     import ray
 
     return [
-        NodeView(n["NodeID"], n["NodeManagerAddress"], dict(n.get("Labels") or {}))
+        (
+            NodeView(n["NodeID"], n["NodeManagerAddress"], dict(n.get("Labels") or {})),
+            float((n.get("Resources") or {}).get("CPU", 0.0)),
+        )
         for n in ray.nodes()
         if n["Alive"]
     ]
+
+
+def alive_nodes() -> list[NodeView]:
+    return [node for node, _ in node_cpus()]
 
 
 def free_port(node: NodeView, bind_host: str) -> int:

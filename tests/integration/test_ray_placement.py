@@ -153,6 +153,31 @@ def test_label_nobody_has_is_refused(cluster: ClusterRecord, tmp_path: Path) -> 
     assert not deployment.actors
 
 
+def test_a_full_cluster_is_refused_at_once_not_after_the_reservation_timeout(
+    cluster: ClusterRecord,
+) -> None:
+    """Every CPU held by another placement group: refused naming the free CPU, well inside the
+    30 s Ray would wait to reserve (issue 22)."""
+    import time
+
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from deploy.ray_serve import RESERVE_TIMEOUT_S, DeployError
+
+    holder = placement_group([{"CPU": 1.0}] * 3, strategy="STRICT_SPREAD")
+    ray.get(holder.ready(), timeout=60)
+    try:
+        deployment = RayDeployment(ServeSpec(placement="split", port=0), resolve_placement("split"))
+        began = time.monotonic()
+        with pytest.raises(DeployError, match=r"needs [0-9.]+ CPU and the cluster has 0 free"):
+            deployment.start()
+        assert time.monotonic() - began < RESERVE_TIMEOUT_S / 3
+        assert not deployment.actors and deployment.pg is None
+    finally:
+        remove_placement_group(holder)
+
+
 def test_remote_on_the_one_node_embedded_ray_is_refused() -> None:
     result = subprocess.run(
         [sys.executable, "-P", "-m", "deploy.cli", "serve", "--placement", "remote", "--port", "0"],

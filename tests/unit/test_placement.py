@@ -145,3 +145,24 @@ def test_internal_addresses_follow_the_transport(tmp_path: Path) -> None:
     )
     assert internal_address("tcp", "127.0.0.3", tmp_path, "worker", 5000) == "127.0.0.3:5000"
     assert internal_address("inproc", "127.0.0.3", tmp_path, "worker") == "inproc"
+
+
+def test_a_reservation_that_cannot_fit_is_refused_at_once_naming_what_is_missing() -> None:
+    """Issue 22: not after Ray's 30 s reservation timeout, and saying which node lacks what."""
+    from deploy.placement import NODE_LABEL_KEY, NodePlan, NodeView
+    from deploy.ray_serve import room_refusal
+
+    def node(label: str) -> NodeView:
+        return NodeView(label, "10.0.0.1", {NODE_LABEL_KEY: label} if label else {})
+
+    labelled = NodePlan(["a", "b"], [{NODE_LABEL_KEY: "a"}, {NODE_LABEL_KEY: "b"}])
+    zero_cpu_b = [(node("a"), 2.0), (node("b"), 0.0)]
+    refusal = room_refusal(labelled, [0.01, 0.02], zero_cpu_b, free_cpu=2.0)
+    assert refusal is not None and "node b has 0 CPU" in refusal and "--num-cpus" in refusal
+    roomy = [(node("a"), 2.0), (node("b"), 1.0)]
+    assert room_refusal(labelled, [0.01, 0.02], roomy, free_cpu=3.0) is None
+    spread = NodePlan(["tokenizer", "worker"], None)
+    refusal = room_refusal(spread, [0.01, 0.01], [(node(""), 4.0), (node(""), 0.0)], 4.0)
+    assert refusal is not None and "1 of 2" in refusal
+    refusal = room_refusal(labelled, [0.01, 0.02], roomy, free_cpu=0.0)
+    assert refusal is not None and "0 free" in refusal
