@@ -1,4 +1,4 @@
-"""`hopscope traces collect|summarize|show`: receive, read back and decompose traces."""
+"""`hopscope traces collect|summarize|show|export`: receive, read back, decompose, convert."""
 
 from __future__ import annotations
 
@@ -63,6 +63,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show.add_argument("trace_id", help="hex trace id (as in the loadgen records or Jaeger)")
     _add_source_args(show)
     show.set_defaults(func=run_show)
+
+    export = actions.add_parser(
+        "export",
+        help="convert spans to a file the Jaeger UI opens (Upload JSON)",
+        description="Read spans (OTLP JSON lines from `traces collect`, or any Jaeger JSON) and "
+        "write them in Jaeger's UI JSON, which the Jaeger UI's search page loads with "
+        "'Upload JSON', no collector or storage needed.",
+    )
+    export.add_argument("--input", required=True, help="OTLP JSON lines file, or Jaeger JSON")
+    export.add_argument(
+        "--jaeger", metavar="FILE", required=True, help="Jaeger UI JSON file to write"
+    )
+    export.add_argument(
+        "--trace-id",
+        action="append",
+        default=None,
+        metavar="HEX",
+        help="only this trace (repeatable; default: every trace in the input)",
+    )
+    export.set_defaults(func=run_export)
 
 
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
@@ -206,6 +226,33 @@ def run_show(args: argparse.Namespace) -> int:
             console.print(breakdown_table(breakdown))
             for note in breakdown.notes:
                 console.print(f"[yellow]note:[/] {note}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from tracing.jaeger_file import write_jaeger_file
+    from tracing.readers import TraceReadError, read_file
+
+    try:
+        spans = read_file(args.input)
+    except TraceReadError as exc:
+        _error(str(exc))
+        return 2
+    if args.trace_id:
+        wanted = {normalize_trace_id(t) for t in args.trace_id}
+        spans = [s for s in spans if s.trace_id in wanted]
+    if not spans:
+        _error(
+            f"no spans to export from {args.input}"
+            + (" for those trace ids" if args.trace_id else "")
+        )
+        return 1
+    try:
+        num_traces = write_jaeger_file(args.jaeger, spans)
+    except OSError as exc:
+        _error(f"cannot write {args.jaeger}: {exc.strerror or exc}")
+        return 2
+    print(f"wrote {num_traces} traces ({len(spans)} spans) to {args.jaeger}")
     return 0
 
 
