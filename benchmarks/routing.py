@@ -24,7 +24,8 @@ from typing import Any
 from benchmarks import common
 from deploy.local import LocalDeployment
 from deploy.relay import Relay, start_relay
-from deploy.spec import ServeSpec
+from deploy.spec import scheduler_config, tokenizer_config, worker_config
+from services.config import HopscopeConfig
 
 POLICIES = ("network_aware", "round_robin", "least_load")
 PREDICTION = (
@@ -49,7 +50,9 @@ class RelayedReplicas(LocalDeployment):
     def start(self) -> str:
         try:
             workers = [
-                self._start(name, "services.worker", lambda listen: self.spec.worker_config(listen))
+                self._start(
+                    name, "services.worker", lambda listen: worker_config(self.spec, listen)
+                )
                 for name in ("worker", "worker-1")
             ]
             self.relays.append(start_relay("127.0.0.1", workers[1], self.delay_ms))
@@ -57,13 +60,13 @@ class RelayedReplicas(LocalDeployment):
             sched = self._start(
                 "scheduler",
                 "services.scheduler",
-                lambda listen: self.spec.scheduler_config(listen, workers[0], "", [far]),
+                lambda listen: scheduler_config(self.spec, listen, workers[0], "", [far]),
             )
             self._start(
                 "tokenizer",
                 "services.tokenizer",
-                lambda listen: self.spec.tokenizer_config(listen, sched),
-                listen=self.spec.front_door,
+                lambda listen: tokenizer_config(self.spec, listen, sched),
+                listen=self.spec.deploy.front_door,
             )
         except BaseException:
             self.stop()
@@ -78,7 +81,7 @@ class RelayedReplicas(LocalDeployment):
 
 @contextmanager
 def deployed(policy: str, args: argparse.Namespace) -> Iterator[RelayedReplicas]:
-    spec = ServeSpec(
+    spec = HopscopeConfig.of(
         placement="colocated-tcp", model=args.model, port=0, worker_replicas=2, routing=policy
     )
     deployment = RelayedReplicas(spec, delay_ms=args.delay_ms)

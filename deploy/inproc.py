@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from deploy.spec import ServeSpec
+from deploy.spec import scheduler_config, tokenizer_config, worker_config
 from services.common.health import HealthPublisher
 from services.common.identity import identify
+from services.config import HopscopeConfig
 from services.scheduler.replicas import RequestRunner
 from services.scheduler.server import build_replicas
 from services.scheduler.worker_client import InprocWorkerClient
@@ -48,23 +49,25 @@ class InprocPipeline:
             worker.close()
 
 
-async def start_inproc(spec: ServeSpec, node_id: str = "", is_ray: bool = False) -> InprocPipeline:
+async def start_inproc(
+    spec: HopscopeConfig, node_id: str = "", is_ray: bool = False
+) -> InprocPipeline:
     """`node_id` / `is_ray` are what Describe reports (set when hosted in a Ray actor)."""
-    worker_config = spec.worker_config("inproc", node_id)
+    worker_service = worker_config(spec, "inproc", node_id)
     workers = [
-        await asyncio.to_thread(build_worker_service, worker_config, "inproc")
-        for _ in range(spec.worker_replicas)
+        await asyncio.to_thread(build_worker_service, worker_service, "inproc")
+        for _ in range(spec.deploy.worker_replicas)
     ]
     health = HealthPublisher(is_serving=False)  # the front door's: serving while the worker is up
     runner = build_replicas(
-        spec.scheduler_config("inproc", "inproc", node_id),
+        scheduler_config(spec, "inproc", "inproc", node_id),
         [InprocWorkerClient(worker) for worker in workers],
         health.set_serving,
     )
     try:
         await runner.start()
         scheduler = InprocSchedulerClient(runner, identify("scheduler", "inproc", node_id))
-        front_config = spec.tokenizer_config(spec.front_door, "inproc", node_id)
+        front_config = tokenizer_config(spec, spec.deploy.front_door, "inproc", node_id)
         front_config.is_ray = is_ray
         front = await start_tokenizer(front_config, scheduler, health)
     except BaseException:

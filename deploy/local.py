@@ -15,9 +15,16 @@ from pathlib import Path
 
 from deploy.lifecycle import START_TIMEOUT_S, Child, LaunchError, launch, wait_serving
 from deploy.placement import internal_address, resolve_placement, worker_names
-from deploy.spec import ServeSpec
+from deploy.spec import (
+    front_door_credentials,
+    scheduler_config,
+    tokenizer_config,
+    with_internal_token,
+    worker_config,
+)
 from services.common.peer_auth import TOKEN_ENV, new_internal_token
 from services.common.process import READY_PREFIX, config_to_json
+from services.config import HopscopeConfig
 
 MAX_RESTARTS = 5
 TAIL_LINES = 8  # of a failed service's log, printed on the console
@@ -80,7 +87,7 @@ class LocalDeployment:
     """`log_dir` keeps the services' logs (<service>.log, appended); none: a temporary
     directory removed at stop."""
 
-    spec: ServeSpec
+    spec: HopscopeConfig
     log_dir: Path | None = None
     children: list[ChildService] = field(default_factory=list)
     tmp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hopscope-")))
@@ -94,26 +101,28 @@ class LocalDeployment:
         return {c.name: c.metrics_url for c in self.children if c.metrics_url}
 
     def start(self) -> str:
-        if not self.spec.internal_token:  # one per deployment: only its own services get in
-            self.spec = replace(self.spec, internal_token=new_internal_token())
+        if not self.spec.security.internal_token:  # one per deployment: only its services get in
+            self.spec = with_internal_token(self.spec, new_internal_token())
         try:
             workers = [
-                self._start(name, "services.worker", lambda listen: self.spec.worker_config(listen))
-                for name in worker_names(self.spec.worker_replicas)
+                self._start(
+                    name, "services.worker", lambda listen: worker_config(self.spec, listen)
+                )
+                for name in worker_names(self.spec.deploy.worker_replicas)
             ]
             sched = self._start(
                 "scheduler",
                 "services.scheduler",
-                lambda listen: self.spec.scheduler_config(listen, workers[0], "", workers[1:]),
+                lambda listen: scheduler_config(self.spec, listen, workers[0], "", workers[1:]),
             )
             self._start(
                 "tokenizer",
                 "services.tokenizer",
-                lambda listen: self.spec.tokenizer_config(listen, sched),
-                listen=self.spec.front_door,
+                lambda listen: tokenizer_config(self.spec, listen, sched),
+                listen=self.spec.deploy.front_door,
             )
             # the front door's health follows all
-            wait_serving(self.address, START_TIMEOUT_S, self.spec.front_door_credentials())
+            wait_serving(self.address, START_TIMEOUT_S, front_door_credentials(self.spec))
         except TimeoutError as exc:
             self.stop()
             raise LaunchError(f"the pipeline did not become healthy: {exc}") from exc
@@ -129,14 +138,16 @@ class LocalDeployment:
         # the token travels in the child's environment, not on its command line (`ps` shows that)
         env = {**os.environ, TOKEN_ENV: config.internal_token}
         config_json = config_to_json(replace(config, internal_token=""))
-        child = ChildService(name, module, config_json, self.spec.placement, log_path, env=env)
+        child = ChildService(
+            name, module, config_json, self.spec.deploy.placement, log_path, env=env
+        )
         self.children.append(child)
         return child.start()
 
     def _internal_address(self, name: str) -> str:
         # replicas (`worker-1`, ...) are reached like `worker`, each on its own address
         service = name.partition("-")[0]
-        transport = resolve_placement(self.spec.placement).listen_transport(service)
+        transport = resolve_placement(self.spec.deploy.placement).listen_transport(service)
         return internal_address(transport, "127.0.0.1", self.tmp_dir, name)
 
     def supervise_once(self) -> list[str]:

@@ -19,7 +19,8 @@ from typing import Any
 
 from deploy.cluster import LinkSettings
 from deploy.lifecycle import START_TIMEOUT_S
-from deploy.spec import ServeSpec
+from deploy.spec import scheduler_config, tokenizer_config, worker_config
+from services.config import HopscopeConfig
 
 ROLES = ("worker", "scheduler", "tokenizer", "pipeline")  # pipeline: all three, inproc
 
@@ -33,7 +34,7 @@ class ActorPlan:
     """Everything one actor needs; Ray keeps it and passes it again on restart."""
 
     role: str
-    spec: ServeSpec
+    spec: HopscopeConfig
     listen: str  # concrete: "IP:PORT" or "unix:PATH" (never port 0, so restarts rebind it)
     downstream: str = ""  # the address this service connects to
     link: LinkSettings = field(default_factory=LinkSettings)  # shaped: a relay to downstream
@@ -94,7 +95,7 @@ class ServiceHost:
 
         configure_tracing(
             f"hopscope-{self.plan.role}",
-            {"hopscope.placement": self.plan.spec.placement, "ray.node_id": self.node_id},
+            {"hopscope.placement": self.plan.spec.deploy.placement, "ray.node_id": self.node_id},
         )
         if self.plan.listen.startswith("unix:"):
             socket_path = Path(self.plan.listen.removeprefix("unix:"))
@@ -105,7 +106,7 @@ class ServiceHost:
             from services.common.tls import write_tls_files
 
             self.tls_dir = write_tls_files(plan.tls_files)
-            plan = replace(plan, spec=replace(plan.spec, tls_dir=str(self.tls_dir)))
+            plan = replace(plan, spec=plan.spec.with_(tls_dir=str(self.tls_dir)))
         downstreams = [plan.downstream, *plan.extra_downstreams]
         if plan.link.is_shaped:
             # only this process dials the relays (one per downstream): they listen on loopback
@@ -180,11 +181,11 @@ async def _start_service(plan: ActorPlan, downstreams: list[str], node_id: str) 
     if plan.service == "worker":
         from services.worker.server import start_worker
 
-        return await start_worker(spec.worker_config(plan.listen, node_id))
+        return await start_worker(worker_config(spec, plan.listen, node_id))
     if plan.role == "scheduler":
         from services.scheduler.server import start_scheduler
 
-        config = spec.scheduler_config(plan.listen, downstream, node_id, downstreams[1:])
+        config = scheduler_config(spec, plan.listen, downstream, node_id, downstreams[1:])
         config.worker_link = link
         config.worker_link_delay_ms = plan.link.delay_ms
         config.worker_link_rate_mbit = plan.link.rate_mbit
@@ -192,7 +193,7 @@ async def _start_service(plan: ActorPlan, downstreams: list[str], node_id: str) 
     if plan.role == "tokenizer":
         from services.tokenizer.server import start_tokenizer
 
-        front = spec.tokenizer_config(plan.listen, downstream, node_id)
+        front = tokenizer_config(spec, plan.listen, downstream, node_id)
         front.scheduler_link, front.is_ray = link, True
         front.scheduler_link_delay_ms = plan.link.delay_ms
         front.scheduler_link_rate_mbit = plan.link.rate_mbit
@@ -200,7 +201,7 @@ async def _start_service(plan: ActorPlan, downstreams: list[str], node_id: str) 
     from deploy.inproc import start_inproc
 
     host, port = plan.listen.rsplit(":", 1)
-    return await start_inproc(replace(spec, host=host, port=int(port)), node_id, is_ray=True)
+    return await start_inproc(spec.with_(host=host, port=int(port)), node_id, is_ray=True)
 
 
 async def _start_relay(listen_host: str, target: str, link: LinkSettings) -> Any:

@@ -46,15 +46,14 @@ from deploy.placement import (
     worker_names,
 )
 from deploy.ray_actors import ActorPlan, actor_class
-from deploy.spec import ServeSpec, announce_http
+from deploy.spec import announce_http, front_door_credentials, with_internal_token
 from services.common.threads import openmp_env_defaults
+from services.config import HopscopeConfig
 
 err = Console(stderr=True, highlight=False)
 
 RESERVE_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
-# In-flight requests wait this long for a restarted worker actor, then are recomputed on it.
-WORKER_RECONNECT_TIMEOUT_S = 60.0
 BUNDLE_CPU = 0.01  # Ray needs non-empty bundles; the services themselves ask for next to nothing
 ACTOR_CPU = 0.003
 # passed on to every actor's environment (HOPSCOPE_API_KEY: the front door's key, never logged)
@@ -70,7 +69,7 @@ class DeployError(RuntimeError):
 class RayDeployment:
     """The actors of one deployment; `start` returns the front-door address."""
 
-    spec: ServeSpec
+    spec: HopscopeConfig
     placement: Placement
     link: LinkSettings = field(default_factory=LinkSettings)
     actors: dict[str, Any] = field(default_factory=dict)  # role -> actor handle
@@ -90,7 +89,7 @@ class RayDeployment:
                 )
             self._wait_started(timeout_s)
             # its health follows every downstream
-            wait_serving(self.front_door, timeout_s, self.spec.front_door_credentials())
+            wait_serving(self.front_door, timeout_s, front_door_credentials(self.spec))
         except TimeoutError as exc:
             self.stop()
             raise DeployError(f"the pipeline did not become healthy: {exc}") from exc
@@ -131,7 +130,7 @@ class RayDeployment:
             needs = ", ".join(
                 f"node {label}: {cpu:g} CPU" for label, cpu in zip(plan.labels, cpus, strict=True)
             )
-            replicas = self.spec.worker_replicas
+            replicas = self.spec.deploy.worker_replicas
             with_replicas = f" with {replicas} worker replicas" if replicas > 1 else ""
             raise DeployError(
                 f"could not reserve {len(plan.labels)} node(s) ({plan.strategy}) for placement "
@@ -148,22 +147,23 @@ class RayDeployment:
         if self.placement.is_inproc:
             return BUNDLE_CPU
         here = [s for s in SERVICES if plan.bundle_of(self.placement, s) == bundle]
-        num_actors = len(here) + (self.spec.worker_replicas - 1) * ("worker" in here)
+        num_actors = len(here) + (self.spec.deploy.worker_replicas - 1) * ("worker" in here)
         return max(BUNDLE_CPU, ACTOR_CPU * num_actors)
 
     def _actor_plans(self, plan: NodePlan, bundle_nodes: list[NodeView]) -> dict[str, ActorPlan]:
         placement, spec = self.placement, self.spec
         node_of = {s: bundle_nodes[plan.bundle_of(placement, s)] for s in placement.nodes}
         ip_of = {s: node.ip for s, node in node_of.items()}
-        front_port = spec.port or free_port(node_of["tokenizer"], spec.host)
-        front_door = f"{spec.host}:{front_port}"
+        host = spec.deploy.host
+        front_port = spec.deploy.port or free_port(node_of["tokenizer"], host)
+        front_door = f"{host}:{front_port}"
         otel_env = _actor_env()
         if placement.is_inproc:
             pipeline = ActorPlan("pipeline", spec, front_door, otel_env=otel_env)
-            return _with_secrets({"pipeline": pipeline}, spec.tls_dir)
+            return _with_secrets({"pipeline": pipeline}, spec.security.tls_dir)
         socket_dir = f"/tmp/hs-{self.deploy_id}"
         listen = {"tokenizer": front_door}
-        workers = worker_names(spec.worker_replicas)
+        workers = worker_names(spec.deploy.worker_replicas)
         for name in ("scheduler", *workers):
             service = name.partition("-")[0]  # replicas listen like `worker`, each its own address
             transport = placement.listen_transport(service)
@@ -171,7 +171,7 @@ class RayDeployment:
             listen[name] = internal_address(transport, ip_of[service], socket_dir, name, port)
         links = {edge: self._edge_link(edge) for edge in EDGES}
         # further replicas share the worker's node: their /metrics take any free port
-        replica_spec = replace(spec, metrics_base_port=0)
+        replica_spec = spec.with_(metrics_port=0) if spec.deploy.is_metrics_enabled else spec
         plans = {
             name: ActorPlan(
                 name, spec if name == "worker" else replica_spec, listen[name], otel_env=otel_env
@@ -192,7 +192,7 @@ class RayDeployment:
                 "tokenizer", spec, front_door, listen["scheduler"], links[EDGES[0]], otel_env
             ),
         }
-        return _with_secrets(plans, spec.tls_dir)
+        return _with_secrets(plans, spec.security.tls_dir)
 
     def _edge_link(self, edge: str) -> LinkSettings:
         """Only a TCP edge between two nodes is a network link that can be shaped."""
@@ -246,7 +246,7 @@ class RayDeployment:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        replicas = worker_names(self.spec.worker_replicas)
+        replicas = worker_names(self.spec.deploy.worker_replicas)
         for role in ("pipeline", "tokenizer", "scheduler", *replicas):
             actor = self.actors.pop(role, None)
             if actor is None:
@@ -272,7 +272,7 @@ def _with_secrets(plans: dict[str, ActorPlan], tls_dir: str) -> dict[str, ActorP
     for role, plan in plans.items():
         identity = "tokenizer" if role == "pipeline" else plan.service
         files = read_tls_files(tls_dir, (identity,)) if tls_dir else {}
-        spec = replace(plan.spec, tls_dir="", internal_token=token)
+        spec = with_internal_token(plan.spec.with_(tls_dir=""), token)
         secured[role] = replace(plan, spec=spec, tls_files=files)
     return secured
 
@@ -402,20 +402,16 @@ def _in_directory(path: Path) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------- the command
-def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
+def run_ray_serve(spec: HopscopeConfig, ray_address: str) -> int:
     """Deploy on Ray, print the front door once healthy, supervise; drain on SIGINT/SIGTERM."""
     try:
-        placement = resolve_placement(spec.placement)
+        placement = resolve_placement(spec.deploy.placement)
         if not ray_address:  # refuse before starting anything: the embedded Ray has one node
             embedded_view = [NodeView("embedded", "", {NODE_LABEL_KEY: "a"})]
             assign_nodes(placement, embedded_view, "the embedded local Ray (no --ray-address)")
     except PlacementError as exc:
         err.print(f"error: {exc}")
         return 2
-    spec = replace(
-        spec,
-        worker_reconnect_timeout_s=max(spec.worker_reconnect_timeout_s, WORKER_RECONNECT_TIMEOUT_S),
-    )
     stop = StopRequest()
     embedded = None
     try:
@@ -431,9 +427,9 @@ def run_ray_serve(spec: ServeSpec, ray_address: str) -> int:
         deployment = RayDeployment(spec, placement, record.link if record else LinkSettings())
         try:
             address = deployment.start()
-            announce_front_door(address, spec.placement, spec.model)
-            if spec.http_listen:
-                announce_http(f"http://{spec.http_listen}")
+            announce_front_door(address, spec.deploy.placement, spec.model.model)
+            if spec.deploy.http_listen:
+                announce_http(f"http://{spec.deploy.http_listen}")
             announce_metrics(deployment.metrics_urls)
             supervise(deployment.supervise_once, stop, 1.0, err.print)
             err.print("draining: front door first, then scheduler and worker")

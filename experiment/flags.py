@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from deploy.flags import ON_OFF
+
 # Set by the experiment itself for every variant: a plan may not set them.
 SERVE_RESERVED = ("host", "port", "metrics", "metrics_port", "ray_address", "log_dir")
 BENCH_RESERVED = (
@@ -32,10 +34,13 @@ class Flag:
     choices: tuple[str, ...] | None
     type_name: str
     action: argparse.Action
+    negative: str | None = None  # `--no-x` of a `--x/--no-x` boolean
 
     def check(self, value: Any, where: str) -> Any:
         """The value converted as the CLI would; ValueError naming `where` and what is allowed."""
         if self.is_bool:
+            if isinstance(value, str) and value.lower() in ON_OFF:  # the older `on|off` values
+                return ON_OFF[value.lower()]
             if not isinstance(value, bool):
                 raise ValueError(f"{where}: {value!r} is not a boolean; allowed: true, false")
             return value
@@ -58,7 +63,9 @@ class Flag:
 
     def argv(self, value: Any) -> list[str]:
         if self.is_bool:
-            return [self.option] if value else []
+            if value:
+                return [self.option]
+            return [] if self.negative is None else [self.negative]
         return [self.option, _text(value)]
 
     def _allowed(self) -> str:
@@ -94,11 +101,15 @@ def _flags_of(parser: argparse.ArgumentParser, reserved: tuple[str, ...]) -> dic
         key = action.dest
         if key in reserved:
             continue
-        is_bool = isinstance(action, argparse._StoreTrueAction)
+        negative = next((o for o in longs[1:] if o == "--no-" + longs[0][2:]), None)
+        is_bool = negative is not None or isinstance(action, argparse._StoreTrueAction)
         choices = tuple(str(c) for c in action.choices) if action.choices else None
-        flags[key] = Flag(
-            key, longs[0], is_bool, action.default, choices, _type_name(action), action
+        flags[key] = flag = Flag(
+            key, longs[0], is_bool, action.default, choices, _type_name(action), action, negative
         )
+        for alias in longs[1:]:  # a deprecated spelling is still a plan key
+            if alias != negative:
+                flags.setdefault(normalize_key(alias), flag)
     return flags
 
 

@@ -20,10 +20,11 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from prometheus_client import start_http_server as _start_http_server
 
 from services.common.peer_auth import warn_if_exposed
+from services.config import DEFAULT_METRICS_BASE_PORT
 
 # Default /metrics port of each service: `serve --metrics-port BASE` puts them at BASE + offset
-# (BASE 0: any free port each). deploy/prometheus scrapes the defaults.
-DEFAULT_METRICS_BASE_PORT = 9401
+# (BASE 0: any free port each; the default base is services/config.py's). deploy/prometheus
+# scrapes the defaults.
 METRICS_PORT_OFFSETS: dict[str, int] = {"tokenizer": 0, "scheduler": 1, "worker": 2}
 METRICS_PORTS: dict[str, int] = {
     name: DEFAULT_METRICS_BASE_PORT + offset for name, offset in METRICS_PORT_OFFSETS.items()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from services.config import DEFAULTS
+
 BatchingMode = Literal["continuous", "static"]
 BATCHING_MODES: tuple[str, ...] = ("continuous", "static")
 PreemptionMode = Literal["recompute", "swap"]
@@ -35,16 +37,16 @@ class SchedulerConfig:
       With async_scheduling, the next run is built while one runs.
     """
 
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    max_queue_len: int = 512
-    batching: BatchingMode = "continuous"
+    max_num_seqs: int = DEFAULTS.scheduler.max_num_seqs
+    max_num_batched_tokens: int = DEFAULTS.scheduler.max_num_batched_tokens
+    max_queue_len: int = DEFAULTS.scheduler.max_queue_len
+    batching: BatchingMode = DEFAULTS.scheduler.batching  # type: ignore[assignment]
     enable_chunked_prefill: bool = True
-    static_batch_timeout_s: float = 0.05
-    enable_prefix_caching: bool = True
-    preemption: PreemptionMode = "recompute"
-    async_scheduling: bool = False
-    num_scheduler_steps: int = 1
+    static_batch_timeout_s: float = DEFAULTS.scheduler.static_batch_timeout_s
+    enable_prefix_caching: bool = DEFAULTS.scheduler.prefix_caching
+    preemption: PreemptionMode = DEFAULTS.scheduler.preemption  # type: ignore[assignment]
+    async_scheduling: bool = DEFAULTS.scheduler.async_scheduling
+    num_scheduler_steps: int = DEFAULTS.scheduler.num_scheduler_steps
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

@@ -22,6 +22,7 @@ from services.common import convert, spans
 from services.common.errors import HopscopeError, UnavailableError
 from services.common.metrics import ServiceMetrics
 from services.common.types import Delivery, ModelInfo, StepOutput
+from services.config import DEFAULTS
 from services.scheduler.cache_metrics import CacheMetrics
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Batch, Request, Update
@@ -40,10 +41,10 @@ class Sink(Protocol):
 
 @dataclass(slots=True)
 class RunnerSettings:
-    step_timeout_s: float = 120.0
-    connect_timeout_s: float = 30.0
+    step_timeout_s: float = DEFAULTS.scheduler.step_timeout_s
+    connect_timeout_s: float = DEFAULTS.scheduler.worker_connect_timeout_s
     # how long in-flight requests wait for a lost worker to come back before failing UNAVAILABLE
-    # (long enough for a restarted worker that rebuilds its kernels: `--worker-restart-timeout`)
+    # (long enough for a restarted worker that rebuilds its kernels: `--worker-restart-timeout-s`)
     worker_reconnect_timeout_s: float = WORKER_RESTART_TIMEOUT_S
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.common.convert import STEP_ENCODINGS
+from services.config import DEFAULTS, check_multi_step
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.router import ROUTING_POLICIES
 
 # How long the scheduler holds requests for a lost worker before failing them UNAVAILABLE: long
 # enough for a restarted worker to load its model and rebuild its kernels (15-25 s seen on CPU).
-WORKER_RESTART_TIMEOUT_S = 60.0
+# `serve --worker-restart-timeout-s`; the default is the configuration tree's.
+WORKER_RESTART_TIMEOUT_S = DEFAULTS.scheduler.worker_restart_timeout_s
 
 
 @dataclass(slots=True)
@@ -20,8 +22,8 @@ class SchedulerServiceConfig:
     worker_address: str = "127.0.0.1:50053"  # "HOST:PORT" or "unix:PATH"
     listen: str = "127.0.0.1:50052"
     node_id: str = ""
-    step_timeout_s: float = 120.0
-    connect_timeout_s: float = 60.0
+    step_timeout_s: float = DEFAULTS.scheduler.step_timeout_s
+    connect_timeout_s: float = DEFAULTS.scheduler.worker_connect_timeout_s
     worker_reconnect_timeout_s: float = WORKER_RESTART_TIMEOUT_S
     worker_link: str = ""
     worker_link_delay_ms: float = 0.0  # the emulated link's one-way delay (Describe reports it)
@@ -30,12 +32,12 @@ class SchedulerServiceConfig:
     tls_dir: str = ""  # mutual TLS on TCP hops, both ways (services/common/tls.py); "" = off
     internal_token: str = field(default="", repr=False)  # sent to the worker, required of callers
     # how a step's sequences travel to the worker: nested | packed | delta (convert.StepEncoder)
-    step_encoding: str = "delta"
+    step_encoding: str = DEFAULTS.scheduler.step_encoding
 
     # worker replicas beyond `worker_address` (each its own KV cache and batch), and how a
     # request picks one: round_robin | least_load | prefix | network_aware
     extra_worker_addresses: list[str] = field(default_factory=list)
-    routing: str = "network_aware"
+    routing: str = DEFAULTS.scheduler.routing
     # per replica (worker_address first): the link's bandwidth in Mbit/s for the router's
     # transfer term; 0 or missing = unknown (left out)
     link_bandwidth_mbps: list[float] = field(default_factory=list)
@@ -56,10 +58,6 @@ class SchedulerServiceConfig:
                 f"step_encoding must be one of {', '.join(STEP_ENCODINGS)}, "
                 f"got {self.step_encoding!r}"
             )
-        if self.step_encoding == "nested" and self.core.num_scheduler_steps > 1:
-            raise ValueError(
-                "multi-step decoding (--num-scheduler-steps > 1) needs the packed or delta step "
-                "encoding: a nested step message carries one step"
-            )
+        check_multi_step(self.step_encoding, self.core.num_scheduler_steps)
         if self.worker_reconnect_timeout_s < 0:
             raise ValueError("worker_reconnect_timeout_s must be >= 0")

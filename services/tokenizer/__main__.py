@@ -1,6 +1,7 @@
 import sys
 
 from services.common.process import run_service_main
-from services.tokenizer.server import TokenizerServiceConfig, start_tokenizer
+from services.tokenizer.server import start_tokenizer
+from services.tokenizer.service_config import TokenizerServiceConfig
 
 sys.exit(run_service_main("tokenizer", TokenizerServiceConfig, start_tokenizer))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from protos import hopscope_pb2_grpc as pb_grpc
@@ -17,45 +17,13 @@ from services.models import ModelSource, resolve_model
 from services.tokenizer.auth import ApiKey, ApiKeyInterceptor, api_key_from_env
 from services.tokenizer.core import TokenizerCore
 from services.tokenizer.scheduler_client import GrpcSchedulerClient
+from services.tokenizer.service_config import TokenizerServiceConfig
 from services.tokenizer.servicer import SchedulerClient, TokenizerServicer
 
 if TYPE_CHECKING:  # FastAPI and uvicorn are imported only when the HTTP front door is on
     from services.tokenizer.http.server import HttpServer
 
 FRONT_DOOR_SERVICE = "hopscope.v1.Tokenizer"
-
-
-@dataclass(slots=True)
-class TokenizerServiceConfig:
-    model: str = "tiny"  # preset name or local Hugging Face directory (its tokenizer.json)
-    scheduler_address: str = "127.0.0.1:50052"
-    listen: str = "127.0.0.1:50051"
-    node_id: str = ""
-    placement: str = "colocated"
-    request_timeout_s: float = 600.0  # cap on a request without its own deadline
-    connect_timeout_s: float = 60.0
-    # how long requests in flight wait for a lost scheduler to come back (then resubmitted)
-    scheduler_reconnect_timeout_s: float = 60.0
-    scheduler_link: str = ""  # how the path to the scheduler is shaped: "" | "netem" | "relay"
-    scheduler_link_delay_ms: float = 0.0  # the emulated link's one-way delay (Describe)
-    scheduler_link_rate_mbit: float = 0.0
-    is_ray: bool = False
-    metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off
-    http_listen: str = ""  # "HOST:PORT" (port 0 = any) for the OpenAI-compatible HTTP API
-    max_model_len: int | None = None  # the context cap the worker serves (--max-model-len)
-    tls_dir: str = ""  # TLS on the front door, mutual TLS to the scheduler; "" = off
-    internal_token: str = field(default="", repr=False)  # sent to the scheduler
-    # at most this many tokens per Generate message: 1 = one message per scheduler step; N > 1
-    # sends the first token at once, then every N tokens (and the last), fewer messages to write
-    stream_interval: int = 1
-
-    def __post_init__(self) -> None:
-        if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:
-            raise ValueError("request_timeout_s and connect_timeout_s must be > 0")
-        if self.scheduler_reconnect_timeout_s < 0:
-            raise ValueError("scheduler_reconnect_timeout_s must be >= 0")
-        if self.stream_interval < 1:
-            raise ValueError(f"stream_interval must be >= 1, got {self.stream_interval}")
 
 
 @dataclass

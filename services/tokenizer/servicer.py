@@ -32,7 +32,7 @@ from services.tokenizer.scheduler_client import RequestStream
 from tracing import schema
 
 if TYPE_CHECKING:
-    from services.tokenizer.server import TokenizerServiceConfig
+    from services.tokenizer.service_config import TokenizerServiceConfig
 
 _tracer = trace.get_tracer("hopscope")
 

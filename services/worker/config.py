@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from services.config import DEFAULTS, MAX_GRAPH_BATCH, check_step_loop
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 KERNELS = ("auto", "native", "torch")
-MAX_GRAPH_BATCH = 1024
 
 
 @dataclass(slots=True)
@@ -41,21 +42,21 @@ class WorkerConfig:
         inductor's C++ on CPU, Triton on CUDA. Compiled on first use of each shape class.
     """
 
-    model: str = "tiny"
-    device: str = "cpu"
-    dtype: str | None = None
+    model: str = DEFAULTS.model.model
+    device: str = DEFAULTS.worker.device
+    dtype: str | None = DEFAULTS.worker.dtype
     block_size: int = 16
-    kv_cache_bytes: int = 256 * 1024 * 1024
+    kv_cache_bytes: int = DEFAULTS.worker.kv_cache_mb * 1024 * 1024
     gpu_memory_fraction: float = 0.85
     seed: int = 0
-    max_num_batched_tokens: int = 2048
-    kernels: str = "auto"
-    swap_space_bytes: int = 0
-    max_model_len: int | None = None  # caps the context (and the KV cache it needs)
-    num_threads: int = 0
-    cuda_graphs: bool = False
-    cuda_graph_max_batch: int = 64
-    compile: bool = False
+    max_num_batched_tokens: int = DEFAULTS.scheduler.max_num_batched_tokens
+    kernels: str = DEFAULTS.worker.kernels
+    swap_space_bytes: int = DEFAULTS.worker.swap_space_mb * 1024 * 1024
+    max_model_len: int | None = DEFAULTS.model.max_model_len  # caps the context and KV cache
+    num_threads: int = DEFAULTS.worker.engine_threads
+    cuda_graphs: bool = DEFAULTS.worker.cuda_graphs
+    cuda_graph_max_batch: int = DEFAULTS.worker.cuda_graph_max_batch
+    compile: bool = DEFAULTS.worker.compile
 
     def __post_init__(self) -> None:
         self._check_device()
@@ -86,19 +87,11 @@ class WorkerConfig:
             )
 
     def _check_step_loop(self) -> None:
-        if self.cuda_graphs and self.device == "cpu":
-            raise ValueError(
-                "--cuda-graphs needs CUDA (--device cuda); CPU steps run eagerly, leave it off"
-            )
+        check_step_loop(self.device, self.cuda_graphs, self.kernels, self.compile)
         if not 1 <= self.cuda_graph_max_batch <= MAX_GRAPH_BATCH:
             raise ValueError(
                 f"cuda_graph_max_batch must be in 1..{MAX_GRAPH_BATCH}, "
                 f"got {self.cuda_graph_max_batch}"
-            )
-        if self.compile and self.kernels == "native":
-            raise ValueError(
-                "--compile compiles the torch op set; the native CPU kernels are already fused: "
-                "use --kernels auto (or torch) with --compile"
             )
 
     def _check_device(self) -> None:

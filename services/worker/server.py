@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.channels import transport_of
@@ -11,18 +11,8 @@ from services.common.identity import identify
 from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
 from services.common.tls import load_tls
-from services.worker.config import WorkerConfig
+from services.worker.service_config import WorkerServiceConfig
 from services.worker.servicer import WorkerService, WorkerServicer
-
-
-@dataclass(slots=True)
-class WorkerServiceConfig:
-    engine: WorkerConfig = field(default_factory=WorkerConfig)
-    listen: str = "127.0.0.1:50053"  # "HOST:PORT" or "unix:PATH"
-    node_id: str = ""
-    metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off
-    tls_dir: str = ""  # mutual TLS on a TCP listener (services/common/tls.py); "" = off
-    internal_token: str = field(default="", repr=False)  # callers must send it; "" = no check
 
 
 @dataclass

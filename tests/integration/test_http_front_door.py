@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from deploy.inproc import InprocPipeline, start_inproc
-from deploy.spec import ServeSpec
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
+from services.config import HopscopeConfig
 from services.models import ModelNotFoundError, resolve_model
 from services.models.chat_template import render_chat
 from services.scheduler.servicer import describe_scheduler
@@ -68,7 +68,7 @@ class Running:
 def running_factory() -> Iterator[Any]:
     started: list[tuple[Running, threading.Thread]] = []
 
-    def start(spec: ServeSpec) -> Running:
+    def start(spec: HopscopeConfig) -> Running:
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, daemon=True)
         thread.start()
@@ -101,7 +101,7 @@ def test_openai_sdk_gets_the_grpc_front_doors_tokens(
     running_factory: Any, smol_source: Any
 ) -> None:
     served = running_factory(
-        ServeSpec(model=SMOL, port=0, http_port=0, max_model_len=512, kv_cache_mb=64)
+        HopscopeConfig.of(model=SMOL, port=0, http_port=0, max_model_len=512, kv_cache_mb=64)
     )
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
     sampling = {"temperature": 0.8, "top_p": 0.95, "seed": 7, "max_tokens": 12}
@@ -159,7 +159,7 @@ def test_each_error_status_and_the_api_key(
 ) -> None:
     monkeypatch.setenv(API_KEY_ENV, KEY)
     served = running_factory(
-        ServeSpec(model="tiny", port=0, http_port=0, max_num_seqs=1, max_queue_len=1)
+        HopscopeConfig.of(model="tiny", port=0, http_port=0, max_num_seqs=1, max_queue_len=1)
     )
     asyncio.run(_check_errors(served))
     # gRPC front door: the same key, from `authorization` metadata
@@ -225,7 +225,7 @@ async def _check_errors(served: Running) -> None:
 
 
 def test_a_client_disconnect_frees_the_requests_kv_blocks(running_factory: Any) -> None:
-    served = running_factory(ServeSpec(model="tiny", port=0, http_port=0))
+    served = running_factory(HopscopeConfig.of(model="tiny", port=0, http_port=0))
     total = served.stats().num_blocks
     body = {"prompt": "Once upon a time " * 40, "max_tokens": 1500, "ignore_eos": True}
     with httpx.Client(base_url=served.url, timeout=60) as client:
@@ -248,7 +248,7 @@ def test_the_http_server_span_continues_the_clients_traceparent(running_factory:
     from services.tokenizer.http.app import FrontDoorApp
     from services.tokenizer.http.server import start_http_server
 
-    served = running_factory(ServeSpec(model="tiny", port=0))
+    served = running_factory(HopscopeConfig.of(model="tiny", port=0))
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

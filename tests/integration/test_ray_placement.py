@@ -20,9 +20,9 @@ from deploy.client import stream_generate
 from deploy.cluster import ClusterRecord, LinkSettings, start_cluster, stop_cluster
 from deploy.placement import PlacementError, resolve_placement
 from deploy.ray_serve import RayDeployment, alive_nodes, connect
-from deploy.spec import ServeSpec
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
+from services.config import HopscopeConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def reference_tokens() -> list[int]:
     from deploy.inproc import start_inproc
 
     async def run() -> list[int]:
-        pipeline = await start_inproc(ServeSpec(port=0))
+        pipeline = await start_inproc(HopscopeConfig.of(port=0))
         try:
             return (await stream_generate(pipeline.address, SEEDED, 120.0))["token_ids"]
         finally:
@@ -64,7 +64,7 @@ def reference_tokens() -> list[int]:
 def deployed(
     ref: str, link: LinkSettings | None = None
 ) -> Iterator[tuple[str, pb.DescribeResponse]]:
-    spec = ServeSpec(placement=ref, port=0, worker_reconnect_timeout_s=60.0)
+    spec = HopscopeConfig.of(placement=ref, port=0, worker_restart_timeout_s=60.0)
     deployment = RayDeployment(spec, resolve_placement(ref), link or LinkSettings())
     address = deployment.start()
     try:
@@ -147,7 +147,9 @@ def test_shaped_links_go_through_a_relay_on_cross_node_edges(
 def test_label_nobody_has_is_refused(cluster: ClusterRecord, tmp_path: Path) -> None:
     path = tmp_path / "gpu.yaml"
     path.write_text("services: {tokenizer: a, scheduler: a, worker: gpu}\n")
-    deployment = RayDeployment(ServeSpec(placement=str(path), port=0), resolve_placement(str(path)))
+    deployment = RayDeployment(
+        HopscopeConfig.of(placement=str(path), port=0), resolve_placement(str(path))
+    )
     with pytest.raises(PlacementError, match="hopscope-node=gpu.*labels: a, b, c"):
         deployment.start()
     assert not deployment.actors
@@ -168,7 +170,9 @@ def test_a_full_cluster_is_refused_at_once_not_after_the_reservation_timeout(
     holder = placement_group([{"CPU": 1.0}] * 3, strategy="STRICT_SPREAD")
     ray.get(holder.ready(), timeout=60)
     try:
-        deployment = RayDeployment(ServeSpec(placement="split", port=0), resolve_placement("split"))
+        deployment = RayDeployment(
+            HopscopeConfig.of(placement="split", port=0), resolve_placement("split")
+        )
         began = time.monotonic()
         with pytest.raises(DeployError, match=r"needs [0-9.]+ CPU and the cluster has 0 free"):
             deployment.start()
@@ -321,7 +325,7 @@ def test_front_door_port_taken_is_a_clear_error_without_leftovers(cluster: Clust
         taken.listen()
         port = taken.getsockname()[1]
         deployment = RayDeployment(
-            ServeSpec(placement="colocated", port=port), resolve_placement("colocated")
+            HopscopeConfig.of(placement="colocated", port=port), resolve_placement("colocated")
         )
         with pytest.raises(DeployError, match=f"tokenizer could not start.*127.0.0.1:{port}"):
             deployment.start(timeout_s=120.0)

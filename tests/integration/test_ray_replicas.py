@@ -20,7 +20,7 @@ from deploy.cluster import ClusterRecord, LinkSettings, start_cluster, stop_clus
 from deploy.lifecycle import ServeChild, start_serve
 from deploy.placement import resolve_placement
 from deploy.ray_serve import RayDeployment, connect
-from deploy.spec import ServeSpec
+from services.config import HopscopeConfig
 from tests.harness import seeded_generation
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -43,7 +43,7 @@ def reference() -> list[list[int]]:
     from deploy.inproc import start_inproc
 
     async def run() -> list[list[int]]:
-        pipeline = await start_inproc(ServeSpec(port=0))
+        pipeline = await start_inproc(HopscopeConfig.of(port=0))
         try:
             return await asyncio.to_thread(_run_all, pipeline.address)
         finally:
@@ -114,7 +114,7 @@ def test_two_ray_replicas_both_take_load_with_seeded_tokens(
 def test_each_replica_hop_is_shaped_through_its_own_relay(
     cluster: ClusterRecord, reference: list[list[int]]
 ) -> None:
-    spec = ServeSpec(placement="split", port=0, worker_replicas=2, routing="round_robin")
+    spec = HopscopeConfig.of(placement="split", port=0, worker_replicas=2, routing="round_robin")
     deployment = RayDeployment(spec, resolve_placement("split"), LinkSettings(delay_ms=1.0))
     address = deployment.start()
     try:

@@ -65,10 +65,12 @@ def test_inproc_replicas_are_listed_and_both_take_load() -> None:
     import asyncio
 
     from deploy.inproc import start_inproc
-    from deploy.spec import ServeSpec
+    from services.config import HopscopeConfig
 
     async def run() -> None:
-        pipeline = await start_inproc(ServeSpec(port=0, worker_replicas=2, routing="round_robin"))
+        pipeline = await start_inproc(
+            HopscopeConfig.of(port=0, worker_replicas=2, routing="round_robin")
+        )
         try:
             outputs = await asyncio.gather(
                 *(asyncio.to_thread(_seeded, pipeline.address, i) for i in range(4))

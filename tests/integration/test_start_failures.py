@@ -11,8 +11,9 @@ from contextlib import contextmanager
 import pytest
 
 from deploy.inproc import start_inproc
-from deploy.spec import ServeSpec
+from deploy.spec import scheduler_config, worker_config
 from services.common.server import BindError
+from services.config import HopscopeConfig
 from services.scheduler.server import start_scheduler
 from services.worker.server import start_worker
 
@@ -54,7 +55,7 @@ def test_inproc_pipeline_that_cannot_bind_stops_its_metrics_and_its_scheduler() 
 
     async def scenario() -> set[asyncio.Task[object]]:
         with _taken_port() as port:
-            spec = ServeSpec(port=port, is_metrics_enabled=True, metrics_base_port=base)
+            spec = HopscopeConfig.of(port=port, metrics_port=base)
             with pytest.raises(BindError, match=str(port)):
                 await start_inproc(spec)
         await asyncio.sleep(0)
@@ -67,20 +68,20 @@ def test_inproc_pipeline_that_cannot_bind_stops_its_metrics_and_its_scheduler() 
 
 def test_scheduler_that_cannot_bind_stops_its_loop_channel_and_metrics() -> None:
     base = _free_port_triple()
-    spec = ServeSpec(port=0, is_metrics_enabled=True, metrics_base_port=base)
+    spec = HopscopeConfig.of(port=0, metrics_port=base)
 
     async def scenario() -> set[str]:
-        worker = await start_worker(spec.worker_config("127.0.0.1:0"))
+        worker = await start_worker(worker_config(spec, "127.0.0.1:0"))
         try:
             with _taken_port() as port:
-                config = spec.scheduler_config(f"127.0.0.1:{port}", worker.address)
+                config = scheduler_config(spec, f"127.0.0.1:{port}", worker.address)
                 with pytest.raises(BindError, match=str(port)):
                     await start_scheduler(config)
             await asyncio.sleep(0)
             leftover = {t.get_name() for t in _other_tasks()} & {"scheduler-loop"}
             assert _is_free(base + 1), "the scheduler's /metrics is still served"
             # the port is free again: a second scheduler on it starts and drives the worker
-            config = spec.scheduler_config("127.0.0.1:0", worker.address)
+            config = scheduler_config(spec, "127.0.0.1:0", worker.address)
             scheduler = await start_scheduler(config)
             await scheduler.stop(0)
         finally:

@@ -18,10 +18,10 @@ from deploy.client import stream_generate
 from deploy.cluster import start_cluster, stop_cluster
 from deploy.placement import resolve_placement
 from deploy.ray_serve import RayDeployment, connect
-from deploy.spec import ServeSpec
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.tls import client_credentials, load_tls
+from services.config import HopscopeConfig
 from tests.integration.test_tls_pipeline import _call
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -40,7 +40,7 @@ def split_tls(certs: tuple[Path, Path]) -> Iterator[str]:
     record = start_cluster(2, is_recorded=False)
     try:
         connect(record.address)
-        spec = ServeSpec(placement="split", port=0, tls_dir=str(certs[0]))
+        spec = HopscopeConfig.of(placement="split", port=0, tls_dir=str(certs[0]))
         deployment = RayDeployment(spec, resolve_placement("split"))
         try:
             yield deployment.start()

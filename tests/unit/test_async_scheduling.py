@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import time
 
+from deploy.spec import scheduler_config
 from services.common.types import Delivery, ModelInfo, SamplingParams
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.core import Request, Scheduler
@@ -145,6 +146,6 @@ def test_the_serve_flag_reaches_the_scheduler_process() -> None:
 
     for flag, expected in (("on", True), ("off", False)):
         args = build_parser().parse_args(["serve", "--no-ray", "--async-scheduling", flag])
-        config = spec_from_args(args).scheduler_config("unix:/tmp/s.sock", "unix:/tmp/w.sock")
+        config = scheduler_config(spec_from_args(args), "unix:/tmp/s.sock", "unix:/tmp/w.sock")
         sent = json.loads(config_to_json(config))
         assert config_from_dict(SchedulerServiceConfig, sent).core.async_scheduling is expected

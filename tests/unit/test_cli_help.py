@@ -46,7 +46,7 @@ def test_every_option_of_every_command_has_help_showing_its_default() -> None:
         for action in parser._actions:
             if not action.option_strings or action.default == argparse.SUPPRESS:
                 continue
-            flag = action.option_strings[-1]
+            flag = next(o for o in action.option_strings if o.startswith("--"))
             if not action.help and path.split()[1] in _FULLY_DOCUMENTED:
                 problems.append(f"{path} {flag}: no help")
             elif not _shows_no_default(action.default) and "default" not in _entry(text, flag):

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from deploy.cli import build_parser
-from deploy.spec import DEFAULT_PORT
 from services.common.metrics import METRICS_PORTS, ServiceMetrics
+from services.config import DEFAULT_PORT
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 OTLP_GRPC_PORT = 4317

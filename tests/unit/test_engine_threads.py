@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deploy.spec import worker_config
 from services.common.identity import identify
 from services.worker.config import WorkerConfig
 from services.worker.engine import Engine
@@ -30,7 +31,7 @@ def test_the_flag_reaches_the_worker_config_and_is_checked() -> None:
     from deploy.commands import spec_from_args
 
     args = build_parser().parse_args(["serve", "--no-ray", "--engine-threads", "1"])
-    assert spec_from_args(args).worker_config("unix:/tmp/w.sock").engine.num_threads == 1
+    assert worker_config(spec_from_args(args), "unix:/tmp/w.sock").engine.num_threads == 1
     bad = build_parser().parse_args(["serve", "--no-ray", "--engine-threads", "-1"])
     with pytest.raises(ValueError, match="--engine-threads must be >= 0"):
         spec_from_args(bad)

