@@ -422,10 +422,10 @@ class SchedulerSettings(Section):
     )
     static_batch_timeout_s: float = setting(
         0.05,
-        "static batching waits this long after the oldest arrival for a full batch",
-        flag=None,
+        "--batching static waits this long after the oldest arrival for a full batch",
         unit="s",
         minimum=0,
+        metavar="SECONDS",
     )
 
     def check(self) -> None:

@@ -128,3 +128,11 @@ def test_ray_keeps_the_worker_restart_timeout_the_user_gave() -> None:
     assert "max(spec" not in source and "WORKER_RECONNECT_TIMEOUT_S" not in source
     config = _serve("--worker-restart-timeout-s", "5", "--placement", "split")
     assert scheduler_config(config, "l", "w").worker_reconnect_timeout_s == 5.0
+
+
+def test_a_setting_defined_once_reaches_its_service() -> None:
+    """`--static-batch-timeout-s` is one definition in services/config.py, nothing else."""
+    config = _serve("--batching", "static", "--static-batch-timeout-s", "0.2")
+    assert scheduler_config(config, "l", "w").core.static_batch_timeout_s == 0.2
+    with pytest.raises(ValueError, match="--static-batch-timeout-s must be >= 0 s"):
+        _serve("--static-batch-timeout-s", "-1")
