@@ -32,6 +32,10 @@ class Placement:
     transports: dict[str, str]  # edge ("tokenizer->scheduler") -> "inproc" | "uds" | "tcp"
     is_preset: bool = True
     tls_dir: str = ""  # `tls_dir:` in a YAML file (relative to the file): serve --tls-dir
+    # `worker_replicas: {label: count}` in a YAML file: the replicas per node (`worker`, on
+    # services.worker's node, first); empty: every replica on the worker's node
+    worker_replicas: dict[str, int] = field(default_factory=dict)
+    spread: bool = False  # `spread: true`: each replica on a node of its own (chosen at assign)
 
     @property
     def is_inproc(self) -> bool:
@@ -41,6 +45,38 @@ class Placement:
     def node_labels(self) -> list[str]:
         """Distinct node labels, in service order (tokenizer's node first)."""
         return list(dict.fromkeys(self.nodes[s] for s in SERVICES))
+
+    def num_replicas(self, flag: int) -> int:
+        """The number of worker replicas: the file's `worker_replicas` total, which
+        `--worker-replicas` (`flag`) may repeat but not contradict; otherwise the flag."""
+        if not self.worker_replicas:
+            return flag
+        total = sum(self.worker_replicas.values())
+        if flag not in (1, total):
+            per_node = ", ".join(f"{label}: {n}" for label, n in self.worker_replicas.items())
+            raise PlacementError(
+                f"placement {self.name} puts {total} worker replicas ({per_node}) but "
+                f"--worker-replicas is {flag}: drop the flag or change the file"
+            )
+        return total
+
+    def replica_labels(self, num_replicas: int) -> list[str]:
+        """The node label of `worker`, `worker-1`, ... (not for `spread`: `assign_nodes` picks
+        those nodes from the cluster)."""
+        if not self.worker_replicas:
+            return [self.nodes["worker"]] * num_replicas
+        first = self.nodes["worker"]
+        labels = [first] * self.worker_replicas[first]
+        for label, count in self.worker_replicas.items():
+            labels += [label] * count if label != first else []
+        return labels
+
+    def replica_transport(self, label: str) -> str:
+        """How the scheduler reaches a replica on node `label`: like `worker` on the worker's
+        node, TCP from another node, a Unix socket on the scheduler's own node."""
+        if label == self.nodes["worker"]:
+            return self.transports["scheduler->worker"]
+        return "uds" if label == self.nodes["scheduler"] else "tcp"
 
     def listen_transport(self, service: str) -> str:
         """How `service` is reached: the front door is always TCP; others by their inbound edge."""
@@ -96,18 +132,71 @@ def parse_placement(data: Any, name: str, base_dir: Path | None = None) -> Place
     `tls_dir` (a directory from `hopscope certs`, relative to `base_dir`)."""
     if not isinstance(data, dict):
         raise PlacementError(f"{name}: expected a mapping with 'services' (and 'transports')")
-    unknown_keys = set(data) - {"services", "transports", "tls_dir"}
+    allowed = ("services", "transports", "tls_dir", "worker_replicas", "spread")
+    unknown_keys = set(data) - set(allowed)
     if unknown_keys:
         raise PlacementError(
-            f"{name}: unknown keys {sorted(unknown_keys)}; allowed: services, transports, tls_dir"
+            f"{name}: unknown keys {sorted(unknown_keys)}; allowed: {', '.join(allowed)}"
         )
-    nodes = _parse_nodes(data.get("services"), name)
+    replicas = _parse_replicas(data.get("worker_replicas"), name)
+    services = data.get("services")
+    if replicas and isinstance(services, dict) and "worker" not in services:
+        services = {**services, "worker": next(iter(replicas))}  # `worker`: the first node listed
+    nodes = _parse_nodes(services, name)
+    spread = data.get("spread", False)
+    if not isinstance(spread, bool):
+        raise PlacementError(f"{name}: 'spread' must be true or false, got {spread!r}")
+    if spread and replicas:
+        raise PlacementError(
+            f"{name}: give either 'worker_replicas' (replicas per node) or 'spread: true' (each "
+            "replica on a node of its own), not both"
+        )
+    if replicas and nodes["worker"] not in replicas:
+        raise PlacementError(
+            f"{name}: services.worker is on {nodes['worker']!r}, which 'worker_replicas' does not "
+            f"list ({', '.join(replicas)}): list it, or leave services.worker out"
+        )
     overrides = _parse_overrides(data.get("transports") or {}, name)
     transports = {edge: derive_transport(nodes, edge, overrides.get(edge), name) for edge in EDGES}
+    off_node = [label for label in replicas if label != nodes["scheduler"]]
+    if overrides.get("scheduler->worker") == "uds" and (off_node or spread):
+        where = f"on {off_node[0]!r}" if off_node else "spread over nodes"
+        raise PlacementError(
+            f"{name}: scheduler->worker cannot use uds with worker replicas {where} (a Unix socket "
+            "only reaches the same node); use tcp"
+        )
     tls_dir = str(data.get("tls_dir") or "")
     if tls_dir:
         tls_dir = str(((base_dir or Path.cwd()) / Path(tls_dir).expanduser()).resolve())
-    return Placement(name, nodes, transports, is_preset=False, tls_dir=tls_dir)
+    return Placement(
+        name,
+        nodes,
+        transports,
+        is_preset=False,
+        tls_dir=tls_dir,
+        worker_replicas=replicas,
+        spread=spread,
+    )
+
+
+def _parse_replicas(replicas: Any, name: str) -> dict[str, int]:
+    if replicas is None:
+        return {}
+    if not isinstance(replicas, dict) or not replicas:
+        raise PlacementError(
+            f"{name}: 'worker_replicas' must map node labels to replica counts, e.g. {{b: 1, c: 1}}"
+        )
+    parsed = {}
+    for label, count in replicas.items():
+        if not _LABEL_RE.match(str(label)):
+            raise PlacementError(f"{name}: worker_replicas label {label!r} is not a valid label")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise PlacementError(
+                f"{name}: worker_replicas {label}: {count!r} is not a replica count (an integer "
+                ">= 1; leave a node out for none)"
+            )
+        parsed[str(label)] = count
+    return parsed
 
 
 def _parse_nodes(services: Any, name: str) -> dict[str, str]:
@@ -183,6 +272,8 @@ class NodePlan:
 
     labels: list[str]  # the placement's node labels, one per bundle
     selectors: list[dict[str, str]] | None  # per-bundle label selectors; None: spread by count
+    # the node label of each worker replica (`worker`, `worker-1`, ...); empty: all on `worker`'s
+    replica_labels: list[str] = field(default_factory=list)
 
     @property
     def strategy(self) -> str:
@@ -191,18 +282,33 @@ class NodePlan:
     def bundle_of(self, placement: Placement, service: str) -> int:
         return self.labels.index(placement.nodes[service])
 
+    def replica_label(self, placement: Placement, index: int) -> str:
+        return self.replica_labels[index] if self.replica_labels else placement.nodes["worker"]
+
+    def bundle_of_replica(self, placement: Placement, index: int) -> int:
+        return self.labels.index(self.replica_label(placement, index))
+
 
 def assign_nodes(
-    placement: Placement, nodes: list[NodeView], cluster: str = "this Ray cluster"
+    placement: Placement,
+    nodes: list[NodeView],
+    cluster: str = "this Ray cluster",
+    num_replicas: int = 1,
 ) -> NodePlan:
     """Match a placement to the alive nodes: by `hopscope-node` label when the cluster has every
     label the placement names; a preset also fits any cluster with enough nodes (placement
-    group STRICT_SPREAD). Otherwise refuse, naming what is missing."""
-    wanted = placement.node_labels
+    group STRICT_SPREAD). Otherwise refuse, naming what is missing. `num_replicas` worker
+    replicas go where the file's `worker_replicas` or `spread` says (else on `worker`'s node)."""
     have = {n.hopscope_label for n in nodes if n.hopscope_label}
+    replicas = placement.replica_labels(num_replicas)
+    if placement.spread:
+        replicas = _spread_labels(placement, num_replicas, sorted(have), cluster)
+    wanted = list(dict.fromkeys([*placement.node_labels, *replicas]))
     missing = [label for label in wanted if label not in have]
     if not missing:
-        return NodePlan(wanted, [{NODE_LABEL_KEY: label} for label in wanted])
+        selectors = [{NODE_LABEL_KEY: label} for label in wanted]
+        is_placed = bool(placement.worker_replicas) or placement.spread
+        return NodePlan(wanted, selectors, replicas if is_placed else [])
     if placement.is_preset and len(nodes) >= len(wanted):
         return NodePlan(wanted, None)
     layout = ", ".join(f"{s} on {placement.nodes[s]}" for s in SERVICES)
@@ -219,6 +325,24 @@ def assign_nodes(
         f"{labels}. Label a node with `ray start --labels {NODE_LABEL_KEY}={missing[0]}` or "
         "change the file."
     )
+
+
+def _spread_labels(
+    placement: Placement, num_replicas: int, have: list[str], cluster: str
+) -> list[str]:
+    """`spread: true`: `worker` on its node, each further replica on a node of its own: nodes
+    the placement leaves empty first, then the tokenizer's and scheduler's."""
+    first = placement.nodes["worker"]
+    free = [label for label in have if label not in placement.node_labels]
+    others = [label for label in placement.node_labels if label != first]
+    choices = [first, *free, *others]
+    if len(choices) < num_replicas:
+        raise PlacementError(
+            f"placement {placement.name} spreads {num_replicas} worker replicas, one per node; "
+            f"{cluster} has {len(choices)} labelled nodes ({', '.join(have) or 'none'}). Start "
+            "more nodes or lower --worker-replicas."
+        )
+    return choices[:num_replicas]
 
 
 def internal_address(

@@ -42,11 +42,19 @@ class ActorPlan:
     # the TLS files this role needs, read by the driver (services/common/tls.py: read_tls_files):
     # contents, not a path, so no node needs the driver's disk; `spec.tls_dir` is set on the node
     tls_files: dict[str, bytes] = field(default_factory=dict, repr=False)
-    # the scheduler's further worker replicas (`worker-1`, ...), each dialled like `downstream`
+    # the scheduler's further worker replicas (`worker-1`, ...), each dialled like `downstream`,
+    # through its own link (shaped: its own relay; a replica on the scheduler's node: none)
     extra_downstreams: list[str] = field(default_factory=list)
+    extra_links: list[LinkSettings] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         assert self.service in ROLES, self.role
+
+    @property
+    def links(self) -> list[LinkSettings]:
+        """One per downstream (`downstream` first); missing extra links are `link`'s."""
+        extra = [*self.extra_links, *[self.link] * len(self.extra_downstreams)]
+        return [self.link, *extra[: len(self.extra_downstreams)]]
 
     @property
     def service(self) -> str:
@@ -108,11 +116,13 @@ class ServiceHost:
             self.tls_dir = write_tls_files(plan.tls_files)
             plan = replace(plan, spec=plan.spec.with_(tls_dir=str(self.tls_dir)))
         downstreams = [plan.downstream, *plan.extra_downstreams]
-        if plan.link.is_shaped:
-            # only this process dials the relays (one per downstream): they listen on loopback
-            self.relays = [await _start_relay("127.0.0.1", d, plan.link) for d in downstreams]
-            self.relay = self.relays[0]
-            downstreams = [relay.address for relay in self.relays]
+        # only this process dials the relays (one per shaped downstream): they listen on loopback
+        for i, (target, link) in enumerate(zip(downstreams, plan.links, strict=True)):
+            if link.is_shaped:
+                relay = await _start_relay("127.0.0.1", target, link)
+                self.relays.append(relay)
+                downstreams[i] = relay.address
+        self.relay = self.relays[0] if plan.link.is_shaped else None
         return await _start_service(plan, downstreams, self.node_id)
 
     @property
@@ -129,7 +139,7 @@ class ServiceHost:
             "node_id": self.node_id,
             "host": self.host_ip,
             "relay": getattr(self.relay, "address", ""),
-            "relays": [relay.address for relay in self.relays],  # one per downstream
+            "relays": [relay.address for relay in self.relays],  # one per shaped downstream
             # a replica's /metrics is its own (`worker-1`), not the first worker's
             "metrics": {
                 (self.plan.role if name == self.plan.service else name): url
@@ -189,6 +199,13 @@ async def _start_service(plan: ActorPlan, downstreams: list[str], node_id: str) 
         config.worker_link = link
         config.worker_link_delay_ms = plan.link.delay_ms
         config.worker_link_rate_mbit = plan.link.rate_mbit
+        shaped = [lk for lk in plan.links if lk.is_shaped]
+        if shaped:  # the cluster's one link shape, on the replicas whose hop crosses nodes
+            config.worker_link_delay_ms = shaped[0].delay_ms
+            config.worker_link_rate_mbit = shaped[0].rate_mbit
+        config.worker_links = [lk.mechanism for lk in plan.links]
+        # the router's transfer term: each replica's own link bandwidth (0: not capped, left out)
+        config.link_bandwidth_mbps = [lk.rate_mbit for lk in plan.links]
         return await start_scheduler(config)
     if plan.role == "tokenizer":
         from services.tokenizer.server import start_tokenizer

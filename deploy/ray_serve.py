@@ -35,7 +35,6 @@ from deploy.lifecycle import (
 from deploy.placement import (
     EDGES,
     NODE_LABEL_KEY,
-    SERVICES,
     NodePlan,
     NodeView,
     Placement,
@@ -77,16 +76,18 @@ class RayDeployment:
     pg: Any = None
     deploy_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
+    def __post_init__(self) -> None:
+        # a placement file's `worker_replicas` sets the count (PlacementError if the flag differs)
+        replicas = self.placement.num_replicas(self.spec.deploy.worker_replicas)
+        self.spec = self.spec.with_(worker_replicas=replicas)
+
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
         try:
-            plan = assign_nodes(self.placement, alive_nodes())
+            plan = self._assign(alive_nodes())
             plans = self._actor_plans(plan, self._reserve(plan))
             cls = actor_class()
             for role, actor_plan in plans.items():  # all at once: each waits for its downstream
-                service = "tokenizer" if role == "pipeline" else actor_plan.service
-                self.actors[role] = self._create(
-                    cls, actor_plan, plan.bundle_of(self.placement, service)
-                )
+                self.actors[role] = self._create(cls, actor_plan, self._bundle_of(plan, role))
             self._wait_started(timeout_s)
             # its health follows every downstream
             wait_serving(self.front_door, timeout_s, front_door_credentials(self.spec))
@@ -141,19 +142,31 @@ class RayDeployment:
         nodes = {n.node_id: n for n in alive_nodes()}
         return [nodes[bundle_nodes[i]] for i in range(len(plan.labels))]
 
+    def _assign(self, nodes: list[NodeView]) -> NodePlan:
+        return assign_nodes(self.placement, nodes, num_replicas=self.spec.deploy.worker_replicas)
+
+    def _bundle_of(self, plan: NodePlan, role: str) -> int:
+        """The bundle (node) of an actor: a worker replica's own, else its service's."""
+        workers = worker_names(self.spec.deploy.worker_replicas)
+        if role in workers:
+            return plan.bundle_of_replica(self.placement, workers.index(role))
+        return plan.bundle_of(self.placement, "tokenizer" if role == "pipeline" else role)
+
     def _bundle_cpu(self, plan: NodePlan, bundle: int) -> float:
-        """Room for every actor placed in the bundle: the services on its node, and every
-        worker replica when it holds the worker (replicas go where `worker` goes)."""
+        """Room for every actor placed in the bundle: the services on its node and the worker
+        replicas placed there."""
         if self.placement.is_inproc:
             return BUNDLE_CPU
-        here = [s for s in SERVICES if plan.bundle_of(self.placement, s) == bundle]
-        num_actors = len(here) + (self.spec.deploy.worker_replicas - 1) * ("worker" in here)
+        roles = ["tokenizer", "scheduler", *worker_names(self.spec.deploy.worker_replicas)]
+        num_actors = sum(self._bundle_of(plan, role) == bundle for role in roles)
         return max(BUNDLE_CPU, ACTOR_CPU * num_actors)
 
     def _actor_plans(self, plan: NodePlan, bundle_nodes: list[NodeView]) -> dict[str, ActorPlan]:
         placement, spec = self.placement, self.spec
-        node_of = {s: bundle_nodes[plan.bundle_of(placement, s)] for s in placement.nodes}
-        ip_of = {s: node.ip for s, node in node_of.items()}
+        workers = worker_names(spec.deploy.worker_replicas)
+        roles = ["tokenizer", "scheduler", *workers]
+        node_of = {role: bundle_nodes[self._bundle_of(plan, role)] for role in roles}
+        ip_of = {role: node.ip for role, node in node_of.items()}
         host = spec.deploy.host
         front_port = spec.deploy.port or free_port(node_of["tokenizer"], host)
         front_door = f"{host}:{front_port}"
@@ -163,14 +176,22 @@ class RayDeployment:
             return _with_secrets({"pipeline": pipeline}, spec.security.tls_dir)
         socket_dir = f"/tmp/hs-{self.deploy_id}"
         listen = {"tokenizer": front_door}
-        workers = worker_names(spec.deploy.worker_replicas)
+        transport_of = {"scheduler": placement.listen_transport("scheduler")}
+        for i, name in enumerate(workers):  # each replica its own address, on its own node
+            transport_of[name] = placement.replica_transport(plan.replica_label(placement, i))
         for name in ("scheduler", *workers):
-            service = name.partition("-")[0]  # replicas listen like `worker`, each its own address
-            transport = placement.listen_transport(service)
-            port = free_port(node_of[service], ip_of[service]) if transport == "tcp" else 0
-            listen[name] = internal_address(transport, ip_of[service], socket_dir, name, port)
+            transport = transport_of[name]
+            port = free_port(node_of[name], ip_of[name]) if transport == "tcp" else 0
+            listen[name] = internal_address(transport, ip_of[name], socket_dir, name, port)
         links = {edge: self._edge_link(edge) for edge in EDGES}
-        # further replicas share the worker's node: their /metrics take any free port
+        # each replica's hop is a network link (shaped) when it crosses nodes over TCP
+        worker_links = [
+            self.link
+            if node_of[name] != node_of["scheduler"] and transport_of[name] == "tcp"
+            else LinkSettings()
+            for name in workers
+        ]
+        # further replicas may share a node with `worker`: their /metrics take any free port
         replica_spec = spec.with_(metrics_port=0) if spec.deploy.is_metrics_enabled else spec
         plans = {
             name: ActorPlan(
@@ -184,9 +205,10 @@ class RayDeployment:
                 spec,
                 listen["scheduler"],
                 listen["worker"],
-                links[EDGES[1]],
+                worker_links[0],
                 otel_env,
                 extra_downstreams=[listen[name] for name in workers[1:]],
+                extra_links=worker_links[1:],
             ),
             "tokenizer": ActorPlan(
                 "tokenizer", spec, front_door, listen["scheduler"], links[EDGES[0]], otel_env
@@ -406,9 +428,11 @@ def run_ray_serve(spec: HopscopeConfig, ray_address: str) -> int:
     """Deploy on Ray, print the front door once healthy, supervise; drain on SIGINT/SIGTERM."""
     try:
         placement = resolve_placement(spec.deploy.placement)
+        num_replicas = placement.num_replicas(spec.deploy.worker_replicas)
         if not ray_address:  # refuse before starting anything: the embedded Ray has one node
             embedded_view = [NodeView("embedded", "", {NODE_LABEL_KEY: "a"})]
-            assign_nodes(placement, embedded_view, "the embedded local Ray (no --ray-address)")
+            where = "the embedded local Ray (no --ray-address)"
+            assign_nodes(placement, embedded_view, where, num_replicas)
     except PlacementError as exc:
         err.print(f"error: {exc}")
         return 2

@@ -226,7 +226,8 @@ class DeploySettings(Section):
         metavar="N",
         doc="N model workers, each its own KV cache and batch (`--no-ray` placements: `worker`, "
         "`worker-1`, ... processes; `inproc`: N engines; on Ray: one worker actor per replica, "
-        "all on the worker's node), behind one scheduler that routes each request (`--routing`)",
+        "on the worker's node or where a placement file's `worker_replicas` / `spread` puts "
+        "them), behind one scheduler that routes each request (`--routing`)",
     )
 
     @property

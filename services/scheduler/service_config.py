@@ -28,6 +28,9 @@ class SchedulerServiceConfig:
     worker_link: str = ""
     worker_link_delay_ms: float = 0.0  # the emulated link's one-way delay (Describe reports it)
     worker_link_rate_mbit: float = 0.0
+    # per replica (worker_address first): how its path is shaped, when replicas differ (on Ray
+    # a replica on the scheduler's node has no network link); empty: `worker_link` for all
+    worker_links: list[str] = field(default_factory=list)
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off  # how the path to the worker is shaped: "" | "netem" | "relay"
     tls_dir: str = ""  # mutual TLS on TCP hops, both ways (services/common/tls.py); "" = off
     internal_token: str = field(default="", repr=False)  # sent to the worker, required of callers

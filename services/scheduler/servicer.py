@@ -50,6 +50,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     ) -> None:
         self.worker_link = worker_link
         self.worker_link_shape = (0.0, 0.0)  # (delay_ms one way, rate_mbit) of an emulated link
+        self.worker_links: list[str] = []  # per replica, when they differ (Ray: some cross nodes)
         self.runner = runner
         self.identity = identity
         self.transport = transport
@@ -108,7 +109,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DescribeResponse:
         return describe_scheduler(
-            self.runner, self.identity, self.worker_link, self.worker_link_shape
+            self.runner, self.identity, self.worker_link, self.worker_link_shape, self.worker_links
         )
 
 
@@ -117,15 +118,18 @@ def describe_scheduler(
     identity: ServiceIdentity,
     worker_link: str = "",
     worker_link_shape: tuple[float, float] = (0.0, 0.0),
+    worker_links: list[str] | None = None,
 ) -> pb.DescribeResponse:
     """The scheduler's and worker's part of Describe (the front door adds its own). With several
     worker replicas: every replica's service and edge (`worker`, `worker-1`, ...), summed stats
     and one ReplicaStats each."""
     response = pb.DescribeResponse(services=[convert.identity_to_pb(identity)])
     runners = list(runner.replicas)
-    delay_ms, rate_mbit = worker_link_shape  # an emulated link, the same for every replica
+    delay_ms, rate_mbit = worker_link_shape  # the one emulated link shape, on every shaped hop
+    links = list(worker_links or []) or [worker_link] * len(runners)
     for index, replica in enumerate(runners):
         name = "worker" if index == 0 else f"worker-{index}"
+        link = links[index] if index < len(links) else worker_link
         info = replica.worker_info
         if info is not None:
             service = response.services.add()
@@ -139,9 +143,9 @@ def describe_scheduler(
             "from": "scheduler",  # a Python keyword: passed by dict
             "to": name,
             "transport": replica.worker.transport,
-            "link": worker_link,
-            "delay_ms": delay_ms,
-            "rate_mbit": rate_mbit,
+            "link": link,
+            "delay_ms": delay_ms if link else 0.0,
+            "rate_mbit": rate_mbit if link else 0.0,
         }
         response.edges.append(pb.Edge(**edge))
     cores = [r.core for r in runners if r.core is not None]

@@ -135,3 +135,74 @@ def test_each_replica_hop_is_shaped_through_its_own_relay(
         assert all(r.num_steps > 0 for r in described.scheduler_stats.replicas)
     finally:
         deployment.stop()
+
+
+# ---------------------------------------------------------------------------- across nodes
+def _deploy_file(tmp_path: Path, text: str, link: LinkSettings) -> RayDeployment:
+    path = tmp_path / "replicas.yaml"
+    path.write_text(text)
+    spec = HopscopeConfig.of(placement=str(path), port=0, routing="round_robin")
+    return RayDeployment(spec, resolve_placement(str(path)), link)
+
+
+def _nodes_and_steps(address: str) -> tuple[dict[str, str], dict[str, str], list[int]]:
+    """Each worker replica's Ray node label, its edge's link, and each replica's step count."""
+    from deploy.ray_serve import alive_nodes
+    from tests.harness import Served
+
+    described = Served(address, None).describe()  # type: ignore[arg-type]
+    label_of = {n.node_id: n.hopscope_label for n in alive_nodes()}
+    where = {s.name: label_of[s.node_id] for s in described.services}
+    links = {e.to: e.link for e in described.edges if getattr(e, "from") == "scheduler"}
+    return where, links, [r.num_steps for r in described.scheduler_stats.replicas]
+
+
+def test_replicas_per_node_from_the_file_land_on_two_nodes_and_both_take_load(
+    cluster: ClusterRecord, reference: list[list[int]], tmp_path: Path
+) -> None:
+    """Issue 22: `worker_replicas: {b: 1, c: 1}`: `worker` on node b and `worker-1` on node c
+    (distinct Ray node ids in Describe), each its own hop (relay) on a shaped cluster link,
+    both run steps, and the 16 seeded generations are the single-worker pipeline's."""
+    text = "services: {tokenizer: a, scheduler: a}\nworker_replicas: {b: 1, c: 1}\n"
+    deployment = _deploy_file(tmp_path, text, LinkSettings(delay_ms=1.0))
+    address = deployment.start()
+    try:
+        assert set(deployment.actors) == {"tokenizer", "scheduler", "worker", "worker-1"}
+        tokens = _run_all(address)
+        where, links, steps = _nodes_and_steps(address)
+    finally:
+        deployment.stop()
+    assert {k: where[k] for k in ("scheduler", "worker", "worker-1")} == {
+        "scheduler": "a",
+        "worker": "b",
+        "worker-1": "c",
+    }
+    assert links == {"worker": "relay", "worker-1": "relay"}
+    assert len(steps) == 2 and all(n > 0 for n in steps), steps
+    assert tokens == reference
+
+
+def test_spread_puts_a_replica_on_another_node_behind_its_own_link(
+    cluster: ClusterRecord, reference: list[list[int]], tmp_path: Path
+) -> None:
+    """`spread: true` with everything on node a: `worker` stays on a (Unix socket, no network
+    link), `worker-1` goes to an empty node over TCP through its own relay: the router sees one
+    shaped hop and one local one."""
+    text = "services: {tokenizer: a, scheduler: a, worker: a}\nspread: true\n"
+    path = tmp_path / "spread.yaml"
+    path.write_text(text)
+    spec = HopscopeConfig.of(placement=str(path), port=0, worker_replicas=2, routing="round_robin")
+    deployment = RayDeployment(spec, resolve_placement(str(path)), LinkSettings(delay_ms=1.0))
+    address = deployment.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            tokens = list(pool.map(lambda i: _seeded(address, i), range(4)))
+        where, links, steps = _nodes_and_steps(address)
+        relays = deployment.infos["scheduler"]["relays"]
+    finally:
+        deployment.stop()
+    assert where["worker"] == "a" and where["worker-1"] == "b", where
+    assert links == {"worker": "", "worker-1": "relay"}
+    assert len(relays) == 1  # one shaped hop, one relay
+    assert all(n > 0 for n in steps), steps
+    assert tokens == reference[:4]

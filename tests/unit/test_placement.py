@@ -166,3 +166,85 @@ def test_a_reservation_that_cannot_fit_is_refused_at_once_naming_what_is_missing
     assert refusal is not None and "1 of 2" in refusal
     refusal = room_refusal(labelled, [0.01, 0.02], roomy, free_cpu=0.0)
     assert refusal is not None and "0 free" in refusal
+
+
+# ---------------------------------------------------------------------------- replicas per node
+def test_worker_replicas_per_node_put_each_replica_where_the_file_says() -> None:
+    """Issue 22: `worker_replicas: {b: 1, c: 1}`: `worker` on b, `worker-1` on c, each its own
+    bundle; the scheduler reaches each over TCP (other nodes)."""
+    placement = parse_placement(
+        {"services": {"tokenizer": "a", "scheduler": "a"}, "worker_replicas": {"b": 1, "c": 1}},
+        "r.yaml",
+    )
+    assert placement.nodes["worker"] == "b"  # the first node listed
+    assert placement.num_replicas(1) == placement.num_replicas(2) == 2
+    plan = assign_nodes(placement, nodes("a", "b", "c"), num_replicas=2)
+    assert plan.labels == ["a", "b", "c"] and plan.strategy == "STRICT_SPREAD"
+    assert plan.selectors == [{"hopscope-node": x} for x in "abc"]
+    assert [plan.bundle_of_replica(placement, i) for i in range(2)] == [1, 2]
+    assert [placement.replica_transport(plan.replica_label(placement, i)) for i in (0, 1)] == [
+        "tcp",
+        "tcp",
+    ]
+    with pytest.raises(PlacementError, match="puts 2 worker replicas.*--worker-replicas is 3"):
+        placement.num_replicas(3)
+
+
+def test_a_replica_on_the_schedulers_node_is_reached_over_its_unix_socket() -> None:
+    placement = parse_placement(
+        {
+            "services": {"tokenizer": "a", "scheduler": "a", "worker": "a"},
+            "worker_replicas": {"a": 2, "b": 1},
+        },
+        "r.yaml",
+    )
+    assert placement.replica_labels(3) == ["a", "a", "b"]
+    assert [placement.replica_transport(x) for x in "ab"] == ["uds", "tcp"]
+    plan = assign_nodes(placement, nodes("a", "b"), num_replicas=3)
+    assert plan.labels == ["a", "b"] and plan.replica_labels == ["a", "a", "b"]
+
+
+def test_spread_puts_each_replica_on_a_node_of_its_own_empty_nodes_first() -> None:
+    placement = parse_placement(
+        {"services": {"tokenizer": "a", "scheduler": "a", "worker": "b"}, "spread": True},
+        "s.yaml",
+    )
+    plan = assign_nodes(placement, nodes("a", "b", "c"), num_replicas=2)
+    assert plan.replica_labels == ["b", "c"] and plan.labels == ["a", "b", "c"]
+    plan = assign_nodes(placement, nodes("a", "b", "c"), num_replicas=3)
+    assert plan.replica_labels == ["b", "c", "a"]
+    with pytest.raises(PlacementError, match="spreads 4 worker replicas.*has 3 labelled nodes"):
+        assign_nodes(placement, nodes("a", "b", "c"), num_replicas=4)
+    # without either key, every replica stays on the worker's node (as before)
+    plain = assign_nodes(PRESETS["split"], nodes("a", "b", "c"), num_replicas=2)
+    assert plain.labels == ["a", "b"] and plain.bundle_of_replica(PRESETS["split"], 1) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"worker_replicas": {"b": 0}}, "not a replica count"),
+        ({"worker_replicas": {"b": "two"}}, "not a replica count"),
+        ({"worker_replicas": []}, "must map node labels to replica counts"),
+        ({"worker_replicas": {"b bad": 1}}, "not a valid label"),
+        ({"worker": "d", "worker_replicas": {"b": 1}}, "services.worker is on 'd'"),
+        ({"worker_replicas": {"b": 1}, "spread": True}, "not both"),
+        ({"spread": "yes"}, "true or false"),
+        (
+            {
+                "worker": "a",
+                "worker_replicas": {"a": 1, "b": 1},
+                "transports": {"scheduler->worker": "uds"},
+            },
+            "cannot use uds with worker replicas on 'b'",
+        ),
+    ],
+)
+def test_bad_replica_layouts_are_refused_with_what_to_fix(data: dict, message: str) -> None:
+    services = {"tokenizer": "a", "scheduler": "a"}
+    if "worker" in data:
+        services["worker"] = data.pop("worker")
+    elif "worker_replicas" not in data:
+        services["worker"] = "b"
+    with pytest.raises(PlacementError, match=message):
+        parse_placement({"services": services, **data}, "bad.yaml")
