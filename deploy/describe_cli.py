@@ -64,8 +64,10 @@ def print_describe(console: Console, d: dict[str, Any]) -> None:
     )
     services = Table("service", "node", "host", "pid", "address", title="services")
     for s in d.get("services", []):
-        cells = (s.get(k, "") for k in ("name", "nodeId", "host", "pid", "address"))
-        services.add_row(*(str(c) for c in cells))
+        cells = [str(s.get(k, "")) for k in ("name", "nodeId", "host", "pid", "address")]
+        if s.get("state"):  # gone, being replaced: no pid to show
+            cells[3] = s["state"]
+        services.add_row(*cells)
     console.print(services)
     edges = Table("edge", "transport", "link", title="edges")
     for e in d.get("edges", []):

@@ -137,6 +137,7 @@ def describe_scheduler(
             service.name = name
             if not replica.is_worker_up:
                 service.pid = 0  # that process is gone; the one that replaces it is not known yet
+                service.state = "restarting"
             if index == 0:
                 response.model.CopyFrom(info.model)
         edge: dict[str, Any] = {

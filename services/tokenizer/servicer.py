@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert, spans
-from services.common.errors import error_for_status
+from services.common.errors import UnavailableError, error_for_status
 from services.common.identity import ServiceIdentity
 from services.common.metrics import ServiceMetrics
 from services.tokenizer.core import (
@@ -155,7 +155,13 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
     async def Describe(
         self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DescribeResponse:
-        downstream = await self.scheduler.describe()
+        try:
+            downstream = await self.scheduler.describe()
+        except UnavailableError:  # it is being restarted: say so rather than fail Describe
+            restarting = pb.ServiceInfo(
+                name="scheduler", address=self.scheduler.address, state="restarting"
+            )
+            downstream = pb.DescribeResponse(services=[restarting])
         response = pb.DescribeResponse(
             placement=self.config.placement, batching=downstream.batching, ray=self.config.is_ray
         )

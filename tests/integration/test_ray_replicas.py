@@ -7,11 +7,14 @@ relay."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from deploy.cluster import ClusterRecord, LinkSettings, start_cluster, stop_clus
 from deploy.lifecycle import ServeChild, start_serve
 from deploy.placement import resolve_placement
 from deploy.ray_serve import RayDeployment, connect
+from protos import hopscope_pb2 as pb
 from services.config import HopscopeConfig
 from tests.harness import seeded_generation
 
@@ -206,3 +210,110 @@ def test_spread_puts_a_replica_on_another_node_behind_its_own_link(
     assert len(relays) == 1  # one shaped hop, one relay
     assert all(n > 0 for n in steps), steps
     assert tokens == reference[:4]
+
+
+# ---------------------------------------------------------------------------- faults on Ray
+@pytest.fixture
+def across(cluster: ClusterRecord, tmp_path: Path) -> Iterator[str]:
+    """Two replicas on nodes b and c, the scheduler and front door on a (no link shaping)."""
+    text = "services: {tokenizer: a, scheduler: a}\nworker_replicas: {b: 1, c: 1}\n"
+    deployment = _deploy_file(tmp_path, text, LinkSettings())
+    address = deployment.start()
+    try:
+        yield address
+    finally:
+        deployment.stop()
+
+
+def _describe(address: str) -> pb.DescribeResponse:
+    from tests.harness import Served
+
+    return Served(address, None).describe()  # type: ignore[arg-type]
+
+
+def _service(described: pb.DescribeResponse, name: str) -> pb.ServiceInfo:
+    return next(s for s in described.services if s.name == name)
+
+
+def _wait_busy(address: str, replica: int | None = None) -> None:
+    """Until the replica (or the scheduler as a whole) runs a request."""
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        stats = _describe(address).scheduler_stats
+        running = stats.replicas[replica].num_running if replica is not None else stats.num_running
+        if running > 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError("no request ever ran there")
+
+
+def test_sigkilled_replica_actor_loses_none_and_gets_no_request_until_back(
+    across: str, reference: list[list[int]]
+) -> None:
+    """Issue 22: SIGKILL of `worker-1`'s actor process (its pid from Describe) on node c during
+    16 seeded generations: none lost, the tokens of the no-kill run; while it is gone Describe
+    shows it restarting and the router sends it nothing (4 requests sent meanwhile run on
+    `worker`); Ray brings it back on the same node and address and it takes load again."""
+    before = _service(_describe(across), "worker-1")
+    outage: list[tuple[str, int, int]] = []  # (state, pid, requests on it) while it was down
+    with ThreadPoolExecutor(NUM_REQUESTS + 4) as pool:
+        futures = [pool.submit(_seeded, across, i) for i in range(NUM_REQUESTS)]
+        _wait_busy(across, 1)
+        os.kill(before.pid, signal.SIGKILL)
+        meanwhile: list[Future[list[int]]] = []
+        deadline = time.monotonic() + 120.0
+        while True:
+            assert time.monotonic() < deadline, "the killed replica never came back"
+            described = _describe(across)
+            replica = described.scheduler_stats.replicas[1]
+            service = _service(described, "worker-1")
+            if replica.is_worker_up and outage:
+                break
+            if not replica.is_worker_up:
+                outage.append(
+                    (service.state, service.pid, replica.num_running + replica.num_waiting)
+                )
+                if not meanwhile:  # sent while it is gone: routed to `worker` only
+                    meanwhile = [pool.submit(_seeded, across, i) for i in range(4)]
+            time.sleep(0.05)
+        tokens = [f.result() for f in futures]
+        sent_meanwhile = [f.result() for f in meanwhile]
+    print(f"\nworker-1 SIGKILL: down for {len(outage)} Describe polls (0.05 s apart)")
+    assert tokens == reference
+    assert sent_meanwhile == reference[:4]
+    assert {state for state, _, _ in outage} == {"restarting"}
+    assert {pid for _, pid, _ in outage} == {0}
+    assert {n for _, _, n in outage} == {0}, "a request was routed to the lost replica"
+    after = _service(_describe(across), "worker-1")
+    assert after.pid not in (0, before.pid) and not after.state
+    assert (after.address, after.node_id) == (before.address, before.node_id)
+    steps_before = _describe(across).scheduler_stats.replicas[1].num_steps
+    assert _run_all(across) == reference
+    assert _describe(across).scheduler_stats.replicas[1].num_steps > steps_before
+
+
+def test_sigkilled_scheduler_actor_loses_none_the_front_door_resubmits(
+    across: str, reference: list[list[int]]
+) -> None:
+    """SIGKILL of the scheduler actor's process during 16 seeded generations: the front door
+    resubmits each with its tokens so far to the restarted scheduler; none lost, same tokens;
+    Describe shows the scheduler restarting meanwhile, then its new pid on the same address."""
+    before = _service(_describe(across), "scheduler")
+    states: set[str] = set()
+    with ThreadPoolExecutor(NUM_REQUESTS) as pool:
+        futures = [pool.submit(_seeded, across, i) for i in range(NUM_REQUESTS)]
+        _wait_busy(across)
+        os.kill(before.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120.0
+        while True:
+            assert time.monotonic() < deadline, "the scheduler never came back"
+            service = _service(_describe(across), "scheduler")
+            if service.pid not in (0, before.pid):
+                break
+            states.add(service.state)
+            time.sleep(0.05)
+        tokens = [f.result() for f in futures]
+    assert tokens == reference
+    assert "restarting" in states, states
+    after = _service(_describe(across), "scheduler")
+    assert after.address == before.address and not after.state
