@@ -13,8 +13,8 @@ from experiment.stats import COMPARED
 from experiment.summary import component_label
 from loadgen.plots import cdf_plot
 
-HEADLINE_METRICS = ("output_tok_s", "tpot_ms.p50", "ttft_ms.p99", "e2e_ms.p50")
-UNITS = {"output_tok_s": "tok/s", "request_throughput": "req/s"}
+HEADLINE_METRICS = ("goodput", "output_tok_s", "tpot_ms.p50", "ttft_ms.p99", "e2e_ms.p50")
+UNITS = {"output_tok_s": "tok/s", "request_throughput": "req/s", "goodput": "req/s"}
 
 
 def write_report(out: Path) -> Path:
@@ -142,6 +142,12 @@ def _what_was_run(summary: dict[str, Any]) -> list[Block]:
             f"{workload.get('input_len')} prompt tokens and {workload.get('output_len')} output "
             f"tokens, after {plan.get('warmup')} warm-up requests on each fresh deployment."
         ),
+        (
+            f"**Goodput**: requests/s meeting every SLO (`--slo {workload['slo']}`) / duration."
+            if workload.get("slo")
+            else "**Goodput**: no `--slo` in the workload, so every completed request counts "
+            "(goodput = requests/s)."
+        ),
         f"**Rounds**: {plan['repeats']} (every variant once per round, order rotated).",
         f"**Machine**: {machine['cpus']} CPUs, {machine.get('memory_gib')} GiB, torch "
         f"{machine['torch']}, {machine['device']}, git {str(machine['git_sha'])[:12]}. Started "
@@ -197,6 +203,7 @@ def _values_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "variant",
         "output tok/s",
         "req/s",
+        "goodput req/s",
         "TTFT p50 / p99 ms",
         "TPOT p50 / p99 ms",
         "ITL p50 ms",
@@ -212,6 +219,7 @@ def _values_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 v["name"],
                 _num(m["output_tok_s"]),
                 _num(m["request_throughput"], 2),
+                _num(m.get("goodput"), 2),
                 f"{_num(m['ttft_ms']['p50'])} / {_num(m['ttft_ms']['p99'])}",
                 f"{_num(m['tpot_ms']['p50'], 2)} / {_num(m['tpot_ms']['p99'], 2)}",
                 _num(m["itl_ms"]["p50"], 2),
@@ -246,7 +254,8 @@ def _headline(summary: dict[str, Any]) -> list[Block]:
         ]
         if not moved:
             lines.append(
-                f"`{v['name']}`: no measurable effect on tokens/s, TPOT, TTFT p99 or E2E p50."
+                f"`{v['name']}`: no measurable effect on goodput, tokens/s, TPOT, TTFT p99 or "
+                "E2E p50."
             )
             continue
         parts = [

@@ -35,6 +35,7 @@ class MetricSpec:
 COMPARED = (
     MetricSpec("output_tok_s", True, "output tokens/s", "tok/s"),
     MetricSpec("request_throughput", True, "requests/s", "req/s"),
+    MetricSpec("goodput", True, "goodput", "req/s"),
     MetricSpec("ttft_ms.p50", False, "TTFT p50", "ms"),
     MetricSpec("ttft_ms.p99", False, "TTFT p99", "ms"),
     MetricSpec("tpot_ms.p50", False, "TPOT p50", "ms"),
@@ -51,34 +52,63 @@ class RoundSamples:
     latencies_ms: dict[str, np.ndarray]  # ttft_ms, tpot_ms, e2e_ms: one value per request
     window_tokens_per_s: np.ndarray  # output tokens/s in each time window of the run
     window_requests_per_s: np.ndarray  # completions/s in each window
+    window_good_per_s: np.ndarray | None = None  # completions meeting every SLO /s per window
 
 
-def round_samples(records: list[dict[str, Any]]) -> RoundSamples:
-    """From a round's requests.jsonl rows: the measured, successful requests."""
+def round_samples(
+    records: list[dict[str, Any]], slo: dict[str, float] | None = None
+) -> RoundSamples:
+    """From a round's requests.jsonl rows: the measured, successful requests. A row meets the
+    SLO by its `meets_slo` (bench writes it); older rows are checked against `slo` here."""
     ok = [r for r in records if r.get("status") == "OK" and r.get("is_measured", True)]
     latencies = {
         name: np.asarray([r[name] for r in ok if r.get(name) is not None], dtype=float)
         for name in ("ttft_ms", "tpot_ms", "e2e_ms")
     }
     tokens, requests = _windows(ok)
-    return RoundSamples(latencies, tokens, requests)
+    good = [r for r in ok if row_meets_slo(r, slo or {})]
+    _, good_per_s = _windows(good, span_of=ok)
+    return RoundSamples(latencies, tokens, requests, good_per_s)
 
 
-def _windows(ok: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+def row_meets_slo(row: dict[str, Any], slo: dict[str, float]) -> bool:
+    """A request record meets every objective (a metric it lacks, e.g. TPOT of one token, is
+    vacuous), as loadgen's `meets_slo` decides it."""
+    if "meets_slo" in row:
+        return bool(row["meets_slo"])
+    return all(row.get(k) is None or float(row[k]) <= limit for k, limit in slo.items())
+
+
+def _windows(
+    ok: list[dict[str, Any]], span_of: list[dict[str, Any]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-window throughput over [first send, last end]. A request's output tokens are spread
     evenly over its life (send to end), and so is the request itself (a completion counted where
     its work was done, not only at its end, which would leave windows empty), so the mean over
     windows is exactly tokens (requests) / duration. Windows are at least two median E2Es long
-    (so most hold work), between MIN_WINDOWS and MAX_WINDOWS of them."""
-    rows = [r for r in ok if r.get("t_send_s") is not None and r.get("e2e_ms") is not None]
-    if not rows:
+    (so most hold work), between MIN_WINDOWS and MAX_WINDOWS of them. `span_of`: the rows whose
+    run sets the windows (every completed request, when `ok` is the subset meeting the SLO)."""
+
+    def times(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        send = np.asarray([r["t_send_s"] for r in rows], dtype=float)
+        return send, send + np.asarray([r["e2e_ms"] for r in rows], dtype=float) / 1e3
+
+    def timed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if r.get("t_send_s") is not None and r.get("e2e_ms") is not None]
+
+    rows, frame = timed(ok), timed(span_of if span_of is not None else ok)
+    if not frame:
         return np.zeros(1), np.zeros(1)
-    send = np.asarray([r["t_send_s"] for r in rows], dtype=float)
-    end = send + np.asarray([r["e2e_ms"] for r in rows], dtype=float) / 1e3
+    frame_send, frame_end = times(frame)
+    span_s = max(float(frame_end.max() - frame_send.min()), 1e-6)
+    count = int(
+        np.clip(span_s / (2 * np.median(frame_end - frame_send) + 1e-9), MIN_WINDOWS, MAX_WINDOWS)
+    )
+    edges = np.linspace(frame_send.min(), frame_send.min() + span_s, count + 1)
+    if not rows:
+        return np.zeros(count), np.zeros(count)
+    send, end = times(rows)
     n_out = np.asarray([r.get("n_out") or 0 for r in rows], dtype=float)
-    span_s = max(float(end.max() - send.min()), 1e-6)
-    count = int(np.clip(span_s / (2 * np.median(end - send) + 1e-9), MIN_WINDOWS, MAX_WINDOWS))
-    edges = np.linspace(send.min(), send.min() + span_s, count + 1)
     width = edges[1] - edges[0]
     lo, hi = edges[:-1, None], edges[1:, None]  # windows x requests
     life_s = np.maximum(end - send, 1e-9)
@@ -89,17 +119,25 @@ def _windows(ok: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
 
 def _statistic(spec: MetricSpec, samples: RoundSamples, index: np.ndarray | None) -> np.ndarray:
     """The metric of each resample (index: resamples x n), or of the samples (index None)."""
-    if spec.key in ("output_tok_s", "request_throughput"):
-        values = (
-            samples.window_tokens_per_s
-            if spec.key == "output_tok_s"
-            else samples.window_requests_per_s
-        )
+    if spec.key in _THROUGHPUTS:
+        values = _window_values(spec, samples)
         return values.mean() if index is None else values[index].mean(axis=1)
     name, stat = spec.key.split(".")
     values = samples.latencies_ms[name]
     q = float(stat.lstrip("p"))
     return np.percentile(values, q) if index is None else np.percentile(values[index], q, axis=1)
+
+
+_THROUGHPUTS = ("output_tok_s", "request_throughput", "goodput")
+
+
+def _window_values(spec: MetricSpec, samples: RoundSamples) -> np.ndarray:
+    if spec.key == "output_tok_s":
+        return samples.window_tokens_per_s
+    if spec.key == "goodput":
+        good = samples.window_good_per_s
+        return good if good is not None else np.zeros(0)
+    return samples.window_requests_per_s
 
 
 def _draw(rng: np.random.Generator, spec: MetricSpec, samples: RoundSamples) -> np.ndarray:
@@ -108,8 +146,8 @@ def _draw(rng: np.random.Generator, spec: MetricSpec, samples: RoundSamples) -> 
 
 
 def _size(spec: MetricSpec, samples: RoundSamples) -> int:
-    if spec.key in ("output_tok_s", "request_throughput"):
-        return len(samples.window_tokens_per_s)
+    if spec.key in _THROUGHPUTS:
+        return len(_window_values(spec, samples))
     return len(samples.latencies_ms[spec.key.split(".")[0]])
 
 

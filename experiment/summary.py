@@ -100,17 +100,28 @@ def _load_variant(out: Path, name: str) -> dict[str, Any]:
     rounds = []
     for path in layout.complete_rounds(layout.variant_dir(out, _dirname(name))):
         records = layout.read_requests(path)
+        bench = layout.read_json(path / "bench.json")
         rounds.append(
             {
                 "path": path,
                 "index": int(path.name.split("-")[1]),
-                "bench": layout.read_json(path / "bench.json"),
+                "bench": bench,
                 "cpu": layout.read_json(path / "cpu.json"),
                 "records": records,
-                "samples": round_samples(records),
+                "samples": round_samples(records, bench_slo(bench)),
             }
         )
     return {**info, "loaded_rounds": rounds}
+
+
+def bench_slo(bench: dict[str, Any]) -> dict[str, float]:
+    """The SLO a round was measured against: its summary's `slo`, or its `--slo` flag."""
+    slo = bench.get("summary", {}).get("slo")
+    if isinstance(slo, dict):
+        return {str(k): float(v) for k, v in slo.items()}
+    text = str(bench.get("config", {}).get("slo") or "")
+    pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
+    return {k.strip(): float(v) for k, v in pairs}
 
 
 def _dirname(name: str) -> str:
@@ -142,6 +153,7 @@ def _round_entry(r: dict[str, Any]) -> dict[str, Any]:
         "path": str(r["path"].relative_to(r["path"].parents[1])),  # VARIANT/round-K, in DIR
         "output_tok_s": summary["output_token_throughput"],
         "request_throughput": summary["request_throughput"],
+        "goodput": summary.get("goodput"),
         "duration_s": summary["duration_s"],
         "completed": summary["completed"],
         "failed": summary["failed"],
@@ -164,6 +176,11 @@ def _pooled_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     ):
         values = [r["bench"]["summary"][source] for r in rounds]
         metrics[key] = float(np.mean(values)) if values else None
+    goodputs = [r["bench"]["summary"].get("goodput") for r in rounds]
+    goodputs = [float(g) for g in goodputs if g is not None]
+    metrics["goodput"] = float(np.mean(goodputs)) if goodputs else None
+    slos = [bench_slo(r["bench"]) for r in rounds]
+    metrics["slo"] = slos[0] if slos else {}
     for name in LATENCIES:
         values = [_latency_values(rec, name) for r in rounds for rec in _ok(r["records"])]
         metrics[name] = stats4(np.asarray([v for vs in values for v in vs], dtype=float))

@@ -143,7 +143,7 @@ def _run_one(
     document, window = build_document(
         config, result, plan.flags, requests_path, extra, plan.deployment
     )
-    write_requests(requests_path, result.records, {r.index for r in window})
+    write_requests(requests_path, result.records, {r.index for r in window}, config.slo)
     write_summary(summary_path, document)
     console.print(summary_table(title, document["summary"]))
     console.print(summary_lines(document["summary"], document["failed_by_status"]))

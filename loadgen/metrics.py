@@ -96,6 +96,12 @@ def meets_slo(r: RequestRecord, slo: SloConfig) -> bool:
     return r.is_ok and all(limit is None or v is None or v <= limit for limit, v in checks)
 
 
+def slo_dict(slo: SloConfig) -> dict[str, float]:
+    """The objectives set, by metric name ({} when none: every completed request is good)."""
+    items = (("ttft_ms", slo.ttft_ms), ("tpot_ms", slo.tpot_ms), ("e2e_ms", slo.e2e_ms))
+    return {key: float(limit) for key, limit in items if limit is not None}
+
+
 def describe(samples: list[float]) -> dict[str, float | None]:
     """mean std min p50 p90 p95 p99 p999 max of raw samples; all None when there are none."""
     if not samples:
@@ -161,6 +167,7 @@ def summarise(window: list[RequestRecord], slo: SloConfig) -> dict[str, Any]:
     num_out = sum(r.num_output_tokens for r in ok)
     num_in = sum(r.num_prompt_tokens for r in ok)
     num_good = sum(meets_slo(r, slo) for r in ok)
+    objectives = slo_dict(slo)
     summary: dict[str, Any] = {
         "completed": len(ok),
         "failed": sum(r.is_failed for r in window),
@@ -170,6 +177,10 @@ def summarise(window: list[RequestRecord], slo: SloConfig) -> dict[str, Any]:
         "output_token_throughput": _per_s(num_out, duration),
         "total_token_throughput": _per_s(num_in + num_out, duration),
         "goodput": _per_s(num_good, duration),
+        # goodput's parts: how many met every objective, their share of the completed, the SLO
+        "goodput_requests": num_good,
+        "slo_attainment": num_good / len(ok) if ok else None,
+        "slo": objectives,
     }
     summary |= {name: describe(values) for name, values in samples(window).items()}
     return summary

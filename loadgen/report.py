@@ -89,8 +89,24 @@ def summary_lines(summary: dict[str, Any], failed_by_status: dict[str, int]) -> 
         f"{summary['request_throughput']:.2f} req/s  "
         f"{summary['output_token_throughput']:.1f} out tok/s  "
         f"{summary['total_token_throughput']:.1f} total tok/s  goodput {summary['goodput']:.2f} req/s"
+        + "\n"
+        + goodput_line(summary)
         + _client_cpu_line(summary)
     )
+
+
+def goodput_line(summary: dict[str, Any]) -> str:
+    """The deciding figure: requests/s meeting every SLO, with what it was measured against."""
+    goodput = summary.get("goodput") or 0.0
+    slo = summary.get("slo")
+    good, completed = summary.get("goodput_requests"), summary.get("completed")
+    parts = f" ({good} of {completed} completed)" if good is not None else ""
+    if slo:
+        objectives = ", ".join(f"{k} <= {v:g}" for k, v in slo.items())
+        return f"goodput {goodput:.2f} req/s meeting every SLO ({objectives}){parts}"
+    if slo is None:
+        return f"goodput {goodput:.2f} req/s"
+    return f"goodput {goodput:.2f} req/s (no --slo set: every completed request counts){parts}"
 
 
 def _client_cpu_line(summary: dict[str, Any]) -> str:

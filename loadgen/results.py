@@ -1,7 +1,9 @@
 """Result files: per-request JSONL and the summary JSON (the contract the rest of hopscope reads).
 
 Summary document: `config` (every flag, the resolved point, seed, git sha, label),
-`requests_file` (path of the JSONL), `summary` (counts, duration, throughputs, goodput, the
+`requests_file` (path of the JSONL; each row's `meets_slo` says whether it counts toward goodput),
+`summary` (counts, duration, throughputs, goodput with `goodput_requests`, `slo_attainment` and
+the `slo` it was measured against, the
 client's own CPU (`client_cpu_s`, `client_cpu_us_per_token`) and the
 statistics of ttft_ms tpot_ms itl_ms e2e_ms e2e_from_schedule_ms schedule_lag_ms), and
 `failed_by_status` (failed requests per gRPC status code name).
@@ -14,11 +16,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from loadgen.config import SloConfig
 from loadgen.metrics import (
     RequestRecord,
     e2e_from_schedule_ms,
     e2e_ms,
     itl_ms,
+    meets_slo,
     schedule_lag_ms,
     tpot_ms,
     ttft_ms,
@@ -63,7 +67,7 @@ def point_paths(
     return summary, stem.with_name(name + ".requests.jsonl")
 
 
-def record_row(r: RequestRecord, is_measured: bool) -> dict[str, Any]:
+def record_row(r: RequestRecord, is_measured: bool, slo: SloConfig | None = None) -> dict[str, Any]:
     return {
         "index": r.index,
         "request_id": r.request_id,
@@ -83,14 +87,20 @@ def record_row(r: RequestRecord, is_measured: bool) -> dict[str, Any]:
         "status": r.status,
         "error": r.error,
         "is_measured": is_measured,
+        "meets_slo": meets_slo(r, slo or SloConfig()),  # counts toward goodput
     }
 
 
-def write_requests(path: Path, records: list[RequestRecord], measured_ids: set[int]) -> None:
+def write_requests(
+    path: Path,
+    records: list[RequestRecord],
+    measured_ids: set[int],
+    slo: SloConfig | None = None,
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for r in records:
-            f.write(json.dumps(record_row(r, r.index in measured_ids)) + "\n")
+            f.write(json.dumps(record_row(r, r.index in measured_ids, slo)) + "\n")
 
 
 def write_summary(path: Path, document: dict[str, Any]) -> None:

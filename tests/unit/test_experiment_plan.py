@@ -203,3 +203,41 @@ def test_throughput_windows_average_to_tokens_over_the_run() -> None:
     assert samples.window_tokens_per_s.mean() == pytest.approx(5 * 32 / duration_s)
     assert samples.window_requests_per_s.mean() == pytest.approx(5 / duration_s)
     assert (samples.window_tokens_per_s > 0).all()
+
+
+def test_goodput_windows_count_only_requests_meeting_the_slo() -> None:
+    rows = [
+        {"status": "OK", "t_send_s": s, "ttft_ms": t, "e2e_ms": e, "n_out": 32}
+        for s, t, e in (
+            (0.0, 50.0, 400.0),
+            (0.1, 250.0, 500.0),
+            (0.3, 60.0, 900.0),
+            (1.0, 40.0, 700.0),
+        )
+    ]
+    samples = round_samples(rows, {"ttft_ms": 200.0})
+    duration_s = 1.7  # the windows span every completed request, not only the good ones
+    assert samples.window_good_per_s is not None
+    assert samples.window_good_per_s.mean() == pytest.approx(3 / duration_s)
+    # bench's own verdict per row wins over the SLO given here
+    marked = [dict(r, meets_slo=i == 0) for i, r in enumerate(rows)]
+    assert round_samples(marked, {"ttft_ms": 200.0}).window_good_per_s.mean() == pytest.approx(
+        1 / duration_s
+    )
+
+
+def test_goodput_is_compared_with_an_interval() -> None:
+    def rows(ttfts: list[float]) -> list[dict[str, object]]:
+        return [
+            {"status": "OK", "t_send_s": i * 0.1, "ttft_ms": t, "e2e_ms": 300.0, "n_out": 8}
+            for i, t in enumerate(ttfts)
+        ]
+
+    slo = {"ttft_ms": 100.0}
+    baseline = round_samples(rows([50.0] * 10 + [500.0] * 10), slo)  # half meet it
+    variant = round_samples(rows([50.0] * 20), slo)  # all do
+    spec = next(s for s in COMPARED if s.key == "goodput")
+    result = compare(spec, [variant], [baseline])
+    assert result is not None
+    assert result["ratio"] == pytest.approx(2.0, rel=0.05)
+    assert result["verdict"] == "better"

@@ -19,6 +19,7 @@ from loadgen.metrics import (
     tpot_ms,
     ttft_ms,
 )
+from loadgen.report import goodput_line
 
 
 def timeline(
@@ -76,6 +77,13 @@ def test_goodput_counts_requests_meeting_every_slo() -> None:
     assert summary["duration_s"] == pytest.approx(1.0)
     assert summary["request_throughput"] == pytest.approx(3.0)
     assert summary["goodput"] == pytest.approx(1.0)
+    assert summary["goodput_requests"] == 1
+    assert summary["slo_attainment"] == pytest.approx(1 / 3)
+    assert summary["slo"] == {"ttft_ms": 200.0, "tpot_ms": 100.0}
+    line = goodput_line(summary)
+    assert line.startswith("goodput 1.00 req/s meeting every SLO (ttft_ms <= 200, tpot_ms <= 100)")
+    assert "(1 of 3 completed)" in line
+    assert "no --slo" in goodput_line(summarise([fast], SloConfig()))
 
 
 def test_failed_and_incomplete_are_counted_apart_and_kept_out_of_latency() -> None:
@@ -110,6 +118,9 @@ def test_summary_contract_has_every_key_and_ordered_percentiles() -> None:
         "output_token_throughput",
         "total_token_throughput",
         "goodput",
+        "goodput_requests",
+        "slo_attainment",
+        "slo",
         *ALL_METRICS,
     }
     assert set(summary) == expected
