@@ -93,4 +93,21 @@ def diagnose_run(
     delays_ms: Sequence[float] = DEFAULT_DELAYS_MS,
     rate_mbit: float = 0.0,
 ) -> dict[str, Any]:
-    return diagnose_signals(extract(run), calibration, delays_ms, rate_mbit)
+    signals = extract(run)
+    diagnosis = diagnose_signals(signals, calibration, delays_ms, rate_mbit)
+    return with_disaggregation(diagnosis, run, signals, calibration)
+
+
+def with_disaggregation(
+    diagnosis: dict[str, Any], run: RunInputs, signals: Signals, calibration: Calibration | None
+) -> dict[str, Any]:
+    """Adds `disaggregation`: what disagg / disagg-split would give (a mixed run only)."""
+    from diagnose.disagg import disagg_prediction
+
+    try:
+        prediction = disagg_prediction(run, signals, calibration)
+    except (ValueError, ZeroDivisionError) as exc:
+        prediction = {"notes": [f"disaggregation prediction failed: {exc}"]}
+    if prediction is not None:
+        diagnosis["disaggregation"] = prediction
+    return diagnosis

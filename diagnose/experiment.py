@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from diagnose.calibrate import Calibration, get_calibration
-from diagnose.core import diagnose_signals
-from diagnose.inputs import load_variant
+from diagnose.core import diagnose_signals, with_disaggregation
+from diagnose.inputs import RunInputs, load_variant
 from diagnose.report import plot_what_if
 from diagnose.signals import Signals, extract
 from diagnose.whatif import DEFAULT_DELAYS_MS, predict
@@ -72,11 +72,13 @@ def diagnose_experiment(exp_dir: Path, calibration: Calibration | None = None) -
     calibration = calibration or get_calibration()
     by_name = {str(v["name"]): v for v in (summary or {}).get("variants", [])}
     signals: dict[str, Signals] = {}
+    runs: dict[str, RunInputs] = {}
     metas: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     for name, variant_dir in _variant_dirs(exp_dir, summary).items():
         try:
-            signals[name] = extract(load_variant(variant_dir))
+            runs[name] = load_variant(variant_dir)
+            signals[name] = extract(runs[name])
         except ValueError as exc:  # e.g. no spans: the other variants are still diagnosed
             skipped[name] = str(exc)
             continue
@@ -88,6 +90,7 @@ def diagnose_experiment(exp_dir: Path, calibration: Calibration | None = None) -
     results: dict[str, dict[str, Any]] = {}
     for name, sig in signals.items():
         diagnosis = diagnose_signals(sig, calibration, delays)
+        diagnosis = with_disaggregation(diagnosis, runs[name], sig, calibration)
         (exp_dir / name / "diagnosis.json").write_text(
             json.dumps(diagnosis, indent=2) + "\n", encoding="utf-8"
         )

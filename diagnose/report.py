@@ -16,6 +16,7 @@ LABELS = {
     "scheduling": "scheduling",
     "network": "network",
     "host_cpu": "host CPU",
+    "prefill_interference": "prefill interference",
 }
 
 
@@ -39,8 +40,42 @@ def print_diagnosis(diagnosis: dict[str, Any], label: str, console: Console) -> 
             )
     _print_hops(diagnosis, console)
     _print_what_if(diagnosis["what_if"], console)
+    print_disaggregation(diagnosis.get("disaggregation"), console)
     for note in diagnosis.get("notes", []):
         console.print(f"  [dim]note: {note}[/]")
+
+
+def disaggregation_lines(prediction: dict[str, Any] | None) -> list[str]:
+    """The prediction for disagg / disagg-split as lines (terminal and experiment report)."""
+    if not prediction or "variants" not in prediction:
+        return list((prediction or {}).get("notes", []))
+    mixed = prediction["mixed"]
+    lines = [
+        (
+            f"mixed (measured): TTFT p50 {mixed['ttft_p50_ms']:.1f} ms, p99 {mixed['ttft_p99_ms']:.1f}"
+            f" ms, TPOT p50 {mixed['tpot_p50_ms']:.2f} ms, goodput {mixed['goodput']:.2f} req/s"
+        )
+    ]
+    for name, p in prediction["variants"].items():
+        pieces = p["pieces"]
+        lines.append(
+            f"{name} (predicted): TTFT p50 {p['ttft_p50_ms']:.1f} ms, p99 {p['ttft_p99_ms']:.1f} "
+            f"ms, TPOT p50 {p['tpot_p50_ms']:.2f} ms, goodput {p['goodput']:.2f} req/s; KV "
+            f"{pieces['kv_bytes_per_request'] / 1e6:.2f} MB in {pieces['kv_transfer_ms']:.2f} ms "
+            f"({pieces['kv_link']}), handoff {pieces['handoff_wait_ms']:.2f} ms "
+            f"({pieces['handoff_wait']})"
+        )
+    lines.append(f"expected to win: {prediction['expected_winner']} — {prediction['why']}")
+    return lines
+
+
+def print_disaggregation(prediction: dict[str, Any] | None, console: Console) -> None:
+    lines = disaggregation_lines(prediction)
+    if not lines:
+        return
+    console.print("[bold]prefill/decode disaggregation, predicted from this run[/]")
+    for line in lines:
+        console.print(f"  {line}", highlight=False)
 
 
 def _print_hops(diagnosis: dict[str, Any], console: Console) -> None:

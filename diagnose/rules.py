@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diagnose.network import HopSplit, wait_ms_per_token, wire_ms_per_token
-from diagnose.signals import Signals
+from diagnose.signals import Signals, interference_ms_per_token
 from diagnose.suggestions import suggestions_for
 
-TYPES = ("memory_io", "compute", "scheduling", "network", "host_cpu")
+TYPES = ("memory_io", "compute", "scheduling", "network", "host_cpu", "prefill_interference")
 
 # Thresholds (docs/diagnosis.md, "Rules")
 SCHEDULING_E2E_SHARE = 0.25  # queue time / E2E
@@ -22,6 +22,7 @@ NETWORK_WIRE_SHARE = 0.20  # wire time / time per output token
 ENGINE_SHARE = 0.40  # engine step time / time per output token
 KV_USAGE_SHARE = 0.90  # KV blocks in use / all blocks
 HOST_SHARE = 0.25  # (scheduler gap + worker overhead + hop wait) / time per output token
+INTERFERENCE_SHARE = 0.20  # prefill time in decode steps per output token / TPOT
 HOST_CPU_RATIO = 1.0  # services' CPU per token outside the engine / the worker's
 _SERVICES = ("tokenizer", "scheduler", "worker")
 
@@ -180,6 +181,28 @@ def host_cpu(s: Signals, splits: list[HopSplit]) -> Finding:
     return Finding("host_cpu", score, symptom, evidence, is_fired)
 
 
+def prefill_interference(s: Signals) -> Finding:
+    """Decode TPOT inflated by prefills sharing its steps (mixed steps)."""
+    extra_ms = interference_ms_per_token(s)
+    score = _share(extra_ms, s.tpot_p50_ms)
+    pure_ms = s.cycle.engine_ms if s.cycle else None
+    evidence = {
+        "interference_share_tpot": _ev(score, "share"),
+        "interference_ms_per_token": _ev(extra_ms, "ms"),
+        "decode_only_step_ms": _ev(pure_ms, "ms"),
+        "mixed_step_ms": _ev(s.mixed_step_ms, "ms"),
+        "mixed_step_share": _ev(s.mixed_step_share, "share of decode steps"),
+        "mixed_step_prefill_tokens": _ev(s.mixed_step_prefill_tokens, "tokens"),
+        "tpot_p50_ms": _ev(s.tpot_p50_ms, "ms"),
+    }
+    symptom = (
+        f"prefills share {s.mixed_step_share:.0%} of the decode steps and add {extra_ms:.2f} ms "
+        f"per output token ({score:.0%} of TPOT): a mixed step takes "
+        f"{s.mixed_step_ms or 0:.1f} ms vs {pure_ms or 0:.1f} ms decode-only"
+    )
+    return Finding("prefill_interference", score, symptom, evidence, score >= INTERFERENCE_SHARE)
+
+
 def cpu_split(cpu_us: dict[str, float]) -> tuple[dict[str, float], float | None, str | None]:
     """(front services' CPU per token, the worker's alone, the process the worker shares with
     other services). cpu.json names a process by its services joined with "+", or "pipeline"
@@ -213,7 +236,13 @@ def _hot_rows(hot: dict[str, list[str]], process: str) -> list[str]:
 
 def evaluate(s: Signals, splits: list[HopSplit]) -> list[Finding]:
     """Every rule's finding, highest score first; each with its suggestions."""
-    findings = [scheduling(s), network(s, splits), *engine(s), host_cpu(s, splits)]
+    findings = [
+        scheduling(s),
+        network(s, splits),
+        *engine(s),
+        host_cpu(s, splits),
+        prefill_interference(s),
+    ]
     for finding in findings:
         finding.suggestions = suggestions_for(finding.type, s)
     findings.sort(key=lambda f: f.score, reverse=True)

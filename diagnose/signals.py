@@ -53,6 +53,12 @@ class Signals:
     device: str = "cpu"
     hot_functions: dict[str, list[str]] = field(default_factory=dict)  # service -> top self time
     steps_per_run: int = 1  # the longest multi-step run seen (--num-scheduler-steps in use)
+    # prefills sharing decode steps (prefill_interference): mean engine ms of the decode steps
+    # that also carried prompt tokens, their share of the decode steps, their prompt tokens
+    mixed_step_ms: float | None = None
+    mixed_step_share: float = 0.0
+    mixed_step_prefill_tokens: float = 0.0
+    max_num_batched_tokens: int | None = None  # the prefill chunk budget, when Describe says
     notes: list[str] = field(default_factory=list)
 
 
@@ -101,6 +107,12 @@ def extract(run: RunInputs) -> Signals:
         steps_per_run=max((s.num_steps for s in samples), default=1),
     )
     signals.kv_usage, signals.num_preemptions = _kv_pressure(run, index)
+    decoding = [s for s in samples if s.num_decode_tokens > 0]
+    mixed = [s for s in decoding if s.num_prefill_tokens > 0]
+    if mixed:
+        signals.mixed_step_ms = sum(s.engine_ms for s in mixed) / len(mixed)
+        signals.mixed_step_share = len(mixed) / len(decoding)
+        signals.mixed_step_prefill_tokens = sum(s.num_prefill_tokens for s in mixed) / len(mixed)
     if not run.bench:
         signals.notes.append("no bench summary: latencies are the server-side spans' figures")
     return signals
@@ -135,6 +147,15 @@ def _per_request(
         if num_out >= 2 and num_decode > 0:
             ratios.append(num_decode / (num_out - 1))
     return ttfts, first_steps, ratios, lifetimes, n_out
+
+
+def interference_ms_per_token(s: Signals) -> float:
+    """What prefills sharing decode steps add per output token: the measured TPOT p50 minus what
+    pure decode steps and the host around them cost (the step cycle × decode steps per token);
+    0 when no decode step carried a prefill."""
+    if s.cycle is None or not s.mixed_step_share:
+        return 0.0
+    return max(0.0, s.tpot_p50_ms - s.cycle.cycle_ms * s.decode_steps_per_token)
 
 
 def _kv_pressure(run: RunInputs, index: SpanIndex) -> tuple[float | None, int | None]:

@@ -123,7 +123,31 @@ def _host_cpu(s: Signals) -> list[dict[str, str]]:
     ]
 
 
+def _prefill_interference(s: Signals) -> list[dict[str, str]]:
+    from diagnose.signals import interference_ms_per_token
+
+    extra = interference_ms_per_token(s)
+    chunk = max(16, int(s.mixed_step_prefill_tokens // 2)) if s.mixed_step_prefill_tokens else 256
+    return [
+        _s(
+            "smaller prefill chunks (chunked prefill size)",
+            f"--max-num-batched-tokens {chunk} (mixed steps carry "
+            f"{s.mixed_step_prefill_tokens:.0f} prompt tokens now)",
+            f"each decode step shares at most {chunk} prompt tokens: less of the {extra:.2f} ms "
+            "per output token that prefills add, at the cost of more steps to the first token",
+        ),
+        _s(
+            "prefill/decode disaggregation",
+            "--placement disagg (one node) or --placement disagg-split (nodes apart)",
+            f"decode steps carry no prompt tokens: up to {extra:.2f} ms less per output token, "
+            "minus the KV hop and handoff per request (see `disaggregation` in diagnosis.json "
+            "for the prediction)",
+        ),
+    ]
+
+
 _TABLE = {
+    "prefill_interference": _prefill_interference,
     "scheduling": _scheduling,
     "network": _network,
     "memory_io": _memory_io,

@@ -346,6 +346,11 @@ def _diagnosis_section(summary: dict[str, Any], out: Path) -> list[Block]:
             blocks.append(("ul", _finding_items(finding)))
         if prediction := v.get("prediction"):
             blocks.append(("p", _prediction_line(prediction)))
+        if lines := _disaggregation_lines(diagnosis.get("disaggregation")):
+            blocks.append(("p", "Prefill/decode disaggregation, predicted from these spans:"))
+            blocks.append(("ul", lines))
+        if disagg := v.get("disagg_prediction"):
+            blocks.append(("p", _disagg_vs_measured_line(disagg)))
     if (out / "plots" / WHAT_IF_PLOT).exists():
         blocks.append(("img", (out / "plots" / WHAT_IF_PLOT, "predicted TPOT vs link delay")))
     return blocks
@@ -376,6 +381,30 @@ def _prediction_line(prediction: dict[str, Any]) -> str:
         f"{_num(prediction.get('tpot_p50_ms'), 2)} ms; measured "
         f"{_num(prediction.get('measured_tpot_p50_ms'), 2)} ms (error "
         f"{_pct(prediction.get('error'))})."
+    )
+
+
+def _disaggregation_lines(prediction: dict[str, Any] | None) -> list[str]:
+    try:
+        from diagnose.report import disaggregation_lines
+    except ImportError:
+        return []
+    return disaggregation_lines(prediction)
+
+
+def _disagg_vs_measured_line(p: dict[str, Any]) -> str:
+    parts = []
+    for metric, label in (("ttft_p50_ms", "TTFT p50"), ("tpot_p50_ms", "TPOT p50"),
+                          ("goodput", "goodput")):  # fmt: skip
+        predicted, measured = p.get(metric), p.get(f"measured_{metric}")
+        if predicted is None:
+            continue
+        parts.append(
+            f"{label} predicted {_num(predicted, 2)}, measured {_num(measured, 2)} "
+            f"(error {_pct(p.get('error', {}).get(metric))})"
+        )
+    return (
+        f"Predicted from the {p.get('from')}'s spans as `{p.get('as')}`: " + "; ".join(parts) + "."
     )
 
 
