@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -64,6 +65,8 @@ def run_experiment_command(args: argparse.Namespace) -> int:
 
     try:
         plan = load_plan(args.plan, ray_address=args.ray_address)
+        if plan.workloads:
+            return _run_workloads(plan, args)
         return run_experiment(
             plan,
             args.out,
@@ -73,6 +76,30 @@ def run_experiment_command(args: argparse.Namespace) -> int:
         )
     except (PlanError, ExperimentError) as exc:
         return _fail(str(exc))
+
+
+def _run_workloads(plan: Any, args: argparse.Namespace) -> int:
+    """A plan with named workloads: one experiment per workload in DIR/<workload>/ (each its own
+    summary.json and report), and DIR/report.md linking them. Stops at the first that fails."""
+    from experiment.run import run_experiment
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# hopscope experiment: {plan.name}", "", plan.description, ""]
+    for name in plan.workloads:
+        code = run_experiment(
+            plan.for_workload(name),
+            args.out / name,
+            is_resume=args.resume,
+            is_quiet=args.quiet,
+            ray_address=args.ray_address,
+        )
+        if code:
+            return code
+        overrides = ", ".join(f"{k}={v}" for k, v in plan.workloads[name].items())
+        lines.append(f"- [{name}]({name}/report.html) ({overrides}): `{name}/summary.json`")
+    (args.out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"reports: {args.out / 'report.md'} (one experiment per workload)")
+    return 0
 
 
 def _compare(dirs: list[Path]) -> int:

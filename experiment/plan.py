@@ -4,6 +4,7 @@ allowed (the allowed flags come from the real `serve` / `bench` parsers: experim
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,7 @@ TOP_KEYS = (
     "description",
     "baseline",
     "workload",
+    "workloads",
     "factors",
     "repeats",
     "warmup",
@@ -88,6 +90,25 @@ class Plan:
     timeout_s: float = DEFAULT_TIMEOUT_S
     source: str = ""
     variants: list[Variant] = field(default_factory=list)
+    # named workloads (`workloads:`), each the workload with some bench flags changed; each runs
+    # every variant as an experiment of its own, in DIR/<workload>/
+    workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_workload(self, name: str) -> Plan:
+        """This plan on one of its named workloads (an experiment of its own)."""
+        plan = Plan(
+            name=f"{self.name}/{name}",
+            description=self.description,
+            baseline=self.baseline,
+            workload={**self.workload, **self.workloads[name]},
+            factors=self.factors,
+            repeats=self.repeats,
+            warmup=self.warmup,
+            timeout_s=self.timeout_s,
+            source=self.source,
+        )
+        plan.variants = list(self.variants)
+        return plan
 
     @property
     def is_cluster_needed(self) -> bool:
@@ -121,6 +142,7 @@ class Plan:
             "warmup": self.warmup,
             "timeout_s": self.timeout_s,
             "variants": [v.name for v in self.variants],
+            **({"workloads": self.workloads} if self.workloads else {}),
         }
 
 
@@ -178,6 +200,17 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
         errors.append("workload: set concurrency (closed loop) or rate (open loop)")
     if "rate" in workload and "concurrency" in workload:
         errors.append("workload: set concurrency or rate, not both")
+    workloads: dict[str, dict[str, Any]] = {}
+    raw_workloads = data.get("workloads") or {}
+    if not isinstance(raw_workloads, dict):
+        errors.append("workloads: expected a mapping NAME: {bench flag: value, ...}")
+        raw_workloads = {}
+    for wl_name, overrides in raw_workloads.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(wl_name)):
+            errors.append(f"workloads.{wl_name}: a name of letters, digits, '_', '.', '-'")
+            continue
+        where = f"workloads.{wl_name}"
+        workloads[str(wl_name)] = _settings(overrides or {}, where, bench_flags(), "bench", errors)
     factors = _factors(data.get("factors"), baseline, errors)
     repeats = _positive(data.get("repeats", 1), "repeats", int, errors)
     warmup = _positive(data.get("warmup", DEFAULT_WARMUP_REQUESTS), "warmup", int, errors, 0)
@@ -192,6 +225,7 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
         warmup=int(warmup),
         timeout_s=float(timeout_s),
         source=source,
+        workloads=workloads,
     )
     plan.variants = _variants(plan)  # of the values that passed: their own checks run too
     _check_variants(plan, ray_address, errors)

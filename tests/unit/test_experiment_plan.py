@@ -241,3 +241,33 @@ def test_goodput_is_compared_with_an_interval() -> None:
     assert result is not None
     assert result["ratio"] == pytest.approx(2.0, rel=0.05)
     assert result["verdict"] == "better"
+
+
+def test_named_workloads_each_run_every_variant_with_their_bench_flags() -> None:
+    plan = parse_plan(
+        _plan(workloads={"long_in": {"input_len": 1024, "output_len": 64},
+                         "long_out": {"input_len": 64, "output_len": 512, "slo": "tpot_ms=80"}})
+    )  # fmt: skip
+    assert list(plan.workloads) == ["long_in", "long_out"]
+    long_out = plan.for_workload("long_out")
+    assert [v.name for v in long_out.variants] == ["baseline", "max_num_seqs=2"]
+    argv = long_out.bench_argv()
+    assert argv[argv.index("--output-len") + 1] == "512"
+    assert argv[argv.index("--concurrency") + 1] == "8"  # the shared workload's
+    assert argv[argv.index("--slo") + 1] == "tpot_ms=80"
+    assert long_out.resolved()["workload"]["input_len"] == 64
+    assert "workloads" not in long_out.resolved()  # one experiment, one workload
+
+
+def test_a_named_workload_with_an_unknown_bench_flag_is_refused() -> None:
+    message = _refusal(_plan(workloads={"w": {"prompt_len": 3}}))
+    assert "workloads.w.prompt_len: not a `hopscope bench` flag" in message
+
+
+def test_the_disaggregation_plan_has_a_prefill_and_a_decode_heavy_workload() -> None:
+    plan = load_plan("disaggregation")
+    heavy_in = plan.for_workload("prefill_heavy").workload
+    heavy_out = plan.for_workload("decode_heavy").workload
+    assert (heavy_in["input_len"], heavy_in["output_len"]) == (1024, 64)
+    assert (heavy_out["input_len"], heavy_out["output_len"]) == (64, 512)
+    assert heavy_in["slo"] and heavy_out["slo"]
