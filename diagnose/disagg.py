@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from statistics import mean
+from statistics import mean, median
 from typing import Any
 
 from diagnose.calibrate import Calibration
@@ -85,14 +85,19 @@ def _model_kv_bytes(describe: dict[str, Any] | None) -> tuple[float | None, str]
     return float(per_token), ""
 
 
-def _requests(run: RunInputs) -> tuple[list[tuple[float, float | None]], float, dict[str, float]]:
-    """(ttft, tpot) of every measured successful request, total duration, the SLO."""
+def _requests(
+    run: RunInputs,
+) -> tuple[list[tuple[float, float | None]], float, dict[str, float], float]:
+    """(ttft, tpot) of every measured successful request, total duration, the SLO, and the
+    completed requests/s over every round."""
     rows: list[tuple[float, float | None]] = []
     duration = 0.0
+    completed = 0
     slo: dict[str, float] = {}
     for bench in run.bench_rounds or ([run.bench] if run.bench else []):
         summary = bench.get("summary", {})
         duration += float(summary.get("duration_s") or 0.0)
+        completed += int(summary.get("completed") or 0)
         slo = dict(summary.get("slo") or slo)
         path = Path(str(bench.get("requests_file") or ""))
         if not path.is_file():
@@ -101,7 +106,7 @@ def _requests(run: RunInputs) -> tuple[list[tuple[float, float | None]], float, 
             row = json.loads(line) if line.strip() else {}
             if row.get("status") == "OK" and row.get("is_measured", True) and row.get("ttft_ms"):
                 rows.append((float(row["ttft_ms"]), row.get("tpot_ms")))
-    return rows, duration, slo
+    return rows, duration, slo, (completed / duration if duration > 0 else 0.0)
 
 
 def _p99(values: list[float]) -> float:
@@ -133,14 +138,14 @@ def disagg_inputs(
         prompts.append(float(submit.attributes.get("hopscope.num_prompt_tokens", 0) or 0))
         chunks.append(sum(1 for c in index.step_calls(submit) if c.phase == "prefill"))
     decode_only = [s for s in samples if s.num_prefill_tokens == 0 and s.num_decode_tokens > 0]
-    requests, duration, slo = _requests(run)
+    requests, duration, slo, rate = _requests(run)
     summary = (run.bench or {}).get("summary", {})
     ttft_p99 = (summary.get("ttft_ms") or {}).get("p99") or _p99([t for t, _ in requests])
     cycle = signals.cycle
     handoff = handoff_from_spans(run.spans)
     inputs = DisaggInputs(
         fit=fit,
-        prompt_tokens=mean(prompts) if prompts else 0.0,
+        prompt_tokens=median(prompts) if prompts else 0.0,  # warm-up prompts are shorter
         output_tokens=signals.mean_output_tokens,
         decode_batch=mean(s.num_decode_tokens for s in decode_only) if decode_only else 1.0,
         host_ms_per_step=cycle.worker_host_ms + cycle.hop_ms + cycle.gap_ms,
@@ -149,7 +154,7 @@ def disagg_inputs(
         ttft_p99_ms=float(ttft_p99 or signals.ttft_p50_ms),
         tpot_p50_ms=signals.tpot_p50_ms,
         queue_p50_ms=signals.queue_p50_ms,
-        request_rate=float(summary.get("request_throughput") or 0.0),
+        request_rate=rate or float(summary.get("request_throughput") or 0.0),
         duration_s=duration,
         kv_bytes_per_token=per_token,
         is_closed_loop=signals.is_closed_loop,
