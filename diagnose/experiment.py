@@ -60,6 +60,34 @@ def _prediction(
     }
 
 
+def disagg_variant(meta: dict[str, Any]) -> str | None:
+    """The disaggregation prediction a variant is measured against (its placement or KV
+    transport), or None for other factors."""
+    factor, value = meta.get("factor"), str(meta.get("value"))
+    if factor == "placement" and value in ("disagg", "disagg-split"):
+        return value
+    if factor == "kv_transport" and value == "shm":
+        return "disagg/shm"
+    return None
+
+
+def disagg_vs_measured(
+    predicted_as: str,
+    predicted: dict[str, Any],
+    ttft_p50_ms: float,
+    tpot_p50_ms: float,
+    goodput: float | None,
+) -> dict[str, Any]:
+    measured = {"ttft_p50_ms": ttft_p50_ms, "tpot_p50_ms": tpot_p50_ms, "goodput": goodput}
+    out: dict[str, Any] = {"from": BASELINE, "as": predicted_as, "error": {}}
+    for key, value in measured.items():
+        out[key] = predicted.get(key)
+        out[f"measured_{key}"] = round(value, 4) if value is not None else None
+        p = predicted.get(key)
+        out["error"][key] = round(p / value - 1, 4) if p is not None and value else None
+    return out
+
+
 def diagnose_experiment(exp_dir: Path, calibration: Calibration | None = None) -> dict[str, Any]:
     """Diagnose every variant of `exp_dir`; returns {variant: {"diagnosis", "prediction"?}} (or
     {"error"} for a variant that cannot be diagnosed, e.g. without spans) and writes the
@@ -98,6 +126,16 @@ def diagnose_experiment(exp_dir: Path, calibration: Calibration | None = None) -
         if name in link_values and BASELINE in signals:
             results[name]["prediction"] = _prediction(
                 signals[BASELINE], calibration, link_values[name], sig
+            )
+    base_disagg = (results.get(BASELINE, {}).get("diagnosis") or {}).get("disaggregation") or {}
+    for name, meta in metas.items():
+        predicted_as = disagg_variant(meta)
+        predicted = (base_disagg.get("variants") or {}).get(predicted_as or "")
+        if name in results and predicted:
+            measured = signals[name]
+            goodput = (meta.get("metrics") or {}).get("goodput")
+            results[name]["disagg_prediction"] = disagg_vs_measured(
+                predicted_as or "", predicted, measured.ttft_p50_ms, measured.tpot_p50_ms, goodput
             )
     if BASELINE in results:
         _plot(exp_dir, results, link_values, signals)

@@ -331,7 +331,11 @@ WHAT_IF_PLOT = "what_if_tpot.png"  # drawn by `hopscope diagnose` into DIR/plots
 
 
 def _diagnosis_section(summary: dict[str, Any], out: Path) -> list[Block]:
-    diagnosed = [v for v in summary["variants"] if v.get("diagnosis") or v.get("prediction")]
+    diagnosed = [
+        v
+        for v in summary["variants"]
+        if v.get("diagnosis") or v.get("prediction") or v.get("disagg_prediction")
+    ]
     if not diagnosed:
         return []
     intro = (

@@ -89,7 +89,7 @@ def _keep_diagnosis(previous: dict[str, Any], summary: dict[str, Any]) -> None:
     """A re-written summary keeps what `hopscope diagnose` added to it."""
     old = {v["name"]: v for v in previous.get("variants", [])}
     for variant in summary["variants"]:
-        for key in ("diagnosis", "prediction"):
+        for key in ("diagnosis", "prediction", "disagg_prediction"):
             if key in old.get(variant["name"], {}):
                 variant[key] = old[variant["name"]][key]
 

@@ -121,3 +121,19 @@ def test_prefill_interference_fires_and_suggests_chunking_then_disaggregation() 
 def test_prefill_interference_is_quiet_without_mixed_steps() -> None:
     finding = next(f for f in evaluate(signals(), []) if f.type == "prefill_interference")
     assert not finding.is_fired and finding.score == 0.0
+
+
+def test_a_measured_disagg_variant_is_set_beside_its_prediction() -> None:
+    from diagnose.experiment import disagg_variant, disagg_vs_measured
+    from experiment.report import _disagg_vs_measured_line
+
+    assert disagg_variant({"factor": "placement", "value": "disagg-split"}) == "disagg-split"
+    assert disagg_variant({"factor": "kv_transport", "value": "shm"}) == "disagg/shm"
+    assert disagg_variant({"factor": "max_num_seqs", "value": 4}) is None
+    predicted = {"ttft_p50_ms": 110.0, "tpot_p50_ms": 9.0, "goodput": 1.0}
+    row = disagg_vs_measured("disagg", predicted, 100.0, 10.0, 1.25)
+    assert row["error"]["ttft_p50_ms"] == pytest.approx(0.10)
+    assert row["error"]["tpot_p50_ms"] == pytest.approx(-0.10)
+    assert row["error"]["goodput"] == pytest.approx(-0.20)
+    line = _disagg_vs_measured_line(row)
+    assert "as `disagg`" in line and "TPOT p50 predicted 9.00, measured 10.00 (error -10%)" in line
