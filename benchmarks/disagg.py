@@ -214,6 +214,33 @@ def prediction_of(exp_dir: Path) -> dict[str, Any] | None:
     return (baseline.get("diagnosis") or {}).get("disaggregation")
 
 
+def repredict_with_handoff(
+    local_dir: Path, as_: str, handoff_wait_ms: float | None, kv_transfer_ms: float | None
+) -> dict[str, Any] | None:
+    """The mixed baseline's prediction for `as_` again, with the handoff wait (and transfer)
+    a disagg run measured instead of the estimate (the pure function, called directly)."""
+    if handoff_wait_ms is None:
+        return None
+    from diagnose.calibrate import get_calibration
+    from diagnose.disagg import disagg_inputs, links_with_calibration
+    from diagnose.disagg_predict import LinkSpec, predict_disagg
+    from diagnose.inputs import load_variant
+    from diagnose.signals import extract
+
+    run = load_variant(local_dir / "baseline")
+    inputs, _ = disagg_inputs(run, extract(run))
+    if inputs is None:
+        return None
+    inputs.handoff_wait_ms = handoff_wait_ms
+    links = [link for link in links_with_calibration(get_calibration()) if link.name == as_]
+    if kv_transfer_ms is not None and links:  # the measured transfer as the link's round trip
+        link = links[0]
+        links = [LinkSpec(link.name, link.transport, kv_transfer_ms, 1e12, 0.0, 0.0,
+                          link.placement)]  # fmt: skip
+    result = predict_disagg(inputs, links)
+    return dict(result["variants"].get(as_) or {}) or None
+
+
 def errors(predicted: dict[str, Any], measured: dict[str, Any]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "goodput"):
@@ -275,7 +302,16 @@ def main() -> int:
             predicted = prediction["variants"][as_]
             row = found
             err = errors(predicted, row)
+            local_dir = work / workload / "local"
+            with_handoff = repredict_with_handoff(
+                local_dir, as_, found.get("handoff_wait_ms"), found.get("kv_transfer_ms")
+            )
             checks[f"{family}:{name}"] = {
+                "with_measured_handoff": with_handoff and {
+                    "predicted": {k: with_handoff[k] for k in ("ttft_p50_ms", "tpot_p50_ms",
+                                                               "goodput")},
+                    "error": errors(with_handoff, found),
+                },
                 "predicted_as": as_,
                 "predicted": {k: predicted[k] for k in ("ttft_p50_ms", "ttft_p99_ms",
                                                         "tpot_p50_ms", "goodput")},

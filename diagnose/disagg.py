@@ -25,7 +25,12 @@ from tracing.decompose import SUBMIT, SpanIndex
 from tracing.model import Span
 
 KV_TRANSFER = "hopscope.kv_transfer"
+# the scheduler's handoff spans (INTERNAL children of Submit SERVER): the dead time before the
+# transfer (a free decode slot) and after it (until the first decode step is sent), and the
+# transfer as the scheduler waited for it
 HANDOFF_WAIT = "hopscope.handoff_wait"
+HANDOFF_RESUME = "hopscope.handoff_resume"
+HANDOFF_TRANSFER = "hopscope.handoff_transfer"
 # The disagg variants predicted by default: issue 21's benchmark set.
 DEFAULT_LINKS = (
     LinkSpec("disagg", "uds", placement="disagg"),
@@ -51,7 +56,9 @@ def handoff_from_spans(spans: list[Span]) -> dict[str, float | None]:
     transfers = [s for s in spans if s.name.lstrip("/") == KV_TRANSFER and s.kind == "CLIENT"]
     if not transfers:
         transfers = [s for s in spans if s.name.lstrip("/") == KV_TRANSFER]
-    waits = [s for s in spans if s.name.lstrip("/") == HANDOFF_WAIT]
+    if not transfers:
+        transfers = [s for s in spans if s.name.lstrip("/") == HANDOFF_TRANSFER]
+    waits = [s for s in spans if s.name.lstrip("/") in (HANDOFF_WAIT, HANDOFF_RESUME)]
     by_request: dict[str, float] = {}
     for w in waits:
         key = str(w.attributes.get("hopscope.request_id") or w.trace_id)
@@ -191,7 +198,8 @@ def disagg_prediction(
     run: RunInputs, signals: Signals, calibration: Calibration | None
 ) -> dict[str, Any] | None:
     """diagnosis.json's `disaggregation` for a run that is not itself disaggregated."""
-    if handoff_from_spans(run.spans)["kv_transfer_ms"] is not None:
+    measured = handoff_from_spans(run.spans)
+    if measured["kv_transfer_ms"] is not None or measured["handoff_wait_ms"] is not None:
         return None  # a disagg run: it is measured, not predicted
     inputs, notes = disagg_inputs(run, signals)
     if inputs is None:

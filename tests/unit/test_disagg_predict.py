@@ -137,3 +137,27 @@ def test_a_measured_disagg_variant_is_set_beside_its_prediction() -> None:
     assert row["error"]["goodput"] == pytest.approx(-0.20)
     line = _disagg_vs_measured_line(row)
     assert "as `disagg`" in line and "TPOT p50 predicted 9.00, measured 10.00 (error -10%)" in line
+
+
+def test_handoff_and_transfer_are_read_from_a_disagg_runs_spans() -> None:
+    from diagnose.disagg import handoff_from_spans
+    from tracing.model import Span
+
+    def span(name: str, trace: str, start_ms: float, end_ms: float, **attrs: object) -> Span:
+        return Span(trace * 32, f"{len(name):016x}", "", name, "INTERNAL" if "handoff" in name
+                    else "CLIENT", int(start_ms * 1e6), int(end_ms * 1e6),
+                    {"hopscope.request_id": trace, **attrs})  # fmt: skip
+
+    spans = [
+        span("hopscope.handoff_wait", "a", 0, 2),
+        span("hopscope.kv_transfer", "a", 2, 12, **{"hopscope.kv_bytes": 1000}),
+        span("hopscope.handoff_resume", "a", 12, 13),
+        span("hopscope.handoff_wait", "b", 0, 4),
+        span("hopscope.kv_transfer", "b", 4, 10, **{"hopscope.kv_bytes": 3000}),
+        span("hopscope.handoff_resume", "b", 10, 13),
+    ]
+    pieces = handoff_from_spans(spans)
+    assert pieces["handoff_wait_ms"] == pytest.approx((3 + 7) / 2)  # wait + resume per request
+    assert pieces["kv_transfer_ms"] == pytest.approx(8.0)
+    assert pieces["kv_bytes_per_request"] == pytest.approx(2000.0)
+    assert handoff_from_spans([])["handoff_wait_ms"] is None  # a mixed run: nothing measured
