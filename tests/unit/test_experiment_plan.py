@@ -4,10 +4,12 @@ and the allowed values; the statistics call noise noise."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from experiment.cpu import cpu_us_per_token, read_cpu_s
 from experiment.plan import PlanError, builtin_plans, load_plan, parse_plan
@@ -271,3 +273,30 @@ def test_the_disaggregation_plan_has_a_prefill_and_a_decode_heavy_workload() -> 
     assert (heavy_in["input_len"], heavy_in["output_len"]) == (1024, 64)
     assert (heavy_out["input_len"], heavy_out["output_len"]) == (64, 512)
     assert heavy_in["slo"] and heavy_out["slo"]
+
+
+def test_a_plan_with_workloads_runs_one_experiment_per_workload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    import experiment.run
+    from experiment.cli import run_experiment_command
+
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(
+        yaml.safe_dump(_plan(workloads={"a": {"input_len": 16}, "b": {"input_len": 32}}))
+    )
+    ran: list[tuple[str, Path, int]] = []
+
+    def fake_run(plan: Any, out: Path, **_: Any) -> int:
+        ran.append((plan.name, out, plan.workload["input_len"]))
+        return 0
+
+    monkeypatch.setattr(experiment.run, "run_experiment", fake_run)
+    args = argparse.Namespace(list=False, plan=str(plan_file), dirs=[], out=tmp_path / "out",
+                              resume=False, quiet=True, ray_address="")  # fmt: skip
+    assert run_experiment_command(args) == 0
+    assert ran == [("plan/a", tmp_path / "out" / "a", 16), ("plan/b", tmp_path / "out" / "b", 32)]
+    index = (tmp_path / "out" / "report.md").read_text()
+    assert "[a](a/report.html)" in index and "[b](b/report.html)" in index
