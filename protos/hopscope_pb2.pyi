@@ -228,6 +228,92 @@ class SchedulerOutput(_message.Message):
     updates: _containers.RepeatedCompositeFieldContainer[RequestUpdate]
     def __init__(self, updates: _Optional[_Iterable[_Union[RequestUpdate, _Mapping]]] = ...) -> None: ...
 
+class KVLayout(_message.Message):
+    __slots__ = ("num_layers", "num_kv_heads", "head_dim", "block_size", "dtype", "block_bytes")
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    NUM_KV_HEADS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    block_size: int
+    dtype: str
+    block_bytes: int
+    def __init__(self, num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., block_size: _Optional[int] = ..., dtype: _Optional[str] = ..., block_bytes: _Optional[int] = ...) -> None: ...
+
+class PullKVRequest(_message.Message):
+    __slots__ = ("blocks", "transport", "trace_context", "request_id", "expected_layout")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    blocks: _containers.RepeatedScalarFieldContainer[int]
+    transport: str
+    trace_context: _containers.ScalarMap[str, str]
+    request_id: str
+    expected_layout: KVLayout
+    def __init__(self, blocks: _Optional[_Iterable[int]] = ..., transport: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., expected_layout: _Optional[_Union[KVLayout, _Mapping]] = ...) -> None: ...
+
+class KVChunk(_message.Message):
+    __slots__ = ("layout", "total_bytes", "data", "shm_name")
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SHM_NAME_FIELD_NUMBER: _ClassVar[int]
+    layout: KVLayout
+    total_bytes: int
+    data: bytes
+    shm_name: str
+    def __init__(self, layout: _Optional[_Union[KVLayout, _Mapping]] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ..., shm_name: _Optional[str] = ...) -> None: ...
+
+class ImportKVRequest(_message.Message):
+    __slots__ = ("source_address", "source_blocks", "dest_blocks", "transport", "trace_context", "request_id", "seq_id")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SOURCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    DEST_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_ID_FIELD_NUMBER: _ClassVar[int]
+    source_address: str
+    source_blocks: _containers.RepeatedScalarFieldContainer[int]
+    dest_blocks: _containers.RepeatedScalarFieldContainer[int]
+    transport: str
+    trace_context: _containers.ScalarMap[str, str]
+    request_id: str
+    seq_id: int
+    def __init__(self, source_address: _Optional[str] = ..., source_blocks: _Optional[_Iterable[int]] = ..., dest_blocks: _Optional[_Iterable[int]] = ..., transport: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., seq_id: _Optional[int] = ...) -> None: ...
+
+class ImportKVResponse(_message.Message):
+    __slots__ = ("num_bytes", "transfer_ms", "num_blocks", "transport")
+    NUM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
+    NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    num_bytes: int
+    transfer_ms: float
+    num_blocks: int
+    transport: str
+    def __init__(self, num_bytes: _Optional[int] = ..., transfer_ms: _Optional[float] = ..., num_blocks: _Optional[int] = ..., transport: _Optional[str] = ...) -> None: ...
+
 class ProfileRequest(_message.Message):
     __slots__ = ("seconds",)
     SECONDS_FIELD_NUMBER: _ClassVar[int]

@@ -296,6 +296,16 @@ class WorkerStub:
                 request_serializer=protos_dot_hopscope__pb2.ProfileRequest.SerializeToString,
                 response_deserializer=protos_dot_hopscope__pb2.ProfileResponse.FromString,
                 _registered_method=True)
+        self.PullKV = channel.unary_stream(
+                '/hopscope.v1.Worker/PullKV',
+                request_serializer=protos_dot_hopscope__pb2.PullKVRequest.SerializeToString,
+                response_deserializer=protos_dot_hopscope__pb2.KVChunk.FromString,
+                _registered_method=True)
+        self.ImportKV = channel.unary_unary(
+                '/hopscope.v1.Worker/ImportKV',
+                request_serializer=protos_dot_hopscope__pb2.ImportKVRequest.SerializeToString,
+                response_deserializer=protos_dot_hopscope__pb2.ImportKVResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -324,6 +334,28 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PullKV(self, request, context):
+        """The KV hop (prefill/decode disaggregation), worker -> worker. Served by the SOURCE
+        (prefill) worker: the raw bytes of the named KV blocks (every layer, K and V), in chunks of
+        at most 1 MiB; the first chunk carries the layout (KVLayout) so the receiver refuses a
+        mismatch. Unknown or out-of-range blocks: INVALID_ARGUMENT. Runs on the engine thread, so
+        it never reads a block while a step writes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportKV(self, request, context):
+        """Served by the DESTINATION (decode) worker, called by the scheduler: pull `source_blocks`
+        from the worker at `source_address` (PullKV) and write them into `dest_blocks` of this
+        worker's cache, in order. Errors: INVALID_ARGUMENT (bad blocks on either side, layout
+        mismatch), UNAVAILABLE (the source cannot be reached or its stream broke: recompute the
+        prefill). Trace context: `trace_context`, the parent of the kv_transfer CLIENT span.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -341,6 +373,16 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Profile,
                     request_deserializer=protos_dot_hopscope__pb2.ProfileRequest.FromString,
                     response_serializer=protos_dot_hopscope__pb2.ProfileResponse.SerializeToString,
+            ),
+            'PullKV': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullKV,
+                    request_deserializer=protos_dot_hopscope__pb2.PullKVRequest.FromString,
+                    response_serializer=protos_dot_hopscope__pb2.KVChunk.SerializeToString,
+            ),
+            'ImportKV': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportKV,
+                    request_deserializer=protos_dot_hopscope__pb2.ImportKVRequest.FromString,
+                    response_serializer=protos_dot_hopscope__pb2.ImportKVResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -426,6 +468,60 @@ class Worker:
             '/hopscope.v1.Worker/Profile',
             protos_dot_hopscope__pb2.ProfileRequest.SerializeToString,
             protos_dot_hopscope__pb2.ProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullKV(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hopscope.v1.Worker/PullKV',
+            protos_dot_hopscope__pb2.PullKVRequest.SerializeToString,
+            protos_dot_hopscope__pb2.KVChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportKV(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hopscope.v1.Worker/ImportKV',
+            protos_dot_hopscope__pb2.ImportKVRequest.SerializeToString,
+            protos_dot_hopscope__pb2.ImportKVResponse.FromString,
             options,
             channel_credentials,
             insecure,

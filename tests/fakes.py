@@ -369,6 +369,17 @@ class FakeWorkerServicer:
 
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the fake worker has no profiler")  # type: ignore[attr-defined]
 
+    async def PullKV(self, request: object, context: object) -> object:
+        """The KV hop is tested between real workers (tests/integration/test_kv_transfer.py)."""
+        import grpc
+
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the fake worker has no KV cache")  # type: ignore[attr-defined]
+
+    async def ImportKV(self, request: object, context: object) -> object:
+        import grpc
+
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the fake worker has no KV cache")  # type: ignore[attr-defined]
+
     async def Step(self, request_iterator: object, context: object) -> object:
 
         import grpc

@@ -66,6 +66,12 @@ ROUTING = "hopscope.routing"  # the routing policy
 ROUTING_CANDIDATES = "hopscope.routing_candidates"  # JSON: every candidate and its score
 # Step CLIENT and SERVER of a multi-step run (--num-scheduler-steps): decode steps it ran
 NUM_STEPS = "hopscope.num_steps"
+# the KV hop (prefill/decode disaggregation): CLIENT on the destination worker, SERVER on the source
+KV_TRANSFER = "hopscope.kv_transfer"
+PULL_KV_RPC = (WORKER_SERVICE, "PullKV")
+KV_BYTES = "hopscope.kv_bytes"
+NUM_BLOCKS = "hopscope.num_blocks"
+KV_TRANSPORT = "hopscope.kv_transport"  # "grpc" | "shm"
 
 RPC_ATTRIBUTES = (RPC_SYSTEM, RPC_SERVICE, RPC_METHOD, NETWORK_TRANSPORT)
 

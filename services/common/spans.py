@@ -88,3 +88,30 @@ def record_swap_span(
         },
     )
     span.end(end_time=start_ns + int(swap_ms * 1e6))
+
+
+def start_kv_transfer_span(
+    kind: SpanKind,
+    transport: str,
+    kv_transport: str,
+    *,
+    parent: Mapping[str, str] | None = None,
+    attributes: Mapping[str, str | int | float] | None = None,
+) -> Span:
+    """`hopscope.kv_transfer`: the KV hop worker -> worker, CLIENT on the destination (its parent
+    the scheduler's carrier), SERVER on the source (its parent the destination's CLIENT span)."""
+    service, method = schema.PULL_KV_RPC
+    ctx = propagate.extract(parent) if parent is not None else otel_context.get_current()
+    return _tracer.start_span(
+        schema.KV_TRANSFER,
+        context=ctx,
+        kind=kind,
+        attributes={
+            schema.RPC_SYSTEM: "grpc",
+            schema.RPC_SERVICE: service,
+            schema.RPC_METHOD: method,
+            schema.NETWORK_TRANSPORT: _NET_TRANSPORT.get(transport, transport),
+            schema.KV_TRANSPORT: kv_transport,
+            **dict(attributes or {}),
+        },
+    )

@@ -48,7 +48,9 @@ async def start_worker(config: WorkerServiceConfig) -> WorkerServer:
     tls = load_tls(config.tls_dir, "worker") if config.tls_dir else None  # fail before loading
     # loading weights is slow and blocking: keep the loop free meanwhile
     service = await asyncio.to_thread(build_worker_service, config, config.listen)
-    servicer = WorkerServicer(service, transport_of(config.listen))
+    servicer = WorkerServicer(
+        service, transport_of(config.listen), tls=tls, internal_token=config.internal_token
+    )
 
     def register(server: object) -> list[str]:
         pb_grpc.add_WorkerServicer_to_server(servicer, server)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +18,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert, spans
+from services.common.channels import create_channel, transport_of
 from services.common.identity import ServiceIdentity
 from services.common.metrics import ServiceMetrics
+from services.common.peer_auth import token_metadata
 from services.common.threads import ENGINE_THREAD_NAME, name_os_thread
+from services.common.tls import TlsMaterial
 from services.common.types import (
     PLACEHOLDER_TOKEN_ID,
     BlockSwaps,
@@ -27,6 +31,7 @@ from services.common.types import (
     SeqStep,
     StepOutput,
 )
+from services.worker import kv_transfer
 from services.worker.config import WorkerConfig
 from services.worker.engine import Engine, StepError
 from services.worker.profiling import ProfileBusyError, StepProfiler
@@ -183,6 +188,24 @@ class WorkerService:
             service=convert.identity_to_pb(self.identity),
         )
 
+    async def export_kv(self, blocks: list[int]) -> bytes:
+        """The raw bytes of `blocks` (kv_transfer's payload), read between steps."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, kv_transfer.export_blocks, self.engine.kv_cache, blocks
+        )
+
+    async def import_kv(self, blocks: list[int], payload: bytes | bytearray) -> None:
+        """Write a payload into `blocks`, between steps."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._executor, kv_transfer.import_blocks, self.engine.kv_cache, blocks, payload
+        )
+
+    @property
+    def kv_layout(self) -> pb.KVLayout:
+        return kv_transfer.layout_of(self.engine.kv_cache)
+
     @property
     def engine_executor(self) -> ThreadPoolExecutor:
         """The one thread every step runs on (the profiler starts and stops there)."""
@@ -194,10 +217,77 @@ class WorkerService:
 
 
 class WorkerServicer(pb_grpc.WorkerServicer):
-    def __init__(self, service: WorkerService, transport: str) -> None:
+    def __init__(
+        self,
+        service: WorkerService,
+        transport: str,
+        *,
+        tls: TlsMaterial | None = None,
+        internal_token: str = "",
+    ) -> None:
         self.service = service
         self.transport = transport
         self.profiler = StepProfiler(service.engine, service.engine_executor)
+        # ImportKV dials other workers as the scheduler does: same TLS material, same token
+        self.kv_importer = KVImporter(service, tls=tls, internal_token=internal_token)
+
+    async def PullKV(
+        self, request: pb.PullKVRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.KVChunk]:
+        """The source side of the KV hop: the named blocks' bytes (chunks, or one shm name)."""
+        blocks = list(request.blocks)
+        kv_transport = request.transport or "grpc"
+        span = spans.start_kv_transfer_span(
+            SpanKind.SERVER,
+            self.transport,
+            kv_transport,
+            parent=request.trace_context,
+            attributes={schema.NUM_BLOCKS: len(blocks), schema.REQUEST_ID: request.request_id},
+        )
+        try:
+            layout = self.service.kv_layout
+            try:
+                if kv_transport not in kv_transfer.TRANSPORTS:
+                    raise kv_transfer.KVBlocksError(
+                        f"unknown KV transport {kv_transport!r}: grpc or shm"
+                    )
+                if request.HasField("expected_layout"):
+                    kv_transfer.check_layout(request.expected_layout, layout, "the source worker")
+                payload = await self.service.export_kv(blocks)
+            except kv_transfer.KVBlocksError as exc:
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            span.set_attribute(schema.KV_BYTES, len(payload))
+            if kv_transport == "shm":
+                name = await asyncio.to_thread(kv_transfer.write_shm, payload)
+                # the destination unlinks it; this is for a destination that never did
+                asyncio.get_running_loop().call_later(
+                    kv_transfer.SHM_UNCLAIMED_S, kv_transfer.unlink_shm, name
+                )
+                yield pb.KVChunk(layout=layout, total_bytes=len(payload), shm_name=name)
+                return
+            chunk = kv_transfer.CHUNK_BYTES
+            for offset in range(0, len(payload), chunk):
+                first = offset == 0
+                yield pb.KVChunk(
+                    layout=layout if first else None,
+                    total_bytes=len(payload) if first else 0,
+                    data=payload[offset : offset + chunk],
+                )
+        finally:
+            span.end()
+
+    async def ImportKV(
+        self, request: pb.ImportKVRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ImportKVResponse:
+        """The destination side of the KV hop: pull from the source worker, write our blocks."""
+        try:
+            return await self.kv_importer.run(request, self.transport)
+        except kv_transfer.KVBlocksError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except KVSourceUnavailableError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        raise AssertionError("unreachable")
 
     async def Info(
         self, request: pb.InfoRequest, context: grpc.aio.ServicerContext
@@ -242,3 +332,114 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 num_steps=self.profiler.num_steps,
                 device=device,
             )
+
+
+class KVSourceUnavailableError(RuntimeError):
+    """The source worker could not be reached, or its stream broke: recompute the prefill."""
+
+
+class KVImporter:
+    """ImportKV's client to source workers: one channel per source address, from the one channel
+    factory (a Unix socket on one node, TCP with mutual TLS across; a relay's address, when the
+    scheduler passes one, puts the transfer through the emulated link)."""
+
+    def __init__(
+        self, service: WorkerService, *, tls: TlsMaterial | None, internal_token: str
+    ) -> None:
+        self.service = service
+        self._tls = tls
+        self._metadata = token_metadata(internal_token)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, address: str) -> pb_grpc.WorkerStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = create_channel(address, tls=self._tls)
+        return pb_grpc.WorkerStub(channel)
+
+    async def run(self, request: pb.ImportKVRequest, transport: str) -> pb.ImportKVResponse:
+        source_blocks, dest_blocks = list(request.source_blocks), list(request.dest_blocks)
+        kv_transport = request.transport or "grpc"
+        if kv_transport not in kv_transfer.TRANSPORTS:
+            raise kv_transfer.KVBlocksError(f"unknown KV transport {kv_transport!r}: grpc or shm")
+        if len(source_blocks) != len(dest_blocks):
+            raise kv_transfer.KVBlocksError(
+                f"ImportKV: {len(source_blocks)} source blocks but {len(dest_blocks)} dest blocks"
+            )
+        if not request.source_address:
+            raise kv_transfer.KVBlocksError("ImportKV: no source_address")
+        if kv_transport == "shm" and not request.source_address.startswith("unix:"):
+            raise kv_transfer.KVBlocksError(
+                f"--kv-transport shm needs both workers on one node (a unix: address), got "
+                f"{request.source_address}"
+            )
+        kv_transfer.check_blocks(self.service.engine.kv_cache, dest_blocks, "ImportKV dest_blocks")
+        layout = self.service.kv_layout
+        span = spans.start_kv_transfer_span(
+            SpanKind.CLIENT,
+            transport_of(request.source_address),
+            kv_transport,
+            parent=request.trace_context,
+            attributes={
+                schema.NUM_BLOCKS: len(source_blocks),
+                schema.REQUEST_ID: request.request_id,
+                schema.SERVER_ADDRESS: request.source_address,
+            },
+        )
+        start = time.perf_counter()
+        try:
+            pull = pb.PullKVRequest(
+                blocks=source_blocks,
+                transport=kv_transport,
+                trace_context=spans.carrier_of(span),
+                request_id=request.request_id,
+                expected_layout=layout,
+            )
+            payload = await self._pull(request.source_address, pull, layout)
+            await self.service.import_kv(dest_blocks, payload)
+            transfer_ms = (time.perf_counter() - start) * 1e3
+            span.set_attribute(schema.KV_BYTES, len(payload))
+            return pb.ImportKVResponse(
+                num_bytes=len(payload),
+                transfer_ms=transfer_ms,
+                num_blocks=len(dest_blocks),
+                transport=kv_transport,
+            )
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            raise
+        finally:
+            span.end()
+
+    async def _pull(
+        self, address: str, request: pb.PullKVRequest, layout: pb.KVLayout
+    ) -> bytes | bytearray:
+        payload = bytearray()
+        shm_name = ""
+        try:
+            async for chunk in self._stub(address).PullKV(
+                request, metadata=self._metadata, timeout=KV_PULL_TIMEOUT_S
+            ):
+                if chunk.HasField("layout"):
+                    kv_transfer.check_layout(layout, chunk.layout, f"source worker {address}")
+                if chunk.shm_name:
+                    shm_name = chunk.shm_name
+                payload += chunk.data
+        except grpc.aio.AioRpcError as exc:
+            if shm_name:
+                kv_transfer.unlink_shm(shm_name)
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise kv_transfer.KVBlocksError(
+                    f"source worker {address}: {exc.details()}"
+                ) from None
+            raise KVSourceUnavailableError(
+                f"KV source worker {address} failed: {exc.code().name}: {exc.details()}; "
+                "recompute the prefill"
+            ) from None
+        if shm_name:
+            return await asyncio.to_thread(kv_transfer.read_and_unlink_shm, shm_name)
+        return payload
+
+
+KV_PULL_TIMEOUT_S = 60.0
