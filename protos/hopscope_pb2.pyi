@@ -59,20 +59,22 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceInfo(_message.Message):
-    __slots__ = ("name", "node_id", "host", "pid", "address", "state")
+    __slots__ = ("name", "node_id", "host", "pid", "address", "state", "role")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     node_id: str
     host: str
     pid: int
     address: str
     state: str
-    def __init__(self, name: _Optional[str] = ..., node_id: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., address: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+    role: str
+    def __init__(self, name: _Optional[str] = ..., node_id: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
 
 class Edge(_message.Message):
     __slots__ = ("to", "transport", "link", "delay_ms", "rate_mbit")
