@@ -513,6 +513,21 @@ class WorkerSettings(Section):
         "the tokenizer, scheduler and clients on a small machine (measured effect in "
         "benchmarks/README.md)",
     )
+    kv_transport: str = setting(
+        "grpc",
+        "how KV blocks move prefill worker -> decode worker (disaggregated placements): grpc "
+        "(bytes in a Worker.PullKV stream) or shm (one node: a /dev/shm segment, only its name "
+        "on the stream)",
+        choices=("grpc", "shm"),
+        commands=SERVE,
+        doc="how a request's KV blocks move from the prefill worker to the decode worker in the "
+        "disaggregated placements: `grpc`, the raw bytes in a `Worker.PullKV` stream (1 MiB "
+        "chunks; a Unix socket on one node, TCP with mutual TLS under `--tls-dir` across nodes, "
+        "through the emulated link when one is set); `shm`, both workers on one node only: the "
+        "prefill worker writes the blocks into a `/dev/shm` segment and the stream carries its "
+        "name, the decode worker copies and unlinks it. `shm` tells the cost of the copy from the "
+        "cost of the wire",
+    )
 
     def check(self) -> None:
         check_step_loop(self.device, self.cuda_graphs, self.kernels, self.compile)
