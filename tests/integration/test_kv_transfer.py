@@ -31,9 +31,10 @@ def _segments() -> set[str]:
     return set(glob.glob(os.path.join(SHM_DIR, SHM_PREFIX + f"{os.getpid()}-*")))
 
 
-async def _start(path: str, model: str) -> WorkerServer:
+async def _start(path: str, model: str, **service: str) -> WorkerServer:
     engine = WorkerConfig(model=model, kv_cache_bytes=8 * 2**20, kernels="torch")
-    return await start_worker(WorkerServiceConfig(engine=engine, listen=f"unix:{path}"))
+    listen = path if ":" in path else f"unix:{path}"
+    return await start_worker(WorkerServiceConfig(engine=engine, listen=listen, **service))
 
 
 async def _decode(
@@ -127,3 +128,111 @@ async def _dead_source(a: WorkerServer, b: WorkerServer) -> None:
             await asyncio.wait_for(import_kv(channel, dead, [0], [1], "grpc", {}), 30)
     finally:
         await channel.close()
+
+
+def test_transfer_spans_pair_up_in_the_callers_trace() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from services.common import spans
+    from tracing import schema
+    from tracing.setup import configure_tracing
+
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.add_span_processor(processor)
+    else:
+        configure_tracing("hopscope-test", extra_processors=[processor])
+
+    async def body(a: WorkerServer, b: WorkerServer) -> None:
+        prefill = SeqStep(1, PROMPT, 0, [0, 1, 2], SamplingParams())
+        await a.service.step([prefill], {}, "uds")
+        parent = trace.get_tracer("test").start_span("scheduler.handoff")
+        channel = create_channel(b.address)
+        try:
+            result = await import_kv(
+                channel,
+                a.address,
+                [0, 1, 2],
+                [4, 5, 6],
+                "grpc",
+                spans.carrier_of(parent),
+                request_id="req-kv",
+            )
+        finally:
+            parent.end()
+            await channel.close()
+        kv = [s for s in exporter.get_finished_spans() if s.name == schema.KV_TRANSFER]
+        by_kind = {s.kind: s for s in kv}
+        client, server = by_kind[SpanKind.CLIENT], by_kind[SpanKind.SERVER]
+        assert len(kv) == 2
+        assert (
+            client.context.trace_id == server.context.trace_id == parent.get_span_context().trace_id
+        )
+        assert (
+            client.parent is not None and client.parent.span_id == parent.get_span_context().span_id
+        )
+        assert server.parent is not None and server.parent.span_id == client.context.span_id
+        for span in (client, server):
+            attrs = dict(span.attributes or {})
+            assert attrs[schema.KV_BYTES] == result.num_bytes
+            assert attrs[schema.NUM_BLOCKS] == 3
+            assert attrs[schema.KV_TRANSPORT] == "grpc"
+            assert attrs[schema.REQUEST_ID] == "req-kv"
+            assert attrs[schema.NETWORK_TRANSPORT] == "unix"
+        times = (client.start_time, server.start_time, server.end_time, client.end_time)
+        assert None not in times and sorted(times) == list(times)  # type: ignore[type-var]
+
+    try:
+        _run(body)
+    finally:
+        exporter.clear()
+
+
+def test_tcp_hop_uses_mutual_tls_and_the_internal_token(tmp_path: os.PathLike[str]) -> None:
+    """Across nodes the worker dials TCP with the deployment's TLS and token, as the scheduler
+    does: a worker without them is refused by the source, one with them gets the blocks."""
+    from pathlib import Path
+
+    from deploy.certs import write_certs
+    from services.common.peer_auth import token_metadata
+    from services.common.tls import load_tls
+
+    certs = Path(tmp_path) / "certs"
+    write_certs(certs, [])
+    secure = {"tls_dir": str(certs), "internal_token": "tok-1"}
+
+    async def scenario() -> None:
+        a = await _start("127.0.0.1:0", "tiny", **secure)
+        b = await _start("127.0.0.1:0", "tiny", **secure)
+        stranger = await _start("127.0.0.1:0", "tiny")  # plaintext, no token
+        tls = load_tls(str(certs), "scheduler")
+        channel = create_channel(b.address, tls=tls)
+        plain = create_channel(stranger.address)
+        try:
+            await a.service.step([SeqStep(1, PROMPT, 0, [0, 1, 2], SamplingParams())], {}, "tcp")
+            result = await import_kv(
+                channel,
+                a.address,
+                [0, 1, 2],
+                [3, 4, 5],
+                "grpc",
+                {},
+                metadata=token_metadata("tok-1"),
+            )
+            assert result.num_bytes == 3 * a.service.kv_layout.block_bytes
+            assert await a.service.export_kv([0, 1, 2]) == await b.service.export_kv([3, 4, 5])
+            with pytest.raises(UnavailableError):  # no TLS to offer: the source refuses it
+                await import_kv(plain, a.address, [0], [1], "grpc", {}, timeout_s=30)
+        finally:
+            await channel.close()
+            await plain.close()
+            for w in (a, b, stranger):
+                await w.stop(0)
+
+    asyncio.run(scenario())
