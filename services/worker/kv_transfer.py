@@ -12,6 +12,7 @@ written while a step runs."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import uuid
 
@@ -75,39 +76,108 @@ def check_blocks(cache: KVCache, blocks: list[int], what: str) -> None:
         raise KVBlocksError(f"{what}: a block id is named twice in {blocks}")
 
 
-def _slots(cache: KVCache, blocks: list[int]) -> torch.Tensor:
-    offsets = torch.arange(cache.block_size)
-    slots = torch.tensor(blocks, dtype=torch.long)[:, None] * cache.block_size + offsets
-    return slots.ravel().to(cache.data.device)
+def _by_block(cache: KVCache) -> torch.Tensor:
+    """The cache viewed as [blocks (scratch included), layers, 2, kv_heads, block_size,
+    head_dim]: the payload's layout, so a gather of blocks along dim 0 is the payload."""
+    num_layers, two, heads, num_slots, head_dim = cache.data.shape
+    by_block = cache.data.view(
+        num_layers, two, heads, num_slots // cache.block_size, cache.block_size, head_dim
+    )
+    return by_block.permute(3, 0, 1, 2, 4, 5)
+
+
+class KVExporter:
+    """The source side's gather: blocks into one reused staging buffer (a fresh 45 MiB buffer
+    costs its page faults each time, and on a busy 2-core machine a multi-threaded gather into
+    fresh memory took ~10x a reused one), then out of it into what leaves the engine thread
+    (gRPC chunks, or a /dev/shm segment), so the buffer is free again when `export` returns.
+    Called on the engine thread only."""
+
+    MAX_STAGING_BYTES = 256 * 2**20  # larger transfers gather into a buffer of their own
+
+    def __init__(self) -> None:
+        self._staging = torch.empty(0, dtype=torch.uint8)
+
+    def _gather(self, cache: KVCache, blocks: list[int]) -> memoryview:
+        check_blocks(cache, blocks, "PullKV")
+        source = _by_block(cache)
+        index = torch.tensor(blocks, dtype=torch.long, device=cache.data.device)
+        shape = (len(blocks), *source.shape[1:])
+        if cache.data.device.type != "cpu":  # gather on the device, one transfer to the host
+            out = source.index_select(0, index).cpu()
+        else:
+            num_bytes = len(blocks) * int(layout_of(cache).block_bytes)
+            if num_bytes > self.MAX_STAGING_BYTES:
+                out = torch.empty(shape, dtype=cache.data.dtype)
+            else:
+                if self._staging.numel() < num_bytes:
+                    self._staging = torch.empty(num_bytes, dtype=torch.uint8)
+                out = self._staging[:num_bytes].view(cache.data.dtype).view(shape)
+            torch.index_select(source, 0, index, out=out)
+        return memoryview(out.view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
+
+    def export(
+        self, cache: KVCache, blocks: list[int], transport: str
+    ) -> tuple[int, list[bytes] | str]:
+        """(bytes, the payload's chunks) for "grpc"; (bytes, a segment's name) for "shm"."""
+        payload = self._gather(cache, blocks)
+        if transport == "shm":
+            return len(payload), write_shm(payload)
+        chunks = [
+            bytes(payload[offset : offset + CHUNK_BYTES])
+            for offset in range(0, len(payload), CHUNK_BYTES)
+        ]
+        return len(payload), chunks
 
 
 def export_blocks(cache: KVCache, blocks: list[int]) -> bytes:
-    """The payload of `blocks` (on the engine thread)."""
-    check_blocks(cache, blocks, "PullKV")
-    num_layers, two, heads, _, head_dim = cache.data.shape
-    gathered = cache.data.index_select(3, _slots(cache, blocks))
-    per_block = gathered.view(num_layers, two, heads, len(blocks), cache.block_size, head_dim)
-    payload = per_block.permute(3, 0, 1, 2, 4, 5).contiguous().cpu()
-    return payload.view(torch.uint8).numpy().tobytes()
+    """The payload of `blocks` in one piece (tests, tools)."""
+    _, chunks = KVExporter().export(cache, blocks, "grpc")
+    assert isinstance(chunks, list)
+    return b"".join(chunks)
 
 
 def import_blocks(
-    cache: KVCache, blocks: list[int], payload: bytes | bytearray | memoryview
+    cache: KVCache, blocks: list[int], payload: bytes | bytearray | memoryview | mmap.mmap
 ) -> None:
-    """Write a payload into `blocks` (on the engine thread)."""
+    """Write a payload into `blocks` (on the engine thread): one scatter into the cache."""
     check_blocks(cache, blocks, "ImportKV dest_blocks")
-    num_layers, two, heads, _, head_dim = cache.data.shape
     expected = len(blocks) * int(layout_of(cache).block_bytes)
     if len(payload) != expected:
         raise KVBlocksError(
             f"KV payload of {len(payload)} bytes for {len(blocks)} blocks; expected {expected}"
         )
+    target = _by_block(cache)
     raw = torch.frombuffer(payload, dtype=torch.uint8).view(cache.data.dtype)
-    per_block = raw.view(len(blocks), num_layers, two, heads, cache.block_size, head_dim)
-    values = per_block.permute(1, 2, 3, 0, 4, 5).reshape(
-        num_layers, two, heads, len(blocks) * cache.block_size, head_dim
-    )
-    cache.data.index_copy_(3, _slots(cache, blocks), values.to(cache.data.device))
+    values = raw.view(len(blocks), *target.shape[1:]).to(cache.data.device)
+    index = torch.tensor(blocks, dtype=torch.long, device=cache.data.device)
+    target.index_copy_(0, index, values)
+
+
+def import_shm(cache: KVCache, blocks: list[int], name: str) -> int:
+    """Map the segment, unlink it at once (the mapping stays valid), copy it into `blocks`:
+    its bytes. The segment is gone afterwards whatever happens."""
+    path = shm_path(name)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise KVBlocksError(f"KV segment {name} is empty")
+            # a private copy-on-write mapping: writable for torch.frombuffer, never written
+            mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+    finally:
+        unlink_shm(name)
+    try:
+        import_blocks(cache, blocks, mapping)
+    finally:
+        import gc
+
+        gc.collect()  # the tensor views of the mapping, before it closes
+        try:
+            mapping.close()
+        except BufferError:
+            pass  # still viewed somewhere: unmapped when the last view goes
+    return size
 
 
 def shm_path(name: str) -> str:
@@ -116,7 +186,7 @@ def shm_path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
 
 
-def write_shm(payload: bytes) -> str:
+def write_shm(payload: bytes | memoryview) -> str:
     """Write the payload to a new /dev/shm file (owner-only); its name."""
     name = f"{SHM_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
     fd = os.open(shm_path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -127,18 +197,6 @@ def write_shm(payload: bytes) -> str:
         unlink_shm(name)
         raise
     return name
-
-
-def read_and_unlink_shm(name: str) -> bytearray:
-    """The segment's bytes; the segment is gone afterwards, whether reading worked or not."""
-    path = shm_path(name)
-    try:
-        with open(path, "rb") as f:
-            data = bytearray(os.fstat(f.fileno()).st_size)
-            f.readinto(data)
-        return data
-    finally:
-        unlink_shm(name)
 
 
 def unlink_shm(name: str) -> None:

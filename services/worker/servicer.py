@@ -76,6 +76,7 @@ class WorkerService:
         self._observe_kv_blocks([])  # all free until the first step, not 0 free (looks full)
         # what the previous step sampled (seq_id -> token): fills async scheduling's placeholders
         self._last_sampled: dict[int, int] = {}
+        self._kv_exporter = kv_transfer.KVExporter()  # used on the engine thread only
 
     @classmethod
     def load(
@@ -188,11 +189,14 @@ class WorkerService:
             service=convert.identity_to_pb(self.identity),
         )
 
-    async def export_kv(self, blocks: list[int]) -> bytes:
-        """The raw bytes of `blocks` (kv_transfer's payload), read between steps."""
+    async def export_kv(
+        self, blocks: list[int], transport: str = "grpc"
+    ) -> tuple[int, list[bytes] | str]:
+        """The raw bytes of `blocks` (kv_transfer's payload), read between steps: its size and
+        its chunks ("grpc") or the /dev/shm segment holding it ("shm")."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, kv_transfer.export_blocks, self.engine.kv_cache, blocks
+            self._executor, self._kv_exporter.export, self.engine.kv_cache, blocks, transport
         )
 
     async def import_kv(self, blocks: list[int], payload: bytes | bytearray) -> None:
@@ -200,6 +204,13 @@ class WorkerService:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
             self._executor, kv_transfer.import_blocks, self.engine.kv_cache, blocks, payload
+        )
+
+    async def import_kv_shm(self, blocks: list[int], name: str) -> int:
+        """Copy a /dev/shm segment into `blocks`, between steps; the segment is unlinked."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, kv_transfer.import_shm, self.engine.kv_cache, blocks, name
         )
 
     @property
@@ -253,26 +264,24 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                     )
                 if request.HasField("expected_layout"):
                     kv_transfer.check_layout(request.expected_layout, layout, "the source worker")
-                payload = await self.service.export_kv(blocks)
+                num_bytes, payload = await self.service.export_kv(blocks, kv_transport)
             except kv_transfer.KVBlocksError as exc:
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            span.set_attribute(schema.KV_BYTES, len(payload))
-            if kv_transport == "shm":
-                name = await asyncio.to_thread(kv_transfer.write_shm, payload)
+            span.set_attribute(schema.KV_BYTES, num_bytes)
+            if isinstance(payload, str):  # shm: the segment's name
                 # the destination unlinks it; this is for a destination that never did
                 asyncio.get_running_loop().call_later(
-                    kv_transfer.SHM_UNCLAIMED_S, kv_transfer.unlink_shm, name
+                    kv_transfer.SHM_UNCLAIMED_S, kv_transfer.unlink_shm, payload
                 )
-                yield pb.KVChunk(layout=layout, total_bytes=len(payload), shm_name=name)
+                yield pb.KVChunk(layout=layout, total_bytes=num_bytes, shm_name=payload)
                 return
-            chunk = kv_transfer.CHUNK_BYTES
-            for offset in range(0, len(payload), chunk):
-                first = offset == 0
+            for i, chunk in enumerate(payload):
+                first = i == 0
                 yield pb.KVChunk(
                     layout=layout if first else None,
-                    total_bytes=len(payload) if first else 0,
-                    data=payload[offset : offset + chunk],
+                    total_bytes=num_bytes if first else 0,
+                    data=chunk,
                 )
         finally:
             span.end()
@@ -396,11 +405,15 @@ class KVImporter:
                 expected_layout=layout,
             )
             payload = await self._pull(request.source_address, pull, layout)
-            await self.service.import_kv(dest_blocks, payload)
+            if isinstance(payload, str):  # a /dev/shm segment's name
+                num_bytes = await self.service.import_kv_shm(dest_blocks, payload)
+            else:
+                await self.service.import_kv(dest_blocks, payload)
+                num_bytes = len(payload)
             transfer_ms = (time.perf_counter() - start) * 1e3
-            span.set_attribute(schema.KV_BYTES, len(payload))
+            span.set_attribute(schema.KV_BYTES, num_bytes)
             return pb.ImportKVResponse(
-                num_bytes=len(payload),
+                num_bytes=num_bytes,
                 transfer_ms=transfer_ms,
                 num_blocks=len(dest_blocks),
                 transport=kv_transport,
@@ -414,17 +427,18 @@ class KVImporter:
 
     async def _pull(
         self, address: str, request: pb.PullKVRequest, layout: pb.KVLayout
-    ) -> bytes | bytearray:
+    ) -> bytearray | str:
+        """The payload's bytes ("grpc"), or the name of the segment holding them ("shm")."""
         payload = bytearray()
         shm_name = ""
         try:
             async for chunk in self._stub(address).PullKV(
                 request, metadata=self._metadata, timeout=KV_PULL_TIMEOUT_S
             ):
+                if chunk.shm_name:
+                    shm_name = kv_transfer.shm_path(chunk.shm_name) and chunk.shm_name
                 if chunk.HasField("layout"):
                     kv_transfer.check_layout(layout, chunk.layout, f"source worker {address}")
-                if chunk.shm_name:
-                    shm_name = chunk.shm_name
                 payload += chunk.data
         except grpc.aio.AioRpcError as exc:
             if shm_name:
@@ -437,9 +451,11 @@ class KVImporter:
                 f"KV source worker {address} failed: {exc.code().name}: {exc.details()}; "
                 "recompute the prefill"
             ) from None
-        if shm_name:
-            return await asyncio.to_thread(kv_transfer.read_and_unlink_shm, shm_name)
-        return payload
+        except BaseException:
+            if shm_name:  # e.g. a layout mismatch: the segment is ours to remove
+                kv_transfer.unlink_shm(shm_name)
+            raise
+        return shm_name or payload
 
 
 KV_PULL_TIMEOUT_S = 60.0
