@@ -19,7 +19,7 @@ from diagnose.disagg_predict import (
     predict_disagg,
 )
 from diagnose.inputs import RunInputs
-from diagnose.signals import Signals
+from diagnose.signals import Signals, interference_ms_per_token
 from diagnose.steps import StepSample, step_samples
 from tracing.decompose import SUBMIT, SpanIndex
 from tracing.model import Span
@@ -150,12 +150,21 @@ def disagg_inputs(
     ttft_p99 = (summary.get("ttft_ms") or {}).get("p99") or _p99([t for t, _ in requests])
     cycle = signals.cycle
     handoff = handoff_from_spans(run.spans)
+    # medians, not the cycle's means: the prediction is of p50s, and on a shared host a few
+    # steps stalled by other processes weigh on a mean far more than on a p50
+    steady = [s for s in decode_only if s.gap_ms is not None] or decode_only
+    pure_decode_ms = median(s.engine_ms for s in steady) if steady else cycle.engine_ms
+    host_ms = (
+        median(s.worker_host_ms + s.hop_ms + (s.gap_ms or 0.0) for s in steady)
+        if steady
+        else cycle.worker_host_ms + cycle.hop_ms + cycle.gap_ms
+    )
     inputs = DisaggInputs(
         fit=fit,
         prompt_tokens=median(prompts) if prompts else 0.0,  # warm-up prompts are shorter
         output_tokens=signals.mean_output_tokens,
         decode_batch=mean(s.num_decode_tokens for s in decode_only) if decode_only else 1.0,
-        host_ms_per_step=cycle.worker_host_ms + cycle.hop_ms + cycle.gap_ms,
+        host_ms_per_step=host_ms,
         prefill_steps_per_request=mean(c for c in chunks if c) if any(chunks) else 1.0,
         ttft_p50_ms=signals.ttft_p50_ms,
         ttft_p99_ms=float(ttft_p99 or signals.ttft_p50_ms),
@@ -169,7 +178,8 @@ def disagg_inputs(
         slo=slo,
         cores_shared=cores_shared_default(),
         handoff_wait_ms=handoff["handoff_wait_ms"],
-        pure_decode_ms=cycle.engine_ms,
+        pure_decode_ms=pure_decode_ms,
+        interference_ms_per_token=interference_ms_per_token(signals),
     )
     return inputs, notes
 

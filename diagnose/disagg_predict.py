@@ -134,7 +134,10 @@ class DisaggInputs:
     cores_shared: float = 1.0  # slowdown of a step while the other worker computes (1: no sharing)
     handoff_wait_ms: float | None = None  # measured on a disagg run; None: estimated
     first_token_after_transfer: bool = False  # the first token waits for the KV hop too
-    pure_decode_ms: float | None = None  # measured mean decode-only step (else from the fit)
+    pure_decode_ms: float | None = None  # measured decode-only step (else from the fit)
+    # measured from the steps (share of decode steps with a prefill × their extra time); None:
+    # the residual TPOT p50 − (decode step + host)
+    interference_ms_per_token: float | None = None
 
 
 def _share(busy_ms_per_s: float) -> float:
@@ -150,7 +153,11 @@ def predict_disagg(inputs: DisaggInputs, links: Sequence[LinkSpec]) -> dict[str,
     n_after_first = max(1.0, i.output_tokens - 1)
     pure_decode_ms = i.pure_decode_ms if i.pure_decode_ms is not None else fit.at(0, i.decode_batch)
     decode_cycle_ms = pure_decode_ms + i.host_ms_per_step
-    interference_ms = max(0.0, i.tpot_p50_ms - decode_cycle_ms)
+    interference_ms = (
+        i.interference_ms_per_token
+        if i.interference_ms_per_token is not None
+        else max(0.0, i.tpot_p50_ms - decode_cycle_ms)
+    )
     chunks = max(1.0, i.prefill_steps_per_request)
     pure_prefill_ms = chunks * fit.fixed_ms + fit.per_prefill_token_ms * i.prompt_tokens
     # busy shares of each worker at the mixed run's request rate (what the other one shares)
@@ -166,11 +173,16 @@ def predict_disagg(inputs: DisaggInputs, links: Sequence[LinkSpec]) -> dict[str,
     mixed_prefill_ms = (
         chunks * i.host_ms_per_step + fit.at(i.prompt_tokens / chunks, i.decode_batch) * chunks
     )
-    ttft_base = i.queue_p50_ms + chunks * i.host_ms_per_step + pure_prefill_ms * prefill_factor
+    # the measured TTFT without the decodes its prefill steps carried, the prefill slowed by
+    # the decode worker beside it
+    decodes_in_prefill_ms = chunks * fit.per_decode_token_ms * i.decode_batch
+    ttft_base = i.ttft_p50_ms - decodes_in_prefill_ms + pure_prefill_ms * (prefill_factor - 1.0)
     predictions = {}
     for link in links:
         transfer_ms, measured_link = link.transfer_ms(kv_bytes)
-        tpot = pure_decode_ms * decode_factor + i.host_ms_per_step
+        # the measured TPOT without the prefills' share, the decode step slowed by the prefill
+        # worker beside it, and the KV hop and handoff spread over the request's tokens
+        tpot = i.tpot_p50_ms - interference_ms + pure_decode_ms * (decode_factor - 1.0)
         tpot += (transfer_ms + handoff_ms) / n_after_first
         ttft = ttft_base + ((transfer_ms + handoff_ms) if i.first_token_after_transfer else 0.0)
         ttft_scale = ttft / i.ttft_p50_ms if i.ttft_p50_ms > 0 else 1.0

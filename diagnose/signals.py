@@ -150,12 +150,14 @@ def _per_request(
 
 
 def interference_ms_per_token(s: Signals) -> float:
-    """What prefills sharing decode steps add per output token: the measured TPOT p50 minus what
-    pure decode steps and the host around them cost (the step cycle × decode steps per token);
-    0 when no decode step carried a prefill."""
-    if s.cycle is None or not s.mixed_step_share:
+    """What prefills sharing decode steps add per output token, from the steps: each decode step
+    that carried prompt tokens took (mixed step − decode-only step) longer for every sequence in
+    it, and such steps are `mixed_step_share` of the decode steps (means over the run's steps);
+    0 when no decode step carried a prefill. Stalls outside the engine are not counted."""
+    if s.cycle is None or not s.mixed_step_share or s.mixed_step_ms is None:
         return 0.0
-    return max(0.0, s.tpot_p50_ms - s.cycle.cycle_ms * s.decode_steps_per_token)
+    extra_ms = max(0.0, s.mixed_step_ms - s.cycle.engine_ms)
+    return s.mixed_step_share * extra_ms * s.decode_steps_per_token
 
 
 def _kv_pressure(run: RunInputs, index: SpanIndex) -> tuple[float | None, int | None]:
