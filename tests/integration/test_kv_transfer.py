@@ -236,3 +236,31 @@ def test_tcp_hop_uses_mutual_tls_and_the_internal_token(tmp_path: os.PathLike[st
                 await w.stop(0)
 
     asyncio.run(scenario())
+
+
+def test_transfer_through_an_emulated_link_relay() -> None:
+    """A relay's address as the source (what the scheduler passes for a shaped cross-node edge):
+    the bytes arrive, and the link's delay is in the transfer's time."""
+    from deploy.relay import start_relay
+
+    delay_ms = 20.0
+
+    async def scenario() -> None:
+        a = await _start("127.0.0.1:0", "tiny")
+        b = await _start("127.0.0.1:0", "tiny")
+        relay = start_relay("127.0.0.1", a.address, delay_ms=delay_ms)
+        channel = create_channel(b.address)
+        try:
+            await a.service.step([SeqStep(1, PROMPT, 0, [0, 1, 2], SamplingParams())], {}, "tcp")
+            result = await import_kv(channel, relay.address, [0, 1, 2], [3, 4, 5], "grpc", {})
+            assert await a.service.export_kv([0, 1, 2]) == await b.service.export_kv([3, 4, 5])
+            assert relay.num_connections >= 1
+            # a round trip at least (request out, bytes back), each way delayed
+            assert result.transfer_ms >= 2 * delay_ms
+        finally:
+            await channel.close()
+            relay.stop()
+            await a.stop(0)
+            await b.stop(0)
+
+    asyncio.run(scenario())
