@@ -231,18 +231,21 @@ def launch(
     log_path: Path,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    program: list[str] | None = None,
 ) -> Child:
     """Start `sys.executable -P *argv` (argv without the interpreter, e.g. ["-m", "deploy.cli",
     "serve", ...]) in its own process group; stdout and stderr append to `log_path`.
 
     `env` is the child's whole environment (default: this process's). `cwd` defaults to this
-    process's: with `-P` it is never on the child's import path either way.
+    process's: with `-P` it is never on the child's import path either way. `program` replaces
+    `[sys.executable, "-P"]` for a child that is not hopscope (another venv's python, or
+    `["/bin/sh", "-c"]` with a command line as argv): an external server under the same kit.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         offset = log.tell()
         process = subprocess.Popen(
-            [sys.executable, "-P", *argv],
+            [*(program if program is not None else [sys.executable, "-P"]), *argv],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -252,6 +255,43 @@ def launch(
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, no locks taken
         )
     return Child(name, process, log_path, offset)
+
+
+def wait_http_ready(child: Child, url: str, timeout_s: float, path: str = "/v1/models") -> float:
+    """Poll GET URL+PATH until it answers 200 (an external OpenAI-compatible server's readiness);
+    the seconds it took. LaunchError when the child exits first or `timeout_s` runs out."""
+    import urllib.error
+    import urllib.request
+
+    started = time.monotonic()
+    deadline = started + timeout_s
+    last = "no answer"
+    while True:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + path, timeout=5) as response:
+                if response.status == 200:
+                    return time.monotonic() - started
+                last = f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        code = child.returncode
+        if code is not None:
+            raise LaunchError(f"{child.name} exited with code {code}{child._tail()}")
+        if time.monotonic() > deadline:
+            raise LaunchError(
+                f"{child.name}: {url}{path} not ready within {timeout_s:.0f} s ({last})"
+                f"{child._tail()}"
+            )
+        time.sleep(0.25)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (for a server that cannot take port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------- serve as a child
