@@ -1,15 +1,17 @@
 """hopscope beside what users would run instead: vLLM's CPU build and llama.cpp's server (issue 23).
 
 Same model (the smollm2-135m GGUF hopscope ships; vLLM gets an HF directory dequantized from it,
-float32 like hopscope's engine; llama.cpp runs the GGUF as is), same prompts (seeded synthetic
-token ids, 128 in / 64 out, ignore_eos), same client (`hopscope bench --url`, streaming
-/v1/completions). Systems alternate in rounds (order rotated), a fresh server per round, one
-server alive at a time; per round and system: start-up time (launch to /v1/models answering),
-a greedy check on a few text prompts (round 0), a short warm-up bench (outside every CPU
-window), then one bench per concurrency (1, 4, 16), each with one wave of warm-up requests. Per bench: output tokens/s, TTFT / TPOT / ITL p50 and p99, and the server's
-CPU seconds per output token: utime + stime (+ reaped children's) of the whole process tree under
-the server, read from /proc before and after the bench, over every output token of that bench.
-Peak memory: the largest sum of PSS over the tree (sampled each second, /proc/PID/smaps_rollup).
+float32 like hopscope's engine; llama.cpp runs the GGUF as is), same prompts (48 text prompts of
+128 tokens cut from README.md: llama-cpp-python's server refuses token-id prompts; 64 out,
+ignore_eos, which llama-cpp-python ignores: its tokens per request are recorded), same client
+(`hopscope bench --url`, streaming /v1/completions). Systems alternate in rounds (order rotated), a
+fresh server per round, one server alive at a time; per round and system: start-up time (launch to
+/v1/models answering), a greedy check on a few text prompts (round 0), a short warm-up bench
+(outside every CPU window), then one bench per concurrency (1, 4, 16), each with one wave of warm-
+up requests. Per bench: output tokens/s, TTFT / TPOT / ITL p50 and p99, and the server's CPU
+seconds per output token: utime + stime (+ reaped children's) of the whole process tree under the
+server, read from /proc before and after the bench, over every output token of that bench. Peak
+memory: the largest sum of PSS over the tree (sampled each second, /proc/PID/smaps_rollup).
 
     python -m benchmarks.peers --setup      # the peers' venvs and the HF model dir (minutes)
     python -m benchmarks.peers [--rounds 2] [--systems hopscope-colocated,vllm,...]
@@ -213,20 +215,20 @@ def start_system(system: str, work_dir: Path, base: Path) -> Running:
     if system.startswith("hopscope-"):
         placement = system.removeprefix("hopscope-")
         args = ["--no-ray", "--placement", placement, "--model", MODEL, "--http-port", "0"]
-        child = lifecycle.start_serve(
+        serve = lifecycle.start_serve(
             args, log_path=log_path, env=common._child_env(None), cwd=common.REPO,
             timeout_s=START_TIMEOUT_S,
         )  # fmt: skip
         url = next(
-            (m["url"] for ln in child.child.last_lines(80) if (m := HTTP_RE.search(ln))), None
+            (m["url"] for ln in serve.child.last_lines(80) if (m := HTTP_RE.search(ln))), None
         )
         if url is None:
-            child.stop()
+            serve.stop()
             raise lifecycle.LaunchError("hopscope serve printed no `hopscope http:` line")
-        lifecycle.wait_http_ready(child.child, url, START_TIMEOUT_S)
+        lifecycle.wait_http_ready(serve.child, url, START_TIMEOUT_S)
         return Running(
-            system, url, child.child.pid, time.monotonic() - started, log_path,
-            lambda: child.stop(common.DRAIN_TIMEOUT_S),
+            system, url, serve.child.pid, time.monotonic() - started, log_path,
+            lambda: serve.stop(common.DRAIN_TIMEOUT_S),
         )  # fmt: skip
     port = lifecycle.free_port()
     python = str(base / PEER_VENVS[system] / "bin" / "python")
@@ -302,12 +304,32 @@ def greedy_agreement(texts: Mapping[str, Sequence[str]], reference: str) -> dict
     return out
 
 
-def bench_args(concurrency: int, num_requests: int, warmup: int) -> list[str]:
+def bench_args(concurrency: int, num_requests: int, warmup: int, dataset: Path) -> list[str]:
     return [
         "--concurrency", str(concurrency), "--num-requests", str(num_requests + warmup),
-        "--warmup-requests", str(warmup), "--input-len", "128", "--output-len", "64",
+        "--warmup-requests", str(warmup), "--dataset", str(dataset), "--output-len", "64",
         "--seed", "0",
     ]  # fmt: skip
+
+
+def prompt_slices(token_ids: Sequence[int], length: int, count: int) -> list[list[int]]:
+    """`count` windows of `length` tokens spread evenly over `token_ids`."""
+    step = max(1, (len(token_ids) - length) // max(1, count))
+    return [list(token_ids[i * step : i * step + length]) for i in range(count)]
+
+
+def write_dataset(path: Path, length: int = 128, count: int = 48) -> dict[str, Any]:
+    """Text prompts of `length` smollm2 tokens each (windows of README.md, decoded), one JSONL
+    line each: llama-cpp-python's server takes only text prompts (token ids: HTTP 422), so every
+    system gets the same text. Returns the prompts' token lengths once re-encoded."""
+    from services.models.source import resolve_model
+
+    tokenizer = resolve_model(MODEL).load_tokenizer()
+    ids = tokenizer.encode((common.REPO / "README.md").read_text()).ids
+    prompts = [tokenizer.decode(window) for window in prompt_slices(ids, length, count)]
+    lengths = [len(tokenizer.encode(p).ids) for p in prompts]
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return {"prompts": count, "tokens_min": min(lengths), "tokens_max": max(lengths)}
 
 
 def requests_for(concurrency: int, scale: float) -> tuple[int, int]:
@@ -368,9 +390,9 @@ def run_system(
             except Exception as exc:  # noqa: BLE001
                 record["greedy_error"] = repr(exc)[:500]
         # warm-up outside every CPU window: lazy kernel builds, first-batch allocations
-        warmup = ["--concurrency", "2", "--num-requests", "4", "--input-len", "128",
-                  "--output-len", "16", "--seed", "1", "--label", f"{system}-warmup"]  # fmt: skip
-        run_bench_url(server.url, warmup, work_dir / f"r{round_index}-{system}-warmup.json")
+        warm = ["--concurrency", "2", "--num-requests", "4", "--dataset", str(args.dataset),
+                "--output-len", "16", "--seed", "1", "--label", f"{system}-warmup"]  # fmt: skip
+        run_bench_url(server.url, warm, work_dir / f"r{round_index}-{system}-warmup.json")
         record["points"] = []
         for concurrency in args.concurrency:
             measured, warmup = requests_for(concurrency, args.scale)
@@ -378,9 +400,8 @@ def run_system(
             label = ["--label", f"{system}-c{concurrency}"]
             cpu_before = tree_cpu_s(server.pid)
             try:
-                result = run_bench_url(
-                    server.url, [*bench_args(concurrency, measured, warmup), *label], out
-                )
+                load = bench_args(concurrency, measured, warmup, args.dataset)
+                result = run_bench_url(server.url, [*load, *label], out)
             except RuntimeError as exc:
                 record["points"].append({"concurrency": concurrency, "error": str(exc)[-2000:]})
                 continue
@@ -388,6 +409,7 @@ def run_system(
             tokens = output_tokens(Path(result["requests_file"]))
             point = {"concurrency": concurrency, **bench_figures(result)}
             point["output_tokens"] = tokens
+            point["tokens_per_request"] = round(tokens / (measured + warmup), 2)
             point["server_cpu_s"] = round(cpu_s, 3)
             point["cpu_ms_per_token"] = round(cpu_s / tokens * 1e3, 3) if tokens else None
             record["points"].append(point)
@@ -577,6 +599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hopscope-peers-") as tmp:
         work_dir = Path(tmp)
+        args.dataset = work_dir / "prompts.jsonl"
+        dataset = write_dataset(args.dataset)
+        common.log(f"prompts: {dataset}")
         for round_index in range(args.rounds):
             for system in common.rotated(systems, round_index):
                 peer_setup = setup_status.get(system, {"ok": True})
@@ -590,10 +615,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "benchmark": "peers",
         "command": "python -m benchmarks.peers "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if k not in ("out", "dataset", "setup")
+        ),
         "machine": common.machine_info(),
         "load": {
             "input_len": 128,
+            "prompts": dataset,
             "output_len": 64,
             "ignore_eos": True,
             "client": "hopscope bench --url",
