@@ -93,6 +93,11 @@ def diagnose_experiment(exp_dir: Path, calibration: Calibration | None = None) -
     {"error"} for a variant that cannot be diagnosed, e.g. without spans) and writes the
     diagnosis files, the what-if figure and the additions to summary.json."""
     exp_dir = Path(exp_dir)
+    plan_path = exp_dir / "plan.json"
+    if plan_path.exists() and json.loads(plan_path.read_text(encoding="utf-8")).get("target"):
+        from diagnose.external import diagnose_target_experiment
+
+        return diagnose_target_experiment(exp_dir)  # an external server: no spans
     summary_path = exp_dir / "summary.json"
     summary = (
         json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else None

@@ -90,3 +90,36 @@ def cpu_document(
             for name, p in processes.items()
         },
     }
+
+
+def tree_pids(root: int, proc: Path = Path("/proc")) -> list[int]:
+    """`root` and every live descendant (by the ppid in /proc/PID/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int(_stat_fields(int(entry.name), proc)[1])
+            except (CpuReadError, ValueError, IndexError):
+                continue  # exited meanwhile
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return sorted(found)
+
+
+def tree_cpu_s(root: int, proc: Path = Path("/proc")) -> float:
+    """CPU seconds of the process tree under `root` (an external server's API process and its
+    engine children): a child reaped in between moves its time into its parent's cutime, so a
+    before/after difference still counts it."""
+    total = read_cpu_s(root, proc)
+    for pid in tree_pids(root, proc):
+        if pid == root:
+            continue
+        try:
+            total += read_cpu_s(pid, proc)
+        except CpuReadError:
+            continue  # exited between the listing and the read
+    return total

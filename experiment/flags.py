@@ -14,6 +14,7 @@ from deploy.flags import ON_OFF
 SERVE_RESERVED = ("host", "port", "metrics", "metrics_port", "ray_address", "log_dir")
 BENCH_RESERVED = (
     "address",
+    "url",
     "out",
     "label",
     "no_plots",

@@ -22,6 +22,7 @@ TOP_KEYS = (
     "baseline",
     "workload",
     "workloads",
+    "target",
     "factors",
     "repeats",
     "warmup",
@@ -36,6 +37,178 @@ class PlanError(ValueError):
     """The plan cannot run; one line per problem, each naming the key and the allowed values."""
 
 
+# ---------------------------------------------------------------------------- external targets
+TARGET_KEYS = ("url", "start", "stop", "ready_path", "ready_timeout_s", "metrics_path")
+DEFAULT_TARGET_URL = "http://127.0.0.1:{port}"
+DEFAULT_READY_TIMEOUT_S = 300.0
+SERVER_FLAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """An OpenAI-compatible server measured instead of `hopscope serve` (a plan's `target:`).
+
+    `start` is a shell command line (run by /bin/sh in its own process group through
+    deploy/lifecycle.py, one fresh server per variant-round) with placeholders: `{port}` a free
+    port chosen per round, `{flags}` the variant's server flags (appended at the end when
+    absent), `{python}` this interpreter. `url` (may hold `{port}`) is where it answers;
+    without `start` the server must already be up there, and it is measured as it is (no
+    factors). `stop` is a shell command run before the process group gets SIGTERM."""
+
+    url: str
+    start: str | None = None
+    stop: str | None = None
+    ready_path: str = "/v1/models"
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+    metrics_path: str = "/metrics"
+
+    def command(self, flags: dict[str, Any], port: int | str) -> str:
+        """The start command line for a variant with `flags`, on `port`."""
+        import shlex
+        import sys
+
+        assert self.start is not None
+        argv = shlex.join(external_argv(flags))
+        line = self.start.replace("{port}", str(port)).replace("{python}", sys.executable)
+        if "{flags}" in line:
+            return line.replace("{flags}", argv)
+        return f"{line} {argv}".rstrip()
+
+    def url_for(self, port: int | str) -> str:
+        return self.url.replace("{port}", str(port)).rstrip("/")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "start": self.start,
+            "stop": self.stop,
+            "ready_path": self.ready_path,
+            "ready_timeout_s": self.ready_timeout_s,
+            "metrics_path": self.metrics_path,
+        }
+
+
+def external_argv(flags: dict[str, Any]) -> list[str]:
+    """An external server's flags as its command line: `max_num_seqs: 8` -> `--max-num-seqs 8`;
+    true -> `--flag`, false -> `--no-flag`."""
+    argv: list[str] = []
+    for key, value in flags.items():
+        option = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(option if value else "--no-" + option[2:])
+        else:
+            argv += [option, f"{value:g}" if isinstance(value, float) else str(value)]
+    return argv
+
+
+def _target(raw: Any, errors: list[str]) -> Target | None:
+    if isinstance(raw, str):
+        raw = {"url": raw}
+    if not isinstance(raw, dict):
+        errors.append("target: expected a URL or a mapping with " + ", ".join(TARGET_KEYS))
+        return None
+    for key in raw:
+        if key not in TARGET_KEYS:
+            errors.append(f"target.{key}: unknown target key; allowed: {', '.join(TARGET_KEYS)}")
+    start = raw.get("start")
+    if start is not None and (not isinstance(start, str) or not start.strip()):
+        errors.append("target.start: expected a shell command line (a string)")
+        start = None
+    stop = raw.get("stop")
+    if stop is not None and (not isinstance(stop, str) or not stop.strip()):
+        errors.append("target.stop: expected a shell command line (a string)")
+        stop = None
+    url = raw.get("url")
+    if url is None and start is not None:
+        url = DEFAULT_TARGET_URL
+    if not isinstance(url, str) or not re.match(r"https?://", url):
+        errors.append(
+            f"target.url: {url!r}; allowed: http://HOST:PORT (may hold {{port}} with start), "
+            "required without start"
+        )
+        url = DEFAULT_TARGET_URL
+    if "{port}" in url and start is None:
+        errors.append("target.url: {port} needs target.start (the port is chosen per round)")
+    if stop is not None and start is None:
+        errors.append("target.stop: needs target.start (a server that is already up stays up)")
+    for key in ("ready_path", "metrics_path"):
+        if key in raw and (not isinstance(raw[key], str) or not raw[key].startswith("/")):
+            errors.append(f"target.{key}: {raw[key]!r}; allowed: a path starting with /")
+    timeout = _positive(
+        raw.get("ready_timeout_s", DEFAULT_READY_TIMEOUT_S), "target.ready_timeout_s", float,
+        errors,
+    )  # fmt: skip
+    return Target(
+        url=url,
+        start=start,
+        stop=stop,
+        ready_path=str(raw.get("ready_path") or "/v1/models"),
+        ready_timeout_s=float(timeout),
+        metrics_path=str(raw.get("metrics_path") or "/metrics"),
+    )
+
+
+def _server_flags(raw: Any, where: str, errors: list[str]) -> dict[str, Any]:
+    """An external server's flags: names as its CLI spells them (dashes or underscores), one
+    scalar value each (the server checks them itself when it starts)."""
+    if not isinstance(raw, dict):
+        errors.append(f"{where}: expected a mapping of the target server's flags")
+        return {}
+    flags: dict[str, Any] = {}
+    for raw_key, value in raw.items():
+        key = normalize_key(raw_key)
+        if not SERVER_FLAG_RE.fullmatch(key):
+            errors.append(f"{where}.{raw_key}: not a flag name (letters, digits, '-', '_')")
+        elif value is None or isinstance(value, (list, dict)):
+            errors.append(f"{where}.{raw_key}: {value!r}; allowed: one number, string or boolean")
+        else:
+            flags[key] = value
+    return flags
+
+
+def _server_factors(
+    raw: Any, baseline: dict[str, Any], target: Target, errors: list[str]
+) -> dict[str, list[Any]]:
+    if target.start is None:
+        if raw:
+            errors.append(
+                "factors: a target without start is measured as it is (its flags cannot "
+                "change); add target.start (the command that starts it) or drop factors"
+            )
+        if baseline:
+            errors.append("baseline: a target without start takes no flags; add target.start")
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        errors.append(
+            "factors: expected a mapping FLAG: [VALUE, ...] of the target server's flags, "
+            "e.g. max_num_seqs: [4, 16]"
+        )
+        return {}
+    factors: dict[str, list[Any]] = {}
+    for raw_key, values in raw.items():
+        key, where = normalize_key(raw_key), f"factors.{raw_key}"
+        if not isinstance(values, list) or not values:
+            errors.append(f"{where}: expected a non-empty list of values, e.g. [4, 16]")
+            continue
+        checked = bool(SERVER_FLAG_RE.fullmatch(key))
+        if not checked:
+            errors.append(f"{where}: not a flag name (letters, digits, '-', '_')")
+        for value in values:
+            if value is None or isinstance(value, (list, dict)):
+                errors.append(f"{where}: {value!r}; allowed: numbers, strings or booleans")
+                checked = False
+            elif key in baseline and value == baseline[key]:
+                errors.append(
+                    f"{where}: {value!r} equals the baseline's {key}; a factor value must change "
+                    "the setting (drop it: the baseline is always measured)"
+                )
+        if len({repr(v) for v in values}) != len(values):
+            errors.append(f"{where}: a value is listed twice")
+        if checked:
+            factors[key] = list(values)
+    return factors
+
+
 @dataclass(frozen=True, slots=True)
 class Variant:
     """The baseline, or the baseline with exactly one setting changed."""
@@ -46,6 +219,7 @@ class Variant:
     serve: dict[str, Any]  # serve flags set by the plan (baseline + this factor)
     link_delay_ms: float = 0.0
     link_rate_mbit: float = 0.0
+    target: Target | None = None  # an external server: `serve` holds that server's flags
 
     @property
     def dirname(self) -> str:
@@ -53,16 +227,20 @@ class Variant:
 
     @property
     def is_ray(self) -> bool:
-        return not self.serve.get("no_ray", False)
+        return self.target is None and not self.serve.get("no_ray", False)
 
     @property
     def num_nodes(self) -> int:
         """Ray nodes the placement spans (1 when it fits on one)."""
         from deploy.placement import resolve_placement
 
+        if self.target is not None:
+            return 1
         return len(resolve_placement(str(self.serve.get("placement", "inproc"))).node_labels)
 
     def serve_argv(self) -> list[str]:
+        if self.target is not None:
+            return external_argv(self.serve)
         flags = serve_flags()
         return [arg for key, value in self.serve.items() for arg in flags[key].argv(value)]
 
@@ -70,6 +248,12 @@ class Variant:
         """Every serve flag, resolved (defaults filled in), plus the link between nodes."""
         from experiment.flags import resolve, serve_parser
 
+        if self.target is not None:
+            return {
+                "target": self.target.to_json(),
+                "flags": dict(self.serve),
+                "start": self.target.command(self.serve, "{port}"),
+            }
         resolved = resolve(serve_parser(), self.serve_argv())
         for key in ("host", "port", "ray_address", "metrics", "metrics_port", "log_dir"):
             resolved.pop(key, None)
@@ -93,6 +277,8 @@ class Plan:
     # named workloads (`workloads:`), each the workload with some bench flags changed; each runs
     # every variant as an experiment of its own, in DIR/<workload>/
     workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # an external OpenAI-compatible server instead of `hopscope serve` (`target:`)
+    target: Target | None = None
 
     def for_workload(self, name: str) -> Plan:
         """This plan on one of its named workloads (an experiment of its own)."""
@@ -106,6 +292,7 @@ class Plan:
             warmup=self.warmup,
             timeout_s=self.timeout_s,
             source=self.source,
+            target=self.target,
         )
         plan.variants = list(self.variants)
         return plan
@@ -129,7 +316,7 @@ class Plan:
         from experiment.flags import bench_parser, resolve
 
         workload = resolve(bench_parser(), ["--address", "-", *self.bench_argv()])
-        for key in ("address", "out", "label", "no_plots", "no_live", "repeat"):
+        for key in ("url", "address", "out", "label", "no_plots", "no_live", "repeat"):
             workload.pop(key, None)
         return {
             "name": self.name,
@@ -143,6 +330,7 @@ class Plan:
             "timeout_s": self.timeout_s,
             "variants": [v.name for v in self.variants],
             **({"workloads": self.workloads} if self.workloads else {}),
+            **({"target": self.target.to_json()} if self.target else {}),
         }
 
 
@@ -189,7 +377,11 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
     for key in data:
         if key not in TOP_KEYS:
             errors.append(f"{key}: unknown plan key; allowed: {', '.join(TOP_KEYS)}")
-    baseline = _settings(data.get("baseline") or {}, "baseline", serve_flags(), "serve", errors)
+    target = _target(data["target"], errors) if "target" in data else None
+    if target is not None:
+        baseline = _server_flags(data.get("baseline") or {}, "baseline", errors)
+    else:
+        baseline = _settings(data.get("baseline") or {}, "baseline", serve_flags(), "serve", errors)
     workload = _settings(data.get("workload") or {}, "workload", bench_flags(), "bench", errors)
     raw_load = (
         {normalize_key(k) for k in (data.get("workload") or {})}
@@ -211,7 +403,10 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
             continue
         where = f"workloads.{wl_name}"
         workloads[str(wl_name)] = _settings(overrides or {}, where, bench_flags(), "bench", errors)
-    factors = _factors(data.get("factors"), baseline, errors)
+    if target is not None:
+        factors = _server_factors(data.get("factors"), baseline, target, errors)
+    else:
+        factors = _factors(data.get("factors"), baseline, errors)
     repeats = _positive(data.get("repeats", 1), "repeats", int, errors)
     warmup = _positive(data.get("warmup", DEFAULT_WARMUP_REQUESTS), "warmup", int, errors, 0)
     timeout_s = _positive(data.get("timeout_s", DEFAULT_TIMEOUT_S), "timeout_s", float, errors)
@@ -226,9 +421,13 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
         timeout_s=float(timeout_s),
         source=source,
         workloads=workloads,
+        target=target,
     )
     plan.variants = _variants(plan)  # of the values that passed: their own checks run too
-    _check_variants(plan, ray_address, errors)
+    if target is None:
+        _check_variants(plan, ray_address, errors)
+    elif ray_address:
+        errors.append("--ray-address: the plan measures an external target (target:), no Ray")
     if errors:
         unique = list(dict.fromkeys(errors))
         raise PlanError(f"plan {source} cannot run:\n  " + "\n  ".join(unique))
@@ -322,10 +521,14 @@ def variant_name(factor: str, value: Any) -> str:
 
 
 def _variants(plan: Plan) -> list[Variant]:
-    variants = [Variant(BASELINE, None, None, dict(plan.baseline))]
+    variants = [Variant(BASELINE, None, None, dict(plan.baseline), target=plan.target)]
     for factor, values in plan.factors.items():
         for value in values:
-            if factor in CLUSTER_FACTORS:
+            if plan.target is not None:
+                serve = {**plan.baseline, factor: value}
+                name = variant_name(factor, value)
+                variants.append(Variant(name, factor, value, serve, target=plan.target))
+            elif factor in CLUSTER_FACTORS:
                 link = {factor: value}
                 variants.append(
                     Variant(variant_name(factor, value), factor, value, dict(plan.baseline), **link)

@@ -348,6 +348,12 @@ def _diagnosis_section(summary: dict[str, Any], out: Path) -> list[Block]:
         blocks.append(("h3", f"{v['name']}: {diagnosis.get('primary', 'no diagnosis')}"))
         for finding in (diagnosis.get("findings") or [])[:MAX_FINDINGS]:
             blocks.append(("ul", _finding_items(finding)))
+        if skipped := diagnosis.get("not_evaluated"):
+            blocks.append(("p", "Rules not evaluated (an external server exports no spans):"))
+            blocks.append(("ul", [f"**{rule}**: {why}" for rule, why in skipped.items()]))
+        if server := diagnosis.get("server_metrics"):
+            shown = ", ".join(f"{k} {v:g}" for k, v in server.items() if isinstance(v, float))
+            blocks.append(("p", f"Server metrics ({server.get('kind')}): {shown or 'none'}."))
         if prediction := v.get("prediction"):
             blocks.append(("p", _prediction_line(prediction)))
         if lines := _disaggregation_lines(diagnosis.get("disaggregation")):

@@ -59,6 +59,10 @@ class RoundContext:
 
 def run_round(ctx: RoundContext) -> Path:
     """Run it; returns the round directory (complete). RoundError when it cannot finish."""
+    if ctx.plan.target is not None:
+        from experiment.target import run_target_round
+
+        return run_target_round(ctx)
     round_dir = layout.round_dir(ctx.out, ctx.variant, ctx.round_index)
     if round_dir.exists():
         shutil.rmtree(round_dir)  # an interrupted attempt: start it over

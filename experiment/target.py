@@ -1,0 +1,201 @@
+"""One variant-round against an external OpenAI-compatible server (a plan's `target:`): a fresh
+server per round when the plan starts it (target.start through deploy/lifecycle.py, the
+variant's flags on its command line), warm-up, the workload through `hopscope bench --url` as a
+child, then its Prometheus /metrics (before and after the workload) and the CPU time of its whole
+process tree saved into DIR/<variant>/round-<k>/ — the same layout as a hopscope round, less the
+spans (such a server exports none of hopscope's) and the Describe (a `target.json` instead)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from deploy.lifecycle import Child, LaunchError, free_port, launch, wait_http_ready
+from experiment import layout
+from experiment.cpu import CpuReadError, cpu_document, tree_cpu_s
+from experiment.plan import Plan, Target
+
+STOP_COMMAND_TIMEOUT_S = 60.0
+STOP_GRACE_S = 30.0
+METRICS_TIMEOUT_S = 5.0
+SERVER = "server"  # the process name in cpu.json and the metrics file's stem
+
+
+def run_target_round(ctx: Any) -> Path:
+    """Run it (ctx: experiment.rounds.RoundContext); returns the complete round directory."""
+    from experiment.rounds import (
+        TARGET_RE,
+        RoundError,
+        _move_requests,
+        _wait_bench,
+        uninterruptible,
+    )
+
+    plan: Plan = ctx.plan
+    target = ctx.variant.target
+    assert target is not None
+    round_dir = layout.round_dir(ctx.out, ctx.variant, ctx.round_index)
+    if round_dir.exists():
+        shutil.rmtree(round_dir)  # an interrupted attempt: start it over
+    logs = round_dir / "logs"
+    logs.mkdir(parents=True)
+    started = time.time()
+    server: Child | None = None
+    bench: Child | None = None
+    port = free_port() if target.start else 0
+    url = target.url_for(port)
+    command = target.command(ctx.variant.serve, port) if target.start else None
+    info: dict[str, Any] = {"url": url, "command": command, "flags": dict(ctx.variant.serve)}
+    try:
+        pids: dict[str, int] = {}
+        if command is not None:
+            t0 = time.monotonic()
+            server = launch(
+                [command], name="target server", log_path=logs / "server.log",
+                program=["/bin/sh", "-c"],
+            )  # fmt: skip
+            pids[SERVER] = server.pid
+            layout.write_json(round_dir / "pids.json", pids)
+            wait_http_ready(server, url, target.ready_timeout_s, target.ready_path)
+            info["startup_s"] = round(time.monotonic() - t0, 3)
+        else:
+            _check_up(url, target)
+        info["models"] = _get_json(url + "/v1/models")
+        layout.write_json(round_dir / "target.json", info)
+        warm_up(url, plan, info["models"])
+        scrape(url, target, round_dir / "metrics_before")
+        before = tree_cpu_s(server.pid) if server is not None else None
+        bench = _launch_bench(ctx, round_dir, url)
+        layout.write_json(round_dir / "pids.json", pids | {"client": bench.pid})
+        bench.wait_for_line(TARGET_RE, 120.0)
+        _wait_bench(bench, plan.timeout_s)
+        _move_requests(round_dir)
+        processes: dict[str, dict[str, float | int]] = {}
+        if server is not None and before is not None:
+            processes[SERVER] = {
+                "pid": server.pid,
+                "cpu_s": round(tree_cpu_s(server.pid) - before, 4),
+            }
+        processes["client"] = {"pid": bench.pid, "cpu_s": round(bench.cpu_s or 0.0, 4)}
+        scrape(url, target, round_dir / "metrics")
+        _write_cpu(round_dir, processes)
+    except (LaunchError, CpuReadError, TimeoutError, OSError, ValueError) as exc:
+        raise RoundError(f"{ctx.variant.name} round {ctx.round_index + 1}: {exc}") from exc
+    finally:
+        with uninterruptible():
+            if bench is not None:
+                bench.stop()
+            if server is not None:
+                stop_server(server, target, port, logs / "server.log")
+    layout.write_json(
+        round_dir / "round.json",
+        {
+            "variant": ctx.variant.name,
+            "round": ctx.round_index + 1,
+            "position": ctx.position,
+            "started": started,
+            "finished": time.time(),
+            "target": url,
+            "num_spans": 0,
+            "complete": True,
+        },
+    )
+    return round_dir
+
+
+def stop_server(server: Child, target: Target, port: int, log_path: Path) -> None:
+    """target.stop (when the plan gives one), then SIGTERM / SIGKILL the server's process group."""
+    if target.stop:
+        line = target.stop.replace("{port}", str(port)).replace("{pid}", str(server.pid))
+        with log_path.open("ab") as log:
+            try:
+                subprocess.run(
+                    ["/bin/sh", "-c", line], stdout=log, stderr=subprocess.STDOUT,
+                    timeout=STOP_COMMAND_TIMEOUT_S, check=False,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                pass  # the group is killed below either way
+        server.wait(STOP_GRACE_S)
+    server.stop(STOP_GRACE_S)
+
+
+def _check_up(url: str, target: Target) -> None:
+    try:
+        with urllib.request.urlopen(url + target.ready_path, timeout=10) as response:
+            if response.status == 200:
+                return
+    except OSError as exc:
+        raise LaunchError(f"target {url}{target.ready_path} does not answer: {exc}") from exc
+    raise LaunchError(f"target {url}{target.ready_path}: HTTP {response.status}")
+
+
+def _get_json(url: str) -> Any:
+    import json
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read().decode())
+
+
+def _launch_bench(ctx: Any, round_dir: Path, url: str) -> Child:
+    argv = ["-m", "deploy.cli", "bench", "--url", url, *ctx.plan.bench_argv()]
+    argv += ["--out", str(round_dir / "bench.json"), "--label", ctx.variant.name]
+    argv += ["--no-live", "--no-plots"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    return launch(argv, name="hopscope bench", log_path=round_dir / "logs" / "bench.log", env=env)
+
+
+def _write_cpu(round_dir: Path, processes: dict[str, dict[str, float | int]]) -> None:
+    records = layout.read_requests(round_dir)
+    output_tokens = sum(int(r.get("n_out") or 0) for r in records if r.get("status") == "OK")
+    bench = layout.read_json(round_dir / "bench.json")
+    document = cpu_document(processes, output_tokens, float(bench["summary"]["duration_s"]))
+    layout.write_json(round_dir / "cpu.json", document)
+
+
+# ---------------------------------------------------------------------------- warm-up, metrics
+def warm_up(url: str, plan: Plan, models: Any) -> None:
+    """plan.warmup requests of the workload's shape, concurrently, not measured (text prompts:
+    every OpenAI-compatible server takes those)."""
+    if plan.warmup <= 0:
+        return
+    import httpx
+
+    model = ((models or {}).get("data") or [{}])[0].get("id")
+    words = max(1, int(plan.workload.get("input_len", 64)) // 2)
+    body = {
+        "prompt": " ".join(["warm"] * words),
+        "max_tokens": int(plan.workload.get("output_len", 64)),
+        "ignore_eos": True,
+        "temperature": 0.0,
+        **({"model": model} if model else {}),
+    }
+
+    def one(_: int) -> None:
+        response = httpx.post(f"{url}/v1/completions", json=body, timeout=plan.timeout_s)
+        if response.status_code != 200:
+            raise LaunchError(
+                f"warm-up request: HTTP {response.status_code}: {response.text[:300]}"
+            )
+
+    with ThreadPoolExecutor(plan.warmup) as pool:
+        list(pool.map(one, range(plan.warmup)))
+
+
+def scrape(url: str, target: Target, folder: Path) -> Path:
+    """GET the server's Prometheus metrics into FOLDER/server.prom (a comment saying why when it
+    serves none: the diagnosis then has client-side timings only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url + target.metrics_path, timeout=METRICS_TIMEOUT_S) as r:
+            text = r.read().decode(errors="replace")
+    except OSError as exc:
+        text = f"# scrape of {url}{target.metrics_path} failed: {exc}\n"
+    path = folder / f"{SERVER}.prom"
+    path.write_text(text)
+    return path
