@@ -13,7 +13,7 @@ import pytest
 
 from diagnose.external import diagnose_target_variant, server_metrics
 from experiment.cpu import read_cpu_s, tree_cpu_s, tree_pids
-from experiment.plan import TARGET_KEYS, PlanError, load_plan, parse_plan
+from experiment.plan import TARGET_KEYS, Plan, PlanError, Target, load_plan, parse_plan
 
 
 def _plan(**overrides: Any) -> dict[str, Any]:
@@ -25,6 +25,11 @@ def _plan(**overrides: Any) -> dict[str, Any]:
     }
     plan.update(overrides)
     return plan
+
+
+def _target(plan: Plan) -> Target:
+    assert plan.target is not None
+    return plan.target
 
 
 def _refusal(plan: dict[str, Any]) -> str:
@@ -39,7 +44,7 @@ def test_an_external_target_plan_expands_into_variants_of_the_servers_flags() ->
         "baseline", "max_num_seqs=2", "max_num_seqs=16", "enable_prefix_caching=false",
     ]  # fmt: skip
     assert plan.target is not None and plan.target.url == "http://127.0.0.1:{port}"
-    assert plan.variants[0].target.command(plan.variants[0].serve, 8123) == (
+    assert _target(plan).command(plan.variants[0].serve, 8123) == (
         "myserver --port 8123 --max-num-seqs 8"
     )
     last = plan.variants[-1]
@@ -53,7 +58,7 @@ def test_an_external_target_plan_expands_into_variants_of_the_servers_flags() ->
 
 def test_flags_go_where_the_start_command_says_and_python_is_this_interpreter() -> None:
     plan = parse_plan(_plan(target={"start": "{python} -m srv {flags} --port {port} -v"}))
-    command = plan.variants[1].target.command(plan.variants[1].serve, 9)
+    command = _target(plan).command(plan.variants[1].serve, 9)
     assert command.endswith("-m srv --max-num-seqs 2 --port 9 -v")
     assert not command.startswith("{python}")
 
@@ -96,7 +101,7 @@ def test_the_workload_is_checked_as_today_and_the_url_is_the_experiments() -> No
 def test_the_builtin_vllm_plan_varies_max_num_seqs_and_max_num_batched_tokens() -> None:
     plan = load_plan("vllm-batch")
     assert set(plan.factors) == {"max_num_seqs", "max_num_batched_tokens"}
-    command = plan.variants[1].target.command(plan.variants[1].serve, 8000)
+    command = _target(plan).command(plan.variants[1].serve, 8000)
     assert "vllm.entrypoints.openai.api_server" in command and "--port 8000" in command
     assert "--max-num-seqs 2 --max-num-batched-tokens 2048" in command
 
