@@ -200,9 +200,16 @@ class Running:
     startup_s: float
     log_path: Path
     _stop: Any = field(repr=False)
+    _child: Any = field(default=None, repr=False)  # the lifecycle Child, for its exit code
 
     def stop(self) -> None:
         self._stop()
+
+    def is_alive(self) -> bool:
+        return self.returncode() is None
+
+    def returncode(self) -> int | None:
+        return self._child.returncode if self._child is not None else None
 
 
 def start_system(system: str, work_dir: Path, base: Path) -> Running:
@@ -228,7 +235,7 @@ def start_system(system: str, work_dir: Path, base: Path) -> Running:
         lifecycle.wait_http_ready(serve.child, url, START_TIMEOUT_S)
         return Running(
             system, url, serve.child.pid, time.monotonic() - started, log_path,
-            lambda: serve.stop(common.DRAIN_TIMEOUT_S),
+            lambda: serve.stop(common.DRAIN_TIMEOUT_S), serve.child,
         )  # fmt: skip
     port = lifecycle.free_port()
     python = str(base / PEER_VENVS[system] / "bin" / "python")
@@ -259,7 +266,7 @@ def start_system(system: str, work_dir: Path, base: Path) -> Running:
         raise
     return Running(
         system, url, child.pid, time.monotonic() - started, log_path,
-        lambda: child.stop(common.DRAIN_TIMEOUT_S),
+        lambda: child.stop(common.DRAIN_TIMEOUT_S), child,
     )  # fmt: skip
 
 
@@ -392,7 +399,13 @@ def run_system(
         # warm-up outside every CPU window: lazy kernel builds, first-batch allocations
         warm = ["--concurrency", "2", "--num-requests", "4", "--dataset", str(args.dataset),
                 "--output-len", "16", "--seed", "1", "--label", f"{system}-warmup"]  # fmt: skip
-        run_bench_url(server.url, warm, work_dir / f"r{round_index}-{system}-warmup.json")
+        try:
+            run_bench_url(server.url, warm, work_dir / f"r{round_index}-{system}-warmup.json")
+        except RuntimeError as exc:  # e.g. the server died on its first request: the others go on
+            alive = "alive" if server.is_alive() else f"exited {server.returncode()}"
+            record["error"] = f"warm-up failed (server {alive}): {exc}"[-3000:]
+            common.log(f"round {round_index} {system}: {record['error'][:500]}")
+            return record
         record["points"] = []
         for concurrency in args.concurrency:
             measured, warmup = requests_for(concurrency, args.scale)
@@ -504,6 +517,16 @@ VLLM_STEPS = (
     ["uninstall", "-y", "torchvision", "torchaudio", "torchcodec"],  # mismatched: nms missing
 )
 LLAMACPP_STEPS = (["install", "llama-cpp-python[server]"],)  # builds from source
+# A native build (-march=native, llama.cpp's default) died here with SIGILL (exit 132, "Illegal
+# instruction") on its first token: this VM lists AMX / AVX-512 in /proc/cpuinfo but faults on
+# them. A portable build (AVX2 + FMA + F16C) runs.
+LLAMACPP_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+LLAMACPP_REBUILD = ["install", "--force-reinstall", "--no-deps", "--no-cache-dir",
+                    "llama-cpp-python"]  # fmt: skip
+LLAMACPP_GENERATE = (
+    "import sys; from llama_cpp import Llama; "
+    "Llama(model_path=sys.argv[1], n_ctx=64, verbose=False)('Hi', max_tokens=2)"
+)
 HF_SCRIPT = """
 import sys
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -529,13 +552,19 @@ def setup(base: Path, peers: Sequence[str]) -> dict[str, Any]:
         venv = base / PEER_VENVS[peer]
         python = venv / "bin" / "python"
         try:
+            env = {**os.environ, "CMAKE_ARGS": LLAMACPP_CMAKE_ARGS} if peer == "llamacpp" else None
             if not _probe(python, probes[peer]):
                 if not python.exists():
                     _step(base, peer, ["python3", "-m", "venv", str(venv)])
                 for step in VLLM_STEPS if peer == "vllm" else LLAMACPP_STEPS:
-                    _step(base, peer, [str(python), "-m", "pip", *step])
+                    _step(base, peer, [str(python), "-m", "pip", *step], env)
                 if not _probe(python, probes[peer]):
                     raise RuntimeError(f"{probes[peer]} fails after the install")
+            if peer == "llamacpp" and not _probe(python, LLAMACPP_GENERATE, str(gguf_path())):
+                common.log("setup llamacpp: it imports but cannot generate: a portable rebuild")
+                _step(base, peer, [str(python), "-m", "pip", *LLAMACPP_REBUILD], env)
+                if not _probe(python, LLAMACPP_GENERATE, str(gguf_path())):
+                    raise RuntimeError("llama_cpp cannot generate a token after the rebuild")
             if peer == "vllm" and not (base / HF_DIR / "config.json").exists():
                 gguf = gguf_path()
                 _step(base, peer, [str(python), "-c", HF_SCRIPT, str(gguf.parent), gguf.name,
@@ -555,21 +584,25 @@ def _read_setup(base: Path) -> dict[str, Any]:
         return {}
 
 
-def _probe(python: Path, code: str) -> bool:
+def _probe(python: Path, code: str, *args: str) -> bool:
     if not python.exists():
         return False
-    done = subprocess.run([str(python), "-P", "-c", code], capture_output=True, check=False)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    argv = [str(python), "-P", "-c", code, *args]
+    done = subprocess.run(argv, capture_output=True, check=False, env=env)
     return done.returncode == 0
 
 
-def _step(base: Path, peer: str, argv: list[str]) -> None:
+def _step(base: Path, peer: str, argv: list[str], env: dict[str, str] | None = None) -> None:
     log_path = base / f"{peer}-setup.log"
     shown = " ".join(argv[:2] if "-c" in argv else argv[:6])
     common.log(f"setup {peer}: {shown} (log {log_path})")
     with log_path.open("a") as log:
         log.write(f"\n$ {' '.join(argv)}\n")
         log.flush()
-        done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=base, check=False)
+        done = subprocess.run(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=base, env=env, check=False
+        )
     if done.returncode != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
         raise RuntimeError(f"{' '.join(argv[:6])} exited {done.returncode}:\n" + "\n".join(tail))
