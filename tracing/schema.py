@@ -72,6 +72,11 @@ PULL_KV_RPC = (WORKER_SERVICE, "PullKV")
 KV_BYTES = "hopscope.kv_bytes"
 NUM_BLOCKS = "hopscope.num_blocks"
 KV_TRANSPORT = "hopscope.kv_transport"  # "grpc" | "shm"
+# the handoff of a disaggregated request, INTERNAL children of its Submit SERVER span (scheduler):
+HANDOFF_WAIT = "hopscope.handoff_wait"  # prompt done on the prefill worker -> transfer started
+HANDOFF_TRANSFER = "hopscope.handoff_transfer"  # ImportKV as the scheduler waited for it
+HANDOFF_RESUME = "hopscope.handoff_resume"  # KV in the decode cache -> its first decode step sent
+ROLE = "hopscope.role"  # a worker's role: "mixed" | "prefill" | "decode"
 
 RPC_ATTRIBUTES = (RPC_SYSTEM, RPC_SERVICE, RPC_METHOD, NETWORK_TRANSPORT)
 

@@ -90,6 +90,37 @@ def record_swap_span(
     span.end(end_time=start_ns + int(swap_ms * 1e6))
 
 
+def start_internal_span(
+    name: str, parent: Span, attributes: Mapping[str, str | int | float] | None = None
+) -> Span:
+    """An INTERNAL child of `parent` (e.g. a handoff phase under a Submit SERVER span), started
+    now; the caller ends it."""
+    return _tracer.start_span(
+        name,
+        context=trace.set_span_in_context(parent),
+        kind=SpanKind.INTERNAL,
+        attributes=dict(attributes or {}),
+    )
+
+
+def record_internal_span(
+    name: str,
+    parent: Span,
+    start_ns: int,
+    end_ns: int,
+    attributes: Mapping[str, str | int | float] | None = None,
+) -> None:
+    """An INTERNAL child of `parent` over a time already past (wall clock, ns)."""
+    span = _tracer.start_span(
+        name,
+        context=trace.set_span_in_context(parent),
+        kind=SpanKind.INTERNAL,
+        start_time=start_ns,
+        attributes=dict(attributes or {}),
+    )
+    span.end(end_time=max(start_ns, end_ns))
+
+
 def start_kv_transfer_span(
     kind: SpanKind,
     transport: str,

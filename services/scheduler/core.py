@@ -7,6 +7,14 @@ its decodes carrying PLACEHOLDER_TOKEN_ID for the token the running step samples
 it in). Batches are answered in order. A batch whose step failed is simply not answered: the next
 `schedule()` drops every unanswered batch and their sequences run again (the worker only rewrites
 the same KV slots), and a late `on_step` for one is ignored.
+
+Disaggregation (ARCHITECTURE.md, "Roles and the handoff"): the core of a prefill worker has
+`hands_off` set, and a request whose step sampled a token (its prompt is done) leaves its
+running set for `take_handoffs()`, its blocks held until `release_handoff()` (the decode
+worker has them by then). The core of a decode worker takes such a request with
+`add_prefilled()`, gives it blocks in `start_imports()` (when the cache has room) and, once
+the KV is in them, `finish_import(ok=True)` makes it a running decode; `ok=False` recomputes it
+here instead, as after a preemption.
 """
 
 from __future__ import annotations
@@ -96,6 +104,13 @@ class Scheduler:
         self._host_free: deque[int] = deque(range(model.num_swap_blocks))
         # swap-outs not yet sent to the worker (request id -> (device, host) block pairs)
         self._pending_swap_out: dict[str, list[tuple[int, int]]] = {}
+        # disaggregation, prefill side: prompts done, blocks held until the decode side has them
+        self.hands_off = False
+        self._handoffs: dict[str, _Sequence] = {}
+        self._new_handoffs: list[str] = []
+        # decode side: prefilled requests waiting for blocks, then for their KV to arrive
+        self._imports_waiting: deque[_Sequence] = deque()
+        self._importing: dict[str, _Sequence] = {}
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -125,7 +140,9 @@ class Scheduler:
         expired = [
             s
             for s in self._seqs.values()
-            if s.req.deadline_s is not None and s.req.deadline_s <= now_s
+            if s.req.deadline_s is not None
+            and s.req.deadline_s <= now_s
+            and s.req.request_id not in self._handoffs  # the decode side expires those
         ]
         updates = []
         for seq in expired:
@@ -172,6 +189,8 @@ class Scheduler:
         yet in the cache plus outputs still to generate. The router's load."""
         total = 0
         for seq in self._seqs.values():
+            if seq.req.request_id in self._handoffs:
+                continue  # the decode side runs the rest
             to_prefill = seq.num_prefill_tokens - seq.num_computed if seq.is_running else 0
             if not seq.is_running and seq.host_blocks is None:
                 to_prefill = seq.num_tokens
@@ -304,6 +323,8 @@ class Scheduler:
                     decodes.append((seq, seq.num_tokens - 1, seq.last_token))
             elif step.sampling is None:
                 chunk_starts.append((seq, step.num_tokens_after))
+            elif self.hands_off:
+                continue  # its prompt is done: it decodes on a decode worker
             elif seq.req.num_output_tokens + pending[seq.seq_id] < seq.req.max_tokens:
                 decodes.append((seq, step.num_tokens_after, PLACEHOLDER_TOKEN_ID))
         blocks = self._blocks
@@ -364,14 +385,93 @@ class Scheduler:
     def on_worker_lost(self) -> None:
         """The worker restarted with an empty cache: recompute every running sequence."""
         self._in_flight = []
+        for seq in self._handoffs.values():  # their KV is gone: the import fails, recomputes
+            self._blocks.free(seq.seq_id)
+            del self._seqs[seq.req.request_id]
+        self._handoffs.clear()
+        self._new_handoffs.clear()
+        for seq in self._importing.values():  # recomputed here, like the running ones
+            self._blocks.free(seq.seq_id)
+        importing = [*self._importing.values(), *self._imports_waiting]
+        self._importing.clear()
+        self._imports_waiting.clear()
         for seq in self._running:
             self._release(seq)
-        self._waiting.extendleft(reversed(self._running))
+        self._waiting.extendleft(reversed(self._running + importing))
         self._running = []
         self._blocks.reset_prefix_cache()  # the cached blocks' contents are gone too
         self._pending_swap_out.clear()
         for seq in self._waiting:  # so is the host pool: swapped sequences are recomputed
             self._drop_host_copy(seq)
+
+    # ---- disaggregation -------------------------------------------------------------------
+
+    def take_handoffs(self) -> list[tuple[str, list[int]]]:
+        """Prefill side: the requests whose prompt is done since the last call, each with the
+        blocks holding its computed tokens' KV (held until `release_handoff`)."""
+        out = []
+        for request_id in self._new_handoffs:
+            seq = self._handoffs.get(request_id)
+            if seq is not None:
+                num_blocks = self._blocks.num_blocks_for(seq.num_computed)
+                out.append((request_id, list(self._blocks.block_table(seq.seq_id)[:num_blocks])))
+        self._new_handoffs.clear()
+        return out
+
+    def release_handoff(self, request_id: str) -> bool:
+        """Prefill side: free a handed-off request's blocks; False when they were no longer
+        held (the worker was lost meanwhile: what the decode side pulled is not its KV)."""
+        seq = self._handoffs.pop(request_id, None)
+        if seq is None:
+            return False
+        self._blocks.free(seq.seq_id)
+        if self._seqs.get(request_id) is seq:
+            del self._seqs[request_id]
+        return True
+
+    def add_prefilled(self, req: Request) -> None:
+        """Decode side: a request whose tokens but the last have their KV on a prefill worker;
+        it waits for blocks (`start_imports`). Raises InvalidRequestError."""
+        self._validate(req)
+        seq = _Sequence(req, self._next_seq_id)
+        self._next_seq_id += 1
+        self._seqs[req.request_id] = seq
+        self._imports_waiting.append(seq)
+
+    def start_imports(self) -> list[tuple[str, int, list[int]]]:
+        """Decode side: blocks for the prefilled requests the cache and max_num_seqs have room
+        for, oldest first: (request id, seq id, the blocks its KV goes into)."""
+        started = []
+        while self._imports_waiting:
+            seq = self._imports_waiting[0]
+            if len(self._running) + len(self._importing) >= self.config.max_num_seqs:
+                break
+            if not self._blocks.can_allocate(seq.num_tokens):
+                break
+            self._imports_waiting.popleft()
+            table = self._blocks.allocate(seq.seq_id, seq.num_tokens)
+            self._importing[seq.req.request_id] = seq
+            num_blocks = self._blocks.num_blocks_for(seq.num_tokens - 1)
+            started.append((seq.req.request_id, seq.seq_id, list(table[:num_blocks])))
+        return started
+
+    def finish_import(self, request_id: str, ok: bool) -> None:
+        """Decode side: the KV of a request from `start_imports` is in its blocks (`ok`): it
+        decodes from the next step; or the transfer failed: its tokens are recomputed here."""
+        seq = self._importing.pop(request_id, None)
+        if seq is None:
+            return  # aborted, finished or recomputed (worker lost) meanwhile
+        if not ok:
+            self._blocks.free(seq.seq_id)
+            self._waiting.appendleft(seq)
+            return
+        seq.num_computed = seq.num_prefill_tokens = seq.num_tokens - 1
+        seq.is_running = True
+        bisect.insort(self._running, seq, key=lambda s: s.priority)
+
+    @property
+    def num_importing(self) -> int:
+        return len(self._importing) + len(self._imports_waiting)
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -523,6 +623,11 @@ class Scheduler:
             reason = "length"
         if reason:
             self._finish(seq, reason, now_s)
+        elif self.hands_off:  # its prompt is done: it goes on on a decode worker
+            self._running.remove(seq)
+            seq.is_running = False
+            self._handoffs[req.request_id] = seq
+            self._new_handoffs.append(req.request_id)
         return Update(req.request_id, [token], reason)
 
     def _preempt(self, seq: _Sequence) -> None:
@@ -612,6 +717,13 @@ class Scheduler:
         if seq.is_running:
             self._running.remove(seq)
             self._release(seq)
+        elif req.request_id in self._handoffs:
+            self.release_handoff(req.request_id)
+            return  # the request goes on elsewhere: its state is not this core's to end
+        elif self._importing.pop(req.request_id, None) is not None:
+            self._blocks.free(seq.seq_id)
+        elif seq in self._imports_waiting:
+            self._imports_waiting.remove(seq)
         else:
             self._waiting.remove(seq)
             self._drop_host_copy(seq)

@@ -3,6 +3,14 @@ tokens to the connections that asked for them (one delivery per connection per s
 
 It owns the spans of the scheduler: a Submit SERVER span per request (queue, prefill and
 decode time) and a Step CLIENT span per step, linked to the requests it served.
+
+Disaggregated (a prefill and a decode worker, ARCHITECTURE.md "Roles and the handoff"): the
+runner of a prefill worker hands each request whose prompt is done to `on_handoff` (the replica
+set, which picks a decode runner); the decode runner `adopt_prefilled`s it, makes its worker pull
+the KV from the prefill worker (`import_kv`), then releases the prefill worker's blocks and
+decodes it. The handoff's dead time is traced: `hopscope.handoff_wait` (prompt done -> transfer
+started), `hopscope.handoff_transfer` (the transfer as the scheduler waited for it) and
+`hopscope.handoff_resume` (transfer done -> the request's first decode step sent).
 """
 
 from __future__ import annotations
@@ -56,6 +64,16 @@ class _Tracked:
     link: Link | None = None  # to `span`, built once: every step of this request links to it
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
+    resume_span: Span | None = None  # hopscope.handoff_resume, ended by its first decode step
+
+
+@dataclass(slots=True)
+class _Handoff:
+    """Decode side: a prefilled request whose KV is still on the prefill worker."""
+
+    source: SchedulerRunner
+    source_blocks: list[int]
+    done_ns: int  # when its prompt was done (wall clock, for the span)
 
 
 @dataclass(slots=True)
@@ -95,6 +113,13 @@ class SchedulerRunner:
         self.replica = "0"  # its index among worker replicas (a metrics label)
         self.hop_rtt_ms = 0.0
         self.tokens_per_ms = 0.0
+        # disaggregation: the worker's role (from its Info), where a prefill runner's finished
+        # prompts go, how KV blocks move, and (decode side) the handoffs not yet imported
+        self.role = "mixed"
+        self.on_handoff: Callable[[SchedulerRunner, _Tracked, list[int], int], None] | None = None
+        self.kv_transport = "grpc"
+        self._handoffs: dict[str, _Handoff] = {}
+        self._imports: set[asyncio.Task[None]] = set()
         worker.watch(self._wakeup.set)  # a stream lost while idle is noticed at once
 
     # ------------------------------------------------------------------ lifecycle
@@ -105,6 +130,7 @@ class SchedulerRunner:
             self.worker_info.model, list(self.worker_info.eos_token_ids)
         )
         self.core = self._core_factory(info)
+        self.role = self.worker_info.service.role or "mixed"
         # all free before the first step (an unset gauge reads 0 free: a full cache)
         self.metrics.set_kv_blocks(num_used=0, num_free=self.core.block_manager.num_blocks)
         self._worker_down_since = None
@@ -117,6 +143,9 @@ class SchedulerRunner:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        for task in list(self._imports):
+            task.cancel()
+        await asyncio.gather(*self._imports, return_exceptions=True)
         self._drop_sent()
         for rid in list(self._tracked):
             self._fail(rid, UnavailableError("the scheduler is shutting down"))
@@ -167,6 +196,7 @@ class SchedulerRunner:
     def abort(self, request_id: str) -> None:
         """The caller went away or matched a stop string: free its blocks now."""
         tracked = self._tracked.pop(request_id, None)
+        self._drop_handoff(request_id)
         if self.core is not None:
             self.core.abort(request_id)
         if tracked is not None:
@@ -196,6 +226,7 @@ class SchedulerRunner:
             return
         now = time.monotonic()
         self._deliver(self.core.expire(now))
+        self._start_imports()
         if self.core.config.async_scheduling:
             await self._iterate_overlapped(now)
             return
@@ -233,6 +264,7 @@ class SchedulerRunner:
             updates += self.core.on_step(each, each_sampled, time.monotonic())
         # a run's tokens leave together: one delivery per request, not one per step
         self._deliver(_merged(updates) if len(run) > 1 else updates)
+        self._hand_off()
         self._record(run[0], started_s)
 
     async def _iterate_overlapped(self, now: float) -> None:
@@ -290,6 +322,9 @@ class SchedulerRunner:
         decode_links: list[Link] = []
         for rid, phase in zip(batch.request_ids, batch.phases):
             tracked = self._tracked.get(rid)
+            if tracked is not None and tracked.resume_span is not None:
+                tracked.resume_span.end()  # its first step after the KV hop is on its way
+                tracked.resume_span = None
             if tracked is not None and tracked.link is not None:
                 (prefill_links if phase == "prefill" else decode_links).append(tracked.link)
         span = spans.start_rpc_span(
@@ -374,6 +409,7 @@ class SchedulerRunner:
         taken = []
         for rid, tracked in list(self._tracked.items()):
             del self._tracked[rid]
+            self._drop_handoff(rid)
             if self.core is not None:
                 self.core.abort(rid)
             tracked.request.finish_reason = ""
@@ -389,6 +425,107 @@ class SchedulerRunner:
         except HopscopeError as exc:  # e.g. this replica's queue is full
             self._fail(tracked.request.request_id, exc)
         self._wakeup.set()
+
+    # ------------------------------------------------------------------ disaggregation
+    def _hand_off(self) -> None:
+        """Prefill side: requests whose prompt is done go to `on_handoff` (a decode runner)."""
+        assert self.core is not None
+        if not self.core.hands_off:
+            return
+        done_ns = time.time_ns()
+        for rid, blocks in self.core.take_handoffs():
+            tracked = self._tracked.pop(rid, None)
+            if tracked is None or self.on_handoff is None:
+                self.core.release_handoff(rid)
+                continue
+            self.on_handoff(self, tracked, blocks, done_ns)
+
+    def release_handoff(self, request_id: str) -> bool:
+        """Prefill side: the decode worker has the request's KV (or gave up): free its blocks.
+        False when they were gone already (this worker was lost meanwhile)."""
+        if self.core is None:
+            return False
+        released = self.core.release_handoff(request_id)
+        self._wakeup.set()
+        return released
+
+    def adopt_prefilled(
+        self, tracked: _Tracked, source: SchedulerRunner, source_blocks: list[int], done_ns: int
+    ) -> None:
+        """Decode side: continue a request whose prompt `source` ran; its KV comes from there
+        once this cache has room (or it is recomputed here when the transfer fails)."""
+        assert self.core is not None, "adopt before start"
+        rid = tracked.request.request_id
+        self._tracked[rid] = tracked
+        try:
+            self.core.add_prefilled(tracked.request)
+        except HopscopeError as exc:
+            source.release_handoff(rid)
+            self._fail(rid, exc)
+            return
+        self._handoffs[rid] = _Handoff(source, source_blocks, done_ns)
+        self._wakeup.set()
+
+    def _start_imports(self) -> None:
+        assert self.core is not None
+        for rid, seq_id, dest_blocks in self.core.start_imports():
+            task = asyncio.create_task(self._import(rid, seq_id, dest_blocks), name=f"kv-{rid}")
+            self._imports.add(task)
+            task.add_done_callback(self._imports.discard)
+
+    async def _import(self, rid: str, seq_id: int, dest_blocks: list[int]) -> None:
+        """One KV hop: this worker pulls the blocks from the prefill worker; the prefill
+        worker's blocks are freed once it answers. A failed hop recomputes the request here."""
+        assert self.core is not None
+        handoff, tracked = self._handoffs.get(rid), self._tracked.get(rid)
+        if handoff is None or tracked is None:
+            self.core.finish_import(rid, ok=False)
+            return
+        span_attributes = {schema.REQUEST_ID: rid}
+        spans.record_internal_span(
+            schema.HANDOFF_WAIT, tracked.span, handoff.done_ns, time.time_ns(), span_attributes
+        )
+        transfer = spans.start_internal_span(
+            schema.HANDOFF_TRANSFER,
+            tracked.span,
+            {**span_attributes, schema.KV_TRANSPORT: self.kv_transport},
+        )
+        ok, error = False, None
+        try:
+            result = await self.worker.import_kv(
+                handoff.source.worker.address,
+                handoff.source_blocks,
+                dest_blocks,
+                self.kv_transport,
+                spans.carrier_of(transfer),  # the worker's kv_transfer spans go under it
+                rid,
+                seq_id,
+            )
+            transfer.set_attribute(schema.KV_BYTES, result.num_bytes)
+            transfer.set_attribute(schema.NUM_BLOCKS, result.num_blocks)
+            ok = True
+        except HopscopeError as exc:
+            log.warning("KV transfer of %s failed (%s); recomputing it here", rid, exc)
+            error = exc
+        finally:
+            if self._handoffs.pop(rid, None) is handoff:  # still ours (not aborted, not lost)
+                # blocks gone before the answer: what was pulled is not this request's KV
+                ok = handoff.source.release_handoff(rid) and ok
+            else:
+                ok = False
+        _end_span(transfer, error)
+        if ok and self._tracked.get(rid) is tracked:
+            tracked.resume_span = spans.start_internal_span(
+                schema.HANDOFF_RESUME, tracked.span, span_attributes
+            )
+        self.core.finish_import(rid, ok)
+        self._wakeup.set()
+
+    def _drop_handoff(self, request_id: str) -> None:
+        """A request leaves this runner before its KV came: the prefill worker frees it."""
+        handoff = self._handoffs.pop(request_id, None)
+        if handoff is not None:
+            handoff.source.release_handoff(request_id)
 
     def is_tracking(self, request_id: str) -> bool:
         return request_id in self._tracked
@@ -441,6 +578,7 @@ class SchedulerRunner:
 
     def _fail(self, request_id: str, error: HopscopeError) -> None:
         tracked = self._tracked.pop(request_id, None)
+        self._drop_handoff(request_id)
         if self.core is not None:
             self.core.abort(request_id)
         if tracked is None:
@@ -452,6 +590,9 @@ class SchedulerRunner:
 
     def _close_span(self, tracked: _Tracked, finish_reason: str, error: Exception | None) -> None:
         req, span = tracked.request, tracked.span
+        if tracked.resume_span is not None:
+            tracked.resume_span.end()
+            tracked.resume_span = None
         if req.first_scheduled_s is not None:
             span.set_attribute(schema.QUEUE_MS, (req.first_scheduled_s - req.arrival_s) * 1e3)
         span.set_attribute(schema.PREFILL_MS, tracked.prefill_ms)
@@ -467,6 +608,8 @@ class SchedulerRunner:
         self._worker_down_since = time.monotonic()
         self._on_health(False)
         self._drop_sent()  # their stream is gone; the core forgets them too
+        for rid in list(self._handoffs):  # recomputed here once the worker is back
+            self._drop_handoff(rid)
         self.core.on_worker_lost()  # running sequences will be recomputed once it is back
 
     def _is_worker_given_up(self) -> bool:

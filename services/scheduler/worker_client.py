@@ -18,6 +18,8 @@ from services.common.errors import UnavailableError
 from services.common.peer_auth import token_metadata
 from services.common.tls import TlsMaterial
 from services.common.types import BlockSwaps, SeqStep, StepOutput
+from services.scheduler import kv_client
+from services.scheduler.kv_client import KVTransferResult
 
 
 class WorkerClient(Protocol):
@@ -44,6 +46,20 @@ class WorkerClient(Protocol):
 
     def watch(self, on_lost: Callable[[], None]) -> None:
         """Call `on_lost` when the link breaks while no step is in flight."""
+        ...
+
+    async def import_kv(
+        self,
+        source_address: str,
+        source_blocks: Sequence[int],
+        dest_blocks: Sequence[int],
+        transport: str,
+        carrier: Mapping[str, str],
+        request_id: str,
+        seq_id: int,
+    ) -> KVTransferResult:
+        """Make this worker pull KV blocks from the worker at `source_address` (kv_client's
+        import_kv); UnavailableError when that fails (the caller recomputes instead)."""
         ...
 
     async def close(self) -> None: ...
@@ -76,6 +92,9 @@ class InprocWorkerClient:
 
     def watch(self, on_lost: Callable[[], None]) -> None:
         return None  # the worker lives and dies with this process
+
+    async def import_kv(self, *args: object, **kwargs: object) -> KVTransferResult:
+        raise UnavailableError("the in-process placement has one worker: no KV hop")
 
     async def close(self) -> None:
         return None
@@ -139,6 +158,30 @@ class GrpcWorkerClient:
         call.add_done_callback(lambda _call: self._on_lost())
         self._call = call
         return info
+
+    async def import_kv(
+        self,
+        source_address: str,
+        source_blocks: Sequence[int],
+        dest_blocks: Sequence[int],
+        transport: str,
+        carrier: Mapping[str, str],
+        request_id: str,
+        seq_id: int,
+    ) -> KVTransferResult:
+        if self._channel is None:
+            raise UnavailableError(f"no channel to the model worker at {self.address}")
+        return await kv_client.import_kv(
+            self._channel,
+            source_address,
+            source_blocks,
+            dest_blocks,
+            transport,
+            carrier,
+            request_id=request_id,
+            seq_id=seq_id,
+            metadata=self._metadata,
+        )
 
     async def step(
         self,
