@@ -64,12 +64,13 @@ def resolve_security(spec: HopscopeConfig, has_key: bool = False) -> HopscopeCon
 
 # ---------------------------------------------------------------------------- serve
 def run_serve(args: argparse.Namespace) -> int:
-    from deploy.spec import NO_RAY_PLACEMENTS, with_concrete_http_port
+    from deploy.spec import NO_RAY_PLACEMENTS, check_tokenizer_replicas, with_concrete_http_port
 
     try:
         has_key = bool(args.api_key or os.environ.get("HOPSCOPE_API_KEY"))
         # a bad value or a missing placement file is named here, before anything starts
         spec = resolve_security(spec_from_args(args), has_key)
+        check_tokenizer_replicas(spec)
     except ValueError as exc:
         err.print(f"error: {exc}")
         return 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from deploy.spec import scheduler_config, tokenizer_config, worker_config
+from deploy.spec import check_tokenizer_replicas, scheduler_config, tokenizer_config, worker_config
 from services.common.health import HealthPublisher
 from services.common.identity import identify
 from services.config import HopscopeConfig
@@ -53,6 +53,7 @@ async def start_inproc(
     spec: HopscopeConfig, node_id: str = "", is_ray: bool = False
 ) -> InprocPipeline:
     """`node_id` / `is_ray` are what Describe reports (set when hosted in a Ray actor)."""
+    check_tokenizer_replicas(spec)  # one process, one front door
     worker_service = worker_config(spec, "inproc", node_id)
     workers = [
         await asyncio.to_thread(build_worker_service, worker_service, "inproc")

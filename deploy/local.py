@@ -19,6 +19,7 @@ from deploy.spec import (
     front_door_credentials,
     scheduler_config,
     tokenizer_config,
+    tokenizer_names,
     with_internal_token,
     worker_config,
 )
@@ -115,12 +116,15 @@ class LocalDeployment:
                 "services.scheduler",
                 lambda listen: scheduler_config(self.spec, listen, workers[0], "", workers[1:]),
             )
-            self._start(
-                "tokenizer",
-                "services.tokenizer",
-                lambda listen: tokenizer_config(self.spec, listen, sched),
-                listen=self.spec.deploy.front_door,
-            )
+            # the front door's replicas share its port (the first one's, when --port 0 picked it)
+            front_door = self.spec.deploy.front_door
+            for name in tokenizer_names(self.spec.deploy.tokenizer_replicas):
+                front_door = self._start(
+                    name,
+                    "services.tokenizer",
+                    lambda listen, name=name: tokenizer_config(self.spec, listen, sched, name=name),
+                    listen=front_door,
+                )
             # the front door's health follows all
             wait_serving(self.address, START_TIMEOUT_S, front_door_credentials(self.spec))
         except TimeoutError as exc:

@@ -134,10 +134,41 @@ def scheduler_config(
     )
 
 
+def tokenizer_names(num_replicas: int) -> list[str]:
+    """The front-door replicas (`--tokenizer-replicas`): `tokenizer`, then `tokenizer-1`, ..."""
+    return ["tokenizer", *(f"tokenizer-{i}" for i in range(1, num_replicas))]
+
+
+def check_tokenizer_replicas(config: HopscopeConfig) -> None:
+    """ValueError for front-door replicas the placement cannot run (before anything starts)."""
+    replicas = config.deploy.tokenizer_replicas
+    if replicas > 1 and config.deploy.placement == "inproc":
+        raise ValueError(
+            f"--tokenizer-replicas {replicas} needs a front door of its own per replica: "
+            "placement inproc runs the whole pipeline in one process (one front door); use "
+            "--placement colocated (or colocated-tcp)"
+        )
+    if replicas > 1 and not config.deploy.no_ray:
+        raise ValueError(
+            f"--tokenizer-replicas {replicas} runs local processes only for now: add --no-ray "
+            "(placement colocated or colocated-tcp)"
+        )
+
+
 def tokenizer_config(
-    config: HopscopeConfig, listen: str, scheduler_address: str, node_id: str = ""
+    config: HopscopeConfig,
+    listen: str,
+    scheduler_address: str,
+    node_id: str = "",
+    name: str = "tokenizer",
 ) -> TokenizerServiceConfig:
+    """`name`: the front-door replica (tokenizer_names). With several, each shares `listen` and
+    the HTTP port with the others (SO_REUSEPORT); `tokenizer-1`, ... serve /metrics on any
+    free port (`tokenizer` keeps the tokenizer's)."""
     tok = config.tokenizer
+    metrics = metrics_address(config, "tokenizer")
+    if metrics and name != "tokenizer":
+        metrics = f"{config.deploy.host}:0"
     return TokenizerServiceConfig(
         model=config.model.model,
         scheduler_address=scheduler_address,
@@ -147,12 +178,14 @@ def tokenizer_config(
         request_timeout_s=tok.request_timeout_s,
         connect_timeout_s=tok.scheduler_connect_timeout_s,
         scheduler_reconnect_timeout_s=tok.scheduler_reconnect_timeout_s,
-        metrics_address=metrics_address(config, "tokenizer"),
+        metrics_address=metrics,
         http_listen=config.deploy.http_listen,
         max_model_len=config.model.max_model_len,
         tls_dir=config.security.tls_dir,
         internal_token=config.security.internal_token,
         stream_interval=tok.stream_interval,
+        name=name,
+        reuse_port=config.deploy.tokenizer_replicas > 1,
     )
 
 

@@ -230,6 +230,18 @@ class DeploySettings(Section):
         "them), behind one scheduler that routes each request (`--routing`)",
     )
 
+    tokenizer_replicas: int = setting(
+        1,
+        "front-door (tokenizer) processes sharing --port and --http-port (SO_REUSEPORT)",
+        minimum=1,
+        metavar="N",
+        doc="N front-door (tokenizer) processes (`--no-ray` `colocated` / `colocated-tcp`) "
+        "sharing `--port` and `--http-port` (SO_REUSEPORT: the kernel spreads new connections over "
+        "them), each with its own Connect stream to the scheduler; Describe lists them "
+        "(`tokenizer`, `tokenizer-1`, ...). More front-door CPU when tokenizing and streaming cap "
+        "the tokens/s (refused with `inproc`: one process)",
+    )
+
     @property
     def is_metrics_enabled(self) -> bool:
         return self.metrics or self.metrics_port is not None

@@ -295,6 +295,26 @@ def identity_to_pb(i: ServiceIdentity) -> pb.ServiceInfo:
     return pb.ServiceInfo(name=i.name, node_id=i.node_id, host=i.host, pid=i.pid, address=i.address)
 
 
+# A front door opens its `Connect` stream with its ServiceInfo in this metadata entry (binary),
+# so the scheduler's Describe lists every front-door replica connected to it.
+FRONT_DOOR_METADATA_KEY = "hopscope-front-door-bin"
+
+
+def front_door_metadata(i: ServiceIdentity) -> tuple[str, bytes]:
+    return (FRONT_DOOR_METADATA_KEY, identity_to_pb(i).SerializeToString())
+
+
+def front_door_from_metadata(metadata: Sequence[tuple[str, str | bytes]]) -> pb.ServiceInfo | None:
+    """The front door a `Connect` stream comes from; None when it did not say (or said nonsense)."""
+    for key, value in metadata:
+        if key == FRONT_DOOR_METADATA_KEY and isinstance(value, bytes):
+            try:
+                return pb.ServiceInfo.FromString(value)
+            except Exception:  # noqa: BLE001 - a caller's bad header: just not listed
+                return None
+    return None
+
+
 def delivery_to_pb(d: Delivery) -> pb.RequestUpdate:
     return pb.RequestUpdate(
         request_id=d.request_id,

@@ -61,11 +61,13 @@ def channel_options(keepalive: Keepalive = KEEPALIVE) -> GrpcOptions:
     ]
 
 
-def server_options(keepalive: Keepalive = KEEPALIVE) -> GrpcOptions:
+def server_options(keepalive: Keepalive = KEEPALIVE, *, reuse_port: bool = False) -> GrpcOptions:
+    """`reuse_port`: share the port with this deployment's other front-door replicas
+    (SO_REUSEPORT); otherwise a taken port must fail to bind, not be shared silently."""
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),  # a taken port must fail to bind, not be shared silently
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
         *keepalive.server_options(),
     ]

@@ -68,6 +68,7 @@ async def start_server(
     require_client_cert: bool = True,
     internal_token: str = "",
     has_key: bool = False,
+    reuse_port: bool = False,
 ) -> GrpcServer:
     """Start a server on `address` ("HOST:PORT" or "unix:PATH"); `register` adds the servicers
     and returns their full service names (for health and reflection). `health_publisher`
@@ -79,12 +80,15 @@ async def start_server(
     call but health checks must carry it (services/common/peer_auth.py). `has_key`: the caller
     checks a key of its own (the front door's API key); only used to decide on the warning for
     an unprotected non-loopback listener. `interceptors` run inside the common ones (e.g. the
-    front door's API-key check).
+    front door's API-key check). `reuse_port`: SO_REUSEPORT, for front-door replicas sharing
+    one port (`--tokenizer-replicas`).
     """
     chain = [*_interceptors(), *interceptors]
     if internal_token:
         chain.insert(0, InternalTokenInterceptor(internal_token))
-    server = grpc.aio.server(interceptors=chain, options=server_options(keepalive))
+    server = grpc.aio.server(
+        interceptors=chain, options=server_options(keepalive, reuse_port=reuse_port)
+    )
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

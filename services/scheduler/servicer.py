@@ -54,11 +54,16 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self.runner = runner
         self.identity = identity
         self.transport = transport
+        # the front doors (`--tokenizer-replicas`) whose Connect stream is open, for Describe
+        self.front_doors: dict[int, pb.ServiceInfo] = {}
 
     async def Connect(
         self, request_iterator: AsyncIterator[pb.SchedulerInput], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SchedulerOutput]:
         conn = _Connection()
+        front_door = convert.front_door_from_metadata(context.invocation_metadata() or ())
+        if front_door is not None:
+            self.front_doors[id(conn)] = front_door
         reader = asyncio.create_task(self._read(request_iterator, conn))
         try:
             while True:
@@ -68,6 +73,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 yield out
         finally:
             reader.cancel()
+            self.front_doors.pop(id(conn), None)
             for rid in list(conn.request_ids):  # the tokenizer went away: free its requests
                 self.runner.abort(rid)
 
@@ -108,9 +114,11 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     async def Describe(
         self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DescribeResponse:
-        return describe_scheduler(
+        response = describe_scheduler(
             self.runner, self.identity, self.worker_link, self.worker_link_shape, self.worker_links
         )
+        response.services.extend(self.front_doors.values())  # the front door sorts them in
+        return response
 
 
 def describe_scheduler(

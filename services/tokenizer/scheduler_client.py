@@ -218,8 +218,11 @@ class GrpcSchedulerClient:
         *,
         tls: TlsMaterial | None = None,
         internal_token: str = "",
+        front_door: ServiceIdentity | None = None,
     ) -> None:
+        """`front_door`: who opens the stream, told to the scheduler (its Describe lists it)."""
         self.address = address
+        self._front_door = front_door
         self.transport = transport_of(address)
         self._on_health = on_health
         self._reconnect_timeout_s = reconnect_timeout_s
@@ -347,7 +350,10 @@ class GrpcSchedulerClient:
         returns why it ended."""
         await self._wait_for_channel()
         outbox: asyncio.Queue[pb.SchedulerInput] = asyncio.Queue()
-        call = self._stub.Connect(self._outgoing(outbox), metadata=self._metadata)
+        metadata: tuple[tuple[str, str | bytes], ...] = self._metadata
+        if self._front_door is not None:  # read now: its address is known once it listens
+            metadata = (*metadata, convert.front_door_metadata(self._front_door))
+        call = self._stub.Connect(self._outgoing(outbox), metadata=metadata)
         try:
             self._outbox = outbox
             self._resubmit(outbox)

@@ -73,6 +73,7 @@ async def start_tokenizer(
     if health is None:
         health = HealthPublisher(is_serving=False)
     started: list[Callable[[], Awaitable[None] | None]] = []
+    identity = identify(config.name, config.listen, config.node_id)
     try:
         if scheduler is None:
             client = GrpcSchedulerClient(
@@ -81,11 +82,11 @@ async def start_tokenizer(
                 config.scheduler_reconnect_timeout_s,
                 tls=tls,
                 internal_token=config.internal_token,
+                front_door=identity,
             )
             started.append(client.close)
             await client.connect(config.connect_timeout_s)
             scheduler = client
-        identity = identify("tokenizer", config.listen, config.node_id)
         metrics = serve_metrics("tokenizer", config.metrics_address)
         started.append(metrics.stop_server)
         servicer = TokenizerServicer(core, scheduler, identity, config, metrics)
@@ -103,6 +104,7 @@ async def start_tokenizer(
             require_client_cert=False,
             has_key=api_key.is_required,
             interceptors=[ApiKeyInterceptor(api_key)] if api_key.is_required else [],
+            reuse_port=config.reuse_port,
         )
     except BaseException:
         for stop in reversed(started):
@@ -118,7 +120,9 @@ async def start_tokenizer(
 
         try:
             app = FrontDoorApp(servicer, source.name, source.chat_template, api_key)
-            front.http = await start_http_server(app, config.http_listen)
+            front.http = await start_http_server(
+                app, config.http_listen, reuse_port=config.reuse_port
+            )
         except BaseException:
             await front.stop(0)
             raise

@@ -31,6 +31,8 @@ class TokenizerServiceConfig:
     # at most this many tokens per Generate message: 1 = one message per scheduler step; N > 1
     # sends the first token at once, then every N tokens (and the last), fewer messages to write
     stream_interval: int = DEFAULTS.tokenizer.stream_interval
+    name: str = "tokenizer"  # a front-door replica's name: `tokenizer`, `tokenizer-1`, ...
+    reuse_port: bool = False  # share `listen` / `http_listen` with the other replicas
 
     def __post_init__(self) -> None:
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:

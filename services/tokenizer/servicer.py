@@ -165,21 +165,38 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         response = pb.DescribeResponse(
             placement=self.config.placement, batching=downstream.batching, ray=self.config.is_ray
         )
-        response.services.append(convert.identity_to_pb(self.identity))
-        response.services.extend(downstream.services)
-        edge: dict[str, Any] = {
-            "from": "tokenizer",  # a Python keyword: passed by dict
-            "to": "scheduler",
-            "transport": self.scheduler.transport,
-            "link": self.config.scheduler_link,
-            "delay_ms": self.config.scheduler_link_delay_ms,
-            "rate_mbit": self.config.scheduler_link_rate_mbit,
-        }
-        response.edges.append(pb.Edge(**edge))
+        front_doors = _front_doors(convert.identity_to_pb(self.identity), downstream)
+        response.services.extend(front_doors)
+        response.services.extend(s for s in downstream.services if not _is_front_door(s.name))
+        for front_door in front_doors:  # each replica has its own stream to the scheduler
+            edge: dict[str, Any] = {
+                "from": front_door.name,  # a Python keyword: passed by dict
+                "to": "scheduler",
+                "transport": self.scheduler.transport,
+                "link": self.config.scheduler_link,
+                "delay_ms": self.config.scheduler_link_delay_ms,
+                "rate_mbit": self.config.scheduler_link_rate_mbit,
+            }
+            response.edges.append(pb.Edge(**edge))
         response.edges.extend(downstream.edges)
         response.model.CopyFrom(downstream.model)
         response.scheduler_stats.CopyFrom(downstream.scheduler_stats)
         return response
+
+
+def _is_front_door(name: str) -> bool:
+    return name == "tokenizer" or name.startswith("tokenizer-")
+
+
+def _front_doors(me: pb.ServiceInfo, downstream: pb.DescribeResponse) -> list[pb.ServiceInfo]:
+    """This front door and the other replicas the scheduler has a Connect stream from
+    (`--tokenizer-replicas`), in replica order: `tokenizer`, `tokenizer-1`, ... They all listen
+    where this one does (one shared port)."""
+    by_name = {s.name: s for s in downstream.services if _is_front_door(s.name)}
+    by_name[me.name] = me
+    for info in by_name.values():
+        info.address = me.address
+    return sorted(by_name.values(), key=lambda s: (len(s.name), s.name))
 
 
 @dataclass(slots=True)

@@ -64,3 +64,21 @@ def test_generate_with_a_preset_says_its_text_is_gibberish(
     assert code == 0
     assert "model 'tiny' is a preset with seeded random weights" in err
     assert "gibberish" in err
+
+
+@pytest.mark.parametrize("ray_flags", [["--no-ray"], []])
+def test_front_door_replicas_in_one_process_are_refused_naming_why(
+    ray_flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["serve", *ray_flags, "--placement", "inproc", "--tokenizer-replicas", "2"]
+    code = cli.main([*args, "--port", "0"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2
+    assert "--tokenizer-replicas 2 needs a front door of its own per replica" in line
+    assert "placement inproc runs the whole pipeline in one process" in line
+
+
+def test_no_front_door_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["serve", "--no-ray", "--tokenizer-replicas", "0", "--port", "0"])
+    assert code == 2
+    assert "--tokenizer-replicas must be >= 1, got 0" in _one_error_line(capsys.readouterr().err)

@@ -46,13 +46,14 @@ class HttpServer:
 
 
 async def start_http_server(
-    front: FrontDoorApp, listen: str, tracer_provider: Any = None
+    front: FrontDoorApp, listen: str, tracer_provider: Any = None, reuse_port: bool = False
 ) -> HttpServer:
     """Serve `front` on `listen` ("HOST:PORT"; port 0 picks one). Spans go to the global
-    tracer provider (tracing/setup.py) unless `tracer_provider` is given (tests)."""
+    tracer provider (tracing/setup.py) unless `tracer_provider` is given (tests).
+    `reuse_port`: share the port with the other front-door replicas (SO_REUSEPORT)."""
     _instrument(front, tracer_provider)
     host, port = listen.rsplit(":", 1)
-    sock = _bind(host, int(port))
+    sock = _bind(host, int(port), reuse_port)
     config = uvicorn.Config(
         front.app,
         log_level="warning",
@@ -73,10 +74,12 @@ async def start_http_server(
     return HttpServer(server, task, f"{host}:{sock.getsockname()[1]}")
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host.strip("[]"), port))
     except OSError as exc:
