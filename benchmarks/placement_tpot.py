@@ -32,7 +32,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from benchmarks import common
-from loadgen.runner import check_reachable
+from loadgen.frontdoor import check_reachable
 from tracing.collector import OtlpCollector
 
 PLACEMENTS = ("inproc", "colocated", "colocated-tcp", "split", "remote")

@@ -19,8 +19,8 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from loadgen.config import BenchConfig
+from loadgen.frontdoor import UnreachableError
 from loadgen.metrics import STATUS_OK, RequestRecord
-from loadgen.runner import UnreachableError
 from protos import hopscope_pb2 as pb
 
 ENDPOINTS = ("completions", "chat")

@@ -23,7 +23,6 @@ from opentelemetry import trace
 
 from loadgen.channel import open_channel
 from loadgen.config import BenchConfig
-from loadgen.frontdoor import UnreachableError, check_reachable  # noqa: F401 - re-exported
 from loadgen.metrics import STATUS_INCOMPLETE, STATUS_OK, RequestRecord
 from loadgen.tracectx import RequestTrace, get_tracer, start_request_trace
 from loadgen.workloads import RequestSpec, Workload
