@@ -25,8 +25,9 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ from typing import Any
 import grpc
 
 from benchmarks import common
+from deploy.lifecycle import launch
 from diagnose.hop_echo import STREAM_METHOD, UNARY_METHOD, make_step_request, register_echo
 from protos import hopscope_pb2 as pb
 from services.common.channels import create_channel
@@ -47,6 +49,8 @@ from services.common.tls import TlsMaterial, load_tls
 
 ARMS = ("plain", "token", "mtls")
 PAYLOADS = {"step32": 32, "step1": 1}
+ECHO_START_TIMEOUT_S = 60.0
+_ADDRESSES_RE = re.compile(r"^\{.*\}$")  # the one JSON line the echo child prints
 TOKEN = "benchmark-token-" + "x" * 27  # the length of a real one (secrets.token_urlsafe(32))
 PREDICTION = (
     "Per hop: on an open stream TLS adds one AES-GCM seal + open per message each way; for a "
@@ -73,7 +77,9 @@ async def _serve_echo(tls_dir: str) -> None:
     }
     print(json.dumps({arm: s.address for arm, s in servers.items()}), flush=True)
     stopped = asyncio.Event()
-    asyncio.get_running_loop().add_reader(sys.stdin.fileno(), stopped.set)  # parent closed it
+    loop = asyncio.get_running_loop()
+    loop.add_reader(sys.stdin.fileno(), stopped.set)  # the parent closed it
+    loop.add_signal_handler(signal.SIGTERM, stopped.set)  # Child.stop
     await stopped.wait()
     for server in servers.values():
         await server.stop(0)
@@ -81,29 +87,22 @@ async def _serve_echo(tls_dir: str) -> None:
 
 @contextmanager
 def _echo_child(tls_dir: Path) -> Iterator[dict[str, str]]:
-    process = subprocess.Popen(
+    """The echo child through the lifecycle kit (its own process group, output in a log file next
+    to the certificates, ready once its JSON line is there); stopped however the block ends."""
+    child = launch(
         # the repository's benchmarks package, like benchmarks/hop_cost.py's children
-        [sys.executable, "-P", "-m", "benchmarks.tls_cost", "serve", "--tls-dir", str(tls_dir)],
-        cwd=common.REPO,
+        ["-m", "benchmarks.tls_cost", "serve", "--tls-dir", str(tls_dir)],
+        name="the tls_cost echo child",
+        log_path=tls_dir.parent / "echo.log",
         env=common.repo_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+        cwd=common.REPO,
+        stdin_pipe=True,  # it serves until its stdin closes
     )
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError("the echo child exited before listening")
-        yield json.loads(line)
+        line = child.wait_for_line(_ADDRESSES_RE, ECHO_START_TIMEOUT_S)
+        yield json.loads(line.group(0))
     finally:
-        assert process.stdin is not None
-        process.stdin.close()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        child.stop()
 
 
 # ---------------------------------------------------------------------------- per hop

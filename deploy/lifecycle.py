@@ -7,7 +7,10 @@ the benchmarks (benchmarks/common.py). Every child:
   `tracing.py` or `grpc.py` next to the user cannot replace hopscope's modules;
 - has its own process group (stopped as a whole) and dies with its parent (PR_SET_PDEATHSIG);
 - writes stdout and stderr straight into a log file: no pipe that nobody reads can fill up and
-  block it; readiness is a line found in that file.
+  block it; readiness is a line found in that file;
+- reads nothing (stdin /dev/null), unless launched with `stdin_pipe=True`: then its stdin is a pipe
+  this process holds open until the child is stopped (for a child that serves until its stdin
+  closes, e.g. diagnose/hop_echo.py: it also ends when this process dies).
 
 A wait that runs out is an error (LaunchError / TimeoutError), never "carry on".
 """
@@ -157,6 +160,8 @@ class Child:
                 self._signal_group(signal.SIGKILL)
                 self._reap(block=True)
         self._signal_group(signal.SIGKILL)  # stragglers in the group
+        if self.process.stdin is not None:  # launched with stdin_pipe
+            self.process.stdin.close()
         return self.returncode
 
     # ------------------------------------------------------------------ internals
@@ -232,6 +237,7 @@ def launch(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     program: list[str] | None = None,
+    stdin_pipe: bool = False,
 ) -> Child:
     """Start `sys.executable -P *argv` (argv without the interpreter, e.g. ["-m", "deploy.cli",
     "serve", ...]) in its own process group; stdout and stderr append to `log_path`.
@@ -240,13 +246,14 @@ def launch(
     process's: with `-P` it is never on the child's import path either way. `program` replaces
     `[sys.executable, "-P"]` for a child that is not hopscope (another venv's python, or
     `["/bin/sh", "-c"]` with a command line as argv): an external server under the same kit.
+    `stdin_pipe`: the child's stdin is a pipe held open until `Child.stop` (default /dev/null).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         offset = log.tell()
         process = subprocess.Popen(
             [*(program if program is not None else [sys.executable, "-P"]), *argv],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.lifecycle import Child, launch
 from diagnose.hop_echo import bidi_round_trip, make_step_request
 
 CALIBRATION_VERSION = 1
@@ -31,6 +31,7 @@ IDLE_QUANTILE = 0.25
 BATCH_SIZES = (1, 32)  # step shapes measured; others are interpolated
 TRANSPORTS = ("uds", "tcp", "relay")
 CHILD_START_TIMEOUT_S = 30.0
+_ADDRESSES_RE = re.compile(r"^\{.*\}$")  # the one JSON line the echo child prints
 
 
 def calibration_path() -> Path:
@@ -120,39 +121,28 @@ def get_calibration(*, measure_if_missing: bool = True) -> Calibration | None:
 @contextmanager
 def echo_child(args: list[str]) -> Iterator[dict[str, str]]:
     """`python -P -m diagnose.hop_echo ARGS`: yields the addresses it prints; stopped on exit."""
-    process = subprocess.Popen(
-        [sys.executable, "-P", "-m", "diagnose.hop_echo", *args],
-        cwd=tempfile.gettempdir(),  # never import from the user's working directory
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = _read_line(process, CHILD_START_TIMEOUT_S)
-        yield json.loads(line)
-    finally:
-        assert process.stdin is not None
-        process.stdin.close()  # the child stops when its stdin closes
+    with echo_process(args) as (_child, addresses):
+        yield addresses
+
+
+@contextmanager
+def echo_process(args: list[str]) -> Iterator[tuple[Child, dict[str, str]]]:
+    """The hop echo child through the lifecycle kit (its own process group, output in a log
+    file, ready once its JSON line is there within CHILD_START_TIMEOUT_S); stopped on exit,
+    however the block ends. Its stdin stays open until then (it serves until stdin closes)."""
+    with tempfile.TemporaryDirectory(prefix="hopscope-echo-") as log_dir:
+        child = launch(
+            ["-m", "diagnose.hop_echo", *args],
+            name="the hop echo child",
+            log_path=Path(log_dir) / "hop_echo.log",
+            cwd=Path(tempfile.gettempdir()),  # -P: never imports from the working directory
+            stdin_pipe=True,
+        )
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _read_line(process: subprocess.Popen[str], timeout_s: float) -> str:
-    import selectors
-
-    assert process.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    if not selector.select(timeout_s):
-        raise RuntimeError(f"the hop echo child did not start within {timeout_s:g} s")
-    line = process.stdout.readline()
-    if not line:
-        raise RuntimeError(f"the hop echo child exited (code {process.poll()}) before listening")
-    return line
+            line = child.wait_for_line(_ADDRESSES_RE, CHILD_START_TIMEOUT_S)
+            yield child, json.loads(line.group(0))
+        finally:
+            child.stop()
 
 
 async def _measure_async(
