@@ -47,6 +47,7 @@ from rich.table import Table
 from deploy.lifecycle import ServeChild, start_serve, wait_serving
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
+from services.common.channels import create_channel
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_PATH = REPO / "benchmarks" / "results" / "chaos.json"
@@ -188,7 +189,7 @@ async def scenario_fuzz(served: ServeChild, num: int, seed: int = 0) -> Row:
     rng = random.Random(seed)
     before = pids(served)
     codes: Counter[str] = Counter()
-    async with grpc.aio.insecure_channel(served.address) as channel:
+    async with create_channel(served.address) as channel:
         stub = pb_grpc.TokenizerStub(channel)
         raw = channel.unary_stream(GENERATE)  # no serializers: the bytes go as they are
 
@@ -226,7 +227,7 @@ async def scenario_fuzz(served: ServeChild, num: int, seed: int = 0) -> Row:
 # ---------------------------------------------------------------------------- cancels
 async def scenario_cancels(served: ServeChild, num: int, seed: int = 1) -> Row:
     rng = random.Random(seed)
-    async with grpc.aio.insecure_channel(served.address) as channel:
+    async with create_channel(served.address) as channel:
         stub = pb_grpc.TokenizerStub(channel)
 
         async def one(i: int) -> bool:
@@ -260,7 +261,7 @@ async def scenario_cancels(served: ServeChild, num: int, seed: int = 1) -> Row:
 # ---------------------------------------------------------------------------- overload
 async def scenario_overload(served: ServeChild) -> Row:
     num = 5 * ADMITTED
-    async with grpc.aio.insecure_channel(served.address) as channel:
+    async with create_channel(served.address) as channel:
         stub = pb_grpc.TokenizerStub(channel)
         outcomes = await asyncio.gather(*(generate(stub, seeded(i, 24)) for i in range(num)))
         after = await generate(stub, seeded(999, 4))
@@ -285,10 +286,10 @@ async def scenario_overload(served: ServeChild) -> Row:
 
 # ---------------------------------------------------------------------------- non-reader
 async def scenario_non_reader(served: ServeChild) -> Row:
-    async with grpc.aio.insecure_channel(served.address) as channel:
+    async with create_channel(served.address) as channel:
         stub = pb_grpc.TokenizerStub(channel)
         baseline = await asyncio.gather(*(generate(stub, seeded(i, 32)) for i in range(8)))
-        async with grpc.aio.insecure_channel(served.address) as lazy_channel:
+        async with create_channel(served.address) as lazy_channel:
             lazy = pb_grpc.TokenizerStub(lazy_channel).Generate(
                 pb.GenerateRequest(prompt="never read", max_tokens=1900, ignore_eos=True)
             )
@@ -315,7 +316,7 @@ async def scenario_non_reader(served: ServeChild) -> Row:
 # ---------------------------------------------------------------------------- kills
 async def recovery_probe(address: str, killed_at: float) -> float:
     """Seconds from the kill to the first request served after it."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with create_channel(address) as channel:
         stub = pb_grpc.TokenizerStub(channel)
         while time.monotonic() - killed_at < RECOVERY_TIMEOUT_S:
             outcome = await generate(stub, pb.GenerateRequest(prompt="probe", max_tokens=1), 30)
@@ -340,7 +341,7 @@ async def scenario_kill(served: ServeChild, service: str, reference: list[list[i
             return Outcome(ids, exc.code(), time.monotonic() - started)
         return Outcome(ids, grpc.StatusCode.OK, time.monotonic() - started)
 
-    async with grpc.aio.insecure_channel(served.address) as channel:
+    async with create_channel(served.address) as channel:
         stub = pb_grpc.TokenizerStub(channel)
         calls = [asyncio.ensure_future(tracked(stub, i)) for i in range(KILL_REQUESTS)]
         while received[0] < KILL_REQUESTS * KILL_TOKENS // 4 and not all(c.done() for c in calls):
@@ -372,7 +373,7 @@ async def scenario_kill(served: ServeChild, service: str, reference: list[list[i
 
 
 async def no_kill_reference(served: ServeChild) -> list[list[int]]:
-    async with grpc.aio.insecure_channel(served.address) as channel:
+    async with create_channel(served.address) as channel:
         stub = pb_grpc.TokenizerStub(channel)
         outcomes = await asyncio.gather(*(generate(stub, seeded(i)) for i in range(KILL_REQUESTS)))
     assert all(o.code == grpc.StatusCode.OK for o in outcomes), "the no-kill run failed"
@@ -418,7 +419,7 @@ def run_placement(placement: str, args: argparse.Namespace, log_dir: Path) -> li
 
 
 async def idle_traffic(address: str) -> list[Outcome]:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with create_channel(address) as channel:
         stub = pb_grpc.TokenizerStub(channel)
         return await asyncio.gather(*(generate(stub, seeded(i, 8)) for i in range(8)))
 

@@ -112,12 +112,11 @@ def run_once(policy: str, round_index: int, args: argparse.Namespace, tmp: Path)
 
 
 def _replica_steps(address: str) -> list[int]:
-    import grpc
-
     from protos import hopscope_pb2 as pb
     from protos import hopscope_pb2_grpc as pb_grpc
+    from services.common.channels import create_sync_channel
 
-    with grpc.insecure_channel(address) as channel:
+    with create_sync_channel(address) as channel:
         described = pb_grpc.TokenizerStub(channel).Describe(pb.DescribeRequest(), timeout=10)
     return [r.num_steps for r in described.scheduler_stats.replicas]
 

@@ -367,11 +367,9 @@ def _credentials_from_serve_args(args: list[str]) -> Any:
 
 
 def _sync_channel(address: str, credentials: Any = None) -> Any:
-    import grpc
+    from services.common.channels import create_sync_channel
 
-    if credentials is None:
-        return grpc.insecure_channel(address)
-    return grpc.secure_channel(address, credentials)
+    return create_sync_channel(address, credentials=credentials)
 
 
 def wait_serving(address: str, timeout_s: float, credentials: Any = None) -> None:

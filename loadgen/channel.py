@@ -1,20 +1,14 @@
-"""The load client's channel to a front door: plaintext, or TLS trusting one CA (`--tls-ca`, the
-`ca.crt` of `hopscope certs` for a front door served with `--tls-dir`)."""
+"""The load client's channel to a front door, from the one channel factory
+(services/common/channels.py: its options and keepalive): plaintext, or TLS trusting one CA
+(`--tls-ca`, the `ca.crt` of `hopscope certs` for a front door served with `--tls-dir`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import grpc
 
+from services.common.channels import create_channel, front_door_credentials
 
-def open_channel(address: str, tls_ca: str = "", interceptors: Any = None) -> grpc.aio.Channel:
-    if not tls_ca:
-        return grpc.aio.insecure_channel(address, interceptors=interceptors)
-    try:
-        ca_pem = Path(tls_ca).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"--tls-ca {tls_ca}: cannot read it ({exc.strerror})") from None
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    return grpc.aio.secure_channel(address, credentials, interceptors=interceptors)
+
+def open_channel(address: str, tls_ca: str = "", *, is_traced: bool = False) -> grpc.aio.Channel:
+    """`is_traced`: OpenTelemetry's client interceptors (a CLIENT span per request)."""
+    return create_channel(address, is_traced=is_traced, credentials=front_door_credentials(tls_ca))

@@ -116,8 +116,9 @@ class Runner:
                 self._http = http
                 await self._dispatch(start_at_s)
         else:
-            interceptors = _client_interceptors() if self._is_tracing else None
-            channel = open_channel(self._config.address, self._config.tls_ca, interceptors)
+            channel = open_channel(
+                self._config.address, self._config.tls_ca, is_traced=self._is_tracing
+            )
             async with channel as ch:
                 self._stub = pb_grpc.TokenizerStub(ch)
                 await self._dispatch(start_at_s)
@@ -265,12 +266,6 @@ def _on_message(record: RequestRecord, message: pb.GenerateResponse, t: float) -
     if message.HasField("usage"):
         record.num_prompt_tokens = message.usage.prompt_tokens
         record.num_output_tokens = message.usage.completion_tokens
-
-
-def _client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
-
-    return aio_client_interceptors()
 
 
 async def _sleep_until(t_s: float) -> None:

@@ -1,6 +1,12 @@
-"""The one channel factory. Every client of a hopscope service gets its channel here."""
+"""The one channel factory. Every client of a hopscope service gets its channel here: the aio
+face (`create_channel`) for the services, the load generator and `generate`; the synchronous face
+(`create_sync_channel`) for launchers and scripts that wait on a server from plain code (health
+checks, Describe). Both carry the same options (message limits, keepalive matching the servers',
+reconnect backoff) and the same TLS choices."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import grpc
 
@@ -33,15 +39,52 @@ def create_channel(
         from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
         interceptors += aio_client_interceptors()
-    options: list[tuple[str, int | str]] = list(channel_options(keepalive))
-    if tls is not None and not address.startswith("unix:"):
-        credentials = channel_credentials(tls)
-        options.append(("grpc.ssl_target_name_override", INTERNAL_SERVER_NAME))
+    options, credentials = _options_and_credentials(address, keepalive, tls, credentials)
     if credentials is not None:
         return grpc.aio.secure_channel(
             address, credentials, options=options, interceptors=interceptors or None
         )
     return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors or None)
+
+
+def create_sync_channel(
+    address: str,
+    *,
+    keepalive: Keepalive = KEEPALIVE,
+    tls: TlsMaterial | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> grpc.Channel:
+    """The synchronous face of `create_channel`: the same options and TLS choices, no tracing
+    interceptors (the launchers' health waits and Describe calls are not request traffic)."""
+    options, credentials = _options_and_credentials(address, keepalive, tls, credentials)
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options=options)
+    return grpc.insecure_channel(address, options=options)
+
+
+def front_door_credentials(tls_ca: str = "") -> grpc.ChannelCredentials | None:
+    """A load client's TLS to a front door served with `--tls-dir`: trust the CA file `tls_ca`
+    (`--tls-ca`, the `ca.crt` of `hopscope certs`); None (plaintext) when it is empty."""
+    if not tls_ca:
+        return None
+    try:
+        ca_pem = Path(tls_ca).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"--tls-ca {tls_ca}: cannot read it ({exc.strerror})") from None
+    return grpc.ssl_channel_credentials(root_certificates=ca_pem)
+
+
+def _options_and_credentials(
+    address: str,
+    keepalive: Keepalive,
+    tls: TlsMaterial | None,
+    credentials: grpc.ChannelCredentials | None,
+) -> tuple[list[tuple[str, int | str]], grpc.ChannelCredentials | None]:
+    options: list[tuple[str, int | str]] = list(channel_options(keepalive))
+    if tls is not None and not address.startswith("unix:"):
+        credentials = channel_credentials(tls)
+        options.append(("grpc.ssl_target_name_override", INTERNAL_SERVER_NAME))
+    return options, credentials
 
 
 def transport_of(address: str) -> str:

@@ -1,5 +1,6 @@
 """One way to do each thing (issue 20, defects 4 and 5), checked on the source with `ast`: child
-processes start through the one lifecycle kit (deploy/lifecycle.py)."""
+processes start through the one lifecycle kit (deploy/lifecycle.py); gRPC channels come from the
+one channel factory (services/common/channels.py, aio and sync faces)."""
 
 from __future__ import annotations
 
@@ -71,4 +72,35 @@ def test_child_processes_start_through_the_lifecycle_kit() -> None:
     assert not offenders, (
         "start children with deploy.lifecycle.launch (own process group, death signal, output "
         f"in a log file, a bounded wait for readiness), not subprocess.Popen: {offenders}"
+    )
+
+
+CHANNEL_CALLS = {
+    "grpc.insecure_channel",
+    "grpc.secure_channel",
+    "grpc.aio.insecure_channel",
+    "grpc.aio.secure_channel",
+}
+
+
+def test_the_call_finder_sees_grpc_aio_imported_either_way() -> None:
+    tree = ast.parse(
+        "import grpc\nfrom grpc import aio\naio.secure_channel(a)\ngrpc.insecure_channel(a)"
+    )
+    assert _calls(tree, CHANNEL_CALLS) == [
+        (3, "grpc.aio.secure_channel"),
+        (4, "grpc.insecure_channel"),
+    ]
+
+
+def test_channels_come_from_the_one_factory() -> None:
+    offenders = [
+        f"{path}:{line} {name}"
+        for path, tree in _sources()
+        if path != "services/common/channels.py"
+        for line, name in _calls(tree, CHANNEL_CALLS)
+    ]
+    assert not offenders, (
+        "open gRPC channels with services.common.channels.create_channel (aio) or "
+        f"create_sync_channel (its options, keepalive and TLS), not grpc's own: {offenders}"
     )
