@@ -103,9 +103,7 @@ def main() -> int:
         try:
             for name in ("prefill", "decode"):
                 listen = f"unix:{socks / (name + '.sock')}"
-                children.append(
-                    _start_worker(name, listen, args.model, args.kv_cache_mb, socks)
-                )
+                children.append(_start_worker(name, listen, args.model, args.kv_cache_mb, socks))
             source, dest = (f"unix:{socks / (n + '.sock')}" for n in ("prefill", "decode"))
             block_size = WorkerConfig().block_size
             num_blocks = -(-args.prompt_tokens // block_size)

@@ -58,11 +58,6 @@ def engine_cpu_s(pid: int, proc: Path = Path("/proc")) -> float:
     return thread_cpu_s(pid, proc).get(ENGINE_THREAD_NAME, 0.0)
 
 
-def process_state(pid: int, proc: Path = Path("/proc")) -> str:
-    """The one-letter state (R, S, D, Z...)."""
-    return _stat_fields(pid, proc)[0]
-
-
 def _stat_fields(pid: int, proc: Path) -> list[str]:
     try:
         text = (proc / str(pid) / "stat").read_text()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import os
 import secrets
 import socket
 from collections.abc import Callable
@@ -36,11 +35,6 @@ LOCAL_PEER_METHODS = ("/hopscope.v1.Worker/Profile",)
 
 def new_internal_token() -> str:
     return secrets.token_urlsafe(32)
-
-
-def token_from_env(config_token: str) -> str:
-    """The token a service uses: its config's, else the one its launcher put in the environment."""
-    return config_token or os.environ.get(TOKEN_ENV, "")
 
 
 # ---------------------------------------------------------------------------- server side
