@@ -4,6 +4,7 @@ that crashes is restarted on the same address, and `stop` drains front to back."
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deploy.lifecycle import START_TIMEOUT_S, Child, LaunchError, launch, wait_serving
-from deploy.placement import internal_address, resolve_placement, worker_names
+from deploy.placement import internal_address, resolve_placement, worker_role
 from deploy.spec import (
     front_door_credentials,
     scheduler_config,
@@ -26,6 +27,7 @@ from deploy.spec import (
 from services.common.peer_auth import TOKEN_ENV, new_internal_token
 from services.common.process import READY_PREFIX, config_to_json
 from services.config import HopscopeConfig
+from services.worker.service_config import WorkerServiceConfig
 
 MAX_RESTARTS = 5
 TAIL_LINES = 8  # of a failed service's log, printed on the console
@@ -105,11 +107,15 @@ class LocalDeployment:
         if not self.spec.security.internal_token:  # one per deployment: only its services get in
             self.spec = with_internal_token(self.spec, new_internal_token())
         try:
+            placement = resolve_placement(self.spec.deploy.placement)
+            names = placement.worker_names(placement.num_replicas(self.spec.deploy.worker_replicas))
             workers = [
                 self._start(
-                    name, "services.worker", lambda listen: worker_config(self.spec, listen)
+                    name,
+                    "services.worker",
+                    functools.partial(self._worker_config, role=worker_role(name)),
                 )
-                for name in worker_names(self.spec.deploy.worker_replicas)
+                for name in names
             ]
             sched = self._start(
                 "scheduler",
@@ -134,6 +140,9 @@ class LocalDeployment:
             self.stop()
             raise
         return self.address
+
+    def _worker_config(self, listen: str, role: str) -> WorkerServiceConfig:
+        return worker_config(self.spec, listen, role=role)
 
     def _start(self, name: str, module: str, make_config: object, listen: str | None = None) -> str:
         listen = listen or self._internal_address(name)

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.common.identity import worker_names, worker_role
+from services.config import WORKER_ROLES
+
+__all__ = ["worker_names", "worker_role"]  # with the names of services (Describe's too)
+
 SERVICES = ("tokenizer", "scheduler", "worker")
 EDGES = ("tokenizer->scheduler", "scheduler->worker")  # client -> server
 TRANSPORTS = ("inproc", "uds", "tcp")
@@ -23,6 +28,15 @@ _LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 
 class PlacementError(ValueError):
     """A placement that is malformed, or that the cluster cannot satisfy; says what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerGroup:
+    """`workers: [{role: prefill, node: b, replicas: 1}, ...]`: workers of one role on a node."""
+
+    role: str  # "prefill" | "decode" (a disaggregated placement) or "mixed"
+    node: str
+    replicas: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +50,13 @@ class Placement:
     # services.worker's node, first); empty: every replica on the worker's node
     worker_replicas: dict[str, int] = field(default_factory=dict)
     spread: bool = False  # `spread: true`: each replica on a node of its own (chosen at assign)
+    # `workers:` (prefill/decode disaggregation): each worker's role and node, in order; the
+    # first group's node is services.worker's. Empty: every worker is `mixed`
+    workers: tuple[WorkerGroup, ...] = ()
+
+    @property
+    def is_disaggregated(self) -> bool:
+        return any(g.role != "mixed" for g in self.workers)
 
     @property
     def is_inproc(self) -> bool:
@@ -49,20 +70,36 @@ class Placement:
     def num_replicas(self, flag: int) -> int:
         """The number of worker replicas: the file's `worker_replicas` total, which
         `--worker-replicas` (`flag`) may repeat but not contradict; otherwise the flag."""
-        if not self.worker_replicas:
-            return flag
-        total = sum(self.worker_replicas.values())
-        if flag not in (1, total):
+        if self.workers:
+            total = sum(g.replicas for g in self.workers)
+            per_node = ", ".join(f"{g.replicas} {g.role} on {g.node}" for g in self.workers)
+        elif self.worker_replicas:
+            total = sum(self.worker_replicas.values())
             per_node = ", ".join(f"{label}: {n}" for label, n in self.worker_replicas.items())
+        else:
+            return flag
+        if flag not in (1, total):
             raise PlacementError(
                 f"placement {self.name} puts {total} worker replicas ({per_node}) but "
                 f"--worker-replicas is {flag}: drop the flag or change the file"
             )
         return total
 
+    def worker_roles(self, num_replicas: int) -> list[str]:
+        """The role of each worker (`worker_names` order)."""
+        if self.workers:
+            return [g.role for g in self.workers for _ in range(g.replicas)]
+        return ["mixed"] * num_replicas
+
+    def worker_names(self, num_replicas: int) -> list[str]:
+        """Each worker's name (`worker`, `worker-1`; `worker-prefill`, `worker-decode`, ...)."""
+        return worker_names(num_replicas, self.worker_roles(num_replicas))
+
     def replica_labels(self, num_replicas: int) -> list[str]:
         """The node label of `worker`, `worker-1`, ... (not for `spread`: `assign_nodes` picks
         those nodes from the cluster)."""
+        if self.workers:
+            return [g.node for g in self.workers for _ in range(g.replicas)]
         if not self.worker_replicas:
             return [self.nodes["worker"]] * num_replicas
         first = self.nodes["worker"]
@@ -86,8 +123,19 @@ class Placement:
         return self.transports[inbound]
 
 
-def _preset(name: str, nodes: str, transports: tuple[str, str]) -> Placement:
-    return Placement(name, dict(zip(SERVICES, nodes, strict=True)), dict(zip(EDGES, transports)))
+def _preset(name: str, nodes: str, transports: tuple[str, str], workers: str = "") -> Placement:
+    """`workers`: "pd" = a prefill then a decode worker, on the nodes after the dash ("pd-bc")."""
+    groups: tuple[WorkerGroup, ...] = ()
+    if workers:
+        roles, _, labels = workers.partition("-")
+        role_of = {"p": "prefill", "d": "decode"}
+        groups = tuple(WorkerGroup(role_of[r], n) for r, n in zip(roles, labels, strict=True))
+    return Placement(
+        name,
+        dict(zip(SERVICES, nodes, strict=True)),
+        dict(zip(EDGES, transports)),
+        workers=groups,
+    )
 
 
 PRESETS: dict[str, Placement] = {
@@ -98,6 +146,9 @@ PRESETS: dict[str, Placement] = {
         _preset("colocated-tcp", "aaa", ("tcp", "tcp")),
         _preset("split", "aab", ("uds", "tcp")),
         _preset("remote", "abc", ("tcp", "tcp")),
+        # prefill/decode disaggregation: a prefill and a decode worker, KV shipped between them
+        _preset("disagg", "aaa", ("uds", "uds"), workers="pd-aa"),
+        _preset("disagg-split", "aab", ("uds", "tcp"), workers="pd-bc"),
     )
 }
 
@@ -132,13 +183,23 @@ def parse_placement(data: Any, name: str, base_dir: Path | None = None) -> Place
     `tls_dir` (a directory from `hopscope certs`, relative to `base_dir`)."""
     if not isinstance(data, dict):
         raise PlacementError(f"{name}: expected a mapping with 'services' (and 'transports')")
-    allowed = ("services", "transports", "tls_dir", "worker_replicas", "spread")
+    allowed = ("services", "transports", "tls_dir", "worker_replicas", "spread", "workers")
     unknown_keys = set(data) - set(allowed)
     if unknown_keys:
         raise PlacementError(
             f"{name}: unknown keys {sorted(unknown_keys)}; allowed: {', '.join(allowed)}"
         )
     replicas = _parse_replicas(data.get("worker_replicas"), name)
+    groups = _parse_workers(data.get("workers"), name)
+    if groups and (replicas or data.get("spread")):
+        raise PlacementError(
+            f"{name}: 'workers' lists every worker (role, node, replicas): leave out "
+            "'worker_replicas' and 'spread'"
+        )
+    if groups:
+        replicas = {}
+        for group in groups:  # the nodes of the workers, for the checks below
+            replicas[group.node] = replicas.get(group.node, 0) + group.replicas
     services = data.get("services")
     if replicas and isinstance(services, dict) and "worker" not in services:
         services = {**services, "worker": next(iter(replicas))}  # `worker`: the first node listed
@@ -150,6 +211,11 @@ def parse_placement(data: Any, name: str, base_dir: Path | None = None) -> Place
         raise PlacementError(
             f"{name}: give either 'worker_replicas' (replicas per node) or 'spread: true' (each "
             "replica on a node of its own), not both"
+        )
+    if groups and nodes["worker"] != groups[0].node:
+        raise PlacementError(
+            f"{name}: services.worker is on {nodes['worker']!r} but the first of 'workers' on "
+            f"{groups[0].node!r}: leave services.worker out (it is the first worker's node)"
         )
     if replicas and nodes["worker"] not in replicas:
         raise PlacementError(
@@ -174,9 +240,51 @@ def parse_placement(data: Any, name: str, base_dir: Path | None = None) -> Place
         transports,
         is_preset=False,
         tls_dir=tls_dir,
-        worker_replicas=replicas,
+        worker_replicas={} if groups else replicas,
         spread=spread,
+        workers=groups,
     )
+
+
+def _parse_workers(workers: Any, name: str) -> tuple[WorkerGroup, ...]:
+    """`workers: [{role: prefill, node: b, replicas: 1}, {role: decode, node: c}]`."""
+    if workers is None:
+        return ()
+    example = "e.g. [{role: prefill, node: b}, {role: decode, node: c}]"
+    if not isinstance(workers, list) or not workers:
+        raise PlacementError(
+            f"{name}: 'workers' must be a list of {{role, node, replicas}}, {example}"
+        )
+    groups = []
+    for entry in workers:
+        if not isinstance(entry, dict):
+            raise PlacementError(
+                f"{name}: each of 'workers' is a mapping, {example}; got {entry!r}"
+            )
+        unknown = set(entry) - {"role", "node", "replicas"}
+        if unknown:
+            raise PlacementError(
+                f"{name}: workers: unknown keys {sorted(unknown)}; allowed: role, node, replicas"
+            )
+        role, node, count = entry.get("role"), entry.get("node"), entry.get("replicas", 1)
+        if role not in WORKER_ROLES:
+            raise PlacementError(
+                f"{name}: workers: role {role!r} is not one of {', '.join(WORKER_ROLES)}"
+            )
+        if node is None or not _LABEL_RE.match(str(node)):
+            raise PlacementError(f"{name}: workers: node {node!r} is not a valid node label")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise PlacementError(
+                f"{name}: workers: replicas {count!r} is not a replica count (an integer >= 1)"
+            )
+        groups.append(WorkerGroup(str(role), str(node), count))
+    roles = {g.role for g in groups}
+    if roles != {"mixed"} and roles != {"prefill", "decode"}:
+        raise PlacementError(
+            f"{name}: workers: give prefill and decode workers (disaggregated) or only mixed "
+            f"ones, not {', '.join(sorted(roles))}"
+        )
+    return tuple(groups)
 
 
 def _parse_replicas(replicas: Any, name: str) -> dict[str, int]:
@@ -305,12 +413,13 @@ def assign_nodes(
         replicas = _spread_labels(placement, num_replicas, sorted(have), cluster)
     wanted = list(dict.fromkeys([*placement.node_labels, *replicas]))
     missing = [label for label in wanted if label not in have]
+    is_placed = bool(placement.worker_replicas or placement.workers) or placement.spread
+    placed = replicas if is_placed else []
     if not missing:
         selectors = [{NODE_LABEL_KEY: label} for label in wanted]
-        is_placed = bool(placement.worker_replicas) or placement.spread
-        return NodePlan(wanted, selectors, replicas if is_placed else [])
+        return NodePlan(wanted, selectors, placed)
     if placement.is_preset and len(nodes) >= len(wanted):
-        return NodePlan(wanted, None)
+        return NodePlan(wanted, None, placed)
     layout = ", ".join(f"{s} on {placement.nodes[s]}" for s in SERVICES)
     labels = ", ".join(sorted(have)) or "none"
     if placement.is_preset:
@@ -354,9 +463,3 @@ def internal_address(
     if transport == "uds":
         return f"unix:{Path(socket_dir) / f'{service}.sock'}"
     return f"{host}:{port}"
-
-
-def worker_names(num_replicas: int) -> list[str]:
-    """`worker`, then `worker-1`, `worker-2`, ... for further replicas (each its own address,
-    socket, log; on Ray its own actor)."""
-    return ["worker", *(f"worker-{i}" for i in range(1, num_replicas))]

@@ -19,6 +19,7 @@ from typing import Any
 
 from deploy.cluster import LinkSettings
 from deploy.lifecycle import START_TIMEOUT_S
+from deploy.placement import worker_role
 from deploy.spec import scheduler_config, tokenizer_config, worker_config
 from services.config import HopscopeConfig
 
@@ -191,7 +192,9 @@ async def _start_service(plan: ActorPlan, downstreams: list[str], node_id: str) 
     if plan.service == "worker":
         from services.worker.server import start_worker
 
-        return await start_worker(worker_config(spec, plan.listen, node_id))
+        return await start_worker(
+            worker_config(spec, plan.listen, node_id, role=worker_role(plan.role))
+        )
     if plan.role == "scheduler":
         from services.scheduler.server import start_scheduler
 

@@ -42,7 +42,6 @@ from deploy.placement import (
     assign_nodes,
     internal_address,
     resolve_placement,
-    worker_names,
 )
 from deploy.ray_actors import ActorPlan, actor_class
 from deploy.spec import announce_http, front_door_credentials, with_internal_token
@@ -147,7 +146,7 @@ class RayDeployment:
 
     def _bundle_of(self, plan: NodePlan, role: str) -> int:
         """The bundle (node) of an actor: a worker replica's own, else its service's."""
-        workers = worker_names(self.spec.deploy.worker_replicas)
+        workers = self.placement.worker_names(self.spec.deploy.worker_replicas)
         if role in workers:
             return plan.bundle_of_replica(self.placement, workers.index(role))
         return plan.bundle_of(self.placement, "tokenizer" if role == "pipeline" else role)
@@ -157,13 +156,17 @@ class RayDeployment:
         replicas placed there."""
         if self.placement.is_inproc:
             return BUNDLE_CPU
-        roles = ["tokenizer", "scheduler", *worker_names(self.spec.deploy.worker_replicas)]
+        roles = [
+            "tokenizer",
+            "scheduler",
+            *self.placement.worker_names(self.spec.deploy.worker_replicas),
+        ]
         num_actors = sum(self._bundle_of(plan, role) == bundle for role in roles)
         return max(BUNDLE_CPU, ACTOR_CPU * num_actors)
 
     def _actor_plans(self, plan: NodePlan, bundle_nodes: list[NodeView]) -> dict[str, ActorPlan]:
         placement, spec = self.placement, self.spec
-        workers = worker_names(spec.deploy.worker_replicas)
+        workers = placement.worker_names(spec.deploy.worker_replicas)
         roles = ["tokenizer", "scheduler", *workers]
         node_of = {role: bundle_nodes[self._bundle_of(plan, role)] for role in roles}
         ip_of = {role: node.ip for role, node in node_of.items()}
@@ -195,7 +198,7 @@ class RayDeployment:
         replica_spec = spec.with_(metrics_port=0) if spec.deploy.is_metrics_enabled else spec
         plans = {
             name: ActorPlan(
-                name, spec if name == "worker" else replica_spec, listen[name], otel_env=otel_env
+                name, spec if name == workers[0] else replica_spec, listen[name], otel_env=otel_env
             )
             for name in workers
         }
@@ -204,7 +207,7 @@ class RayDeployment:
                 "scheduler",
                 spec,
                 listen["scheduler"],
-                listen["worker"],
+                listen[workers[0]],
                 worker_links[0],
                 otel_env,
                 extra_downstreams=[listen[name] for name in workers[1:]],
@@ -268,7 +271,7 @@ class RayDeployment:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        replicas = worker_names(self.spec.deploy.worker_replicas)
+        replicas = self.placement.worker_names(self.spec.deploy.worker_replicas)
         for role in ("pipeline", "tokenizer", "scheduler", *replicas):
             actor = self.actors.pop(role, None)
             if actor is None:

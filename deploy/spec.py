@@ -17,7 +17,7 @@ from services.tokenizer.service_config import TokenizerServiceConfig
 from services.worker.config import WorkerConfig
 from services.worker.server import WorkerServiceConfig
 
-NO_RAY_PLACEMENTS = ("inproc", "colocated", "colocated-tcp")
+NO_RAY_PLACEMENTS = ("inproc", "colocated", "colocated-tcp", "disagg")
 HTTP_LINE_PREFIX = "hopscope http: "
 HTTP_RE = re.compile(rf"^{HTTP_LINE_PREFIX}(?P<url>http://\S+)$")
 MIB = 1024 * 1024
@@ -72,7 +72,9 @@ def metrics_address(config: HopscopeConfig, service: str) -> str:
     return f"{deploy.host}:{metrics_port(service, deploy.metrics_base_port)}"
 
 
-def worker_config(config: HopscopeConfig, listen: str, node_id: str = "") -> WorkerServiceConfig:
+def worker_config(
+    config: HopscopeConfig, listen: str, node_id: str = "", role: str = "mixed"
+) -> WorkerServiceConfig:
     worker = config.worker
     engine = WorkerConfig(
         model=config.model.model,
@@ -95,6 +97,7 @@ def worker_config(config: HopscopeConfig, listen: str, node_id: str = "") -> Wor
         metrics_address=metrics_address(config, "worker"),
         tls_dir=config.security.tls_dir,
         internal_token=config.security.internal_token,
+        role=role,
     )
 
 
@@ -131,6 +134,7 @@ def scheduler_config(
         tls_dir=config.security.tls_dir,
         internal_token=config.security.internal_token,
         step_encoding=sched.step_encoding,
+        kv_transport=config.worker.kv_transport,
     )
 
 

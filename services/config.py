@@ -27,6 +27,9 @@ ENGINE = ("serve", "generate")  # flags of both commands (generate embeds a pipe
 SERVE = ("serve",)
 GENERATE = ("generate",)
 MAX_GRAPH_BATCH = 1024  # the largest --cuda-graph-max-batch
+# a model worker's role: prompts and decodes in the same steps, or one side of a
+# disaggregated placement (deploy/placement.py `workers:`)
+WORKER_ROLES = ("mixed", "prefill", "decode")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,16 +148,19 @@ class DeploySettings(Section):
 
     placement: str = setting(
         "inproc",
-        "inproc | colocated | colocated-tcp | split | remote | FILE.yaml",
+        "inproc | colocated | colocated-tcp | split | remote | disagg | disagg-split | FILE.yaml",
         commands=SERVE,
-        doc="`inproc`, `colocated`, `colocated-tcp`, `split`, `remote` or a YAML file "
+        doc="`inproc`, `colocated`, `colocated-tcp`, `split`, `remote`, `disagg` (a prefill and "
+        "a decode worker on one node, KV shipped between them), `disagg-split` (the prefill and "
+        "decode workers on Ray nodes of their own) or a YAML file "
         "([docs/placements.md](docs/placements.md))",
     )
     no_ray: bool = setting(
         False,
         "plain local processes instead of Ray actors",
         commands=SERVE,
-        doc="plain local processes instead of Ray actors (`inproc`, `colocated`, `colocated-tcp`)",
+        doc="plain local processes instead of Ray actors (`inproc`, `colocated`, `colocated-tcp`, "
+        "`disagg`)",
     )
     ray_address: str = setting(
         "",

@@ -8,6 +8,12 @@ request. One worker is a set of one: every request goes through the same routing
 A replica whose worker is lost hands its requests to the healthy replicas at once (their tokens
 so far are recomputed there, so seeded outputs are unchanged), and gets no new request until its
 worker is back; with no healthy replica left they stay and wait for their own worker, as with one.
+
+Disaggregated (workers whose Info says role `prefill` / `decode`): new requests go to the
+prefill replicas only; a prefill replica's core hands each request whose prompt is done to
+`_hand_off`, which gives it to the least loaded decode replica (a connected one if any), whose
+worker pulls the KV from the prefill worker (runner.py). With no prefill worker up, a decode
+replica takes new requests itself (it runs prompts as a mixed worker would).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from services.common.errors import UnavailableError
 from services.common.metrics import ServiceMetrics
 from services.scheduler.request import Request
 from services.scheduler.router import ReplicaView, Router
-from services.scheduler.runner import SchedulerRunner, Sink
+from services.scheduler.runner import SchedulerRunner, Sink, Tracked
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +108,28 @@ class ReplicaSet:
     async def start(self) -> None:
         try:
             await asyncio.gather(*(r.start() for r in self.replicas))
+            self._set_roles()
         except BaseException:
             await self.stop()
             raise
         self._on_health(True)
+
+    @property
+    def is_disaggregated(self) -> bool:
+        return any(r.role != "mixed" for r in self.replicas)
+
+    def _set_roles(self) -> None:
+        roles = {r.role for r in self.replicas}
+        if roles != {"mixed"} and roles != {"prefill", "decode"}:
+            raise UnavailableError(
+                f"the workers' roles are {', '.join(sorted(roles))}: a scheduler needs prefill "
+                "and decode workers (disaggregated) or only mixed ones"
+            )
+        for runner in self.replicas:
+            if runner.role == "prefill":
+                assert runner.core is not None
+                runner.core.hands_off = True
+                runner.on_handoff = self._hand_off
 
     async def stop(self) -> None:
         await asyncio.gather(*(r.stop() for r in self.replicas), return_exceptions=True)
@@ -116,7 +140,10 @@ class ReplicaSet:
             raise UnavailableError("no model worker replica is available")
         # With no worker up, a request waits for one (as it would with one replica); a replica
         # whose worker is given up refuses it in its own submit.
-        candidates = [i for i in started if self.replicas[i].is_worker_up] or started
+        # disaggregated: prompts go to the prefill workers (while one is up), not the decode ones
+        entry = [i for i in started if self.replicas[i].role != "decode"]
+        up = [i for i in started if self.replicas[i].is_worker_up]
+        candidates = [i for i in entry if i in up] or up or entry or started
         decision = self.router.choose(
             [self._view(i, request.prompt_token_ids) for i in candidates],
             len(request.prompt_token_ids),
@@ -130,6 +157,17 @@ class ReplicaSet:
                 runner.abort(request_id)
 
     # ---- internals -------------------------------------------------------------------------
+
+    def _hand_off(
+        self, source: SchedulerRunner, tracked: Tracked, blocks: list[int], done_ns: int
+    ) -> None:
+        """A prefill replica's request whose prompt is done: to the least loaded decode replica
+        (a connected one if any; else it waits there for its worker, as a request would)."""
+        decoders = [r for r in self.replicas if r.role == "decode" and r.core is not None]
+        assert decoders, "a prefill replica without decode replicas (_set_roles refuses that)"
+        connected = [r for r in decoders if r.is_worker_up] or decoders
+        target = min(connected, key=_decode_load)
+        target.adopt_prefilled(tracked, source, blocks, done_ns)
 
     def _view(self, index: int, prompt_token_ids: list[int]) -> ReplicaView:
         runner = self.replicas[index]
@@ -165,6 +203,12 @@ class ReplicaSet:
             len(moved),
             others,
         )
+
+
+def _decode_load(runner: SchedulerRunner) -> int:
+    core = runner.core
+    assert core is not None
+    return core.num_running + core.num_importing + core.num_waiting
 
 
 def _num_steps(runner: SchedulerRunner) -> float:

@@ -57,7 +57,7 @@ class RunnerSettings:
 
 
 @dataclass(slots=True)
-class _Tracked:
+class Tracked:
     request: Request
     sink: Sink
     span: Span
@@ -102,7 +102,7 @@ class SchedulerRunner:
         self.worker_info: pb.WorkerInfo | None = None
         self._settings = settings
         self._on_health = on_health
-        self._tracked: dict[str, _Tracked] = {}
+        self._tracked: dict[str, Tracked] = {}
         self._wakeup = asyncio.Event()
         self._worker_down_since: float | None = time.monotonic()
         self._task: asyncio.Task[None] | None = None
@@ -116,7 +116,7 @@ class SchedulerRunner:
         # disaggregation: the worker's role (from its Info), where a prefill runner's finished
         # prompts go, how KV blocks move, and (decode side) the handoffs not yet imported
         self.role = "mixed"
-        self.on_handoff: Callable[[SchedulerRunner, _Tracked, list[int], int], None] | None = None
+        self.on_handoff: Callable[[SchedulerRunner, Tracked, list[int], int], None] | None = None
         self.kv_transport = "grpc"
         self._handoffs: dict[str, _Handoff] = {}
         self._imports: set[asyncio.Task[None]] = set()
@@ -190,7 +190,7 @@ class SchedulerRunner:
         except HopscopeError as exc:
             _end_span(span, exc)
             raise
-        self._tracked[request.request_id] = _Tracked(request, sink, span, spans.link_to(span))
+        self._tracked[request.request_id] = Tracked(request, sink, span, spans.link_to(span))
         self._wakeup.set()
 
     def abort(self, request_id: str) -> None:
@@ -403,7 +403,7 @@ class SchedulerRunner:
         if step_ms > 0:
             self.tokens_per_ms = _ewma(self.tokens_per_ms, batch.num_tokens / step_ms)
 
-    def take_all(self) -> list[_Tracked]:
+    def take_all(self) -> list[Tracked]:
         """Hand over every request (its worker is gone): dropped from this core, unfinished,
         with its sink and span, for another replica to `adopt`."""
         taken = []
@@ -416,7 +416,7 @@ class SchedulerRunner:
             taken.append(tracked)
         return taken
 
-    def adopt(self, tracked: _Tracked) -> None:
+    def adopt(self, tracked: Tracked) -> None:
         """Continue a request another replica held: its tokens so far are recomputed here."""
         assert self.core is not None, "adopt before start"
         self._tracked[tracked.request.request_id] = tracked
@@ -450,7 +450,7 @@ class SchedulerRunner:
         return released
 
     def adopt_prefilled(
-        self, tracked: _Tracked, source: SchedulerRunner, source_blocks: list[int], done_ns: int
+        self, tracked: Tracked, source: SchedulerRunner, source_blocks: list[int], done_ns: int
     ) -> None:
         """Decode side: continue a request whose prompt `source` ran; its KV comes from there
         once this cache has room (or it is recomputed here when the transfer fails)."""
@@ -588,7 +588,7 @@ class SchedulerRunner:
         )
         self._close_span(tracked, "abort", error)
 
-    def _close_span(self, tracked: _Tracked, finish_reason: str, error: Exception | None) -> None:
+    def _close_span(self, tracked: Tracked, finish_reason: str, error: Exception | None) -> None:
         req, span = tracked.request, tracked.span
         if tracked.resume_span is not None:
             tracked.resume_span.end()

@@ -67,6 +67,8 @@ def build_replicas(
     """A runner per worker behind one router: one worker is a set of one (the same path)."""
     metrics = serve_metrics("scheduler", config.metrics_address)
     runners = [build_runner(config, w, metrics=metrics) for w in workers]
+    for runner in runners:
+        runner.kv_transport = config.kv_transport
     return ReplicaSet(
         runners, Router(config.routing), metrics, config.link_bandwidth_mbps, on_health
     )

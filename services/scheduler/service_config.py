@@ -44,6 +44,8 @@ class SchedulerServiceConfig:
     # per replica (worker_address first): the link's bandwidth in Mbit/s for the router's
     # transfer term; 0 or missing = unknown (left out)
     link_bandwidth_mbps: list[float] = field(default_factory=list)
+    # disaggregated placements: how a decode worker pulls KV from a prefill worker (grpc | shm)
+    kv_transport: str = "grpc"
 
     @property
     def worker_addresses(self) -> list[str]:

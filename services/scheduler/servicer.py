@@ -14,7 +14,7 @@ from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common import convert
 from services.common.errors import HopscopeError, InvalidArgumentError
-from services.common.identity import ServiceIdentity
+from services.common.identity import ServiceIdentity, worker_names
 from services.common.types import Delivery
 from services.scheduler.replicas import RequestRunner
 from services.scheduler.request import Request
@@ -133,16 +133,18 @@ def describe_scheduler(
     and one ReplicaStats each."""
     response = pb.DescribeResponse(services=[convert.identity_to_pb(identity)])
     runners = list(runner.replicas)
+    names = worker_names(len(runners), [r.role for r in runners])
     delay_ms, rate_mbit = worker_link_shape  # the one emulated link shape, on every shaped hop
     links = list(worker_links or []) or [worker_link] * len(runners)
     for index, replica in enumerate(runners):
-        name = "worker" if index == 0 else f"worker-{index}"
+        name = names[index]
         link = links[index] if index < len(links) else worker_link
         info = replica.worker_info
         if info is not None:
             service = response.services.add()
             service.CopyFrom(info.service)
             service.name = name
+            service.role = replica.role
             if not replica.is_worker_up:
                 service.pid = 0  # that process is gone; the one that replaces it is not known yet
                 service.state = "restarting"
@@ -157,11 +159,28 @@ def describe_scheduler(
             "rate_mbit": rate_mbit if link else 0.0,
         }
         response.edges.append(pb.Edge(**edge))
+    response.edges.extend(_kv_edges(runners, names))
     cores = [r.core for r in runners if r.core is not None]
     if cores:
         response.batching = cores[0].config.batching
         response.scheduler_stats.CopyFrom(_stats(runner, runners))
     return response
+
+
+def _kv_edges(runners: list[SchedulerRunner], names: list[str]) -> list[pb.Edge]:
+    """Disaggregated: the KV hop from each prefill worker to each decode worker (`shm`, or the
+    transport of the address the decode worker dials: the prefill worker's)."""
+    edges = []
+    for source, source_name in zip(runners, names, strict=True):
+        if source.role != "prefill":
+            continue
+        for dest, dest_name in zip(runners, names, strict=True):
+            if dest.role != "decode":
+                continue
+            transport = "shm" if dest.kv_transport == "shm" else source.worker.transport
+            edge: dict[str, Any] = {"from": source_name, "to": dest_name, "transport": transport}
+            edges.append(pb.Edge(**edge))
+    return edges
 
 
 def _stats(runner: RequestRunner, runners: list[SchedulerRunner]) -> pb.SchedulerStats:

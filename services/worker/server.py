@@ -37,7 +37,7 @@ def build_worker_service(config: WorkerServiceConfig, address: str) -> WorkerSer
     metrics = serve_metrics("worker", config.metrics_address)
     try:
         return WorkerService.load(
-            config.engine, identify("worker", address, config.node_id), metrics
+            config.engine, identify("worker", address, config.node_id, config.role), metrics
         )
     except BaseException:
         metrics.stop_server()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.config import WORKER_ROLES
 from services.worker.config import WorkerConfig
 
 
@@ -16,3 +17,12 @@ class WorkerServiceConfig:
     metrics_address: str = ""  # "HOST:PORT" for /metrics; "" = off
     tls_dir: str = ""  # mutual TLS on a TCP listener (services/common/tls.py); "" = off
     internal_token: str = field(default="", repr=False)  # callers must send it; "" = no check
+    # "mixed" (prompts and decodes in the same steps), "prefill" or "decode" (disaggregated
+    # placements): reported in Info, the scheduler schedules it by it
+    role: str = "mixed"
+
+    def __post_init__(self) -> None:
+        if self.role not in WORKER_ROLES:
+            raise ValueError(
+                f"worker role must be one of {', '.join(WORKER_ROLES)}, got {self.role!r}"
+            )

@@ -248,3 +248,67 @@ def test_bad_replica_layouts_are_refused_with_what_to_fix(data: dict, message: s
         services["worker"] = "b"
     with pytest.raises(PlacementError, match=message):
         parse_placement({"services": services, **data}, "bad.yaml")
+
+
+# ---- prefill/decode disaggregation ------------------------------------------------------------
+
+
+def test_disagg_presets_name_each_worker_by_its_role_and_node() -> None:
+    from deploy.placement import worker_role
+
+    disagg = resolve_placement("disagg")
+    assert disagg.is_disaggregated and not resolve_placement("colocated").is_disaggregated
+    assert disagg.worker_names(disagg.num_replicas(1)) == ["worker-prefill", "worker-decode"]
+    assert disagg.replica_labels(2) == ["a", "a"]
+    split = resolve_placement("disagg-split")
+    assert split.replica_labels(2) == ["b", "c"]  # prefill and decode on nodes of their own
+    assert [worker_role(n) for n in split.worker_names(2)] == ["prefill", "decode"]
+    with pytest.raises(PlacementError, match="puts 2 worker replicas .* --worker-replicas is 3"):
+        split.num_replicas(3)
+
+
+def test_workers_yaml_lists_roles_nodes_and_replicas() -> None:
+    placement = parse_placement(
+        {
+            "services": {"tokenizer": "a", "scheduler": "a"},
+            "workers": [
+                {"role": "prefill", "node": "b"},
+                {"role": "decode", "node": "c", "replicas": 2},
+            ],
+        },
+        "p.yaml",
+    )
+    assert placement.nodes["worker"] == "b"
+    assert placement.num_replicas(1) == 3
+    assert placement.worker_names(3) == ["worker-prefill", "worker-decode", "worker-decode-1"]
+    assert placement.replica_labels(3) == ["b", "c", "c"]
+    assert placement.replica_transport("c") == "tcp"
+
+
+@pytest.mark.parametrize(
+    ("workers", "message"),
+    [
+        ([{"role": "prefill", "node": "b"}], "prefill and decode workers .* not prefill"),
+        ([{"role": "chef", "node": "b"}], "role 'chef' is not one of mixed, prefill, decode"),
+        ([{"role": "decode", "node": "b", "replicas": 0}], "replicas 0 is not a replica count"),
+        ([{"role": "decode", "node": "b", "gpu": 1}], "unknown keys \\['gpu'\\]"),
+        ("prefill", "must be a list"),
+    ],
+)
+def test_bad_workers_yaml_says_what_to_change(workers: object, message: str) -> None:
+    with pytest.raises(PlacementError, match=message):
+        parse_placement(
+            {"services": {"tokenizer": "a", "scheduler": "a"}, "workers": workers}, "p.yaml"
+        )
+
+
+def test_workers_and_worker_replicas_are_not_both_given() -> None:
+    with pytest.raises(PlacementError, match="leave out 'worker_replicas' and 'spread'"):
+        parse_placement(
+            {
+                "services": {"tokenizer": "a", "scheduler": "a"},
+                "worker_replicas": {"b": 2},
+                "workers": [{"role": "prefill", "node": "b"}, {"role": "decode", "node": "b"}],
+            },
+            "p.yaml",
+        )
