@@ -29,6 +29,10 @@ NET_CLIENT_TOKENIZER = "network.client_tokenizer"
 NET_TOKENIZER_SCHEDULER = "network.tokenizer_scheduler"
 NET_SCHEDULER_WORKER = "network.scheduler_worker"
 DETOKENIZE = "detokenize"
+# disaggregated placements: the KV hop prefill -> decode worker as the scheduler waited for it,
+# and the dead time around it (prompt done -> transfer started, KV in place -> first decode step)
+KV_TRANSFER = "kv_transfer"
+HANDOFF_WAIT = "handoff_wait"
 OTHER = "other"
 COMPONENTS = (
     TOKENIZE,
@@ -38,6 +42,8 @@ COMPONENTS = (
     PREFILL,
     DECODE,
     NET_SCHEDULER_WORKER,
+    KV_TRANSFER,
+    HANDOFF_WAIT,
     DETOKENIZE,
     OTHER,
 )
@@ -231,6 +237,9 @@ def _raw_components(
         TOKENIZE: _tokenize_ms(index, found.generate_server),
         NET_CLIENT_TOKENIZER: _hop_ms(found.generate_client, found.generate_server),
         NET_TOKENIZER_SCHEDULER: _hop_ms(found.submit_client, server),
+        # 0 without a handoff (a mixed worker): measured as nothing, not unmeasured
+        KV_TRANSFER: _children_ms(index, server, (schema.HANDOFF_TRANSFER,)),
+        HANDOFF_WAIT: _children_ms(index, server, (schema.HANDOFF_WAIT, schema.HANDOFF_RESUME)),
     }
     if calls:
         raw.update(_step_components(calls, notes))
@@ -276,6 +285,10 @@ def _add_tpot(breakdown: RequestBreakdown, calls: list[_StepCall], submit_server
         NET_SCHEDULER_WORKER: network_ms,
         OTHER: max(0.0, tpot_ms - compute_ms - network_ms),
     }
+
+
+def _children_ms(index: SpanIndex, span: Span, names: tuple[str, ...]) -> float:
+    return sum(c.duration_ms for c in index.children[span.key] if c.name in names)
 
 
 def _tokenize_ms(index: SpanIndex, generate_server: Span | None) -> float | None:

@@ -86,3 +86,29 @@ def test_callers_trace_continues_through_all_three_services(
     parts = breakdowns[0].components_ms
     assert parts["compute.prefill"] > 0 and parts["compute.decode"] > 0
     assert all(v >= 0 for v in parts.values())
+
+
+def test_disagg_traces_show_the_kv_transfer_and_the_handoff(traced_env: OtlpCollector) -> None:
+    """The KV hop's spans on both workers, the handoff's phases under Submit SERVER, and the
+    per-request components (kv_transfer, handoff_wait among them) adding up to E2E within 5%."""
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    with serve("disagg") as served:
+        _generate_with_traceparent(served.address, trace_id, parent_id, "req-disagg")
+    spans = read_file(traced_env.out_path)
+    in_trace = [s for s in spans if s.trace_id == trace_id]
+    transfers = [s for s in in_trace if s.name == "hopscope.kv_transfer"]
+    assert sorted(s.kind for s in transfers) == ["CLIENT", "SERVER"]
+    assert all(s.attributes["hopscope.kv_bytes"] > 0 for s in transfers)
+    assert all(s.attributes["hopscope.num_blocks"] >= 1 for s in transfers)
+    names = {s.name for s in in_trace}
+    assert {
+        "hopscope.handoff_wait",
+        "hopscope.handoff_transfer",
+        "hopscope.handoff_resume",
+    } <= names
+    (breakdown,) = [b for b in decompose(spans) if b.trace_id == trace_id]
+    parts = breakdown.components_ms
+    assert parts["kv_transfer"] > 0 and parts["handoff_wait"] >= 0
+    assert parts["compute.prefill"] > 0 and parts["compute.decode"] > 0
+    assert breakdown.is_sum_within_tolerance, (breakdown.e2e_ms, parts)
+    assert breakdown.clamped_ms <= 0.05 * breakdown.e2e_ms, breakdown.notes
