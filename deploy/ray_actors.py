@@ -210,10 +210,10 @@ async def _start_service(plan: ActorPlan, downstreams: list[str], node_id: str) 
         # the router's transfer term: each replica's own link bandwidth (0: not capped, left out)
         config.link_bandwidth_mbps = [lk.rate_mbit for lk in plan.links]
         return await start_scheduler(config)
-    if plan.role == "tokenizer":
+    if plan.service == "tokenizer":  # `tokenizer`, or a front-door replica (`tokenizer-1`, ...)
         from services.tokenizer.server import start_tokenizer
 
-        front = tokenizer_config(spec, plan.listen, downstream, node_id)
+        front = tokenizer_config(spec, plan.listen, downstream, node_id, name=plan.role)
         front.scheduler_link, front.is_ray = link, True
         front.scheduler_link_delay_ms = plan.link.delay_ms
         front.scheduler_link_rate_mbit = plan.link.rate_mbit

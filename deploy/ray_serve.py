@@ -44,7 +44,12 @@ from deploy.placement import (
     resolve_placement,
 )
 from deploy.ray_actors import ActorPlan, actor_class
-from deploy.spec import announce_http, front_door_credentials, with_internal_token
+from deploy.spec import (
+    announce_http,
+    front_door_credentials,
+    tokenizer_names,
+    with_internal_token,
+)
 from services.common.threads import openmp_env_defaults
 from services.config import HopscopeConfig
 
@@ -144,12 +149,22 @@ class RayDeployment:
     def _assign(self, nodes: list[NodeView]) -> NodePlan:
         return assign_nodes(self.placement, nodes, num_replicas=self.spec.deploy.worker_replicas)
 
+    @property
+    def front_doors(self) -> list[str]:
+        """The front-door actors (`--tokenizer-replicas`): `tokenizer`, `tokenizer-1`, ..."""
+        if self.placement.is_inproc:
+            return []
+        return tokenizer_names(self.spec.deploy.tokenizer_replicas)
+
     def _bundle_of(self, plan: NodePlan, role: str) -> int:
-        """The bundle (node) of an actor: a worker replica's own, else its service's."""
+        """The bundle (node) of an actor: a worker replica's own, else its service's (every
+        front-door replica on the tokenizer's node: they share its port)."""
         workers = self.placement.worker_names(self.spec.deploy.worker_replicas)
         if role in workers:
             return plan.bundle_of_replica(self.placement, workers.index(role))
-        return plan.bundle_of(self.placement, "tokenizer" if role == "pipeline" else role)
+        if role == "pipeline" or role in self.front_doors:
+            return plan.bundle_of(self.placement, "tokenizer")
+        return plan.bundle_of(self.placement, role)
 
     def _bundle_cpu(self, plan: NodePlan, bundle: int) -> float:
         """Room for every actor placed in the bundle: the services on its node and the worker
@@ -157,7 +172,7 @@ class RayDeployment:
         if self.placement.is_inproc:
             return BUNDLE_CPU
         roles = [
-            "tokenizer",
+            *self.front_doors,
             "scheduler",
             *self.placement.worker_names(self.spec.deploy.worker_replicas),
         ]
@@ -213,10 +228,13 @@ class RayDeployment:
                 extra_downstreams=[listen[name] for name in workers[1:]],
                 extra_links=worker_links[1:],
             ),
-            "tokenizer": ActorPlan(
-                "tokenizer", spec, front_door, listen["scheduler"], links[EDGES[0]], otel_env
-            ),
         }
+        # the front-door replicas: one actor each on the tokenizer's node, all on the one port
+        # (gRPC and HTTP, SO_REUSEPORT; tokenizer_config), each its own Connect stream
+        for name in self.front_doors:
+            plans[name] = ActorPlan(
+                name, spec, front_door, listen["scheduler"], links[EDGES[0]], otel_env
+            )
         return _with_secrets(plans, spec.security.tls_dir)
 
     def _edge_link(self, edge: str) -> LinkSettings:
@@ -272,7 +290,7 @@ class RayDeployment:
         from ray.util.placement_group import remove_placement_group
 
         replicas = self.placement.worker_names(self.spec.deploy.worker_replicas)
-        for role in ("pipeline", "tokenizer", "scheduler", *replicas):
+        for role in ("pipeline", *self.front_doors, "scheduler", *replicas):
             actor = self.actors.pop(role, None)
             if actor is None:
                 continue

@@ -144,18 +144,15 @@ def tokenizer_names(num_replicas: int) -> list[str]:
 
 
 def check_tokenizer_replicas(config: HopscopeConfig) -> None:
-    """ValueError for front-door replicas the placement cannot run (before anything starts)."""
+    """ValueError for front-door replicas the placement cannot run (before anything starts):
+    `inproc` (one process, with or without Ray). Elsewhere each replica is a process (`--no-ray`)
+    or an actor on the tokenizer's node (Ray), all on the one front-door port."""
     replicas = config.deploy.tokenizer_replicas
     if replicas > 1 and config.deploy.placement == "inproc":
         raise ValueError(
             f"--tokenizer-replicas {replicas} needs a front door of its own per replica: "
             "placement inproc runs the whole pipeline in one process (one front door); use "
             "--placement colocated (or colocated-tcp)"
-        )
-    if replicas > 1 and not config.deploy.no_ray:
-        raise ValueError(
-            f"--tokenizer-replicas {replicas} runs local processes only for now: add --no-ray "
-            "(placement colocated or colocated-tcp)"
         )
 
 

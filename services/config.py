@@ -241,8 +241,8 @@ class DeploySettings(Section):
         "front-door (tokenizer) processes sharing --port and --http-port (SO_REUSEPORT)",
         minimum=1,
         metavar="N",
-        doc="N front-door (tokenizer) processes (`--no-ray` `colocated` / `colocated-tcp`) "
-        "sharing `--port` and `--http-port` (SO_REUSEPORT: the kernel spreads new connections over "
+        doc="N front-door (tokenizer) processes (`--no-ray` `colocated` / `colocated-tcp`; on Ray "
+        "N tokenizer actors, all on the tokenizer's node) sharing `--port` and `--http-port` (SO_REUSEPORT: the kernel spreads new connections over "
         "them), each with its own Connect stream to the scheduler; Describe lists them "
         "(`tokenizer`, `tokenizer-1`, ...). More front-door CPU when tokenizing and streaming cap "
         "the tokens/s (refused with `inproc`: one process)",
