@@ -9,11 +9,20 @@ Per placement (colocated, colocated-tcp), on one pipeline (`--max-num-seqs 8 --m
   OK/RESOURCE_EXHAUSTED, served again right after;
 - non-reader: a client that never reads its stream -> every other request completes;
 - RSS of each service before and after those;
+- RSS soak: more waves of fuzz + overload; fails when a service's RSS grows more than
+  RSS_GROWTH_BOUND_MB from after the first wave to after the last (flat after the first = OK);
 - kill worker / scheduler / tokenizer (SIGKILL) under 16 seeded requests -> failed/total, time to
   recover (kill -> first request served again), tokens equal to a no-kill run (worker and
   scheduler kills lose none; a killed front door fails its own streams).
 
 Then idle: one pipeline per placement sits idle for --idle-s (full mode 600 s) and must serve.
+
+On Ray (`--placement split` / `remote`, or both): the same rows against `hopscope serve
+--placement P --ray-address ADDR` on a local 3-node Ray cluster that the run starts (the code of
+`hopscope cluster up`, not recorded) and stops at the end; each kill is a SIGKILL of that
+service's actor process (its pid from Describe), which Ray restarts on its node and address.
+A Ray run's result goes under the `ray` key of the results file (the local rows are kept, and a
+local run keeps the `ray` key); a run does not mix Ray and `--no-ray` placements.
 
 `python -m benchmarks.chaos` (full, ~15 min) or `--short` (one placement, small counts, idle on
 the same pipeline, about a minute: run by tests/integration/test_hardening.py). Prints a table; writes benchmarks/results/
@@ -44,6 +53,7 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
+from deploy.cluster import ClusterRecord, start_cluster, stop_cluster
 from deploy.lifecycle import ServeChild, start_serve, wait_serving
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
@@ -58,6 +68,11 @@ GENERATE = "/hopscope.v1.Tokenizer/Generate"
 BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 KILL_REQUESTS, KILL_TOKENS = 16, 48
 RECOVERY_TIMEOUT_S = 120.0
+RAY_PLACEMENTS = ("split", "remote")  # across the nodes of a local Ray cluster
+RAY_NODES = 3
+# growth allowed from after the first soak wave (which fills the caches and the allocator's
+# arenas) to after the last; the growth it catches was ~340 MB over the full mode's abuse
+RSS_GROWTH_BOUND_MB = 64.0
 
 
 @dataclass
@@ -385,9 +400,18 @@ def rss_of(served: ServeChild) -> dict[str, float | None]:
     return {name: rss_mb(pid) for name, pid in pids(served).items()}
 
 
-def run_placement(placement: str, args: argparse.Namespace, log_dir: Path) -> list[Row]:
+def serve_args(placement: str, ray_address: str) -> list[str]:
+    """`hopscope serve` of one placement: local processes, or Ray actors on the cluster."""
+    if placement in RAY_PLACEMENTS:
+        return ["--placement", placement, "--ray-address", ray_address]
+    return ["--no-ray", "--placement", placement]
+
+
+def run_placement(
+    placement: str, args: argparse.Namespace, log_dir: Path, ray_address: str = ""
+) -> list[Row]:
     served = start_serve(
-        ["--no-ray", "--placement", placement, *SERVE_FLAGS],
+        [*serve_args(placement, ray_address), *SERVE_FLAGS],
         log_path=log_dir / f"serve-{placement}.log",
     )
     rows: list[Row] = []
@@ -408,6 +432,8 @@ def run_placement(placement: str, args: argparse.Namespace, log_dir: Path) -> li
         rows.append(
             Row("rss", placement, 0, 0, True, {"before_mb": rss_before, "after_mb": rss_after})
         )
+        if args.soak_waves:
+            add(rss_soak(served, args.soak_waves, args.fuzz))
         for service in args.kill:
             add(asyncio.run(scenario_kill(served, service, reference)))
         if args.short:  # the idle check on this pipeline (full mode: fresh ones, side by side)
@@ -416,6 +442,41 @@ def run_placement(placement: str, args: argparse.Namespace, log_dir: Path) -> li
     finally:
         served.stop()
     return rows
+
+
+def rss_soak(served: ServeChild, waves: int, num_fuzz: int) -> Row:
+    """`waves` waves of fuzz (`num_fuzz` requests, a new seed each) + 5x overload, RSS of every
+    service after each; fails when one grows more than RSS_GROWTH_BOUND_MB after the first."""
+    before = pids(served)
+    after_wave: list[dict[str, float | None]] = []
+    bad = 0
+    for wave in range(waves):
+        fuzz = asyncio.run(scenario_fuzz(served, num_fuzz, seed=100 + wave))
+        overload = asyncio.run(scenario_overload(served))
+        bad += fuzz.failed + overload.failed
+        wait_idle(served)
+        after_wave.append(rss_of(served))
+    restarted = sorted(name for name, pid in pids(served).items() if before.get(name) != pid)
+    growth = {
+        name: round((after_wave[-1].get(name) or 0.0) - (mb or 0.0), 1)
+        for name, mb in after_wave[0].items()
+    }
+    flat = all(g <= RSS_GROWTH_BOUND_MB for g in growth.values())
+    return Row(
+        "rss soak",
+        "",
+        waves,
+        bad,
+        flat and bad == 0 and not restarted,
+        {
+            "waves": waves,
+            "fuzz_per_wave": num_fuzz,
+            "rss_mb_after_each_wave": after_wave,
+            "growth_after_first_wave_mb": growth,
+            "bound_mb": RSS_GROWTH_BOUND_MB,
+            "restarted": restarted,
+        },
+    )
 
 
 async def idle_traffic(address: str) -> list[Outcome]:
@@ -435,15 +496,16 @@ def idle_row(placement: str, served: ServeChild, idle_s: float) -> Row:
     )
 
 
-def run_idle(placements: list[str], idle_s: float, log_dir: Path) -> list[Row]:
+def run_idle(
+    placements: list[str], idle_s: float, log_dir: Path, ray_address: str = ""
+) -> list[Row]:
     """Fresh pipelines, one per placement, idle side by side for `idle_s`, then traffic."""
     servers: list[tuple[str, ServeChild]] = []
     try:
         for placement in placements:
             log_path = log_dir / f"serve-idle-{placement}.log"
-            servers.append(
-                (placement, start_serve(["--no-ray", "--placement", placement], log_path=log_path))
-            )
+            args = serve_args(placement, ray_address)
+            servers.append((placement, start_serve(args, log_path=log_path)))
         time.sleep(idle_s)
         return [idle_row(placement, served, idle_s) for placement, served in servers]
     finally:
@@ -464,34 +526,74 @@ def print_table(rows: list[Row]) -> None:
     Console(width=200).print(table)
 
 
+def merge_results(result: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    """The results file: the latest local run at the top level and the latest Ray run under
+    `ray`; a run replaces its own kind and keeps the other's."""
+    if result["on_ray"]:
+        local = {k: v for k, v in previous.items() if k != "ray"}
+        return {**(local or {"benchmark": "chaos"}), "ray": result}
+    return {**result, **({"ray": previous["ray"]} if "ray" in previous else {})}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__)
     parser.add_argument("--short", action="store_true", help="one placement, small counts (< 60 s)")
-    parser.add_argument("--placements", nargs="+", default=None)
+    parser.add_argument(
+        "--placements",
+        nargs="+",
+        default=None,
+        help="colocated, colocated-tcp (--no-ray) or "
+        f"{' / '.join(RAY_PLACEMENTS)} (Ray: a local {RAY_NODES}-node cluster)",
+    )
+    parser.add_argument(
+        "--placement",
+        action="append",
+        dest="placement",
+        default=None,
+        help="one placement "
+        "(repeatable), as in --placements: `--placement split` runs the rows on Ray",
+    )
     parser.add_argument("--fuzz", type=int, default=None, help="fuzzed requests (full 2000)")
     parser.add_argument("--cancels", type=int, default=None, help="cancelled streams (full 500)")
     parser.add_argument("--idle-s", type=float, default=None, help="idle time (full 600 s)")
+    parser.add_argument(
+        "--soak-waves",
+        type=int,
+        default=None,
+        help="RSS soak: waves of fuzz + overload (full 5, short 3; 0: none)",
+    )
     parser.add_argument("--kill", nargs="*", default=None, help="services to SIGKILL under load")
     parser.add_argument("--out", type=Path, default=RESULTS_PATH)
     args = parser.parse_args(argv)
     short = args.short
-    args.placements = args.placements or (
+    args.placements = [*(args.placements or []), *(args.placement or [])] or (
         ["colocated"] if short else ["colocated", "colocated-tcp"]
     )
+    del args.placement
+    on_ray = [p in RAY_PLACEMENTS for p in args.placements]
+    if any(on_ray) and not all(on_ray):
+        parser.error("run Ray placements (split, remote) apart from --no-ray ones")
+    is_ray = all(on_ray)
     args.fuzz = args.fuzz if args.fuzz is not None else (60 if short else 2000)
     args.cancels = args.cancels if args.cancels is not None else (40 if short else 500)
+    args.soak_waves = args.soak_waves if args.soak_waves is not None else (3 if short else 5)
     args.idle_s = args.idle_s if args.idle_s is not None else (2.0 if short else 600.0)
     if args.kill is None:
         args.kill = ["scheduler"] if short else ["worker", "scheduler", "tokenizer"]
     started = time.monotonic()
     rows: list[Row] = []
+    cluster: ClusterRecord | None = None
     with tempfile.TemporaryDirectory(prefix="hopscope-chaos-") as tmp:
         log_dir = Path(tmp)
         try:
+            if is_ray:
+                cluster = start_cluster(RAY_NODES, is_recorded=False)
+                print(f"local Ray cluster: {RAY_NODES} nodes at {cluster.address}")
+            address = cluster.address if cluster is not None else ""
             for placement in args.placements:
-                rows += run_placement(placement, args, log_dir)
+                rows += run_placement(placement, args, log_dir, address)
             if not short:
-                rows += run_idle(args.placements, args.idle_s, log_dir)
+                rows += run_idle(args.placements, args.idle_s, log_dir, address)
         except Exception:
             for log in sorted(log_dir.glob("*.log")):
                 print(
@@ -499,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
                     + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
                 )
             raise
+        finally:
+            if cluster is not None:
+                stop_cluster(cluster)
     print_table(rows)
     result = {
         "benchmark": "chaos",
@@ -511,11 +616,13 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "load_avg": os.getloadavg(),
         },
+        "on_ray": is_ray,
         "rows": [asdict(r) for r in rows],
         "passed": all(r.ok for r in rows),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    merged = merge_results(result, json.loads(args.out.read_text()) if args.out.exists() else {})
+    args.out.write_text(json.dumps(merged, indent=2) + "\n")
     print(f"wrote {args.out} ({result['duration_s']} s): {'PASS' if result['passed'] else 'FAIL'}")
     return 0 if result["passed"] else 1
 
