@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.channels import transport_of
 from services.common.identity import identify
+from services.common.memory import bound_native_memory
 from services.common.metrics import serve_metrics
 from services.common.server import GrpcServer, start_server
 from services.common.tls import load_tls
@@ -34,6 +35,7 @@ class WorkerServer:
 
 
 def build_worker_service(config: WorkerServiceConfig, address: str) -> WorkerService:
+    bound_native_memory()  # before the engine makes its first oneDNN primitive
     metrics = serve_metrics("worker", config.metrics_address)
     try:
         return WorkerService.load(
