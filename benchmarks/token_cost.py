@@ -134,7 +134,8 @@ def serve_argv(variant: str) -> list[str]:
     (`+env:NAME=VALUE` parts are the serve's environment instead, see `serve_env`)."""
     placement, *flags = variant.split("+")
     flags = [f for f in flags if not f.startswith("env:")]
-    extra = [arg for flag in flags for arg in (f"--{flag.split('=')[0]}", flag.split("=")[1])]
+    # `step-encoding=nested` -> --step-encoding nested; `no-stream-catch-up` -> that switch
+    extra = [arg for flag in flags for arg in (f"--{flag}".split("=", 1))]
     return ["--no-ray", "--placement", placement, *extra]
 
 
@@ -215,9 +216,14 @@ def _worker_pid(describe: dict[str, Any]) -> int:
     raise LaunchError("Describe names no worker process")
 
 
-def _output_tokens(requests_file: Path) -> int:
+def _output_tokens(requests_file: Path) -> tuple[int, float | None]:
+    """Output tokens of the completed requests, and their mean tokens per front-door message
+    (1.0 = one message per token; catch-up and --stream-interval raise it)."""
     records = [json.loads(line) for line in requests_file.read_text().splitlines() if line]
-    return sum(int(r.get("n_out") or 0) for r in records if r.get("status") == "OK")
+    ok = [r for r in records if r.get("status") == "OK"]
+    tokens = sum(int(r.get("n_out") or 0) for r in ok)
+    messages = sum(len(r.get("tokens_per_message") or []) for r in ok)
+    return tokens, (tokens / messages if messages else None)
 
 
 def _record(
@@ -228,7 +234,7 @@ def _record(
     bench_total_cpu_s: float,
 ) -> dict[str, Any]:
     summary = document["summary"]
-    tokens = _output_tokens(Path(document["requests_file"]))
+    tokens, tokens_per_message = _output_tokens(Path(document["requests_file"]))
     worker = "worker" if "worker" in cpu_s else "pipeline"  # inproc: one process for all three
     cpu_s[f"{worker}_outside_engine"] = cpu_s[worker] - cpu_s["engine"]
     us = {name: _round(cpu_us_per_token(s, tokens)) for name, s in cpu_s.items()}
@@ -238,6 +244,7 @@ def _record(
     figures: dict[str, Any] = {
         "output_tok_s": round(tok_s, 1),
         "output_tokens": tokens,
+        "tokens_per_message": None if tokens_per_message is None else round(tokens_per_message, 3),
         "cpu_us_per_token": us,
         "bench_cpu_outside_run_s": round(bench_total_cpu_s - summary["client_cpu_s"], 3),
         "tpot_p50_ms": _round(summary["tpot_ms"]["p50"]),

@@ -188,6 +188,7 @@ def tokenizer_config(
         tls_dir=config.security.tls_dir,
         internal_token=config.security.internal_token,
         stream_interval=tok.stream_interval,
+        stream_catch_up=tok.stream_catch_up,
         name=name,
         reuse_port=config.deploy.tokenizer_replicas > 1,
     )

@@ -307,10 +307,22 @@ class TokenizerSettings(Section):
         "stream): 1 sends one message per scheduler step; N > 1 sends the first token at once "
         "(TTFT unchanged), then one message per N tokens, and the last with whatever is left. A "
         "client that falls behind (its stream not drained) finds its tokens waiting in the front "
-        "door: with N > 1 they go out N per message; with N = 1 still one per step. Tokens, text, "
-        "finish reason and usage are the same for every N; each message's `token_ids` says how "
+        "door: with `--stream-catch-up` (default) they go out together in its next message. Tokens, "
+        "text, finish reason and usage are the same for every N; each message's `token_ids` says how "
         "many it carries, and `hopscope bench` records `tokens_per_message` so ITL stays honest. "
         "Fewer messages, less front-door CPU (benchmarks/README.md)",
+    )
+    stream_catch_up: bool = setting(
+        True,
+        "a stream whose tokens queue up in the front door (its client or the front door behind) "
+        "gets all of them in its next message, not one message per step",
+        doc="when a stream's tokens have queued up in the front door (its client reads slowly, "
+        "or the front door's own CPU is behind), its next message carries all of them instead "
+        "of one message per step: the tokens were late either way, so ITL is what it would be, "
+        "and the front door writes fewer messages exactly when it is short of time. A stream "
+        "that keeps up still gets one message per step (no bursts); `--stream-interval` still "
+        "caps the wait for tokens that have not arrived. `--no-stream-catch-up`: one message per "
+        "step always",
     )
     request_timeout_s: float = setting(
         600.0, "cap on a request without its own deadline", flag=None, unit="s", minimum=1e-9
