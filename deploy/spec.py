@@ -135,6 +135,7 @@ def scheduler_config(
         internal_token=config.security.internal_token,
         step_encoding=sched.step_encoding,
         kv_transport=config.worker.kv_transport,
+        stream_catch_up=config.tokenizer.stream_catch_up,
     )
 
 

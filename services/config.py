@@ -314,15 +314,16 @@ class TokenizerSettings(Section):
     )
     stream_catch_up: bool = setting(
         True,
-        "a stream whose tokens queue up in the front door (its client or the front door behind) "
-        "gets all of them in its next message, not one message per step",
-        doc="when a stream's tokens have queued up in the front door (its client reads slowly, "
-        "or the front door's own CPU is behind), its next message carries all of them instead "
-        "of one message per step: the tokens were late either way, so ITL is what it would be, "
-        "and the front door writes fewer messages exactly when it is short of time. A stream "
-        "that keeps up still gets one message per step (no bursts); `--stream-interval` still "
-        "caps the wait for tokens that have not arrived. `--no-stream-catch-up`: one message per "
-        "step always",
+        "tokens that queue up behind a slow reader (the front door, or its client) go out "
+        "together in the next message, not one message per step",
+        doc="on both hops that carry tokens towards the client: steps that queued up in the "
+        "scheduler behind a front door that reads slowly (its CPU behind) go to it as one "
+        "message, each request's tokens in one update; tokens that queued up in the front door "
+        "behind a slow client stream go out in its next message. The tokens were late either "
+        "way, so ITL is what it would be, and fewer messages are written exactly when a process "
+        "is short of time. A reader that keeps up still gets one message per step (no bursts); "
+        "`--stream-interval` still caps the wait for tokens that have not arrived. "
+        "`--no-stream-catch-up`: one message per step always",
     )
     request_timeout_s: float = setting(
         600.0, "cap on a request without its own deadline", flag=None, unit="s", minimum=1e-9

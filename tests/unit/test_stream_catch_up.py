@@ -105,3 +105,45 @@ def test_the_flag_reaches_the_front_door() -> None:
     off = spec_from_args(parser.parse_args(["serve", "--no-stream-catch-up"]))
     assert tokenizer_config(on, "127.0.0.1:0", "unix:/tmp/x.sock").stream_catch_up is True
     assert tokenizer_config(off, "127.0.0.1:0", "unix:/tmp/x.sock").stream_catch_up is False
+
+
+def _output(*updates: pb.RequestUpdate) -> pb.SchedulerOutput:
+    return pb.SchedulerOutput(updates=list(updates))
+
+
+def test_the_scheduler_folds_steps_queued_behind_a_slow_front_door_into_one_message() -> None:
+    from services.scheduler.servicer import _catch_up
+
+    u = pb.RequestUpdate
+    outbox: asyncio.Queue[pb.SchedulerOutput | None] = asyncio.Queue()
+    for later in (
+        _output(u(request_id="x", token_ids=[2]), u(request_id="y", token_ids=[6])),
+        _output(u(request_id="x", token_ids=[3]), u(request_id="y", finish_reason="length")),
+        _output(u(request_id="z", token_ids=[9]), u(request_id="y", token_ids=[7])),
+    ):
+        outbox.put_nowait(later)
+    out = _output(u(request_id="x", token_ids=[1]), u(request_id="y", token_ids=[5]))
+    assert _catch_up(out, outbox) is False and outbox.empty()
+    got = [(m.request_id, list(m.token_ids), m.finish_reason) for m in out.updates]
+    # each request's tokens in order in one update; a finished request's id used again after
+    # its end is a new request (its own update, never folded into the finished one)
+    assert got == [("x", [1, 2, 3], ""), ("y", [5, 6], "length"), ("z", [9], ""), ("y", [7], "")]
+    outbox.put_nowait(_output(u(request_id="x", token_ids=[4])))
+    outbox.put_nowait(None)  # the stream ended behind it: what queued still goes, then the end
+    assert _catch_up(out, outbox) is True
+    assert list(out.updates[0].token_ids) == [1, 2, 3, 4]
+    nothing_queued = _output(u(request_id="x", token_ids=[1]))
+    assert _catch_up(nothing_queued, asyncio.Queue()) is False
+    assert list(nothing_queued.updates[0].token_ids) == [1]
+
+
+def test_the_flag_reaches_the_scheduler() -> None:
+    import argparse
+
+    from deploy.commands import add_parser, spec_from_args
+    from deploy.spec import scheduler_config
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    off = spec_from_args(parser.parse_args(["serve", "--no-stream-catch-up"]))
+    assert scheduler_config(off, "127.0.0.1:0", "unix:/tmp/w.sock").stream_catch_up is False
