@@ -35,6 +35,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,14 @@ def parse_args() -> argparse.Namespace:
         help="variants, comma-separated: a placement, optionally +FLAG=VALUE serve flags "
         "(colocated+stream-interval=4)",
     )
+    parser.add_argument(
+        "--tokenizer-cpu-quota",
+        type=float,
+        default=0.0,
+        metavar="CORES",
+        help="cap the front door's process at this many cores (a cgroup v1 CPU quota; root): "
+        "makes the front door the bottleneck, as on a GPU where the engine is fast (0 = off)",
+    )
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "token_cost.json")
     parser.add_argument("--notes", default="", help="what was found, stored in notes.result")
     parser.add_argument(
@@ -134,7 +143,8 @@ def serve_argv(variant: str) -> list[str]:
     (`+env:NAME=VALUE` parts are the serve's environment instead, see `serve_env`)."""
     placement, *flags = variant.split("+")
     flags = [f for f in flags if not f.startswith("env:")]
-    extra = [arg for flag in flags for arg in (f"--{flag.split('=')[0]}", flag.split("=")[1])]
+    # `step-encoding=nested` -> --step-encoding nested; `no-stream-catch-up` -> that switch
+    extra = [arg for flag in flags for arg in (f"--{flag}".split("=", 1))]
     return ["--no-ray", "--placement", placement, *extra]
 
 
@@ -176,18 +186,56 @@ def run_once(args: argparse.Namespace, placement: str, round_index: int, tmp: Pa
         env=serve_env(placement),
         cwd=common.REPO,
     )
+    cleanup: list[Callable[[], None]] = []
     try:
-        return _measure(args, serve, placement, round_index, tmp)
+        return _measure(args, serve, placement, round_index, tmp, cleanup)
     finally:
         serve.stop()
+        for step in cleanup:
+            step()
+
+
+class CpuQuota:
+    """A cgroup v1 CPU controller group capped at `cores` (cfs quota / period): the processes
+    added run at most that much CPU time. Removed (rmdir) once they have exited."""
+
+    ROOT = Path("/sys/fs/cgroup/cpu")
+    PERIOD_US = 100_000
+
+    def __init__(self, name: str, cores: float) -> None:
+        self.path = self.ROOT / name
+        try:
+            self.path.mkdir()
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(int(cores * self.PERIOD_US)))
+        except OSError as e:
+            raise SystemExit(
+                f"--tokenizer-cpu-quota needs a writable cgroup v1 CPU controller at {self.ROOT} "
+                f"(root): {e}"
+            ) from e
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))  # the process and all its threads
+
+    def remove(self) -> None:
+        self.path.rmdir()
 
 
 def _measure(
-    args: argparse.Namespace, serve: ServeChild, placement: str, round_index: int, tmp: Path
+    args: argparse.Namespace,
+    serve: ServeChild,
+    placement: str,
+    round_index: int,
+    tmp: Path,
+    tmp_cleanup: list[Callable[[], None]],
 ) -> dict[str, Any]:
     describe = serve.describe()
     pids = service_pids(describe, serve.child.pid)
     worker_pid = _worker_pid(describe)
+    if args.tokenizer_cpu_quota > 0:
+        throttle = CpuQuota(f"hopscope-token-cost-{serve.child.pid}", args.tokenizer_cpu_quota)
+        tmp_cleanup.append(throttle.remove)
+        throttle.add(pids["tokenizer"])
     warm_up(serve.address, args)
     out = tmp / f"bench-{placement}-{round_index}.json"
     before = {name: read_cpu_s(pid) for name, pid in pids.items()}
@@ -215,9 +263,14 @@ def _worker_pid(describe: dict[str, Any]) -> int:
     raise LaunchError("Describe names no worker process")
 
 
-def _output_tokens(requests_file: Path) -> int:
+def _output_tokens(requests_file: Path) -> tuple[int, float | None]:
+    """Output tokens of the completed requests, and their mean tokens per front-door message
+    (1.0 = one message per token; catch-up and --stream-interval raise it)."""
     records = [json.loads(line) for line in requests_file.read_text().splitlines() if line]
-    return sum(int(r.get("n_out") or 0) for r in records if r.get("status") == "OK")
+    ok = [r for r in records if r.get("status") == "OK"]
+    tokens = sum(int(r.get("n_out") or 0) for r in ok)
+    messages = sum(len(r.get("tokens_per_message") or []) for r in ok)
+    return tokens, (tokens / messages if messages else None)
 
 
 def _record(
@@ -228,7 +281,7 @@ def _record(
     bench_total_cpu_s: float,
 ) -> dict[str, Any]:
     summary = document["summary"]
-    tokens = _output_tokens(Path(document["requests_file"]))
+    tokens, tokens_per_message = _output_tokens(Path(document["requests_file"]))
     worker = "worker" if "worker" in cpu_s else "pipeline"  # inproc: one process for all three
     cpu_s[f"{worker}_outside_engine"] = cpu_s[worker] - cpu_s["engine"]
     us = {name: _round(cpu_us_per_token(s, tokens)) for name, s in cpu_s.items()}
@@ -238,6 +291,7 @@ def _record(
     figures: dict[str, Any] = {
         "output_tok_s": round(tok_s, 1),
         "output_tokens": tokens,
+        "tokens_per_message": None if tokens_per_message is None else round(tokens_per_message, 3),
         "cpu_us_per_token": us,
         "bench_cpu_outside_run_s": round(bench_total_cpu_s - summary["client_cpu_s"], 3),
         "tpot_p50_ms": _round(summary["tpot_ms"]["p50"]),
@@ -333,13 +387,18 @@ def main() -> int:
         "benchmark": "CPU µs per output token per process, tokens/s and ratio to the engine alone",
         "issue": 14,
         "command": f"python -m benchmarks.token_cost --rounds {args.rounds} "
-        f"--num-requests {args.num_requests} --placements {args.placements}",
+        f"--num-requests {args.num_requests} --concurrency {args.concurrency} "
+        f"--placements {args.placements}"
+        + (
+            f" --tokenizer-cpu-quota {args.tokenizer_cpu_quota}" if args.tokenizer_cpu_quota else ""
+        ),
         "config": {
             "model": args.model,
             "placements": placements,
             "rounds": args.rounds,
             "load": "closed loop",
             "concurrency": args.concurrency,
+            "tokenizer_cpu_quota_cores": args.tokenizer_cpu_quota or None,
             "input_len": args.input_len,
             "output_len": args.output_len,
             "num_requests_per_run": args.num_requests,

@@ -135,6 +135,7 @@ def scheduler_config(
         internal_token=config.security.internal_token,
         step_encoding=sched.step_encoding,
         kv_transport=config.worker.kv_transport,
+        stream_catch_up=config.tokenizer.stream_catch_up,
     )
 
 
@@ -185,6 +186,7 @@ def tokenizer_config(
         tls_dir=config.security.tls_dir,
         internal_token=config.security.internal_token,
         stream_interval=tok.stream_interval,
+        stream_catch_up=tok.stream_catch_up,
         name=name,
         reuse_port=config.deploy.tokenizer_replicas > 1,
     )

@@ -307,10 +307,23 @@ class TokenizerSettings(Section):
         "stream): 1 sends one message per scheduler step; N > 1 sends the first token at once "
         "(TTFT unchanged), then one message per N tokens, and the last with whatever is left. A "
         "client that falls behind (its stream not drained) finds its tokens waiting in the front "
-        "door: with N > 1 they go out N per message; with N = 1 still one per step. Tokens, text, "
-        "finish reason and usage are the same for every N; each message's `token_ids` says how "
+        "door: with `--stream-catch-up` (default) they go out together in its next message. Tokens, "
+        "text, finish reason and usage are the same for every N; each message's `token_ids` says how "
         "many it carries, and `hopscope bench` records `tokens_per_message` so ITL stays honest. "
         "Fewer messages, less front-door CPU (benchmarks/README.md)",
+    )
+    stream_catch_up: bool = setting(
+        True,
+        "tokens that queue up behind a slow reader (the front door, or its client) go out "
+        "together in the next message, not one message per step",
+        doc="on both hops that carry tokens towards the client: steps that queued up in the "
+        "scheduler behind a front door that reads slowly (its CPU behind) go to it as one "
+        "message, each request's tokens in one update; tokens that queued up in the front door "
+        "behind a slow client stream go out in its next message. The tokens were late either "
+        "way, so ITL is what it would be, and fewer messages are written exactly when a process "
+        "is short of time. A reader that keeps up still gets one message per step (no bursts); "
+        "`--stream-interval` still caps the wait for tokens that have not arrived. "
+        "`--no-stream-catch-up`: one message per step always",
     )
     request_timeout_s: float = setting(
         600.0, "cap on a request without its own deadline", flag=None, unit="s", minimum=1e-9

@@ -93,6 +93,7 @@ async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
     servicer = SchedulerServicer(runner, identity, transport_of(config.listen), config.worker_link)
     servicer.worker_link_shape = (config.worker_link_delay_ms, config.worker_link_rate_mbit)
     servicer.worker_links = list(config.worker_links)
+    servicer.stream_catch_up = config.stream_catch_up
 
     def register(server: object) -> list[str]:
         pb_grpc.add_SchedulerServicer_to_server(servicer, server)

@@ -46,6 +46,8 @@ class SchedulerServiceConfig:
     link_bandwidth_mbps: list[float] = field(default_factory=list)
     # disaggregated placements: how a decode worker pulls KV from a prefill worker (grpc | shm)
     kv_transport: str = "grpc"
+    # steps queued up behind a front door that reads slowly go to it as one message
+    stream_catch_up: bool = DEFAULTS.tokenizer.stream_catch_up
 
     @property
     def worker_addresses(self) -> list[str]:

@@ -40,6 +40,37 @@ class _Connection:
         self.outbox.put_nowait(output)
 
 
+def _catch_up(out: pb.SchedulerOutput, outbox: asyncio.Queue[pb.SchedulerOutput | None]) -> bool:
+    """Fold the steps already queued behind `out` into it (the front door is behind: one
+    message instead of one per step), a request's tokens into one update, in order. True when
+    the stream's end was queued too."""
+    if outbox.empty():
+        return False
+    open_updates = {u.request_id: u for u in out.updates if not _is_finished(u)}
+    while not outbox.empty():
+        later = outbox.get_nowait()
+        if later is None:
+            return True
+        for update in later.updates:
+            earlier = open_updates.get(update.request_id)
+            if earlier is None:
+                earlier = out.updates.add()
+                earlier.request_id = update.request_id
+            earlier.token_ids.extend(update.token_ids)
+            if _is_finished(update):
+                earlier.finish_reason = update.finish_reason
+                earlier.error_status = update.error_status
+                earlier.error_message = update.error_message
+                open_updates.pop(update.request_id, None)
+            else:
+                open_updates[update.request_id] = earlier
+    return False
+
+
+def _is_finished(update: pb.RequestUpdate) -> bool:
+    return bool(update.finish_reason or update.error_status)
+
+
 class SchedulerServicer(pb_grpc.SchedulerServicer):
     def __init__(
         self,
@@ -52,6 +83,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self.worker_link_shape = (0.0, 0.0)  # (delay_ms one way, rate_mbit) of an emulated link
         self.worker_links: list[str] = []  # per replica, when they differ (Ray: some cross nodes)
         self.runner = runner
+        # steps that queued up behind a front door that reads slowly go to it as one message
+        # (`--stream-catch-up`; set by the server from the service config)
+        self.stream_catch_up = True
         self.identity = identity
         self.transport = transport
         # the front doors (`--tokenizer-replicas`) whose Connect stream is open, for Describe
@@ -70,7 +104,10 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 out = await conn.outbox.get()
                 if out is None:
                     return
+                ended = self.stream_catch_up and _catch_up(out, conn.outbox)
                 yield out
+                if ended:
+                    return
         finally:
             reader.cancel()
             self.front_doors.pop(id(conn), None)

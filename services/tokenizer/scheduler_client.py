@@ -71,6 +71,11 @@ class RequestStream:
         if wake_at <= 1 or self._num_tokens >= wake_at or delivery.is_finished:
             waiter.set_result(None)
 
+    @property
+    def has_queued(self) -> bool:
+        """Deliveries are waiting to be read: the reader is behind the scheduler."""
+        return bool(self._items)
+
     def __aiter__(self) -> AsyncIterator[Delivery]:
         return self._iterate()
 

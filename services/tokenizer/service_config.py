@@ -31,6 +31,8 @@ class TokenizerServiceConfig:
     # at most this many tokens per Generate message: 1 = one message per scheduler step; N > 1
     # sends the first token at once, then every N tokens (and the last), fewer messages to write
     stream_interval: int = DEFAULTS.tokenizer.stream_interval
+    # tokens queued up for a stream (client or front door behind) go out in one message
+    stream_catch_up: bool = DEFAULTS.tokenizer.stream_catch_up
     name: str = "tokenizer"  # a front-door replica's name: `tokenizer`, `tokenizer-1`, ...
     reuse_port: bool = False  # share `listen` / `http_listen` with the other replicas
 

@@ -106,6 +106,7 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         timing = _Timing(started_s)
         stream: RequestStream | None = None
         interval = self.config.stream_interval
+        catch_up = self.config.stream_catch_up
         pending: Chunk | None = None  # tokens held for the next message (stream_interval > 1)
         try:
             stream = await self.scheduler.submit(prepared, timeout_s, spans.carrier_of(span))
@@ -121,8 +122,13 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
                     self.scheduler.abort(request_id)
                 if pending is not None:
                     chunk = pending.extend(chunk)
-                # the first token goes at once (TTFT), then every `interval` tokens, and the last
-                if chunk.is_final or len(chunk.token_ids) >= interval or not timing.num_messages:
+                # the first token goes at once (TTFT), then every `interval` tokens, and the last;
+                # tokens already queued behind this one join it (catch-up: they are late anyway)
+                if (
+                    chunk.is_final
+                    or not timing.num_messages
+                    or (len(chunk.token_ids) >= interval and not (catch_up and stream.has_queued))
+                ):
                     pending = None
                     timing.num_messages += 1
                     yield _response(request_id, chunk, output)
