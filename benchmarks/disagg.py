@@ -88,6 +88,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the experiments here")
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "disagg.json")
     parser.add_argument("--notes", default="", help="what was found, stored in notes.result")
+    parser.add_argument(
+        "--chunked",
+        type=int,
+        default=256,
+        help="the local family's chunked-prefill alternative (max_num_batched_tokens); 0: none",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep --out's other workloads (one locked run per workload, one JSON)",
+    )
     return parser.parse_args()
 
 
@@ -124,7 +135,9 @@ def family_plans(
     }
     common_serve = {"model": args.model, "max_num_seqs": 8, "kv_cache_mb": 512}
     plans: dict[str, dict[str, Any]] = {}
-    local_factors: dict[str, list[Any]] = {"max_num_batched_tokens": [256]}
+    local_factors: dict[str, list[Any]] = (
+        {"max_num_batched_tokens": [args.chunked]} if args.chunked else {}
+    )
     if have["disagg"]:
         local_factors["placement"] = ["disagg"]
     plans["local"] = {
@@ -278,11 +291,19 @@ def main() -> int:
         "workloads": {},
         "notes": {"prediction": PREDICTION, "result": args.notes, "machine_state": _state()},
     }
+    if args.merge and args.out.exists():
+        before = json.loads(args.out.read_text(encoding="utf-8"))
+        result["workloads"] = dict(before.get("workloads", {}))
+        result["earlier_runs"] = [*before.get("earlier_runs", []), {
+            k: before.get(k) for k in ("machine", "config", "notes")
+        }]  # fmt: skip
     families = args.families.split(",")
     for workload in args.workloads.split(","):
         entry: dict[str, Any] = {"workload": dict(zip(
             ("input_len", "output_len", "concurrency", "slo"), WORKLOADS[workload], strict=True
         ))}  # fmt: skip
+        entry["started"] = time.strftime("%H:%M:%S UTC", time.gmtime())
+        entry["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
         plans = family_plans(args, workload, have)
         entry["skipped"] = {
             f: "not in this checkout (preset or --kv-transport missing)"
