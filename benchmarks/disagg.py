@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -48,22 +49,31 @@ PREDICTED_AS = {
 TARGET_ERROR = 0.15
 EXPERIMENT_TIMEOUT_S = 3600.0
 PREDICTION = (
-    "Written before running (smollm2-135m, float32, 2 shared cores, busy machine: other helpers "
-    "run tests and benchmarks on the same 2 cores). Mixed: a 1024-token prompt is one ~0.6-1 s "
-    "prefill step; every decode step that shares it waits for it, so in the prefill-heavy "
-    "workload (concurrency 2) TPOT p50 is inflated by about one prefill per 64 tokens (~10-15 "
-    "ms per token on top of a ~25-35 ms decode cycle): prefill_interference should fire there "
-    "and not in the decode-heavy one (one 64-token prefill per 512 tokens). Disagg on these "
-    "2 cores: the two workers share the cores (cores_shared 2), so the prefill now runs beside "
-    "the decode step instead of inside it; the decode step slows by the prefill worker's busy "
-    "share, so the predicted TPOT gain is small (a few %), TTFT gets worse by the decode "
-    "worker's busy share, and KV bytes per 1024-token request are 47 MB (2 x 30 layers x 3 KV "
-    "heads x 64 x 4 B x 1024): ~60 ms over a Unix socket at ~800 MB/s, ~12 ms through shared "
-    "memory, +2 ms per ms of link delay, ~3.8 s at 100 Mbit/s (which must lose). Expected "
-    "winner on 2 cores: mixed for decode-heavy, mixed or disagg within noise for prefill-heavy. "
+    "Written before running (smollm2-135m, float32, 2 shared cores; other helpers may run tests "
+    "and benchmarks on the same 2 cores: `machine` holds the load average at the start and "
+    "after each family). Mixed: a 1024-token prompt is one ~0.6-1 s prefill step; every decode "
+    "step that shares it waits for it, so in the prefill-heavy workload (concurrency 2) TPOT "
+    "p50 is inflated by about one prefill per 64 tokens (~10-25 ms per token on top of a ~45 ms "
+    "decode step): prefill_interference should fire there and not in the decode-heavy one (one "
+    "64-token prefill per 512 tokens). Disagg on these 2 cores: the two workers share the cores "
+    "(cores_shared 2), so the prefill now runs beside the decode step instead of inside it; the "
+    "decode step slows by the prefill worker's busy share, so the TPOT gain is small (a few %: "
+    "the last run's diagnosis predicted 67 -> 62 ms prefill-heavy, 75 -> 69 ms decode-heavy), "
+    "TTFT gets worse by the decode worker's busy share (predicted +15-20% prefill-heavy, ~2x "
+    "decode-heavy where the decode worker is busy most of the time), and KV bytes per 1024-token "
+    "request are 47 MB (2 x 30 layers x 3 KV heads x 64 x 4 B x 1024): ~60 ms over a Unix "
+    "socket at ~800 MB/s, ~12 ms through shared memory (shm within a few ms of UDS on TTFT, "
+    "equal TPOT), +2 ms per ms of relay delay (disagg-split 0/1/5 ms within noise of each "
+    "other), ~3.8 s at 100 Mbit/s (which must lose: TTFT +3.8 s prefill-heavy, past the SLO). "
+    "The Ray variants (disagg-split) add the actor hop, a few ms per request. Expected winner "
+    "on 2 cores: mixed for decode-heavy, mixed or disagg within noise for prefill-heavy. "
+    "Expected what-if error: TPOT p50 within 15% (the step-cost fit and the measured busy "
+    "shares); TTFT p50 10-30% (how the OS splits 2 cores between two busy workers is only "
+    "modelled as proportional to their busy shares, and a busy machine adds to both). "
     "On two GPUs (cores_shared 1) the decode worker never waits for a prefill: TPOT p50 drops "
-    "to the bare decode cycle + hop/64, and disagg wins the prefill-heavy goodput whenever the "
-    "KV hop (ms) is small against the interference per request (tens of ms per token x 64)."
+    "to the bare decode cycle + hop/64, TTFT is the prefill alone + the KV hop, and disagg wins "
+    "the prefill-heavy goodput whenever the KV hop (ms) is small against the interference per "
+    "request (tens of ms per token x 64)."
 )
 
 
@@ -78,6 +88,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the experiments here")
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "disagg.json")
     parser.add_argument("--notes", default="", help="what was found, stored in notes.result")
+    parser.add_argument(
+        "--chunked",
+        type=int,
+        default=256,
+        help="the local family's chunked-prefill alternative (max_num_batched_tokens); 0: none",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep --out's other workloads (one locked run per workload, one JSON)",
+    )
     return parser.parse_args()
 
 
@@ -114,7 +135,9 @@ def family_plans(
     }
     common_serve = {"model": args.model, "max_num_seqs": 8, "kv_cache_mb": 512}
     plans: dict[str, dict[str, Any]] = {}
-    local_factors: dict[str, list[Any]] = {"max_num_batched_tokens": [256]}
+    local_factors: dict[str, list[Any]] = (
+        {"max_num_batched_tokens": [args.chunked]} if args.chunked else {}
+    )
     if have["disagg"]:
         local_factors["placement"] = ["disagg"]
     plans["local"] = {
@@ -249,6 +272,12 @@ def errors(predicted: dict[str, Any], measured: dict[str, Any]) -> dict[str, flo
     return out
 
 
+def _state() -> str:
+    """The machine at the start: `idle` when the 1-minute load average is under 0.5 (this
+    benchmark then adds about 2, its own workers)."""
+    return "idle" if os.getloadavg()[0] < 0.5 else "busy"
+
+
 def main() -> int:
     args = parse_args()
     have = available()
@@ -260,13 +289,21 @@ def main() -> int:
         "available": have,
         "config": {k: str(v) for k, v in vars(args).items()},
         "workloads": {},
-        "notes": {"prediction": PREDICTION, "result": args.notes, "machine_state": "busy"},
+        "notes": {"prediction": PREDICTION, "result": args.notes, "machine_state": _state()},
     }
+    if args.merge and args.out.exists():
+        before = json.loads(args.out.read_text(encoding="utf-8"))
+        result["workloads"] = dict(before.get("workloads", {}))
+        result["earlier_runs"] = [*before.get("earlier_runs", []), {
+            k: before.get(k) for k in ("machine", "config", "notes")
+        }]  # fmt: skip
     families = args.families.split(",")
     for workload in args.workloads.split(","):
         entry: dict[str, Any] = {"workload": dict(zip(
             ("input_len", "output_len", "concurrency", "slo"), WORKLOADS[workload], strict=True
         ))}  # fmt: skip
+        entry["started"] = time.strftime("%H:%M:%S UTC", time.gmtime())
+        entry["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
         plans = family_plans(args, workload, have)
         entry["skipped"] = {
             f: "not in this checkout (preset or --kv-transport missing)"
@@ -286,6 +323,7 @@ def main() -> int:
                 entry.setdefault("failed", {})[family] = str(exc)[-3000:]
                 common.log(f"{workload} {family} failed: {str(exc)[-500:]}")
                 continue
+            entry.setdefault("load_avg_after", {})[family] = [round(x, 2) for x in os.getloadavg()]
             rows = measured_figures(exp_dir)
             for name, row in rows.items():
                 row["wall_s"] = round(wall, 1)

@@ -67,6 +67,14 @@ class Placement:
         """Distinct node labels, in service order (tokenizer's node first)."""
         return list(dict.fromkeys(self.nodes[s] for s in SERVICES))
 
+    def num_nodes(self, num_replicas: int = 1) -> int:
+        """Nodes a deployment with `num_replicas` workers spans: the services' and every worker
+        replica's (`workers:` / `worker_replicas`; `spread`: one node per replica)."""
+        if self.spread:
+            return max(len(self.node_labels), num_replicas)
+        replicas = self.replica_labels(self.num_replicas(num_replicas))
+        return len(dict.fromkeys([*self.node_labels, *replicas]))
+
     def num_replicas(self, flag: int) -> int:
         """The number of worker replicas: the file's `worker_replicas` total, which
         `--worker-replicas` (`flag`) may repeat but not contradict; otherwise the flag."""

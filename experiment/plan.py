@@ -236,7 +236,8 @@ class Variant:
 
         if self.target is not None:
             return 1
-        return len(resolve_placement(str(self.serve.get("placement", "inproc"))).node_labels)
+        placement = resolve_placement(str(self.serve.get("placement", "inproc")))
+        return placement.num_nodes(int(self.serve.get("worker_replicas", 1)))
 
     def serve_argv(self) -> list[str]:
         if self.target is not None:
@@ -540,7 +541,7 @@ def _variants(plan: Plan) -> list[Variant]:
 
 
 def _check_variants(plan: Plan, ray_address: str, errors: list[str]) -> None:
-    from deploy.placement import PlacementError, resolve_placement
+    from deploy.placement import PlacementError
     from deploy.spec import NO_RAY_PLACEMENTS
 
     own_checks = ("placement", "no_ray", "device", *CLUSTER_FACTORS)
@@ -551,7 +552,7 @@ def _check_variants(plan: Plan, ray_address: str, errors: list[str]) -> None:
         _check_device(variant, where, errors)
         placement = str(variant.serve.get("placement", "inproc"))
         try:
-            num_nodes = len(resolve_placement(placement).node_labels)
+            num_nodes = variant.num_nodes
         except PlacementError as exc:
             errors.append(f"{where}.placement: {exc}")
             continue

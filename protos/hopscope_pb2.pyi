@@ -446,7 +446,7 @@ class BlockCopy(_message.Message):
     def __init__(self, src: _Optional[int] = ..., dst: _Optional[int] = ...) -> None: ...
 
 class ReplicaStats(_message.Message):
-    __slots__ = ("index", "address", "is_worker_up", "num_running", "num_waiting", "num_free_blocks", "num_blocks", "num_steps", "hop_rtt_ms")
+    __slots__ = ("index", "address", "is_worker_up", "num_running", "num_waiting", "num_free_blocks", "num_blocks", "num_steps", "hop_rtt_ms", "num_kv_imports", "kv_bytes_imported", "num_kv_import_failures")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     IS_WORKER_UP_FIELD_NUMBER: _ClassVar[int]
@@ -456,6 +456,9 @@ class ReplicaStats(_message.Message):
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
     HOP_RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    NUM_KV_IMPORTS_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_IMPORTED_FIELD_NUMBER: _ClassVar[int]
+    NUM_KV_IMPORT_FAILURES_FIELD_NUMBER: _ClassVar[int]
     index: int
     address: str
     is_worker_up: bool
@@ -465,4 +468,7 @@ class ReplicaStats(_message.Message):
     num_blocks: int
     num_steps: int
     hop_rtt_ms: float
-    def __init__(self, index: _Optional[int] = ..., address: _Optional[str] = ..., is_worker_up: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_blocks: _Optional[int] = ..., num_steps: _Optional[int] = ..., hop_rtt_ms: _Optional[float] = ...) -> None: ...
+    num_kv_imports: int
+    kv_bytes_imported: int
+    num_kv_import_failures: int
+    def __init__(self, index: _Optional[int] = ..., address: _Optional[str] = ..., is_worker_up: _Optional[bool] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., num_free_blocks: _Optional[int] = ..., num_blocks: _Optional[int] = ..., num_steps: _Optional[int] = ..., hop_rtt_ms: _Optional[float] = ..., num_kv_imports: _Optional[int] = ..., kv_bytes_imported: _Optional[int] = ..., num_kv_import_failures: _Optional[int] = ...) -> None: ...

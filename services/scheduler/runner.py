@@ -113,6 +113,10 @@ class SchedulerRunner:
         self.replica = "0"  # its index among worker replicas (a metrics label)
         self.hop_rtt_ms = 0.0
         self.tokens_per_ms = 0.0
+        # decode side: KV hops done (and their bytes) and failed (recomputed), cumulative
+        self.num_kv_imports = 0
+        self.kv_bytes_imported = 0
+        self.num_kv_import_failures = 0
         # disaggregation: the worker's role (from its Info), where a prefill runner's finished
         # prompts go, how KV blocks move, and (decode side) the handoffs not yet imported
         self.role = "mixed"
@@ -513,6 +517,11 @@ class SchedulerRunner:
                 ok = handoff.source.release_handoff(rid) and ok
             else:
                 ok = False
+        if ok:
+            self.num_kv_imports += 1
+            self.kv_bytes_imported += result.num_bytes
+        else:
+            self.num_kv_import_failures += 1
         _end_span(transfer, error)
         if ok and self._tracked.get(rid) is tracked:
             tracked.resume_span = spans.start_internal_span(

@@ -252,6 +252,9 @@ def _stats(runner: RequestRunner, runners: list[SchedulerRunner]) -> pb.Schedule
                     num_blocks=core.block_manager.num_blocks if core else 0,
                     num_steps=r.num_steps,
                     hop_rtt_ms=r.hop_rtt_ms,
+                    num_kv_imports=r.num_kv_imports,
+                    kv_bytes_imported=r.kv_bytes_imported,
+                    num_kv_import_failures=r.num_kv_import_failures,
                 )
             )
     return stats

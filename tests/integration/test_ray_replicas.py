@@ -212,6 +212,45 @@ def test_spread_puts_a_replica_on_another_node_behind_its_own_link(
     assert tokens == reference[:4]
 
 
+# ---------------------------------------------------------------------------- disaggregation
+def test_serve_disagg_split_prefill_and_decode_on_their_own_nodes_with_mixed_tokens(
+    cluster: ClusterRecord, reference: list[list[int]]
+) -> None:
+    """Issue 21: `hopscope serve --placement disagg-split` on the 3-node cluster: the front door
+    and scheduler on node a, `worker-prefill` on b and `worker-decode` on c (their roles in
+    Describe), the KV edge over TCP between them; 4 seeded generations give the mixed
+    pipeline's tokens, and every request's KV crossed the hop (imported, none recomputed)."""
+    from deploy.ray_serve import alive_nodes
+
+    args = ["--placement", "disagg-split", "--ray-address", cluster.address]
+    with tempfile.TemporaryDirectory(prefix="hopscope-test-") as log_dir:
+        served = start_serve([*args, "--max-num-seqs", "8"], log_path=Path(log_dir) / "serve.log")
+        try:
+            described = _describe(served.address)
+            with ThreadPoolExecutor(4) as pool:
+                tokens = list(pool.map(lambda i: _seeded(served.address, i), range(4)))
+            replicas = _describe(served.address).scheduler_stats.replicas
+        finally:
+            code = served.stop(60.0)
+        assert code == 0, "\n".join(served.child.last_lines(100))
+    label_of = {n.node_id: n.hopscope_label for n in alive_nodes()}
+    where = {s.name: (label_of[s.node_id], s.role) for s in described.services}
+    assert where == {
+        "tokenizer": ("a", ""),
+        "scheduler": ("a", ""),
+        "worker-prefill": ("b", "prefill"),
+        "worker-decode": ("c", "decode"),
+    }, where
+    edges = {(getattr(e, "from"), e.to): e.transport for e in described.edges}
+    assert edges[("worker-prefill", "worker-decode")] == "tcp", edges
+    assert edges[("scheduler", "worker-prefill")] == edges[("scheduler", "worker-decode")] == "tcp"
+    assert tokens == reference[:4]
+    prefill, decode = sorted(replicas, key=lambda r: r.index)
+    assert prefill.num_steps > 0 and decode.num_steps > 0, replicas
+    assert (decode.num_kv_imports, decode.num_kv_import_failures) == (4, 0), decode
+    assert decode.kv_bytes_imported > 0
+
+
 # ---------------------------------------------------------------------------- faults on Ray
 @pytest.fixture
 def across(cluster: ClusterRecord, tmp_path: Path) -> Iterator[str]:

@@ -274,6 +274,22 @@ def test_the_disaggregation_plan_has_a_prefill_and_a_decode_heavy_workload() -> 
     assert heavy_in["slo"] and heavy_out["slo"]
 
 
+def test_the_disaggregation_plan_measures_disagg_and_disagg_split_on_a_3_node_cluster() -> None:
+    from deploy.placement import resolve_placement
+
+    # the services span nodes a, b; disagg-split's prefill worker is on b, its decode worker on c
+    assert resolve_placement("disagg-split").num_nodes() == 3
+    assert resolve_placement("disagg").num_nodes() == 1
+    assert resolve_placement("colocated").num_nodes() == 1
+    plan = load_plan("disaggregation")
+    by_name = {v.name: v for v in plan.variants}
+    assert set(by_name) == {"baseline", "placement=disagg", "placement=disagg-split"}
+    assert all(v.is_ray for v in plan.variants)
+    assert by_name["placement=disagg-split"].num_nodes == 3
+    assert by_name["placement=disagg"].num_nodes == 1
+    assert plan.is_cluster_needed and plan.num_cluster_nodes == 3
+
+
 def test_a_plan_with_workloads_runs_one_experiment_per_workload(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
