@@ -101,6 +101,26 @@ def worker_config(
     )
 
 
+# SchedulerConfig fields whose tree setting has another name, and those that are not settings.
+_CORE_RENAMES = {"enable_prefix_caching": "prefix_caching"}
+_CORE_NOT_SETTINGS = frozenset({"enable_chunked_prefill"})
+
+
+def scheduler_core_config(config: HopscopeConfig) -> SchedulerConfig:
+    """The scheduler core's config: each of its fields from the scheduler setting of the same
+    name, so a new core knob is its tree setting and its SchedulerConfig field, no line here.
+    A field with no such setting is a bug (it would silently keep its default): refused."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(SchedulerConfig):
+        if field.name in _CORE_NOT_SETTINGS:
+            continue
+        name = _CORE_RENAMES.get(field.name, field.name)
+        if not hasattr(config.scheduler, name):
+            raise TypeError(f"SchedulerConfig.{field.name} has no scheduler setting {name!r}")
+        values[field.name] = getattr(config.scheduler, name)
+    return SchedulerConfig(**values)
+
+
 def scheduler_config(
     config: HopscopeConfig,
     listen: str,
@@ -109,19 +129,8 @@ def scheduler_config(
     extra_worker_addresses: list[str] | None = None,
 ) -> SchedulerServiceConfig:
     sched = config.scheduler
-    core = SchedulerConfig(
-        max_num_seqs=sched.max_num_seqs,
-        max_num_batched_tokens=sched.max_num_batched_tokens,
-        max_queue_len=sched.max_queue_len,
-        batching=sched.batching,  # type: ignore[arg-type]
-        static_batch_timeout_s=sched.static_batch_timeout_s,
-        enable_prefix_caching=sched.prefix_caching,
-        preemption=sched.preemption,  # type: ignore[arg-type]
-        async_scheduling=sched.async_scheduling,
-        num_scheduler_steps=sched.num_scheduler_steps,
-    )
     return SchedulerServiceConfig(
-        core=core,
+        core=scheduler_core_config(config),
         worker_address=worker_address,
         listen=listen,
         node_id=node_id,

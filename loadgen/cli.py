@@ -123,7 +123,12 @@ def _add_workload_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seeds the workload and arrivals")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling; 0 = greedy")
-    p.add_argument("--no-ignore-eos", action="store_true", help="let requests stop at EOS")
+    p.add_argument(
+        "--ignore-eos",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="generate max tokens past EOS (--no-ignore-eos: let requests stop at EOS)",
+    )
 
 
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
@@ -209,7 +214,7 @@ def build_points(args: argparse.Namespace) -> tuple[list[BenchConfig], list[str]
         dataset=args.dataset,
         dataset_format=args.dataset_format,
         seed=args.seed,
-        ignore_eos=not args.no_ignore_eos,
+        ignore_eos=args.ignore_eos,
         temperature=args.temperature,
     )
     slo = SloConfig.parse(args.slo)

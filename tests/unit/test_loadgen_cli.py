@@ -81,3 +81,16 @@ def test_client_processes_default_to_one_per_eight_cores() -> None:
     assert [auto_workers(n) for n in (1, 2, 8, 16, 64, 256)] == [1, 1, 1, 2, 8, 8]
     assert auto_workers(64, concurrency=4) == 4
     assert auto_workers(64, concurrency=0) == 8  # open loop: no concurrency to cap it
+
+
+@pytest.mark.parametrize(
+    ("argv", "ignore_eos"),
+    [([], True), (["--no-ignore-eos"], False), (["--ignore-eos"], True)],
+)
+def test_ignore_eos_is_an_x_no_x_boolean_and_the_old_spelling_works(
+    argv: list[str], ignore_eos: bool
+) -> None:
+    """Issue 20, defect 9: `bench --no-ignore-eos` (the old flag) still works, beside
+    `--ignore-eos`, the `--x/--no-x` convention `generate` uses."""
+    (config,), _ = cli.build_points(parse("--address", "h:1", "--concurrency", "1", *argv))
+    assert config.workload.ignore_eos is ignore_eos
