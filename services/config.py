@@ -367,6 +367,13 @@ class SchedulerSettings(Section):
         metavar="N",
         doc="waiting-queue bound (full → `RESOURCE_EXHAUSTED` at once)",
     )
+    max_prefill_seqs: int = setting(
+        0,
+        "new prompts admitted per step at most (0: no cap): fewer prefills share a step with "
+        "the running decodes (lower TPOT, TTFT waits longer)",
+        minimum=0,
+        metavar="N",
+    )
     prefix_caching: bool = setting(
         True,
         "share the KV blocks of prompt prefixes already computed",

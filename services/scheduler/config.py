@@ -20,6 +20,7 @@ class SchedulerConfig:
     - max_num_seqs: most sequences holding KV blocks (running) at once.
     - max_num_batched_tokens: token budget of one step (prefill chunk tokens + one per decode).
     - max_queue_len: bound of the waiting queue; `add` refuses at once beyond it.
+    - max_prefill_seqs: new sequences admitted per step at most (0: no cap).
     - batching: "continuous" (iteration-level) or "static" (admit a batch, run it to the end).
     - enable_chunked_prefill: split a prompt longer than the step's remaining budget.
     - static_batch_timeout_s: static mode waits this long after the oldest arrival for a full
@@ -40,6 +41,7 @@ class SchedulerConfig:
     max_num_seqs: int = DEFAULTS.scheduler.max_num_seqs
     max_num_batched_tokens: int = DEFAULTS.scheduler.max_num_batched_tokens
     max_queue_len: int = DEFAULTS.scheduler.max_queue_len
+    max_prefill_seqs: int = DEFAULTS.scheduler.max_prefill_seqs
     batching: BatchingMode = DEFAULTS.scheduler.batching  # type: ignore[assignment]
     enable_chunked_prefill: bool = True
     static_batch_timeout_s: float = DEFAULTS.scheduler.static_batch_timeout_s
@@ -60,6 +62,8 @@ class SchedulerConfig:
             )
         if self.num_scheduler_steps < 1:
             raise ValueError(f"num_scheduler_steps must be >= 1, got {self.num_scheduler_steps}")
+        if self.max_prefill_seqs < 0:
+            raise ValueError(f"max_prefill_seqs must be >= 0, got {self.max_prefill_seqs}")
         if self.max_queue_len < 1:
             raise ValueError(f"max_queue_len must be >= 1, got {self.max_queue_len}")
         if self.batching not in BATCHING_MODES:

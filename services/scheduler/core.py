@@ -539,10 +539,16 @@ class Scheduler:
         return budget
 
     def _admit(self, batch: Batch, budget: int, now_s: float) -> None:
-        """Start waiting sequences FCFS while budget, max_num_seqs and free blocks allow."""
+        """Start waiting sequences FCFS while budget, max_num_seqs, max_prefill_seqs and free
+        blocks allow."""
         if self.config.is_static and not self._static_batch:
             self._start_static_batch(now_s)
+        cap = self.config.max_prefill_seqs or len(self._waiting)
+        admitted = 0
         while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
+            if admitted == cap:
+                break
+            admitted += 1
             seq = self._waiting[0]
             if self.config.is_static and seq.req.request_id not in self._static_batch:
                 break  # members of the batch in progress always queue ahead of newcomers

@@ -136,3 +136,32 @@ def test_a_setting_defined_once_reaches_its_service() -> None:
     assert scheduler_config(config, "l", "w").core.static_batch_timeout_s == 0.2
     with pytest.raises(ValueError, match="--static-batch-timeout-s must be >= 0 s"):
         _serve("--static-batch-timeout-s", "-1")
+
+
+def test_a_new_core_knob_is_its_definition_and_its_field() -> None:
+    """`--max-prefill-seqs` (added as issue 20's example) is one tree setting and the
+    SchedulerConfig field that uses it: no mapping line reaches it to the core."""
+    config = _serve("--max-prefill-seqs", "2")
+    assert scheduler_config(config, "l", "w").core.max_prefill_seqs == 2
+    assert scheduler_config(_serve(), "l", "w").core.max_prefill_seqs == 0
+    with pytest.raises(ValueError, match="--max-prefill-seqs must be >= 0"):
+        _serve("--max-prefill-seqs", "-1")
+
+
+def test_every_scheduler_core_field_comes_from_a_setting() -> None:
+    """A SchedulerConfig field whose setting is missing would keep its default silently: every
+    field but the listed non-settings is filled from the tree (a changed value reaches it)."""
+    core = scheduler_config(
+        _serve(
+            "--max-num-seqs",
+            "3",
+            "--no-prefix-caching",
+            "--preemption",
+            "swap",
+            "--swap-space-mb",
+            "8",
+        ),
+        "l",
+        "w",
+    ).core
+    assert (core.max_num_seqs, core.enable_prefix_caching, core.preemption) == (3, False, "swap")

@@ -147,6 +147,21 @@ def test_no_more_than_max_num_seqs_run_at_once() -> None:
     assert max(batch_sizes) == 2
 
 
+def test_max_prefill_seqs_admits_that_many_new_prompts_per_step() -> None:
+    worker = FakeWorker()
+    scheduler = make_scheduler(worker, max_num_seqs=8, max_prefill_seqs=1)
+    for i in range(3):
+        scheduler.add(make_request(i, 4, 4))
+    phases = []
+    for _ in range(3):
+        batch = scheduler.schedule(0.0)
+        phases.append(batch.phases)
+        scheduler.on_step(batch, worker.step(batch.seq_steps).sampled, 0.0)
+    # the budget would take all three prompts in the first step; the cap takes one per step
+    assert phases == [["prefill"], ["decode", "prefill"], ["decode", "decode", "prefill"]]
+    run_until_idle(scheduler, worker)
+
+
 def test_chunked_prefill_splits_a_long_prompt_and_samples_only_at_its_end() -> None:
     worker = FakeWorker()
     scheduler = make_scheduler(worker, max_num_seqs=4, max_num_batched_tokens=16)
