@@ -20,7 +20,8 @@ class SchedulerConfig:
     - max_num_seqs: most sequences holding KV blocks (running) at once.
     - max_num_batched_tokens: token budget of one step (prefill chunk tokens + one per decode).
     - max_queue_len: bound of the waiting queue; `add` refuses at once beyond it.
-    - max_prefill_seqs: new sequences admitted per step at most (0: no cap).
+    - max_prefill_seqs: new sequences admitted per step at most (0: no cap; range checked by
+      the tree, services/config.py).
     - batching: "continuous" (iteration-level) or "static" (admit a batch, run it to the end).
     - enable_chunked_prefill: split a prompt longer than the step's remaining budget.
     - static_batch_timeout_s: static mode waits this long after the oldest arrival for a full
@@ -62,8 +63,6 @@ class SchedulerConfig:
             )
         if self.num_scheduler_steps < 1:
             raise ValueError(f"num_scheduler_steps must be >= 1, got {self.num_scheduler_steps}")
-        if self.max_prefill_seqs < 0:
-            raise ValueError(f"max_prefill_seqs must be >= 0, got {self.max_prefill_seqs}")
         if self.max_queue_len < 1:
             raise ValueError(f"max_queue_len must be >= 1, got {self.max_queue_len}")
         if self.batching not in BATCHING_MODES:

@@ -543,10 +543,9 @@ class Scheduler:
         blocks allow."""
         if self.config.is_static and not self._static_batch:
             self._start_static_batch(now_s)
-        cap = self.config.max_prefill_seqs or len(self._waiting)
-        admitted = 0
+        cap, admitted = self.config.max_prefill_seqs, 0
         while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
-            if admitted == cap:
+            if 0 < cap <= admitted:
                 break
             admitted += 1
             seq = self._waiting[0]
