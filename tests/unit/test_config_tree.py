@@ -15,6 +15,7 @@ from deploy import flags
 from deploy.cli import build_parser, main
 from deploy.commands import spec_from_args
 from deploy.spec import scheduler_config, tokenizer_config, worker_config
+from experiment.plan import parse_plan
 from services.config import DEFAULTS, SECTIONS, HopscopeConfig, settings_of
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.runner import RunnerSettings
@@ -165,3 +166,14 @@ def test_every_scheduler_core_field_comes_from_a_setting() -> None:
         "w",
     ).core
     assert (core.max_num_seqs, core.enable_prefix_caching, core.preemption) == (3, False, "swap")
+
+
+def test_a_new_setting_is_at_once_a_plan_factor() -> None:
+    plan = parse_plan(
+        {
+            "baseline": {"placement": "colocated", "no_ray": True},
+            "workload": {"concurrency": 2, "num_requests": 4},
+            "factors": {"max_prefill_seqs": [1]},
+        }
+    )
+    assert "--max-prefill-seqs" in plan.variants[1].serve_argv()
