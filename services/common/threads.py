@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 
 ENGINE_THREAD_NAME = "hopscope-engine"  # at most 15 bytes: the kernel's comm limit
+KV_EXPORT_THREAD_NAME = "hopscope-kv"  # the worker's KV-hop gathers (disaggregation)
 # libgomp's spin-wait after a parallel region (default ~300k iterations, a core burnt for a while
 # after every step): 100k keeps the regions of one step back to back and stops soon after the
 # step. Measured on 2 colocated cores: 1.05x tokens/s, 0.92x CPU per token

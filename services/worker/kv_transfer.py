@@ -91,7 +91,7 @@ class KVExporter:
     costs its page faults each time, and on a busy 2-core machine a multi-threaded gather into
     fresh memory took ~10x a reused one), then out of it into what leaves the engine thread
     (gRPC chunks, or a /dev/shm segment), so the buffer is free again when `export` returns.
-    Called on the engine thread only."""
+    Called on one thread at a time (the worker's KV-export thread)."""
 
     MAX_STAGING_BYTES = 256 * 2**20  # larger transfers gather into a buffer of their own
 

@@ -22,7 +22,7 @@ from services.common.channels import create_channel, transport_of
 from services.common.identity import ServiceIdentity
 from services.common.metrics import ServiceMetrics
 from services.common.peer_auth import token_metadata
-from services.common.threads import ENGINE_THREAD_NAME, name_os_thread
+from services.common.threads import ENGINE_THREAD_NAME, KV_EXPORT_THREAD_NAME, name_os_thread
 from services.common.tls import TlsMaterial
 from services.common.types import (
     PLACEHOLDER_TOKEN_ID,
@@ -58,6 +58,22 @@ def engine_executor(num_threads: int = 0) -> ThreadPoolExecutor:
     )
 
 
+def _start_kv_export_thread() -> None:
+    name_os_thread(KV_EXPORT_THREAD_NAME)
+    torch.set_num_threads(1)  # no OpenMP team of its own: a second team slows every step
+
+
+def kv_export_executor() -> ThreadPoolExecutor:
+    """The thread the KV hop's source-side gathers run on (caches in host memory): one
+    single-threaded copy beside the engine thread, so a PullKV never waits for the step in
+    progress (a 1024-token prefill held it ~1.1 s on 2 cores: benchmarks/README.md,
+    disaggregation). It only reads blocks the scheduler holds for the handoff, which no step
+    writes until the destination has them."""
+    return ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="kv-export", initializer=_start_kv_export_thread
+    )
+
+
 class WorkerService:
     """Runs one step at a time on a dedicated thread so the event loop stays responsive."""
 
@@ -76,7 +92,11 @@ class WorkerService:
         self._observe_kv_blocks([])  # all free until the first step, not 0 free (looks full)
         # what the previous step sampled (seq_id -> token): fills async scheduling's placeholders
         self._last_sampled: dict[int, int] = {}
-        self._kv_exporter = kv_transfer.KVExporter()  # used on the engine thread only
+        self._kv_exporter = kv_transfer.KVExporter()  # one thread at a time: _kv_executor
+        # a cache in host memory is read beside the steps; a device cache on the engine thread
+        # (its copies would land in a CUDA graph capture in progress)
+        is_host = engine.kv_cache.data.device.type == "cpu"
+        self._kv_executor = kv_export_executor() if is_host else self._executor
 
     @classmethod
     def load(
@@ -192,11 +212,12 @@ class WorkerService:
     async def export_kv(
         self, blocks: list[int], transport: str = "grpc"
     ) -> tuple[int, list[bytes] | str]:
-        """The raw bytes of `blocks` (kv_transfer's payload), read between steps: its size and
-        its chunks ("grpc") or the /dev/shm segment holding it ("shm")."""
+        """The raw bytes of `blocks` (kv_transfer's payload): its size and its chunks ("grpc")
+        or the /dev/shm segment holding it ("shm"). Read beside the step in progress (host
+        cache: `kv_export_executor`) or between steps (device cache)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, self._kv_exporter.export, self.engine.kv_cache, blocks, transport
+            self._kv_executor, self._kv_exporter.export, self.engine.kv_cache, blocks, transport
         )
 
     async def import_kv(self, blocks: list[int], payload: bytes | bytearray) -> None:
@@ -224,6 +245,7 @@ class WorkerService:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._kv_executor.shutdown(wait=False, cancel_futures=True)
         self.metrics.stop_server()
 
 

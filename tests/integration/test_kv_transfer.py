@@ -9,6 +9,7 @@ import asyncio
 import glob
 import os
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -94,6 +95,30 @@ async def _moved_blocks_decode_alike(a: WorkerServer, b: WorkerServer, transport
     finally:
         await channel.close()
     assert _segments() == before  # every shm segment unlinked
+
+
+@pytest.mark.parametrize("transport", ["grpc", "shm"])
+def test_a_pull_does_not_wait_for_the_sources_step_in_progress(transport: str) -> None:
+    """The prefill worker's engine thread is busy (a long prefill, here held by an event): the
+    KV hop still completes, because its gather reads the held blocks on a thread of its own.
+    Queued behind the step it waited ~1.1 s per request on 2 cores (benchmarks/README.md)."""
+    _run(lambda a, b: _pull_beside_a_busy_engine(a, b, transport))
+
+
+async def _pull_beside_a_busy_engine(a: WorkerServer, b: WorkerServer, transport: str) -> None:
+    src, dst = [0, 1, 2], [4, 5, 6]
+    await a.service.step([SeqStep(1, PROMPT, 0, src, SamplingParams())], {}, "uds")
+    release = threading.Event()
+    busy = a.service.engine_executor.submit(release.wait, 30)  # the step in progress
+    channel = create_channel(b.address)
+    try:
+        result = await asyncio.wait_for(import_kv(channel, a.address, src, dst, transport, {}), 10)
+        assert not busy.done()  # done while the source's engine thread was still busy
+        assert result.num_bytes == 3 * a.service.kv_layout.block_bytes
+    finally:
+        release.set()
+        await channel.close()
+    assert await a.service.export_kv(src) == await b.service.export_kv(dst)
 
 
 def test_bad_blocks_are_invalid_argument() -> None:

@@ -18,7 +18,9 @@ from services.worker.servicer import WorkerService
 def _engine_service() -> WorkerService:
     # only what __init__ reads
     engine: Any = SimpleNamespace(
-        info=SimpleNamespace(num_blocks=8), config=SimpleNamespace(num_threads=0)
+        info=SimpleNamespace(num_blocks=8),
+        config=SimpleNamespace(num_threads=0),
+        kv_cache=SimpleNamespace(data=torch.empty(0)),
     )
     return WorkerService(engine, identify("worker", "127.0.0.1:0"))
 
