@@ -89,6 +89,7 @@ def worker_config(
         cuda_graphs=worker.cuda_graphs,
         cuda_graph_max_batch=worker.cuda_graph_max_batch,
         compile=worker.compile,
+        kv_export_thread=worker.kv_export_thread,
     )
     return WorkerServiceConfig(
         engine=engine,

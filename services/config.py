@@ -566,6 +566,19 @@ class WorkerSettings(Section):
         "name, the decode worker copies and unlinks it. `shm` tells the cost of the copy from the "
         "cost of the wire",
     )
+    kv_export_thread: bool = setting(
+        False,
+        "the prefill worker gathers a request's KV blocks for the hop on a thread of its own, "
+        "beside the step in progress (host caches), instead of between steps",
+        commands=SERVE,
+        doc="the prefill worker gathers a request's KV blocks for the hop on a thread of its own "
+        "while its engine runs the next step (a cache in host memory; a device cache always "
+        "gathers between steps), instead of queueing the gather behind the step in progress. "
+        "Off by default: on one 2-core host it cut the hop from ~1130 to ~310 ms per 1024-token "
+        "request but slowed both workers' steps ~1.7x, their compute now overlapping on shared "
+        "cores (benchmarks/README.md, disaggregation); try it where the workers have cores of "
+        "their own",
+    )
 
     def check(self) -> None:
         check_step_loop(self.device, self.cuda_graphs, self.kernels, self.compile)

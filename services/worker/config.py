@@ -40,6 +40,8 @@ class WorkerConfig:
     compile: torch.compile the model's dense parts (rotary on the QKV projection, and output
         projection + MLP + norms; attention and the cache writes stay eager) on the torch op set:
         inductor's C++ on CPU, Triton on CUDA. Compiled on first use of each shape class.
+    kv_export_thread: the KV hop's source-side gather on a thread of its own, beside the step in
+        progress (host caches only); off: queued between steps on the engine thread.
     """
 
     model: str = DEFAULTS.model.model
@@ -57,6 +59,7 @@ class WorkerConfig:
     cuda_graphs: bool = DEFAULTS.worker.cuda_graphs
     cuda_graph_max_batch: int = DEFAULTS.worker.cuda_graph_max_batch
     compile: bool = DEFAULTS.worker.compile
+    kv_export_thread: bool = DEFAULTS.worker.kv_export_thread
 
     def __post_init__(self) -> None:
         self._check_device()

@@ -64,11 +64,12 @@ def _start_kv_export_thread() -> None:
 
 
 def kv_export_executor() -> ThreadPoolExecutor:
-    """The thread the KV hop's source-side gathers run on (caches in host memory): one
-    single-threaded copy beside the engine thread, so a PullKV never waits for the step in
-    progress (a 1024-token prefill held it ~1.1 s on 2 cores: benchmarks/README.md,
-    disaggregation). It only reads blocks the scheduler holds for the handoff, which no step
-    writes until the destination has them."""
+    """With `kv_export_thread`, the thread the KV hop's source-side gathers run on (caches in
+    host memory): one single-threaded copy beside the engine thread, so a PullKV does not wait
+    for the step in progress (a 1024-token prefill held it ~1.1 s on 2 cores). It only reads
+    blocks the scheduler holds for the handoff, which no step writes until the destination has
+    them. Off by default: on shared cores the overlap slowed both workers more than the wait
+    cost (benchmarks/README.md, disaggregation)."""
     return ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="kv-export", initializer=_start_kv_export_thread
     )
@@ -93,10 +94,10 @@ class WorkerService:
         # what the previous step sampled (seq_id -> token): fills async scheduling's placeholders
         self._last_sampled: dict[int, int] = {}
         self._kv_exporter = kv_transfer.KVExporter()  # one thread at a time: _kv_executor
-        # a cache in host memory is read beside the steps; a device cache on the engine thread
-        # (its copies would land in a CUDA graph capture in progress)
-        is_host = engine.kv_cache.data.device.type == "cpu"
-        self._kv_executor = kv_export_executor() if is_host else self._executor
+        # kv_export_thread: a cache in host memory is read beside the steps; a device cache
+        # always on the engine thread (its copies would land in a CUDA graph capture)
+        beside = engine.config.kv_export_thread and engine.kv_cache.data.device.type == "cpu"
+        self._kv_executor = kv_export_executor() if beside else self._executor
 
     @classmethod
     def load(
@@ -213,8 +214,8 @@ class WorkerService:
         self, blocks: list[int], transport: str = "grpc"
     ) -> tuple[int, list[bytes] | str]:
         """The raw bytes of `blocks` (kv_transfer's payload): its size and its chunks ("grpc")
-        or the /dev/shm segment holding it ("shm"). Read beside the step in progress (host
-        cache: `kv_export_executor`) or between steps (device cache)."""
+        or the /dev/shm segment holding it ("shm"). Read between steps, or beside the step in
+        progress (`kv_export_thread`, host cache: `kv_export_executor`)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._kv_executor, self._kv_exporter.export, self.engine.kv_cache, blocks, transport

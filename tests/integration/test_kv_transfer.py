@@ -32,8 +32,12 @@ def _segments() -> set[str]:
     return set(glob.glob(os.path.join(SHM_DIR, SHM_PREFIX + f"{os.getpid()}-*")))
 
 
-async def _start(path: str, model: str, **service: str) -> WorkerServer:
-    engine = WorkerConfig(model=model, kv_cache_bytes=8 * 2**20, kernels="torch")
+async def _start(
+    path: str, model: str, kv_export_thread: bool = False, **service: str
+) -> WorkerServer:
+    engine = WorkerConfig(
+        model=model, kv_cache_bytes=8 * 2**20, kernels="torch", kv_export_thread=kv_export_thread
+    )
     listen = path if ":" in path else f"unix:{path}"
     return await start_worker(WorkerServiceConfig(engine=engine, listen=listen, **service))
 
@@ -98,22 +102,43 @@ async def _moved_blocks_decode_alike(a: WorkerServer, b: WorkerServer, transport
 
 
 @pytest.mark.parametrize("transport", ["grpc", "shm"])
-def test_a_pull_does_not_wait_for_the_sources_step_in_progress(transport: str) -> None:
-    """The prefill worker's engine thread is busy (a long prefill, here held by an event): the
-    KV hop still completes, because its gather reads the held blocks on a thread of its own.
-    Queued behind the step it waited ~1.1 s per request on 2 cores (benchmarks/README.md)."""
-    _run(lambda a, b: _pull_beside_a_busy_engine(a, b, transport))
+def test_with_kv_export_thread_a_pull_does_not_wait_for_the_step_in_progress(
+    transport: str,
+) -> None:
+    """The prefill worker's engine thread is busy (a long prefill, here held by an event). With
+    `kv_export_thread` the KV hop completes meanwhile (its gather reads the held blocks on a
+    thread of its own); by default it waits for the step to end."""
+
+    async def scenario() -> None:
+        with tempfile.TemporaryDirectory(prefix="hs-kv-") as tmp:
+            a = await _start(os.path.join(tmp, "a.sock"), "tiny", kv_export_thread=True)
+            b = await _start(os.path.join(tmp, "b.sock"), "tiny")
+            c = await _start(os.path.join(tmp, "c.sock"), "tiny")  # the default
+            try:
+                await _pull_beside_a_busy_engine(a, b, transport, is_beside=True)
+                await _pull_beside_a_busy_engine(c, b, transport, is_beside=False)
+            finally:
+                for worker in (a, b, c):
+                    await worker.stop(0)
+
+    asyncio.run(scenario())
 
 
-async def _pull_beside_a_busy_engine(a: WorkerServer, b: WorkerServer, transport: str) -> None:
+async def _pull_beside_a_busy_engine(
+    a: WorkerServer, b: WorkerServer, transport: str, is_beside: bool
+) -> None:
     src, dst = [0, 1, 2], [4, 5, 6]
     await a.service.step([SeqStep(1, PROMPT, 0, src, SamplingParams())], {}, "uds")
     release = threading.Event()
     busy = a.service.engine_executor.submit(release.wait, 30)  # the step in progress
     channel = create_channel(b.address)
     try:
-        result = await asyncio.wait_for(import_kv(channel, a.address, src, dst, transport, {}), 10)
-        assert not busy.done()  # done while the source's engine thread was still busy
+        pull = asyncio.ensure_future(import_kv(channel, a.address, src, dst, transport, {}))
+        done, _ = await asyncio.wait([pull], timeout=10 if is_beside else 1.0)
+        assert bool(done) is is_beside  # beside: done while the engine thread is still busy
+        assert not busy.done()
+        release.set()
+        result = await asyncio.wait_for(pull, 10)
         assert result.num_bytes == 3 * a.service.kv_layout.block_bytes
     finally:
         release.set()
