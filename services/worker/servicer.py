@@ -41,38 +41,35 @@ log = logging.getLogger(__name__)
 PROFILE_CHUNK_BYTES = 1 << 20
 
 
-def _start_engine_thread(num_threads: int) -> None:
+def _start_named_thread(os_name: str, num_threads: int) -> None:
     # named in the OS before any torch work: the OpenMP threads it starts inherit the name
-    name_os_thread(ENGINE_THREAD_NAME)
-    if num_threads:  # OpenMP's thread count is per calling thread: set where the steps run
+    name_os_thread(os_name)
+    if num_threads:  # OpenMP's thread count is per calling thread: set where the work runs
         torch.set_num_threads(num_threads)
+
+
+def _one_thread(prefix: str, os_name: str, num_threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=1,
+        thread_name_prefix=prefix,
+        initializer=_start_named_thread,
+        initargs=(os_name, num_threads),
+    )
 
 
 def engine_executor(num_threads: int = 0) -> ThreadPoolExecutor:
     """The one thread an engine is built on and every step of it runs on."""
-    return ThreadPoolExecutor(
-        max_workers=1,
-        thread_name_prefix="engine",
-        initializer=_start_engine_thread,
-        initargs=(num_threads,),
-    )
-
-
-def _start_kv_export_thread() -> None:
-    name_os_thread(KV_EXPORT_THREAD_NAME)
-    torch.set_num_threads(1)  # no OpenMP team of its own: a second team slows every step
+    return _one_thread("engine", ENGINE_THREAD_NAME, num_threads)
 
 
 def kv_export_executor() -> ThreadPoolExecutor:
     """With `kv_export_thread`, the thread the KV hop's source-side gathers run on (caches in
-    host memory): one single-threaded copy beside the engine thread, so a PullKV does not wait
-    for the step in progress (a 1024-token prefill held it ~1.1 s on 2 cores). It only reads
-    blocks the scheduler holds for the handoff, which no step writes until the destination has
-    them. Off by default: on shared cores the overlap slowed both workers more than the wait
-    cost (benchmarks/README.md, disaggregation)."""
-    return ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="kv-export", initializer=_start_kv_export_thread
-    )
+    host memory): one single-threaded copy beside the engine thread (one OpenMP thread: no
+    second team), so a PullKV does not wait for the step in progress (a 1024-token prefill held
+    it ~1.1 s on 2 cores). It only reads blocks the scheduler holds for the handoff, which no
+    step writes until the destination has them. Off by default: on shared cores the overlap
+    slowed both workers more than the wait cost (benchmarks/README.md, disaggregation)."""
+    return _one_thread("kv-export", KV_EXPORT_THREAD_NAME, 1)
 
 
 class WorkerService:
