@@ -254,6 +254,9 @@ def start_system(system: str, work_dir: Path, base: Path) -> Running:
             "-P", "-m", "llama_cpp.server", "--model", str(gguf_path()), "--host", "127.0.0.1",
             "--port", str(port), "--n_ctx", "2048", "--model_alias", MODEL,
             "--n_threads", threads, "--n_threads_batch", threads,
+            # its default cuts the running stream short when the next request arrives (one
+            # token, then [DONE]); off, requests wait for its one-at-a-time lock instead
+            "--interrupt_requests", "False",
         ]  # fmt: skip
     child = lifecycle.launch(
         argv, name=system, log_path=log_path, env=env, cwd=base, program=[python]

@@ -65,7 +65,7 @@ def start_request_trace(tracer: trace.Tracer, request_id: str, label: str = "") 
         span_context = span.get_span_context()
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-    metadata = (*carrier.items(), ("x-request-id", request_id))
+    metadata = (*carrier.items(), (schema.REQUEST_ID_HEADER, request_id))
     return RequestTrace(span, trace.format_trace_id(span_context.trace_id), metadata)
 
 

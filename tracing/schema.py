@@ -29,6 +29,9 @@ NETWORK_TRANSPORT = "network.transport"  # "inproc", "unix" or "tcp"
 SERVER_ADDRESS = "server.address"
 
 REQUEST_ID = "hopscope.request_id"
+# The HTTP header hopscope's load generator names its requests with. Not `X-Request-Id`: that one
+# is not free-form everywhere (llama-cpp-python's server answers a non-UUID one with HTTP 400).
+REQUEST_ID_HEADER = "x-hopscope-request-id"
 # loadgen.request
 STATUS = "hopscope.status"  # the request's final status code name ("OK", "UNAVAILABLE", ...)
 LABEL = "hopscope.label"  # `hopscope bench --label`

@@ -202,10 +202,16 @@ async def _check_errors(served: Running) -> None:
         assert unknown.status_code == 404
         assert set(unknown.json()["error"]) == {"message", "type", "param", "code"}
         # one running, one waiting: the third is refused at once with Retry-After
-        async with client.stream("POST", "/v1/completions", json=long, headers=auth) as running:
+        named = {**auth, "x-hopscope-request-id": "r-1"}  # the load generator's header
+        async with client.stream("POST", "/v1/completions", json=long, headers=named) as running:
             assert running.status_code == 200
             lines = running.aiter_lines()  # kept: a dropped iterator closes the connection
             await anext(lines)
+            # any client's X-Request-Id names a request too: the same id is refused while in use
+            same = await client.post(
+                "/v1/completions", json=long, headers={**auth, "X-Request-Id": "r-1"}
+            )
+            assert same.status_code == 409, same.text
             waiting = asyncio.ensure_future(client.post("/v1/completions", json=long, headers=auth))
             await asyncio.to_thread(served.wait_until, lambda s: s.num_waiting == 1)
             full = await client.post("/v1/completions", json=long, headers=auth)

@@ -23,7 +23,8 @@ def test_without_sdk_a_valid_random_trace_id_is_sent() -> None:
     assert match and match.group(1) == a.trace_id and a.trace_id != "0" * 32
     assert int(match.group(3), 16) & 1  # sampled, so servers that trace record it
     assert a.trace_id != b.trace_id
-    assert dict(a.metadata)["x-request-id"] == "r1"
+    assert dict(a.metadata)["x-hopscope-request-id"] == "r1"
+    assert "x-request-id" not in dict(a.metadata)  # llama-cpp-python's server: non-UUID → 400
     a.end("OK")
 
 

@@ -25,13 +25,15 @@ from services.tokenizer.http.protocol import (
     ResponseWriter,
     usage_of,
 )
+from tracing import schema
 
 if TYPE_CHECKING:
     from services.tokenizer.servicer import TokenizerServicer
 
 RETRY_AFTER_S = "1"
 TIMEOUT_HEADER = "x-request-timeout"  # seconds: the request's deadline (gRPC's deadline here)
-REQUEST_ID_HEADER = "x-request-id"
+# The request's id: hopscope's load generator's header, else any client's `X-Request-Id`.
+REQUEST_ID_HEADERS = (schema.REQUEST_ID_HEADER, "x-request-id")
 
 
 class FrontDoorApp:
@@ -94,7 +96,7 @@ class FrontDoorApp:
             if api_request.messages is not None:
                 api_request.params.prompt = self._render(api_request.messages)
             self._default_max_tokens(api_request)
-            api_request.params.request_id = request.headers.get(REQUEST_ID_HEADER, "")
+            api_request.params.request_id = _request_id(request)
             responses = self.servicer.generate(api_request.params, _timeout_s(request))
             writer = ResponseWriter(api_request, self.model_name)
             if api_request.is_stream:
@@ -220,6 +222,10 @@ async def _json(request: Request) -> Any:
         return await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise protocol.ParamError("body", f"the request body is not valid JSON: {exc}") from exc
+
+
+def _request_id(request: Request) -> str:
+    return next((v for h in REQUEST_ID_HEADERS if (v := request.headers.get(h))), "")
 
 
 def _timeout_s(request: Request) -> float | None:
