@@ -12,8 +12,11 @@ up requests. Per bench: output tokens/s, TTFT / TPOT / ITL p50 and p99, and the 
 seconds per output token: utime + stime (+ reaped children's) of the whole process tree under the
 server, read from /proc before and after the bench, over every output token of that bench. Peak
 memory: the largest sum of PSS over the tree (sampled each second, /proc/PID/smaps_rollup).
+Each bench point is then run again on the same server by AIPerf (benchmarks/aiperf_client.py:
+an independent client, its own HTTP stack and token count; outside the CPU window), and the two
+clients' figures sit side by side (`--second-client none` skips it).
 
-    python -m benchmarks.peers --setup      # the peers' venvs and the HF model dir (minutes)
+    python -m benchmarks.peers --setup      # the peers' and AIPerf's venvs, the HF model dir
     python -m benchmarks.peers [--rounds 2] [--systems hopscope-colocated,vllm,...]
 
 The peers live outside the checkout (HOPSCOPE_PEERS_DIR, default ~/.cache/hopscope/peers).
@@ -37,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
+from benchmarks import aiperf_client, common
 
 MODEL = "smollm2-135m"
 SYSTEMS = ("hopscope-colocated", "hopscope-inproc", "vllm", "llamacpp")
@@ -51,6 +54,7 @@ GREEDY_PROMPTS = (
     "Once upon a time, in a small village,",
 )
 GREEDY_TOKENS = 24
+OUTPUT_LEN = 64
 FIGURES = (  # (name, bench summary path)
     ("output_tok_s", ("output_token_throughput",)),
     ("ttft_p50_ms", ("ttft_ms", "p50")),
@@ -317,7 +321,8 @@ def greedy_agreement(texts: Mapping[str, Sequence[str]], reference: str) -> dict
 def bench_args(concurrency: int, num_requests: int, warmup: int, dataset: Path) -> list[str]:
     return [
         "--concurrency", str(concurrency), "--num-requests", str(num_requests + warmup),
-        "--warmup-requests", str(warmup), "--dataset", str(dataset), "--output-len", "64",
+        "--warmup-requests", str(warmup), "--dataset", str(dataset),
+        "--output-len", str(OUTPUT_LEN),
         "--seed", "0",
     ]  # fmt: skip
 
@@ -428,12 +433,33 @@ def run_system(
             point["tokens_per_request"] = round(tokens / (measured + warmup), 2)
             point["server_cpu_s"] = round(cpu_s, 3)
             point["cpu_ms_per_token"] = round(cpu_s / tokens * 1e3, 3) if tokens else None
+            if args.aiperf_bin is not None:  # the same load again, from the second client
+                point["aiperf"] = run_aiperf(args, server.url, concurrency, out, base)
             record["points"].append(point)
             common.log(f"round {round_index} {system} c{concurrency}: {point}")
     finally:
         record["peak_pss_mib"] = memory.stop()
         server.stop()
     return record
+
+
+def run_aiperf(
+    args: argparse.Namespace, url: str, concurrency: int, bench_out: Path, base: Path
+) -> dict[str, Any]:
+    """The bench point's load from AIPerf (outside the server-CPU window); its figures, or the
+    error (the hopscope-bench figures stand either way)."""
+    measured, warmup = requests_for(concurrency, args.scale)
+    artifact_dir = bench_out.with_suffix(".aiperf")
+    argv = aiperf_client.profile_argv(
+        args.aiperf_bin, url=url, model=MODEL, tokenizer_dir=base / HF_DIR,
+        dataset=args.aiperf_dataset, concurrency=concurrency, measured=measured,
+        warmup=warmup, output_len=OUTPUT_LEN, artifact_dir=artifact_dir,
+    )  # fmt: skip
+    try:
+        return aiperf_client.run(argv, artifact_dir, artifact_dir.with_suffix(".log"))
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        common.log(f"aiperf c{concurrency}: {str(exc)[-800:]}")
+        return {"error": str(exc)[-2000:]}
 
 
 # ---------------------------------------------------------------------------- results
@@ -472,14 +498,29 @@ def medians(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
                     continue
                 points.setdefault(str(point["concurrency"]), {}).setdefault("_", []).append(point)
         entry["by_concurrency"] = {
-            c: {
-                name: _median(p[name] for p in group["_"] if p.get(name) is not None)
-                for name in {k for p in group["_"] for k in p if k != "concurrency"}
-            }
+            c: _point_medians(group["_"])
             for c, group in sorted(points.items(), key=lambda kv: int(kv[0]))
         }
         out[system] = entry
     return out
+
+
+def _point_medians(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds' points; the second client's figures (`aiperf`) the
+    same way, over the rounds where it ran."""
+    names = {k for p in points for k, v in p.items() if k != "concurrency" and _is_number(v)}
+    out: dict[str, Any] = {
+        name: _median(p[name] for p in points if _is_number(p.get(name))) for name in names
+    }
+    second = [p["aiperf"] for p in points if isinstance(p.get("aiperf"), Mapping)]
+    second = [s for s in second if "error" not in s]
+    if second:
+        out["aiperf"] = _point_medians(second)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _median(values: Iterable[float]) -> float | None:
@@ -503,6 +544,32 @@ def render_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
                 f"| {system} | {c} | " + " | ".join(cells)
                 + f" | {_cell(entry.get('peak_pss_mib'))} | {_cell(entry.get('startup_s'))} |"
             )  # fmt: skip
+    return "\n".join(lines)
+
+
+CLIENT_FIGURES = (
+    ("output_tok_s", "tok/s"),
+    ("ttft_p50_ms", "TTFT p50 ms"),
+    ("tpot_p50_ms", "TPOT p50 ms"),
+    ("tpot_p99_ms", "TPOT p99 ms"),
+)
+
+
+def render_clients_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    """A markdown table: per system and concurrency, each figure as `hopscope bench / AIPerf`,
+    and AIPerf's mean output length (its own count: the streamed text re-tokenized)."""
+    header = ["system", "conc", *(f"{label} bench / AIPerf" for _, label in CLIENT_FIGURES)]
+    header.append("AIPerf out len")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for system, entry in summary.items():
+        for c, point in entry.get("by_concurrency", {}).items():
+            second = point.get("aiperf") or {}
+            cells = [
+                f"{_cell(point.get(name))} / {_cell(second.get(name))}"
+                for name, _ in CLIENT_FIGURES
+            ]
+            cells.append(_cell(second.get("output_len_avg")))
+            lines.append(f"| {system} | {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -577,7 +644,28 @@ def setup(base: Path, peers: Sequence[str]) -> dict[str, Any]:
             status[peer] = {"ok": False, "error": str(exc)[-3000:]}
         common.log(f"setup {peer}: {status[peer]}")
         (base / SETUP_FILE).write_text(json.dumps(status, indent=2) + "\n")
+    if aiperf_client.VENV not in status or not status[aiperf_client.VENV].get("ok"):
+        status[aiperf_client.VENV] = _setup_aiperf(base)
+        common.log(f"setup {aiperf_client.VENV}: {status[aiperf_client.VENV]}")
+        (base / SETUP_FILE).write_text(json.dumps(status, indent=2) + "\n")
     return status
+
+
+def _setup_aiperf(base: Path) -> dict[str, Any]:
+    """The second client's venv (AIPerf, pinned)."""
+    name = aiperf_client.VENV
+    python = base / name / "bin" / "python"
+    try:
+        if not _probe(python, aiperf_client.PROBE):
+            if not python.exists():
+                _step(base, name, ["python3", "-m", "venv", str(base / name)])
+            for step in aiperf_client.INSTALL:
+                _step(base, name, [str(python), "-m", "pip", *step])
+            if not _probe(python, aiperf_client.PROBE):
+                raise RuntimeError(f"{aiperf_client.PROBE} fails after the install")
+        return {"ok": True}
+    except Exception as exc:  # noqa: BLE001 - recorded for the run
+        return {"ok": False, "error": str(exc)[-3000:]}
 
 
 def _read_setup(base: Path) -> dict[str, Any]:
@@ -622,6 +710,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--scale", type=float, default=1.0, help="x the measured requests")
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "peers.json")
+    parser.add_argument(
+        "--second-client",
+        choices=("aiperf", "none"),
+        default="aiperf",
+        help="run each bench point again from AIPerf (its venv: --setup); none: only "
+        "hopscope bench",
+    )
     args = parser.parse_args(argv)
     base = peers_dir()
     systems = [s for s in args.systems.split(",") if s]
@@ -632,11 +727,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = setup(base, [s for s in systems if s in PEER_VENVS])
         return 0 if all(v.get("ok") for v in status.values()) else 1
     setup_status = _read_setup(base)
+    args.aiperf_bin = None
+    second_client: dict[str, Any] = {"client": args.second_client}
+    if args.second_client == "aiperf":
+        aiperf_bin = base / aiperf_client.VENV / "bin" / "aiperf"
+        if setup_status.get(aiperf_client.VENV, {}).get("ok") and aiperf_bin.exists():
+            args.aiperf_bin = aiperf_bin
+            second_client["version"] = aiperf_client.VERSION
+        else:
+            why = setup_status.get(aiperf_client.VENV, {}).get("error") or "run --setup first"
+            second_client["error"] = f"aiperf not set up: {why}"
+            common.log(second_client["error"][:500])
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hopscope-peers-") as tmp:
         work_dir = Path(tmp)
         args.dataset = work_dir / "prompts.jsonl"
         dataset = write_dataset(args.dataset)
+        args.aiperf_dataset = aiperf_client.write_dataset(args.dataset, work_dir / "aiperf.jsonl")
         common.log(f"prompts: {dataset}")
         for round_index in range(args.rounds):
             for system in common.rotated(systems, round_index):
@@ -654,15 +761,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         + " ".join(
             f"--{k.replace('_', '-')} {v}"
             for k, v in vars(args).items()
-            if k not in ("out", "dataset", "setup")
+            if k not in ("out", "dataset", "setup", "aiperf_bin", "aiperf_dataset")
         ),
         "machine": common.machine_info(),
         "load": {
             "input_len": 128,
             "prompts": dataset,
-            "output_len": 64,
+            "output_len": OUTPUT_LEN,
             "ignore_eos": True,
             "client": "hopscope bench --url",
+            "second_client": second_client,
             "endpoint": "/v1/completions (streamed)",
             "concurrency": args.concurrency,
             "requests": {
@@ -681,8 +789,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "table": render_table(summary),
     }
+    if args.aiperf_bin is not None:
+        result["table_clients"] = render_clients_table(summary)
     common.write_json(args.out, result)
     print(result["table"])
+    if "table_clients" in result:
+        print(result["table_clients"])
     return 0
 
 
