@@ -26,6 +26,7 @@ INSTALL = (["install", f"aiperf=={VERSION}"],)
 PROBE = "import aiperf"
 EXPORT_FILE = "profile_export_aiperf.json"
 TIMEOUT_S = 900.0
+PACE_PER_S = 500  # request-rate cap over the concurrency limit (see profile_argv)
 # (our figure name, AIPerf metric tag, statistic): the same names as the bench figures
 FIGURES = (
     ("output_tok_s", "output_token_throughput", "avg"),
@@ -70,7 +71,12 @@ def profile_argv(
         "--model", model, "--url", url, "--endpoint-type", "completions", "--streaming",
         "--tokenizer", str(tokenizer_dir),
         "--input-file", str(dataset), "--custom-dataset-type", "single_turn",
-        "--concurrency", str(concurrency), "--request-count", str(measured),
+        # a closed loop of `concurrency`, paced: with --concurrency alone AIPerf 0.13 issues in
+        # burst mode, whose timing manager spins on a full loop (~90% of a core, py-spy: the
+        # request_rate loop) and halved llama.cpp's tokens/s on these 2 cores (19 vs 45 tok/s);
+        # a 500/s rate cap leaves the loop closed (a freed slot waits <= 2 ms) and idle between
+        "--concurrency", str(concurrency), "--request-rate", str(PACE_PER_S),
+        "--request-count", str(measured),
         "--warmup-request-count", str(warmup),
         "--extra-inputs", json.dumps(extra), "--use-legacy-max-tokens",
         "--random-seed", "0", "--output-artifact-dir", str(artifact_dir),

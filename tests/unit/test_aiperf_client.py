@@ -52,6 +52,7 @@ def test_profile_argv_carries_the_bench_load(tmp_path: Path) -> None:
     assert argv[:2] == ["/venv/bin/aiperf", "profile"]
     assert "--streaming" in argv and "--use-legacy-max-tokens" in argv
     assert (flag("--concurrency"), flag("--request-count")) == ("4", "8")
+    assert float(flag("--request-rate")) >= 100  # paced: burst mode spins a core
     assert (flag("--endpoint-type"), flag("--input-file")) == ("completions", str(dataset))
     extra = json.loads(flag("--extra-inputs"))
     assert extra == {"max_tokens": 64, "ignore_eos": True, "temperature": 0.0}
