@@ -263,20 +263,24 @@ def node_args(address: str, ip: str, label: str, node_dir: Path, head_port: int 
     ]
     args += ["--temp-dir", str(node_dir), "--num-cpus", "1", "--disable-usage-stats"]
     args += ["--object-store-memory", str(OBJECT_STORE_BYTES)]
-    for flag in (
+    flags = [
         "--node-manager-port",
         "--object-manager-port",
         "--metrics-export-port",
         "--dashboard-agent-listen-port",
         "--dashboard-agent-grpc-port",
         "--runtime-env-agent-port",
-    ):
-        args += [flag, str(_free_port(ip))]
+    ]
+    if head_port:
+        flags += ["--ray-client-server-port", "--dashboard-port"]
+    # distinct: ports picked one after another can repeat, and `ray start` then refuses ("port
+    # number N that is used by other components"), as the head once did in CI
+    ports = free_ports(ip, len(flags), taken={head_port})
+    for flag, port in zip(flags, ports, strict=True):
+        args += [flag, str(port)]
     if head_port:
         args += ["--head", "--port", str(head_port)]
-        args += ["--ray-client-server-port", str(_free_port(ip))]
         args += ["--include-dashboard", "false", "--dashboard-host", ip]
-        args += ["--dashboard-port", str(_free_port(ip))]
     else:
         args += ["--address", address]
     return args
@@ -326,6 +330,23 @@ def _pick_ips(num_nodes: int) -> list[str]:
 
 
 def _free_port(ip: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((ip, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(ip, 1)[0]
+
+
+def free_ports(ip: str, count: int, taken: set[int] | None = None) -> list[int]:
+    """`count` distinct free ports on `ip`, none in `taken`: the sockets stay bound until all
+    are picked, so the kernel cannot hand one out twice."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind((ip, 0))
+            port = int(sock.getsockname()[1])
+            if port not in (taken or set()) and port not in ports:
+                ports.append(port)
+        return ports
+    finally:
+        for sock in held:
+            sock.close()

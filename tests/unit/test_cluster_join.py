@@ -84,3 +84,33 @@ def test_a_second_failure_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path:
         assert len(record.nodes) == 1  # recorded, so start_cluster's cleanup stops it
     finally:
         cluster.stop_cluster(record)
+
+
+def test_a_nodes_ports_are_distinct_even_when_the_kernel_repeats_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI once failed to start the head: two ports picked one after another were the same, and
+    `ray start` refused ("port number N that is used by other components")."""
+    import socket
+
+    real_bind = socket.socket.bind
+    handed: list[int] = []
+
+    class RepeatingSocket(socket.socket):  # the kernel hands out 40001 twice, then any
+        def bind(self, address: tuple[str, int]) -> None:  # type: ignore[override]
+            if address[1] == 0 and len(handed) < 2:
+                handed.append(40001)
+                real_bind(self, (address[0], 0))
+                self._fake_port = 40001
+                return
+            real_bind(self, address)
+
+        def getsockname(self) -> tuple[str, int]:  # type: ignore[override]
+            name = super().getsockname()
+            return (name[0], getattr(self, "_fake_port", name[1]))
+
+    monkeypatch.setattr(cluster.socket, "socket", RepeatingSocket)
+    args = cluster.node_args("", "127.0.0.1", "a", tmp_path, head_port=6379)
+    ports = [int(args[i + 1]) for i, a in enumerate(args) if a.endswith("-port") and a != "--port"]
+    assert len(ports) == 8 and len(set(ports)) == 8, ports
+    assert 6379 not in ports and ports.count(40001) == 1
