@@ -623,13 +623,8 @@ def setup(base: Path, peers: Sequence[str]) -> dict[str, Any]:
         python = venv / "bin" / "python"
         try:
             env = {**os.environ, "CMAKE_ARGS": LLAMACPP_CMAKE_ARGS} if peer == "llamacpp" else None
-            if not _probe(python, probes[peer]):
-                if not python.exists():
-                    _step(base, peer, ["python3", "-m", "venv", str(venv)])
-                for step in VLLM_STEPS if peer == "vllm" else LLAMACPP_STEPS:
-                    _step(base, peer, [str(python), "-m", "pip", *step], env)
-                if not _probe(python, probes[peer]):
-                    raise RuntimeError(f"{probes[peer]} fails after the install")
+            steps = VLLM_STEPS if peer == "vllm" else LLAMACPP_STEPS
+            _ensure_venv(base, peer, venv, probes[peer], steps, env)
             if peer == "llamacpp" and not _probe(python, LLAMACPP_GENERATE, str(gguf_path())):
                 common.log("setup llamacpp: it imports but cannot generate: a portable rebuild")
                 _step(base, peer, [str(python), "-m", "pip", *LLAMACPP_REBUILD], env)
@@ -654,18 +649,32 @@ def setup(base: Path, peers: Sequence[str]) -> dict[str, Any]:
 def _setup_aiperf(base: Path) -> dict[str, Any]:
     """The second client's venv (AIPerf, pinned)."""
     name = aiperf_client.VENV
-    python = base / name / "bin" / "python"
     try:
-        if not _probe(python, aiperf_client.PROBE):
-            if not python.exists():
-                _step(base, name, ["python3", "-m", "venv", str(base / name)])
-            for step in aiperf_client.INSTALL:
-                _step(base, name, [str(python), "-m", "pip", *step])
-            if not _probe(python, aiperf_client.PROBE):
-                raise RuntimeError(f"{aiperf_client.PROBE} fails after the install")
+        _ensure_venv(base, name, base / name, aiperf_client.PROBE, aiperf_client.INSTALL)
         return {"ok": True}
     except Exception as exc:  # noqa: BLE001 - recorded for the run
         return {"ok": False, "error": str(exc)[-3000:]}
+
+
+def _ensure_venv(
+    base: Path,
+    name: str,
+    venv: Path,
+    probe: str,
+    steps: Sequence[Sequence[str]],
+    env: dict[str, str] | None = None,
+) -> None:
+    """`venv` made and its pip `steps` run unless `probe` (Python code) already passes in it;
+    RuntimeError when it still fails after them."""
+    python = venv / "bin" / "python"
+    if _probe(python, probe):
+        return
+    if not python.exists():
+        _step(base, name, ["python3", "-m", "venv", str(venv)])
+    for step in steps:
+        _step(base, name, [str(python), "-m", "pip", *step], env)
+    if not _probe(python, probe):
+        raise RuntimeError(f"{probe} fails after the install")
 
 
 def _read_setup(base: Path) -> dict[str, Any]:

@@ -52,6 +52,7 @@ class ChildService:
     env: dict[str, str] | None = field(default=None, repr=False)  # carries the internal token
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
+        # launch() runs it as `sys.executable -P ...`: never importing from the user's cwd
         argv = ["-m", self.module, "--config", self.config_json, "--placement", self.placement]
         self.child = launch(argv, name=self.name, log_path=self.log_path, env=self.env)
         try:
