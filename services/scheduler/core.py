@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter, deque
-from dataclasses import dataclass
 
 from services.common.types import PLACEHOLDER_TOKEN_ID, ModelInfo, SeqStep
 from services.scheduler.block_manager import BlockManager
@@ -33,6 +32,8 @@ from services.scheduler.errors import (
     SchedulerError,
 )
 from services.scheduler.request import Batch, Request, Update
+from services.scheduler.sequence import Sequence
+from services.scheduler.swap import HostSwap
 
 __all__ = [
     "Batch",
@@ -47,40 +48,6 @@ __all__ = [
 ]
 
 
-@dataclass(slots=True, eq=False)
-class _Sequence:
-    """The core's per-request state. Its tokens are the prompt followed by the output so far."""
-
-    req: Request
-    seq_id: int
-    is_running: bool = False
-    num_computed: int = 0  # tokens whose KV is in the worker's cache
-    num_prefill_tokens: int = 0  # tokens to (re)compute before decoding, fixed at admission
-    host_blocks: list[int] | None = None  # swapped out: where its first blocks wait on the host
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.req.prompt_token_ids) + len(self.req.output_token_ids)
-
-    @property
-    def is_prefill(self) -> bool:
-        return self.num_computed < self.num_prefill_tokens
-
-    @property
-    def last_token(self) -> int:
-        req = self.req
-        return req.output_token_ids[-1] if req.output_token_ids else req.prompt_token_ids[-1]
-
-    def tokens(self, start: int, stop: int) -> list[int]:
-        prompt = self.req.prompt_token_ids
-        return (prompt + self.req.output_token_ids)[start:stop]
-
-    @property
-    def priority(self) -> tuple[float, int]:
-        """Older requests first; the largest value is the first to be preempted."""
-        return (self.req.arrival_s, self.seq_id)
-
-
 class Scheduler:
     """Continuous (or static) batching over a KV cache of `model.num_blocks` blocks."""
 
@@ -91,26 +58,25 @@ class Scheduler:
         self._blocks = BlockManager(
             model.num_blocks, model.block_size, config.enable_prefix_caching
         )
-        self._seqs: dict[str, _Sequence] = {}  # every unfinished request, waiting or running
-        self._waiting: deque[_Sequence] = deque()
-        self._running: list[_Sequence] = []  # sorted by priority
+        self._seqs: dict[str, Sequence] = {}  # every unfinished request, waiting or running
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []  # sorted by priority
         self._static_batch: set[str] = set()  # static mode: request ids of the batch in progress
         self._in_flight: list[Batch] = []  # sent, unanswered, oldest first
         self._next_seq_id = 0
         self._next_step_id = 0
         self.num_preemptions = 0
-        self.num_swapped_out = 0  # preemptions whose KV went to the worker's host pool
         self.num_scheduled_ahead = 0  # async scheduling: steps built while another ran
-        self._host_free: deque[int] = deque(range(model.num_swap_blocks))
-        # swap-outs not yet sent to the worker (request id -> (device, host) block pairs)
-        self._pending_swap_out: dict[str, list[tuple[int, int]]] = {}
+        self.swap = (  # preemption="swap": preempted KV to the worker's host pool and back
+            HostSwap(model.num_swap_blocks, self._blocks) if config.preemption == "swap" else None
+        )
         # disaggregation, prefill side: prompts done, blocks held until the decode side has them
         self.hands_off = False
-        self._handoffs: dict[str, _Sequence] = {}
+        self._handoffs: dict[str, Sequence] = {}
         self._new_handoffs: list[str] = []
         # decode side: prefilled requests waiting for blocks, then for their KV to arrive
-        self._imports_waiting: deque[_Sequence] = deque()
-        self._importing: dict[str, _Sequence] = {}
+        self._imports_waiting: deque[Sequence] = deque()
+        self._importing: dict[str, Sequence] = {}
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -122,7 +88,7 @@ class Scheduler:
                 f"the scheduler's waiting queue is full ({self.config.max_queue_len} requests); "
                 "retry later or raise max_queue_len"
             )
-        seq = _Sequence(req, self._next_seq_id)
+        seq = Sequence(req, self._next_seq_id)
         self._next_seq_id += 1
         self._seqs[req.request_id] = seq
         self._waiting.append(seq)
@@ -192,7 +158,7 @@ class Scheduler:
             if seq.req.request_id in self._handoffs:
                 continue  # the decode side runs the rest
             to_prefill = seq.num_prefill_tokens - seq.num_computed if seq.is_running else 0
-            if not seq.is_running and seq.host_blocks is None:
+            if not seq.is_running and not self._is_swapped(seq):
                 to_prefill = seq.num_tokens
             total += max(0, to_prefill) + seq.req.max_tokens - seq.req.num_output_tokens
         return total
@@ -204,11 +170,16 @@ class Scheduler:
     @property
     def num_swapped(self) -> int:
         """Waiting sequences whose KV is in the worker's host pool."""
-        return sum(1 for s in self._waiting if s.host_blocks is not None)
+        return 0 if self.swap is None else self.swap.num_swapped
+
+    @property
+    def num_swapped_out(self) -> int:
+        """Preemptions whose KV went to the worker's host pool, cumulative."""
+        return 0 if self.swap is None else self.swap.num_swapped_out
 
     @property
     def num_free_host_blocks(self) -> int:
-        return len(self._host_free)
+        return self.model.num_swap_blocks if self.swap is None else self.swap.num_free_blocks
 
     @property
     def block_manager(self) -> BlockManager:
@@ -228,8 +199,9 @@ class Scheduler:
 
     def schedule(self, now_s: float) -> Batch | None:
         """Build the next step: running decodes, then prompt chunks, then new prefills (FCFS)."""
-        for unanswered in self._in_flight:  # a failed step; its sequences go again
-            self._undo_swaps(unanswered)
+        if self.swap is not None:  # a failed step; its sequences go again
+            for unanswered in self._in_flight:
+                self.swap.undo(unanswered, self._seqs)
         self._in_flight = []
         batch = Batch(self._next_step_id)
         did_preempt = self._schedule_decodes(batch)
@@ -280,7 +252,7 @@ class Scheduler:
         """The decode step after `before`, the last in flight; `pending` counts each sequence's
         samples in flight, and is updated with this step's."""
         blocks = self._blocks
-        decodes: list[tuple[str, _Sequence, int]] = []  # (request id, sequence, position)
+        decodes: list[tuple[str, Sequence, int]] = []  # (request id, sequence, position)
         for step, request_id in zip(before.seq_steps, before.request_ids):
             seq = self._seqs[request_id]
             if seq.req.num_output_tokens + pending[seq.seq_id] < seq.req.max_tokens:
@@ -310,8 +282,8 @@ class Scheduler:
         running = {s.seq_id: s for s in self._in_flight[-1].seq_steps}
         in_flight = {s.seq_id for b in self._in_flight for s in b.seq_steps}
         pending = self._pending_samples()
-        decodes: list[tuple[_Sequence, int, int]] = []  # (seq, position, token id)
-        chunk_starts: list[tuple[_Sequence, int]] = []
+        decodes: list[tuple[Sequence, int, int]] = []  # (seq, position, token id)
+        chunk_starts: list[tuple[Sequence, int]] = []
         for seq in self._running:
             step = running.get(seq.seq_id)
             if step is None:
@@ -346,12 +318,10 @@ class Scheduler:
         return self._hand_out(batch)
 
     def _hand_out(self, batch: Batch) -> Batch:
-        """The batch goes to the worker: it carries every swap-out queued so far (its copies run
-        before the step writes into the freed blocks) and joins the steps in flight."""
-        for request_id, pairs in self._pending_swap_out.items():
-            batch.swaps.swap_out.extend(pairs)
-            batch.swapped_out.append(request_id)
-        self._pending_swap_out.clear()
+        """The batch goes to the worker (with the swap-outs queued so far) and joins the steps in
+        flight."""
+        if self.swap is not None:
+            self.swap.attach(batch)
         self._next_step_id += 1
         self._in_flight.append(batch)
         return batch
@@ -400,9 +370,8 @@ class Scheduler:
         self._waiting.extendleft(reversed(self._running + importing))
         self._running = []
         self._blocks.reset_prefix_cache()  # the cached blocks' contents are gone too
-        self._pending_swap_out.clear()
-        for seq in self._waiting:  # so is the host pool: swapped sequences are recomputed
-            self._drop_host_copy(seq)
+        if self.swap is not None:
+            self.swap.on_worker_lost(self._waiting)
 
     # ---- disaggregation -------------------------------------------------------------------
 
@@ -433,7 +402,7 @@ class Scheduler:
         """Decode side: a request whose tokens but the last have their KV on a prefill worker;
         it waits for blocks (`start_imports`). Raises InvalidRequestError."""
         self._validate(req)
-        seq = _Sequence(req, self._next_seq_id)
+        seq = Sequence(req, self._next_seq_id)
         self._next_seq_id += 1
         self._seqs[req.request_id] = seq
         self._imports_waiting.append(seq)
@@ -466,8 +435,7 @@ class Scheduler:
             self._waiting.appendleft(seq)
             return
         seq.num_computed = seq.num_prefill_tokens = seq.num_tokens - 1
-        seq.is_running = True
-        bisect.insort(self._running, seq, key=lambda s: s.priority)
+        self._add_running(seq)
 
     @property
     def num_importing(self) -> int:
@@ -553,7 +521,7 @@ class Scheduler:
                 break  # members of the batch in progress always queue ahead of newcomers
             if not self.config.enable_chunked_prefill and seq.num_tokens > budget:
                 break
-            if seq.host_blocks is not None:
+            if self._is_swapped(seq):
                 if not self._blocks.can_allocate(seq.num_tokens):
                     break
                 self._waiting.popleft()
@@ -571,7 +539,7 @@ class Scheduler:
         members = list(self._waiting)[: self.config.max_num_seqs]
         self._static_batch = {s.req.request_id for s in members}
 
-    def _start(self, seq: _Sequence, now_s: float) -> None:
+    def _start(self, seq: Sequence, now_s: float) -> None:
         # blocks for the whole prompt now, so later chunks never wait for memory; with prefix
         # caching its leading full blocks may already be computed
         seq.num_computed = 0
@@ -580,18 +548,17 @@ class Scheduler:
             seq.num_computed = self._blocks.allocate_prefix(seq.seq_id, tokens)
         else:
             self._blocks.allocate(seq.seq_id, seq.num_tokens)
-        seq.is_running = True
         seq.num_prefill_tokens = seq.num_tokens
         if seq.req.first_scheduled_s is None:
             seq.req.first_scheduled_s = now_s
-        bisect.insort(self._running, seq, key=lambda s: s.priority)
+        self._add_running(seq)
 
-    def _can_allocate(self, seq: _Sequence) -> bool:
+    def _can_allocate(self, seq: Sequence) -> bool:
         if not self.config.enable_prefix_caching:
             return self._blocks.can_allocate(seq.num_tokens)
         return self._blocks.can_allocate(seq.num_tokens, seq.tokens(0, seq.num_tokens))
 
-    def _cache_full_blocks(self, seq: _Sequence) -> None:
+    def _cache_full_blocks(self, seq: Sequence) -> None:
         """Name the blocks this step filled, for later sequences to share."""
         blocks = self._blocks
         if blocks.enable_prefix_caching and blocks.has_unnamed_full_block(
@@ -599,11 +566,11 @@ class Scheduler:
         ):
             blocks.cache_full_blocks(seq.seq_id, seq.tokens(0, seq.num_computed), seq.num_computed)
 
-    def _add_prefill(self, batch: Batch, seq: _Sequence, budget: int) -> int:
+    def _add_prefill(self, batch: Batch, seq: Sequence, budget: int) -> int:
         """Add the sequence's next prompt chunk (at most `budget` tokens); returns its size."""
         return self._add_chunk(batch, seq, seq.num_computed, budget)
 
-    def _add_chunk(self, batch: Batch, seq: _Sequence, start: int, budget: int) -> int:
+    def _add_chunk(self, batch: Batch, seq: Sequence, start: int, budget: int) -> int:
         stop = min(seq.num_prefill_tokens, start + budget)
         is_last_chunk = stop == seq.num_prefill_tokens
         step = SeqStep(
@@ -616,7 +583,7 @@ class Scheduler:
         batch.add(step, seq.req.request_id, "prefill")
         return stop - start
 
-    def _append_token(self, seq: _Sequence, token: int, now_s: float) -> Update:
+    def _append_token(self, seq: Sequence, token: int, now_s: float) -> Update:
         req = seq.req
         req.output_token_ids.append(token)
         if req.first_token_s is None:
@@ -635,87 +602,51 @@ class Scheduler:
             self._new_handoffs.append(req.request_id)
         return Update(req.request_id, [token], reason)
 
-    def _preempt(self, seq: _Sequence) -> None:
+    def _preempt(self, seq: Sequence) -> None:
         """Free the sequence's blocks and queue it first; it is recomputed from its tokens, or,
         with preemption="swap" and room in the host pool, its KV is copied out and back in."""
         self._running.remove(seq)
-        host_blocks = self._swap_out(seq)
+        is_swapped = self.swap is not None and self.swap.swap_out(seq)
         num_computed, num_prefill_tokens = seq.num_computed, seq.num_prefill_tokens
         self._release(seq)
-        if host_blocks is not None:
-            seq.host_blocks = host_blocks
+        if is_swapped:
             seq.num_computed, seq.num_prefill_tokens = num_computed, num_prefill_tokens
         seq.req.num_preemptions += 1
         self.num_preemptions += 1
         self._waiting.appendleft(seq)
 
-    def _swap_out(self, seq: _Sequence) -> list[int] | None:
-        """Host blocks for the sequence's computed blocks, the copy queued; None to recompute."""
-        if self.config.preemption != "swap":
-            return None
-        num_blocks = self._blocks.num_blocks_for(seq.num_computed)
-        if num_blocks == 0 or num_blocks > len(self._host_free):
-            return None
-        host_blocks = [self._host_free.popleft() for _ in range(num_blocks)]
-        table = self._blocks.block_table(seq.seq_id)
-        self._pending_swap_out[seq.req.request_id] = list(zip(table, host_blocks))
-        self.num_swapped_out += 1
-        return host_blocks
+    def _is_swapped(self, seq: Sequence) -> bool:
+        return self.swap is not None and self.swap.is_swapped(seq)
 
-    def _resume(self, batch: Batch, seq: _Sequence, budget: int) -> int:
+    def _resume(self, batch: Batch, seq: Sequence, budget: int) -> int:
         """Bring a swapped-out sequence back: fresh blocks, its KV copied in before the step,
         and its next chunk or decode in this batch; returns the tokens it adds."""
-        host_blocks = seq.host_blocks
-        assert host_blocks is not None
+        assert self.swap is not None
         table = self._blocks.allocate(seq.seq_id, seq.num_tokens)
-        batch.swaps.swap_in.extend(zip(host_blocks, table))
-        batch.swapped_in.append(seq.req.request_id)
-        # free now: a swap-out reusing them comes in a later step (none is queued while a
-        # schedule() preempts, and the worker copies out before in within a step)
-        self._host_free.extend(host_blocks)
-        seq.host_blocks = None
-        seq.is_running = True
-        bisect.insort(self._running, seq, key=lambda s: s.priority)
+        self.swap.swap_in(seq, table, batch)
+        self._add_running(seq)
         if seq.is_prefill:
             return self._add_prefill(batch, seq, budget)
         self._add_decode(batch, seq, seq.last_token, seq.num_tokens - 1)
         return 1
 
-    def _add_decode(self, batch: Batch, seq: _Sequence, token: int, position: int) -> None:
+    def _add_decode(self, batch: Batch, seq: Sequence, token: int, position: int) -> None:
         """The one decode step of a sequence: `token` at `position`, a slot for it allocated
         (the one place a decode SeqStep is built, whichever path schedules it)."""
         table = self._blocks.append_slot(seq.seq_id, position + 1)
         step = SeqStep(seq.seq_id, [token], position, list(table), seq.req.sampling)
         batch.add(step, seq.req.request_id, "decode")
 
-    def _undo_swaps(self, batch: Batch) -> None:
-        """The batch was never answered: its copies may not have happened, so the sequences it
-        swapped out or in are recomputed."""
-        for request_id in batch.swapped_out:
-            seq = self._seqs.get(request_id)
-            if seq is not None and not seq.is_running:
-                self._drop_host_copy(seq)
-        for request_id in batch.swapped_in:
-            seq = self._seqs.get(request_id)
-            if seq is not None and seq.is_running:  # its blocks cover every token: rerun them
-                seq.num_computed = 0
-                seq.num_prefill_tokens = seq.num_tokens
-
-    def _drop_host_copy(self, seq: _Sequence) -> None:
-        if seq.host_blocks is not None:
-            self._host_free.extend(seq.host_blocks)
-            self._pending_swap_out.pop(seq.req.request_id, None)
-        seq.host_blocks = None
-        seq.num_computed = 0
-        seq.num_prefill_tokens = 0
-
-    def _release(self, seq: _Sequence) -> None:
+    def _release(self, seq: Sequence) -> None:
         self._blocks.free(seq.seq_id)
         seq.is_running = False
-        seq.num_computed = 0
-        seq.num_prefill_tokens = 0
+        seq.recompute()
 
-    def _finish(self, seq: _Sequence, reason: str, finished_s: float | None) -> None:
+    def _add_running(self, seq: Sequence) -> None:
+        seq.is_running = True
+        bisect.insort(self._running, seq, key=lambda s: s.priority)
+
+    def _finish(self, seq: Sequence, reason: str, finished_s: float | None) -> None:
         req = seq.req
         del self._seqs[req.request_id]
         self._static_batch.discard(req.request_id)
@@ -731,6 +662,7 @@ class Scheduler:
             self._imports_waiting.remove(seq)
         else:
             self._waiting.remove(seq)
-            self._drop_host_copy(seq)
+            if self.swap is not None:
+                self.swap.drop(seq)
         req.finish_reason = reason
         req.finished_s = finished_s
