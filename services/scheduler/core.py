@@ -1,28 +1,32 @@
 """The scheduler's pure core: waiting queue, running set, KV-block accounting and batching.
 
 Synchronous and transport-free: a runner calls `add` / `abort` / `expire` as requests come and
-go, and loops `schedule(now)` -> worker step -> `on_step(batch, sampled, now)`. One batch is in
-flight, or two with async scheduling: `schedule_ahead(now)` builds the next step while one runs,
-its decodes carrying PLACEHOLDER_TOKEN_ID for the token the running step samples (the worker fills
-it in). Batches are answered in order. A batch whose step failed is simply not answered: the next
-`schedule()` drops every unanswered batch and their sequences run again (the worker only rewrites
-the same KV slots), and a late `on_step` for one is ignored.
+go, and loops `schedule(now)` -> worker step -> `on_step(batch, sampled, now)`. Batches are
+answered in order. A batch whose step failed is simply not answered: the next `schedule()` drops
+every unanswered batch and their sequences run again (the worker only rewrites the same KV
+slots), and a late `on_step` for one is ignored.
 
-Disaggregation (ARCHITECTURE.md, "Roles and the handoff"): the core of a prefill worker has
-`hands_off` set, and a request whose step sampled a token (its prompt is done) leaves its
-running set for `take_handoffs()`, its blocks held until `release_handoff()` (the decode
-worker has them by then). The core of a decode worker takes such a request with
-`add_prefilled()`, gives it blocks in `start_imports()` (when the cache has room) and, once
-the KV is in them, `finish_import(ok=True)` makes it a running decode; `ok=False` recomputes it
-here instead, as after a preemption.
+`Scheduler` holds the one policy: continuous or static batching, chunked prefill, the token
+budget, preemption. Each variant is a collaborator it calls at named points, as vLLM's scheduler
+calls its KV connector (ARCHITECTURE.md, "The scheduler core and its collaborators"):
+
+- run_ahead.py: multi-step runs and steps built ahead (async scheduling), `schedule_run`,
+  `schedule_ahead`, `schedule_run_ahead`;
+- swap.py: preemption="swap", a preempted sequence's KV to the worker's host pool and back;
+- handoff.py: disaggregation, a prefill core hands finished prompts off (`hands_off`,
+  `take_handoffs`, `release_handoff`), a decode core imports them (`add_prefilled`,
+  `start_imports`, `finish_import`).
+
+The entry points at the end of the class are the variants' public face; their code is in those
+files.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import Counter, deque
+from collections import deque
 
-from services.common.types import PLACEHOLDER_TOKEN_ID, ModelInfo, SeqStep
+from services.common.types import ModelInfo, SeqStep
 from services.scheduler.block_manager import BlockManager
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.errors import (
@@ -31,7 +35,9 @@ from services.scheduler.errors import (
     QueueFullError,
     SchedulerError,
 )
+from services.scheduler.handoff import HandOff, KVImports
 from services.scheduler.request import Batch, Request, Update
+from services.scheduler.run_ahead import RunAhead
 from services.scheduler.sequence import Sequence
 from services.scheduler.swap import HostSwap
 
@@ -66,17 +72,13 @@ class Scheduler:
         self._next_seq_id = 0
         self._next_step_id = 0
         self.num_preemptions = 0
-        self.num_scheduled_ahead = 0  # async scheduling: steps built while another ran
-        self.swap = (  # preemption="swap": preempted KV to the worker's host pool and back
+        # the variants, called at named points (module docstring)
+        self._run_ahead = RunAhead(self)
+        self._swap = (  # preemption="swap": preempted KV to the worker's host pool and back
             HostSwap(model.num_swap_blocks, self._blocks) if config.preemption == "swap" else None
         )
-        # disaggregation, prefill side: prompts done, blocks held until the decode side has them
-        self.hands_off = False
-        self._handoffs: dict[str, Sequence] = {}
-        self._new_handoffs: list[str] = []
-        # decode side: prefilled requests waiting for blocks, then for their KV to arrive
-        self._imports_waiting: deque[Sequence] = deque()
-        self._importing: dict[str, Sequence] = {}
+        self._handoff: HandOff | None = None  # a prefill worker's core (`hands_off`)
+        self._imports = KVImports(self._blocks)  # a decode worker's (idle on any other)
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -108,7 +110,7 @@ class Scheduler:
             for s in self._seqs.values()
             if s.req.deadline_s is not None
             and s.req.deadline_s <= now_s
-            and s.req.request_id not in self._handoffs  # the decode side expires those
+            and not self._is_handed_off(s.req.request_id)  # the decode side expires those
         ]
         updates = []
         for seq in expired:
@@ -155,7 +157,7 @@ class Scheduler:
         yet in the cache plus outputs still to generate. The router's load."""
         total = 0
         for seq in self._seqs.values():
-            if seq.req.request_id in self._handoffs:
+            if self._is_handed_off(seq.req.request_id):
                 continue  # the decode side runs the rest
             to_prefill = seq.num_prefill_tokens - seq.num_computed if seq.is_running else 0
             if not seq.is_running and not self._is_swapped(seq):
@@ -170,16 +172,16 @@ class Scheduler:
     @property
     def num_swapped(self) -> int:
         """Waiting sequences whose KV is in the worker's host pool."""
-        return 0 if self.swap is None else self.swap.num_swapped
+        return 0 if self._swap is None else self._swap.num_swapped
 
     @property
     def num_swapped_out(self) -> int:
         """Preemptions whose KV went to the worker's host pool, cumulative."""
-        return 0 if self.swap is None else self.swap.num_swapped_out
+        return 0 if self._swap is None else self._swap.num_swapped_out
 
     @property
     def num_free_host_blocks(self) -> int:
-        return self.model.num_swap_blocks if self.swap is None else self.swap.num_free_blocks
+        return self.model.num_swap_blocks if self._swap is None else self._swap.num_free_blocks
 
     @property
     def block_manager(self) -> BlockManager:
@@ -199,9 +201,9 @@ class Scheduler:
 
     def schedule(self, now_s: float) -> Batch | None:
         """Build the next step: running decodes, then prompt chunks, then new prefills (FCFS)."""
-        if self.swap is not None:  # a failed step; its sequences go again
+        if self._swap is not None:  # a failed step; its sequences go again
             for unanswered in self._in_flight:
-                self.swap.undo(unanswered, self._seqs)
+                self._swap.undo(unanswered, self._seqs)
         self._in_flight = []
         batch = Batch(self._next_step_id)
         did_preempt = self._schedule_decodes(batch)
@@ -213,115 +215,11 @@ class Scheduler:
             return None  # swap-outs stay pending: nothing writes into the freed blocks yet
         return self._hand_out(batch)
 
-    def schedule_run(self, now_s: float) -> list[Batch]:
-        """`schedule()`, and when that step is decodes only (no prompt chunk, no swap), up to
-        num_scheduler_steps - 1 further decode steps chained behind it: each sequence one
-        position further with PLACEHOLDER_TOKEN_ID, unless max_tokens certainly finishes it
-        first (EOS wastes the rest of its run, which on_step drops). The run is cut short where
-        the cache has no block for the next position. Answer each batch with on_step, in order;
-        [] when nothing can run."""
-        first = self.schedule(now_s)
-        return [] if first is None else self._extend_run(first)
-
-    def schedule_run_ahead(self, now_s: float) -> list[Batch]:
-        """Async scheduling with multi-step: `schedule_ahead()` (the step after every one in
-        flight), extended like `schedule_run()`; [] when nothing can be built ahead."""
-        first = self.schedule_ahead(now_s)
-        return [] if first is None else self._extend_run(first)
-
-    def _extend_run(self, first: Batch) -> list[Batch]:
-        run = [first]
-        is_decodes_only = all(p == "decode" for p in first.phases) and not first.swaps
-        if not is_decodes_only or self.config.num_scheduler_steps == 1:
-            return run
-        pending = self._pending_samples()
-        while len(run) < self.config.num_scheduler_steps:
-            after = self._decode_after(run[-1], pending)
-            if after is None:
-                break
-            run.append(after)
-        return run
-
-    def _pending_samples(self) -> Counter[int]:
-        """seq_id -> steps in flight that sample a token for it (its tokens not yet known)."""
-        return Counter(
-            s.seq_id for b in self._in_flight for s in b.seq_steps if s.sampling is not None
-        )
-
-    def _decode_after(self, before: Batch, pending: Counter[int]) -> Batch | None:
-        """The decode step after `before`, the last in flight; `pending` counts each sequence's
-        samples in flight, and is updated with this step's."""
-        blocks = self._blocks
-        decodes: list[tuple[str, Sequence, int]] = []  # (request id, sequence, position)
-        for step, request_id in zip(before.seq_steps, before.request_ids):
-            seq = self._seqs[request_id]
-            if seq.req.num_output_tokens + pending[seq.seq_id] < seq.req.max_tokens:
-                decodes.append((request_id, seq, step.num_tokens_after))
-        missing = sum(blocks.num_missing_blocks(s.seq_id, pos + 1) for _, s, pos in decodes)
-        if not decodes or missing > blocks.num_free_blocks:
-            return None
-        batch = Batch(self._next_step_id)
-        for _, seq, pos in decodes:
-            self._add_decode(batch, seq, PLACEHOLDER_TOKEN_ID, pos)
-            pending[seq.seq_id] += 1
-        self._next_step_id += 1
-        self._in_flight.append(batch)
-        return batch
-
-    def schedule_ahead(self, now_s: float) -> Batch | None:
-        """Async scheduling: build the step after the ones in flight before their tokens are
-        known (one step, or with multi-step a run of them: the last one in flight counts).
-
-        Each sequence the last step samples for decodes one position further with
-        PLACEHOLDER_TOKEN_ID (the worker runs the token it sampled), unless the tokens in flight
-        certainly finish it (max_tokens); one they finish on EOS wastes its slot, which on_step
-        drops. Prompt chunks continue where the last step's end. None when nothing can run or
-        the decodes would need a preemption: the caller then waits and calls `schedule()`."""
-        if not self._in_flight:
-            return None
-        running = {s.seq_id: s for s in self._in_flight[-1].seq_steps}
-        in_flight = {s.seq_id for b in self._in_flight for s in b.seq_steps}
-        pending = self._pending_samples()
-        decodes: list[tuple[Sequence, int, int]] = []  # (seq, position, token id)
-        chunk_starts: list[tuple[Sequence, int]] = []
-        for seq in self._running:
-            step = running.get(seq.seq_id)
-            if step is None:
-                if seq.seq_id in in_flight:
-                    continue  # in an earlier step in flight but not the last: it is ending
-                if seq.is_prefill:
-                    chunk_starts.append((seq, seq.num_computed))
-                else:
-                    decodes.append((seq, seq.num_tokens - 1, seq.last_token))
-            elif step.sampling is None:
-                chunk_starts.append((seq, step.num_tokens_after))
-            elif self.hands_off:
-                continue  # its prompt is done: it decodes on a decode worker
-            elif seq.req.num_output_tokens + pending[seq.seq_id] < seq.req.max_tokens:
-                decodes.append((seq, step.num_tokens_after, PLACEHOLDER_TOKEN_ID))
-        blocks = self._blocks
-        missing = sum(blocks.num_missing_blocks(s.seq_id, pos + 1) for s, pos, _ in decodes)
-        if missing > blocks.num_free_blocks:
-            return None
-        batch = Batch(self._next_step_id)
-        for seq, pos, token in decodes:
-            self._add_decode(batch, seq, token, pos)
-        budget = self.config.max_num_batched_tokens - batch.num_tokens
-        for seq, start in chunk_starts:
-            if budget == 0:
-                break
-            budget -= self._add_chunk(batch, seq, start, budget)
-        self._admit(batch, budget, now_s)
-        if not batch.seq_steps:
-            return None
-        self.num_scheduled_ahead += 1
-        return self._hand_out(batch)
-
     def _hand_out(self, batch: Batch) -> Batch:
         """The batch goes to the worker (with the swap-outs queued so far) and joins the steps in
         flight."""
-        if self.swap is not None:
-            self.swap.attach(batch)
+        if self._swap is not None:
+            self._swap.attach(batch)
         self._next_step_id += 1
         self._in_flight.append(batch)
         return batch
@@ -355,91 +253,17 @@ class Scheduler:
     def on_worker_lost(self) -> None:
         """The worker restarted with an empty cache: recompute every running sequence."""
         self._in_flight = []
-        for seq in self._handoffs.values():  # their KV is gone: the import fails, recomputes
-            self._blocks.free(seq.seq_id)
-            del self._seqs[seq.req.request_id]
-        self._handoffs.clear()
-        self._new_handoffs.clear()
-        for seq in self._importing.values():  # recomputed here, like the running ones
-            self._blocks.free(seq.seq_id)
-        importing = [*self._importing.values(), *self._imports_waiting]
-        self._importing.clear()
-        self._imports_waiting.clear()
+        if self._handoff is not None:  # their KV is gone: the import fails, recomputes
+            for seq in self._handoff.on_worker_lost():
+                del self._seqs[seq.req.request_id]
+        importing = self._imports.on_worker_lost()  # recomputed here, like the running ones
         for seq in self._running:
             self._release(seq)
         self._waiting.extendleft(reversed(self._running + importing))
         self._running = []
         self._blocks.reset_prefix_cache()  # the cached blocks' contents are gone too
-        if self.swap is not None:
-            self.swap.on_worker_lost(self._waiting)
-
-    # ---- disaggregation -------------------------------------------------------------------
-
-    def take_handoffs(self) -> list[tuple[str, list[int]]]:
-        """Prefill side: the requests whose prompt is done since the last call, each with the
-        blocks holding its computed tokens' KV (held until `release_handoff`)."""
-        out = []
-        for request_id in self._new_handoffs:
-            seq = self._handoffs.get(request_id)
-            if seq is not None:
-                num_blocks = self._blocks.num_blocks_for(seq.num_computed)
-                out.append((request_id, list(self._blocks.block_table(seq.seq_id)[:num_blocks])))
-        self._new_handoffs.clear()
-        return out
-
-    def release_handoff(self, request_id: str) -> bool:
-        """Prefill side: free a handed-off request's blocks; False when they were no longer
-        held (the worker was lost meanwhile: what the decode side pulled is not its KV)."""
-        seq = self._handoffs.pop(request_id, None)
-        if seq is None:
-            return False
-        self._blocks.free(seq.seq_id)
-        if self._seqs.get(request_id) is seq:
-            del self._seqs[request_id]
-        return True
-
-    def add_prefilled(self, req: Request) -> None:
-        """Decode side: a request whose tokens but the last have their KV on a prefill worker;
-        it waits for blocks (`start_imports`). Raises InvalidRequestError."""
-        self._validate(req)
-        seq = Sequence(req, self._next_seq_id)
-        self._next_seq_id += 1
-        self._seqs[req.request_id] = seq
-        self._imports_waiting.append(seq)
-
-    def start_imports(self) -> list[tuple[str, int, list[int]]]:
-        """Decode side: blocks for the prefilled requests the cache and max_num_seqs have room
-        for, oldest first: (request id, seq id, the blocks its KV goes into)."""
-        started = []
-        while self._imports_waiting:
-            seq = self._imports_waiting[0]
-            if len(self._running) + len(self._importing) >= self.config.max_num_seqs:
-                break
-            if not self._blocks.can_allocate(seq.num_tokens):
-                break
-            self._imports_waiting.popleft()
-            table = self._blocks.allocate(seq.seq_id, seq.num_tokens)
-            self._importing[seq.req.request_id] = seq
-            num_blocks = self._blocks.num_blocks_for(seq.num_tokens - 1)
-            started.append((seq.req.request_id, seq.seq_id, list(table[:num_blocks])))
-        return started
-
-    def finish_import(self, request_id: str, ok: bool) -> None:
-        """Decode side: the KV of a request from `start_imports` is in its blocks (`ok`): it
-        decodes from the next step; or the transfer failed: its tokens are recomputed here."""
-        seq = self._importing.pop(request_id, None)
-        if seq is None:
-            return  # aborted, finished or recomputed (worker lost) meanwhile
-        if not ok:
-            self._blocks.free(seq.seq_id)
-            self._waiting.appendleft(seq)
-            return
-        seq.num_computed = seq.num_prefill_tokens = seq.num_tokens - 1
-        self._add_running(seq)
-
-    @property
-    def num_importing(self) -> int:
-        return len(self._importing) + len(self._imports_waiting)
+        if self._swap is not None:
+            self._swap.on_worker_lost(self._waiting)
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -595,18 +419,17 @@ class Scheduler:
             reason = "length"
         if reason:
             self._finish(seq, reason, now_s)
-        elif self.hands_off:  # its prompt is done: it goes on on a decode worker
+        elif self._handoff is not None:  # its prompt is done: it goes on on a decode worker
             self._running.remove(seq)
             seq.is_running = False
-            self._handoffs[req.request_id] = seq
-            self._new_handoffs.append(req.request_id)
+            self._handoff.add(seq)
         return Update(req.request_id, [token], reason)
 
     def _preempt(self, seq: Sequence) -> None:
         """Free the sequence's blocks and queue it first; it is recomputed from its tokens, or,
         with preemption="swap" and room in the host pool, its KV is copied out and back in."""
         self._running.remove(seq)
-        is_swapped = self.swap is not None and self.swap.swap_out(seq)
+        is_swapped = self._swap is not None and self._swap.swap_out(seq)
         num_computed, num_prefill_tokens = seq.num_computed, seq.num_prefill_tokens
         self._release(seq)
         if is_swapped:
@@ -616,14 +439,14 @@ class Scheduler:
         self._waiting.appendleft(seq)
 
     def _is_swapped(self, seq: Sequence) -> bool:
-        return self.swap is not None and self.swap.is_swapped(seq)
+        return self._swap is not None and self._swap.is_swapped(seq)
 
     def _resume(self, batch: Batch, seq: Sequence, budget: int) -> int:
         """Bring a swapped-out sequence back: fresh blocks, its KV copied in before the step,
         and its next chunk or decode in this batch; returns the tokens it adds."""
-        assert self.swap is not None
+        assert self._swap is not None
         table = self._blocks.allocate(seq.seq_id, seq.num_tokens)
-        self.swap.swap_in(seq, table, batch)
+        self._swap.swap_in(seq, table, batch)
         self._add_running(seq)
         if seq.is_prefill:
             return self._add_prefill(batch, seq, budget)
@@ -653,16 +476,87 @@ class Scheduler:
         if seq.is_running:
             self._running.remove(seq)
             self._release(seq)
-        elif req.request_id in self._handoffs:
+        elif self._is_handed_off(req.request_id):
             self.release_handoff(req.request_id)
             return  # the request goes on elsewhere: its state is not this core's to end
-        elif self._importing.pop(req.request_id, None) is not None:
-            self._blocks.free(seq.seq_id)
-        elif seq in self._imports_waiting:
-            self._imports_waiting.remove(seq)
-        else:
+        elif not self._imports.drop(seq):
             self._waiting.remove(seq)
-            if self.swap is not None:
-                self.swap.drop(seq)
+            if self._swap is not None:
+                self._swap.drop(seq)
         req.finish_reason = reason
         req.finished_s = finished_s
+
+    def _is_handed_off(self, request_id: str) -> bool:
+        return self._handoff is not None and self._handoff.holds(request_id)
+
+    # ---- the variants' entry points (their code: run_ahead.py, handoff.py) -----------------
+
+    def schedule_run(self, now_s: float) -> list[Batch]:
+        """`schedule()` and, with multi-step, the decode steps chained behind it (RunAhead)."""
+        return self._run_ahead.schedule_run(now_s)
+
+    def schedule_ahead(self, now_s: float) -> Batch | None:
+        """Async scheduling: the step after the ones in flight (RunAhead)."""
+        return self._run_ahead.schedule_ahead(now_s)
+
+    def schedule_run_ahead(self, now_s: float) -> list[Batch]:
+        """Async scheduling with multi-step: `schedule_ahead()`, extended (RunAhead)."""
+        return self._run_ahead.schedule_run_ahead(now_s)
+
+    @property
+    def num_scheduled_ahead(self) -> int:
+        return self._run_ahead.num_scheduled_ahead
+
+    @property
+    def hands_off(self) -> bool:
+        """A prefill worker's core: requests whose prompt is done leave for `take_handoffs`."""
+        return self._handoff is not None
+
+    @hands_off.setter
+    def hands_off(self, is_prefill_side: bool) -> None:
+        self._handoff = HandOff(self._blocks) if is_prefill_side else None
+
+    def take_handoffs(self) -> list[tuple[str, list[int]]]:
+        """Prefill side: the requests whose prompt is done since the last call, each with the
+        blocks holding its computed tokens' KV (held until `release_handoff`)."""
+        return [] if self._handoff is None else self._handoff.take()
+
+    def release_handoff(self, request_id: str) -> bool:
+        """Prefill side: free a handed-off request's blocks; False when they were no longer
+        held (the worker was lost meanwhile: what the decode side pulled is not its KV)."""
+        seq = None if self._handoff is None else self._handoff.release(request_id)
+        if seq is None:
+            return False
+        if self._seqs.get(request_id) is seq:
+            del self._seqs[request_id]
+        return True
+
+    def add_prefilled(self, req: Request) -> None:
+        """Decode side: a request whose tokens but the last have their KV on a prefill worker;
+        it waits for blocks (`start_imports`). Raises InvalidRequestError."""
+        self._validate(req)
+        seq = Sequence(req, self._next_seq_id)
+        self._next_seq_id += 1
+        self._seqs[req.request_id] = seq
+        self._imports.add(seq)
+
+    def start_imports(self) -> list[tuple[str, int, list[int]]]:
+        """Decode side: blocks for the prefilled requests the cache and max_num_seqs have room
+        for, oldest first: (request id, seq id, the blocks its KV goes into)."""
+        return self._imports.start(self.config.max_num_seqs - len(self._running))
+
+    def finish_import(self, request_id: str, ok: bool) -> None:
+        """Decode side: the KV of a request from `start_imports` is in its blocks (`ok`): it
+        decodes from the next step; or the transfer failed: its tokens are recomputed here."""
+        seq = self._imports.finish(request_id, ok)
+        if seq is None:
+            return  # aborted, finished or recomputed (worker lost) meanwhile
+        if not ok:
+            self._waiting.appendleft(seq)
+            return
+        seq.num_computed = seq.num_prefill_tokens = seq.num_tokens - 1
+        self._add_running(seq)
+
+    @property
+    def num_importing(self) -> int:
+        return self._imports.num_importing
