@@ -8,7 +8,7 @@ from typing import Any
 from diagnose.calibrate import Calibration
 from diagnose.inputs import RunInputs
 from diagnose.network import split_hops
-from diagnose.rules import evaluate, verdict
+from diagnose.rules import Finding, evaluate, verdict
 from diagnose.signals import Signals, extract
 from diagnose.whatif import DEFAULT_DELAYS_MS, link_what_if
 
@@ -20,7 +20,7 @@ def diagnose_signals(
     rate_mbit: float = 0.0,
 ) -> dict[str, Any]:
     splits = split_hops(signals, calibration)
-    findings = evaluate(signals, splits)
+    findings, budget = evaluate(signals, splits)
     primary, fired = verdict(findings)
     notes = list(signals.notes)
     if calibration is None:
@@ -47,10 +47,14 @@ def diagnose_signals(
             "and hop wait only"
         )
     cycle = signals.cycle
+    if signals.contention is None:
+        notes.append("no contention in cpu.json: the services' wait for a core was not measured")
     return {
         "primary": primary,
+        "headline": headline(fired[0], budget.whole_ms),
         "findings": [f.to_json() for f in fired],
         "scores": {f.type: round(f.score, 4) for f in findings},
+        "budget": budget.to_json(),
         "what_if": link_what_if(signals, calibration, delays_ms, rate_mbit),
         "decomposition": {
             "hops": {split.name: split.to_json() for split in splits},
@@ -75,6 +79,9 @@ def diagnose_signals(
             else None,
         },
         "measured": {
+            "figures_from": "summary.json metrics (every round's measured requests)"
+            if signals.figures_from_summary
+            else "the bench summary",
             "requests": signals.num_requests,
             "tpot_p50_ms": round(signals.tpot_p50_ms, 3),
             "ttft_p50_ms": round(signals.ttft_p50_ms, 3),
@@ -85,6 +92,18 @@ def diagnose_signals(
         "calibration": calibration.to_json() if calibration else None,
         "notes": notes,
     }
+
+
+def headline(top: Finding, e2e_mean_ms: float) -> str:
+    """One line: the largest share of the time budget, and its top suggestion."""
+    line = (
+        f"{top.type}: {top.score:.0%} of the mean request's {e2e_mean_ms:.0f} ms E2E — "
+        f"{top.symptom}"
+    )
+    first = next(iter(top.suggestions), None)
+    if first:
+        line += f"; try `{first['switch']}`"
+    return line
 
 
 def diagnose_run(
@@ -110,4 +129,21 @@ def with_disaggregation(
         prediction = {"notes": [f"disaggregation prediction failed: {exc}"]}
     if prediction is not None:
         diagnosis["disaggregation"] = prediction
+        _predict_disagg_suggestions(diagnosis, prediction, signals)
     return diagnosis
+
+
+def _predict_disagg_suggestions(
+    diagnosis: dict[str, Any], prediction: dict[str, Any], signals: Signals
+) -> None:
+    """`--placement disagg` suggestions get the disaggregation prediction's TPOT ratio."""
+    disagg = (prediction.get("variants") or {}).get("disagg")
+    if not disagg or signals.tpot_p50_ms <= 0:
+        return
+    ratio = disagg["tpot_p50_ms"] / signals.tpot_p50_ms
+    for finding in diagnosis["findings"]:
+        for row in finding["suggestions"]:
+            if row.get("factor") == "placement" and row.get("value") == "disagg":
+                row.pop("not_predicted", None)
+                row["predicted"] = {"metric": "tpot_ms.p50", "ratio": round(ratio, 4)}
+        finding["suggestions"].sort(key=lambda r: r.get("predicted") is None)

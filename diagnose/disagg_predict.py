@@ -12,8 +12,9 @@ The pieces:
 - the handoff wait (prefill done → transfer → first decode step): measured when a disagg run is
   given, otherwise estimated as half a decode step (a request handed over mid-step waits for the
   step boundary) and labelled `estimated`;
-- `cores_shared`: how much slower one engine's step runs while the other worker computes at the
-  same time (1 on two devices; about 2 on a 2-core host where both engines use every core).
+- `cores_shared`: how much slower one engine's step runs beside the other worker (1 on two
+  devices; about 2 on a 2-core host where both engines use every core): a decode step pays it
+  in full, a prefill step by the decode worker's busy share.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+WIN_MARGIN = 1.05  # a variant "wins" only by more than this factor (goodput or TPOT p50)
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2}
 # Idle-transport figures used when no measured one is given (the calibration's round trips on
 # the 2-core dev machine; bandwidths of a local bulk stream, an estimate, labelled as such).
@@ -165,7 +167,11 @@ def predict_disagg(inputs: DisaggInputs, links: Sequence[LinkSpec]) -> dict[str,
     decode_steps_per_s = i.request_rate * n_after_first / max(1.0, i.decode_batch)
     decode_busy = _share(decode_steps_per_s * pure_decode_ms)
     slow = max(1.0, i.cores_shared)
-    decode_factor = 1.0 + prefill_busy * (slow - 1.0)
+    # A decode step is many small parallel regions: on shared cores it stalls whenever the
+    # other engine's threads hold a core, busy or spinning, not only while a prefill runs.
+    # Measured on 2 cores (benchmarks/results/disagg.json, decode-heavy): the prefill worker
+    # busy a few % of the time, disagg's TPOT p50 was 2.5x mixed's. So the full factor.
+    decode_factor = slow
     prefill_factor = 1.0 + decode_busy * (slow - 1.0)
     handoff_ms = i.handoff_wait_ms if i.handoff_wait_ms is not None else 0.5 * decode_cycle_ms
     kv_bytes = i.kv_bytes_per_token * i.prompt_tokens
@@ -264,6 +270,11 @@ def _winner(
     candidates = {"mixed": mixed, **predictions}
     best = max(candidates, key=lambda k: (candidates[k]["goodput"], -candidates[k]["tpot_p50_ms"]))
     b = candidates[best]
+    is_clear = b["goodput"] > WIN_MARGIN * mixed["goodput"] or (
+        b["tpot_p50_ms"] * WIN_MARGIN < mixed["tpot_p50_ms"]
+    )
+    if best != "mixed" and not is_clear:  # within the prediction's own error: no change pays
+        best, b = "mixed", mixed
     if best == "mixed":
         why = (
             f"prefills add {interference_ms:.2f} ms per output token in mixed steps, but "

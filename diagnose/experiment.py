@@ -111,6 +111,8 @@ def diagnose_experiment(exp_dir: Path, calibration: Calibration | None = None) -
     for name, variant_dir in _variant_dirs(exp_dir, summary).items():
         try:
             runs[name] = load_variant(variant_dir)
+            # summary.json's figures: the one definition the table and the plots use too
+            runs[name].figures = (by_name.get(name) or {}).get("metrics")
             signals[name] = extract(runs[name])
         except ValueError as exc:  # e.g. no spans: the other variants are still diagnosed
             skipped[name] = str(exc)

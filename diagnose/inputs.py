@@ -25,6 +25,36 @@ class RunInputs:
     metrics: dict[str, str] = field(default_factory=dict)  # service -> Prometheus text
     bench_rounds: list[dict[str, Any]] = field(default_factory=list)
     profile_dir: Path | None = None  # a `hopscope profile --out` directory, when there is one
+    # the serve settings in force (an experiment variant's resolved flags); None for a bench file
+    deployment: dict[str, Any] | None = None
+    # the trace ids of the measured, successful requests (requests.jsonl): the diagnosis reads the
+    # same requests as summary.json's table and the report's figures; None when unknown
+    measured_trace_ids: set[str] | None = None
+    # summary.json's pooled metrics of this variant (TPOT / TTFT / E2E percentiles over every
+    # round's measured requests, tokens/s mean over rounds): the one definition of each figure
+    figures: dict[str, Any] | None = None
+
+    def contention(self) -> dict[str, Any] | None:
+        """The rounds' cpu.json `contention` (CONTENTION_SCHEMA): wait share and outside cores
+        pooled over rounds (run-queue wait and CPU summed), contended when any round was."""
+        docs = [d["contention"] for d in self.cpu if isinstance(d.get("contention"), dict)]
+        if not docs:
+            return None
+        wait_s = sum(float(d.get("run_queue_wait_s") or 0.0) for d in docs)
+        cpu_s = sum(
+            float(p.get("cpu_s") or 0.0) for d in docs for p in (d.get("processes") or {}).values()
+        )
+        duration_s = sum(float(d.get("duration_s") or 0.0) for d in docs)
+        outside_s = sum(float(d.get("outside_cpu_s") or 0.0) for d in docs)
+        return {
+            "run_queue_wait_s": wait_s,
+            "wait_share": wait_s / (wait_s + cpu_s) if wait_s + cpu_s > 0 else 0.0,
+            "outside_cores": outside_s / duration_s if duration_s > 0 else 0.0,
+            "num_cores": max(int(d.get("num_cores") or 0) for d in docs),
+            "is_contended": any(bool(d.get("is_contended")) for d in docs),
+            "num_rounds": len(docs),
+            "num_contended_rounds": sum(bool(d.get("is_contended")) for d in docs),
+        }
 
     def cpu_us_per_token(self) -> dict[str, float]:
         """Median over rounds of each process's CPU µs per output token (cpu.json)."""
@@ -70,7 +100,10 @@ def load_variant(variant_dir: Path) -> RunInputs:
     rounds = sorted(p for p in variant_dir.glob("round-*") if p.is_dir())
     if not rounds:
         raise ValueError(f"{variant_dir}: no round-*/ directories (is it an experiment variant?)")
-    run = RunInputs(label=variant_dir.name, spans=[])
+    run = RunInputs(label=variant_dir.name, spans=[], measured_trace_ids=set())
+    variant = _read_json(variant_dir / "variant.json") or {}
+    deployment = variant.get("deployment")
+    run.deployment = deployment if isinstance(deployment, dict) else None
     for round_dir in rounds:
         spans_path = round_dir / "spans.jsonl"
         if spans_path.exists():
@@ -78,6 +111,7 @@ def load_variant(variant_dir: Path) -> RunInputs:
         bench = _read_json(round_dir / "bench.json")
         if bench is not None:
             run.bench_rounds.append(bench)
+            _add_measured(run, round_dir, bench)
         cpu = _read_json(round_dir / "cpu.json")
         if cpu is not None:
             run.cpu.append(cpu)
@@ -85,8 +119,29 @@ def load_variant(variant_dir: Path) -> RunInputs:
         for prom in sorted((round_dir / "metrics").glob("*.prom")):
             run.metrics[prom.stem] = prom.read_text(encoding="utf-8")
     run.bench = _pooled_bench(run.bench_rounds)
+    if not run.measured_trace_ids:
+        run.measured_trace_ids = None
     run.profile_dir = variant_dir / "profile" if (variant_dir / "profile").is_dir() else None
     return run
+
+
+def _add_measured(run: RunInputs, folder: Path, bench: dict[str, Any]) -> None:
+    """The trace ids of a round's measured, successful requests (warm-up requests are not)."""
+    path = Path(str(bench.get("requests_file") or folder / "requests.jsonl"))
+    if not path.is_file():
+        path = folder / path.name
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return
+    for line in lines:
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except ValueError:
+            continue
+        if row.get("status") == "OK" and row.get("is_measured", True) and row.get("trace_id"):
+            assert run.measured_trace_ids is not None
+            run.measured_trace_ids.add(str(row["trace_id"]))
 
 
 def _pooled_bench(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -117,7 +172,9 @@ def load_bench_run(
     run = RunInputs(label=bench_path.stem, spans=read_file(spans_path), bench=bench)
     run.bench_rounds = [bench]
     folder = bench_path.parent
-    run.describe = _read_json(folder / "describe.json")
+    # Describe beside the file (an experiment round), else the deployment bench recorded in it
+    recorded = bench.get("deployment") if isinstance(bench.get("deployment"), dict) else None
+    run.describe = _read_json(folder / "describe.json") or recorded or None
     cpu = _read_json(folder / "cpu.json")
     run.cpu = [cpu] if cpu else []
     for prom in sorted((folder / "metrics").glob("*.prom")):

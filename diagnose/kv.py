@@ -14,7 +14,9 @@ from tracing.decompose import SUBMIT, SpanIndex
 def kv_pressure_from_spans(
     index: SpanIndex, num_blocks: int, block_size: int
 ) -> tuple[float | None, int]:
-    """(peak share of the KV blocks in use, number of preemptions)."""
+    """(peak share of the KV blocks in use, number of preemptions); the share is None when the
+    cache's size is unknown (no Describe: 0 blocks of 0 tokens), the preemptions still count."""
+    is_sized = num_blocks > 0 and block_size > 0
     blocks_at_step: dict[tuple[str, str], int] = defaultdict(int)
     num_preemptions = 0
     for submit in index.spans:
@@ -32,7 +34,8 @@ def kv_pressure_from_spans(
                 has_decoded = True
                 num_decoded += 1
                 cached = num_prompt + num_decoded
-            blocks_at_step[call.client.key] += math.ceil(cached / block_size)
-    if not blocks_at_step or num_blocks <= 0 or block_size <= 0:
+            if is_sized:
+                blocks_at_step[call.client.key] += math.ceil(cached / block_size)
+    if not blocks_at_step or not is_sized:
         return None, num_preemptions
     return max(blocks_at_step.values()) / num_blocks, num_preemptions

@@ -10,39 +10,56 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-LABELS = {
-    "memory_io": "memory I/O",
-    "compute": "compute",
-    "scheduling": "scheduling",
-    "network": "network",
-    "host_cpu": "host CPU",
-    "prefill_interference": "prefill interference",
-}
-
 
 def print_diagnosis(diagnosis: dict[str, Any], label: str, console: Console) -> None:
-    primary = diagnosis["primary"]
-    findings = diagnosis["findings"]
-    top = findings[0] if findings else None
-    headline = f"[bold]{label}[/]: a [bold red]{LABELS.get(primary, primary)}[/] bottleneck"
-    if top is not None:
-        headline += f" — {top['symptom']}"
-    console.print(headline)
-    for finding in findings:
-        console.print(
-            f"  [bold]{finding['type']}[/] score {finding['score']:.2f}: {finding['symptom']}"
-        )
-        for suggestion in finding["suggestions"][:2]:
-            console.print(
-                f"    try {suggestion['method']} ({suggestion['switch']}): "
-                f"{suggestion['expected_effect']}",
-                highlight=False,
-            )
+    print_verdict(diagnosis, label, console)
     _print_hops(diagnosis, console)
     _print_what_if(diagnosis["what_if"], console)
-    print_disaggregation(diagnosis.get("disaggregation"), console)
+    if is_disaggregation_relevant(diagnosis):
+        print_disaggregation(diagnosis.get("disaggregation"), console)
     for note in diagnosis.get("notes", []):
         console.print(f"  [dim]note: {note}[/]")
+
+
+def print_verdict(diagnosis: dict[str, Any], label: str, console: Console) -> None:
+    """The headline, the time budget and each finding with its suggestions (what `experiment`
+    prints on stdout, terminal or not)."""
+    headline = diagnosis.get("headline") or diagnosis["primary"]
+    console.print(f"[bold]{label}[/]: {headline}", highlight=False)
+    if budget := diagnosis.get("budget"):
+        console.print(f"  time budget: {budget_line(budget)}", highlight=False)
+    for finding in diagnosis["findings"]:
+        console.print(
+            f"  [bold]{finding['type']}[/] {finding['score']:.0%} of E2E: {finding['symptom']}",
+            highlight=False,
+        )
+        for suggestion in finding["suggestions"][:2]:
+            console.print(f"    try {suggestion_line(suggestion)}", highlight=False)
+
+
+def budget_line(budget: dict[str, Any]) -> str:
+    """`scheduling 86%, memory_io 11%, ..., unattributed 0%` of the mean request's E2E."""
+    shares = budget.get("shares") or {}
+    shown = [f"{kind} {share:.0%}" for kind, share in shares.items() if share >= 0.005]
+    if "unattributed" not in {k for k, v in shares.items() if v >= 0.005}:
+        shown.append(f"unattributed {shares.get('unattributed', 0.0):.0%}")
+    return f"{', '.join(shown)} of the mean request's {budget.get('e2e_mean_ms', 0):.0f} ms E2E"
+
+
+def suggestion_line(suggestion: dict[str, Any]) -> str:
+    """`larger batch (`--max-num-seqs 16`): ...; predicted output_tok_s 6.12x`."""
+    line = f"{suggestion['method']} (`{suggestion['switch']}`): {suggestion['expected_effect']}"
+    predicted = suggestion.get("predicted")
+    if predicted:
+        line += f"; predicted {predicted['metric']} {predicted['ratio']:.2f}x"
+    elif suggestion.get("not_predicted"):
+        line += f"; not predicted: {suggestion['not_predicted']}"
+    return line
+
+
+def is_disaggregation_relevant(diagnosis: dict[str, Any]) -> bool:
+    """The disaggregation prediction is shown where prefill interference is a finding."""
+    return any(f["type"] == "prefill_interference" for f in diagnosis.get("findings", []))
 
 
 def disaggregation_lines(prediction: dict[str, Any] | None) -> list[str]:
@@ -116,7 +133,11 @@ def _print_what_if(what_if: dict[str, Any], console: Console) -> None:
             table.add_column(
                 column, justify="left" if column in ("placement", "transport") else "right"
             )
+        skipped = []
         for name, row in placements.items():
+            if "not_predicted" in row:
+                skipped.append(f"{name}: {row['not_predicted']}")
+                continue
             table.add_row(
                 name,
                 row["transport"],
@@ -125,6 +146,8 @@ def _print_what_if(what_if: dict[str, Any], console: Console) -> None:
                 f"{row['output_tok_s']:.0f}",
             )
         console.print(table)
+        for line in skipped:
+            console.print(f"  [dim]not predicted: {line}[/]", highlight=False)
 
 
 def plot_what_if(

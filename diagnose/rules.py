@@ -1,18 +1,27 @@
 """The rules: one per bottleneck type, each a test on measured signals with a written-down
-threshold (docs/diagnosis.md gives the reason for each). A rule always returns its finding with a
-score — the share of the request's time or of the time per output token it explains — and says
-whether it fired; the verdict is the highest-scoring finding that fired."""
+threshold (docs/diagnosis.md gives the reason for each). A rule always returns its finding and
+says whether it fired; its score is its type's share of the mean request's E2E (the one time
+budget, diagnose/budget.py), so scores compare across types, and the verdict names the largest."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from diagnose.budget import UNATTRIBUTED, Budget, time_budget
 from diagnose.network import HopSplit, wait_ms_per_token, wire_ms_per_token
 from diagnose.signals import Signals, interference_ms_per_token
 from diagnose.suggestions import suggestions_for
 
-TYPES = ("memory_io", "compute", "scheduling", "network", "host_cpu", "prefill_interference")
+TYPES = (
+    "memory_io",
+    "compute",
+    "scheduling",
+    "network",
+    "host_cpu",
+    "prefill_interference",
+    "contention",
+)
 
 # Thresholds (docs/diagnosis.md, "Rules")
 SCHEDULING_E2E_SHARE = 0.25  # queue time / E2E
@@ -24,17 +33,19 @@ KV_USAGE_SHARE = 0.90  # KV blocks in use / all blocks
 HOST_SHARE = 0.25  # (scheduler gap + worker overhead + hop wait) / time per output token
 INTERFERENCE_SHARE = 0.20  # prefill time in decode steps per output token / TPOT
 HOST_CPU_RATIO = 1.0  # services' CPU per token outside the engine / the worker's
+CONTENTION_WAIT_SHARE = 0.25  # run-queue wait / (wait + CPU) of the services' processes
 _SERVICES = ("tokenizer", "scheduler", "worker")
 
 
 @dataclass(slots=True)
 class Finding:
     type: str
-    score: float
+    trigger: float  # the share the rule's threshold tests (of TPOT, or of E2E for scheduling)
     symptom: str
     evidence: dict[str, dict[str, Any]]
     is_fired: bool
-    suggestions: list[dict[str, str]] = field(default_factory=list)
+    score: float = 0.0  # the type's share of the mean request's E2E: set by evaluate()
+    suggestions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -234,24 +245,61 @@ def _hot_rows(hot: dict[str, list[str]], process: str) -> list[str]:
     return next((rows for name, rows in hot.items() if _services_of(name) == parts), [])
 
 
-def evaluate(s: Signals, splits: list[HopSplit]) -> list[Finding]:
-    """Every rule's finding, highest score first; each with its suggestions."""
+def contention(s: Signals) -> Finding:
+    """The services wait for a core: cpu.json's run-queue wait (CONTENTION_SCHEMA.md)."""
+    measured = s.contention or {}
+    wait_share = float(measured.get("wait_share") or 0.0)
+    outside = float(measured.get("outside_cores") or 0.0)
+    evidence = {
+        "wait_share": _ev(wait_share if measured else None, "share of runnable time"),
+        "run_queue_wait_s": _ev(measured.get("run_queue_wait_s"), "s"),
+        "outside_cores": _ev(outside if measured else None, "cores used outside the deployment"),
+        "num_cores": _ev(measured.get("num_cores"), "cores"),
+        "contended_rounds": _ev(
+            f"{measured.get('num_contended_rounds')} of {measured.get('num_rounds')}"
+            if measured
+            else None,
+            "rounds",
+        ),
+    }
+    symptom = (
+        f"the services waited for a core {wait_share:.0%} of the time they were runnable; "
+        f"processes outside the deployment used {outside:.2f} of {measured.get('num_cores')} cores"
+        if measured
+        else "not measured (no contention in cpu.json)"
+    )
+    is_fired = bool(measured.get("is_contended")) or wait_share >= CONTENTION_WAIT_SHARE
+    return Finding("contention", 0.0, symptom, evidence, is_fired)
+
+
+def evaluate(s: Signals, splits: list[HopSplit]) -> tuple[list[Finding], Budget]:
+    """Every rule's finding, scored by its share of the mean request's E2E, highest first; each
+    with its suggestions. Also the budget the scores come from."""
     findings = [
         scheduling(s),
         network(s, splits),
         *engine(s),
         host_cpu(s, splits),
         prefill_interference(s),
+        contention(s),
     ]
+    budget = time_budget(s, splits)
+    shares = budget.shares()
     for finding in findings:
-        finding.suggestions = suggestions_for(finding.type, s)
+        finding.score = shares.get(finding.type, 0.0)
+        finding.evidence = {"e2e_share": _ev(finding.score, "share of the mean E2E"),
+                            **finding.evidence}  # fmt: skip
+        finding.suggestions = suggestions_for(finding.type, s, splits)
     findings.sort(key=lambda f: f.score, reverse=True)
-    return findings
+    return findings, budget
 
 
 def verdict(findings: list[Finding]) -> tuple[str, list[Finding]]:
-    """(primary type, findings that fired); with none fired, the top score is the primary."""
-    fired = [f for f in findings if f.is_fired]
-    if fired:
-        return fired[0].type, fired
-    return findings[0].type, findings[:1]
+    """(primary type, findings shown): the primary is the largest share of the time budget;
+    shown are the primary and every other finding that fired, largest first."""
+    primary = findings[0]
+    shown = [primary, *(f for f in findings[1:] if f.is_fired)]
+    return primary.type, shown
+
+
+__all__ = ["TYPES", "UNATTRIBUTED", "Finding", "evaluate", "verdict"]

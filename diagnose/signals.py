@@ -60,10 +60,24 @@ class Signals:
     mixed_step_prefill_tokens: float = 0.0
     max_num_batched_tokens: int | None = None  # the prefill chunk budget, when Describe says
     notes: list[str] = field(default_factory=list)
+    # the time budget's whole and segments (diagnose/budget.py): the mean request's E2E and the
+    # mean ms of each decomposition component per request (tracing/decompose.py), over the same
+    # measured requests as the report's component bar
+    e2e_mean_ms: float = 0.0
+    components_mean_ms: dict[str, float] = field(default_factory=dict)
+    step_calls_per_request: float = 0.0  # Worker/Step calls a request was in (prefill + decode)
+    decode_calls_per_request: float = 0.0  # ... of them decode steps
+    concurrency: int | None = None  # the closed loop's requests in flight (bench --concurrency)
+    contention: dict[str, Any] | None = None  # RunInputs.contention(): cpu.json's, pooled
+    settings: dict[str, Any] = field(default_factory=dict)  # settings_of(run)
+    figures_from_summary: bool = False  # TPOT / TTFT / E2E / tok/s are summary.json's
 
 
 def extract(run: RunInputs) -> Signals:
     breakdowns = decompose(run.spans)
+    if run.measured_trace_ids:  # the requests summary.json measures: warm-up ones left out
+        measured = [b for b in breakdowns if b.trace_id in run.measured_trace_ids]
+        breakdowns = measured or breakdowns
     if not breakdowns:
         raise ValueError(
             f"{run.label}: no request spans (Scheduler/Submit SERVER) — was tracing on? "
@@ -75,7 +89,7 @@ def extract(run: RunInputs) -> Signals:
     ttfts, first_steps, decode_ratios, steps_per_request, n_out = _per_request(index, starts_ns)
     queue = [b.components_ms[QUEUE] for b in breakdowns]
     e2e = [b.e2e_ms for b in breakdowns]
-    bench_summary = (run.bench or {}).get("summary", {})
+    bench_summary = _figures(run)
     tpot_spans = [b.tpot_ms for b in breakdowns if b.tpot_ms is not None]
     signals = Signals(
         num_requests=len(breakdowns),
@@ -107,6 +121,14 @@ def extract(run: RunInputs) -> Signals:
         steps_per_run=max((s.num_steps for s in samples), default=1),
     )
     signals.kv_usage, signals.num_preemptions = _kv_pressure(run, index)
+    _add_budget_inputs(signals, breakdowns, index)
+    concurrency = (run.bench or {}).get("config", {}).get("concurrency")
+    if isinstance(concurrency, list):
+        concurrency = concurrency[0] if concurrency else None
+    signals.concurrency = int(concurrency) if concurrency else None
+    signals.contention = run.contention()
+    signals.settings = settings_of(run)
+    signals.figures_from_summary = bool(run.figures)
     decoding = [s for s in samples if s.num_decode_tokens > 0]
     mixed = [s for s in decoding if s.num_prefill_tokens > 0]
     if mixed:
@@ -116,6 +138,58 @@ def extract(run: RunInputs) -> Signals:
     if not run.bench:
         signals.notes.append("no bench summary: latencies are the server-side spans' figures")
     return signals
+
+
+def _figures(run: RunInputs) -> dict[str, Any]:
+    """TPOT / TTFT / E2E p50 and tokens/s as summary.json defines them (pooled over every round's
+    measured requests; tokens/s the mean over rounds) when the run is an experiment variant;
+    the bench summary's otherwise."""
+    if run.figures:
+        m = run.figures
+        figures: dict[str, Any] = {k: m[k] for k in ("ttft_ms", "tpot_ms", "e2e_ms") if k in m}
+        if m.get("output_tok_s") is not None:
+            figures["output_token_throughput"] = m["output_tok_s"]
+        return figures
+    return dict((run.bench or {}).get("summary", {}))
+
+
+def _add_budget_inputs(signals: Signals, breakdowns: list[Any], index: SpanIndex) -> None:
+    n = len(breakdowns)
+    signals.e2e_mean_ms = sum(b.e2e_ms for b in breakdowns) / n
+    totals: dict[str, float] = {}
+    for b in breakdowns:
+        for name, ms in b.components_ms.items():
+            totals[name] = totals.get(name, 0.0) + ms
+    signals.components_mean_ms = {name: ms / n for name, ms in totals.items()}
+    wanted = {b.trace_id for b in breakdowns}
+    calls, decode_calls, count = 0, 0, 0
+    for submit in index.spans:
+        if submit.name.lstrip("/") != SUBMIT or submit.kind != "SERVER":
+            continue
+        if submit.trace_id not in wanted:
+            continue
+        steps = index.step_calls(submit)
+        calls += len(steps)
+        decode_calls += sum(1 for c in steps if c.phase != "prefill")
+        count += 1
+    if count:
+        signals.step_calls_per_request = calls / count
+        signals.decode_calls_per_request = decode_calls / count
+
+
+def settings_of(run: RunInputs) -> dict[str, Any]:
+    """The settings in force: an experiment variant's resolved serve flags, else what Describe
+    (beside the bench file, or recorded in it) tells: placement, batching, model, dtype, device."""
+    settings: dict[str, Any] = dict(run.deployment or {})
+    describe = run.describe or {}
+    model = describe.get("model") or {}
+    settings.setdefault("placement", describe.get("placement"))
+    settings.setdefault("batching", describe.get("batching"))
+    settings.setdefault("model", model.get("name"))
+    if not settings.get("dtype"):
+        settings["dtype"] = model.get("dtype") or "float32"
+    settings.setdefault("device", model.get("device") or "cpu")
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 def _per_request(

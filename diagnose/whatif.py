@@ -69,13 +69,20 @@ def link_what_if(
 
 
 def placement_what_if(s: Signals, calibration: Calibration | None) -> dict[str, dict[str, Any]]:
-    """Each preset's scheduler -> worker transport, with this machine's calibrated hop costs."""
+    """Each preset's scheduler -> worker transport, with this machine's calibrated hop costs;
+    a preset whose processes differ from the run's (inproc: one process and one GIL for every
+    service; disagg: two workers) is listed with `not_predicted`: the link alone does not say."""
     from deploy.placement import EDGES, PRESETS
 
     edge = EDGES[1]
-    result = {}
+    run_placement = str(s.settings.get("placement") or "")
+    result: dict[str, dict[str, Any]] = {}
     for name, placement in PRESETS.items():
         link = HopLink(placement.transports[edge])
+        why = _other_processes(run_placement, name)
+        if why:
+            result[name] = {"transport": link.transport, "not_predicted": why}
+            continue
         row = predict(s, calibration, link)
         result[name] = {
             "transport": link.transport,
@@ -84,3 +91,16 @@ def placement_what_if(s: Signals, calibration: Calibration | None) -> dict[str, 
             "output_tok_s": round(row["output_tok_s"], 1),
         }
     return result
+
+
+def _other_processes(run_placement: str, preset: str) -> str:
+    """Why the link what-if does not carry from the run's placement to `preset`, or ""."""
+    if preset.startswith("disagg") and not run_placement.startswith("disagg"):
+        return "two workers: see `disaggregation`"
+    if (preset == "inproc") != (run_placement == "inproc") and run_placement:
+        return (
+            "inproc runs every service in one process under one GIL, the others one process "
+            "each: a run of one does not measure the other's CPU sharing (the quick plan "
+            "measures inproc far slower than colocated on 2 cores)"
+        )
+    return ""

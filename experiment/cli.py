@@ -1,4 +1,5 @@
-"""`hopscope experiment PLAN --out DIR`, `--list`, `compare DIR_A DIR_B`, `report DIR`."""
+"""`hopscope experiment PLAN --out DIR`, `--list`, `compare DIR_A DIR_B`, `report DIR`,
+`next DIR [--out DIR2] [--variant NAME]`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ USAGE = (
     "hopscope experiment PLAN --out DIR [--resume] [--quiet] [--ray-address ADDR]\n"
     "       hopscope experiment --list\n"
     "       hopscope experiment compare DIR_A DIR_B\n"
-    "       hopscope experiment report DIR"
+    "       hopscope experiment report DIR\n"
+    "       hopscope experiment next DIR [--out DIR2] [--variant NAME]"
 )
 
 
@@ -26,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "rounds against the baseline, and writes DIR/summary.json and DIR/report.html.",
     )
     p.add_argument(
-        "plan", nargs="?", help="YAML file or built-in plan (see --list); or `compare` / `report`"
+        "plan",
+        nargs="?",
+        help="YAML file or built-in plan (see --list); or `compare` / `report` / `next`",
     )
     p.add_argument("dirs", nargs="*", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help="experiment directory to write")
@@ -34,6 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="skip variant-rounds complete in --out")
     p.add_argument("--quiet", action="store_true", help="no progress display (for scripts)")
     p.add_argument("--ray-address", default="", help="use this Ray cluster instead of starting one")
+    p.add_argument(
+        "--variant",
+        help="next: the variant of DIR whose top suggestion to test (default: the one with the "
+        "largest bottleneck)",
+    )
     p.set_defaults(func=run_experiment_command)
 
 
@@ -54,6 +63,8 @@ def run_experiment_command(args: argparse.Namespace) -> int:
         return _compare(args.dirs)
     if args.plan == "report":
         return _report(args.dirs)
+    if args.plan == "next":
+        return _next(args)
     if not args.plan:
         return _fail(f"name a plan (--list shows the built-in ones)\nusage: {USAGE}")
     if args.dirs:
@@ -67,7 +78,7 @@ def run_experiment_command(args: argparse.Namespace) -> int:
         plan = load_plan(args.plan, ray_address=args.ray_address)
         if plan.workloads:
             return _run_workloads(plan, args)
-        return run_experiment(
+        code = run_experiment(
             plan,
             args.out,
             is_resume=args.resume,
@@ -76,6 +87,32 @@ def run_experiment_command(args: argparse.Namespace) -> int:
         )
     except (PlanError, ExperimentError) as exc:
         return _fail(str(exc))
+    if code == 0:
+        print_outcome(args.out)
+    return code
+
+
+def print_outcome(out: Path) -> None:
+    """On stdout, terminal or not: each variant's headline and diagnosis, and the `next`
+    command that tests the top suggestion."""
+    from diagnose.report import print_verdict
+    from experiment import layout
+    from experiment.next_step import next_command, predicted_vs_measured, top_step
+
+    summary = layout.read_json(out / layout.SUMMARY)
+    console = Console(soft_wrap=True, highlight=False)
+    for variant in summary["variants"]:
+        diagnosis = variant.get("diagnosis") or {}
+        if diagnosis.get("headline"):
+            print_verdict(diagnosis, variant["name"], console)
+    for row in predicted_vs_measured(out, summary):
+        console.print(_prediction_line(row))
+    step = top_step(summary)
+    if step is not None:
+        console.print(
+            f"next: {next_command(out, step)}  (tests `{step.suggestion['switch']}` on "
+            f"{step.variant}: {step.finding}, {step.share:.0%} of E2E)"
+        )
 
 
 def _run_workloads(plan: Any, args: argparse.Namespace) -> int:
@@ -102,6 +139,57 @@ def _run_workloads(plan: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _prediction_line(row: dict[str, Any]) -> str:
+    predicted = row.get("predicted")
+    if not predicted:
+        return f"{row['variant']}: not predicted"
+    measured, error = row.get("measured_ratio"), row.get("error")
+    if measured is None:
+        return f"{row['variant']}: predicted {predicted['metric']} {predicted['ratio']:.2f}x, not measured"
+    return (
+        f"{row['variant']}: {predicted['metric']} predicted {predicted['ratio']:.2f}x, measured "
+        f"{measured:.2f}x (error {error:+.0%})"
+    )
+
+
+def _next(args: argparse.Namespace) -> int:
+    """Write the plan that tests DIR's top suggestion, run it into DIR2, report predicted vs
+    measured."""
+    from experiment import layout
+    from experiment.next_step import NextError, top_step, write_next_file, write_plan
+    from experiment.plan import PlanError, load_plan
+    from experiment.report import write_report
+    from experiment.run import ExperimentError, run_experiment
+
+    if len(args.dirs) != 1 or not (args.dirs[0] / layout.SUMMARY).exists():
+        return _fail("next needs one experiment directory (with summary.json): next DIR")
+    exp_dir = args.dirs[0]
+    summary = layout.read_json(exp_dir / layout.SUMMARY)
+    step = top_step(summary, args.variant)
+    if step is None:
+        which = f"variant {args.variant!r}" if args.variant else "any variant"
+        return _fail(
+            f"next: no diagnosed suggestion that sets a serve flag for {which} of {exp_dir} "
+            f"(run `hopscope diagnose {exp_dir}` first)"
+        )
+    out = args.out or exp_dir.with_name(exp_dir.name + "-next")
+    try:
+        plan_path = write_plan(exp_dir, step)
+        print(f"plan: {plan_path} (tests `{step.suggestion['switch']}` on {step.variant})")
+        plan = load_plan(str(plan_path), ray_address=args.ray_address)
+        code = run_experiment(
+            plan, out, is_resume=args.resume, is_quiet=args.quiet, ray_address=args.ray_address
+        )
+    except (NextError, PlanError, ExperimentError) as exc:
+        return _fail(str(exc))
+    if code:
+        return code
+    write_next_file(out, exp_dir, step)
+    write_report(out)  # again, now with the predicted-vs-measured table
+    print_outcome(out)
+    return 0
+
+
 def _compare(dirs: list[Path]) -> int:
     from experiment.compare import compare_table
 
@@ -121,4 +209,7 @@ def _report(dirs: list[Path]) -> int:
 
     if len(dirs) != 1 or not (dirs[0] / "plan.json").exists():
         return _fail("report needs one experiment directory (with plan.json): report DIR")
-    return finish(dirs[0], Console(stderr=True))
+    code = finish(dirs[0], Console(stderr=True))
+    if code == 0:
+        print_outcome(dirs[0])
+    return code

@@ -336,16 +336,23 @@ def _diagnosis_section(summary: dict[str, Any], out: Path) -> list[Block]:
         for v in summary["variants"]
         if v.get("diagnosis") or v.get("prediction") or v.get("disagg_prediction")
     ]
+    blocks: list[Block] = _next_section(summary, out)
     if not diagnosed:
-        return []
+        return blocks
     intro = (
-        "From `hopscope diagnose`: each variant's bottleneck type, the evidence measured for it "
-        "and what to try next (the strongest findings first)."
+        "From `hopscope diagnose`: each variant's bottleneck — the largest share of the mean "
+        "request's E2E (the time budget of docs/diagnosis.md) — the evidence measured for it, "
+        "and what to try next, with the ratio it predicts. TPOT, TTFT and tokens/s are the "
+        "figures of the table above."
     )
-    blocks: list[Block] = [("h2", "Diagnosis"), ("p", intro)]
+    blocks += [("h2", "Diagnosis"), ("p", intro)]
     for v in diagnosed:
         diagnosis = v.get("diagnosis") or {}
         blocks.append(("h3", f"{v['name']}: {diagnosis.get('primary', 'no diagnosis')}"))
+        if headline := diagnosis.get("headline"):
+            blocks.append(("p", f"**{headline}**"))
+        if budget := diagnosis.get("budget"):
+            blocks.append(("p", f"Time budget: {_budget_line(budget)}."))
         for finding in (diagnosis.get("findings") or [])[:MAX_FINDINGS]:
             blocks.append(("ul", _finding_items(finding)))
         if skipped := diagnosis.get("not_evaluated"):
@@ -356,19 +363,83 @@ def _diagnosis_section(summary: dict[str, Any], out: Path) -> list[Block]:
             blocks.append(("p", f"Server metrics ({server.get('kind')}): {shown or 'none'}."))
         if prediction := v.get("prediction"):
             blocks.append(("p", _prediction_line(prediction)))
-        if lines := _disaggregation_lines(diagnosis.get("disaggregation")):
+        lines = _disaggregation_lines(diagnosis.get("disaggregation"))
+        if lines and _is_disaggregation_relevant(diagnosis):
             blocks.append(("p", "Prefill/decode disaggregation, predicted from these spans:"))
             blocks.append(("ul", lines))
         if disagg := v.get("disagg_prediction"):
             blocks.append(("p", _disagg_vs_measured_line(disagg)))
+    if step := _next_step_line(summary, out):
+        blocks.append(("p", step))
     if (out / "plots" / WHAT_IF_PLOT).exists():
         blocks.append(("img", (out / "plots" / WHAT_IF_PLOT, "predicted TPOT vs link delay")))
     return blocks
 
 
+def _next_section(summary: dict[str, Any], out: Path) -> list[Block]:
+    """A `hopscope experiment next` run: each variant's predicted ratio beside the measured."""
+    from experiment.next_step import NEXT_FILE, predicted_vs_measured
+
+    rows = predicted_vs_measured(out, summary)
+    if not rows:
+        return []
+    source = layout.read_json(out / NEXT_FILE)
+    suggestion = source.get("suggestion") or {}
+    text = (
+        f"This experiment tests `{suggestion.get('switch')}`, the top suggestion for "
+        f"`{source.get('variant')}` of `{source.get('from')}` ({source.get('finding')}, "
+        f"{float(source.get('share') or 0):.0%} of E2E), with that deployment as the baseline "
+        "and the same workload. Error = predicted / measured − 1."
+    )
+    header = ["variant", "metric", "predicted", "measured [95% interval]", "error"]
+    table = []
+    for row in rows:
+        predicted = row.get("predicted")
+        if not predicted:
+            table.append([row["variant"], "-", "not predicted", "-", "-"])
+            continue
+        ci = row.get("ci95") or [None, None]
+        measured = (
+            f"{row['measured_ratio']:.2f}× [{_num(ci[0], 2)}, {_num(ci[1], 2)}]"
+            if row.get("measured_ratio") is not None
+            else "-"
+        )
+        table.append([row["variant"], predicted["metric"], f"{predicted['ratio']:.2f}×",
+                      measured, _pct(row.get("error"))])  # fmt: skip
+    return [("h2", "Predicted vs measured"), ("p", text), ("table", (header, table))]
+
+
+def _budget_line(budget: dict[str, Any]) -> str:
+    try:
+        from diagnose.report import budget_line
+    except ImportError:
+        return ""
+    return budget_line(budget)
+
+
+def _is_disaggregation_relevant(diagnosis: dict[str, Any]) -> bool:
+    try:
+        from diagnose.report import is_disaggregation_relevant
+    except ImportError:
+        return True
+    return is_disaggregation_relevant(diagnosis)
+
+
+def _next_step_line(summary: dict[str, Any], out: Path) -> str:
+    from experiment.next_step import next_command, top_step
+
+    step = top_step(summary)
+    if step is None:
+        return ""
+    return (
+        f"Next step: `{next_command(out, step)}` tests `{step.suggestion['switch']}` on "
+        f"{step.variant} ({step.finding}, {step.share:.0%} of E2E)."
+    )
+
+
 def _finding_items(finding: dict[str, Any]) -> list[str]:
     score = finding.get("score")
-    score_text = f" (score {score:.2f})" if isinstance(score, (int, float)) else ""
+    score_text = f" ({score:.0%} of E2E)" if isinstance(score, (int, float)) else ""
     items = [f"**{finding.get('type')}**{score_text}: {finding.get('symptom', '')}"]
     evidence = [
         f"{name} {_value(e)}"
@@ -378,11 +449,16 @@ def _finding_items(finding: dict[str, Any]) -> list[str]:
     if evidence:
         items.append("evidence: " + ", ".join(evidence[:MAX_EVIDENCE]))
     for suggestion in (finding.get("suggestions") or [])[:MAX_SUGGESTIONS]:
-        items.append(
-            f"try {suggestion.get('method')} (`{suggestion.get('switch')}`): "
-            f"{suggestion.get('expected_effect')}"
-        )
+        items.append(f"try {_suggestion_line(suggestion)}")
     return items
+
+
+def _suggestion_line(suggestion: dict[str, Any]) -> str:
+    try:
+        from diagnose.report import suggestion_line
+    except ImportError:
+        return f"{suggestion.get('method')} (`{suggestion.get('switch')}`)"
+    return suggestion_line(suggestion)
 
 
 def _prediction_line(prediction: dict[str, Any]) -> str:

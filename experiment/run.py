@@ -224,16 +224,23 @@ def _run_rounds(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, disable=is_quiet) as progress:
+    # without a terminal a bar is one line redrawn into a log: one line per variant-round there
+    is_bar = console.is_terminal
+    with Progress(*columns, console=console, disable=is_quiet or not is_bar) as progress:
         task = progress.add_task(plan.name, total=len(todo))
-        for round_index, position, variant in todo:
+        for done, (round_index, position, variant) in enumerate(todo, start=1):
             if layout.is_complete(layout.round_dir(out, variant, round_index)):
                 progress.advance(task)
                 continue
-            progress.update(
-                task, description=f"round {round_index + 1}/{plan.repeats} · {variant.name}"
-            )
+            where = f"round {round_index + 1}/{plan.repeats} · {variant.name}"
+            progress.update(task, description=where)
             ctx = RoundContext(plan, variant, round_index, position, out)
             ctx.ray_address = clusters.address_for(variant)
+            started = time.monotonic()
             run_round(ctx)
             progress.advance(task)
+            if not is_bar:
+                console.print(
+                    f"{plan.name}: {where} done in {time.monotonic() - started:.0f} s "
+                    f"({done}/{len(todo)})"
+                )

@@ -40,14 +40,38 @@ def signals(**overrides: object) -> Signals:
         "mean_steps_per_request": 66,
     }
     base.update(overrides)
-    return Signals(**base)  # type: ignore[arg-type]
+    s = Signals(**base)  # type: ignore[arg-type]
+    if "components_mean_ms" not in overrides:
+        with_components(s)
+    return s
+
+
+def with_components(s: Signals) -> None:
+    """The mean request's decomposition these signals imply (what tracing/decompose.py measures):
+    queue, one prefill step, its decode steps' SERVER time, every step's hop, the gaps."""
+    decode_calls = (s.mean_output_tokens - 1) * s.decode_steps_per_token
+    cycle = s.cycle
+    assert cycle is not None
+    parts = {
+        "queue": s.queue_share_e2e * s.e2e_p50_ms,
+        "compute.prefill": cycle.engine_ms,
+        "compute.decode": (cycle.engine_ms + cycle.worker_host_ms) * decode_calls,
+        "network.scheduler_worker": cycle.hop_ms * (decode_calls + 1),
+        **s.edge_hop_ms,
+        "other": cycle.gap_ms * decode_calls,
+    }
+    s.e2e_mean_ms = max(s.e2e_p50_ms, sum(parts.values()))
+    parts["other"] += s.e2e_mean_ms - sum(parts.values())
+    s.components_mean_ms = parts
+    s.decode_calls_per_request = decode_calls
+    s.step_calls_per_request = decode_calls + 1
 
 
 def test_queueing_is_scheduling_and_a_short_queue_is_not() -> None:
     assert not scheduling(signals()).is_fired
     waiting = signals(queue_share_e2e=0.7, queue_share_ttft=0.95, queue_p50_ms=900.0)
     finding = scheduling(waiting)
-    assert finding.is_fired and finding.score == pytest.approx(0.7)
+    assert finding.is_fired and finding.trigger == pytest.approx(0.7)
     assert diagnose_signals(waiting, CAL)["primary"] == "scheduling"
 
 
@@ -67,7 +91,7 @@ def test_injected_delay_is_network_even_on_a_busy_host() -> None:
     sw = splits[0]
     assert sw.wire_ms == pytest.approx(0.3 + 6.0) and sw.wait_ms == pytest.approx(2.7)
     finding = network(run, splits)
-    assert finding.is_fired and finding.score == pytest.approx(6.3 / 12.5, abs=0.01)
+    assert finding.is_fired and finding.trigger == pytest.approx(6.3 / 12.5, abs=0.01)
     assert diagnose_signals(run, CAL)["primary"] == "network"
 
 
@@ -78,7 +102,7 @@ def test_a_slow_hop_on_unix_sockets_is_wait_not_wire() -> None:
     assert splits[0].wire_ms == pytest.approx(0.2) and splits[0].wait_ms == pytest.approx(2.8)
     assert not network(run, splits).is_fired
     host = host_cpu(run, splits)
-    assert host.is_fired and host.score > 0.45
+    assert host.is_fired and host.trigger > 0.45
     assert "network" not in {f["type"] for f in diagnose_signals(run, CAL)["findings"]}
 
 
@@ -87,7 +111,7 @@ def test_step_time_fit_separates_memory_io_from_compute() -> None:
     assert memory.is_fired and not compute.is_fired
     memory, compute = engine(signals())  # 1 ms fixed + 4 ms for 32 tokens
     assert compute.is_fired and not memory.is_fired
-    assert compute.score == pytest.approx(5.0 / 6.0 * 0.8)
+    assert compute.trigger == pytest.approx(5.0 / 6.0 * 0.8)
 
 
 def test_full_kv_cache_or_preemptions_flag_memory_io() -> None:
@@ -132,9 +156,9 @@ def test_diagnosis_json_shape() -> None:
     for finding in diagnosis["findings"]:
         assert set(finding) == {"type", "score", "symptom", "evidence", "suggestions"}
         assert all(set(e) == {"value", "unit"} for e in finding["evidence"].values())
-        assert all(
-            set(s) == {"method", "switch", "expected_effect"} for s in finding["suggestions"]
-        )
+        for row in finding["suggestions"]:
+            assert {"method", "switch", "factor", "value", "expected_effect"} <= set(row)
+            assert ("predicted" in row) != ("not_predicted" in row) or row["predicted"] is None
     what_if = diagnosis["what_if"]
     assert what_if["link"] == "scheduler-worker" and what_if["delay_ms"] == [1.0, 3.0]
     assert len(what_if["tpot_p50_ms"]) == len(what_if["ttft_p50_ms"]) == 2

@@ -1,0 +1,95 @@
+"""What one changed setting would do, predicted from a run's spans and its step-time fit
+(docs/diagnosis.md, "Predictions"). Each function returns `(metric, ratio)` — `metric` a key of
+summary.json's `vs_baseline`, `ratio` = predicted / measured — or a reason it cannot predict.
+
+The pieces: the mean decode-step cycle (engine + worker overhead + hop + scheduler gap), the fit
+`engine step = fixed + per_token · tokens`, the decode steps per output token, the closed loop's
+concurrency, the dtype's bytes, and the link's wire (calibrated)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diagnose.signals import Signals
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(slots=True, frozen=True)
+class Prediction:
+    metric: str | None = None
+    ratio: float | None = None
+    why_not: str = ""  # set when there is no prediction
+
+    def to_json(self) -> dict[str, object]:
+        if self.metric is None or self.ratio is None:
+            return {"predicted": None, "not_predicted": self.why_not}
+        return {"predicted": {"metric": self.metric, "ratio": round(self.ratio, 4)}}
+
+
+def no(why: str) -> Prediction:
+    return Prediction(why_not=why)
+
+
+def decode_cycle_ms(s: Signals, batch: float) -> float | None:
+    """One decode step's cycle at `batch` sequences: the measured cycle, its engine part moved
+    along the fit's per-token slope (host work per step taken as fixed)."""
+    if s.cycle is None:
+        return None
+    per_token = s.fit.per_token_ms if s.fit else 0.0
+    return s.cycle.cycle_ms + per_token * (batch - s.cycle.mean_batch_size)
+
+
+def max_num_seqs(s: Signals, new: int) -> Prediction:
+    """Closed loop: the running batch becomes min(new, concurrency); tokens/s follows
+    batch / cycle(batch) (every running sequence gets a token per step)."""
+    if s.cycle is None:
+        return no("no decode steps measured")
+    if not s.concurrency:
+        return no("open loop: the batch a larger limit reaches depends on the arrival rate")
+    batch = s.cycle.mean_batch_size
+    new_batch = float(min(new, s.concurrency))
+    now_ms, new_ms = decode_cycle_ms(s, batch), decode_cycle_ms(s, new_batch)
+    if not now_ms or not new_ms or batch <= 0:
+        return no("no decode cycle measured")
+    return Prediction("output_tok_s", (new_batch / new_ms) / (batch / now_ms))
+
+
+def _cycle_ratio(s: Signals, saved_ms_per_step: float) -> Prediction:
+    """TPOT's ratio when each decode step's cycle loses `saved_ms_per_step`: a share of the mean
+    cycle (means on both sides: a p50 TPOT against mean step times would mix two figures)."""
+    if s.cycle is None or s.cycle.cycle_ms <= 0:
+        return no("no decode steps measured")
+    share = min(1.0, max(0.0, saved_ms_per_step / s.cycle.cycle_ms))
+    return Prediction("tpot_ms.p50", max(0.05, 1.0 - share))
+
+
+def host_per_step(s: Signals, now_steps: int, new_steps: int) -> Prediction:
+    """Multi-step decoding: the worker overhead, hop and scheduler gap of a round trip are paid
+    once per `new_steps` decode steps instead of once per `now_steps`."""
+    if s.cycle is None:
+        return no("no decode steps measured")
+    host_ms = s.cycle.worker_host_ms + s.cycle.hop_ms + s.cycle.gap_ms
+    return _cycle_ratio(s, host_ms * (1.0 - now_steps / new_steps))
+
+
+def dtype_bytes(s: Signals, new_dtype: str) -> Prediction:
+    """On a GPU the fixed part of a decode step is reading the weights: it scales with their
+    bytes. On a CPU it is as much the ops' own overhead, and bf16 arithmetic needs AVX512-BF16
+    or AMX: not predicted there."""
+    if not str(s.settings.get("device") or "cpu").startswith("cuda"):
+        return no("on a CPU the step's fixed part is also per-op overhead, and bf16 matrix "
+                  "multiplies need AVX512-BF16 or AMX: the spans do not say which")  # fmt: skip
+    now = str(s.settings.get("dtype") or "float32")
+    if s.fit is None:
+        return no("no step-time fit (one token count only)")
+    scale = DTYPE_BYTES.get(new_dtype, 4) / DTYPE_BYTES.get(now, 4)
+    return _cycle_ratio(s, min(s.fit.fixed_ms, s.cycle.engine_ms if s.cycle else 0.0) * (1 - scale))
+
+
+def link_change(s: Signals, delta_ms_per_step: float) -> Prediction:
+    """A link that costs `delta` more (or less) per round trip: TPOT moves by it per step."""
+    if s.tpot_p50_ms <= 0:
+        return no("no TPOT measured")
+    tpot_ms = s.tpot_p50_ms + delta_ms_per_step * s.decode_steps_per_token
+    return Prediction("tpot_ms.p50", max(0.05, tpot_ms / s.tpot_p50_ms))

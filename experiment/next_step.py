@@ -1,0 +1,165 @@
+"""`hopscope experiment next DIR [--out DIR2]`: the loop closed. From DIR's diagnosis, the top
+suggestion of the largest bottleneck measured (or of `--variant NAME`) becomes a plan: that
+variant's deployment as the baseline, the suggestion's setting as the one factor, the same
+workload, rounds and warm-up. The plan is written to DIR/next-plan.yaml and run into DIR2; DIR2's
+report then puts each variant's predicted ratio beside the measured one (DIR2/next.json)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from experiment import layout
+
+NEXT_FILE = "next.json"  # in DIR2: what was predicted, from where
+PLAN_FILE = "next-plan.yaml"  # in DIR: the plan `next` ran
+
+
+class NextError(ValueError):
+    """DIR has nothing `next` can test (no diagnosis, no suggestion with a setting)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NextStep:
+    variant: str  # DIR's variant whose diagnosis is acted on
+    finding: str  # its bottleneck type
+    share: float  # of the mean request's E2E
+    suggestion: dict[str, Any]
+
+    @property
+    def predicted(self) -> dict[str, Any] | None:
+        predicted = self.suggestion.get("predicted")
+        return predicted if isinstance(predicted, dict) else None
+
+
+def _diagnosed(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    return [v for v in summary.get("variants", []) if (v.get("diagnosis") or {}).get("findings")]
+
+
+def top_step(summary: dict[str, Any], variant: str | None = None) -> NextStep | None:
+    """The suggestion `next` tests: of the variant named, or of the variant whose largest
+    finding is the largest share of E2E (the baseline first among equals); within it, the
+    first suggestion that sets one serve flag, predicted ones first."""
+    candidates = _diagnosed(summary)
+    if variant is not None:
+        candidates = [v for v in candidates if v["name"] == variant]
+    candidates.sort(key=lambda v: -v["diagnosis"]["findings"][0]["score"])  # stable: baseline
+    for v in candidates:
+        for finding in v["diagnosis"]["findings"]:
+            rows = [r for r in finding.get("suggestions", []) if r.get("factor")]
+            rows.sort(key=lambda r: r.get("predicted") is None)
+            if rows:
+                return NextStep(v["name"], finding["type"], float(finding["score"]), rows[0])
+    return None
+
+
+def next_command(out: Path, step: NextStep) -> str:
+    """The command line that tests `step` (`--variant` only where the default would not pick it)."""
+    return f"hopscope experiment next {out} --variant {step.variant}"
+
+
+def _non_default(resolved: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a resolved flag set that differ from the flags' defaults (a plan's keys)."""
+    settings = {}
+    for key, value in resolved.items():
+        flag = flags.get(key)
+        if flag is None or value is None or value == flag.default:
+            continue
+        if isinstance(value, list):  # bench's sweep flags hold the one load point as a list
+            if len(value) != 1:
+                continue
+            value = value[0]
+        settings[key] = value
+    return settings
+
+
+def plan_data(exp_dir: Path, step: NextStep) -> dict[str, Any]:
+    """The plan that tests `step` (a YAML-ready mapping)."""
+    from experiment.flags import bench_flags, serve_flags
+
+    plan = layout.read_json(exp_dir / layout.PLAN)
+    variant = layout.read_json(exp_dir / _dirname(step.variant) / "variant.json")
+    deployment = dict(variant["deployment"])
+    if deployment.get("link_delay_ms") or deployment.get("link_rate_mbit"):
+        raise NextError(
+            f"{step.variant} ran over an emulated link, which a plan's baseline cannot hold; "
+            f"test `{step.suggestion['switch']}` with a plan of your own"
+        )
+    baseline = _non_default(deployment, serve_flags())
+    factor, value = str(step.suggestion["factor"]), step.suggestion["value"]
+    predicted = step.predicted
+    expect = (
+        f"predicted {predicted['metric']} {predicted['ratio']:.2f}x"
+        if predicted
+        else "not predicted"
+    )
+    return {
+        "name": _slug(f"next-{step.variant}-{factor}"),
+        "description": f"tests `{step.suggestion['switch']}` on {step.variant} of {exp_dir} "
+        f"({step.finding}, {step.share:.0%} of E2E; {expect})",
+        "baseline": baseline,
+        "workload": _non_default(plan["workload"], bench_flags()),
+        "factors": {factor: [value]},
+        "repeats": plan.get("repeats", 1),
+        "warmup": plan.get("warmup", 0),
+        "timeout_s": plan.get("timeout_s", 900.0),
+    }
+
+
+def _dirname(name: str) -> str:
+    return name.replace("/", "_").replace(" ", "_")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def write_plan(exp_dir: Path, step: NextStep) -> Path:
+    path = exp_dir / PLAN_FILE
+    path.write_text(yaml.safe_dump(plan_data(exp_dir, step), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def write_next_file(out: Path, exp_dir: Path, step: NextStep) -> None:
+    """DIR2/next.json: where the plan came from and the ratio it predicted for its variant."""
+    from experiment.plan import variant_name
+
+    factor, value = str(step.suggestion["factor"]), step.suggestion["value"]
+    layout.write_json(
+        out / NEXT_FILE,
+        {
+            "from": str(exp_dir),
+            "variant": step.variant,
+            "finding": step.finding,
+            "share": step.share,
+            "suggestion": step.suggestion,
+            "predictions": {variant_name(factor, value): step.predicted},
+        },
+    )
+
+
+def predicted_vs_measured(out: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per variant `next` predicted: metric, predicted and measured ratio, error
+    (predicted / measured − 1); [] when DIR2 is not a `next` experiment."""
+    path = out / NEXT_FILE
+    if not path.exists():
+        return []
+    predictions = layout.read_json(path).get("predictions") or {}
+    rows = []
+    for v in summary.get("variants", []):
+        predicted = predictions.get(v["name"])
+        if v["name"] not in predictions:
+            continue
+        row: dict[str, Any] = {"variant": v["name"], "predicted": predicted}
+        if predicted:
+            measured = (v.get("vs_baseline") or {}).get(predicted["metric"]) or {}
+            ratio = measured.get("ratio")
+            row["measured_ratio"] = ratio
+            row["ci95"] = measured.get("ci95")
+            row["error"] = predicted["ratio"] / ratio - 1 if ratio else None
+        rows.append(row)
+    return rows
