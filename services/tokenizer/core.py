@@ -11,11 +11,13 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
 from services.common.errors import InvalidArgumentError
 from services.common.types import Delivery, SamplingParams
+from services.models.chat_template import render_chat
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
@@ -37,6 +39,7 @@ class GenerateParams:
     stop: list[str] = field(default_factory=list)
     request_id: str = ""
     prompt_token_ids: list[int] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)  # a chat, not prompt
 
 
 @dataclass(slots=True)
@@ -50,21 +53,42 @@ class PreparedRequest:
 
 
 class TokenizerCore:
-    """Owns the Hugging Face tokenizer and the limits a request is checked against."""
+    """Owns the Hugging Face tokenizer, the model's chat template and the limits a request is
+    checked against."""
 
-    def __init__(self, tokenizer: Tokenizer | Path, max_context: int, vocab_size: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer | Path,
+        max_context: int,
+        vocab_size: int,
+        chat_template: str | None = None,
+    ) -> None:
         if isinstance(tokenizer, Path):
             tokenizer = Tokenizer.from_file(str(tokenizer))
         self.tokenizer = tokenizer
         self.max_context = max_context
         self.vocab_size = vocab_size
+        self.chat_template = chat_template
         # No token spells more characters than the longest vocabulary entry, so a prompt longer
         # than this cannot fit the context: refused before the (costly) encoding.
         max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
         self.max_prompt_chars = min(MAX_PROMPT_CHARS, max_context * max(1, max_token_chars))
 
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt text of a chat: the model's template, rendered for every front door (gRPC
+        `messages`, HTTP /v1/chat/completions) the one way."""
+        if self.chat_template is None:
+            raise InvalidArgumentError(
+                "the model has no chat template: send a plain prompt (HTTP: /v1/completions)"
+            )
+        return render_chat(self.chat_template, messages, add_generation_prompt=True)
+
     def prepare(self, params: GenerateParams, request_id: str) -> PreparedRequest:
         """Validate every field, then encode; raises InvalidArgumentError naming the field."""
+        if params.messages:
+            if params.prompt or params.prompt_token_ids:
+                raise InvalidArgumentError("send `messages` or a prompt, not both")
+            params.prompt = self.chat_prompt(params.messages)
         _check_sampling(params)
         _check_stop(params.stop)
         if len(params.request_id) > MAX_REQUEST_ID_CHARS:

@@ -56,7 +56,10 @@ class TokenizerServer:
 
 def build_core(model: str, max_model_len: int | None = None) -> tuple[TokenizerCore, ModelSource]:
     source = resolve_model(model, max_model_len)
-    return TokenizerCore(source.load_tokenizer(), source.max_context, source.vocab_size), source
+    core = TokenizerCore(
+        source.load_tokenizer(), source.max_context, source.vocab_size, source.chat_template
+    )
+    return core, source
 
 
 async def start_tokenizer(
@@ -119,7 +122,7 @@ async def start_tokenizer(
         from services.tokenizer.http.server import start_http_server
 
         try:
-            app = FrontDoorApp(servicer, source.name, source.chat_template, api_key)
+            app = FrontDoorApp(servicer, source.name, api_key)
             front.http = await start_http_server(
                 app, config.http_listen, reuse_port=config.reuse_port
             )

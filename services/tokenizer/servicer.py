@@ -186,6 +186,7 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
             response.edges.append(pb.Edge(**edge))
         response.edges.extend(downstream.edges)
         response.model.CopyFrom(downstream.model)
+        response.model.has_chat_template = self.core.chat_template is not None
         response.scheduler_stats.CopyFrom(downstream.scheduler_stats)
         return response
 
@@ -235,4 +236,5 @@ def _params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
         stop=list(request.stop),
         request_id=request.request_id,
         prompt_token_ids=list(request.prompt_token_ids),
+        messages=[{"role": m.role, "content": m.content} for m in request.messages],
     )

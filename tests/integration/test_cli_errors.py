@@ -64,6 +64,7 @@ def test_generate_with_a_preset_says_its_text_is_gibberish(
     assert code == 0
     assert "model 'tiny' is a preset with seeded random weights" in err
     assert "gibberish" in err
+    assert "--model smollm2-135m serves a trained model (pip install gguf && " in err
 
 
 @pytest.mark.parametrize("ray_flags", [["--no-ray"], []])

@@ -1,4 +1,5 @@
-"""`hopscope generate --model DIR` on the embedded pipeline gives transformers' greedy tokens."""
+"""`hopscope generate` on the embedded pipeline: transformers' greedy tokens from `--model DIR`,
+and `--chat` through the model's chat template."""
 
 from __future__ import annotations
 
@@ -10,20 +11,45 @@ from pathlib import Path
 import pytest
 import torch
 
+from services.models import ModelNotFoundError, resolve_model
 from tests.checkpoints import CHECKPOINT_KINDS, write_tiny_checkpoint
 
 transformers = pytest.importorskip("transformers")
 NEW_TOKENS = 16
+SMOL = "smollm2-135m"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-P", "-m", "deploy.cli", *args],
         check=False,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout_s,
     )
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> str:
+    try:
+        resolve_model(SMOL)
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+    return SMOL
+
+
+def test_generate_chat_answers_through_the_models_template(smollm2: str) -> None:
+    question = "What is the capital of France?"
+    result = _cli("generate", "--chat", "--model", smollm2, question, "--json", timeout_s=600)
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in json.loads(result.stdout)["text"]
+    assert "--chat" not in result.stderr  # no note: the template was used
+
+
+def test_generate_without_chat_says_the_template_went_unused(smollm2: str) -> None:
+    result = _cli("generate", "--model", smollm2, "Hi", "--max-tokens", "1", timeout_s=600)
+    assert result.returncode == 0, result.stderr
+    assert "not through its chat template; --chat sends it" in result.stderr
 
 
 @pytest.mark.parametrize("kind", CHECKPOINT_KINDS)

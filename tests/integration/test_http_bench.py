@@ -14,6 +14,8 @@ import httpx
 
 from deploy.lifecycle import start_serve
 from deploy.spec import HTTP_RE
+from services.models import resolve_model
+from services.models.chat_template import render_chat
 
 
 def test_bench_url_against_a_colocated_http_front_door_then_a_503(tmp_path: Path) -> None:
@@ -50,6 +52,43 @@ def test_bench_url_against_a_colocated_http_front_door_then_a_503(tmp_path: Path
             assert httpx.get(f"{url}/health", timeout=10).status_code == 503
         finally:
             os.kill(served.child.pid, signal.SIGCONT)
+    finally:
+        served.stop()
+
+
+def test_bench_chat_renders_each_prompt_through_the_template_on_both_front_doors(
+    tmp_path: Path,
+) -> None:
+    prompts = ["Hello there", "What is the capital of France?"]
+    dataset = tmp_path / "prompts.jsonl"
+    dataset.write_text("".join(json.dumps({"prompt": p, "max_tokens": 4}) + "\n" for p in prompts))
+    source = resolve_model("tiny")
+    tokenizer = source.load_tokenizer()
+    assert source.chat_template is not None
+    rendered = [
+        render_chat(source.chat_template, [{"role": "user", "content": p}]) for p in prompts
+    ]
+    want_n_in = sorted(len(tokenizer.encode(text).ids) for text in rendered)
+    assert want_n_in != sorted(len(tokenizer.encode(p).ids) for p in prompts)
+    served = start_serve(
+        ["--no-ray", "--placement", "inproc", "--model", "tiny", "--http-port", "0"],
+        log_path=tmp_path / "serve.log",
+    )
+    try:
+        url = next(m["url"] for ln in served.child.last_lines(50) if (m := HTTP_RE.search(ln)))
+        for name, target in (("grpc", ["--address", served.address]), ("http", ["--url", url])):
+            out = tmp_path / f"{name}.json"
+            bench = subprocess.run(
+                [sys.executable, "-P", "-m", "deploy.cli", "bench", *target, "--chat",
+                 "--dataset", str(dataset), "--concurrency", "1", "--num-requests", "2",
+                 "--out", str(out), "--no-plots", "--no-live"],
+                check=False, capture_output=True, text=True, timeout=120,
+                cwd=Path(__file__).parents[2],
+            )  # fmt: skip
+            assert bench.returncode == 0, bench.stdout + bench.stderr
+            assert json.loads(out.read_text())["summary"]["failed"] == 0
+            records = Path(summary_requests(out)).read_text().splitlines()
+            assert sorted(json.loads(r)["n_in"] for r in records) == want_n_in, name
     finally:
         served.stop()
 

@@ -140,6 +140,8 @@ def test_openai_sdk_gets_the_grpc_front_doors_tokens(
         **sampling,  # type: ignore[arg-type]
     )
     assert chat.choices[0].message.content == chat_text
+    grpc_chat = [pb.ChatMessage(role="user", content="What is the capital of France?")]
+    assert _grpc_tokens(served.address, "", messages=grpc_chat, **sampling)[0] == chat_ids
     assert chat.choices[0].model_extra["token_ids"] == chat_ids  # type: ignore[index]
     assert chat.usage is not None and chat.usage.prompt_tokens == chat_usage.prompt_tokens
     chat_stream = client.chat.completions.create(
@@ -259,7 +261,7 @@ def test_the_http_server_span_continues_the_clients_traceparent(running_factory:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     servicer = served.pipeline.front_door.servicer
-    app = FrontDoorApp(servicer, "tiny", None, ApiKey(""))
+    app = FrontDoorApp(servicer, "tiny", ApiKey(""))
     http = asyncio.run_coroutine_threadsafe(
         start_http_server(app, "127.0.0.1:0", provider), served.loop
     ).result(30)

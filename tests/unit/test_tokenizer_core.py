@@ -8,6 +8,7 @@ import pytest
 
 from services.common.errors import InvalidArgumentError
 from services.models import resolve_model
+from services.models.chat_template import render_chat
 from services.tokenizer.core import (
     GenerateParams,
     IncrementalDetokenizer,
@@ -55,6 +56,20 @@ def test_prepare_encodes_and_defaults(core: TokenizerCore) -> None:
     assert prepared.sampling.is_greedy
     seeded = core.prepare(GenerateParams(prompt="x", seed=42), "r2")
     assert seeded.sampling.seed == 42
+
+
+def test_messages_are_rendered_with_the_models_chat_template(core: TokenizerCore) -> None:
+    source = resolve_model("tiny")
+    chat_core = TokenizerCore(source.tokenizer_path, 64, source.vocab_size, source.chat_template)
+    messages = [{"role": "user", "content": "Hello"}]
+    prepared = chat_core.prepare(GenerateParams(messages=messages, max_tokens=2), "r")
+    rendered = render_chat(source.chat_template or "", messages, add_generation_prompt=True)
+    assert "Hello" in rendered and rendered != "Hello"
+    assert prepared.prompt_token_ids == chat_core.tokenizer.encode(rendered).ids
+    with pytest.raises(InvalidArgumentError, match="`messages` or a prompt, not both"):
+        chat_core.prepare(GenerateParams(prompt="x", messages=messages), "r")
+    with pytest.raises(InvalidArgumentError, match="the model has no chat template"):
+        core.prepare(GenerateParams(messages=messages), "r")  # built without a template
 
 
 def test_token_ids_bypass_encoding(core: TokenizerCore) -> None:

@@ -12,8 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from protos import hopscope_pb2 as pb
-from services.common.errors import HopscopeError, InvalidArgumentError
-from services.models.chat_template import render_chat
+from services.common.errors import HopscopeError
 from services.tokenizer.auth import ApiKey
 from services.tokenizer.http import protocol
 from services.tokenizer.http.protocol import (
@@ -43,12 +42,10 @@ class FrontDoorApp:
         self,
         servicer: TokenizerServicer,
         model_name: str,
-        chat_template: str | None,
         api_key: ApiKey,
     ) -> None:
         self.servicer = servicer
         self.model_name = model_name
-        self.chat_template = chat_template
         self.api_key = api_key
         self.app = FastAPI(title="hopscope", docs_url=None, redoc_url=None, openapi_url=None)
         self.app.add_api_route("/v1/completions", self.completions, methods=["POST"])
@@ -94,7 +91,7 @@ class FrontDoorApp:
             api_request = protocol.parse_request(kind, await _json(request))
             self._check_model(api_request.model)
             if api_request.messages is not None:
-                api_request.params.prompt = self._render(api_request.messages)
+                api_request.params.prompt = self.servicer.core.chat_prompt(api_request.messages)
             self._default_max_tokens(api_request)
             api_request.params.request_id = _request_id(request)
             responses = self.servicer.generate(api_request.params, _timeout_s(request))
@@ -111,13 +108,6 @@ class FrontDoorApp:
                 f"model {model!r} is not served here; this server serves {self.model_name!r} "
                 "(GET /v1/models)"
             )
-
-    def _render(self, messages: list[dict[str, Any]]) -> str:
-        if self.chat_template is None:
-            raise InvalidArgumentError(
-                f"model {self.model_name!r} has no chat template; use /v1/completions"
-            )
-        return render_chat(self.chat_template, messages, add_generation_prompt=True)
 
     def _default_max_tokens(self, api_request: ApiRequest) -> None:
         """Chat without max_tokens generates up to the context's end, as OpenAI does."""
