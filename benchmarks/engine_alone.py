@@ -6,47 +6,98 @@ runs it as its `engine` variant, in a child, alternating with the pipelines).
 
     .venv/bin/python -P -m benchmarks.engine_alone --model tiny --batch 32 --repeats 3
 
-Prints one JSON line: {"output_tok_s": median, "per_repeat": [...], "cpu_s_per_token": ...}.
+Prints one JSON line: {"output_tok_s": median, "per_repeat": [...], "cpu_us_per_token": ...,
+"threads": the engine's torch threads at the end, ...}. `--engine-threads` and
+`--engine-wait-policy` are the serve flags' (default auto).
+
+Beside neighbours (issue 32): `--variants` runs each variant in a child of its own, alternated
+(order rotated every round), with 0 and N busy processes (`python -c 'while True: pass'`)
+planted beside it for the child's whole life, and writes medians and busy/idle ratios as JSON:
+
+    .venv/bin/python -P -m benchmarks.engine_alone --variants default,auto,1 --neighbours 0,1 \\
+        --batches 4,32 --rounds 3 --out benchmarks/results/engine_neighbours.json
+
+Variants: `default` (one thread per core, fixed, brief spin: the defaults before `auto`),
+`auto` (today's defaults), `passive` (one per core, `--engine-wait-policy passive`), `N` (N
+threads, fixed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from services.common.types import SamplingParams, SeqStep
-from services.worker.config import WorkerConfig
-from services.worker.engine import Engine
+from services.common.threads import apply_wait_policy
+from services.config import ENGINE_WAIT_POLICIES, engine_threads_count
 
-GREEDY = SamplingParams()
+if TYPE_CHECKING:
+    from services.worker.engine import Engine
+
+# variant -> (--engine-threads, --engine-wait-policy)
+NAMED_VARIANTS = {"default": ("0", "auto"), "auto": ("auto", "auto"), "passive": ("0", "passive")}
+BUSY_NEIGHBOUR = "while True: pass"
+CHILD_TIMEOUT_S = 900.0
+# issue 32's targets: with one busy neighbour, auto keeps >= 0.5x its idle tokens/s; idle, it
+# loses <= 3% against the defaults before it
+TARGET_BUSY_OVER_IDLE = 0.5
+TARGET_IDLE_OVER_DEFAULT = 0.97
 
 
 def one_cycle(engine: Engine, batch: int, input_len: int, output_len: int, base: int) -> int:
     """Prefill every prompt in one step, then decode to `output_len` tokens; returns tokens."""
+    from services.common.types import SamplingParams, SeqStep
+
+    greedy = SamplingParams()
     block_size = engine.info.block_size
     num_blocks = -(-(input_len + output_len) // block_size)
     tables = [list(range(i * num_blocks, (i + 1) * num_blocks)) for i in range(batch)]
     prompts = [
         [(base + 97 * i + 13 * j) % 4000 + 2 for j in range(input_len)] for i in range(batch)
     ]
-    out = engine.step([SeqStep(i, p, 0, tables[i], GREEDY) for i, p in enumerate(prompts)])
+    out = engine.step([SeqStep(i, p, 0, tables[i], greedy) for i, p in enumerate(prompts)])
     for length in range(input_len, input_len + output_len - 1):
-        steps = [SeqStep(i, [out.sampled[i]], length, tables[i], GREEDY) for i in range(batch)]
+        steps = [SeqStep(i, [out.sampled[i]], length, tables[i], greedy) for i in range(batch)]
         out = engine.step(steps)
     return batch * output_len
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    engine = Engine(WorkerConfig(model=args.model))
+    parser.add_argument("--engine-threads", default="auto", metavar="auto|N")
+    parser.add_argument("--engine-wait-policy", default="auto", choices=ENGINE_WAIT_POLICIES)
+    group = parser.add_argument_group("beside neighbours (runs children, writes JSON)")
+    group.add_argument("--variants", default="", help="e.g. default,auto,1 (see above)")
+    group.add_argument("--neighbours", default="0,1", help="busy processes planted, per run")
+    group.add_argument("--batches", default="4,32")
+    group.add_argument("--rounds", type=int, default=3)
+    group.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/engine_neighbours.json")
+    )
+    return parser.parse_args(argv)
+
+
+def run_engine(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine in this process: a warm-up cycle, then `--repeats` timed ones."""
+    apply_wait_policy(args.engine_wait_policy)  # before torch loads OpenMP
+    import torch
+
+    from services.worker.config import WorkerConfig
+    from services.worker.engine import Engine
+
+    threads = engine_threads_count(args.engine_threads)
+    engine = Engine(WorkerConfig(model=args.model, num_threads=threads))
     one_cycle(engine, args.batch, args.input_len, args.output_len, base=0)  # warm-up
     per_repeat, cpu_per_token = [], []
     for k in range(args.repeats):
@@ -54,14 +105,162 @@ def main() -> int:
         tokens = one_cycle(engine, args.batch, args.input_len, args.output_len, base=k + 1)
         per_repeat.append(round(tokens / (time.perf_counter() - start_s), 1))
         cpu_per_token.append((time.process_time() - start_cpu_s) / tokens)
-    result = {
+    return {
         "output_tok_s": statistics.median(per_repeat),
         "per_repeat": per_repeat,
         "cpu_us_per_token": round(statistics.median(cpu_per_token) * 1e6, 2),
         "batch": args.batch,
-        "threads": engine.device.type == "cpu" and __import__("torch").get_num_threads(),
+        "threads": engine.device.type == "cpu" and torch.get_num_threads(),
+        "thread_changes": engine.threads.changes if engine.threads else 0,
     }
-    print(json.dumps(result), flush=True)
+
+
+def variant_flags(variant: str) -> list[str]:
+    threads, policy = NAMED_VARIANTS.get(variant, (variant, "auto"))
+    engine_threads_count(threads)  # a bad variant fails before anything starts
+    return ["--engine-threads", threads, "--engine-wait-policy", policy]
+
+
+def run_child(args: argparse.Namespace, variant: str, batch: int) -> dict[str, Any]:
+    argv = [
+        sys.executable, "-P", "-m", "benchmarks.engine_alone", "--model", args.model,
+        "--batch", str(batch), "--input-len", str(args.input_len),
+        "--output-len", str(args.output_len), "--repeats", str(args.repeats),
+        *variant_flags(variant),
+    ]  # fmt: skip
+    from benchmarks import common
+
+    done = subprocess.run(
+        argv,
+        env=common.repo_env(),
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{variant} batch {batch}: exit {done.returncode}: {done.stderr[-2000:]}"
+        )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def plant_neighbours(count: int) -> list[subprocess.Popen[bytes]]:
+    return [subprocess.Popen([sys.executable, "-c", BUSY_NEIGHBOUR]) for _ in range(count)]
+
+
+def stop(neighbours: list[subprocess.Popen[bytes]]) -> None:
+    for child in neighbours:
+        child.kill()
+        child.wait()
+
+
+def run_rounds(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from benchmarks import common
+
+    variants = args.variants.split(",")
+    for variant in variants:
+        variant_flags(variant)
+    counts = [str(int(n)) for n in args.neighbours.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    rows = []
+    for round_index in range(args.rounds):
+        for count_text in common.rotated(counts, round_index):
+            count = int(count_text)
+            neighbours = plant_neighbours(count)
+            try:
+                for variant in common.rotated(variants, round_index):
+                    for batch in batches:
+                        result = run_child(args, variant, batch)
+                        row = {"round": round_index, "neighbours": count, "variant": variant}
+                        rows.append({**row, "batch": batch, "figures": result})
+                        common.log(f"round {round_index} neighbours {count} {variant}: {result}")
+            finally:
+                stop(neighbours)
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median tokens/s per variant, batch and neighbour count; busy/idle and /default ratios."""
+    values: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for row in rows:
+        by_batch = values.setdefault(row["variant"], {}).setdefault(f"batch_{row['batch']}", {})
+        by_batch.setdefault(f"neighbours_{row['neighbours']}", []).append(
+            row["figures"]["output_tok_s"]
+        )
+    medians = {
+        variant: {
+            batch: {count: statistics.median(tok_s) for count, tok_s in by_count.items()}
+            for batch, by_count in by_batch.items()
+        }
+        for variant, by_batch in values.items()
+    }
+    busy_over_idle = {
+        variant: {
+            batch: {
+                count: round(tok_s / by_count["neighbours_0"], 3)
+                for count, tok_s in by_count.items()
+                if count != "neighbours_0" and by_count.get("neighbours_0")
+            }
+            for batch, by_count in by_batch.items()
+        }
+        for variant, by_batch in medians.items()
+    }
+    default = medians.get("default", {})
+    over_default = {
+        variant: {
+            batch: {
+                count: round(tok_s / default[batch][count], 3)
+                for count, tok_s in by_count.items()
+                if default.get(batch, {}).get(count)
+            }
+            for batch, by_count in by_batch.items()
+        }
+        for variant, by_batch in medians.items()
+        if variant != "default"
+    }
+    return {
+        "output_tok_s_median": medians,
+        "busy_over_idle": busy_over_idle,
+        "over_default": over_default,
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    if not args.variants:
+        print(json.dumps(run_engine(args)), flush=True)
+        return 0
+    from benchmarks import common
+
+    started_s = time.monotonic()
+    machine = common.machine_info()
+    rows = run_rounds(args)
+    payload = {
+        "benchmark": "engine alone beside busy neighbours: output tok/s per threads variant",
+        "issue": 32,
+        "command": "python -m benchmarks.engine_alone " + " ".join(sys.argv[1:]),
+        "config": {
+            "model": args.model,
+            "input_len": args.input_len,
+            "output_len": args.output_len,
+            "repeats_per_child": args.repeats,
+            "rounds": args.rounds,
+            "neighbour": f"python -c '{BUSY_NEIGHBOUR}', started before the child, killed after",
+            "order": "neighbour counts and variants rotated every round; a fresh child per run",
+        },
+        "machine": {**machine, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "targets": {
+            "auto busy_over_idle (one neighbour, batch 4 and 32)": f">= {TARGET_BUSY_OVER_IDLE}",
+            "auto over_default, no neighbour": f">= {TARGET_IDLE_OVER_DEFAULT}",
+        },
+        **summarise(rows),
+        "wall_s": round(time.monotonic() - started_s, 1),
+        "rounds": rows,
+    }
+    common.write_json(args.out, payload)
+    print(json.dumps({k: payload[k] for k in ("busy_over_idle", "over_default")}), flush=True)
     return 0
 
 

@@ -87,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.environ.update(openmp_env_defaults(os.environ))
     args = build_parser(command).parse_args(argv)
+    if command in ENGINE_COMMANDS:  # torch is still not loaded: an inproc engine runs here
+        from services.common.threads import apply_wait_policy
+
+        apply_wait_policy(getattr(args, "engine_wait_policy", None) or "auto")
     # every subcommand sets `func(args) -> int` with set_defaults
     return int(args.func(args) or 0)
 

@@ -10,7 +10,7 @@ import socket
 from typing import Any
 
 from services.common.metrics import metrics_port
-from services.config import HopscopeConfig
+from services.config import HopscopeConfig, engine_threads_count
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.service_config import SchedulerServiceConfig
 from services.tokenizer.service_config import TokenizerServiceConfig
@@ -85,7 +85,8 @@ def worker_config(
         max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
         swap_space_bytes=worker.swap_space_mb * MIB,
         max_model_len=config.model.max_model_len,
-        num_threads=worker.engine_threads,
+        num_threads=engine_threads_count(worker.engine_threads),
+        wait_policy=worker.engine_wait_policy,
         cuda_graphs=worker.cuda_graphs,
         cuda_graph_max_batch=worker.cuda_graph_max_batch,
         compile=worker.compile,

@@ -30,6 +30,7 @@ MAX_GRAPH_BATCH = 1024  # the largest --cuda-graph-max-batch
 # a model worker's role: prompts and decodes in the same steps, or one side of a
 # disaggregated placement (deploy/placement.py `workers:`)
 WORKER_ROLES = ("mixed", "prefill", "decode")
+ENGINE_WAIT_POLICIES = ("auto", "active", "passive")  # --engine-wait-policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,17 +541,30 @@ class WorkerSettings(Section):
     swap_space_mb: int = setting(
         0, "worker host memory for swapped KV (--preemption swap)", unit="MiB", minimum=0
     )
-    engine_threads: int = setting(
-        0,
-        "torch CPU threads of the worker's engine (default 0: one per core); fewer leaves cores "
-        "to the tokenizer, scheduler and clients on the same machine",
-        metavar="N",
-        minimum=0,
-        doc="torch CPU (OpenMP) threads of the worker's engine; 0 = one per core (hopscope starts "
-        "its processes with `GOMP_SPINCOUNT=100000` unless you set it or `OMP_WAIT_POLICY`: idle "
-        "engine threads stop spinning soon after a step). Fewer than the cores leaves cores to "
-        "the tokenizer, scheduler and clients on a small machine (measured effect in "
-        "benchmarks/README.md)",
+    engine_threads: str = setting(
+        "auto",
+        "torch CPU threads of the worker's engine: auto (one per free core, chosen between steps "
+        "from what the engine's threads wait for), N, or 0 (one per core, fixed)",
+        metavar="auto|N",
+        doc="torch CPU (OpenMP) threads of the worker's engine. `auto`: up to one per core this "
+        "process may use (affinity, cgroup quota), and between steps one fewer while the "
+        "engine's threads wait for a core that other load holds (run-queue wait from "
+        "`/proc/self/task/*/schedstat`), back up once a core stays idle "
+        "([docs/performance.md](docs/performance.md)); CUDA workers leave torch's default. `N`: "
+        "N threads, fixed (fewer than the cores leaves cores to the tokenizer, scheduler and "
+        "clients); `0`: one per core, fixed (the default before `auto`)",
+    )
+    engine_wait_policy: str = setting(
+        "auto",
+        "how the engine's idle OpenMP threads wait: auto (spin briefly, GOMP_SPINCOUNT=100000, "
+        "unless you set OMP_WAIT_POLICY or GOMP_SPINCOUNT), active (spin) or passive (sleep)",
+        choices=ENGINE_WAIT_POLICIES,
+        doc="how the engine's idle OpenMP threads wait for the next parallel region: `auto` spins "
+        "briefly (`GOMP_SPINCOUNT=100000`; your own `OMP_WAIT_POLICY` / `GOMP_SPINCOUNT` win), "
+        "`active` spins (`OMP_WAIT_POLICY=ACTIVE`: fastest on cores of its own, ruinous beside a "
+        "busy neighbour), `passive` sleeps at once (`OMP_WAIT_POLICY=PASSIVE`, less CPU, a "
+        "little slower). Read once, when the process loads OpenMP: set in the environment of the "
+        "process that runs the engine before torch starts",
     )
     kv_transport: str = setting(
         "grpc",
@@ -583,6 +597,20 @@ class WorkerSettings(Section):
 
     def check(self) -> None:
         check_step_loop(self.device, self.cuda_graphs, self.kernels, self.compile)
+        engine_threads_count(self.engine_threads)
+
+
+def engine_threads_count(value: str | int) -> int | None:
+    """`--engine-threads`: None for `auto`, else the fixed count (0: one per core)."""
+    if str(value) == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError(f"--engine-threads must be auto or a number, got {value!r}") from None
+    if count < 0:
+        raise ValueError(f"--engine-threads must be >= 0 (0: one per core), got {count}")
+    return count
 
 
 @dataclass(slots=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+import sys
 from collections.abc import Mapping
 
 ENGINE_THREAD_NAME = "hopscope-engine"  # at most 15 bytes: the kernel's comm limit
@@ -30,6 +32,49 @@ def openmp_env_defaults(environ: Mapping[str, str]) -> dict[str, str]:
     if "OMP_WAIT_POLICY" in environ:  # the user chose the waiting; leave the spin alone
         return {}
     return {k: v for k, v in OPENMP_ENV_DEFAULTS.items() if k not in environ}
+
+
+def openmp_environ(wait_policy: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a process that runs the engine starts with under `--engine-wait-policy`:
+    `auto` adds the defaults where `environ` sets nothing; `active` / `passive` override the
+    user's variables (a GOMP_SPINCOUNT left set would override the policy's spin in libgomp)."""
+    if wait_policy == "auto":
+        return {**environ, **openmp_env_defaults(environ)}
+    env = {k: v for k, v in environ.items() if k != "GOMP_SPINCOUNT"}
+    return env | {"OMP_WAIT_POLICY": wait_policy.upper()}
+
+
+def apply_wait_policy(wait_policy: str) -> None:
+    """Set this process's environment for `wait_policy`, before it loads OpenMP (torch's
+    import reads it once; after that, the running OpenMP keeps what it read)."""
+    wanted = openmp_environ(wait_policy, os.environ)
+    if wanted == dict(os.environ):
+        return
+    if "torch" in sys.modules:
+        log.warning(
+            "engine wait policy %s set after torch loaded OpenMP: it applies to the processes "
+            "this one starts, not to this one",
+            wait_policy,
+        )
+    for name in set(os.environ) - set(wanted):
+        del os.environ[name]
+    os.environ.update(wanted)
+
+
+def wait_policy_in_argv(argv: list[str]) -> str:
+    """A service process's engine wait policy from its `--config JSON` (a worker's config holds
+    `engine.wait_policy`); `auto` where there is none. Read before anything imports torch."""
+    import json
+
+    if "--config" not in argv[:-1]:
+        return "auto"
+    try:
+        config = json.loads(argv[argv.index("--config") + 1])
+    except ValueError:
+        return "auto"  # the service's own parser reports a bad config
+    engine = config.get("engine") if isinstance(config, dict) else None
+    policy = engine.get("wait_policy") if isinstance(engine, dict) else None
+    return policy if isinstance(policy, str) else "auto"
 
 
 def name_os_thread(name: str) -> None:

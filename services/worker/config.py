@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from services.config import DEFAULTS, MAX_GRAPH_BATCH, check_step_loop
+from services.config import (
+    DEFAULTS,
+    ENGINE_WAIT_POLICIES,
+    MAX_GRAPH_BATCH,
+    check_step_loop,
+    engine_threads_count,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 KERNELS = ("auto", "native", "torch")
@@ -31,8 +37,12 @@ class WorkerConfig:
         (any device); `auto`: native on CPU where they build, else torch.
     max_model_len: the longest sequence served (None: the model's own context, or a packaged
         model's default); the KV cache must hold one sequence this long.
-    num_threads: torch CPU threads of the engine (intra-op, OpenMP); 0 = torch's default (one per
-        core). Fewer than the cores leaves cores to the other services on the same machine.
+    num_threads: torch CPU threads of the engine (intra-op, OpenMP); None = auto (one per free
+        core, chosen between steps: services/worker/thread_governor.py; CUDA: torch's default);
+        0 = torch's default (one per core), fixed; N = N, fixed. Fewer than the cores leaves
+        cores to the other services on the same machine.
+    wait_policy: how idle OpenMP threads wait (`auto`, `active`, `passive`): an environment
+        setting of the process, applied before torch loads (services/common/threads.py).
     cuda_graphs: replay decode-only steps (every sequence one token, all sampled) from CUDA graphs
         captured at start for batch sizes 1, 2, 4, ... up to `cuda_graph_max_batch` (a batch is
         padded up to the next captured size; larger ones, prefills and mixed steps run eagerly).
@@ -55,7 +65,8 @@ class WorkerConfig:
     kernels: str = DEFAULTS.worker.kernels
     swap_space_bytes: int = DEFAULTS.worker.swap_space_mb * 1024 * 1024
     max_model_len: int | None = DEFAULTS.model.max_model_len  # caps the context and KV cache
-    num_threads: int = DEFAULTS.worker.engine_threads
+    num_threads: int | None = engine_threads_count(DEFAULTS.worker.engine_threads)
+    wait_policy: str = DEFAULTS.worker.engine_wait_policy
     cuda_graphs: bool = DEFAULTS.worker.cuda_graphs
     cuda_graph_max_batch: int = DEFAULTS.worker.cuda_graph_max_batch
     compile: bool = DEFAULTS.worker.compile
@@ -80,8 +91,13 @@ class WorkerConfig:
         self._check_step_loop()
         if self.block_size < 1 or self.max_num_batched_tokens < 1 or self.kv_cache_bytes < 1:
             raise ValueError("block_size, max_num_batched_tokens and kv_cache_bytes must be >= 1")
-        if self.num_threads < 0:
+        if self.num_threads is not None and self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0 (0: one per core), got {self.num_threads}")
+        if self.wait_policy not in ENGINE_WAIT_POLICIES:
+            raise ValueError(
+                f"wait_policy must be one of {', '.join(ENGINE_WAIT_POLICIES)}, "
+                f"got {self.wait_policy!r}"
+            )
         if self.swap_space_bytes < 0:
             raise ValueError(f"swap_space_bytes must be >= 0, got {self.swap_space_bytes}")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:

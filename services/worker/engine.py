@@ -22,6 +22,7 @@ from services.worker.kv_swap import HostKVPool
 from services.worker.model import Transformer
 from services.worker.sampling import SamplingTensors, sample
 from services.worker.static_decode import StaticDecode
+from services.worker.thread_governor import ThreadGovernor, available_cores
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ class Engine:
         self.config = config
         if config.num_threads:  # this thread's (model loading); the engine thread sets its own
             torch.set_num_threads(config.num_threads)
+        # `auto` on CPU: the threads follow the cores other load leaves free; CUDA keeps torch's
+        self.threads: ThreadGovernor | None = None
+        if config.num_threads is None and not config.is_cuda:
+            self.threads = ThreadGovernor(available_cores())
         self.device = config.torch_device
         self.dtype = config.torch_dtype
         self.source: ModelSource = resolve_model(config.model, config.max_model_len)
@@ -145,9 +150,12 @@ class Engine:
                 token_list = []
                 if events is not None:
                     events[1].synchronize()
+        step_s = time.perf_counter() - start_s
+        if self.threads is not None:  # between steps, on the thread that runs them
+            self.threads.step_done(step_s)
         return StepOutput(
             sampled=dict(zip(forward.seq_ids, token_list, strict=True)),
-            step_ms=(time.perf_counter() - start_s) * 1e3,
+            step_ms=step_s * 1e3,
             device_ms=events[0].elapsed_time(events[1]) if events is not None else 0.0,
             swap_ms=swap_ms,
             swap_start_ns=swap_start_ns if swaps else 0,

@@ -41,14 +41,14 @@ log = logging.getLogger(__name__)
 PROFILE_CHUNK_BYTES = 1 << 20
 
 
-def _start_named_thread(os_name: str, num_threads: int) -> None:
+def _start_named_thread(os_name: str, num_threads: int | None) -> None:
     # named in the OS before any torch work: the OpenMP threads it starts inherit the name
     name_os_thread(os_name)
     if num_threads:  # OpenMP's thread count is per calling thread: set where the work runs
         torch.set_num_threads(num_threads)
 
 
-def _one_thread(prefix: str, os_name: str, num_threads: int) -> ThreadPoolExecutor:
+def _one_thread(prefix: str, os_name: str, num_threads: int | None) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(
         max_workers=1,
         thread_name_prefix=prefix,
@@ -57,8 +57,9 @@ def _one_thread(prefix: str, os_name: str, num_threads: int) -> ThreadPoolExecut
     )
 
 
-def engine_executor(num_threads: int = 0) -> ThreadPoolExecutor:
-    """The one thread an engine is built on and every step of it runs on."""
+def engine_executor(num_threads: int | None = None) -> ThreadPoolExecutor:
+    """The one thread an engine is built on and every step of it runs on (num_threads: None or 0
+    leaves torch's count; `auto` then adjusts it between steps: Engine.threads)."""
     return _one_thread("engine", ENGINE_THREAD_NAME, num_threads)
 
 

@@ -43,3 +43,57 @@ def test_openmp_defaults_yield_to_the_users_settings() -> None:
     assert openmp_env_defaults({}) == {"GOMP_SPINCOUNT": "100000"}
     assert openmp_env_defaults({"GOMP_SPINCOUNT": "5"}) == {}
     assert openmp_env_defaults({"OMP_WAIT_POLICY": "PASSIVE"}) == {}
+
+
+def test_engine_threads_default_to_auto_and_take_a_number_or_auto() -> None:
+    from deploy.cli import build_parser
+    from deploy.commands import spec_from_args
+
+    def engine_of(*argv: str) -> WorkerConfig:
+        args = build_parser().parse_args(["serve", "--no-ray", *argv])
+        return worker_config(spec_from_args(args), "unix:/tmp/w.sock").engine
+
+    assert engine_of().num_threads is None  # auto
+    assert engine_of("--engine-threads", "auto").num_threads is None
+    assert engine_of("--engine-threads", "0").num_threads == 0
+    assert engine_of("--engine-wait-policy", "passive").wait_policy == "passive"
+    with pytest.raises(ValueError, match="--engine-threads must be auto or a number"):
+        engine_of("--engine-threads", "many")
+
+
+def test_a_wait_policy_overrides_the_spin_and_auto_keeps_the_users() -> None:
+    from services.common.threads import openmp_environ
+
+    user = {"GOMP_SPINCOUNT": "5", "PATH": "/bin"}
+    assert openmp_environ("auto", user) == user
+    assert openmp_environ("auto", {}) == {"GOMP_SPINCOUNT": "100000"}
+    # a GOMP_SPINCOUNT left set would override the policy's spin count in libgomp
+    assert openmp_environ("passive", user) == {"OMP_WAIT_POLICY": "PASSIVE", "PATH": "/bin"}
+    assert openmp_environ("active", {"OMP_WAIT_POLICY": "PASSIVE"}) == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_the_worker_process_reads_its_wait_policy_from_its_config() -> None:
+    import json
+
+    from services.common.threads import wait_policy_in_argv
+
+    config = {"engine": {"model": "tiny", "wait_policy": "passive"}, "listen": "unix:/tmp/w"}
+    assert wait_policy_in_argv(["-m", "--config", json.dumps(config)]) == "passive"
+    assert wait_policy_in_argv(["--config", json.dumps({"engine": {}})]) == "auto"
+    assert wait_policy_in_argv(["--config", "not json"]) == "auto"
+    assert wait_policy_in_argv([]) == "auto"
+
+
+def test_a_wait_policy_set_after_torch_loaded_says_it_comes_too_late(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+
+    from services.common.threads import apply_wait_policy
+
+    monkeypatch.setenv("GOMP_SPINCOUNT", "100000")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    apply_wait_policy("passive")
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "GOMP_SPINCOUNT" not in os.environ
+    assert "after torch loaded OpenMP" in caplog.text  # this test process has torch loaded
