@@ -17,6 +17,10 @@ planted beside it for the child's whole life, and writes medians and busy/idle r
     .venv/bin/python -P -m benchmarks.engine_alone --variants default,auto,1 --neighbours 0,1 \\
         --batches 4,32 --rounds 3 --out benchmarks/results/engine_neighbours.json
 
+`--pipeline inproc` (or another no-Ray placement) runs the same comparison through the whole
+pipeline instead: a fresh `hopscope serve --no-ray` per run with the variant's flags, then
+`hopscope bench` (closed loop, concurrency = batch, `--num-requests` requests, ignore_eos).
+
 Variants: `default` (one thread per core, fixed, brief spin: the defaults before `auto`),
 `auto` (today's defaults), `passive` (one per core, `--engine-wait-policy passive`), `N` (N
 threads, fixed).
@@ -82,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--neighbours", default="0,1", help="busy processes planted, per run")
     group.add_argument("--batches", default="4,32")
     group.add_argument("--rounds", type=int, default=3)
+    group.add_argument("--pipeline", default="", help="a no-Ray placement, e.g. inproc")
+    group.add_argument("--num-requests", type=int, default=64, help="--pipeline: per run")
     group.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/engine_neighbours.json")
     )
@@ -106,7 +112,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
         per_repeat.append(round(tokens / (time.perf_counter() - start_s), 1))
         cpu_per_token.append((time.process_time() - start_cpu_s) / tokens)
     return {
-        "output_tok_s": statistics.median(per_repeat),
+        "output_tok_s": round(statistics.median(per_repeat), 1),
         "per_repeat": per_repeat,
         "cpu_us_per_token": round(statistics.median(cpu_per_token) * 1e6, 2),
         "batch": args.batch,
@@ -146,6 +152,24 @@ def run_child(args: argparse.Namespace, variant: str, batch: int) -> dict[str, A
     return result
 
 
+def run_pipeline(args: argparse.Namespace, variant: str, batch: int) -> dict[str, Any]:
+    """`hopscope serve --no-ray --placement PIPELINE` with the variant's flags, then a closed
+    loop of `batch` requests at a time (8 warm-up requests first)."""
+    import tempfile
+
+    from benchmarks import common
+
+    serve_args = ["--placement", args.pipeline, "--model", args.model, *variant_flags(variant)]
+    bench_args = [
+        "--concurrency", str(batch), "--num-requests", str(args.num_requests + 8),
+        "--warmup-requests", "8", "--input-len", str(args.input_len),
+        "--output-len", str(args.output_len), "--ignore-eos", "--seed", "0",
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp, common.serve(serve_args, Path(tmp)) as server:
+        result = common.run_bench(server.address, bench_args, Path(tmp) / "bench.json")
+    return {**common.figures(result), "batch": batch}
+
+
 def plant_neighbours(count: int) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen([sys.executable, "-c", BUSY_NEIGHBOUR]) for _ in range(count)]
 
@@ -172,7 +196,8 @@ def run_rounds(args: argparse.Namespace) -> list[dict[str, Any]]:
             try:
                 for variant in common.rotated(variants, round_index):
                     for batch in batches:
-                        result = run_child(args, variant, batch)
+                        run = run_pipeline if args.pipeline else run_child
+                        result = run(args, variant, batch)
                         row = {"round": round_index, "neighbours": count, "variant": variant}
                         rows.append({**row, "batch": batch, "figures": result})
                         common.log(f"round {round_index} neighbours {count} {variant}: {result}")
@@ -191,7 +216,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         )
     medians = {
         variant: {
-            batch: {count: statistics.median(tok_s) for count, tok_s in by_count.items()}
+            batch: {count: round(statistics.median(v), 1) for count, v in by_count.items()}
             for batch, by_count in by_batch.items()
         }
         for variant, by_batch in values.items()
@@ -238,11 +263,13 @@ def main() -> int:
     machine = common.machine_info()
     rows = run_rounds(args)
     payload = {
-        "benchmark": "engine alone beside busy neighbours: output tok/s per threads variant",
+        "benchmark": f"{args.pipeline or 'engine alone'} beside busy neighbours: output tok/s "
+        "per engine threads variant",
         "issue": 32,
         "command": "python -m benchmarks.engine_alone " + " ".join(sys.argv[1:]),
         "config": {
             "model": args.model,
+            "pipeline": args.pipeline or "none: the engine alone, in a child",
             "input_len": args.input_len,
             "output_len": args.output_len,
             "repeats_per_child": args.repeats,
