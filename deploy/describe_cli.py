@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from loadgen.address import DEFAULT_PORT
+from services.config import DEFAULT_PORT
 
 EXIT_UNREACHABLE = 1
 

@@ -5,32 +5,34 @@ DIR/<variant>/round-<k>/ (the layout in experiment/layout.py)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
-import shutil
-import signal
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deploy.lifecycle import Child, LaunchError, ServeChild, launch, start_serve
 from experiment import layout
-from experiment.cpu import CpuReadError, cpu_document, read_cpu_s
-from experiment.plan import Plan, Variant
+from experiment.cpu import CpuReadError, read_cpu_s
+from experiment.plan import Plan
+from experiment.round_kit import (
+    BENCH_START_TIMEOUT_S,
+    TARGET_RE,
+    RoundContext,
+    fresh_round_dir,
+    launch_bench,
+    move_requests,
+    uninterruptible,
+    wait_bench,
+    warm_up_shape,
+    write_cpu,
+    write_round_done,
+)
+from experiment.target import run_target_round
 
 COLLECTOR_RE = re.compile(r"collecting OTLP/gRPC traces on \S+:(?P<port>\d+)")
-TARGET_RE = re.compile(r"^target ")  # `hopscope bench` prints it once the server answered
-BENCH_START_TIMEOUT_S = 120.0
 METRICS_TIMEOUT_S = 5.0
-
-
-class RoundError(RuntimeError):
-    """A variant-round could not run; the message names it and points at its logs."""
 
 
 def tracing_env(collector_port: int) -> dict[str, str]:
@@ -47,26 +49,11 @@ def tracing_env(collector_port: int) -> dict[str, str]:
     }
 
 
-@dataclass(slots=True)
-class RoundContext:
-    plan: Plan
-    variant: Variant
-    round_index: int
-    position: int  # order within the round
-    out: Path
-    ray_address: str = ""  # "" = no Ray, or serve starts its own local Ray instance
-
-
 def run_round(ctx: RoundContext) -> Path:
     """Run it; returns the round directory (complete). RoundError when it cannot finish."""
     if ctx.plan.target is not None:
-        from experiment.target import run_target_round
-
         return run_target_round(ctx)
-    round_dir = layout.round_dir(ctx.out, ctx.variant, ctx.round_index)
-    if round_dir.exists():
-        shutil.rmtree(round_dir)  # an interrupted attempt: start it over
-    (round_dir / "logs").mkdir(parents=True)
+    round_dir = fresh_round_dir(ctx)
     started = time.time()
     collector: Child | None = None
     serve: ServeChild | None = None
@@ -84,20 +71,20 @@ def run_round(ctx: RoundContext) -> Path:
         _record_pids(round_dir, started_pids | pids)
         warm_up(serve.address, ctx.plan)
         before = {name: read_cpu_s(pid) for name, pid in pids.items()}
-        bench = _launch_bench(ctx, round_dir, serve.address, env)
+        bench = launch_bench(ctx, round_dir, ["--address", serve.address], env)
         _record_pids(round_dir, started_pids | pids | {"client": bench.pid})
         bench.wait_for_line(TARGET_RE, BENCH_START_TIMEOUT_S)
         client_before = read_cpu_s(bench.pid)
-        _wait_bench(bench, ctx.plan.timeout_s)
-        _move_requests(round_dir)
-        cpu_s = {name: read_cpu_s(pid) - before[name] for name, pid in pids.items()}
-        cpu_s["client"] = (bench.cpu_s or 0.0) - client_before
+        wait_bench(bench, ctx.plan.timeout_s)
+        move_requests(round_dir)
+        processes = {n: _used(pid, read_cpu_s(pid) - before[n]) for n, pid in pids.items()}
+        processes["client"] = _used(bench.pid, (bench.cpu_s or 0.0) - client_before)
         layout.write_json(round_dir / "describe.json", serve.describe())
         scrape_metrics(round_dir / "metrics", serve.child.log_path)
-        _write_cpu(round_dir, pids | {"client": bench.pid}, cpu_s)
+        write_cpu(round_dir, processes)
         service_logs = open_service_logs(pids, skip_under=round_dir)
     except (LaunchError, CpuReadError, TimeoutError, OSError) as exc:
-        raise RoundError(f"{ctx.variant.name} round {ctx.round_index + 1}: {exc}") from exc
+        raise ctx.error(exc) from exc
     finally:
         with uninterruptible():
             if bench is not None:
@@ -107,31 +94,9 @@ def run_round(ctx: RoundContext) -> Path:
             if collector is not None:
                 collector.stop()  # after serve and bench: it has every span they flushed
             save_service_logs(service_logs, round_dir / "logs")
-    layout.write_json(
-        round_dir / "round.json",
-        {
-            "variant": ctx.variant.name,
-            "round": ctx.round_index + 1,
-            "position": ctx.position,
-            "started": started,
-            "finished": time.time(),
-            "ray_address": ctx.ray_address,
-            "num_spans": _count_spans(round_dir / "spans.jsonl"),
-            "complete": True,
-        },
-    )
+    spans = _count_spans(round_dir / "spans.jsonl")
+    write_round_done(ctx, round_dir, started, {"ray_address": ctx.ray_address, "num_spans": spans})
     return round_dir
-
-
-@contextmanager
-def uninterruptible() -> Iterator[None]:
-    """While stopping children, a second Ctrl-C must not abandon them half-stopped."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def start_collector(round_dir: Path) -> Child:
@@ -179,36 +144,6 @@ def _serve_options() -> set[str]:
     return {o for a in serve_parser()._actions for o in a.option_strings}
 
 
-def _launch_bench(ctx: RoundContext, round_dir: Path, address: str, env: dict[str, str]) -> Child:
-    argv = ["-m", "deploy.cli", "bench", "--address", address, *ctx.plan.bench_argv()]
-    argv += ["--out", str(round_dir / "bench.json"), "--label", ctx.variant.name]
-    argv += ["--no-live", "--no-plots"]
-    return launch(argv, name="hopscope bench", log_path=round_dir / "logs" / "bench.log", env=env)
-
-
-def _wait_bench(bench: Child, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while bench.is_alive:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the workload did not finish within {timeout_s:.0f} s (timeout_s)")
-        time.sleep(0.1)
-    if bench.returncode != 0:
-        lines = "\n  ".join(bench.last_lines(8))
-        raise LaunchError(f"hopscope bench exited with {bench.returncode}:\n  {lines}")
-
-
-def _move_requests(round_dir: Path) -> None:
-    """bench writes `bench.requests.jsonl` next to `bench.json`; the layout names it
-    `requests.jsonl`."""
-    bench_path = round_dir / "bench.json"
-    bench = layout.read_json(bench_path)
-    source = Path(bench["requests_file"])
-    target = round_dir / "requests.jsonl"
-    source.replace(target)
-    bench["requests_file"] = str(target)
-    layout.write_json(bench_path, bench)
-
-
 def service_pids(describe: dict[str, Any], serve_pid: int) -> dict[str, int]:
     """Process name -> pid from Describe: each service, services sharing a process joined
     ("pipeline" when all three share one, as inproc), plus the serve process itself when it is
@@ -249,17 +184,12 @@ def save_service_logs(opened: dict[str, Any], folder: Path) -> None:
             (folder / f"{name}.log").write_bytes(handle.read())
 
 
+def _used(pid: int, cpu_s: float) -> dict[str, float | int]:
+    return {"pid": pid, "cpu_s": round(cpu_s, 4)}
+
+
 def _record_pids(round_dir: Path, pids: dict[str, int]) -> None:
     layout.write_json(round_dir / "pids.json", pids)
-
-
-def _write_cpu(round_dir: Path, pids: dict[str, int], cpu_s: dict[str, float]) -> None:
-    records = layout.read_requests(round_dir)
-    output_tokens = sum(int(r.get("n_out") or 0) for r in records if r.get("status") == "OK")
-    bench = json.loads((round_dir / "bench.json").read_text())
-    processes = {name: {"pid": pids[name], "cpu_s": round(cpu_s[name], 4)} for name in cpu_s}
-    document = cpu_document(processes, output_tokens, float(bench["summary"]["duration_s"]))
-    layout.write_json(round_dir / "cpu.json", document)
 
 
 # ---------------------------------------------------------------------------- warm-up
@@ -275,12 +205,8 @@ async def _warm_up(address: str, plan: Plan) -> None:
     from deploy.client import stream_generate
     from protos import hopscope_pb2 as pb
 
-    words = max(1, int(plan.workload.get("input_len", 64)) // 2)
-    request = pb.GenerateRequest(
-        prompt=" ".join(["warm"] * words),
-        max_tokens=int(plan.workload.get("output_len", 64)),
-        ignore_eos=True,
-    )
+    prompt, max_tokens = warm_up_shape(plan)
+    request = pb.GenerateRequest(prompt=prompt, max_tokens=max_tokens, ignore_eos=True)
     await asyncio.gather(*(stream_generate(address, request, 300.0) for _ in range(plan.warmup)))
 
 

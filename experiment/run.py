@@ -24,7 +24,8 @@ from rich.progress import (
 
 from experiment import layout
 from experiment.plan import Plan, Variant
-from experiment.rounds import RoundContext, RoundError, run_round, uninterruptible
+from experiment.round_kit import RoundContext, RoundError, uninterruptible
+from experiment.rounds import run_round
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130

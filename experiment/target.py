@@ -8,7 +8,6 @@ spans (such a server exports none of hopscope's) and the Describe (a `target.jso
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -18,8 +17,21 @@ from typing import Any
 
 from deploy.lifecycle import Child, LaunchError, free_port, launch, wait_http_ready
 from experiment import layout
-from experiment.cpu import CpuReadError, cpu_document, tree_cpu_s
+from experiment.cpu import CpuReadError, tree_cpu_s
 from experiment.plan import Plan, Target
+from experiment.round_kit import (
+    BENCH_START_TIMEOUT_S,
+    TARGET_RE,
+    RoundContext,
+    fresh_round_dir,
+    launch_bench,
+    move_requests,
+    uninterruptible,
+    wait_bench,
+    warm_up_shape,
+    write_cpu,
+    write_round_done,
+)
 
 STOP_COMMAND_TIMEOUT_S = 60.0
 STOP_GRACE_S = 30.0
@@ -27,24 +39,13 @@ METRICS_TIMEOUT_S = 5.0
 SERVER = "server"  # the process name in cpu.json and the metrics file's stem
 
 
-def run_target_round(ctx: Any) -> Path:
-    """Run it (ctx: experiment.rounds.RoundContext); returns the complete round directory."""
-    from experiment.rounds import (
-        TARGET_RE,
-        RoundError,
-        _move_requests,
-        _wait_bench,
-        uninterruptible,
-    )
-
-    plan: Plan = ctx.plan
+def run_target_round(ctx: RoundContext) -> Path:
+    """Run it; returns the complete round directory. RoundError when it cannot finish."""
+    plan = ctx.plan
     target = ctx.variant.target
     assert target is not None
-    round_dir = layout.round_dir(ctx.out, ctx.variant, ctx.round_index)
-    if round_dir.exists():
-        shutil.rmtree(round_dir)  # an interrupted attempt: start it over
+    round_dir = fresh_round_dir(ctx)
     logs = round_dir / "logs"
-    logs.mkdir(parents=True)
     started = time.time()
     server: Child | None = None
     bench: Child | None = None
@@ -71,11 +72,11 @@ def run_target_round(ctx: Any) -> Path:
         warm_up(url, plan, info["models"])
         scrape(url, target, round_dir / "metrics_before")
         before = tree_cpu_s(server.pid) if server is not None else None
-        bench = _launch_bench(ctx, round_dir, url)
+        bench = launch_bench(ctx, round_dir, ["--url", url], _env_without_tracing())
         layout.write_json(round_dir / "pids.json", pids | {"client": bench.pid})
-        bench.wait_for_line(TARGET_RE, 120.0)
-        _wait_bench(bench, plan.timeout_s)
-        _move_requests(round_dir)
+        bench.wait_for_line(TARGET_RE, BENCH_START_TIMEOUT_S)
+        wait_bench(bench, plan.timeout_s)
+        move_requests(round_dir)
         processes: dict[str, dict[str, float | int]] = {}
         if server is not None and before is not None:
             processes[SERVER] = {
@@ -84,28 +85,16 @@ def run_target_round(ctx: Any) -> Path:
             }
         processes["client"] = {"pid": bench.pid, "cpu_s": round(bench.cpu_s or 0.0, 4)}
         scrape(url, target, round_dir / "metrics")
-        _write_cpu(round_dir, processes)
+        write_cpu(round_dir, processes)
     except (LaunchError, CpuReadError, TimeoutError, OSError, ValueError) as exc:
-        raise RoundError(f"{ctx.variant.name} round {ctx.round_index + 1}: {exc}") from exc
+        raise ctx.error(exc) from exc
     finally:
         with uninterruptible():
             if bench is not None:
                 bench.stop()
             if server is not None:
                 stop_server(server, target, port, logs / "server.log")
-    layout.write_json(
-        round_dir / "round.json",
-        {
-            "variant": ctx.variant.name,
-            "round": ctx.round_index + 1,
-            "position": ctx.position,
-            "started": started,
-            "finished": time.time(),
-            "target": url,
-            "num_spans": 0,
-            "complete": True,
-        },
-    )
+    write_round_done(ctx, round_dir, started, {"target": url, "num_spans": 0})
     return round_dir
 
 
@@ -142,20 +131,9 @@ def _get_json(url: str) -> Any:
         return json.loads(response.read().decode())
 
 
-def _launch_bench(ctx: Any, round_dir: Path, url: str) -> Child:
-    argv = ["-m", "deploy.cli", "bench", "--url", url, *ctx.plan.bench_argv()]
-    argv += ["--out", str(round_dir / "bench.json"), "--label", ctx.variant.name]
-    argv += ["--no-live", "--no-plots"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    return launch(argv, name="hopscope bench", log_path=round_dir / "logs" / "bench.log", env=env)
-
-
-def _write_cpu(round_dir: Path, processes: dict[str, dict[str, float | int]]) -> None:
-    records = layout.read_requests(round_dir)
-    output_tokens = sum(int(r.get("n_out") or 0) for r in records if r.get("status") == "OK")
-    bench = layout.read_json(round_dir / "bench.json")
-    document = cpu_document(processes, output_tokens, float(bench["summary"]["duration_s"]))
-    layout.write_json(round_dir / "cpu.json", document)
+def _env_without_tracing() -> dict[str, str]:
+    """The client exports no spans: such a server has none to join them with."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
 
 
 # ---------------------------------------------------------------------------- warm-up, metrics
@@ -167,10 +145,10 @@ def warm_up(url: str, plan: Plan, models: Any) -> None:
     import httpx
 
     model = ((models or {}).get("data") or [{}])[0].get("id")
-    words = max(1, int(plan.workload.get("input_len", 64)) // 2)
+    prompt, max_tokens = warm_up_shape(plan)
     body = {
-        "prompt": " ".join(["warm"] * words),
-        "max_tokens": int(plan.workload.get("output_len", 64)),
+        "prompt": prompt,
+        "max_tokens": max_tokens,
         "ignore_eos": True,
         "temperature": 0.0,
         **({"model": model} if model else {}),

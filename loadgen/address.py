@@ -2,12 +2,12 @@
 
 gRPC reads a target without a port as port 443 (its DNS resolver's default), so `localhost`
 would silently dial the wrong port; here a missing port is hopscope's default port instead.
-Imports nothing heavy: `hopscope bench --help` must stay cheap.
+Imports nothing heavy (services/config.py is pure data): `hopscope bench --help` must stay cheap.
 """
 
 from __future__ import annotations
 
-DEFAULT_PORT = 50051  # `hopscope serve --port` default
+from services.config import DEFAULT_PORT  # `hopscope serve --port` default
 
 
 class AddressError(ValueError):

@@ -20,8 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen.address import DEFAULT_PORT  # a leaf module: `hopscope bench` reads it too
-
+DEFAULT_PORT = 50051  # the front door's; clients (loadgen/address.py) dial it when none is given
 DEFAULT_METRICS_BASE_PORT = 9401  # tokenizer; scheduler + 1, worker + 2
 ENGINE = ("serve", "generate")  # flags of both commands (generate embeds a pipeline)
 SERVE = ("serve",)

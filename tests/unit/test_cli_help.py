@@ -54,9 +54,10 @@ def test_every_option_of_every_command_has_help_showing_its_default() -> None:
     assert not problems, "\n".join(problems)
 
 
-# The load client may use the one channel factory (grpc and the standard library only), nothing
-# else of the services: no servicer, no model code, no torch.
-_CLIENT_SIDE = ("services", "services.common", "services.common.channels")
+# The load client may use the one channel factory (grpc and the standard library only) and the
+# settings tree (pure data: DEFAULT_PORT), nothing else of the services: no servicer, no model
+# code, no torch.
+_CLIENT_SIDE = ("services", "services.config", "services.common", "services.common.channels")
 _CLIENT_SIDE += ("services.common.grpc_options", "services.common.tls")
 _NO_HEAVY_IMPORTS = (
     "import sys\n"
