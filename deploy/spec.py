@@ -91,6 +91,8 @@ def worker_config(
         cuda_graph_max_batch=worker.cuda_graph_max_batch,
         compile=worker.compile,
         kv_export_thread=worker.kv_export_thread,
+        quantization=worker.quantization,
+        quantization_group_size=worker.quantization_group_size,
     )
     return WorkerServiceConfig(
         engine=engine,

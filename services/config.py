@@ -136,6 +136,27 @@ def check_step_loop(device: str, cuda_graphs: bool, kernels: str, compile: bool)
         )
 
 
+QUANTIZATIONS = ("none", "int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's int4 kernels take
+
+
+def check_quantization(quantization: str, group_size: int, compile: bool) -> None:
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}"
+        )
+    if group_size not in INT4_GROUP_SIZES:
+        raise ValueError(
+            "--quantization-group-size must be one of "
+            f"{', '.join(map(str, INT4_GROUP_SIZES))} (what the int4 kernels take), got {group_size}"
+        )
+    if compile and quantization != "none":
+        raise ValueError(
+            "--compile compiles the float op set; --quantization runs its own packed kernels: "
+            "use one or the other"
+        )
+
+
 def check_swap(preemption: str, swap_space_mb: float) -> None:
     if preemption == "swap" and swap_space_mb == 0:
         raise ValueError("preemption swap needs host memory: give --swap-space-mb (e.g. 256)")
@@ -490,6 +511,27 @@ class WorkerSettings(Section):
         choices=("float32", "bfloat16", "float16"),
         shown_default="float32 on CPU, bfloat16 on CUDA",
     )
+    quantization: str = setting(
+        "none",
+        "weight-only quantized linear layers: int8 (a scale per output channel) or int4 (a scale "
+        "and a minimum per --quantization-group-size input features); activations stay in "
+        "--dtype",
+        choices=QUANTIZATIONS,
+        doc="weight-only quantized linear layers, fewer bytes of weights read per token: `int8` "
+        "(symmetric, a scale per output channel) or `int4` (a scale and a minimum per "
+        "`--quantization-group-size` input features; a GGUF's Q4_1 blocks load as they are at "
+        "group size 32); the LM head is int8 under both. CPU: torch's packed kernels "
+        "(`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) with bfloat16 activations inside "
+        "each GEMM; CUDA: int8 dequantized in the GEMM, int4 on tinygemm (sm80+), not yet run on "
+        "a GPU. Agreement, perplexity and TPOT: docs/performance.md",
+    )
+    quantization_group_size: int = setting(
+        32,
+        "input features per int4 scale (32, 64, 128 or 256; a layer's width must be a multiple)",
+        metavar="N",
+        minimum=32,
+        maximum=256,
+    )
     kv_cache_mb: int = setting(256, "KV-cache budget on CPU", unit="MiB", minimum=1)
     kernels: str = setting(
         "auto",
@@ -597,6 +639,7 @@ class WorkerSettings(Section):
     def check(self) -> None:
         check_step_loop(self.device, self.cuda_graphs, self.kernels, self.compile)
         engine_threads_count(self.engine_threads)
+        check_quantization(self.quantization, self.quantization_group_size, self.compile)
 
 
 def engine_threads_count(value: str | int) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -80,13 +81,19 @@ def preset_weights(
 
 
 def load_source_weights(
-    source: ModelSource, seed: int, dtype: torch.dtype, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Hugging Face-named weights of a resolved model: seeded for a preset, read otherwise."""
+    source: ModelSource,
+    seed: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    int4_group_size: int = 0,
+) -> dict[str, Any]:
+    """Hugging Face-named weights of a resolved model: seeded for a preset, read otherwise.
+    `int4_group_size`: a GGUF's linear weights stored as 4-bit groups of this size come back as
+    `GroupQuantized` (host memory), not dequantized; 0 = every tensor dense."""
     if source.gguf_path is not None:
         from services.models.gguf import load_gguf_weights
 
-        return load_gguf_weights(source.gguf_path, source.config, dtype, device)
+        return load_gguf_weights(source.gguf_path, source.config, dtype, device, int4_group_size)
     if source.checkpoint_dir is None:
         return preset_weights(source.config, seed, dtype, device)
     return load_weights(source.checkpoint_dir, dtype, device)

@@ -2,7 +2,9 @@
 its metadata, weights dequantized to float with the `gguf` package (`pip install gguf`).
 
 Metadata reading is cheap (the file is memory-mapped; the tokenizer service calls it too); only
-`load_gguf_weights` dequantizes, and only it imports torch.
+`load_gguf_weights` dequantizes, and only it imports torch. Under `--quantization int4` at group
+size 32 a Q4_1 projection is not dequantized: its blocks come back as 4-bit groups
+(services/models/quantized.py), packed for the kernels as they are.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from services.models.config import ModelConfig, UnsupportedModelError
 
 if TYPE_CHECKING:
     import torch
+
+    from services.models.quantized import GroupQuantized
 
 GGUF_SUFFIX = ".gguf"
 _CONTROL_TOKEN = 3  # llama.cpp's token type for special tokens (<|im_start|>, ...)
@@ -37,6 +41,7 @@ _LAYER_TENSORS = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+Q4_1_GROUP_SIZE = 32  # a Q4_1 block: float16 scale, float16 minimum, 32 four-bit codes
 _TOP_TENSORS = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -174,26 +179,69 @@ def _pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
 
 
 def load_gguf_weights(
-    path: Path, config: ModelConfig, dtype: torch.dtype, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Every tensor dequantized and renamed to Hugging Face names, converted one at a time."""
+    path: Path,
+    config: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    int4_group_size: int = 0,
+) -> dict[str, torch.Tensor | GroupQuantized]:
+    """Every tensor dequantized and renamed to Hugging Face names, converted one at a time.
+    With `int4_group_size` 32, Q4_1 projections come back as `GroupQuantized` (host memory)."""
     import torch
-    from gguf import dequantize
+    from gguf import GGMLQuantizationType, dequantize
 
-    weights: dict[str, torch.Tensor] = {}
+    weights: dict[str, torch.Tensor | GroupQuantized] = {}
     for tensor in _reader(path).tensors:
         name = _hf_name(tensor.name)
         if name is None:
             continue
-        array = dequantize(tensor.data, tensor.tensor_type).reshape(
-            [int(n) for n in reversed(tensor.shape)]
-        )
-        if name.endswith("q_proj.weight"):
-            array = _unpermute_rotary(array, config.num_heads)
-        elif name.endswith("k_proj.weight"):
-            array = _unpermute_rotary(array, config.num_kv_heads)
+        shape = [int(n) for n in reversed(tensor.shape)]
+        if (
+            int4_group_size == Q4_1_GROUP_SIZE
+            and tensor.tensor_type == GGMLQuantizationType.Q4_1
+            and name.endswith("_proj.weight")
+        ):
+            weights[name] = _q4_1_groups(tensor.data, shape, _rotary_heads(name, config))
+            continue
+        array = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+        heads = _rotary_heads(name, config)
+        if heads:
+            array = _unpermute_rotary(array, heads)
         weights[name] = torch.from_numpy(array.copy()).to(device=device, dtype=dtype)
     return weights
+
+
+def _rotary_heads(name: str, config: ModelConfig) -> int:
+    """Heads whose rotary halves llama.cpp interleaved (Q and K projections), else 0."""
+    if name.endswith("q_proj.weight"):
+        return config.num_heads
+    if name.endswith("k_proj.weight"):
+        return config.num_kv_heads
+    return 0
+
+
+def _q4_1_groups(data: Any, shape: list[int], rotary_heads: int) -> GroupQuantized:
+    """A Q4_1 tensor's blocks as 4-bit groups: block = float16 scale d, float16 minimum m,
+    16 bytes whose low nibbles are codes 0..15 and high nibbles codes 16..31; w = code * d + m
+    (gguf's own dequantize computes the same)."""
+    import numpy as np
+    import torch
+
+    from services.models.quantized import GroupQuantized
+
+    rows, cols = shape
+    blocks = np.asarray(data, dtype=np.uint8).reshape(rows, cols // Q4_1_GROUP_SIZE, 20)
+    scales = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    mins = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    packed = blocks[..., 4:]
+    codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1).reshape(rows, cols)
+    if rotary_heads:
+        codes, scales, mins = (_unpermute_rotary(a, rotary_heads) for a in (codes, scales, mins))
+    return GroupQuantized(
+        codes=torch.from_numpy(np.ascontiguousarray(codes)),
+        scales=torch.from_numpy(np.ascontiguousarray(scales)),
+        mins=torch.from_numpy(np.ascontiguousarray(mins)),
+    )
 
 
 def _hf_name(gguf_name: str) -> str | None:

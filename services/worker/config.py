@@ -10,6 +10,7 @@ from services.config import (
     DEFAULTS,
     ENGINE_WAIT_POLICIES,
     MAX_GRAPH_BATCH,
+    check_quantization,
     check_step_loop,
     engine_threads_count,
 )
@@ -52,6 +53,9 @@ class WorkerConfig:
         inductor's C++ on CPU, Triton on CUDA. Compiled on first use of each shape class.
     kv_export_thread: the KV hop's source-side gather on a thread of its own, beside the step in
         progress (host caches only); off: queued between steps on the engine thread.
+    quantization: `none`, or the layers' linear weights as `int8` (a scale per output channel)
+        or `int4` (`quantization_group_size` input features per scale and minimum); the LM head
+        is int8 under both (services/worker/quant.py).
     """
 
     model: str = DEFAULTS.model.model
@@ -71,6 +75,8 @@ class WorkerConfig:
     cuda_graph_max_batch: int = DEFAULTS.worker.cuda_graph_max_batch
     compile: bool = DEFAULTS.worker.compile
     kv_export_thread: bool = DEFAULTS.worker.kv_export_thread
+    quantization: str = DEFAULTS.worker.quantization
+    quantization_group_size: int = DEFAULTS.worker.quantization_group_size
 
     def __post_init__(self) -> None:
         self._check_device()
@@ -89,6 +95,7 @@ class WorkerConfig:
         if self.kernels == "native" and self.device != "cpu":
             raise ValueError("kernels 'native' are CPU kernels; on CUDA use auto or torch")
         self._check_step_loop()
+        check_quantization(self.quantization, self.quantization_group_size, self.compile)
         if self.block_size < 1 or self.max_num_batched_tokens < 1 or self.kv_cache_bytes < 1:
             raise ValueError("block_size, max_num_batched_tokens and kv_cache_bytes must be >= 1")
         if self.num_threads is not None and self.num_threads < 0:

@@ -57,7 +57,11 @@ class Engine:
         self.device = config.torch_device
         self.dtype = config.torch_dtype
         self.source: ModelSource = resolve_model(config.model, config.max_model_len)
-        weights = load_source_weights(self.source, config.seed, self.dtype, self.device)
+        # A GGUF's 4-bit blocks stay packed-ready when --quantization int4 has their group size.
+        int4_group_size = config.quantization_group_size if config.quantization == "int4" else 0
+        weights = load_source_weights(
+            self.source, config.seed, self.dtype, self.device, int4_group_size
+        )
         self.kernels, self.gemm = self._kernels()
         self.model = Transformer(
             self.source.config,
@@ -67,6 +71,8 @@ class Engine:
             native_kernels=self.kernels == "native",
             packed_gemm=self.gemm == "onednn-packed",
             compile=config.compile,
+            quantization=config.quantization,
+            int4_group_size=config.quantization_group_size,
         )
         if static_decode is None:
             static_decode = config.cuda_graphs
@@ -232,8 +238,15 @@ class Engine:
                 )
 
     def _kernels(self) -> tuple[str, str]:
-        """(non-GEMM ops, GEMMs): `native` or `torch`, and `onednn-packed` or `torch`.
-        An explicit `native` raises where either half is unavailable."""
+        """(non-GEMM ops, GEMMs): `native` or `torch`, and `onednn-packed`, `torch`, or the
+        quantization (`int8`, `int4`). An explicit `native` raises where either half is
+        unavailable."""
+        ops, gemm = self._float_kernels()
+        if self.config.quantization != "none":  # its own kernels, whatever oneDNN offers
+            return ops, self.config.quantization
+        return ops, gemm
+
+    def _float_kernels(self) -> tuple[str, str]:
         if self.config.kernels == "torch" or self.config.is_cuda or self.config.compile:
             return "torch", "torch"
         packed = kernels.packed_gemm_available(self.dtype)

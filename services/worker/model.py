@@ -5,34 +5,42 @@ single-token sequences and per sequence for prefill chunks.
 Two sets of non-GEMM ops compute the same thing: `native` (the fused CPU kernels of
 services/worker/kernels: decode attention read in place from the paged cache, rotary + cache
 write, residual add + RMSNorm, SwiGLU) and `torch` (plain ATen ops, any device; decode attention
-copies each sequence's blocks out, then runs batched matmuls)."""
+copies each sequence's blocks out, then runs batched matmuls). The GEMMs run F.linear, oneDNN on
+packed weights, or, under `quantization`, the int8 / int4 kernels of services/worker/quant.py."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from services.models.config import ModelConfig
-from services.worker import kernels
+from services.models.quantized import GroupQuantized, cat_rows
+from services.worker import kernels, quant
 from services.worker.batch import PrefillSegment, StepBatch
 from services.worker.kv_cache import KVCache
+
+# A linear layer's weight [out, in]: dense (or oneDNN-packed), quantized, or (while loading only)
+# 4-bit groups read from a GGUF file that quantization packs as they are.
+LinearWeight = torch.Tensor | quant.QuantizedWeight | GroupQuantized
+LINEAR_NAMES = ("qkv", "o", "gate_up", "down")
 
 
 @dataclass(slots=True)
 class LayerWeights:
     input_norm: torch.Tensor
-    qkv: torch.Tensor  # q, k and v projections stacked: one matmul
+    qkv: LinearWeight  # q, k and v projections stacked: one matmul
     qkv_bias: torch.Tensor | None
-    o: torch.Tensor
+    o: LinearWeight
     o_bias: torch.Tensor | None
     post_norm: torch.Tensor
-    gate_up: torch.Tensor  # gate and up projections stacked
+    gate_up: LinearWeight  # gate and up projections stacked
     gate_up_bias: torch.Tensor | None
-    down: torch.Tensor
+    down: LinearWeight
     down_bias: torch.Tensor | None
 
 
@@ -102,33 +110,43 @@ def attention_out_and_mlp(
     eps: float,
 ) -> torch.Tensor:
     """The torch op set's rest of a layer: output projection, residual add + RMSNorm, SwiGLU MLP,
-    residual add + the next RMSNorm. `hidden` (the residual stream) is updated in place."""
-    hidden.add_(F.linear(attention, layer.o, layer.o_bias))
+    residual add + the next RMSNorm. `hidden` (the residual stream) is updated in place. The torch
+    op set's weights are dense tensors (quantized ones take the other path)."""
+    o, gate_up, down = (cast(torch.Tensor, w) for w in (layer.o, layer.gate_up, layer.down))
+    hidden.add_(F.linear(attention, o, layer.o_bias))
     x = rms_norm(hidden, layer.post_norm, eps)
-    gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
-    hidden.add_(F.linear(F.silu(gate) * up, layer.down, layer.down_bias))
+    gate, up = F.linear(x, gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+    hidden.add_(F.linear(F.silu(gate) * up, down, layer.down_bias))
     return rms_norm(hidden, next_norm, eps)
 
 
 class Transformer:
-    """Weights in Hugging Face layout, fused where that saves matmuls."""
+    """Weights in Hugging Face layout, fused where that saves matmuls.
+
+    quantization: `none`, `int8` or `int4` (`int4_group_size` input features a group) for the
+    layers' linear weights; the LM head is int8 under either (services/worker/quant.py)."""
 
     def __init__(
         self,
         config: ModelConfig,
-        weights: dict[str, torch.Tensor],
+        weights: dict[str, Any],
         max_context: int,
         block_size: int,
         native_kernels: bool = False,
         packed_gemm: bool = False,
         compile: bool = False,
+        quantization: str = "none",
+        int4_group_size: int = 32,
     ) -> None:
         self.config = config
         self.block_size = block_size
         self.native = native_kernels
-        self.is_torch_ops = not native_kernels and not packed_gemm
+        self.is_torch_ops = not native_kernels and not packed_gemm and quantization == "none"
         if compile and not self.is_torch_ops:
-            raise ValueError("compile needs the torch op set (no native kernels, no packed GEMMs)")
+            raise ValueError(
+                "compile needs the torch op set (no native kernels, no packed GEMMs, no "
+                "quantization)"
+            )
         # The torch op set's dense parts; attention and the cache writes stay eager (their
         # shapes and Python change with every step's mix of prefills and decodes). Shapes are
         # specialised on first use, then made dynamic in the token count when another comes.
@@ -139,20 +157,23 @@ class Transformer:
             else attention_out_and_mlp
         )
         self.embed = weights["model.embed_tokens.weight"]
-        self.lm_head = weights.get("lm_head.weight", self.embed)
-        if config.tie_word_embeddings:
-            self.lm_head = self.embed
+        head = (
+            self.embed if config.tie_word_embeddings else weights.get("lm_head.weight", self.embed)
+        )
+        self.lm_head: LinearWeight = head
         self.final_norm = weights["model.norm.weight"]
         self.layers = [_layer_weights(weights, i) for i in range(config.num_layers)]
-        # x @ W.T: F.linear, or oneDNN with every weight packed once here (CPU).
-        self.linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+        # x @ W.T: F.linear, oneDNN with every weight packed once here (CPU), or quantized.
+        self.linear: Callable[[torch.Tensor, Any, torch.Tensor | None], torch.Tensor]
         self.linear = F.linear
-        if packed_gemm:
+        if quantization != "none":
+            self._quantize(quantization, int4_group_size, head)
+        elif packed_gemm:
             self.linear = kernels.packed_linear
             # A packed copy; the embedding lookup keeps the plain one (tied: two copies).
-            self.lm_head = kernels.pack_linear_weight(self.lm_head)
+            self.lm_head = kernels.pack_linear_weight(head)
             for layer in self.layers:
-                for name in ("qkv", "o", "gate_up", "down"):
+                for name in LINEAR_NAMES:
                     setattr(layer, name, kernels.pack_linear_weight(getattr(layer, name)))
         self.scale = config.head_dim**-0.5
         freqs = (
@@ -161,6 +182,27 @@ class Transformer:
         angles = torch.cat((freqs, freqs), dim=-1).to(self.embed.device)
         self.cos = angles.cos().to(self.embed.dtype)
         self.sin = angles.sin().to(self.embed.dtype)
+
+    def _quantize(self, method: str, int4_group_size: int, head: torch.Tensor) -> None:
+        """Every layer's linear weights packed for `method`'s kernel, and the LM head for int8:
+        llama.cpp's 4-bit files keep their output matrix at 8 bits too (smollm2's Q4_1 file: the
+        tied embedding is Q8_0), and the tied head is about a fifth of a small model's bytes."""
+        device, dtype = self.embed.device, self.embed.dtype
+        self.linear = quant.linear
+        for index, layer in enumerate(self.layers):
+            for name in LINEAR_NAMES:
+                weight = quant.quantize_linear(
+                    f"layer {index}'s {name} projection",
+                    getattr(layer, name),
+                    method,
+                    int4_group_size,
+                    dtype,
+                    device,
+                )
+                setattr(layer, name, weight)
+        self.lm_head = quant.quantize_linear(
+            "the LM head", head, "int8", int4_group_size, dtype, device
+        )
 
     def forward(self, batch: StepBatch, kv_cache: KVCache) -> torch.Tensor:
         """float32 logits of the batch's sampled rows, [num_sampled, vocab]."""
@@ -333,7 +375,7 @@ class Transformer:
         return out[0].transpose(0, 1)
 
 
-def _layer_weights(weights: dict[str, torch.Tensor], i: int) -> LayerWeights:
+def _layer_weights(weights: dict[str, Any], i: int) -> LayerWeights:
     p = f"model.layers.{i}."
     attn, mlp = p + "self_attn.", p + "mlp."
     return LayerWeights(
@@ -350,12 +392,15 @@ def _layer_weights(weights: dict[str, torch.Tensor], i: int) -> LayerWeights:
     )
 
 
-def _stack(weights: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+def _stack(weights: dict[str, Any], names: list[str]) -> LinearWeight:
     # pop: the separate tensors are freed once stacked, so memory holds one copy of the model.
-    return torch.cat([weights.pop(name) for name in names], dim=0)
+    parts = [weights.pop(name) for name in names]
+    if isinstance(parts[0], GroupQuantized):
+        return cat_rows(parts)
+    return torch.cat(parts, dim=0)
 
 
 def _stack_optional(weights: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor | None:
     if names[0] not in weights:
         return None
-    return _stack(weights, names)
+    return torch.cat([weights.pop(name) for name in names], dim=0)
