@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,7 +181,10 @@ def stop(neighbours: list[subprocess.Popen[bytes]]) -> None:
         child.wait()
 
 
-def run_rounds(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run_rounds(
+    args: argparse.Namespace, on_run: Callable[[list[dict[str, Any]]], None]
+) -> list[dict[str, Any]]:
+    """Every run, rotated; `on_run(rows so far)` after each (a long run's JSON stays current)."""
     from benchmarks import common
 
     variants = args.variants.split(",")
@@ -201,6 +205,7 @@ def run_rounds(args: argparse.Namespace) -> list[dict[str, Any]]:
                         row = {"round": round_index, "neighbours": count, "variant": variant}
                         rows.append({**row, "batch": batch, "figures": result})
                         common.log(f"round {round_index} neighbours {count} {variant}: {result}")
+                        on_run(rows)
             finally:
                 stop(neighbours)
     return rows
@@ -261,33 +266,36 @@ def main() -> int:
 
     started_s = time.monotonic()
     machine = common.machine_info()
-    rows = run_rounds(args)
-    payload = {
-        "benchmark": f"{args.pipeline or 'engine alone'} beside busy neighbours: output tok/s "
-        "per engine threads variant",
-        "issue": 32,
-        "command": "python -m benchmarks.engine_alone " + " ".join(sys.argv[1:]),
-        "config": {
-            "model": args.model,
-            "pipeline": args.pipeline or "none: the engine alone, in a child",
-            "input_len": args.input_len,
-            "output_len": args.output_len,
-            "repeats_per_child": args.repeats,
-            "rounds": args.rounds,
-            "neighbour": f"python -c '{BUSY_NEIGHBOUR}', started before the child, killed after",
-            "order": "neighbour counts and variants rotated every round; a fresh child per run",
-        },
-        "machine": {**machine, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "targets": {
-            "auto busy_over_idle (one neighbour, batch 4 and 32)": f">= {TARGET_BUSY_OVER_IDLE}",
-            "auto over_default, no neighbour": f">= {TARGET_IDLE_OVER_DEFAULT}",
-        },
-        **summarise(rows),
-        "wall_s": round(time.monotonic() - started_s, 1),
-        "rounds": rows,
-    }
-    common.write_json(args.out, payload)
-    print(json.dumps({k: payload[k] for k in ("busy_over_idle", "over_default")}), flush=True)
+
+    def payload(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "benchmark": f"{args.pipeline or 'engine alone'} beside busy neighbours: output tok/s "
+            "per engine threads variant",
+            "issue": 32,
+            "command": "python -m benchmarks.engine_alone " + " ".join(sys.argv[1:]),
+            "config": {
+                "model": args.model,
+                "pipeline": args.pipeline or "none: the engine alone, in a child",
+                "input_len": args.input_len,
+                "output_len": args.output_len,
+                "repeats_per_child": args.repeats,
+                "rounds": args.rounds,
+                "neighbour": f"python -c '{BUSY_NEIGHBOUR}', started before the run, killed after",
+                "order": "neighbour counts and variants rotated every round; a fresh child each",
+            },
+            "machine": {**machine, "load_avg_now": [round(x, 2) for x in os.getloadavg()]},
+            "targets": {
+                "auto busy_over_idle (one neighbour, batch 4 and 32)": f">= {TARGET_BUSY_OVER_IDLE}",
+                "auto over_default, no neighbour": f">= {TARGET_IDLE_OVER_DEFAULT}",
+            },
+            **summarise(rows),
+            "wall_s": round(time.monotonic() - started_s, 1),
+            "rounds": rows,
+        }
+
+    rows = run_rounds(args, lambda rows: common.write_json(args.out, payload(rows)))
+    summary = payload(rows)
+    print(json.dumps({k: summary[k] for k in ("busy_over_idle", "over_default")}), flush=True)
     return 0
 
 
