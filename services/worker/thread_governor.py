@@ -128,6 +128,7 @@ class ThreadGovernor:
         self._promoted_at_s: float | None = None
         self._demoted_at_s = -math.inf
         self._windows = 0
+        self._dropped_before = False
         self.changes = 0
 
     def step_done(self, step_s: float) -> None:
@@ -156,8 +157,16 @@ class ThreadGovernor:
             )
             self._hold_s = min(MAX_HOLD_S, self._hold_s * 2) if failed_try else MIN_HOLD_S
             self._demoted_at_s, self._promoted_at_s = now, None
-            log.info(
-                "engine threads %d -> %d: %.2f waiting for a core", self.threads, threads, waiting
+            # the first drop is worth a user's attention (the log's default level); then INFO
+            level = logging.INFO if self._dropped_before else logging.WARNING
+            self._dropped_before = True
+            log.log(
+                level,
+                "engine threads %d -> %d: %.2f of them waiting for a core that other load holds "
+                "(--engine-threads auto, docs/performance.md)",
+                self.threads,
+                threads,
+                waiting,
             )
         elif threads > self.threads:
             if now - self._demoted_at_s < self._hold_s:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -76,7 +77,11 @@ def _on_own_thread(fn):  # type: ignore[no-untyped-def]
         return pool.submit(fn).result(timeout=60)
 
 
-def test_a_busy_neighbour_drops_a_thread_and_a_failed_probe_waits_longer() -> None:
+def test_a_busy_neighbour_drops_a_thread_and_a_failed_probe_waits_longer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="services.worker.thread_governor")
+
     def scenario() -> list[int]:
         readings, clock = Scripted(), Clock()
         governor = ThreadGovernor(2, readings, clock)
@@ -94,6 +99,9 @@ def test_a_busy_neighbour_drops_a_thread_and_a_failed_probe_waits_longer() -> No
     assert counts[2:7] == [1, 1, 2, 2, 2]  # dropped at 0.25 s, back at 1.25 s
     assert counts[7] == 1
     assert counts[8:15] == [1] * 7 and counts[15] == 2  # held 2 s this time
+    # the first drop tells the user why (the worker logs warnings); the later ones are INFO
+    drops = [r for r in caplog.records if "waiting for a core" in r.getMessage()]
+    assert [r.levelname for r in drops] == ["WARNING", "INFO"]
 
 
 def test_an_idle_engine_decides_nothing() -> None:
