@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from tracing import schema
 
@@ -101,6 +101,13 @@ def start_internal_span(
         kind=SpanKind.INTERNAL,
         attributes=dict(attributes or {}),
     )
+
+
+def end_span(span: Span, error: BaseException | None) -> None:
+    """End a span, marked failed with `error` when one is given."""
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, str(error)))
+    span.end()
 
 
 def record_internal_span(

@@ -4,13 +4,11 @@ tokens to the connections that asked for them (one delivery per connection per s
 It owns the spans of the scheduler: a Submit SERVER span per request (queue, prefill and
 decode time) and a Step CLIENT span per step, linked to the requests it served.
 
-Disaggregated (a prefill and a decode worker, ARCHITECTURE.md "Roles and the handoff"): the
-runner of a prefill worker hands each request whose prompt is done to `on_handoff` (the replica
-set, which picks a decode runner); the decode runner `adopt_prefilled`s it, makes its worker pull
-the KV from the prefill worker (`import_kv`), then releases the prefill worker's blocks and
-decodes it. The handoff's dead time is traced: `hopscope.handoff_wait` (prompt done -> transfer
-started), `hopscope.handoff_transfer` (the transfer as the scheduler waited for it) and
-`hopscope.handoff_resume` (transfer done -> the request's first decode step sent).
+Its loop is the synchronous one (schedule a step or multi-step run, send it, apply its answer).
+Two collaborators hold the variants, called at named points: overlap.py (async scheduling: a
+step built ahead while one runs) and kv_handoff.py (disaggregation: a prefill runner hands
+finished prompts to a decode runner, which imports their KV; ARCHITECTURE.md "Roles and the
+handoff").
 """
 
 from __future__ import annotations
@@ -18,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind
 
 from protos import hopscope_pb2 as pb
 from services.common import convert, spans
@@ -33,6 +30,8 @@ from services.common.types import Delivery, ModelInfo, StepOutput
 from services.config import DEFAULTS
 from services.scheduler.cache_metrics import CacheMetrics
 from services.scheduler.core import Scheduler
+from services.scheduler.kv_handoff import KVHandoffs
+from services.scheduler.overlap import OverlappedSteps, StepAnswer
 from services.scheduler.request import Batch, Request, Update
 from services.scheduler.service_config import WORKER_RESTART_TIMEOUT_S
 from services.scheduler.worker_client import WorkerClient
@@ -67,24 +66,6 @@ class Tracked:
     resume_span: Span | None = None  # hopscope.handoff_resume, ended by its first decode step
 
 
-@dataclass(slots=True)
-class _Handoff:
-    """Decode side: a prefilled request whose KV is still on the prefill worker."""
-
-    source: SchedulerRunner
-    source_blocks: list[int]
-    done_ns: int  # when its prompt was done (wall clock, for the span)
-
-
-@dataclass(slots=True)
-class _Sent:
-    """Async scheduling: a step (or multi-step run) handed to the worker, not yet answered."""
-
-    run: list[Batch]
-    task: asyncio.Task[tuple[list[dict[int, int]], float]]
-    started_s: float
-
-
 class SchedulerRunner:
     def __init__(
         self,
@@ -106,24 +87,18 @@ class SchedulerRunner:
         self._wakeup = asyncio.Event()
         self._worker_down_since: float | None = time.monotonic()
         self._task: asyncio.Task[None] | None = None
-        self._sent: deque[_Sent] = deque()  # async scheduling: oldest first, at most two
-        self._last_answer_s = 0.0  # async scheduling: when the previous step's answer came
+        self._overlap: OverlappedSteps | None = None  # async scheduling (made at start)
         # measured per step, read by the replica router
         self.num_steps = 0
         self.replica = "0"  # its index among worker replicas (a metrics label)
         self.hop_rtt_ms = 0.0
         self.tokens_per_ms = 0.0
-        # decode side: KV hops done (and their bytes) and failed (recomputed), cumulative
-        self.num_kv_imports = 0
-        self.kv_bytes_imported = 0
-        self.num_kv_import_failures = 0
         # disaggregation: the worker's role (from its Info), where a prefill runner's finished
-        # prompts go, how KV blocks move, and (decode side) the handoffs not yet imported
+        # prompts go, how KV blocks move, and the handoffs themselves
         self.role = "mixed"
         self.on_handoff: Callable[[SchedulerRunner, Tracked, list[int], int], None] | None = None
         self.kv_transport = "grpc"
-        self._handoffs: dict[str, _Handoff] = {}
-        self._imports: set[asyncio.Task[None]] = set()
+        self._kv = KVHandoffs(self, self._tracked, self._fail, self._wakeup.set)
         worker.watch(self._wakeup.set)  # a stream lost while idle is noticed at once
 
     # ------------------------------------------------------------------ lifecycle
@@ -141,15 +116,16 @@ class SchedulerRunner:
         self._on_health(True)
         if self.core.config.async_scheduling:
             log.info("async scheduling: each step is built while the previous one runs")
+            self._overlap = OverlappedSteps(
+                self.core, self._step, self._apply, self._on_step_error, self._wait_for_work
+            )
         self._task = asyncio.create_task(self._run(), name="scheduler-loop")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for task in list(self._imports):
-            task.cancel()
-        await asyncio.gather(*self._imports, return_exceptions=True)
+        await self._kv.stop()
         self._drop_sent()
         for rid in list(self._tracked):
             self._fail(rid, UnavailableError("the scheduler is shutting down"))
@@ -192,7 +168,7 @@ class SchedulerRunner:
                 raise UnavailableError(f"the model worker at {self.worker.address} is unavailable")
             self.core.add(request)
         except HopscopeError as exc:
-            _end_span(span, exc)
+            spans.end_span(span, exc)
             raise
         self._tracked[request.request_id] = Tracked(request, sink, span, spans.link_to(span))
         self._wakeup.set()
@@ -200,7 +176,7 @@ class SchedulerRunner:
     def abort(self, request_id: str) -> None:
         """The caller went away or matched a stop string: free its blocks now."""
         tracked = self._tracked.pop(request_id, None)
-        self._drop_handoff(request_id)
+        self._kv.drop(request_id)
         if self.core is not None:
             self.core.abort(request_id)
         if tracked is not None:
@@ -230,9 +206,9 @@ class SchedulerRunner:
             return
         now = time.monotonic()
         self._deliver(self.core.expire(now))
-        self._start_imports()
-        if self.core.config.async_scheduling:
-            await self._iterate_overlapped(now)
+        self._kv.start_imports()
+        if self._overlap is not None:
+            await self._overlap.turn(now)
             return
         run = self.core.schedule_run(now)  # one step, or a multi-step run of decodes
         if not run:
@@ -268,55 +244,14 @@ class SchedulerRunner:
             updates += self.core.on_step(each, each_sampled, time.monotonic())
         # a run's tokens leave together: one delivery per request, not one per step
         self._deliver(_merged(updates) if len(run) > 1 else updates)
-        self._hand_off()
+        self._kv.hand_off()
         self._record(run[0], started_s)
 
-    async def _iterate_overlapped(self, now: float) -> None:
-        """Async scheduling: keep a second step (or multi-step run) queued behind the running
-        one (built before the running one's tokens are known), then take the oldest's answer."""
-        assert self.core is not None
-        if not self._sent:
-            run = self.core.schedule_run(now)
-            if not run:
-                await self._wait_for_work(now)
-                return
-            self._send(run, now)
-        if len(self._sent) == 1 and (ahead := self.core.schedule_run_ahead(now)):
-            self._send(ahead, now)
-        await self._take_oldest()
-
-    def _send(self, run: list[Batch], now: float) -> None:
-        task = asyncio.create_task(self._step(run[0], run[1:]), name=f"step-{run[0].step_id}")
-        task.add_done_callback(_retrieve)  # a dropped step's error is not "never retrieved"
-        self._sent.append(_Sent(run, task, now))
-
-    async def _take_oldest(self) -> None:
-        assert self.core is not None
-        sent = self._sent[0]
-        try:
-            sampled_per_step, step_ms = await sent.task
-        except Exception as exc:  # noqa: BLE001 -- _on_step_error logs it, the loop goes on
-            # the step queued behind it may be built on its tokens: wait for its answer (so the
-            # stream stays in step) and drop it; the core reruns its sequences
-            await asyncio.gather(*(s.task for s in self._sent), return_exceptions=True)
-            self._sent.clear()
-            self._on_step_error(exc, sent.run[0])
-            return
-        self._sent.popleft()
-        # a step sent while another ran started on the worker when that one's answer left it:
-        # its round trip counts from then (else the hop's estimate would include a whole step)
-        started_s = max(sent.started_s, self._last_answer_s)
-        self._last_answer_s = time.monotonic()
-        self._apply(sent.run, sampled_per_step, step_ms, started_s)
-
     def _drop_sent(self) -> None:
-        for sent in self._sent:
-            sent.task.cancel()
-        self._sent.clear()
+        if self._overlap is not None:
+            self._overlap.drop()
 
-    async def _step(
-        self, batch: Batch, later: Sequence[Batch] = ()
-    ) -> tuple[list[dict[int, int]], float]:
+    async def _step(self, batch: Batch, later: Sequence[Batch] = ()) -> StepAnswer:
         """Run `batch` (and the decode steps chained behind it, multi-step); the tokens each
         sampled, in order, and the worker's time for all of them."""
         # Links carry no attributes (the SDK re-validates each link's attributes on every span,
@@ -356,7 +291,7 @@ class SchedulerRunner:
                     f"the worker ran {1 + len(out.later_sampled)} of {1 + len(later)} steps"
                 )
         except BaseException as exc:  # also a step dropped (cancelled) with a lost worker
-            _end_span(span, exc)
+            spans.end_span(span, exc)
             raise
         span.set_attribute(schema.WORKER_STEP_MS, out.step_ms)
         span.end()
@@ -413,7 +348,7 @@ class SchedulerRunner:
         taken = []
         for rid, tracked in list(self._tracked.items()):
             del self._tracked[rid]
-            self._drop_handoff(rid)
+            self._kv.drop(rid)
             if self.core is not None:
                 self.core.abort(rid)
             tracked.request.finish_reason = ""
@@ -431,19 +366,6 @@ class SchedulerRunner:
         self._wakeup.set()
 
     # ------------------------------------------------------------------ disaggregation
-    def _hand_off(self) -> None:
-        """Prefill side: requests whose prompt is done go to `on_handoff` (a decode runner)."""
-        assert self.core is not None
-        if not self.core.hands_off:
-            return
-        done_ns = time.time_ns()
-        for rid, blocks in self.core.take_handoffs():
-            tracked = self._tracked.pop(rid, None)
-            if tracked is None or self.on_handoff is None:
-                self.core.release_handoff(rid)
-                continue
-            self.on_handoff(self, tracked, blocks, done_ns)
-
     def release_handoff(self, request_id: str) -> bool:
         """Prefill side: the decode worker has the request's KV (or gave up): free its blocks.
         False when they were gone already (this worker was lost meanwhile)."""
@@ -456,85 +378,22 @@ class SchedulerRunner:
     def adopt_prefilled(
         self, tracked: Tracked, source: SchedulerRunner, source_blocks: list[int], done_ns: int
     ) -> None:
-        """Decode side: continue a request whose prompt `source` ran; its KV comes from there
-        once this cache has room (or it is recomputed here when the transfer fails)."""
-        assert self.core is not None, "adopt before start"
-        rid = tracked.request.request_id
-        self._tracked[rid] = tracked
-        try:
-            self.core.add_prefilled(tracked.request)
-        except HopscopeError as exc:
-            source.release_handoff(rid)
-            self._fail(rid, exc)
-            return
-        self._handoffs[rid] = _Handoff(source, source_blocks, done_ns)
-        self._wakeup.set()
+        """Decode side: continue a request whose prompt `source` ran (kv_handoff.py)."""
+        self._kv.adopt(tracked, source, source_blocks, done_ns)
 
-    def _start_imports(self) -> None:
-        assert self.core is not None
-        for rid, seq_id, dest_blocks in self.core.start_imports():
-            task = asyncio.create_task(self._import(rid, seq_id, dest_blocks), name=f"kv-{rid}")
-            self._imports.add(task)
-            task.add_done_callback(self._imports.discard)
+    @property
+    def num_kv_imports(self) -> int:
+        """Decode side: KV hops done, cumulative."""
+        return self._kv.num_imports
 
-    async def _import(self, rid: str, seq_id: int, dest_blocks: list[int]) -> None:
-        """One KV hop: this worker pulls the blocks from the prefill worker; the prefill
-        worker's blocks are freed once it answers. A failed hop recomputes the request here."""
-        assert self.core is not None
-        handoff, tracked = self._handoffs.get(rid), self._tracked.get(rid)
-        if handoff is None or tracked is None:
-            self.core.finish_import(rid, ok=False)
-            return
-        span_attributes = {schema.REQUEST_ID: rid}
-        spans.record_internal_span(
-            schema.HANDOFF_WAIT, tracked.span, handoff.done_ns, time.time_ns(), span_attributes
-        )
-        transfer = spans.start_internal_span(
-            schema.HANDOFF_TRANSFER,
-            tracked.span,
-            {**span_attributes, schema.KV_TRANSPORT: self.kv_transport},
-        )
-        ok, error = False, None
-        try:
-            result = await self.worker.import_kv(
-                handoff.source.worker.address,
-                handoff.source_blocks,
-                dest_blocks,
-                self.kv_transport,
-                spans.carrier_of(transfer),  # the worker's kv_transfer spans go under it
-                rid,
-                seq_id,
-            )
-            transfer.set_attribute(schema.KV_BYTES, result.num_bytes)
-            transfer.set_attribute(schema.NUM_BLOCKS, result.num_blocks)
-            ok = True
-        except HopscopeError as exc:
-            log.warning("KV transfer of %s failed (%s); recomputing it here", rid, exc)
-            error = exc
-        finally:
-            if self._handoffs.pop(rid, None) is handoff:  # still ours (not aborted, not lost)
-                # blocks gone before the answer: what was pulled is not this request's KV
-                ok = handoff.source.release_handoff(rid) and ok
-            else:
-                ok = False
-        if ok:
-            self.num_kv_imports += 1
-            self.kv_bytes_imported += result.num_bytes
-        else:
-            self.num_kv_import_failures += 1
-        _end_span(transfer, error)
-        if ok and self._tracked.get(rid) is tracked:
-            tracked.resume_span = spans.start_internal_span(
-                schema.HANDOFF_RESUME, tracked.span, span_attributes
-            )
-        self.core.finish_import(rid, ok)
-        self._wakeup.set()
+    @property
+    def kv_bytes_imported(self) -> int:
+        return self._kv.num_bytes_imported
 
-    def _drop_handoff(self, request_id: str) -> None:
-        """A request leaves this runner before its KV came: the prefill worker frees it."""
-        handoff = self._handoffs.pop(request_id, None)
-        if handoff is not None:
-            handoff.source.release_handoff(request_id)
+    @property
+    def num_kv_import_failures(self) -> int:
+        """Decode side: KV hops failed (their requests recomputed here), cumulative."""
+        return self._kv.num_import_failures
 
     def is_tracking(self, request_id: str) -> bool:
         return request_id in self._tracked
@@ -587,7 +446,7 @@ class SchedulerRunner:
 
     def _fail(self, request_id: str, error: HopscopeError) -> None:
         tracked = self._tracked.pop(request_id, None)
-        self._drop_handoff(request_id)
+        self._kv.drop(request_id)
         if self.core is not None:
             self.core.abort(request_id)
         if tracked is None:
@@ -609,7 +468,7 @@ class SchedulerRunner:
         span.set_attribute(schema.NUM_OUTPUT_TOKENS, req.num_output_tokens)
         span.set_attribute(schema.NUM_PREEMPTIONS, req.num_preemptions)
         span.set_attribute(schema.FINISH_REASON, finish_reason)
-        _end_span(span, error)
+        spans.end_span(span, error)
 
     # ------------------------------------------------------------------ worker loss
     def _lose_worker(self) -> None:
@@ -617,8 +476,7 @@ class SchedulerRunner:
         self._worker_down_since = time.monotonic()
         self._on_health(False)
         self._drop_sent()  # their stream is gone; the core forgets them too
-        for rid in list(self._handoffs):  # recomputed here once the worker is back
-            self._drop_handoff(rid)
+        self._kv.on_worker_lost()  # adopted requests are recomputed here once it is back
         self.core.on_worker_lost()  # running sequences will be recomputed once it is back
 
     def _is_worker_given_up(self) -> bool:
@@ -648,11 +506,6 @@ class SchedulerRunner:
         )
         self._worker_down_since = None
         self._on_health(True)
-
-
-def _retrieve(task: asyncio.Task[tuple[list[dict[int, int]], float]]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def _swap_attributes(batch: Batch) -> dict[str, int]:
@@ -693,9 +546,3 @@ def _to_delivery(update: Update) -> Delivery:
         error_status=update.error.status,
         error_message=str(update.error),
     )
-
-
-def _end_span(span: Span, error: BaseException | None) -> None:
-    if error is not None:
-        span.set_status(Status(StatusCode.ERROR, str(error)))
-    span.end()
