@@ -201,7 +201,7 @@ class Scheduler:
 
     def schedule(self, now_s: float) -> Batch | None:
         """Build the next step: running decodes, then prompt chunks, then new prefills (FCFS)."""
-        if self._swap is not None:  # a failed step; its sequences go again
+        if self._swap is not None:  # failed steps: their sequences go again, copies undone
             for unanswered in self._in_flight:
                 self._swap.undo(unanswered, self._seqs)
         self._in_flight = []
