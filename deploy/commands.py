@@ -103,17 +103,20 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     if deploy.placement == "inproc":
         return _with_tracing(
-            "hopscope-inproc", deploy.placement, lambda: asyncio.run(_serve_inproc(spec))
+            "hopscope-inproc",
+            deploy.placement,
+            lambda: asyncio.run(_serve_inproc(spec)),
+            model=spec.model.model,
         )
     return _serve_local(spec, log_dir)
 
 
-def _with_tracing(service_name: str, placement: str, run: Any) -> int:
+def _with_tracing(service_name: str, placement: str, run: Any, model: str = "") -> int:
     """Run in a process that hosts spans itself (inproc serve, generate); flush at the end."""
     from tracing.setup import configure_tracing, shutdown_tracing
 
     try:
-        configure_tracing(service_name, {"hopscope.placement": placement})
+        configure_tracing(service_name, {"hopscope.placement": placement, "hopscope.model": model})
     except ValueError as exc:
         err.print(f"error: tracing: {exc}")
         return 2

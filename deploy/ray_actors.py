@@ -104,7 +104,11 @@ class ServiceHost:
 
         configure_tracing(
             f"hopscope-{self.plan.role}",
-            {"hopscope.placement": self.plan.spec.deploy.placement, "ray.node_id": self.node_id},
+            {
+                "hopscope.placement": self.plan.spec.deploy.placement,
+                "hopscope.model": self.plan.spec.model.model,
+                "ray.node_id": self.node_id,
+            },
         )
         if self.plan.listen.startswith("unix:"):
             socket_path = Path(self.plan.listen.removeprefix("unix:"))

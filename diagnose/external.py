@@ -1,9 +1,11 @@
-"""The diagnosis of an external OpenAI-compatible server (an experiment plan's `target:`): what
-such a server shows without hopscope's spans — the client's timings (`hopscope bench --url`), the
-CPU time of its process tree, and its Prometheus `/metrics` when it serves them (vLLM's `vllm:`
-gauges, counters and histograms; llama.cpp's `llamacpp:`), scraped before and after the workload
-so counters and histograms are this workload's. Each rule of diagnose/rules.py is evaluated
-where these inputs suffice and listed under `not_evaluated`, with what it lacks, where not."""
+"""The diagnosis of an external OpenAI-compatible server (an experiment plan's `target:`): the
+client's timings (`hopscope bench --url`), the CPU time of its process tree, its Prometheus
+`/metrics` when it serves them (vLLM's `vllm:` gauges, counters and histograms; llama.cpp's
+`llamacpp:`), scraped before and after the workload so counters and histograms are this
+workload's, and its spans when it exports them (vLLM's `llm_request`, decomposed by
+tracing/vllm.py: queue, prefill, decode, and the client→server hop). Each rule of
+diagnose/rules.py is evaluated where these inputs suffice and listed under `not_evaluated`, with
+what it lacks, where not."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from diagnose.external_spans import SpanEvidence, span_evidence
 from diagnose.rules import SCHEDULING_E2E_SHARE, TYPES
 
 NO_SPANS = "needs hopscope's spans ({}), which an external server does not export"
@@ -134,8 +137,13 @@ def diagnose_target_variant(variant_dir: Path) -> dict[str, Any]:
     findings: list[dict[str, Any]] = []
     scores: dict[str, float] = {}
     not_evaluated: dict[str, str] = {t: NO_SPANS.format(SPAN_NEEDS[t]) for t in SPAN_NEEDS}
+    spans = span_evidence(rounds, variant_dir.name, measured.get("tpot_p50_ms"))
+    if spans is not None:
+        _apply_span_evidence(spans, findings, scores, not_evaluated)
     queue_ms, e2e_ms = server.get("queue_ms"), server.get("e2e_ms")
-    if queue_ms is not None and e2e_ms:
+    if spans is not None and "scheduling" in scores:
+        pass  # the spans' per-request queue time decided it
+    elif queue_ms is not None and e2e_ms:
         share = min(1.0, queue_ms / e2e_ms)
         scores["scheduling"] = round(share, 4)
         if share >= SCHEDULING_E2E_SHARE:
@@ -170,13 +178,14 @@ def diagnose_target_variant(variant_dir: Path) -> dict[str, Any]:
         "external target: no spans, so the per-component decomposition, the what-if and the "
         "disaggregation prediction are not available; latencies are the client's"
     )
-    notes = [no_spans, f"server metrics: {kind}"]
+    notes = [spans.note if spans is not None else no_spans, f"server metrics: {kind}"]
     if server.get("num_preemptions_total"):
         notes.append(f"the server preempted {server['num_preemptions_total']:g} requests (KV full)")
     if measured["server_cpu_us_per_token"] is None:
         notes.append("no server CPU per token: the target was not started by the experiment")
+    findings.sort(key=lambda f: -float(f["score"]))
     primary = findings[0]["type"] if findings else "undetermined"
-    return {
+    diagnosis = {
         "primary": primary,
         "findings": findings,
         "scores": scores,
@@ -185,6 +194,25 @@ def diagnose_target_variant(variant_dir: Path) -> dict[str, Any]:
         "server_metrics": {"kind": kind, **server},
         "notes": notes,
     }
+    if spans is not None:
+        diagnosis["decomposition"] = spans.decomposition
+    return diagnosis
+
+
+def _apply_span_evidence(
+    spans: SpanEvidence,
+    findings: list[dict[str, Any]],
+    scores: dict[str, float],
+    not_evaluated: dict[str, str],
+) -> None:
+    """The rules the server's spans decide: their findings and scores; the rest keep a reason
+    that says what the spans lack."""
+    for rule, finding in spans.findings.items():
+        scores[rule] = finding["score"]
+        not_evaluated.pop(rule, None)
+        if finding.pop("is_fired"):
+            findings.append(finding)
+    not_evaluated.update(spans.not_evaluated)
 
 
 def diagnose_target_experiment(exp_dir: Path) -> dict[str, Any]:

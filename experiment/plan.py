@@ -51,7 +51,9 @@ class Target:
     `start` is a shell command line (run by /bin/sh in its own process group through
     deploy/lifecycle.py, one fresh server per variant-round) with placeholders: `{port}` a free
     port chosen per round, `{flags}` the variant's server flags (appended at the end when
-    absent), `{python}` this interpreter. `url` (may hold `{port}`) is where it answers;
+    absent), `{python}` this interpreter, `{otlp_endpoint}` the round's OTLP/gRPC collector
+    (`http://127.0.0.1:PORT`, for vLLM's `--otlp-traces-endpoint`: its spans then decompose
+    the server's side, tracing/vllm.py). `url` (may hold `{port}`) is where it answers;
     without `start` the server must already be up there, and it is measured as it is (no
     factors). `stop` is a shell command run before the process group gets SIGTERM."""
 
@@ -62,7 +64,9 @@ class Target:
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
     metrics_path: str = "/metrics"
 
-    def command(self, flags: dict[str, Any], port: int | str) -> str:
+    def command(
+        self, flags: dict[str, Any], port: int | str, otlp_endpoint: str = "{otlp_endpoint}"
+    ) -> str:
         """The start command line for a variant with `flags`, on `port`."""
         import shlex
         import sys
@@ -70,6 +74,7 @@ class Target:
         assert self.start is not None
         argv = shlex.join(external_argv(flags))
         line = self.start.replace("{port}", str(port)).replace("{python}", sys.executable)
+        line = line.replace("{otlp_endpoint}", otlp_endpoint)
         if "{flags}" in line:
             return line.replace("{flags}", argv)
         return f"{line} {argv}".rstrip()

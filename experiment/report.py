@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from experiment import layout, plots
+from experiment import layout, plots, waterfall
 from experiment.render import Block, html_page, markdown
 from experiment.stats import COMPARED
 from experiment.summary import component_label
@@ -41,6 +41,8 @@ def _figures(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
         path = draw(summary, folder / f"{key}.png")
         if path is not None:
             figures[key] = path
+    if (path := waterfall.report_figure(out, summary)) is not None:
+        figures["waterfall"] = path
     samples = _latency_samples(summary, out)
     for factor in _factors(summary):
         names = [summary["baseline"]] + [
@@ -103,6 +105,7 @@ def _blocks(summary: dict[str, Any], figures: dict[str, Path], out: Path) -> lis
         blocks += [("img", (figures["effects"], "ratios to the baseline with 95% intervals"))]
     blocks += [("h2", "Measured values"), ("table", _values_table(summary))]
     blocks += _components_section(summary, figures)
+    blocks += waterfall.report_blocks(figures.get("waterfall"))
     blocks += _cdf_section(summary, figures)
     if "throughput_tpot" in figures:
         blocks += [

@@ -1,10 +1,12 @@
 """What every kind of variant-round shares, whoever serves it (a hopscope deployment,
 experiment/rounds.py, or an external server, experiment/target.py): the round's context and
-error, its fresh directory, the `hopscope bench` child and its results, cpu.json, round.json,
-the warm-up request's shape, and the stop that a second Ctrl-C cannot cut short."""
+error, its fresh directory, its OTLP collector and the tracing environment of its children, the
+`hopscope bench` child and its results, cpu.json, round.json, the warm-up request's shape, and
+the stop that a second Ctrl-C cannot cut short."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -20,6 +22,7 @@ from experiment.cpu import cpu_document
 from experiment.plan import Plan, Variant
 
 TARGET_RE = re.compile(r"^target ")  # `hopscope bench` prints it once the server answered
+COLLECTOR_RE = re.compile(r"collecting OTLP/gRPC traces on \S+:(?P<port>\d+)")
 BENCH_START_TIMEOUT_S = 120.0
 
 
@@ -121,3 +124,41 @@ def warm_up_shape(plan: Plan) -> tuple[str, int]:
     """(prompt, max_tokens) of a warm-up request: about the workload's input and output length."""
     words = max(1, int(plan.workload.get("input_len", 64)) // 2)
     return " ".join(["warm"] * words), int(plan.workload.get("output_len", 64))
+
+
+# ---------------------------------------------------------------------------- the round's spans
+def tracing_env(collector_port: int) -> dict[str, str]:
+    """Children export spans to the experiment's collector, often and without dropping any (the
+    SDK's 2048-span queue and 5 s delay lost a service's last spans in the benchmarks)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "HOPSCOPE_TRACE"))}
+    return env | {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "262144",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2048",
+    }
+
+
+def start_collector(round_dir: Path) -> Child:
+    """`hopscope traces collect` for this round's spans, as a child: its gRPC threads stay out
+    of this process (which forks the serve and bench children) and off its GIL."""
+    argv = ["-m", "deploy.cli", "traces", "collect", "--listen", "127.0.0.1:0"]
+    argv += ["--out", str(round_dir / "spans.jsonl")]
+    return launch(
+        argv, name="hopscope traces collect", log_path=round_dir / "logs" / "collector.log"
+    )
+
+
+def collector_port(collector: Child) -> int:
+    return int(collector.wait_for_line(COLLECTOR_RE, BENCH_START_TIMEOUT_S).group("port"))
+
+
+def count_spans(path: Path) -> int:
+    from tracing.readers import TraceReadError, read_file
+
+    try:
+        return len(read_file(path))
+    except TraceReadError:
+        return 0

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from deploy.lifecycle import Child, LaunchError, ServeChild, launch, start_serve
+from deploy.lifecycle import Child, LaunchError, ServeChild, start_serve
 from experiment import layout
 from experiment.cpu import CpuReadError, read_cpu_s
 from experiment.plan import Plan
@@ -20,9 +20,13 @@ from experiment.round_kit import (
     BENCH_START_TIMEOUT_S,
     TARGET_RE,
     RoundContext,
+    collector_port,
+    count_spans,
     fresh_round_dir,
     launch_bench,
     move_requests,
+    start_collector,
+    tracing_env,
     uninterruptible,
     wait_bench,
     warm_up_shape,
@@ -31,22 +35,7 @@ from experiment.round_kit import (
 )
 from experiment.target import run_target_round
 
-COLLECTOR_RE = re.compile(r"collecting OTLP/gRPC traces on \S+:(?P<port>\d+)")
 METRICS_TIMEOUT_S = 5.0
-
-
-def tracing_env(collector_port: int) -> dict[str, str]:
-    """Children export spans to the experiment's collector, often and without dropping any (the
-    SDK's 2048-span queue and 5 s delay lost a service's last spans in the benchmarks)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "HOPSCOPE_TRACE"))}
-    return env | {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-        "OTEL_BSP_MAX_QUEUE_SIZE": "262144",
-        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2048",
-    }
 
 
 def run_round(ctx: RoundContext) -> Path:
@@ -94,32 +83,9 @@ def run_round(ctx: RoundContext) -> Path:
             if collector is not None:
                 collector.stop()  # after serve and bench: it has every span they flushed
             save_service_logs(service_logs, round_dir / "logs")
-    spans = _count_spans(round_dir / "spans.jsonl")
+    spans = count_spans(round_dir / "spans.jsonl")
     write_round_done(ctx, round_dir, started, {"ray_address": ctx.ray_address, "num_spans": spans})
     return round_dir
-
-
-def start_collector(round_dir: Path) -> Child:
-    """`hopscope traces collect` for this round's spans, as a child: its gRPC threads stay out
-    of this process (which forks the serve and bench children) and off its GIL."""
-    argv = ["-m", "deploy.cli", "traces", "collect", "--listen", "127.0.0.1:0"]
-    argv += ["--out", str(round_dir / "spans.jsonl")]
-    return launch(
-        argv, name="hopscope traces collect", log_path=round_dir / "logs" / "collector.log"
-    )
-
-
-def collector_port(collector: Child) -> int:
-    return int(collector.wait_for_line(COLLECTOR_RE, BENCH_START_TIMEOUT_S).group("port"))
-
-
-def _count_spans(path: Path) -> int:
-    from tracing.readers import TraceReadError, read_file
-
-    try:
-        return len(read_file(path))
-    except TraceReadError:
-        return 0
 
 
 def _start_serve(ctx: RoundContext, round_dir: Path, env: dict[str, str]) -> ServeChild:

@@ -222,6 +222,7 @@ def _components(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return {
         name: {"mean_ms": round(c["mean_ms"], 4), "share": round(c["share"], 4)}
         for name, c in summary["components"].items()
+        if c["mean_ms"] is not None  # n/a: no span measured it (a vLLM target's tokenize)
     }
 
 

@@ -3,11 +3,12 @@ server per round when the plan starts it (target.start through deploy/lifecycle.
 variant's flags on its command line), warm-up, the workload through `hopscope bench --url` as a
 child, then its Prometheus /metrics (before and after the workload) and the CPU time of its whole
 process tree saved into DIR/<variant>/round-<k>/ — the same layout as a hopscope round, less the
-spans (such a server exports none of hopscope's) and the Describe (a `target.json` instead)."""
+Describe (a `target.json` instead). The round's OTLP collector receives the bench's spans and
+whatever the server exports: the start command gets its address as `{otlp_endpoint}` (vLLM's
+`--otlp-traces-endpoint`), and the server's environment the usual OTEL_* variables."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import urllib.request
@@ -23,9 +24,13 @@ from experiment.round_kit import (
     BENCH_START_TIMEOUT_S,
     TARGET_RE,
     RoundContext,
+    collector_port,
+    count_spans,
     fresh_round_dir,
     launch_bench,
     move_requests,
+    start_collector,
+    tracing_env,
     uninterruptible,
     wait_bench,
     warm_up_shape,
@@ -47,19 +52,24 @@ def run_target_round(ctx: RoundContext) -> Path:
     round_dir = fresh_round_dir(ctx)
     logs = round_dir / "logs"
     started = time.time()
+    collector: Child | None = None
     server: Child | None = None
     bench: Child | None = None
     port = free_port() if target.start else 0
     url = target.url_for(port)
-    command = target.command(ctx.variant.serve, port) if target.start else None
-    info: dict[str, Any] = {"url": url, "command": command, "flags": dict(ctx.variant.serve)}
+    info: dict[str, Any] = {"url": url, "flags": dict(ctx.variant.serve)}
     try:
-        pids: dict[str, int] = {}
+        collector = start_collector(round_dir)
+        pids: dict[str, int] = {"collector": collector.pid}
+        env = tracing_env(collector_port(collector))
+        otlp_endpoint = env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        command = target.command(ctx.variant.serve, port, otlp_endpoint) if target.start else None
+        info["command"] = command
         if command is not None:
             t0 = time.monotonic()
             server = launch(
                 [command], name="target server", log_path=logs / "server.log",
-                program=["/bin/sh", "-c"],
+                program=["/bin/sh", "-c"], env=env,
             )  # fmt: skip
             pids[SERVER] = server.pid
             layout.write_json(round_dir / "pids.json", pids)
@@ -72,7 +82,9 @@ def run_target_round(ctx: RoundContext) -> Path:
         warm_up(url, plan, info["models"])
         scrape(url, target, round_dir / "metrics_before")
         before = tree_cpu_s(server.pid) if server is not None else None
-        bench = launch_bench(ctx, round_dir, ["--url", url], _env_without_tracing())
+        # traced: its root span's W3C context reaches the server, whose request span is then
+        # the child of the bench's CLIENT span (the hop is their difference)
+        bench = launch_bench(ctx, round_dir, ["--url", url], env)
         layout.write_json(round_dir / "pids.json", pids | {"client": bench.pid})
         bench.wait_for_line(TARGET_RE, BENCH_START_TIMEOUT_S)
         wait_bench(bench, plan.timeout_s)
@@ -94,7 +106,10 @@ def run_target_round(ctx: RoundContext) -> Path:
                 bench.stop()
             if server is not None:
                 stop_server(server, target, port, logs / "server.log")
-    write_round_done(ctx, round_dir, started, {"target": url, "num_spans": 0})
+            if collector is not None:
+                collector.stop()  # after the server: it has every span the server flushed
+    spans = count_spans(round_dir / "spans.jsonl")
+    write_round_done(ctx, round_dir, started, {"target": url, "num_spans": spans})
     return round_dir
 
 
@@ -129,11 +144,6 @@ def _get_json(url: str) -> Any:
 
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read().decode())
-
-
-def _env_without_tracing() -> dict[str, str]:
-    """The client exports no spans: such a server has none to join them with."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
 
 
 # ---------------------------------------------------------------------------- warm-up, metrics

@@ -109,7 +109,12 @@ class HttpFrontDoor:
         headers = dict(metadata)
         span = None
         if self._is_tracing:  # the CLIENT half of the client -> front door hop
-            span = self._tracer.start_span(f"POST {self._path}", kind=SpanKind.CLIENT)
+            span = self._tracer.start_span(
+                f"POST {self._path}",
+                kind=SpanKind.CLIENT,
+                # the served model names the deployment when the server's spans do not (vLLM)
+                attributes={"gen_ai.request.model": self.model} if self.model else None,
+            )
             _PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
         try:
             await self._stream(body, record, headers, t0)

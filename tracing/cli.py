@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from tracing.collector import DEFAULT_LISTEN, CollectorError, OtlpCollector
 from tracing.model import Span, normalize_trace_id
+from tracing.report import FOLD_ABOVE_ROWS
 
 if TYPE_CHECKING:
     from tracing.filters import RequestFilter
@@ -53,6 +54,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="only the trace ids in a bench run's records JSONL (or its summary JSON)",
     )
+    summarize.add_argument(
+        "--deployment",
+        metavar="PLACEMENT/MODEL",
+        default=None,
+        help="only requests of this deployment (a placement, a model, or PLACEMENT/MODEL as "
+        "the summary names them); without it each deployment is summarized on its own",
+    )
     summarize.add_argument("--json", action="store_true", help="print the summary as JSON")
     summarize.add_argument(
         "--per-request", action="store_true", help="with --json: add every request's breakdown"
@@ -62,6 +70,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="one request's waterfall and breakdown")
     show.add_argument("trace_id", help="hex trace id (as in the loadgen records or Jaeger)")
     _add_source_args(show)
+    show.add_argument(
+        "--steps",
+        choices=("auto", "fold", "all"),
+        default="auto",
+        help="fold: consecutive decode steps as one row (count, sum, p50); all: a row per "
+        "span; auto: fold when the request has more than "
+        f"{FOLD_ABOVE_ROWS} rows",
+    )
     show.set_defaults(func=run_show)
 
     export = actions.add_parser(
@@ -172,7 +188,7 @@ def run_summarize(args: argparse.Namespace) -> int:
     from tracing.decompose import decompose
     from tracing.readers import TraceReadError
     from tracing.report import console_for_output, print_summary
-    from tracing.summary import summarize
+    from tracing.summary import by_deployment, deployment_name, summarize_deployments
 
     try:
         request_filter = _request_filter(args)
@@ -182,7 +198,9 @@ def run_summarize(args: argparse.Namespace) -> int:
         return 2
     found = decompose(spans)
     breakdowns = request_filter.apply(found)
-    summary = summarize(breakdowns)
+    if args.deployment is not None:
+        breakdowns = [b for b in breakdowns if _is_deployment(b.deployment, args.deployment)]
+    summary = summarize_deployments(breakdowns)
     if request_filter.is_active:
         summary["filter"] = {**request_filter.describe(), "num_requests_read": len(found)}
     if args.json and args.per_request:
@@ -192,21 +210,46 @@ def run_summarize(args: argparse.Namespace) -> int:
         return 0
     console = console_for_output()
     if not found:
-        console.print(f"no requests found among {len(spans)} spans (no Submit SERVER span)")
+        console.print(
+            f"no requests found among {len(spans)} spans (no Submit SERVER or vLLM "
+            "llm_request span)"
+        )
         return 1
     if not breakdowns:
         console.print(f"none of the {len(found)} requests read match the filters")
         return 1
-    if request_filter.is_active:
+    if request_filter.is_active or args.deployment is not None:
         console.print(f"{len(breakdowns)} of the {len(found)} requests read match the filters")
-    print_summary(console, summary)
+    groups = by_deployment(breakdowns)
+    if len(groups) > 1:
+        names = ", ".join(f"{deployment_name(d)} ({len(g)})" for d, g in groups)
+        console.print(
+            f"{len(groups)} deployments in these spans: {names}. Each is summarized on its "
+            "own, never pooled (--deployment PLACEMENT/MODEL picks one)."
+        )
+    for deployment, group in groups:
+        if len(groups) > 1:
+            console.rule(f"deployment {deployment_name(deployment)}")
+        print_summary(console, summarize_deployments(group))
     return 0
+
+
+def _is_deployment(deployment: dict[str, str], wanted: str) -> bool:
+    placement, model = deployment.get("placement", ""), deployment.get("model", "")
+    wanted = wanted.replace(" ", "")
+    return wanted in (placement, model, f"{placement}/{model}")
 
 
 def run_show(args: argparse.Namespace) -> int:
     from tracing.decompose import SpanIndex, decompose
     from tracing.readers import TraceReadError
-    from tracing.report import breakdown_table, console_for_output, waterfall_spans, waterfall_table
+    from tracing.report import (
+        breakdown_table,
+        console_for_output,
+        fold_steps,
+        waterfall_spans,
+        waterfall_table,
+    )
 
     console = console_for_output()
     try:
@@ -220,7 +263,8 @@ def run_show(args: argparse.Namespace) -> int:
     if not rows:
         _error(f"trace {trace_id} is not among the {len(spans)} spans read")
         return 1
-    console.print(waterfall_table(rows, trace_id))
+    fold = args.steps == "fold" or (args.steps == "auto" and len(rows) > FOLD_ABOVE_ROWS)
+    console.print(waterfall_table(fold_steps(rows, index) if fold else rows, trace_id))
     for breakdown in decompose(spans):
         if breakdown.trace_id == trace_id:
             console.print(breakdown_table(breakdown))

@@ -67,6 +67,9 @@ class RequestBreakdown:
     unmeasured: list[str] = field(default_factory=list)
     start_unix_ns: int = 0  # when the request's root span started
     label: str = ""  # `hopscope bench --label` of the run that sent it ("" when unknown)
+    source: str = "hopscope"  # whose spans: "hopscope", or "vllm" (tracing/vllm.py)
+    # {"placement", "model"} from the spans' resources: summaries never pool across these
+    deployment: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_sum_within_tolerance(self) -> bool:
@@ -145,11 +148,18 @@ class SpanIndex:
 
 
 def decompose(spans: Iterable[Span]) -> list[RequestBreakdown]:
-    """One breakdown per request that reached the scheduler (a Submit SERVER span)."""
+    """One breakdown per request that reached the scheduler (a Submit SERVER span), and one
+    per request a vLLM server traced (an `llm_request` span, tracing/vllm.py)."""
+    from tracing.vllm import decompose_vllm
+
     index = SpanIndex(spans)
     submits = [s for s in index.spans if _is(s, SUBMIT, "SERVER")]
     submits.sort(key=lambda span: span.start_ns)
-    return [_decompose_request(index, submit) for submit in submits]
+    found = [_decompose_request(index, submit) for submit in submits]
+    vllm = decompose_vllm(index)
+    if vllm and found:
+        return sorted(found + vllm, key=lambda b: b.start_unix_ns)
+    return found or vllm
 
 
 @dataclass(slots=True)
@@ -220,6 +230,7 @@ def _decompose_request(index: SpanIndex, submit_server: Span) -> RequestBreakdow
         unmeasured=unmeasured,
         start_unix_ns=root.start_ns,
         label=str(found.loadgen.attributes.get(schema.LABEL, "")) if found.loadgen else "",
+        deployment=_deployment(found),
     )
     _add_tpot(breakdown, calls, submit_server)
     return breakdown
@@ -285,6 +296,20 @@ def _add_tpot(breakdown: RequestBreakdown, calls: list[_StepCall], submit_server
         NET_SCHEDULER_WORKER: network_ms,
         OTHER: max(0.0, tpot_ms - compute_ms - network_ms),
     }
+
+
+def _deployment(found: _RequestSpans) -> dict[str, str]:
+    """Placement and model from the resources of the request's server-side spans (the first
+    that names each; the client's own resource names neither)."""
+    spans = [found.submit_server, found.submit_client, found.generate_server]
+    deployment = {}
+    for key, attribute in (
+        ("placement", schema.RESOURCE_PLACEMENT),
+        ("model", schema.RESOURCE_MODEL),
+    ):
+        values = [str(s.resource[attribute]) for s in spans if s and s.resource.get(attribute)]
+        deployment[key] = values[0] if values else ""
+    return deployment
 
 
 def _children_ms(index: SpanIndex, span: Span, names: tuple[str, ...]) -> float:

@@ -81,6 +81,10 @@ HANDOFF_TRANSFER = "hopscope.handoff_transfer"  # ImportKV as the scheduler wait
 HANDOFF_RESUME = "hopscope.handoff_resume"  # KV in the decode cache -> its first decode step sent
 ROLE = "hopscope.role"  # a worker's role: "mixed" | "prefill" | "decode"
 
+# resource attributes of every hopscope service: which deployment a span came from
+RESOURCE_PLACEMENT = "hopscope.placement"
+RESOURCE_MODEL = "hopscope.model"
+
 RPC_ATTRIBUTES = (RPC_SYSTEM, RPC_SERVICE, RPC_METHOD, NETWORK_TRANSPORT)
 
 # (span name, kind) -> the attributes every such span carries (ARCHITECTURE.md's span table)

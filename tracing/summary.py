@@ -78,7 +78,10 @@ def _network_ms(row: dict[str, float | None]) -> float | None:
 def _tpot_summary(breakdowns: Sequence[RequestBreakdown]) -> dict[str, Any]:
     with_tpot = [b for b in breakdowns if b.tpot_ms is not None]
     tpot = [b.tpot_ms for b in with_tpot if b.tpot_ms is not None]
-    rows: list[dict[str, float | None]] = [dict(b.tpot_components_ms) for b in with_tpot]
+    # a component a breakdown does not split out (vLLM's spans) is n/a, not 0
+    rows: list[dict[str, float | None]] = [
+        {name: b.tpot_components_ms.get(name) for name in TPOT_COMPONENTS} for b in with_tpot
+    ]
     return {
         "requests": len(with_tpot),
         **stats_ms(tpot),
@@ -104,7 +107,12 @@ def _checks(
             "probably missing; check that every service exports traces"
         )
     unmeasured = [name for name, row in components.items() if row["mean_ms"] is None]
-    if unmeasured and breakdowns:
+    if unmeasured and breakdowns and all(b.source == "vllm" for b in breakdowns):
+        warnings.append(
+            f"vLLM's spans do not split out {', '.join(unmeasured)} (n/a): what those take "
+            "is in 'other' and in the client hop (see docs/tracing.md, 'vLLM's spans')"
+        )
+    elif unmeasured and breakdowns:
         warnings.append(
             f"no span measured {', '.join(unmeasured)} (n/a): the caller's side is not traced "
             "(run `hopscope bench` with OTEL_EXPORTER_OTLP_ENDPOINT or HOPSCOPE_TRACE_FILE set) "
@@ -116,4 +124,34 @@ def _checks(
         "other_share": other_share,
         "is_other_under_10pct": other_share <= OTHER_SHARE_LIMIT,
         "warnings": warnings,
+    }
+
+
+def deployment_name(deployment: dict[str, str]) -> str:
+    """'colocated / smollm2-135m'; '?' for what the spans did not say."""
+    return f"{deployment.get('placement') or '?'} / {deployment.get('model') or '?'}"
+
+
+def by_deployment(
+    breakdowns: Sequence[RequestBreakdown],
+) -> list[tuple[dict[str, str], list[RequestBreakdown]]]:
+    """The requests of each deployment (placement and model), in order of first request:
+    two deployments' times are never pooled into one distribution."""
+    groups: dict[tuple[str, str], list[RequestBreakdown]] = {}
+    for breakdown in breakdowns:
+        key = (breakdown.deployment.get("placement", ""), breakdown.deployment.get("model", ""))
+        groups.setdefault(key, []).append(breakdown)
+    return [({"placement": p, "model": m}, group) for (p, m), group in groups.items()]
+
+
+def summarize_deployments(breakdowns: Sequence[RequestBreakdown]) -> dict[str, Any]:
+    """`traces summarize --json`: one deployment, its summary plus `deployment`; several, only
+    `requests` and `deployments` (a summary per deployment), no pooled numbers."""
+    groups = by_deployment(breakdowns)
+    if len(groups) <= 1:
+        deployment = groups[0][0] if groups else {"placement": "", "model": ""}
+        return {**summarize(breakdowns), "deployment": deployment}
+    return {
+        "requests": len(breakdowns),
+        "deployments": [{**summarize(group), "deployment": d} for d, group in groups],
     }

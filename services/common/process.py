@@ -71,9 +71,18 @@ def run_service_main(
         print(f"error: bad {name} config: {exc}", file=sys.stderr)
         return 2
     node_id = str(getattr(config, "node_id", "") or "")
+    # the tokenizer's config names the model, the worker's its engine's: `traces summarize`
+    # groups requests by placement and model and never pools across them
+    engine = getattr(config, "engine", config)
+    model = str(getattr(config, "model", "") or getattr(engine, "model", "") or "")
     try:
         configure_tracing(
-            f"hopscope-{name}", {"hopscope.placement": args.placement, "hopscope.node_id": node_id}
+            f"hopscope-{name}",
+            {
+                "hopscope.placement": args.placement,
+                "hopscope.node_id": node_id,
+                "hopscope.model": model,
+            },
         )
     except ValueError as exc:
         print(f"error: tracing: {exc}", file=sys.stderr)

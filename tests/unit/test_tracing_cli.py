@@ -50,16 +50,16 @@ def _otlp_span(span: Span) -> dict[str, Any]:
 
 
 def write_otlp_lines(path: Path, spans: list[Span]) -> None:
-    """One export request per service, as each service's exporter would write it."""
-    by_service: dict[str, list[Span]] = {}
+    """One export request per service (resource), as each service's exporter would write it."""
+    by_resource: dict[str, list[Span]] = {}
     for span in spans:
-        by_service.setdefault(span.service_name, []).append(span)
+        by_resource.setdefault(json.dumps(span.resource, sort_keys=True), []).append(span)
     with path.open("w") as out:
-        for service, group in by_service.items():
+        for resource, group in by_resource.items():
             doc = {
                 "resourceSpans": [
                     {
-                        "resource": {"attributes": _attrs({"service.name": service})},
+                        "resource": {"attributes": _attrs(json.loads(resource))},
                         "scopeSpans": [{"scope": {}, "spans": [_otlp_span(s) for s in group]}],
                     }
                 ]
