@@ -56,8 +56,6 @@ LIFECYCLE_SPANS = {
     "vllm_async_kv_transfer": KV_TRANSFER,
 }
 ATTRIBUTE_COMPONENTS = {QUEUE: TIME_IN_QUEUE_S, PREFILL: PREFILL_S, DECODE: DECODE_S}
-# measured by the mapping (the rest of COMPONENTS is n/a for a vLLM request)
-MEASURED = (NET_CLIENT_TOKENIZER, QUEUE, PREFILL, DECODE)
 
 
 def is_llm_request(span: Span) -> bool:

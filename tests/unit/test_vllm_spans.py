@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tracing.decompose import (
     TOKENIZE,
     decompose,
 )
+from tracing.model import Span
 from tracing.readers import read_file
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vllm"
@@ -119,3 +121,35 @@ def test_a_targets_diagnosis_decides_scheduling_and_network_from_the_spans(
         "prefill_interference",
     }
     assert "per engine step" in evidence.not_evaluated["compute"]
+
+
+def test_lifecycle_spans_when_a_build_exports_them_replace_the_attributes() -> None:
+    """vLLM PR #44402's vllm_queue/vllm_prefill/vllm_decode children of llm_request: their
+    durations (two queueings of a preempted request summed) are the components."""
+    spans = read_file(SPANS)
+    server = next(s for s in spans if s.name == "llm_request")
+    ms = 1_000_000
+
+    def child(name: str, start_ms: float, end_ms: float) -> Span:
+        return replace(
+            server,
+            span_id=f"{abs(hash((name, start_ms))) % 2**63:016x}",
+            parent_span_id=server.span_id,
+            name=name,
+            kind="INTERNAL",
+            start_ns=server.start_ns + int(start_ms * ms),
+            end_ns=server.start_ns + int(end_ms * ms),
+            attributes={},
+        )
+
+    lifecycle = [
+        child("vllm_queue", 1, 4),
+        child("vllm_prefill", 4, 24),
+        child("vllm_queue", 24, 26),  # preempted, queued again
+        child("vllm_decode", 26, 526),
+    ]
+    (b,) = [b for b in decompose(spans + lifecycle) if b.trace_id == server.trace_id]
+    assert b.components_ms[QUEUE] == pytest.approx(5.0)
+    assert b.components_ms[PREFILL] == pytest.approx(20.0)
+    assert b.components_ms[DECODE] == pytest.approx(500.0)
+    assert sum(b.components_ms.values()) == pytest.approx(b.e2e_ms)
