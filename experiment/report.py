@@ -359,7 +359,7 @@ def _diagnosis_section(summary: dict[str, Any], out: Path) -> list[Block]:
         for finding in (diagnosis.get("findings") or [])[:MAX_FINDINGS]:
             blocks.append(("ul", _finding_items(finding)))
         if skipped := diagnosis.get("not_evaluated"):
-            blocks.append(("p", "Rules not evaluated (an external server exports no spans):"))
+            blocks.append(("p", "Rules not evaluated (each with what its inputs lack):"))
             blocks.append(("ul", [f"**{rule}**: {why}" for rule, why in skipped.items()]))
         if server := diagnosis.get("server_metrics"):
             shown = ", ".join(f"{k} {v:g}" for k, v in server.items() if isinstance(v, float))
