@@ -7,6 +7,7 @@ they stay not evaluated, each with what the spans lack."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -44,7 +45,6 @@ def _ev(value: Any, unit: str) -> dict[str, Any]:
 
 def measured_breakdowns(rounds: list[Path]) -> tuple[list[RequestBreakdown], dict[str, int]]:
     """The measured, successful requests' breakdowns of every round, and their output tokens."""
-    from experiment import layout
     from tracing.decompose import decompose
     from tracing.readers import TraceReadError, read_file
 
@@ -53,17 +53,31 @@ def measured_breakdowns(rounds: list[Path]) -> tuple[list[RequestBreakdown], dic
     for round_dir in rounds:
         try:
             spans = read_file(round_dir / "spans.jsonl")
-            records = layout.read_requests(round_dir)
-        except (TraceReadError, OSError, ValueError):
+        except TraceReadError:
             continue
-        ok = {
-            str(r["trace_id"]): int(r.get("n_out") or 0)
-            for r in records
-            if r.get("status") == "OK" and r.get("is_measured", True) and r.get("trace_id")
-        }
-        breakdowns += [b for b in decompose(spans) if b.trace_id in ok]
-        tokens |= ok
+        measured = _measured_tokens(round_dir)
+        breakdowns += [b for b in decompose(spans) if b.trace_id in measured]
+        tokens |= measured
     return breakdowns, tokens
+
+
+def _measured_tokens(round_dir: Path) -> dict[str, int]:
+    """trace id -> output tokens of the round's measured, successful requests (its
+    requests.jsonl, as bench.json names it; warm-up requests are not measured)."""
+    try:
+        bench = json.loads((round_dir / "bench.json").read_text(encoding="utf-8"))
+        path = Path(str(bench.get("requests_file") or "requests.jsonl"))
+        if not path.is_absolute() or not path.is_file():
+            path = round_dir / path.name
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return {}
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return {
+        str(r["trace_id"]): int(r.get("n_out") or 0)
+        for r in rows
+        if r.get("status") == "OK" and r.get("is_measured", True) and r.get("trace_id")
+    }
 
 
 def span_evidence(

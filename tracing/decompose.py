@@ -8,143 +8,60 @@ decomposition runs over all spans read, not trace by trace.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tracing import schema
-from tracing.model import Link, Span
+from tracing.breakdown import (
+    COMPONENTS,
+    DECODE,
+    DETOKENIZE,
+    HANDOFF_WAIT,
+    HTTP_FRONT_DOOR,
+    KV_TRANSFER,
+    NET_CLIENT_TOKENIZER,
+    NET_SCHEDULER_WORKER,
+    NET_TOKENIZER_SCHEDULER,
+    OTHER,
+    PREFILL,
+    QUEUE,
+    SUM_TOLERANCE,
+    TOKENIZE,
+    TPOT_COMPONENTS,
+    RequestBreakdown,
+    SpanIndex,
+    StepCall,
+    is_front_door,
+    is_named,
+)
+from tracing.model import Span
 from tracing.schema import ENCODE, GENERATE, LOADGEN_REQUEST, STEP, SUBMIT
 
-__all__ = ["ENCODE", "GENERATE", "LOADGEN_REQUEST", "STEP", "SUBMIT"]  # re-exported names
-# The HTTP front door's spans (OpenTelemetry's ASGI server span, the bench client's span) stand
-# where Generate's CLIENT/SERVER pair stands for gRPC.
-HTTP_FRONT_DOOR = ("POST /v1/completions", "POST /v1/chat/completions")
-
-TOKENIZE = "tokenize"
-QUEUE = "queue"
-PREFILL = "compute.prefill"
-DECODE = "compute.decode"
-NET_CLIENT_TOKENIZER = "network.client_tokenizer"
-NET_TOKENIZER_SCHEDULER = "network.tokenizer_scheduler"
-NET_SCHEDULER_WORKER = "network.scheduler_worker"
-DETOKENIZE = "detokenize"
-# disaggregated placements: the KV hop prefill -> decode worker as the scheduler waited for it,
-# and the dead time around it (prompt done -> transfer started, KV in place -> first decode step)
-KV_TRANSFER = "kv_transfer"
-HANDOFF_WAIT = "handoff_wait"
-OTHER = "other"
-COMPONENTS = (
-    TOKENIZE,
-    NET_CLIENT_TOKENIZER,
-    NET_TOKENIZER_SCHEDULER,
-    QUEUE,
-    PREFILL,
-    DECODE,
-    NET_SCHEDULER_WORKER,
-    KV_TRANSFER,
-    HANDOFF_WAIT,
-    DETOKENIZE,
-    OTHER,
-)
-TPOT_COMPONENTS = (DECODE, NET_SCHEDULER_WORKER, OTHER)
-SUM_TOLERANCE = 0.05  # components must add up to e2e within this share
-
-
-@dataclass(slots=True)
-class RequestBreakdown:
-    """Where one request's end-to-end time went, in milliseconds."""
-
-    trace_id: str
-    request_id: str
-    e2e_ms: float
-    components_ms: dict[str, float]
-    tpot_ms: float | None = None
-    tpot_components_ms: dict[str, float] = field(default_factory=dict)
-    clamped_ms: float = 0.0  # how much negative time was clamped to zero (overlap, jitter)
-    notes: list[str] = field(default_factory=list)
-    # components no span measured for this request (counted 0 in components_ms; shown "n/a")
-    unmeasured: list[str] = field(default_factory=list)
-    start_unix_ns: int = 0  # when the request's root span started
-    label: str = ""  # `hopscope bench --label` of the run that sent it ("" when unknown)
-    source: str = "hopscope"  # whose spans: "hopscope", or "vllm" (tracing/vllm.py)
-    # {"placement", "model"} from the spans' resources: summaries never pool across these
-    deployment: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def is_sum_within_tolerance(self) -> bool:
-        total = sum(self.components_ms.values())
-        return abs(total - self.e2e_ms) <= SUM_TOLERANCE * self.e2e_ms
-
-
-@dataclass(slots=True)
-class _StepCall:
-    client: Span
-    server: Span | None
-    phase: str
-
-
-def _is_front_door(span: Span, kind: str) -> bool:
-    return span.kind == kind and (_is(span, GENERATE) or span.name in HTTP_FRONT_DOOR)
-
-
-def _is(span: Span, name: str, kind: str | None = None) -> bool:
-    # OTel's gRPC instrumentation names spans "/pkg.Service/Method"; ours omit the slash
-    return schema.base_name(span.name) == name and (kind is None or span.kind == kind)
-
-
-class SpanIndex:
-    """Parent/child and link lookups over every span read."""
-
-    def __init__(self, spans: Iterable[Span]) -> None:
-        self.spans = list(spans)
-        self.by_key = {span.key: span for span in self.spans}
-        self.children: dict[tuple[str, str], list[Span]] = defaultdict(list)
-        self.linked_from: dict[tuple[str, str], list[tuple[Span, Link]]] = defaultdict(list)
-        for span in self.spans:
-            if span.parent_key is not None:
-                self.children[span.parent_key].append(span)
-            num_prefill = span.attributes.get(schema.NUM_PREFILL_LINKS)
-            for position, link in enumerate(span.links):
-                if isinstance(num_prefill, int) and schema.PHASE not in link.attributes:
-                    # a step span lists its prefill links first and says how many there are
-                    phase = "prefill" if position < num_prefill else "decode"
-                    link = Link(
-                        link.trace_id, link.span_id, {**link.attributes, schema.PHASE: phase}
-                    )
-                self.linked_from[(link.trace_id, link.span_id)].append((span, link))
-
-    def parent(self, span: Span) -> Span | None:
-        return self.by_key.get(span.parent_key) if span.parent_key else None
-
-    def ancestors(self, span: Span) -> list[Span]:
-        chain: list[Span] = []
-        seen = {span.key}
-        parent = self.parent(span)
-        while parent is not None and parent.key not in seen:  # guard against cycles
-            chain.append(parent)
-            seen.add(parent.key)
-            parent = self.parent(parent)
-        return chain
-
-    def child(self, span: Span, name: str, kind: str | None = None) -> Span | None:
-        return next((c for c in self.children[span.key] if _is(c, name, kind)), None)
-
-    def step_calls(self, submit_server: Span) -> list[_StepCall]:
-        """Worker/Step calls whose CLIENT span links to this request, in time order."""
-        pairs = [
-            (client, link)
-            for client, link in self.linked_from[submit_server.key]
-            if _is(client, STEP, "CLIENT")
-        ]
-        pairs.sort(key=lambda pair: pair[0].start_ns)
-        calls = []
-        for position, (client, link) in enumerate(pairs):
-            # Jaeger's UI format drops link attributes: the first step is then the prefill
-            default_phase = "prefill" if position == 0 else "decode"
-            phase = str(link.attributes.get(schema.PHASE, default_phase))
-            calls.append(_StepCall(client, self.child(client, STEP, "SERVER"), phase))
-        return calls
+# re-exported: callers import the components and the breakdown from here
+__all__ = [
+    "COMPONENTS",
+    "DECODE",
+    "DETOKENIZE",
+    "ENCODE",
+    "GENERATE",
+    "HANDOFF_WAIT",
+    "HTTP_FRONT_DOOR",
+    "KV_TRANSFER",
+    "LOADGEN_REQUEST",
+    "NET_CLIENT_TOKENIZER",
+    "NET_SCHEDULER_WORKER",
+    "NET_TOKENIZER_SCHEDULER",
+    "OTHER",
+    "PREFILL",
+    "QUEUE",
+    "STEP",
+    "SUBMIT",
+    "SUM_TOLERANCE",
+    "TOKENIZE",
+    "TPOT_COMPONENTS",
+    "RequestBreakdown",
+    "SpanIndex",
+]
 
 
 def decompose(spans: Iterable[Span]) -> list[RequestBreakdown]:
@@ -153,7 +70,7 @@ def decompose(spans: Iterable[Span]) -> list[RequestBreakdown]:
     from tracing.vllm import decompose_vllm
 
     index = SpanIndex(spans)
-    submits = [s for s in index.spans if _is(s, SUBMIT, "SERVER")]
+    submits = [s for s in index.spans if is_named(s, SUBMIT, "SERVER")]
     submits.sort(key=lambda span: span.start_ns)
     found = [_decompose_request(index, submit) for submit in submits]
     vllm = decompose_vllm(index)
@@ -184,16 +101,16 @@ def _find_request_spans(index: SpanIndex, submit_server: Span) -> _RequestSpans:
     if not chain:
         # context may cross the shared stream as a link instead of a parent
         linked = [index.by_key.get((link.trace_id, link.span_id)) for link in submit_server.links]
-        client = next((s for s in linked if s is not None and _is(s, SUBMIT, "CLIENT")), None)
+        client = next((s for s in linked if s is not None and is_named(s, SUBMIT, "CLIENT")), None)
         chain = [client, *index.ancestors(client)] if client is not None else []
     for ancestor in chain:
-        if _is(ancestor, SUBMIT, "CLIENT") and found.submit_client is None:
+        if is_named(ancestor, SUBMIT, "CLIENT") and found.submit_client is None:
             found.submit_client = ancestor
-        elif _is_front_door(ancestor, "SERVER") and found.generate_server is None:
+        elif is_front_door(ancestor, "SERVER") and found.generate_server is None:
             found.generate_server = ancestor
-        elif _is_front_door(ancestor, "CLIENT") and found.generate_client is None:
+        elif is_front_door(ancestor, "CLIENT") and found.generate_client is None:
             found.generate_client = ancestor
-        elif _is(ancestor, LOADGEN_REQUEST) and found.loadgen is None:
+        elif is_named(ancestor, LOADGEN_REQUEST) and found.loadgen is None:
             found.loadgen = ancestor
     return found
 
@@ -237,7 +154,7 @@ def _decompose_request(index: SpanIndex, submit_server: Span) -> RequestBreakdow
 
 
 def _raw_components(
-    index: SpanIndex, found: _RequestSpans, calls: list[_StepCall], notes: list[str]
+    index: SpanIndex, found: _RequestSpans, calls: list[StepCall], notes: list[str]
 ) -> dict[str, float | None]:
     """Every component but `other`, possibly negative (clamped by the caller); None when no
     span measured it (e.g. the client hop of a caller that does not trace)."""
@@ -262,7 +179,7 @@ def _raw_components(
     return raw
 
 
-def _step_components(calls: list[_StepCall], notes: list[str]) -> dict[str, float | None]:
+def _step_components(calls: list[StepCall], notes: list[str]) -> dict[str, float | None]:
     compute = {"prefill": 0.0, "decode": 0.0}
     network_ms = 0.0
     for call in calls:
@@ -278,7 +195,7 @@ def _step_components(calls: list[_StepCall], notes: list[str]) -> dict[str, floa
     }
 
 
-def _add_tpot(breakdown: RequestBreakdown, calls: list[_StepCall], submit_server: Span) -> None:
+def _add_tpot(breakdown: RequestBreakdown, calls: list[StepCall], submit_server: Span) -> None:
     """TPOT = time after the first token / decode steps; what each decode step costs a token."""
     prefill = [c for c in calls if c.phase == "prefill"]
     decode = [c for c in calls if c.phase != "prefill" and c.server is not None]
@@ -319,7 +236,7 @@ def _children_ms(index: SpanIndex, span: Span, names: tuple[str, ...]) -> float:
 def _tokenize_ms(index: SpanIndex, generate_server: Span | None) -> float | None:
     if generate_server is None:
         return None
-    encodes = [c for c in index.children[generate_server.key] if _is(c, ENCODE)]
+    encodes = [c for c in index.children[generate_server.key] if is_named(c, ENCODE)]
     return sum(c.duration_ms for c in encodes) if encodes else None
 
 

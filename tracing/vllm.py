@@ -20,7 +20,7 @@ take lands in `other` (between arrival and queueing, and after the last token) o
 from __future__ import annotations
 
 from tracing import schema
-from tracing.decompose import (
+from tracing.breakdown import (
     COMPONENTS,
     DECODE,
     HTTP_FRONT_DOOR,
