@@ -114,8 +114,9 @@ def plot_waterfalls(
         _draw_panel(ax, rows, colors, f"{title}: trace {breakdown.trace_id[:12]}…, "
                     f"E2E {breakdown.e2e_ms:.1f} ms")  # fmt: skip
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[s]) for s in services]
-    fig.legend(handles, services, loc="upper right", fontsize=8, title="service", ncol=2)
-    fig.tight_layout(rect=(0, 0, 0.82, 1))
+    # below the panels: at the right it covered the longest bars' duration labels
+    fig.legend(handles, services, loc="lower center", fontsize=8, ncol=len(services))
+    fig.tight_layout(rect=(0, 0.05, 0.95, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI)
     plt.close(fig)
