@@ -13,9 +13,14 @@ from typing import Any
 import yaml
 
 from experiment.flags import Flag, bench_flags, normalize_key, serve_flags
+from loadgen.background import BackgroundLoad
 
 # Cluster factors: settings of the emulated link between nodes (`hopscope cluster up` flags).
 CLUSTER_FACTORS = {"link_delay_ms": "--delay-ms", "link_rate_mbit": "--rate-mbit"}
+# Background-load factors: `hopscope bench` flags for busy processes beside the deployment
+# (loadgen/background.py). A round starts them itself (experiment/rounds.py), not through the
+# bench child, so their CPU is not the client's and counts as outside CPU.
+BACKGROUND_FACTORS = ("background_procs", "background_duty")
 TOP_KEYS = (
     "name",
     "description",
@@ -225,6 +230,7 @@ class Variant:
     link_delay_ms: float = 0.0
     link_rate_mbit: float = 0.0
     target: Target | None = None  # an external server: `serve` holds that server's flags
+    workload: dict[str, Any] = field(default_factory=dict)  # bench flags a factor changes
 
     @property
     def dirname(self) -> str:
@@ -314,14 +320,33 @@ class Plan:
     def num_cluster_nodes(self) -> int:
         return max((v.num_nodes for v in self.variants if v.is_ray), default=1)
 
-    def bench_argv(self) -> list[str]:
+    def variant_workload(self, variant: Variant | None = None) -> dict[str, Any]:
+        """The workload's bench flags, with those a (background-load) factor changes."""
+        return {**self.workload, **(variant.workload if variant is not None else {})}
+
+    def bench_argv(self, variant: Variant | None = None) -> list[str]:
+        """The bench child's flags. Against hopscope, background load is left out: the round
+        runs it beside the deployment itself (an external target's bench runs its own)."""
         flags = bench_flags()
-        return [arg for key, value in self.workload.items() for arg in flags[key].argv(value)]
+        workload = self.variant_workload(variant)
+        if self.target is None:
+            workload = {k: v for k, v in workload.items() if k not in BACKGROUND_FACTORS}
+        return [arg for key, value in workload.items() for arg in flags[key].argv(value)]
+
+    def background(self, variant: Variant | None = None) -> BackgroundLoad:
+        """The busy processes beside the deployment in `variant`'s rounds (none by default)."""
+        workload = self.variant_workload(variant)
+        return BackgroundLoad(
+            int(workload.get("background_procs", 0)),
+            float(workload.get("background_duty", 1.0)),
+        )
 
     def resolved(self) -> dict[str, Any]:
         from experiment.flags import bench_parser, resolve
 
-        workload = resolve(bench_parser(), ["--address", "-", *self.bench_argv()])
+        flags = bench_flags()
+        argv = [arg for key, value in self.workload.items() for arg in flags[key].argv(value)]
+        workload = resolve(bench_parser(), ["--address", "-", *argv])
         for key in ("url", "address", "out", "label", "no_plots", "no_live", "repeat"):
             workload.pop(key, None)
         return {
@@ -409,10 +434,14 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
             continue
         where = f"workloads.{wl_name}"
         workloads[str(wl_name)] = _settings(overrides or {}, where, bench_flags(), "bench", errors)
+    for where, settings in [("workload", workload)] + [
+        (f"workloads.{n}", {**workload, **w}) for n, w in workloads.items()
+    ]:
+        _check_workload_background(settings, where, errors)
     if target is not None:
         factors = _server_factors(data.get("factors"), baseline, target, errors)
     else:
-        factors = _factors(data.get("factors"), baseline, errors)
+        factors = _factors(data.get("factors"), baseline, workload, errors)
     repeats = _positive(data.get("repeats", 1), "repeats", int, errors)
     warmup = _positive(data.get("warmup", DEFAULT_WARMUP_REQUESTS), "warmup", int, errors, 0)
     timeout_s = _positive(data.get("timeout_s", DEFAULT_TIMEOUT_S), "timeout_s", float, errors)
@@ -462,8 +491,10 @@ def _settings(
     return settings
 
 
-def _factors(raw: Any, baseline: dict[str, Any], errors: list[str]) -> dict[str, list[Any]]:
-    allowed = sorted([*serve_flags(), *CLUSTER_FACTORS])
+def _factors(
+    raw: Any, baseline: dict[str, Any], workload: dict[str, Any], errors: list[str]
+) -> dict[str, list[Any]]:
+    allowed = sorted([*serve_flags(), *CLUSTER_FACTORS, *BACKGROUND_FACTORS])
     if not isinstance(raw, dict) or not raw:
         errors.append(
             "factors: expected a mapping FACTOR: [VALUE, ...]; factors: " + ", ".join(allowed)
@@ -481,7 +512,7 @@ def _factors(raw: Any, baseline: dict[str, Any], errors: list[str]) -> dict[str,
         checked = []
         for value in values:
             try:
-                checked.append(_check_factor_value(key, value, where, baseline))
+                checked.append(_check_factor_value(key, value, where, baseline, workload))
             except ValueError as exc:
                 errors.append(str(exc))
         if len({repr(v) for v in checked}) != len(checked):
@@ -490,22 +521,45 @@ def _factors(raw: Any, baseline: dict[str, Any], errors: list[str]) -> dict[str,
     return factors
 
 
-def _check_factor_value(key: str, value: Any, where: str, baseline: dict[str, Any]) -> Any:
+def _check_factor_value(
+    key: str, value: Any, where: str, baseline: dict[str, Any], workload: dict[str, Any]
+) -> Any:
     if key in CLUSTER_FACTORS:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ValueError(
                 f"{where}: {value!r} must be a number > 0 (the baseline link has none)"
             )
         return float(value)
-    flag = serve_flags()[key]
+    if key in BACKGROUND_FACTORS:
+        flag, settings = bench_flags()[key], workload
+    else:
+        flag, settings = serve_flags()[key], baseline
     checked = flag.check(value, where)
-    base = baseline.get(key, flag.default)
+    if key in BACKGROUND_FACTORS:
+        _check_background(key, checked, where)
+    base = settings.get(key, flag.default)
     if checked == base:
         raise ValueError(
             f"{where}: {value!r} equals the baseline's {key} ({base!r}); a factor value must "
             "change the setting (drop it: the baseline is always measured)"
         )
     return checked
+
+
+def _check_workload_background(settings: dict[str, Any], where: str, errors: list[str]) -> None:
+    try:
+        BackgroundLoad(
+            int(settings.get("background_procs", 0)), float(settings.get("background_duty", 1.0))
+        )
+    except ValueError as exc:
+        errors.append(f"{where}: {exc}")
+
+
+def _check_background(key: str, value: Any, where: str) -> None:
+    try:
+        BackgroundLoad(**{key.removeprefix("background_"): value})
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _positive(value: Any, key: str, kind: type, errors: list[str], minimum: float = 1) -> Any:
@@ -539,6 +593,9 @@ def _variants(plan: Plan) -> list[Variant]:
                 variants.append(
                     Variant(variant_name(factor, value), factor, value, dict(plan.baseline), **link)
                 )
+            elif factor in BACKGROUND_FACTORS:
+                name, serve = variant_name(factor, value), dict(plan.baseline)
+                variants.append(Variant(name, factor, value, serve, workload={factor: value}))
             else:
                 serve = {**plan.baseline, factor: value}
                 variants.append(Variant(variant_name(factor, value), factor, value, serve))

@@ -10,7 +10,7 @@ from typing import Any
 from experiment import layout, plots, waterfall
 from experiment.render import Block, html_page, markdown
 from experiment.stats import COMPARED
-from experiment.summary import component_label
+from experiment.summary import CONTENTION_DIFFERS, component_label
 from loadgen.plots import cdf_plot
 
 HEADLINE_METRICS = ("goodput", "output_tok_s", "tpot_ms.p50", "ttft_ms.p99", "e2e_ms.p50")
@@ -91,6 +91,7 @@ def _blocks(summary: dict[str, Any], figures: dict[str, Path], out: Path) -> lis
     plan = summary["plan"]
     blocks: list[Block] = [("h1", f"hopscope experiment: {plan['name']}")]
     blocks += _what_was_run(summary)
+    blocks += _contention_note(summary)
     blocks += _headline(summary)
     blocks += [("h2", "Every variant against the baseline")]
     blocks += [
@@ -298,6 +299,36 @@ def _components_section(summary: dict[str, Any], figures: dict[str, Path]) -> li
 
 def _component_cell(component: dict[str, float]) -> str:
     return f"{component.get('mean_ms', 0):.1f} ms ({component.get('share', 0):.0%})"
+
+
+def _contention_note(summary: dict[str, Any]) -> list[Block]:
+    """The rounds run on a contended machine, named before any figure is read."""
+    contended = [
+        (v["name"], r)
+        for v in summary["variants"]
+        for r in v["rounds"]
+        if (r.get("contention") or {}).get("is_contended")
+    ]
+    if not contended:
+        return []
+    items = [_contended_item(name, r["round"], r["contention"]) for name, r in contended]
+    text = (
+        "**Contended machine.** Processes outside the deployment used cores during these "
+        "rounds (cpu.json's `contention`; docs/metrics.md), so their figures are below an idle "
+        f"machine's. A comparison whose rounds differ in contention reads *{CONTENTION_DIFFERS}* "
+        "instead of better or worse."
+    )
+    return [("p", text), ("ul", items)]
+
+
+def _contended_item(variant: str, round_number: int, contention: dict[str, Any]) -> str:
+    planted = (contention.get("background") or {}).get("procs")
+    return (
+        f"`{variant}` round {round_number}: {contention['outside_cores']:.2f} of "
+        f"{contention['num_cores']} cores used outside the deployment; its services waited for "
+        f"a core {contention['wait_share']:.0%} of their runnable time"
+        + (f" ({planted} busy processes planted)" if planted else "")
+    )
 
 
 def _cdf_section(summary: dict[str, Any], figures: dict[str, Path]) -> list[Block]:

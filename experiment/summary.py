@@ -1,6 +1,12 @@
 """summary.json from the raw files of an experiment directory (issue 11's "Outputs" contract):
 plan, machine, started, finished, baseline, variants [{name, factor, value, deployment, rounds,
-metrics, components, cpu_us_per_token, vs_baseline}]. Re-runnable: it reads only DIR."""
+metrics, components, cpu_us_per_token, contended_rounds, vs_baseline}]. Re-runnable: it reads
+only DIR.
+
+A round run on a contended machine (cpu.json's contention.is_contended: processes outside the
+deployment took cores, experiment/cpu.py) is listed in its variant's `contended_rounds`. A
+comparison whose paired rounds differ in contention gets the verdict CONTENTION_DIFFERS instead
+of better or worse, unless contention is the factor under test (background load)."""
 
 from __future__ import annotations
 
@@ -12,10 +18,13 @@ from typing import Any
 import numpy as np
 
 from experiment import layout
-from experiment.plan import BASELINE
+from experiment.plan import BACKGROUND_FACTORS, BASELINE
 from experiment.stats import COMPARED, RoundSamples, compare, round_samples, stats4
 
 LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
+# the verdict of a comparison whose paired rounds differ in contention (one was run on a busy
+# machine, its pair was not): the difference may be the machine's, not the setting's
+CONTENTION_DIFFERS = "contention differs"
 _LABELS = {"compute.prefill": "prefill", "compute.decode": "decode"}
 
 
@@ -139,11 +148,39 @@ def _variant_entry(variant: dict[str, Any], baseline: dict[str, Any]) -> dict[st
         "metrics": _pooled_metrics(rounds),
         "components": _components(rounds),
         "cpu_us_per_token": _cpu_per_token(rounds),
+        "contended_rounds": [r["index"] for r in rounds if is_contended(r["cpu"])],
         "vs_baseline": {},
     }
     if variant["name"] != BASELINE:
         entry["vs_baseline"] = _vs_baseline(rounds, baseline["loaded_rounds"])
+        if variant["factor"] not in BACKGROUND_FACTORS:  # there, contention is what is tested
+            _mark_contention_differs(entry["vs_baseline"], rounds, baseline["loaded_rounds"])
     return entry
+
+
+def is_contended(cpu: dict[str, Any]) -> bool:
+    """Whether a round ran on a contended machine (False for a round measured without it)."""
+    return bool((cpu.get("contention") or {}).get("is_contended"))
+
+
+def _mark_contention_differs(
+    vs_baseline: dict[str, Any],
+    rounds: list[dict[str, Any]],
+    baseline_rounds: list[dict[str, Any]],
+) -> None:
+    """Rounds paired with a baseline round of other contention: no better or worse verdict."""
+    baseline_contended = {r["index"]: is_contended(r["cpu"]) for r in baseline_rounds}
+    differing = [
+        r["index"]
+        for r in rounds
+        if r["index"] in baseline_contended
+        and is_contended(r["cpu"]) != baseline_contended[r["index"]]
+    ]
+    if not differing:
+        return
+    for entry in vs_baseline.values():
+        entry["verdict"] = CONTENTION_DIFFERS
+        entry["contention_differs_rounds"] = differing
 
 
 def _round_entry(r: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +196,17 @@ def _round_entry(r: dict[str, Any]) -> dict[str, Any]:
         "failed": summary["failed"],
         **{m: _pick(summary.get(m)) for m in LATENCIES},
         "cpu_us_per_token": r["cpu"].get("cpu_us_per_token", {}),
+        "contention": _round_contention(r["cpu"]),
     }
+
+
+def _round_contention(cpu: dict[str, Any]) -> dict[str, Any] | None:
+    """The round's contention in brief (cpu.json has it all); None when it was not measured."""
+    contention = cpu.get("contention")
+    if not contention:
+        return None
+    keys = ("is_contended", "outside_cores", "wait_share", "run_queue_wait_s", "num_cores")
+    return {k: contention.get(k) for k in keys} | {"background": contention.get("background")}
 
 
 def _pick(stats: dict[str, Any] | None) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from loadgen import metrics
+from loadgen.background import BackgroundLoad, background_load
 from loadgen.config import BenchConfig
 from loadgen.frontdoor import check_reachable
 from loadgen.plots import bench_cdf_plots, plot_sweep
@@ -35,6 +38,7 @@ class BenchPlan:
     is_live: bool = True
     max_failed_frac: float = 0.0
     deployment: dict[str, Any] = field(default_factory=dict)  # Describe, as a dict
+    background: BackgroundLoad = field(default_factory=BackgroundLoad)  # planted neighbours
 
     def __post_init__(self) -> None:
         if len(self.points) != len(self.point_tags) or not self.points:
@@ -128,12 +132,8 @@ def _run_one(
     title = " ".join(p for p in (config.label or "bench", tag) if p) + (
         f" repeat {repeat + 1}/{plan.num_repeats}" if plan.num_repeats > 1 else ""
     )
-    if plan.is_live:
-        with LiveProgress(console, title) as live:
-            result = run_point(config, is_tracing, live.tick)
-    else:
-        result = run_point(config, is_tracing)
     summary_path, requests_path = point_paths(plan.out, tag, repeat, plan.num_repeats)
+    result, contention = _measured_point(plan, config, title, console, is_tracing, summary_path)
     extra = {
         "point": tag,
         "repeat_index": repeat,
@@ -143,18 +143,83 @@ def _run_one(
     document, window = build_document(
         config, result, plan.flags, requests_path, extra, plan.deployment
     )
+    document["contention"] = contention
     write_requests(requests_path, result.records, {r.index for r in window}, config.slo)
     write_summary(summary_path, document)
     console.print(summary_table(title, document["summary"]))
     console.print(summary_lines(document["summary"], document["failed_by_status"]))
     if warning := lag_warning(document["summary"]):
         console.print(f"[bold yellow]warning:[/] {warning}")
+    if warning := busy_host_warning(contention):
+        Console(stderr=True, soft_wrap=True).print(f"[bold yellow]warning:[/] {warning}")
     if plan.is_plotting:
         plot_dir = plots_dir(summary_path)
         pngs = bench_cdf_plots(plot_dir, {config.label: metrics.samples(window)})
         console.print(f"latency CDFs: {plot_dir}/ ({', '.join(p.name for p in pngs)})")
     console.print(f"summary: {summary_path}  requests: {requests_path}")
     return document, result.is_interrupted
+
+
+def _measured_point(
+    plan: BenchPlan,
+    config: BenchConfig,
+    title: str,
+    console: Console,
+    is_tracing: bool,
+    summary_path: Path,
+) -> tuple[PointResult, dict[str, Any]]:
+    """Run the point with the planted neighbours beside it (if any), measuring contention over
+    it: run-queue wait of the server's processes on this host, CPU used outside them and us."""
+    from experiment.cpu import (
+        CpuReadError,
+        contention_document,
+        contention_snapshot,
+        usable_cores,
+    )
+
+    services = local_service_pids(plan.deployment)
+    log_path = summary_path.with_name(summary_path.stem + ".background.log")
+    with background_load(plan.background, log_path) as neighbours:
+        inside = [os.getpid(), *services.values()]
+        before = contention_snapshot(services, inside, neighbours)
+        if plan.is_live:
+            with LiveProgress(console, title) as live:
+                result = run_point(config, is_tracing, live.tick)
+        else:
+            result = run_point(config, is_tracing)
+        try:
+            after = contention_snapshot(_alive(services), inside, neighbours)
+        except CpuReadError:  # a server process ended just now: its counters are gone
+            after = contention_snapshot({}, inside, neighbours)
+    contention = contention_document(before, after, len(usable_cores()))
+    return result, contention | {"background": plan.background.to_json()}
+
+
+def local_service_pids(deployment: dict[str, Any]) -> dict[str, int]:
+    """The server's processes that run on this host (Describe names their host and pid)."""
+    from experiment.cpu import service_pids
+
+    here = socket.gethostname()
+    services = [s for s in deployment.get("services", []) if s.get("host") == here]
+    return _alive(service_pids({"services": services}))
+
+
+def _alive(pids: dict[str, int]) -> dict[str, int]:
+    return {name: pid for name, pid in pids.items() if os.path.exists(f"/proc/{pid}/task")}
+
+
+def busy_host_warning(contention: dict[str, Any]) -> str | None:
+    """Why the figures are not an idle host's (outside CPU at or above the contended mark)."""
+    if not contention.get("is_contended"):
+        return None
+    planted = contention.get("background", {}).get("procs", 0)
+    source = f" ({planted} planted by --background-procs)" if planted else ""
+    return (
+        f"the host was busy: processes outside this bench and the server used "
+        f"{contention['outside_cores']:.2f} of {contention['num_cores']} cores during the "
+        f"workload{source}; its figures may be far below an idle host's (`contention` in the "
+        "summary JSON)"
+    )
 
 
 def preflight(address: str, timeout_s: float, tls_ca: str = "") -> tuple[str, dict[str, Any]]:
