@@ -230,12 +230,13 @@ def contention_snapshot(
     inside_roots: Iterable[int],
     outside_pids: Iterable[int] = (),
     proc: Path = Path("/proc"),
+    cores: Iterable[int] | None = None,
 ) -> ContentionSnapshot:
     """Read the service processes' CPU and scheduler counters, the host's busy time and the CPU
     of every process under `inside_roots` (their trees; a reaped child's CPU is in its parent's
     cutime, so a child that exits in between still counts) except the trees of `outside_pids`
     (the planted neighbours, which are outside the deployment though this process started
-    them). CpuReadError when a service process is gone."""
+    them), on `cores` (default: the usable ones). CpuReadError when a service process is gone."""
     children = _children(proc)
     outside = {p for pid in outside_pids for p in _descendants(pid, children)}
     inside = {p for root in inside_roots for p in _descendants(root, children)} - outside
@@ -248,13 +249,13 @@ def contention_snapshot(
     readings = {
         name: (pid, read_cpu_s(pid, proc), read_sched(pid, proc)) for name, pid in services.items()
     }
-    busy_s = host_busy_s(usable_cores(), proc)
+    busy_s = host_busy_s(usable_cores() if cores is None else cores, proc)
     return ContentionSnapshot(time.monotonic(), busy_s, inside_cpu_s, readings)
 
 
 def contention_document(
     before: ContentionSnapshot, after: ContentionSnapshot, num_cores: int
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """cpu.json's "contention" (the schema in docs/metrics.md): per service process its CPU,
     run-queue wait and involuntary switches over the window; their totals; the outside CPU."""
     processes: dict[str, dict[str, float | int]] = {}

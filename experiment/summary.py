@@ -154,7 +154,7 @@ def _variant_entry(variant: dict[str, Any], baseline: dict[str, Any]) -> dict[st
     if variant["name"] != BASELINE:
         entry["vs_baseline"] = _vs_baseline(rounds, baseline["loaded_rounds"])
         if variant["factor"] not in BACKGROUND_FACTORS:  # there, contention is what is tested
-            _mark_contention_differs(entry["vs_baseline"], rounds, baseline["loaded_rounds"])
+            mark_contention_differs(entry["vs_baseline"], rounds, baseline["loaded_rounds"])
     return entry
 
 
@@ -163,7 +163,7 @@ def is_contended(cpu: dict[str, Any]) -> bool:
     return bool((cpu.get("contention") or {}).get("is_contended"))
 
 
-def _mark_contention_differs(
+def mark_contention_differs(
     vs_baseline: dict[str, Any],
     rounds: list[dict[str, Any]],
     baseline_rounds: list[dict[str, Any]],
