@@ -144,7 +144,8 @@ def _what_was_run(summary: dict[str, Any]) -> list[Block]:
         (
             f"**Workload**: {load}, {workload.get('num_requests')} requests of "
             f"{workload.get('input_len')} prompt tokens and {workload.get('output_len')} output "
-            f"tokens, after {plan.get('warmup')} warm-up requests on each fresh deployment."
+            f"tokens, after {plan.get('warmup')} warm-up requests on each fresh deployment"
+            f"{_background_text(workload)}."
         ),
         (
             f"**Goodput**: requests/s meeting every SLO (`--slo {workload['slo']}`) / duration."
@@ -321,13 +322,24 @@ def _contention_note(summary: dict[str, Any]) -> list[Block]:
     return [("p", text), ("ul", items)]
 
 
+def _background_text(workload: dict[str, Any]) -> str:
+    procs = int(workload.get("background_procs") or 0)
+    if not procs:
+        return ""
+    return f", with {_busy_processes(procs)} beside it (busy {workload.get('background_duty', 1.0):.0%})"
+
+
+def _busy_processes(count: int) -> str:
+    return f"{count} busy process" + ("" if count == 1 else "es")
+
+
 def _contended_item(variant: str, round_number: int, contention: dict[str, Any]) -> str:
     planted = (contention.get("background") or {}).get("procs")
     return (
         f"`{variant}` round {round_number}: {contention['outside_cores']:.2f} of "
         f"{contention['num_cores']} cores used outside the deployment; its services waited for "
         f"a core {contention['wait_share']:.0%} of their runnable time"
-        + (f" ({planted} busy processes planted)" if planted else "")
+        + (f" ({_busy_processes(planted)} planted)" if planted else "")
     )
 
 

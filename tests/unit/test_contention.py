@@ -172,7 +172,7 @@ def test_the_report_names_each_contended_round() -> None:
     blocks = _contention_note(summary)
     text = json.dumps(blocks)
     assert "`background_procs=1` round 1: 1.02 of 2 cores used outside the deployment" in text
-    assert "31%" in text and "1 busy processes planted" in text
+    assert "31%" in text and "1 busy process planted" in text
     assert "baseline" not in text
     summary["variants"].pop()
     assert _contention_note(summary) == []
