@@ -4,6 +4,9 @@ shown: summary.json's verdicts, the report's note, `experiment compare`, bench's
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from experiment.cpu import (
 from experiment.plan import PlanError, parse_plan
 from experiment.report import _contention_note
 from experiment.summary import CONTENTION_DIFFERS, mark_contention_differs
-from loadgen.background import BackgroundLoad
+from loadgen.background import BackgroundLoad, background_load
 from loadgen.bench import busy_host_warning
 
 TICKS = 100  # USER_HZ on Linux
@@ -250,3 +253,56 @@ def test_background_load_in_the_workload_applies_to_every_variant_and_is_checked
         parse_plan(_plan(factors={"background_procs": [-1]}))
     with pytest.raises(PlanError, match=r"factors.background_procs: 0 equals the baseline's"):
         parse_plan(_plan(factors={"background_procs": [0, 1]}))
+
+
+# ---------------------------------------------------------------------------- the neighbours' lives
+def _is_background_load(pid: int) -> bool:
+    """A live neighbour (a zombie's cmdline is empty)."""
+    try:
+        return b"loadgen.background" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _gone_within(pids: list[int], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while any(_is_background_load(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
+def test_neighbours_spin_during_the_workload_and_are_stopped_when_it_fails(
+    tmp_path: Path, failure: type[BaseException]
+) -> None:
+    with (
+        pytest.raises(failure),
+        background_load(BackgroundLoad(2, 0.5), tmp_path / "bg.log") as pids,
+    ):
+        assert len(pids) == 2 and all(_is_background_load(pid) for pid in pids)
+        raise failure()
+    assert _gone_within(pids, 0.0)  # stopped and reaped before the error goes on
+
+
+def test_neighbours_die_with_a_killed_parent(tmp_path: Path) -> None:
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from loadgen.background import BackgroundLoad, background_load\n"
+        "with background_load(BackgroundLoad(1), Path(sys.argv[1])) as pids:\n"
+        "    print(pids[0], flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "bg.log")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        assert _is_background_load(pid)
+    finally:
+        parent.kill()  # no finally runs in it: only PR_SET_PDEATHSIG can stop the neighbour
+        parent.wait()
+    assert _gone_within([pid], 30.0)
