@@ -56,11 +56,12 @@ def _process(
 
 
 def _host(proc: Path, busy_ticks: tuple[int, int], idle_ticks: int = 5000) -> None:
-    """/proc/stat with two cores, each `busy` ticks split over user, system, softirq and steal."""
+    """/proc/stat with two cores, each `busy` ticks split over user, nice, system and steal (and
+    interrupt time besides, which is not counted)."""
     lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
     for core, busy in enumerate(busy_ticks):
-        user, system, softirq, steal = busy - 30, 10, 10, 10
-        lines.append(f"cpu{core} {user} 0 {system} {idle_ticks} 77 0 {softirq} {steal} 0 0")
+        user, nice, system, steal = busy - 30, 10, 10, 10
+        lines.append(f"cpu{core} {user} {nice} {system} {idle_ticks} 77 5 40 {steal} 0 0")
     (proc / "stat").write_text("\n".join(lines) + "\n")
 
 
@@ -80,7 +81,7 @@ def test_a_thread_that_ended_mid_read_is_skipped_and_a_gone_process_is_an_error(
         read_sched(999, tmp_path)
 
 
-def test_host_busy_time_counts_only_the_given_cores_and_not_idle_or_iowait(
+def test_host_busy_time_counts_only_the_given_cores_and_not_idle_iowait_or_interrupts(
     tmp_path: Path,
 ) -> None:
     _host(tmp_path, (300, 100))
