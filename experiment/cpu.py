@@ -2,8 +2,8 @@
 accounting (the experiment's cpu.json, `hopscope diagnose`'s host_cpu rule and issue 14 use it).
 
 A process's CPU time is utime + stime of /proc/PID/stat (every thread of it), plus cutime + cstime
-(its children that it waited for), in seconds. Readings are taken before and after the workload;
-the difference is what the workload cost the process.
+(its children that it waited for), in seconds (services/common/procfs.py reads it). Readings are
+taken before and after the workload; the difference is what the workload cost the process.
 
 Within a process, CPU splits by thread: /proc/PID/task/TID/stat per thread, grouped by the
 thread's OS name (comm). The worker names its engine thread ENGINE_THREAD_NAME and the torch
@@ -13,40 +13,47 @@ spin-waiting) and the rest of the process is the service around it (gRPC, protob
 spans). Threads that already exited are not in /proc/PID/task: read before and after a workload
 while the threads live.
 
-Contention (`contention_document`, cpu.json's "contention"): how long each service's threads
-waited on a run queue for a core (/proc/PID/task/*/schedstat, field 2, ns), their involuntary
-context switches (/proc/PID/task/*/status), and the CPU that processes outside the measured set
-used meanwhile: the busy time of the cores this process may run on (/proc/stat) less the CPU of
-the "inside" process trees (the deployment, the client, the experiment itself), with planted
-background load counted outside (docs/metrics.md).
+The /proc readers themselves (a process's CPU, its threads' run-queue wait, the host's busy
+time, contention between two readings: cpu.json's "contention") live in services/common/procfs.py,
+below every layer that measures CPU (`hopscope bench` checks for a busy host with them too).
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from services.common.procfs import (
+    CONTENDED_OUTSIDE_CORES,
+    ContentionSnapshot,
+    CpuReadError,
+    contention_document,
+    contention_snapshot,
+    read_cpu_s,
+    service_pids,
+    tree_pids,
+    usable_cores,
+)
 from services.common.threads import ENGINE_THREAD_NAME
 
+__all__ = [  # the /proc readers, here for the experiment's modules (one import site)
+    "CONTENDED_OUTSIDE_CORES",
+    "ContentionSnapshot",
+    "CpuReadError",
+    "contention_document",
+    "contention_snapshot",
+    "cpu_document",
+    "cpu_us_per_token",
+    "engine_cpu_s",
+    "read_cpu_s",
+    "service_pids",
+    "thread_cpu_s",
+    "tree_cpu_s",
+    "tree_pids",
+    "usable_cores",
+]
+
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-# outside load, in cores, from which a round counts as run on a contended machine: a quarter of
-# a core taken from the deployment is well above an idle host's background (docs/diagnosis.md)
-CONTENDED_OUTSIDE_CORES = 0.25
-
-
-class CpuReadError(OSError):
-    """The process is gone (or /proc is not readable): its CPU time cannot be read."""
-
-
-def read_cpu_s(pid: int, proc: Path = Path("/proc")) -> float:
-    """utime + stime + cutime + cstime of `pid`, seconds (also readable while it is a zombie)."""
-    fields = _stat_fields(pid, proc)
-    # fields after the ")" that ends the command name: state is [0]; utime..cstime are [11:15]
-    return sum(int(v) for v in fields[11:15]) / _TICKS_PER_S
 
 
 def thread_cpu_s(pid: int, proc: Path = Path("/proc")) -> dict[str, float]:
@@ -72,14 +79,6 @@ def engine_cpu_s(pid: int, proc: Path = Path("/proc")) -> float:
     return thread_cpu_s(pid, proc).get(ENGINE_THREAD_NAME, 0.0)
 
 
-def _stat_fields(pid: int, proc: Path) -> list[str]:
-    try:
-        text = (proc / str(pid) / "stat").read_text()
-    except OSError as exc:
-        raise CpuReadError(f"cannot read the CPU time of pid {pid}: {exc.strerror or exc}") from exc
-    return text[text.rindex(")") + 2 :].split()
-
-
 def cpu_us_per_token(cpu_s: float, output_tokens: int) -> float | None:
     """CPU microseconds per output token; None without tokens."""
     return cpu_s * 1e6 / output_tokens if output_tokens > 0 else None
@@ -101,33 +100,6 @@ def cpu_document(
     }
 
 
-def tree_pids(root: int, proc: Path = Path("/proc")) -> list[int]:
-    """`root` and every live descendant (by the ppid in /proc/PID/stat)."""
-    return _descendants(root, _children(proc))
-
-
-def _children(proc: Path) -> dict[int, list[int]]:
-    """ppid -> the live pids it parents, from one pass over /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int(_stat_fields(int(entry.name), proc)[1])
-            except (CpuReadError, ValueError, IndexError):
-                continue  # exited meanwhile
-            children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def _descendants(root: int, children: dict[int, list[int]]) -> list[int]:
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, ()))
-    return sorted(found)
-
-
 def tree_cpu_s(root: int, proc: Path = Path("/proc")) -> float:
     """CPU seconds of the process tree under `root` (an external server's API process and its
     engine children): a child reaped in between moves its time into its parent's cutime, so a
@@ -141,151 +113,3 @@ def tree_cpu_s(root: int, proc: Path = Path("/proc")) -> float:
         except CpuReadError:
             continue  # exited between the listing and the read
     return total
-
-
-def service_pids(describe: dict[str, Any], serve_pid: int = 0) -> dict[str, int]:
-    """Process name -> pid from Describe: each service, services sharing a process joined
-    ("pipeline" when all three share one, as inproc), plus the serve process itself when it is
-    not one of them (the local supervisor, or the Ray driver; 0: not known)."""
-    by_pid: dict[int, list[str]] = {}
-    for service in describe.get("services", []):
-        pid = int(service.get("pid") or 0)
-        if pid:
-            by_pid.setdefault(pid, []).append(str(service.get("name")))
-    pids = {}
-    for pid, names in by_pid.items():
-        name = "pipeline" if len(names) >= 3 else "+".join(names)
-        pids[name] = pid
-    if serve_pid and serve_pid not in by_pid:
-        pids["serve"] = serve_pid
-    return pids
-
-
-# ---------------------------------------------------------------------------- contention
-@dataclass(frozen=True, slots=True)
-class SchedReading:
-    """A process's scheduler counters, summed over its live threads."""
-
-    run_queue_wait_s: float  # time its threads were runnable but waited for a core
-    involuntary_switches: int  # times a thread was taken off its core while it could run
-
-
-def read_sched(pid: int, proc: Path = Path("/proc")) -> SchedReading:
-    """Sum over /proc/PID/task/*: schedstat's second field (ns on a run queue) and status's
-    nonvoluntary_ctxt_switches. CpuReadError when the process is gone."""
-    try:
-        tids = [p.name for p in (proc / str(pid) / "task").iterdir()]
-    except OSError as exc:
-        raise CpuReadError(f"cannot list the threads of pid {pid}: {exc.strerror or exc}") from exc
-    wait_ns, switches = 0, 0
-    for tid in tids:
-        task = proc / str(pid) / "task" / tid
-        try:
-            schedstat, status = (task / "schedstat").read_text(), (task / "status").read_text()
-        except OSError:
-            continue  # the thread ended between the listing and the read
-        wait_ns += int(schedstat.split()[1])
-        switches += _status_field(status, "nonvoluntary_ctxt_switches")
-    return SchedReading(wait_ns / 1e9, switches)
-
-
-def _status_field(status: str, key: str) -> int:
-    for line in status.splitlines():
-        name, _, value = line.partition(":")
-        if name == key:
-            return int(value.split()[0])
-    return 0
-
-
-def host_busy_s(cores: Iterable[int], proc: Path = Path("/proc")) -> float:
-    """CPU seconds the given cores spent busy since boot (/proc/stat: user, nice, system and
-    steal, a neighbour VM's use of the core; guest time is inside user). Interrupt time is left
-    out: no process is charged with it, and on loopback it is mostly the deployment's own gRPC
-    traffic, which would otherwise read as someone else's load."""
-    wanted = {f"cpu{c}" for c in cores}
-    ticks = 0
-    for line in (proc / "stat").read_text().splitlines():
-        fields = line.split()
-        if fields and fields[0] in wanted:
-            user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(int, fields[1:9])
-            ticks += user + nice + system + steal
-    return ticks / _TICKS_PER_S
-
-
-def usable_cores() -> list[int]:
-    """The cores this process may run on (its affinity: a container's cpuset, taskset)."""
-    return sorted(os.sched_getaffinity(0))
-
-
-@dataclass(frozen=True, slots=True)
-class ContentionSnapshot:
-    """One instant's readings; two of them (before and after a workload) make the document."""
-
-    at_s: float  # time.monotonic()
-    host_busy_s: float  # the usable cores' busy time
-    inside_cpu_s: float  # CPU of the inside process trees (planted background load left out)
-    services: dict[str, tuple[int, float, SchedReading]]  # NAME -> (pid, cpu_s, counters)
-
-
-def contention_snapshot(
-    services: dict[str, int],
-    inside_roots: Iterable[int],
-    outside_pids: Iterable[int] = (),
-    proc: Path = Path("/proc"),
-    cores: Iterable[int] | None = None,
-) -> ContentionSnapshot:
-    """Read the service processes' CPU and scheduler counters, the host's busy time and the CPU
-    of every process under `inside_roots` (their trees; a reaped child's CPU is in its parent's
-    cutime, so a child that exits in between still counts) except the trees of `outside_pids`
-    (the planted neighbours, which are outside the deployment though this process started
-    them), on `cores` (default: the usable ones). CpuReadError when a service process is gone."""
-    children = _children(proc)
-    outside = {p for pid in outside_pids for p in _descendants(pid, children)}
-    inside = {p for root in inside_roots for p in _descendants(root, children)} - outside
-    inside_cpu_s = 0.0
-    for pid in inside:
-        try:
-            inside_cpu_s += read_cpu_s(pid, proc)
-        except CpuReadError:
-            continue  # exited between the listing and the read
-    readings = {
-        name: (pid, read_cpu_s(pid, proc), read_sched(pid, proc)) for name, pid in services.items()
-    }
-    busy_s = host_busy_s(usable_cores() if cores is None else cores, proc)
-    return ContentionSnapshot(time.monotonic(), busy_s, inside_cpu_s, readings)
-
-
-def contention_document(
-    before: ContentionSnapshot, after: ContentionSnapshot, num_cores: int
-) -> dict[str, Any]:
-    """cpu.json's "contention" (the schema in docs/metrics.md): per service process its CPU,
-    run-queue wait and involuntary switches over the window; their totals; the outside CPU."""
-    processes: dict[str, dict[str, float | int]] = {}
-    for name, (pid, cpu_after, sched_after) in after.services.items():
-        _, cpu_before, sched_before = before.services[name]
-        processes[name] = {
-            "pid": pid,
-            "cpu_s": round(cpu_after - cpu_before, 4),
-            "run_queue_wait_s": round(
-                sched_after.run_queue_wait_s - sched_before.run_queue_wait_s, 4
-            ),
-            "involuntary_switches": (
-                sched_after.involuntary_switches - sched_before.involuntary_switches
-            ),
-        }
-    wait_s = sum(float(p["run_queue_wait_s"]) for p in processes.values())
-    cpu_s = sum(float(p["cpu_s"]) for p in processes.values())
-    duration_s = max(after.at_s - before.at_s, 1e-9)
-    busy_s = after.host_busy_s - before.host_busy_s
-    outside_cpu_s = max(0.0, busy_s - (after.inside_cpu_s - before.inside_cpu_s))
-    outside_cores = outside_cpu_s / duration_s
-    return {
-        "processes": processes,
-        "run_queue_wait_s": round(wait_s, 4),
-        "wait_share": round(wait_s / (wait_s + cpu_s), 4) if wait_s + cpu_s > 0 else 0.0,
-        "outside_cpu_s": round(outside_cpu_s, 4),
-        "outside_cores": round(outside_cores, 4),
-        "num_cores": num_cores,
-        "duration_s": round(duration_s, 4),
-        "is_contended": outside_cores >= CONTENDED_OUTSIDE_CORES,
-    }

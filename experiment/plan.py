@@ -12,15 +12,16 @@ from typing import Any
 
 import yaml
 
+from experiment.background import BackgroundLoad
 from experiment.flags import Flag, bench_flags, normalize_key, serve_flags
-from loadgen.background import BackgroundLoad
 
 # Cluster factors: settings of the emulated link between nodes (`hopscope cluster up` flags).
 CLUSTER_FACTORS = {"link_delay_ms": "--delay-ms", "link_rate_mbit": "--rate-mbit"}
-# Background-load factors: `hopscope bench` flags for busy processes beside the deployment
-# (loadgen/background.py). A round starts them itself (experiment/rounds.py), not through the
-# bench child, so their CPU is not the client's and counts as outside CPU.
-BACKGROUND_FACTORS = ("background_procs", "background_duty")
+# Background load (experiment/background.py): busy processes beside the deployment for the length
+# of the workload. Workload settings of a plan (`workload:`, `workloads:`) and factors, but not
+# bench flags: the round starts them itself, so their CPU counts as outside CPU, not the client's.
+BACKGROUND_DEFAULTS: dict[str, Any] = {"background_procs": 0, "background_duty": 1.0}
+BACKGROUND_FACTORS = tuple(BACKGROUND_DEFAULTS)
 TOP_KEYS = (
     "name",
     "description",
@@ -230,7 +231,7 @@ class Variant:
     link_delay_ms: float = 0.0
     link_rate_mbit: float = 0.0
     target: Target | None = None  # an external server: `serve` holds that server's flags
-    workload: dict[str, Any] = field(default_factory=dict)  # bench flags a factor changes
+    workload: dict[str, Any] = field(default_factory=dict)  # background load a factor changes
 
     @property
     def dirname(self) -> str:
@@ -320,35 +321,28 @@ class Plan:
     def num_cluster_nodes(self) -> int:
         return max((v.num_nodes for v in self.variants if v.is_ray), default=1)
 
-    def variant_workload(self, variant: Variant | None = None) -> dict[str, Any]:
-        """The workload's bench flags, with those a (background-load) factor changes."""
-        return {**self.workload, **(variant.workload if variant is not None else {})}
-
-    def bench_argv(self, variant: Variant | None = None) -> list[str]:
-        """The bench child's flags. Against hopscope, background load is left out: the round
-        runs it beside the deployment itself (an external target's bench runs its own)."""
+    def bench_argv(self) -> list[str]:
+        """The bench child's flags: the workload less its background load (the round's own)."""
         flags = bench_flags()
-        workload = self.variant_workload(variant)
-        if self.target is None:
-            workload = {k: v for k, v in workload.items() if k not in BACKGROUND_FACTORS}
-        return [arg for key, value in workload.items() for arg in flags[key].argv(value)]
+        return [
+            arg
+            for key, value in self.workload.items()
+            if key not in BACKGROUND_DEFAULTS
+            for arg in flags[key].argv(value)
+        ]
 
     def background(self, variant: Variant | None = None) -> BackgroundLoad:
         """The busy processes beside the deployment in `variant`'s rounds (none by default)."""
-        workload = self.variant_workload(variant)
-        return BackgroundLoad(
-            int(workload.get("background_procs", 0)),
-            float(workload.get("background_duty", 1.0)),
-        )
+        settings = BACKGROUND_DEFAULTS | self.workload | (variant.workload if variant else {})
+        return BackgroundLoad(int(settings["background_procs"]), float(settings["background_duty"]))
 
     def resolved(self) -> dict[str, Any]:
         from experiment.flags import bench_parser, resolve
 
-        flags = bench_flags()
-        argv = [arg for key, value in self.workload.items() for arg in flags[key].argv(value)]
-        workload = resolve(bench_parser(), ["--address", "-", *argv])
+        workload = resolve(bench_parser(), ["--address", "-", *self.bench_argv()])
         for key in ("url", "address", "out", "label", "no_plots", "no_live", "repeat"):
             workload.pop(key, None)
+        workload |= {k: v for k, v in self.workload.items() if k in BACKGROUND_DEFAULTS}
         return {
             "name": self.name,
             "description": self.description,
@@ -413,7 +407,7 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
         baseline = _server_flags(data.get("baseline") or {}, "baseline", errors)
     else:
         baseline = _settings(data.get("baseline") or {}, "baseline", serve_flags(), "serve", errors)
-    workload = _settings(data.get("workload") or {}, "workload", bench_flags(), "bench", errors)
+    workload = _workload(data.get("workload") or {}, "workload", errors)
     raw_load = (
         {normalize_key(k) for k in (data.get("workload") or {})}
         if isinstance(data.get("workload"), dict)
@@ -433,11 +427,9 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
             errors.append(f"workloads.{wl_name}: a name of letters, digits, '_', '.', '-'")
             continue
         where = f"workloads.{wl_name}"
-        workloads[str(wl_name)] = _settings(overrides or {}, where, bench_flags(), "bench", errors)
-    for where, settings in [("workload", workload)] + [
-        (f"workloads.{n}", {**workload, **w}) for n, w in workloads.items()
-    ]:
-        _check_workload_background(settings, where, errors)
+        workloads[str(wl_name)] = _workload(overrides or {}, where, errors)
+    if target is not None:
+        _refuse_background_with_target([workload, *workloads.values()], errors)
     if target is not None:
         factors = _server_factors(data.get("factors"), baseline, target, errors)
     else:
@@ -530,14 +522,12 @@ def _check_factor_value(
                 f"{where}: {value!r} must be a number > 0 (the baseline link has none)"
             )
         return float(value)
-    if key in BACKGROUND_FACTORS:
-        flag, settings = bench_flags()[key], workload
+    if key in BACKGROUND_DEFAULTS:
+        checked, base = _background_value(key, value, where), workload.get(key)
+        base = BACKGROUND_DEFAULTS[key] if base is None else base
     else:
-        flag, settings = serve_flags()[key], baseline
-    checked = flag.check(value, where)
-    if key in BACKGROUND_FACTORS:
-        _check_background(key, checked, where)
-    base = settings.get(key, flag.default)
+        flag = serve_flags()[key]
+        checked, base = flag.check(value, where), baseline.get(key, flag.default)
     if checked == base:
         raise ValueError(
             f"{where}: {value!r} equals the baseline's {key} ({base!r}); a factor value must "
@@ -546,20 +536,41 @@ def _check_factor_value(
     return checked
 
 
-def _check_workload_background(settings: dict[str, Any], where: str, errors: list[str]) -> None:
-    try:
-        BackgroundLoad(
-            int(settings.get("background_procs", 0)), float(settings.get("background_duty", 1.0))
-        )
-    except ValueError as exc:
-        errors.append(f"{where}: {exc}")
+def _workload(raw: Any, where: str, errors: list[str]) -> dict[str, Any]:
+    """A workload: `hopscope bench` flags, and the background load beside the deployment."""
+    if not isinstance(raw, dict):
+        return _settings(raw, where, bench_flags(), "bench", errors)  # refused there
+    is_background = {k: normalize_key(k) in BACKGROUND_DEFAULTS for k in raw}
+    bench_part = {k: v for k, v in raw.items() if not is_background[k]}
+    settings = _settings(bench_part, where, bench_flags(), "bench", errors)
+    for raw_key in (k for k in raw if is_background[k]):
+        try:
+            value = _background_value(normalize_key(raw_key), raw[raw_key], f"{where}.{raw_key}")
+            settings[normalize_key(raw_key)] = value
+        except ValueError as exc:
+            errors.append(str(exc))
+    return settings
 
 
-def _check_background(key: str, value: Any, where: str) -> None:
+def _background_value(key: str, value: Any, where: str) -> Any:
+    """background_procs: an integer >= 0; background_duty: a number in (0, 1]."""
+    is_procs = key == "background_procs"
+    if isinstance(value, bool) or not isinstance(value, int if is_procs else (int, float)):
+        kind = "an integer" if is_procs else "a number"  # a refusal collected as a PlanError line
+        raise ValueError(f"{where}: {value!r} is not {kind}")  # noqa: TRY004
     try:
-        BackgroundLoad(**{key.removeprefix("background_"): value})
+        load = BackgroundLoad(procs=int(value)) if is_procs else BackgroundLoad(duty=float(value))
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
+    return load.procs if is_procs else load.duty
+
+
+def _refuse_background_with_target(workloads: list[dict[str, Any]], errors: list[str]) -> None:
+    if any(key in BACKGROUND_DEFAULTS for w in workloads for key in w):
+        errors.append(
+            "workload.background_procs: background load is planted beside a hopscope "
+            "deployment; a plan with target: does not run it"
+        )
 
 
 def _positive(value: Any, key: str, kind: type, errors: list[str], minimum: float = 1) -> Any:

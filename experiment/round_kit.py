@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deploy.lifecycle import Child, LaunchError, launch
 from experiment import layout
@@ -97,12 +98,19 @@ def move_requests(round_dir: Path) -> None:
     layout.write_json(bench_path, bench)
 
 
-def write_cpu(round_dir: Path, processes: dict[str, dict[str, float | int]]) -> None:
-    """cpu.json from each process's {"pid", "cpu_s"} and the round's OK output tokens."""
+def write_cpu(
+    round_dir: Path,
+    processes: dict[str, dict[str, float | int]],
+    contention: dict[str, Any] | None = None,
+) -> None:
+    """cpu.json from each process's {"pid", "cpu_s"} and the round's OK output tokens, with the
+    round's "contention" when it was measured (services/common/procfs.py)."""
     records = layout.read_requests(round_dir)
     output_tokens = sum(int(r.get("n_out") or 0) for r in records if r.get("status") == "OK")
     bench = layout.read_json(round_dir / "bench.json")
     document = cpu_document(processes, output_tokens, float(bench["summary"]["duration_s"]))
+    if contention is not None:
+        document["contention"] = contention
     layout.write_json(round_dir / "cpu.json", document)
 
 

@@ -14,7 +14,15 @@ from typing import Any
 
 from deploy.lifecycle import Child, LaunchError, ServeChild, start_serve
 from experiment import layout
-from experiment.cpu import CpuReadError, read_cpu_s
+from experiment.background import background_load
+from experiment.cpu import (
+    CpuReadError,
+    contention_document,
+    contention_snapshot,
+    read_cpu_s,
+    service_pids,
+    usable_cores,
+)
 from experiment.plan import Plan
 from experiment.round_kit import (
     BENCH_START_TIMEOUT_S,
@@ -60,17 +68,27 @@ def run_round(ctx: RoundContext) -> Path:
         _record_pids(round_dir, started_pids | pids)
         warm_up(serve.address, ctx.plan)
         before = {name: read_cpu_s(pid) for name, pid in pids.items()}
-        bench = launch_bench(ctx, round_dir, ["--address", serve.address], env)
-        _record_pids(round_dir, started_pids | pids | {"client": bench.pid})
-        bench.wait_for_line(TARGET_RE, BENCH_START_TIMEOUT_S)
-        client_before = read_cpu_s(bench.pid)
-        wait_bench(bench, ctx.plan.timeout_s)
+        background = ctx.plan.background(ctx.variant)
+        with background_load(background, round_dir / "logs" / "background.log") as neighbours:
+            started_pids |= {f"background-{i + 1}": pid for i, pid in enumerate(neighbours)}
+            bench = launch_bench(ctx, round_dir, ["--address", serve.address], env)
+            _record_pids(round_dir, started_pids | pids | {"client": bench.pid})
+            bench.wait_for_line(TARGET_RE, BENCH_START_TIMEOUT_S)
+            client_before = read_cpu_s(bench.pid)
+            # inside: this process's tree (deployment, client, collector) and the services
+            # (a Ray cluster's actors need not be under it); the neighbours are outside
+            inside = [os.getpid(), *pids.values()]
+            contention_before = contention_snapshot(pids, inside, neighbours)
+            wait_bench(bench, ctx.plan.timeout_s)
+            contention_after = contention_snapshot(pids, inside, neighbours)
+        contention = contention_document(contention_before, contention_after, len(usable_cores()))
+        contention["background"] = background.to_json() | {"pids": neighbours}
         move_requests(round_dir)
         processes = {n: _used(pid, read_cpu_s(pid) - before[n]) for n, pid in pids.items()}
         processes["client"] = _used(bench.pid, (bench.cpu_s or 0.0) - client_before)
         layout.write_json(round_dir / "describe.json", serve.describe())
         scrape_metrics(round_dir / "metrics", serve.child.log_path)
-        write_cpu(round_dir, processes)
+        write_cpu(round_dir, processes, contention)
         service_logs = open_service_logs(pids, skip_under=round_dir)
     except (LaunchError, CpuReadError, TimeoutError, OSError) as exc:
         raise ctx.error(exc) from exc
@@ -108,24 +126,6 @@ def _serve_options() -> set[str]:
     from experiment.flags import serve_parser
 
     return {o for a in serve_parser()._actions for o in a.option_strings}
-
-
-def service_pids(describe: dict[str, Any], serve_pid: int) -> dict[str, int]:
-    """Process name -> pid from Describe: each service, services sharing a process joined
-    ("pipeline" when all three share one, as inproc), plus the serve process itself when it is
-    not one of them (the local supervisor, or the Ray driver)."""
-    by_pid: dict[int, list[str]] = {}
-    for service in describe.get("services", []):
-        pid = int(service.get("pid") or 0)
-        if pid:
-            by_pid.setdefault(pid, []).append(str(service.get("name")))
-    pids = {}
-    for pid, names in by_pid.items():
-        name = "pipeline" if len(names) >= 3 else "+".join(names)
-        pids[name] = pid
-    if serve_pid not in by_pid:
-        pids["serve"] = serve_pid
-    return pids
 
 
 def open_service_logs(pids: dict[str, int], skip_under: Path) -> dict[str, Any]:

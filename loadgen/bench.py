@@ -12,13 +12,19 @@ from typing import Any
 from rich.console import Console
 
 from loadgen import metrics
-from loadgen.background import BackgroundLoad, background_load
 from loadgen.config import BenchConfig
 from loadgen.frontdoor import check_reachable
 from loadgen.plots import bench_cdf_plots, plot_sweep
 from loadgen.report import LiveProgress, lag_warning, summary_lines, summary_table
 from loadgen.results import git_sha, point_paths, write_requests, write_summary
 from loadgen.workers import PointResult, run_point
+from services.common.procfs import (
+    CpuReadError,
+    contention_document,
+    contention_snapshot,
+    service_pids,
+    usable_cores,
+)
 
 EXIT_INTERRUPTED = 130
 EXIT_NOTHING_COMPLETED = 1
@@ -38,7 +44,6 @@ class BenchPlan:
     is_live: bool = True
     max_failed_frac: float = 0.0
     deployment: dict[str, Any] = field(default_factory=dict)  # Describe, as a dict
-    background: BackgroundLoad = field(default_factory=BackgroundLoad)  # planted neighbours
 
     def __post_init__(self) -> None:
         if len(self.points) != len(self.point_tags) or not self.points:
@@ -133,7 +138,7 @@ def _run_one(
         f" repeat {repeat + 1}/{plan.num_repeats}" if plan.num_repeats > 1 else ""
     )
     summary_path, requests_path = point_paths(plan.out, tag, repeat, plan.num_repeats)
-    result, contention = _measured_point(plan, config, title, console, is_tracing, summary_path)
+    result, contention = _measured_point(plan, config, title, console, is_tracing)
     extra = {
         "point": tag,
         "repeat_index": repeat,
@@ -161,44 +166,27 @@ def _run_one(
 
 
 def _measured_point(
-    plan: BenchPlan,
-    config: BenchConfig,
-    title: str,
-    console: Console,
-    is_tracing: bool,
-    summary_path: Path,
+    plan: BenchPlan, config: BenchConfig, title: str, console: Console, is_tracing: bool
 ) -> tuple[PointResult, dict[str, Any]]:
-    """Run the point with the planted neighbours beside it (if any), measuring contention over
-    it: run-queue wait of the server's processes on this host, CPU used outside them and us."""
-    from experiment.cpu import (
-        CpuReadError,
-        contention_document,
-        contention_snapshot,
-        usable_cores,
-    )
-
+    """Run the point, measuring contention over it: the run-queue wait of the server's processes
+    on this host, and the CPU used by processes other than them and this bench."""
     services = local_service_pids(plan.deployment)
-    log_path = summary_path.with_name(summary_path.stem + ".background.log")
-    with background_load(plan.background, log_path) as neighbours:
-        inside = [os.getpid(), *services.values()]
-        before = contention_snapshot(services, inside, neighbours)
-        if plan.is_live:
-            with LiveProgress(console, title) as live:
-                result = run_point(config, is_tracing, live.tick)
-        else:
-            result = run_point(config, is_tracing)
-        try:
-            after = contention_snapshot(_alive(services), inside, neighbours)
-        except CpuReadError:  # a server process ended just now: its counters are gone
-            after = contention_snapshot({}, inside, neighbours)
-    contention = contention_document(before, after, len(usable_cores()))
-    return result, contention | {"background": plan.background.to_json()}
+    inside = [os.getpid(), *services.values()]
+    before = contention_snapshot(services, inside)
+    if plan.is_live:
+        with LiveProgress(console, title) as live:
+            result = run_point(config, is_tracing, live.tick)
+    else:
+        result = run_point(config, is_tracing)
+    try:
+        after = contention_snapshot(_alive(services), inside)
+    except CpuReadError:  # a server process ended just now: its counters are gone
+        after = contention_snapshot({}, inside)
+    return result, contention_document(before, after, len(usable_cores()))
 
 
 def local_service_pids(deployment: dict[str, Any]) -> dict[str, int]:
     """The server's processes that run on this host (Describe names their host and pid)."""
-    from experiment.cpu import service_pids
-
     here = socket.gethostname()
     services = [s for s in deployment.get("services", []) if s.get("host") == here]
     return _alive(service_pids({"services": services}))
@@ -212,13 +200,10 @@ def busy_host_warning(contention: dict[str, Any]) -> str | None:
     """Why the figures are not an idle host's (outside CPU at or above the contended mark)."""
     if not contention.get("is_contended"):
         return None
-    planted = contention.get("background", {}).get("procs", 0)
-    source = f" ({planted} planted by --background-procs)" if planted else ""
     return (
         f"the host was busy: processes outside this bench and the server used "
         f"{contention['outside_cores']:.2f} of {contention['num_cores']} cores during the "
-        f"workload{source}; its figures may be far below an idle host's (`contention` in the "
-        "summary JSON)"
+        "workload; its figures may be far below an idle host's (`contention` in the summary JSON)"
     )
 
 

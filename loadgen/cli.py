@@ -103,20 +103,6 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
         "concurrency). One process sends ~20k tokens/s at most on one core",
     )
     p.add_argument("--repeat", type=int, default=1, help="run every point K times (for CIs)")
-    p.add_argument(
-        "--background-procs",
-        type=int,
-        default=0,
-        help="start N busy processes beside the server for the length of each point, stopped "
-        "after: planted contention (docs/metrics.md)",
-    )
-    p.add_argument(
-        "--background-duty",
-        type=float,
-        default=1.0,
-        help="share of the time each background process is busy (default 1.0: always; 0.5 "
-        "spins 50 ms of every 100)",
-    )
     p.add_argument("--grace-s", type=float, default=5.0, help="Ctrl-C wait for requests")
     p.add_argument(
         "--request-timeout-s", type=float, default=600.0, help="deadline of each request"
@@ -288,7 +274,6 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from loadgen.background import BackgroundLoad
     from loadgen.bench import BenchPlan, preflight
     from loadgen.frontdoor import UnreachableError
     from loadgen.workloads import DatasetError, Workload
@@ -307,7 +292,6 @@ def run_bench_command(args: argparse.Namespace) -> int:
             not args.no_plots,
             not args.no_live,
             max_failed_frac=args.max_failed_frac,
-            background=BackgroundLoad(args.background_procs, args.background_duty),
         )
         server, deployment = preflight(
             args.url or points[0].address, args.connect_timeout_s, args.tls_ca or ""

@@ -29,7 +29,7 @@ RUN_TIMEOUT_S = 600.0
 
 def _is_background_load(pid: int) -> bool:
     try:
-        return b"loadgen.background" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"experiment.background" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 

@@ -1,4 +1,4 @@
-"""Contention measured (experiment/cpu.py) on a fake /proc tree, and how a contended round is
+"""Contention measured (services/common/procfs.py) on a fake /proc tree, and how a contended round is
 shown: summary.json's verdicts, the report's note, `experiment compare`, bench's warning."""
 
 from __future__ import annotations
@@ -13,8 +13,13 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from experiment.background import BackgroundLoad, background_load
 from experiment.compare import compare_table
-from experiment.cpu import (
+from experiment.plan import PlanError, parse_plan
+from experiment.report import _contention_note
+from experiment.summary import CONTENTION_DIFFERS, mark_contention_differs
+from loadgen.bench import busy_host_warning
+from services.common.procfs import (
     CONTENDED_OUTSIDE_CORES,
     ContentionSnapshot,
     CpuReadError,
@@ -24,11 +29,6 @@ from experiment.cpu import (
     host_busy_s,
     read_sched,
 )
-from experiment.plan import PlanError, parse_plan
-from experiment.report import _contention_note
-from experiment.summary import CONTENTION_DIFFERS, mark_contention_differs
-from loadgen.background import BackgroundLoad, background_load
-from loadgen.bench import busy_host_warning
 
 TICKS = 100  # USER_HZ on Linux
 
@@ -205,11 +205,9 @@ def test_compare_says_contention_differs_instead_of_colouring_the_change(tmp_pat
 
 
 def test_bench_warns_only_when_the_host_was_busy() -> None:
-    busy = {"is_contended": True, "outside_cores": 1.3, "num_cores": 2,
-            "background": {"procs": 1, "duty": 1.0}}  # fmt: skip
+    busy = {"is_contended": True, "outside_cores": 1.3, "num_cores": 2}
     warning = busy_host_warning(busy)
-    assert warning is not None
-    assert "1.30 of 2 cores" in warning and "1 planted by --background-procs" in warning
+    assert warning is not None and "1.30 of 2 cores" in warning
     assert busy_host_warning(busy | {"is_contended": False}) is None
     assert busy_host_warning({}) is None
 
@@ -235,7 +233,7 @@ def test_background_procs_is_a_factor_run_beside_the_deployment_not_by_the_bench
     assert plan.background(baseline) == BackgroundLoad(0, 1.0)
     assert plan.background(one) == BackgroundLoad(1, 1.0)
     assert one.serve == baseline.serve  # the deployment is the baseline's
-    assert "--background-procs" not in plan.bench_argv(one)  # the round starts them itself
+    assert not any("background" in arg for arg in plan.bench_argv())  # the round starts them
 
 
 def test_background_load_in_the_workload_applies_to_every_variant_and_is_checked() -> None:
@@ -246,12 +244,15 @@ def test_background_load_in_the_workload_applies_to_every_variant_and_is_checked
         )
     )
     assert {plan.background(v) for v in plan.variants} == {BackgroundLoad(1, 0.5)}
-    with pytest.raises(PlanError, match=r"workload: --background-duty 1.5: expected a fraction"):
+    with pytest.raises(PlanError, match=r"workload.background_duty: .* expected a fraction"):
         parse_plan(_plan(workload={"concurrency": 4, "background_duty": 1.5}))
-    with pytest.raises(
-        PlanError, match=r"factors.background_procs: --background-procs -1: expected 0 or more"
-    ):
+    with pytest.raises(PlanError, match=r"factors.background_procs: .* expected 0 or more"):
         parse_plan(_plan(factors={"background_procs": [-1]}))
+    with pytest.raises(PlanError, match=r"factors.background_procs: 1.5 is not an integer"):
+        parse_plan(_plan(factors={"background_procs": [1.5]}))
+    target = {"url": "http://127.0.0.1:8000"}
+    with pytest.raises(PlanError, match=r"a plan with target: does not run it"):
+        parse_plan({"target": target, "workload": {"concurrency": 1, "background_procs": 1}})
     with pytest.raises(PlanError, match=r"factors.background_procs: 0 equals the baseline's"):
         parse_plan(_plan(factors={"background_procs": [0, 1]}))
 
@@ -260,7 +261,7 @@ def test_background_load_in_the_workload_applies_to_every_variant_and_is_checked
 def _is_background_load(pid: int) -> bool:
     """A live neighbour (a zombie's cmdline is empty)."""
     try:
-        return b"loadgen.background" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"experiment.background" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 
@@ -291,7 +292,7 @@ def test_neighbours_die_with_a_killed_parent(tmp_path: Path) -> None:
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from loadgen.background import BackgroundLoad, background_load\n"
+        "from experiment.background import BackgroundLoad, background_load\n"
         "with background_load(BackgroundLoad(1), Path(sys.argv[1])) as pids:\n"
         "    print(pids[0], flush=True)\n"
         "    time.sleep(120)\n"

@@ -1,13 +1,14 @@
-"""Background load, a workload knob: N busy processes beside the deployment for the length of the
-workload (`--background-procs N`, each busy `--background-duty` of the time), stopped after.
+"""Background load, a workload knob of a plan: N busy processes beside the deployment for the
+length of the workload (`background_procs: N`, each busy `background_duty` of the time), stopped
+after.
 
-Contention is planted with it and measured like any other factor (a plan's
-`background_procs: [0, 1, 2]`). The neighbours are children of the one lifecycle kit
-(deploy/lifecycle.py): each in its own process group, dying with its parent, stopped in a
-`finally` on failure and Ctrl-C. They are outside the deployment: the contention measurement
-(experiment/cpu.py) counts their CPU as outside CPU, which is how a planted neighbour is detected.
+Contention is planted with it and measured like any other factor (`factors: background_procs:
+[1, 2]`). The neighbours are children of the one lifecycle kit (deploy/lifecycle.py): each in its
+own process group, dying with its parent, stopped in a `finally` on failure and Ctrl-C. They are
+outside the deployment: the contention measurement (services/common/procfs.py) counts their CPU
+as outside CPU, which is how a planted neighbour is detected.
 
-Run as `python -m loadgen.background --duty D`, a neighbour spins for D of every 100 ms and
+Run as `python -m experiment.background --duty D`, a neighbour spins for D of every 100 ms and
 sleeps the rest, until it is stopped.
 """
 
@@ -21,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from deploy.lifecycle import Child, launch
 
 PERIOD_S = 0.1  # one busy-then-idle cycle: short against any workload, long against a tick
 READY_TIMEOUT_S = 30.0
@@ -37,9 +40,9 @@ class BackgroundLoad:
 
     def __post_init__(self) -> None:
         if self.procs < 0:
-            raise ValueError(f"--background-procs {self.procs}: expected 0 or more processes")
+            raise ValueError(f"background_procs {self.procs}: expected 0 or more processes")
         if not 0.0 < self.duty <= 1.0:
-            raise ValueError(f"--background-duty {self.duty:g}: expected a fraction in (0, 1]")
+            raise ValueError(f"background_duty {self.duty:g}: expected a fraction in (0, 1]")
 
     def to_json(self) -> dict[str, float | int]:
         return {"procs": self.procs, "duty": self.duty}
@@ -49,12 +52,10 @@ class BackgroundLoad:
 def background_load(load: BackgroundLoad, log_path: Path) -> Iterator[list[int]]:
     """Start the neighbours (each spinning once this yields), yield their pids, stop them on the
     way out, however it is left."""
-    from deploy.lifecycle import Child, launch
-
     children: list[Child] = []
     try:
         for i in range(load.procs):
-            argv = ["-m", "loadgen.background", "--duty", f"{load.duty:g}"]
+            argv = ["-m", "experiment.background", "--duty", f"{load.duty:g}"]
             children.append(launch(argv, name=f"background load {i + 1}", log_path=log_path))
         for child in children:
             child.wait_for_line(_READY_RE, READY_TIMEOUT_S)
