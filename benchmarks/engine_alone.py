@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--pipeline", default="", help="a no-Ray placement, e.g. inproc")
     group.add_argument("--num-requests", type=int, default=64, help="--pipeline: per run")
     group.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results/engine_neighbours.json")
+        "--out", type=Path, help="default results/engine_neighbours.json (--pipeline: pipeline_)"
     )
     return parser.parse_args(argv)
 
@@ -293,7 +293,10 @@ def main() -> int:
             "rounds": rows,
         }
 
-    rows = run_rounds(args, lambda rows: common.write_json(args.out, payload(rows)))
+    out = args.out or common.RESULTS_DIR / (
+        "pipeline_neighbours.json" if args.pipeline else "engine_neighbours.json"
+    )
+    rows = run_rounds(args, lambda rows: common.write_json(out, payload(rows)))
     summary = payload(rows)
     print(json.dumps({k: summary[k] for k in ("busy_over_idle", "over_default")}), flush=True)
     return 0
