@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from services.common.procfs import host_busy_s, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,11 @@ PROMOTE_IDLE_CORES = 0.7  # idle cores of this process's CPUs, on average over t
 REFRESH_WINDOWS = 8  # the engine's thread list is read again this often (and on every change)
 MIN_HOLD_S = 1.0
 MAX_HOLD_S = 32.0
-_USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def available_cores() -> int:
     """The cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    cores = len(usable_cores()) or 1
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
     except (OSError, ValueError):
@@ -57,7 +56,7 @@ class Sample:
     """Cumulative counters at one instant."""
 
     engine_wait_s: float  # run-queue wait of the engine's threads
-    idle_cpu_s: float  # idle + iowait of this process's CPUs
+    idle_cpu_s: float  # this process's CPUs not busy (procfs.host_busy_s), since a start
 
 
 class Readings:
@@ -65,10 +64,13 @@ class Readings:
 
     The engine's threads are the stepping thread and the OpenMP threads it started: they
     inherit its OS name at creation (services/common/threads.py), so they are the tasks of this
-    process with the stepping thread's name."""
+    process with the stepping thread's name (procfs.read_sched sums every thread of a process:
+    the tokenizer's and scheduler's too, in-process)."""
 
     def __init__(self) -> None:
-        self._cpus = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+        self._cores = usable_cores()
+        self._since_s = time.monotonic()
+        self._busy_since_s = host_busy_s(self._cores)
         self._tids: list[str] = []
 
     def refresh_threads(self) -> None:
@@ -82,13 +84,9 @@ class Readings:
         for tid in self._tids:
             fields = _read(Path("/proc/self/task", tid, "schedstat")).split()
             wait_ns += int(fields[1]) if len(fields) > 1 else 0  # a thread gone reads ""
-        idle_ticks = 0
-        for line in Path("/proc/stat").read_text().splitlines():
-            name, _, rest = line.partition(" ")
-            if name in self._cpus:
-                values = rest.split()
-                idle_ticks += int(values[3]) + int(values[4])
-        return Sample(wait_ns / 1e9, idle_ticks / _USER_HZ)
+        elapsed_s = time.monotonic() - self._since_s
+        busy_s = host_busy_s(self._cores) - self._busy_since_s
+        return Sample(wait_ns / 1e9, len(self._cores) * elapsed_s - busy_s)
 
 
 def _read(path: Path) -> str:
