@@ -14,6 +14,7 @@ import yaml
 
 from experiment.background import BackgroundLoad
 from experiment.flags import Flag, bench_flags, normalize_key, serve_flags
+from experiment.stats import COMPARED
 
 # Cluster factors: settings of the emulated link between nodes (`hopscope cluster up` flags).
 CLUSTER_FACTORS = {"link_delay_ms": "--delay-ms", "link_rate_mbit": "--rate-mbit"}
@@ -33,6 +34,7 @@ TOP_KEYS = (
     "repeats",
     "warmup",
     "timeout_s",
+    "prediction",
 )
 DEFAULT_WARMUP_REQUESTS = 4
 DEFAULT_TIMEOUT_S = 900.0  # one variant-round's workload; running out of it is a failure
@@ -292,6 +294,8 @@ class Plan:
     workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     # an external OpenAI-compatible server instead of `hopscope serve` (`target:`)
     target: Target | None = None
+    # what the author expected, written before the run (`prediction:`; see _prediction)
+    prediction: str | dict[str, Any] | None = None
 
     def for_workload(self, name: str) -> Plan:
         """This plan on one of its named workloads (an experiment of its own)."""
@@ -306,6 +310,7 @@ class Plan:
             timeout_s=self.timeout_s,
             source=self.source,
             target=self.target,
+            prediction=self.prediction,
         )
         plan.variants = list(self.variants)
         return plan
@@ -356,6 +361,7 @@ class Plan:
             "variants": [v.name for v in self.variants],
             **({"workloads": self.workloads} if self.workloads else {}),
             **({"target": self.target.to_json()} if self.target else {}),
+            **({"prediction": self.prediction} if self.prediction is not None else {}),
         }
 
 
@@ -451,6 +457,7 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
         target=target,
     )
     plan.variants = _variants(plan)  # of the values that passed: their own checks run too
+    plan.prediction = _prediction(data.get("prediction"), plan.variants, errors)
     if target is None:
         _check_variants(plan, ray_address, errors)
     elif ray_address:
@@ -459,6 +466,53 @@ def parse_plan(data: Any, *, source: str = "<plan>", ray_address: str = "") -> P
         unique = list(dict.fromkeys(errors))
         raise PlanError(f"plan {source} cannot run:\n  " + "\n  ".join(unique))
     return plan
+
+
+PREDICTION_TEXT_KEY = "why"
+
+
+def _prediction(
+    raw: Any, variants: list[Variant], errors: list[str]
+) -> str | dict[str, Any] | None:
+    """`prediction:` what the author expects, written before the run: free text, or a mapping
+    VARIANT: {METRIC: RATIO} (the expected variant / baseline ratio, e.g. `max_num_seqs=2:
+    {output_tok_s: 0.3}`) with an optional `why:` text. The report shows it beside the result."""
+    if raw is None or isinstance(raw, str):
+        return raw.strip() if isinstance(raw, str) and raw.strip() else None
+    names = [v.name for v in variants if v.factor is not None]
+    metrics = [spec.key for spec in COMPARED]
+    if not isinstance(raw, dict):
+        errors.append("prediction: expected text, or a mapping VARIANT: {METRIC: RATIO}")
+        return None
+    checked: dict[str, Any] = {}
+    for key, expected in raw.items():
+        where = f"prediction.{key}"
+        if key == PREDICTION_TEXT_KEY:
+            if isinstance(expected, str):
+                checked[key] = expected.strip()
+            else:
+                errors.append(f"{where}: expected text (why the author expects these ratios)")
+        elif key not in names:
+            errors.append(f"{where}: not a variant of this plan; allowed: {', '.join(names)}")
+        elif not isinstance(expected, dict) or not expected:
+            errors.append(f"{where}: expected a mapping METRIC: RATIO, e.g. output_tok_s: 0.3")
+        else:
+            checked[key] = _predicted_ratios(expected, where, metrics, errors)
+    return checked
+
+
+def _predicted_ratios(
+    raw: dict[str, Any], where: str, metrics: list[str], errors: list[str]
+) -> dict[str, float]:
+    ratios: dict[str, float] = {}
+    for metric, ratio in raw.items():
+        if metric not in metrics:
+            errors.append(f"{where}.{metric}: not a compared metric; allowed: {', '.join(metrics)}")
+        elif isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0:
+            errors.append(f"{where}.{metric}: {ratio!r}; allowed: a ratio > 0 (variant / baseline)")
+        else:
+            ratios[metric] = float(ratio)
+    return ratios
 
 
 def _settings(

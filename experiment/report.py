@@ -102,6 +102,7 @@ def _blocks(summary: dict[str, Any], figures: dict[str, Path], out: Path) -> lis
         )
     ]
     blocks += [("table", _effects_table(summary))]
+    blocks += _plan_prediction_section(summary)
     if "effects" in figures:
         blocks += [("img", (figures["effects"], "ratios to the baseline with 95% intervals"))]
     blocks += [("h2", "Measured values"), ("table", _values_table(summary))]
@@ -197,6 +198,43 @@ def _effects_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
             continue
         rows.append([v["name"], *(_fmt_effect(v["vs_baseline"].get(s.key)) for s in specs)])
     return header, rows
+
+
+def _plan_prediction_section(summary: dict[str, Any]) -> list[Block]:
+    """The plan's `prediction:` (written before the run) beside what was measured."""
+    prediction = summary["plan"].get("prediction")
+    if not prediction:
+        return []
+    title = ("h3", "Prediction (written before the run) against the result")
+    if isinstance(prediction, str):
+        return [title, ("p", prediction)]
+    blocks: list[Block] = [title]
+    if why := prediction.get("why"):
+        blocks.append(("p", why))
+    measured = {v["name"]: v["vs_baseline"] for v in summary["variants"]}
+    labels = {s.key: s.label for s in COMPARED}
+    rows = [
+        [
+            name,
+            labels[metric],
+            f"{ratio:.2f}×",
+            *_against(measured.get(name, {}).get(metric), ratio),
+        ]
+        for name, ratios in prediction.items()
+        if name != "why"
+        for metric, ratio in ratios.items()
+    ]
+    header = ["variant", "metric", "predicted", "measured", "prediction"]
+    return [*blocks, ("table", (header, rows))] if rows else blocks
+
+
+def _against(entry: dict[str, Any] | None, predicted: float) -> list[str]:
+    """The measured ratio and whether its 95% interval holds the predicted one."""
+    if not entry:
+        return ["-", "not measured"]
+    lo, hi = entry["ci95"]
+    held = "held" if lo <= predicted <= hi else "missed (outside the interval)"
+    return [f"{entry['ratio']:.2f}× [{lo:.2f}, {hi:.2f}]", held]
 
 
 def _num(value: Any, digits: int = 1) -> str:

@@ -315,3 +315,48 @@ def test_a_plan_with_workloads_runs_one_experiment_per_workload(
     assert ran == [("plan/a", tmp_path / "out" / "a", 16), ("plan/b", tmp_path / "out" / "b", 32)]
     index = (tmp_path / "out" / "report.md").read_text()
     assert "[a](a/report.html)" in index and "[b](b/report.html)" in index
+
+
+def test_a_prediction_is_text_or_expected_ratios_per_variant_and_reaches_the_plan_json() -> None:
+    text = parse_plan(_plan(prediction="fewer sequences, less throughput"))
+    assert text.resolved()["prediction"] == "fewer sequences, less throughput"
+    ratios = {"why": "a quarter of the batch", "max_num_seqs=2": {"output_tok_s": 0.3}}
+    plan = parse_plan(_plan(prediction=ratios))
+    assert plan.resolved()["prediction"] == ratios
+    assert "prediction" not in parse_plan(_plan()).resolved()
+
+
+def test_a_prediction_names_a_variant_and_a_compared_metric_with_a_positive_ratio() -> None:
+    refusal = _refusal(_plan(prediction={"max_num_seqs=4": {"output_tok_s": 0.3}}))
+    assert (
+        "prediction.max_num_seqs=4: not a variant of this plan; allowed: max_num_seqs=2" in refusal
+    )
+    refusal = _refusal(_plan(prediction={"max_num_seqs=2": {"tok_s": 0.3, "ttft_ms.p50": -1}}))
+    assert (
+        "prediction.max_num_seqs=2.tok_s: not a compared metric; allowed: output_tok_s" in refusal
+    )
+    assert "prediction.max_num_seqs=2.ttft_ms.p50: -1; allowed: a ratio > 0" in refusal
+    assert "prediction: expected text" in _refusal(_plan(prediction=[0.3]))
+
+
+def test_the_report_shows_the_prediction_beside_the_measured_ratio() -> None:
+    from experiment.report import _plan_prediction_section
+
+    measured = {"ratio": 0.28, "ci95": [0.25, 0.31], "verdict": "worse"}
+    summary = {
+        "plan": {
+            "prediction": {
+                "why": "a quarter",
+                "max_num_seqs=2": {"output_tok_s": 0.3, "tpot_ms.p50": 2.0},
+            }
+        },
+        "variants": [{"name": "max_num_seqs=2", "vs_baseline": {"output_tok_s": measured}}],
+    }
+    blocks = _plan_prediction_section(summary)
+    assert ("p", "a quarter") in blocks
+    _, (_, rows) = blocks[-1]
+    assert rows[0] == ["max_num_seqs=2", "output tokens/s", "0.30×", "0.28× [0.25, 0.31]", "held"]
+    assert rows[1][-2:] == ["-", "not measured"]
+    summary["plan"]["prediction"] = {"max_num_seqs=2": {"output_tok_s": 0.5}}
+    assert _plan_prediction_section(summary)[-1][1][1][0][-1] == "missed (outside the interval)"
+    assert _plan_prediction_section({"plan": {}, "variants": []}) == []
