@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.lifecycle import ServeChild, start_serve
+from experiment.run import rotated  # the experiment's round order, shared by every script
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -237,12 +238,6 @@ def _run_variant_once(variant: Variant, round_index: int, work_dir: Path) -> dic
     }
     log(f"round {round_index} {variant.name}: {record['figures']}")
     return record
-
-
-def rotated(variants: Sequence[str], round_index: int) -> list[str]:
-    """Variant order of one round: rotated every round so none always runs first or last."""
-    shift = round_index % len(variants)
-    return [*variants[shift:], *variants[:shift]]
 
 
 def medians(

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -27,6 +27,8 @@ from experiment.plan import Plan, Variant
 from experiment.round_kit import RoundContext, RoundError, uninterruptible
 from experiment.rounds import run_round
 
+T = TypeVar("T")
+
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
@@ -38,12 +40,16 @@ class ExperimentError(RuntimeError):
 def schedule(plan: Plan) -> list[tuple[int, int, Variant]]:
     """(round, position, variant) in run order: every variant once per round, the order rotated
     by one each round so no variant always runs first (or right after the same neighbour)."""
-    n = len(plan.variants)
     order = []
     for k in range(plan.repeats):
-        rotated = plan.variants[k % n :] + plan.variants[: k % n]
-        order += [(k, position, variant) for position, variant in enumerate(rotated)]
+        order += [(k, position, v) for position, v in enumerate(rotated(plan.variants, k))]
     return order
+
+
+def rotated(items: Sequence[T], round_index: int) -> list[T]:
+    """One round's order: shifted by one each round (benchmarks/ scripts share it too)."""
+    shift = round_index % len(items)
+    return [*items[shift:], *items[:shift]]
 
 
 def prepare_dir(plan: Plan, out: Path, is_resume: bool) -> dict[str, Any]:
