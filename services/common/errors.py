@@ -5,13 +5,19 @@ from __future__ import annotations
 
 
 class HopscopeError(Exception):
-    """Base class; `status` is the name of the grpc.StatusCode it maps to."""
+    """Base class; `status` is the name of the grpc.StatusCode it maps to, `param` the request
+    field at fault when there is one (the OpenAI error envelope's `param`)."""
 
     status = "INTERNAL"
+    param: str | None = None
 
 
 class InvalidArgumentError(HopscopeError):
     status = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str = "", param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ResourceExhaustedError(HopscopeError):

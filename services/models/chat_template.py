@@ -15,6 +15,9 @@ from services.common.errors import InvalidArgumentError
 class ChatTemplateError(InvalidArgumentError):
     """The messages cannot be rendered by the model's template (the template said why)."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "messages")
+
 
 def _raise_exception(message: str) -> None:
     raise ChatTemplateError(message)

@@ -79,7 +79,8 @@ class TokenizerCore:
         `messages`, HTTP /v1/chat/completions) the one way."""
         if self.chat_template is None:
             raise InvalidArgumentError(
-                "the model has no chat template: send a plain prompt (HTTP: /v1/completions)"
+                "the model has no chat template: send a plain prompt (HTTP: /v1/completions)",
+                "messages",
             )
         return render_chat(self.chat_template, messages, add_generation_prompt=True)
 
@@ -87,12 +88,14 @@ class TokenizerCore:
         """Validate every field, then encode; raises InvalidArgumentError naming the field."""
         if params.messages:
             if params.prompt or params.prompt_token_ids:
-                raise InvalidArgumentError("send `messages` or a prompt, not both")
+                raise InvalidArgumentError("send `messages` or a prompt, not both", "messages")
             params.prompt = self.chat_prompt(params.messages)
         _check_sampling(params)
         _check_stop(params.stop)
         if len(params.request_id) > MAX_REQUEST_ID_CHARS:
-            raise InvalidArgumentError(f"request_id is longer than {MAX_REQUEST_ID_CHARS} chars")
+            raise InvalidArgumentError(
+                f"request_id is longer than {MAX_REQUEST_ID_CHARS} chars", "request_id"
+            )
         prompt_ids = self._prompt_ids(params)
         self._check_lengths(len(prompt_ids), params.max_tokens)
         seed = params.seed if params.seed is not None else secrets.randbits(63)
@@ -117,22 +120,26 @@ class TokenizerCore:
             if len(ids) >= self.max_context:
                 raise InvalidArgumentError(
                     f"prompt_token_ids has {len(ids)} tokens but the model's context is "
-                    f"{self.max_context}"
+                    f"{self.max_context}",
+                    "prompt_token_ids",
                 )
             bad = [t for t in ids if not 0 <= t < self.vocab_size]
             if bad:
                 raise InvalidArgumentError(
-                    f"prompt_token_ids contains {bad[0]}, outside the vocabulary [0, {self.vocab_size})"
+                    f"prompt_token_ids contains {bad[0]}, outside the vocabulary "
+                    f"[0, {self.vocab_size})",
+                    "prompt_token_ids",
                 )
             return ids
         if not params.prompt:
             raise InvalidArgumentError(
-                "prompt is empty: send text in `prompt` or ids in `prompt_token_ids`"
+                "prompt is empty: send text in `prompt` or ids in `prompt_token_ids`", "prompt"
             )
         if len(params.prompt) > self.max_prompt_chars:
             raise InvalidArgumentError(
                 f"prompt has {len(params.prompt)} characters; at most {self.max_prompt_chars} "
-                f"can fit the model's context of {self.max_context} tokens"
+                f"can fit the model's context of {self.max_context} tokens",
+                "prompt",
             )
         # encode_batch releases the GIL (encode does not): a long prompt tokenized on a worker
         # thread does not stall the event loop's other streams
@@ -140,16 +147,19 @@ class TokenizerCore:
 
     def _check_lengths(self, num_prompt_tokens: int, max_tokens: int) -> None:
         if max_tokens < 1:
-            raise InvalidArgumentError(f"max_tokens must be >= 1, got {max_tokens}")
+            raise InvalidArgumentError(f"max_tokens must be >= 1, got {max_tokens}", "max_tokens")
         if num_prompt_tokens >= self.max_context:
             raise InvalidArgumentError(
-                f"prompt has {num_prompt_tokens} tokens but the model's context is {self.max_context}"
+                f"prompt has {num_prompt_tokens} tokens but the model's context is "
+                f"{self.max_context}",
+                "prompt",
             )
         if num_prompt_tokens + max_tokens > self.max_context:
             raise InvalidArgumentError(
                 f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the "
                 f"model's context of {self.max_context}; lower max_tokens to at most "
-                f"{self.max_context - num_prompt_tokens}"
+                f"{self.max_context - num_prompt_tokens}",
+                "max_tokens",
             )
 
     def detokenizer(self) -> IncrementalDetokenizer:
@@ -219,24 +229,30 @@ class OutputStream:
 def _check_sampling(params: GenerateParams) -> None:
     if math.isnan(params.temperature) or params.temperature < 0:
         raise InvalidArgumentError(
-            f"temperature must be >= 0 (0 = greedy), got {params.temperature}"
+            f"temperature must be >= 0 (0 = greedy), got {params.temperature}", "temperature"
         )
     if math.isinf(params.temperature):
-        raise InvalidArgumentError("temperature must be finite")
+        raise InvalidArgumentError("temperature must be finite", "temperature")
     if math.isnan(params.top_p) or not 0 <= params.top_p <= 1:
-        raise InvalidArgumentError(f"top_p must be in (0, 1] (0 means 1), got {params.top_p}")
+        raise InvalidArgumentError(
+            f"top_p must be in (0, 1] (0 means 1), got {params.top_p}", "top_p"
+        )
     if params.top_k < 0:
-        raise InvalidArgumentError(f"top_k must be >= 0 (0 = off), got {params.top_k}")
+        raise InvalidArgumentError(f"top_k must be >= 0 (0 = off), got {params.top_k}", "top_k")
 
 
 def _check_stop(stop: list[str]) -> None:
     if len(stop) > MAX_STOP_STRINGS:
-        raise InvalidArgumentError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}")
+        raise InvalidArgumentError(
+            f"at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}", "stop"
+        )
     for s in stop:
         if not s:
-            raise InvalidArgumentError("stop strings must not be empty")
+            raise InvalidArgumentError("stop strings must not be empty", "stop")
         if len(s) > MAX_STOP_CHARS:
-            raise InvalidArgumentError(f"stop strings must be at most {MAX_STOP_CHARS} characters")
+            raise InvalidArgumentError(
+                f"stop strings must be at most {MAX_STOP_CHARS} characters", "stop"
+            )
 
 
 class IncrementalDetokenizer:

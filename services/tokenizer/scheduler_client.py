@@ -122,10 +122,12 @@ class _Router:
 
 
 def _duplicate(request_id: str) -> AlreadyExistsError:
-    return AlreadyExistsError(
+    error = AlreadyExistsError(
         f"request_id {request_id!r} is already in use by a request in flight; "
         "give each request its own id (or none: one is drawn)"
     )
+    error.param = "request_id"
+    return error
 
 
 class InprocSchedulerClient(_Router):

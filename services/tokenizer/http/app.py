@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from protos import hopscope_pb2 as pb
 from services.common.errors import HopscopeError
@@ -33,6 +34,9 @@ RETRY_AFTER_S = "1"
 TIMEOUT_HEADER = "x-request-timeout"  # seconds: the request's deadline (gRPC's deadline here)
 # The request's id: hopscope's load generator's header, else any client's `X-Request-Id`.
 REQUEST_ID_HEADERS = (schema.REQUEST_ID_HEADER, "x-request-id")
+_ROUTES = (
+    "POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics"
+)
 
 
 class FrontDoorApp:
@@ -53,6 +57,10 @@ class FrontDoorApp:
         self.app.add_api_route("/v1/models", self.models, methods=["GET"])
         self.app.add_api_route("/health", self.health, methods=["GET"])
         self.app.add_api_route("/metrics", self.metrics, methods=["GET"])
+        # what no route answers (an unknown path, a wrong method) and what no route expected (a
+        # bug: 500) answer in the OpenAI error envelope too, not FastAPI's {"detail": ...}
+        self.app.add_exception_handler(HTTPException, self._route_error)
+        self.app.add_exception_handler(Exception, _internal_error)
 
     # ------------------------------------------------------------------ routes
     async def completions(self, request: Request) -> Response:
@@ -65,7 +73,7 @@ class FrontDoorApp:
         try:
             self.api_key.check(request.headers.get("authorization"))
         except HopscopeError as exc:
-            return _error_response(exc)
+            return _error_response(exc, COMPLETIONS)
         card = {
             "id": self.model_name,
             "object": "model",
@@ -100,7 +108,22 @@ class FrontDoorApp:
                 return await self._stream(api_request, writer, responses)
             return await _until_disconnect(request, self._collect(writer, responses))
         except HopscopeError as exc:
-            return _error_response(exc)
+            return _error_response(exc, kind)
+
+    async def _route_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        method, path = request.method, request.url.path
+        if exc.status_code == 404:
+            message = f"no route {method} {path}; hopscope serves {_ROUTES}"
+            code = "unknown_url"
+        elif exc.status_code == 405:
+            allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "")
+            message = f"{method} is not allowed on {path}; use {allowed}"
+            code = "method_not_allowed"
+        else:
+            message, code = str(exc.detail), None
+        body = protocol.error_body(exc.status_code, message, code=code)
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
 
     def _check_model(self, model: str) -> None:
         if model and model != self.model_name:
@@ -231,8 +254,13 @@ def _timeout_s(request: Request) -> float | None:
     return timeout_s
 
 
-def _error_response(exc: HopscopeError) -> JSONResponse:
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    message = f"internal error in {request.method} {request.url.path}: {type(exc).__name__}"
+    return JSONResponse(protocol.error_body(500, message), 500)
+
+
+def _error_response(exc: HopscopeError, kind: str) -> JSONResponse:
     status_code = protocol.http_status(exc)
-    body = protocol.error_body(status_code, str(exc), getattr(exc, "param", None))
+    body = protocol.error_body(status_code, str(exc), protocol.http_param(exc, kind))
     headers = {"Retry-After": RETRY_AFTER_S} if status_code == 429 else None
     return JSONResponse(body, status_code, headers=headers)

@@ -36,6 +36,7 @@ _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     409: "conflict_error",
     429: "rate_limit_error",
     499: "cancelled",
@@ -57,6 +58,7 @@ HTTP_STATUS_OF = {
 
 class ModelNotServedError(HopscopeError):
     status = "NOT_FOUND"
+    param = "model"
 
 
 @dataclass(slots=True)
@@ -73,8 +75,16 @@ class ApiRequest:
     is_max_tokens_given: bool
 
 
-def error_body(status_code: int, message: str, param: str | None = None) -> dict[str, Any]:
-    code = {404: "model_not_found", 429: "queue_full", 401: "invalid_api_key"}.get(status_code)
+# The envelope's `code` by status, unless the error names its own (an unknown route's 404).
+_ERROR_CODES = {404: "model_not_found", 429: "queue_full", 401: "invalid_api_key"}
+# The core's field names (gRPC GenerateRequest's) as an OpenAI body spells them.
+_HTTP_PARAMS = {"prompt_token_ids": "prompt", "request_id": "x-request-id"}
+
+
+def error_body(
+    status_code: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    code = code or _ERROR_CODES.get(status_code)
     return {
         "error": {
             "message": message,
@@ -89,12 +99,20 @@ def http_status(exc: HopscopeError) -> int:
     return HTTP_STATUS_OF.get(exc.status, 500)
 
 
+def http_param(exc: HopscopeError, kind: str) -> str | None:
+    """The request field `exc` names, as the OpenAI body of a `kind` request spells it (a chat's
+    prompt is its `messages`)."""
+    if exc.param is None:
+        return None
+    param = _HTTP_PARAMS.get(exc.param, exc.param)
+    return "messages" if kind == CHAT and param == "prompt" else param
+
+
 class ParamError(InvalidArgumentError):
     """A 400 that names the offending field (the envelope's `param`)."""
 
     def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
+        super().__init__(message, param)
 
 
 def parse_request(kind: str, body: Any) -> ApiRequest:
