@@ -3,7 +3,8 @@
 Each node gets its own loopback address (127.R.S.2, .3, ...; DESIGN.md, "Ray on one machine"),
 a `hopscope-node=a|b|c...` label, its own temp dir and explicit free ports, and runs as
 `ray start --block` in its own process group, so `down` stops exactly what `up` started (never
-`ray stop`, which would stop every Ray on the machine). Token auth is on for every process.
+`ray stop`, which would stop every Ray on the machine). Token auth is on for every process;
+`ray_tools_env` is what Ray's own CLI and dashboard need to reach the cluster (`cluster env`).
 The cluster is recorded in ~/.hopscope/clusters/ with its link settings, which `serve` reads to
 put a relay (deploy/relay.py) on every cross-node TCP edge.
 """
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,6 +78,7 @@ class ClusterRecord:
     temp_dir: str
     link: LinkSettings = field(default_factory=LinkSettings)
     created_at: float = 0.0
+    dashboard_url: str = ""  # http://HEAD_IP:PORT, "" when started without the dashboard
 
     @property
     def head_ip(self) -> str:
@@ -104,8 +108,23 @@ def prepare_ray_driver() -> None:
     os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def auth_token_path() -> Path:
+    """Where `ray get-auth-token --generate` writes the token every hopscope Ray process uses."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+def ray_tools_env(record: ClusterRecord) -> dict[str, str]:
+    """What `ray status`, `ray list actors` (the state API) and a driver need to reach `record`'s
+    cluster: its GCS address and token auth, with the token's file (never the token itself)."""
+    return {
+        "RAY_ADDRESS": record.address,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(auth_token_path()),
+    }
+
+
 def ensure_auth_token() -> None:
-    if (Path.home() / ".ray" / "auth_token").exists():
+    if auth_token_path().exists():
         return
     result = subprocess.run(
         [_ray_bin(), "get-auth-token", "--generate"],
@@ -152,9 +171,14 @@ def is_node_alive(node: NodeRecord) -> bool:
 
 # ---------------------------------------------------------------------------- up / down
 def start_cluster(
-    num_nodes: int, link: LinkSettings | None = None, *, is_recorded: bool = True
+    num_nodes: int,
+    link: LinkSettings | None = None,
+    *,
+    is_recorded: bool = True,
+    has_dashboard: bool = False,
 ) -> ClusterRecord:
-    """Start `num_nodes` Ray nodes labelled a, b, c...; returns once all have joined."""
+    """Start `num_nodes` Ray nodes labelled a, b, c...; returns once all have joined (and the
+    dashboard answers, with `has_dashboard`: `ray list` and the state API go through it)."""
     if not 1 <= num_nodes <= 26:
         raise ClusterError(f"--nodes must be between 1 and 26, got {num_nodes}")
     prepare_ray_driver()
@@ -165,8 +189,11 @@ def start_cluster(
         f"{ips[0]}:{gcs_port}", [], temp_dir, link or LinkSettings(), time.time()
     )
     try:
-        record.nodes.append(_start_node(record, ips[0], "a", head_port=gcs_port))
+        head = _start_node(record, ips[0], "a", head_port=gcs_port, has_dashboard=has_dashboard)
+        record.nodes.append(head)
         _wait_ready(record.nodes[:1])
+        if has_dashboard:
+            _wait_dashboard(record.dashboard_url)
         for i, ip in enumerate(ips[1:], start=1):  # one at a time: the GCS registers each
             _join(record, ip, string.ascii_lowercase[i])
     except BaseException:
@@ -230,11 +257,18 @@ def _join(record: ClusterRecord, ip: str, label: str) -> None:
 
 
 def _start_node(
-    record: ClusterRecord, ip: str, label: str, head_port: int = 0, attempt: int = 1
+    record: ClusterRecord,
+    ip: str,
+    label: str,
+    head_port: int = 0,
+    attempt: int = 1,
+    has_dashboard: bool = False,
 ) -> NodeRecord:
     node_dir = Path(record.temp_dir) / (label if attempt == 1 else f"{label}-{attempt}")
     node_dir.mkdir(parents=True)
-    args = node_args(record.address, ip, label, node_dir, head_port)
+    args = node_args(record.address, ip, label, node_dir, head_port, has_dashboard)
+    if has_dashboard:
+        record.dashboard_url = f"http://{ip}:{args[args.index('--dashboard-port') + 1]}"
     log_path = node_dir / "ray-start.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -249,9 +283,16 @@ def _start_node(
     return NodeRecord(ip, label, process.pid, str(node_dir), str(log_path))
 
 
-def node_args(address: str, ip: str, label: str, node_dir: Path, head_port: int = 0) -> list[str]:
+def node_args(
+    address: str,
+    ip: str,
+    label: str,
+    node_dir: Path,
+    head_port: int = 0,
+    has_dashboard: bool = False,
+) -> list[str]:
     """`ray start` for one node: every port on the node's own (loopback) address; the head's
-    dashboard off, and bound to that address were it turned on."""
+    dashboard (`has_dashboard`) bound to that address too."""
     args = [
         _ray_bin(),
         "start",
@@ -280,7 +321,7 @@ def node_args(address: str, ip: str, label: str, node_dir: Path, head_port: int 
         args += [flag, str(port)]
     if head_port:
         args += ["--head", "--port", str(head_port)]
-        args += ["--include-dashboard", "false", "--dashboard-host", ip]
+        args += ["--include-dashboard", str(has_dashboard).lower(), "--dashboard-host", ip]
     else:
         args += ["--address", address]
     return args
@@ -300,6 +341,21 @@ def _wait_ready(nodes: list[NodeRecord], timeout_s: float = START_TIMEOUT_S) -> 
             labels = ", ".join(n.label for n in pending)
             raise ClusterError(f"nodes {labels} did not start within {timeout_s:.0f} s")
         time.sleep(0.2)
+
+
+def _wait_dashboard(url: str, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Until the dashboard answers HTTP at all (with token auth it may answer 401: it is up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the dashboard at {url} did not answer: {exc}") from None
+        time.sleep(0.5)
 
 
 def _has_exited(pid: int) -> bool:

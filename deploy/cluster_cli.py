@@ -1,9 +1,11 @@
-"""`hopscope cluster up | down | status`: a local multi-node Ray cluster (deploy/cluster.py)."""
+"""`hopscope cluster up | down | status | env`: a local multi-node Ray cluster (deploy/cluster.py),
+and the environment that points Ray's own tools at it."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 
 from rich.console import Console
 
@@ -14,11 +16,12 @@ from deploy.cluster import (
     find_record,
     is_node_alive,
     list_records,
+    ray_tools_env,
     start_cluster,
     stop_cluster,
 )
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +37,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--rate-mbit", type=float, default=0.0, help="bandwidth cap between nodes, Mbit/s"
     )
-    up.add_argument("--json", action="store_true", help='print {"address": ...}')
+    up.add_argument(
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run Ray's dashboard on the head (`ray list ...` and the state API need it; "
+        "--no-dashboard saves its memory)",
+    )
+    up.add_argument("--json", action="store_true", help='print {"address", "dashboard_url", "env"}')
     up.set_defaults(func=run_up)
     down = commands.add_parser("down", help="stop a cluster started by `cluster up`")
     down.add_argument("--address", required=True, help="the address `cluster up` printed")
@@ -43,24 +53,60 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--address", default="", help="one cluster (default: all recorded)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=run_status)
+    env = commands.add_parser(
+        "env",
+        help="print `export` lines that point Ray's CLI, state API and drivers at a cluster",
+        description='eval "$(hopscope cluster env)" && ray status && ray list actors',
+    )
+    env.add_argument("--address", default="", help="the cluster (default: the only one recorded)")
+    env.set_defaults(func=run_env)
 
 
 def run_up(args: argparse.Namespace) -> int:
     try:
         link = LinkSettings(args.delay_ms, args.rate_mbit)
-        record = start_cluster(args.nodes, link)
+        record = start_cluster(args.nodes, link, has_dashboard=args.dashboard)
     except (ValueError, ClusterError) as exc:
         err.print(f"error: {exc}")
         return 1
+    env = ray_tools_env(record)
     if args.json:
-        print(json.dumps({"address": record.address}))
-    else:
-        print(record.address)
-        err.print(
-            f"{len(record.nodes)} nodes ({_nodes_line(record)}); link: {_link_line(record.link)}"
+        print(
+            json.dumps(
+                {"address": record.address, "dashboard_url": record.dashboard_url, "env": env}
+            )
         )
-        err.print(f"stop it with: hopscope cluster down --address {record.address}")
+        return 0
+    print(record.address)
+    err.print(f"{len(record.nodes)} nodes ({_nodes_line(record)}); link: {_link_line(record.link)}")
+    err.print(
+        "Ray's own tools (ray status, ray list actors, a driver) on this cluster need:\n"
+        + _export_lines(env)
+        + f'\n(the same: eval "$(hopscope cluster env --address {record.address})")',
+        markup=False,
+    )
+    if record.dashboard_url:
+        err.print(
+            f"dashboard: {record.dashboard_url} (it asks for the token: `ray get-auth-token`)",
+            markup=False,
+        )
+    err.print(f"stop it with: hopscope cluster down --address {record.address}", markup=False)
     return 0
+
+
+def run_env(args: argparse.Namespace) -> int:
+    records = [find_record(args.address)] if args.address else list_records()
+    if len(records) != 1 or records[0] is None:
+        known = ", ".join(r.address for r in list_records()) or "none"
+        which = f"at {args.address}" if args.address else "to pick (give --address)"
+        err.print(f"error: no single cluster {which}; recorded: {known}", markup=False)
+        return 1
+    print(_export_lines(ray_tools_env(records[0])))
+    return 0
+
+
+def _export_lines(env: dict[str, str]) -> str:
+    return "\n".join(f"export {name}={shlex.quote(value)}" for name, value in env.items())
 
 
 def run_down(args: argparse.Namespace) -> int:

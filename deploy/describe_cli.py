@@ -12,6 +12,7 @@ from rich.table import Table
 from services.config import DEFAULT_PORT
 
 EXIT_UNREACHABLE = 1
+RAY_ID_CHARS = 8  # enough to tell nodes apart, and to find one in `ray list nodes`
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +53,13 @@ def run_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def node_cell(service: dict[str, Any]) -> str:
+    """The node as `cluster up` named it (its hopscope-node label), the start of Ray's node id
+    beside it (all of it in --json); without a name, the id alone (without Ray: the host name)."""
+    node_id, name = str(service.get("nodeId", "")), str(service.get("nodeName", ""))
+    return f"{name} ({node_id[:RAY_ID_CHARS]}…)" if name else node_id
+
+
 def print_describe(console: Console, d: dict[str, Any]) -> None:
     model = d.get("model", {})
     console.print(
@@ -65,6 +73,7 @@ def print_describe(console: Console, d: dict[str, Any]) -> None:
     services = Table("service", "node", "host", "pid", "address", title="services")
     for s in d.get("services", []):
         cells = [str(s.get(k, "")) for k in ("name", "nodeId", "host", "pid", "address")]
+        cells[1] = node_cell(s)
         if s.get("state"):  # gone, being replaced: no pid to show
             cells[3] = s["state"]
         services.add_row(*cells)

@@ -19,8 +19,9 @@ from typing import Any
 
 from deploy.cluster import LinkSettings
 from deploy.lifecycle import START_TIMEOUT_S
-from deploy.placement import worker_role
+from deploy.placement import NODE_LABEL_KEY, worker_role
 from deploy.spec import scheduler_config, tokenizer_config, worker_config
+from services.common.identity import NODE_NAME_ENV
 from services.config import HopscopeConfig
 
 ROLES = ("worker", "scheduler", "tokenizer", "pipeline")  # pipeline: all three, inproc
@@ -70,7 +71,10 @@ class ServiceHost:
         import ray
 
         self.plan = plan
-        self.node_id = ray.get_runtime_context().get_node_id()
+        context = ray.get_runtime_context()
+        self.node_id = context.get_node_id()
+        # this process's services name their node as `cluster up` did (services/common/identity)
+        os.environ[NODE_NAME_ENV] = str(context.get_node_labels().get(NODE_LABEL_KEY, ""))
         self.loop = asyncio.new_event_loop()
         self.service: Any = None
         self.relay: Any = None

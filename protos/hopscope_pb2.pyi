@@ -69,7 +69,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceInfo(_message.Message):
-    __slots__ = ("name", "node_id", "host", "pid", "address", "state", "role")
+    __slots__ = ("name", "node_id", "host", "pid", "address", "state", "role", "node_name")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class ServiceInfo(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     node_id: str
     host: str
@@ -84,7 +85,8 @@ class ServiceInfo(_message.Message):
     address: str
     state: str
     role: str
-    def __init__(self, name: _Optional[str] = ..., node_id: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+    node_name: str
+    def __init__(self, name: _Optional[str] = ..., node_id: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., role: _Optional[str] = ..., node_name: _Optional[str] = ...) -> None: ...
 
 class Edge(_message.Message):
     __slots__ = ("to", "transport", "link", "delay_ms", "rate_mbit")

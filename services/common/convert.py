@@ -293,7 +293,13 @@ def model_info_from_pb(m: pb.ModelInfo, eos_token_ids: list[int]) -> ModelInfo:
 
 def identity_to_pb(i: ServiceIdentity) -> pb.ServiceInfo:
     return pb.ServiceInfo(
-        name=i.name, node_id=i.node_id, host=i.host, pid=i.pid, address=i.address, role=i.role
+        name=i.name,
+        node_id=i.node_id,
+        host=i.host,
+        pid=i.pid,
+        address=i.address,
+        role=i.role,
+        node_name=i.node_name,
     )
 
 

@@ -17,11 +17,18 @@ class ServiceIdentity:
     pid: int
     address: str  # where it listens, or "inproc"
     role: str = ""  # workers: "mixed" | "prefill" | "decode"
+    node_name: str = ""  # the node's hopscope-node label (`cluster up`'s a, b, c...), if any
+
+
+# Set by the Ray actor that hosts a service (deploy/ray_actors.py) to its node's hopscope-node
+# label: the name `cluster up` gave the node, which Describe shows beside Ray's node id.
+NODE_NAME_ENV = "HOPSCOPE_NODE_NAME"
 
 
 def identify(name: str, address: str, node_id: str = "", role: str = "") -> ServiceIdentity:
     host = socket.gethostname()
-    return ServiceIdentity(name, node_id or host, host, os.getpid(), address, role)
+    node_name = os.environ.get(NODE_NAME_ENV, "")
+    return ServiceIdentity(name, node_id or host, host, os.getpid(), address, role, node_name)
 
 
 def worker_names(num_replicas: int, roles: Sequence[str] | None = None) -> list[str]:

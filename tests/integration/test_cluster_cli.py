@@ -47,6 +47,25 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def ray_tool(env: dict[str, str], address: str, *argv: str) -> str:
+    """Ray's own CLI in the environment that `hopscope cluster env` prints, as a user runs it."""
+    cluster_env = f"{sys.executable} -P -m deploy.cli cluster env --address {address}"
+    ray = Path(sys.executable).parent / "ray"
+    script = f'eval "$({cluster_env})" && {ray} {" ".join(argv)}'
+    clean = {k: v for k, v in env.items() if not k.startswith("RAY_")}  # only what env sets
+    result = subprocess.run(
+        ["bash", "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 @pytest.fixture
 def user_env(tmp_path: Path) -> dict[str, str]:
     """A user with their own home (cluster records, Ray token), as a fresh machine would have."""
@@ -83,6 +102,14 @@ def test_cluster_up_serve_down(user_env: dict[str, str], tmp_path: Path) -> None
         log_path = tmp_path / "serve.log"
         with serve(user_env, log_path, "--placement", "split", "--ray-address", address) as served:
             assert generate(served.address)["finish_reason"] == "length"
+            actors = ray_tool(user_env, address, "list", "actors", "--format", "json")
+            alive = {a["name"] for a in json.loads(actors) if a["state"] == "ALIVE"}
+            assert {n.rsplit("-", 1)[-1] for n in alive} >= {"tokenizer", "scheduler", "worker"}
+            described = hopscope("describe", "--address", served.address, "--json", env=user_env)
+            services = json.loads(described.stdout)["services"]
+            # named as `cluster up` named the nodes, Ray's id beside
+            assert {s["nodeName"] for s in services} == {"a", "b"}, services
+            assert all(len(s["nodeId"]) == 56 for s in services), services
             assert served.stop(60) == 0  # SIGTERM: drains and exits 0
     finally:
         down = hopscope("cluster", "down", "--address", address, env=user_env)

@@ -81,6 +81,10 @@ def test_local_clusters_keep_ray_token_auth_and_a_loopback_dashboard(tmp_path: P
     assert "--include-dashboard false" in joined
     assert "--dashboard-host 127.0.0.1" in joined
     assert "--node-ip-address 127.0.0.1" in joined
+    # `cluster up` turns it on (Ray's state API needs it): on the node's own loopback address
+    with_dashboard = " ".join(node_args("", "127.0.0.1", "a", tmp_path, 6379, has_dashboard=True))
+    assert "--include-dashboard true" in with_dashboard
+    assert "--dashboard-host 127.0.0.1" in with_dashboard
 
 
 def test_unix_socket_directories_are_private(tmp_path: Path) -> None:
