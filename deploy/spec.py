@@ -11,7 +11,6 @@ from typing import Any
 
 from services.common.metrics import metrics_port
 from services.config import HopscopeConfig, engine_threads_count
-from services.scheduler.config import SchedulerConfig
 from services.scheduler.service_config import SchedulerServiceConfig
 from services.tokenizer.service_config import TokenizerServiceConfig
 from services.worker.config import WorkerConfig
@@ -21,23 +20,6 @@ NO_RAY_PLACEMENTS = ("inproc", "colocated", "colocated-tcp", "disagg")
 HTTP_LINE_PREFIX = "hopscope http: "
 HTTP_RE = re.compile(rf"^{HTTP_LINE_PREFIX}(?P<url>http://\S+)$")
 MIB = 1024 * 1024
-
-# The older names of settings that `ServeSpec(...)` still takes (now: HopscopeConfig.of(...)).
-_OLD_NAMES = {
-    "worker_reconnect_timeout_s": "worker_restart_timeout_s",
-    "is_metrics_enabled": "metrics",
-    "metrics_base_port": "metrics_port",
-}
-
-
-def ServeSpec(**values: Any) -> HopscopeConfig:
-    """Deprecated: `HopscopeConfig.of(...)`. Takes the old flat names too (`is_metrics_enabled`,
-    `metrics_base_port`, `worker_reconnect_timeout_s`, `prefix_caching="on"|"off"`, ...)."""
-    renamed = {_OLD_NAMES.get(key, key): value for key, value in values.items()}
-    for key in ("prefix_caching", "async_scheduling", "cuda_graphs"):
-        if isinstance(renamed.get(key), str):
-            renamed[key] = renamed[key] == "on"
-    return HopscopeConfig.of(**renamed)
 
 
 def announce_http(url: str) -> None:
@@ -105,26 +87,6 @@ def worker_config(
     )
 
 
-# SchedulerConfig fields whose tree setting has another name, and those that are not settings.
-_CORE_RENAMES = {"enable_prefix_caching": "prefix_caching"}
-_CORE_NOT_SETTINGS = frozenset({"enable_chunked_prefill"})
-
-
-def scheduler_core_config(config: HopscopeConfig) -> SchedulerConfig:
-    """The scheduler core's config: each of its fields from the scheduler setting of the same
-    name, so a new core knob is its tree setting and its SchedulerConfig field, no line here.
-    A field with no such setting is a bug (it would silently keep its default): refused."""
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(SchedulerConfig):
-        if field.name in _CORE_NOT_SETTINGS:
-            continue
-        name = _CORE_RENAMES.get(field.name, field.name)
-        if not hasattr(config.scheduler, name):
-            raise TypeError(f"SchedulerConfig.{field.name} has no scheduler setting {name!r}")
-        values[field.name] = getattr(config.scheduler, name)
-    return SchedulerConfig(**values)
-
-
 def scheduler_config(
     config: HopscopeConfig,
     listen: str,
@@ -132,21 +94,15 @@ def scheduler_config(
     node_id: str = "",
     extra_worker_addresses: list[str] | None = None,
 ) -> SchedulerServiceConfig:
-    sched = config.scheduler
     return SchedulerServiceConfig(
-        core=scheduler_core_config(config),
+        scheduler=config.scheduler,  # the section as is: a new scheduler setting needs no line here
         worker_address=worker_address,
         listen=listen,
         node_id=node_id,
-        step_timeout_s=sched.step_timeout_s,
-        connect_timeout_s=sched.worker_connect_timeout_s,
-        worker_reconnect_timeout_s=sched.worker_restart_timeout_s,
         metrics_address=metrics_address(config, "scheduler"),
         extra_worker_addresses=list(extra_worker_addresses or []),
-        routing=sched.routing,
         tls_dir=config.security.tls_dir,
         internal_token=config.security.internal_token,
-        step_encoding=sched.step_encoding,
         kv_transport=config.worker.kv_transport,
         stream_catch_up=config.tokenizer.stream_catch_up,
     )
@@ -180,26 +136,20 @@ def tokenizer_config(
     """`name`: the front-door replica (tokenizer_names). With several, each shares `listen` and
     the HTTP port with the others (SO_REUSEPORT); `tokenizer-1`, ... serve /metrics on any
     free port (`tokenizer` keeps the tokenizer's)."""
-    tok = config.tokenizer
     metrics = metrics_address(config, "tokenizer")
     if metrics and name != "tokenizer":
         metrics = f"{config.deploy.host}:0"
     return TokenizerServiceConfig(
-        model=config.model.model,
+        tokenizer=config.tokenizer,  # the sections as they are: a new setting needs no line here
+        model=config.model,
         scheduler_address=scheduler_address,
         listen=listen,
         node_id=node_id,
         placement=config.deploy.placement,
-        request_timeout_s=tok.request_timeout_s,
-        connect_timeout_s=tok.scheduler_connect_timeout_s,
-        scheduler_reconnect_timeout_s=tok.scheduler_reconnect_timeout_s,
         metrics_address=metrics,
         http_listen=config.deploy.http_listen,
-        max_model_len=config.model.max_model_len,
         tls_dir=config.security.tls_dir,
         internal_token=config.security.internal_token,
-        stream_interval=tok.stream_interval,
-        stream_catch_up=tok.stream_catch_up,
         name=name,
         reuse_port=config.deploy.tokenizer_replicas > 1,
     )

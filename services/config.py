@@ -30,6 +30,14 @@ MAX_GRAPH_BATCH = 1024  # the largest --cuda-graph-max-batch
 # disaggregated placement (deploy/placement.py `workers:`)
 WORKER_ROLES = ("mixed", "prefill", "decode")
 ENGINE_WAIT_POLICIES = ("auto", "active", "passive")  # --engine-wait-policy
+# Each choice list, defined once: the setting's `choices`, and the code that acts on the value
+# imports it from here (services/common/convert.py, scheduler/router.py, kv_client.py, ...).
+BATCHING_MODES = ("continuous", "static")
+PREEMPTION_MODES = ("recompute", "swap")
+STEP_ENCODINGS = ("nested", "packed", "delta")  # how a step's sequences travel (convert.py)
+ROUTING_POLICIES = ("round_robin", "least_load", "prefix", "network_aware")
+KV_TRANSPORTS = ("grpc", "shm")  # how KV blocks move between workers
+KERNEL_SETS = ("auto", "native", "torch")  # the worker's CPU op sets
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,12 +372,14 @@ class TokenizerSettings(Section):
 
 @dataclass(slots=True)
 class SchedulerSettings(Section):
-    """Batching, the waiting queue, preemption, routing over worker replicas."""
+    """Batching, the waiting queue, preemption, routing over worker replicas: the scheduler's
+    config as is (its core, `Scheduler(SchedulerSettings, ModelInfo)`, and its runner read it;
+    a new scheduler knob is a field here and the line that uses it)."""
 
     batching: str = setting(
         "continuous",
         "continuous (iteration-level) or static (admit a batch, run it to the end)",
-        choices=("continuous", "static"),
+        choices=BATCHING_MODES,
         doc="or `static` (wait for a full batch, run it to completion: the baseline)",
     )
     max_num_seqs: int = setting(
@@ -409,7 +419,7 @@ class SchedulerSettings(Section):
         "recompute",
         "a preempted sequence's KV is dropped and recomputed, or swapped to host memory "
         "(needs --swap-space-mb)",
-        choices=("recompute", "swap"),
+        choices=PREEMPTION_MODES,
         doc="what happens to a sequence preempted for KV space: `recompute` (its tokens run "
         "again) or `swap` (its KV blocks are copied to `--swap-space-mb` MiB of worker host "
         "memory — pinned, on a separate CUDA stream — and back when it resumes; a "
@@ -446,7 +456,7 @@ class SchedulerSettings(Section):
         "delta",
         "how the scheduler sends a step's sequences to the worker: a message each (nested), "
         "packed arrays (packed), or packed with block tables as deltas (delta, the default)",
-        choices=("nested", "packed", "delta"),
+        choices=STEP_ENCODINGS,
         doc="how the scheduler sends a step's sequences to the worker: `nested` (a message per "
         "sequence), `packed` (one packed array per field), `delta` (packed, and each sequence's "
         "block table as the blocks appended since the previous step of the stream). The worker "
@@ -455,7 +465,7 @@ class SchedulerSettings(Section):
     routing: str = setting(
         "network_aware",
         "how a request picks a worker replica (default network_aware)",
-        choices=("round_robin", "least_load", "prefix", "network_aware"),
+        choices=ROUTING_POLICIES,
         doc="how the scheduler's router picks a replica per request: `round_robin`, "
         "`least_load` (pending tokens), `prefix` (most cached prompt blocks) or `network_aware` "
         "(pending + uncached prompt work over the replica's measured throughput, plus its hop's "
@@ -488,6 +498,13 @@ class SchedulerSettings(Section):
         minimum=0,
         metavar="SECONDS",
     )
+    enable_chunked_prefill: bool = setting(
+        True, "split a prompt longer than the step's remaining token budget", flag=None
+    )
+
+    @property
+    def is_static(self) -> bool:
+        return self.batching == "static"
 
     def check(self) -> None:
         if self.max_num_batched_tokens < self.max_num_seqs:
@@ -537,7 +554,7 @@ class WorkerSettings(Section):
         "auto",
         "CPU ops: native (fused C++ kernels built on first use, oneDNN-packed GEMMs), torch "
         "(plain torch ops) or auto (native where they build)",
-        choices=("auto", "native", "torch"),
+        choices=KERNEL_SETS,
         doc="CPU ops: `native` (fused C++ kernels — decode attention read in place from the paged "
         "KV cache, rotary + cache write, add + RMSNorm, SwiGLU — compiled for this CPU on first "
         "use, ~15 s, cached under `~/.cache/torch_extensions`; GEMMs on oneDNN-packed weights), "
@@ -612,7 +629,7 @@ class WorkerSettings(Section):
         "how KV blocks move prefill worker -> decode worker (disaggregated placements): grpc "
         "(bytes in a Worker.PullKV stream) or shm (one node: a /dev/shm segment, only its name "
         "on the stream)",
-        choices=("grpc", "shm"),
+        choices=KV_TRANSPORTS,
         commands=SERVE,
         doc="how a request's KV blocks move from the prefill worker to the decode worker in the "
         "disaggregated placements: `grpc`, the raw bytes in a `Worker.PullKV` stream (1 MiB "

@@ -14,6 +14,7 @@ from services.common.types import (
     SeqStep,
     StepOutput,
 )
+from services.config import STEP_ENCODINGS
 
 
 def sampling_to_pb(s: SamplingParams) -> pb.SamplingParams:
@@ -51,7 +52,6 @@ def seq_step_from_pb(m: pb.SeqStep) -> SeqStep:
     )
 
 
-STEP_ENCODINGS = ("nested", "packed", "delta")
 _NOT_SAMPLED = SamplingParams(temperature=0.0, top_p=0.0, top_k=0, seed=0)  # packed placeholder
 
 

@@ -27,8 +27,8 @@ import bisect
 from collections import deque
 
 from services.common.types import ModelInfo, SeqStep
+from services.config import SchedulerSettings
 from services.scheduler.block_manager import BlockManager
-from services.scheduler.config import SchedulerConfig
 from services.scheduler.errors import (
     DeadlineExceededError,
     InvalidRequestError,
@@ -48,8 +48,8 @@ __all__ = [
     "QueueFullError",
     "Request",
     "Scheduler",
-    "SchedulerConfig",
     "SchedulerError",
+    "SchedulerSettings",
     "Update",
 ]
 
@@ -57,13 +57,11 @@ __all__ = [
 class Scheduler:
     """Continuous (or static) batching over a KV cache of `model.num_blocks` blocks."""
 
-    def __init__(self, config: SchedulerConfig, model: ModelInfo) -> None:
+    def __init__(self, config: SchedulerSettings, model: ModelInfo) -> None:
         self.config = config
         self.model = model
         self._eos_token_ids = frozenset(model.eos_token_ids)
-        self._blocks = BlockManager(
-            model.num_blocks, model.block_size, config.enable_prefix_caching
-        )
+        self._blocks = BlockManager(model.num_blocks, model.block_size, config.prefix_caching)
         self._seqs: dict[str, Sequence] = {}  # every unfinished request, waiting or running
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []  # sorted by priority
@@ -367,7 +365,7 @@ class Scheduler:
         # blocks for the whole prompt now, so later chunks never wait for memory; with prefix
         # caching its leading full blocks may already be computed
         seq.num_computed = 0
-        if self.config.enable_prefix_caching:
+        if self.config.prefix_caching:
             tokens = seq.tokens(0, seq.num_tokens)
             seq.num_computed = self._blocks.allocate_prefix(seq.seq_id, tokens)
         else:
@@ -378,7 +376,7 @@ class Scheduler:
         self._add_running(seq)
 
     def _can_allocate(self, seq: Sequence) -> bool:
-        if not self.config.enable_prefix_caching:
+        if not self.config.prefix_caching:
             return self._blocks.can_allocate(seq.num_tokens)
         return self._blocks.can_allocate(seq.num_tokens, seq.tokens(0, seq.num_tokens))
 

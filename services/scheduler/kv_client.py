@@ -23,8 +23,7 @@ import grpc
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.errors import HopscopeError, InvalidArgumentError, UnavailableError
-
-KV_TRANSPORTS = ("grpc", "shm")
+from services.config import KV_TRANSPORTS
 
 
 @dataclass(frozen=True, slots=True)

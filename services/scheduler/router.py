@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from services.config import ROUTING_POLICIES
 from tracing import schema
 
-ROUTING_POLICIES: tuple[str, ...] = ("round_robin", "least_load", "prefix", "network_aware")
 PROMPT_BYTES_PER_TOKEN = 4  # int32 token ids on the scheduler->worker hop
 PRIOR_TOKENS_PER_MS = 1.0  # before a replica has run a step
 

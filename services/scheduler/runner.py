@@ -27,13 +27,12 @@ from services.common import convert, spans
 from services.common.errors import HopscopeError, UnavailableError
 from services.common.metrics import ServiceMetrics
 from services.common.types import Delivery, ModelInfo, StepOutput
-from services.config import DEFAULTS
+from services.config import SchedulerSettings
 from services.scheduler.cache_metrics import CacheMetrics
 from services.scheduler.core import Scheduler
 from services.scheduler.kv_handoff import KVHandoffs
 from services.scheduler.overlap import OverlappedSteps, StepAnswer
 from services.scheduler.request import Batch, Request, Update
-from services.scheduler.service_config import WORKER_RESTART_TIMEOUT_S
 from services.scheduler.worker_client import WorkerClient
 from tracing import schema
 
@@ -44,15 +43,6 @@ class Sink(Protocol):
     """Receives, once per step, every delivery for the requests it submitted."""
 
     def deliver(self, deliveries: list[Delivery]) -> None: ...
-
-
-@dataclass(slots=True)
-class RunnerSettings:
-    step_timeout_s: float = DEFAULTS.scheduler.step_timeout_s
-    connect_timeout_s: float = DEFAULTS.scheduler.worker_connect_timeout_s
-    # how long in-flight requests wait for a lost worker to come back before failing UNAVAILABLE
-    # (long enough for a restarted worker that rebuilds its kernels: `--worker-restart-timeout-s`)
-    worker_reconnect_timeout_s: float = WORKER_RESTART_TIMEOUT_S
 
 
 @dataclass(slots=True)
@@ -71,7 +61,7 @@ class SchedulerRunner:
         self,
         core_factory: Callable[[ModelInfo], Scheduler],
         worker: WorkerClient,
-        settings: RunnerSettings,
+        settings: SchedulerSettings,
         on_health: Callable[[bool], None] = lambda is_serving: None,
         metrics: ServiceMetrics | None = None,
     ) -> None:
@@ -104,7 +94,7 @@ class SchedulerRunner:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Connect to the worker (bounded by connect_timeout_s), then run the loop."""
-        self.worker_info = await self.worker.connect(self._settings.connect_timeout_s)
+        self.worker_info = await self.worker.connect(self._settings.worker_connect_timeout_s)
         info = convert.model_info_from_pb(
             self.worker_info.model, list(self.worker_info.eos_token_ids)
         )
@@ -482,7 +472,7 @@ class SchedulerRunner:
     def _is_worker_given_up(self) -> bool:
         down = self._worker_down_since
         return (
-            down is not None and time.monotonic() - down > self._settings.worker_reconnect_timeout_s
+            down is not None and time.monotonic() - down > self._settings.worker_restart_timeout_s
         )
 
     async def _reconnect(self) -> None:

@@ -16,7 +16,7 @@ from services.common.types import ModelInfo
 from services.scheduler.core import Scheduler
 from services.scheduler.replicas import ReplicaSet, RequestRunner
 from services.scheduler.router import Router
-from services.scheduler.runner import RunnerSettings, SchedulerRunner
+from services.scheduler.runner import SchedulerRunner
 from services.scheduler.service_config import SchedulerServiceConfig
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.worker_client import GrpcWorkerClient, WorkerClient
@@ -47,16 +47,11 @@ def build_runner(
     metrics: ServiceMetrics | None = None,
 ) -> SchedulerRunner:
     def core_factory(info: ModelInfo) -> Scheduler:
-        return Scheduler(config.core, info)
+        return Scheduler(config.scheduler, info)
 
-    settings = RunnerSettings(
-        step_timeout_s=config.step_timeout_s,
-        connect_timeout_s=config.connect_timeout_s,
-        worker_reconnect_timeout_s=config.worker_reconnect_timeout_s,
-    )
     if metrics is None:
         metrics = serve_metrics("scheduler", config.metrics_address)
-    return SchedulerRunner(core_factory, worker, settings, on_health, metrics)
+    return SchedulerRunner(core_factory, worker, config.scheduler, on_health, metrics)
 
 
 def build_replicas(
@@ -70,7 +65,7 @@ def build_replicas(
     for runner in runners:
         runner.kv_transport = config.kv_transport
     return ReplicaSet(
-        runners, Router(config.routing), metrics, config.link_bandwidth_mbps, on_health
+        runners, Router(config.scheduler.routing), metrics, config.link_bandwidth_mbps, on_health
     )
 
 
@@ -80,10 +75,10 @@ async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
     workers: list[WorkerClient] = [
         GrpcWorkerClient(
             address,
-            config.step_timeout_s,
+            config.scheduler.step_timeout_s,
             tls=tls,
             internal_token=config.internal_token,
-            step_encoding=config.step_encoding,
+            step_encoding=config.scheduler.step_encoding,
         )
         for address in config.worker_addresses
     ]

@@ -229,7 +229,7 @@ def _stats(runner: RequestRunner, runners: list[SchedulerRunner]) -> pb.Schedule
         num_free_blocks=sum(c.num_free_blocks for c in cores),
         num_blocks=sum(c.block_manager.num_blocks for c in cores),
         is_worker_up=runner.is_worker_up,
-        prefix_caching=cores[0].config.enable_prefix_caching,
+        prefix_caching=cores[0].config.prefix_caching,
         prefix_cache_hit_rate=sum(c.block_manager.num_hit_tokens for c in cores) / queried
         if queried
         else 0.0,

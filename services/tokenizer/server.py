@@ -71,7 +71,9 @@ async def start_tokenizer(
     in-process placement. SERVING exactly while the scheduler is. A failed start stops what it
     started."""
     tls = load_tls(config.tls_dir, "tokenizer") if config.tls_dir else None
-    core, source = await asyncio.to_thread(build_core, config.model, config.max_model_len)
+    core, source = await asyncio.to_thread(
+        build_core, config.model.model, config.model.max_model_len
+    )
     api_key = ApiKey(api_key_from_env())
     if health is None:
         health = HealthPublisher(is_serving=False)
@@ -82,13 +84,13 @@ async def start_tokenizer(
             client = GrpcSchedulerClient(
                 config.scheduler_address,
                 health.set_serving,
-                config.scheduler_reconnect_timeout_s,
+                config.tokenizer.scheduler_reconnect_timeout_s,
                 tls=tls,
                 internal_token=config.internal_token,
                 front_door=identity,
             )
             started.append(client.close)
-            await client.connect(config.connect_timeout_s)
+            await client.connect(config.tokenizer.scheduler_connect_timeout_s)
             scheduler = client
         metrics = serve_metrics("tokenizer", config.metrics_address)
         started.append(metrics.stop_server)

@@ -9,6 +9,7 @@ import torch
 from services.config import (
     DEFAULTS,
     ENGINE_WAIT_POLICIES,
+    KERNEL_SETS,
     MAX_GRAPH_BATCH,
     check_quantization,
     check_step_loop,
@@ -16,7 +17,7 @@ from services.config import (
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-KERNELS = ("auto", "native", "torch")
+KERNELS = KERNEL_SETS
 
 
 @dataclass(slots=True)

@@ -22,7 +22,6 @@ from protos import hopscope_pb2 as pb
 from services.worker.kv_cache import KVCache
 
 CHUNK_BYTES = 1 << 20
-TRANSPORTS = ("grpc", "shm")
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "hopscope-kv-"
 SHM_UNCLAIMED_S = 60.0

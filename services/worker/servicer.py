@@ -31,6 +31,7 @@ from services.common.types import (
     SeqStep,
     StepOutput,
 )
+from services.config import KV_TRANSPORTS
 from services.worker import kv_transfer
 from services.worker.config import WorkerConfig
 from services.worker.engine import Engine, StepError
@@ -279,7 +280,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         try:
             layout = self.service.kv_layout
             try:
-                if kv_transport not in kv_transfer.TRANSPORTS:
+                if kv_transport not in KV_TRANSPORTS:
                     raise kv_transfer.KVBlocksError(
                         f"unknown KV transport {kv_transport!r}: grpc or shm"
                     )
@@ -390,7 +391,7 @@ class KVImporter:
     async def run(self, request: pb.ImportKVRequest, transport: str) -> pb.ImportKVResponse:
         source_blocks, dest_blocks = list(request.source_blocks), list(request.dest_blocks)
         kv_transport = request.transport or "grpc"
-        if kv_transport not in kv_transfer.TRANSPORTS:
+        if kv_transport not in KV_TRANSPORTS:
             raise kv_transfer.KVBlocksError(f"unknown KV transport {kv_transport!r}: grpc or shm")
         if len(source_blocks) != len(dest_blocks):
             raise kv_transfer.KVBlocksError(

@@ -11,9 +11,9 @@ import time
 
 from deploy.spec import scheduler_config
 from services.common.types import Delivery, ModelInfo, SamplingParams
-from services.scheduler.config import SchedulerConfig
+from services.config import SchedulerSettings
 from services.scheduler.core import Request, Scheduler
-from services.scheduler.runner import RunnerSettings, SchedulerRunner
+from services.scheduler.runner import SchedulerRunner
 from services.scheduler.worker_client import InprocWorkerClient
 from services.worker.servicer import WorkerService
 
@@ -34,7 +34,7 @@ def _drive(
 ) -> tuple[dict[str, list[int]], dict[str, str], Scheduler]:
     """The runner's loop without the event loop: with `overlap`, the next step is built before
     the running one is answered (as SchedulerRunner does); requests arrive over three steps."""
-    core = Scheduler(SchedulerConfig(max_num_batched_tokens=64, async_scheduling=overlap), info)
+    core = Scheduler(SchedulerSettings(max_num_batched_tokens=64, async_scheduling=overlap), info)
     tokens: dict[str, list[int]] = {}
     reasons: dict[str, str] = {}
     pending = mixed_requests()
@@ -95,12 +95,12 @@ async def serve_mix(
     after its third token; returns once every request ended and nothing is in flight."""
 
     def core(info: ModelInfo) -> Scheduler:
-        config = SchedulerConfig(
+        config = SchedulerSettings(
             max_num_batched_tokens=64, async_scheduling=overlap, num_scheduler_steps=num_steps
         )
         return Scheduler(config, info)
 
-    runner = SchedulerRunner(core, InprocWorkerClient(service), RunnerSettings())
+    runner = SchedulerRunner(core, InprocWorkerClient(service), SchedulerSettings())
     sink = MixSink()
     await runner.start()
     try:
@@ -148,4 +148,4 @@ def test_the_serve_flag_reaches_the_scheduler_process() -> None:
         args = build_parser().parse_args(["serve", "--no-ray", "--async-scheduling", flag])
         config = scheduler_config(spec_from_args(args), "unix:/tmp/s.sock", "unix:/tmp/w.sock")
         sent = json.loads(config_to_json(config))
-        assert config_from_dict(SchedulerServiceConfig, sent).core.async_scheduling is expected
+        assert config_from_dict(SchedulerServiceConfig, sent).scheduler.async_scheduling is expected

@@ -1,13 +1,13 @@
 from services.common.metrics import ServiceMetrics
+from services.config import SchedulerSettings
 from services.scheduler.cache_metrics import CacheMetrics
-from services.scheduler.config import SchedulerConfig
 from services.scheduler.core import Request, Scheduler
 from tests.fakes import FakeWorker, make_request, run_until_idle
 
 
 def test_prefix_cache_hit_rate_and_preemptions_are_exported() -> None:
     worker = FakeWorker(num_blocks=16, block_size=4)
-    scheduler = Scheduler(SchedulerConfig(), worker.info)
+    scheduler = Scheduler(SchedulerSettings(), worker.info)
     first = make_request(0, 9, 2)
     scheduler.add(first)
     run_until_idle(scheduler, worker)

@@ -4,7 +4,9 @@ defaults, the README's tables and each service's config all come from it."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +18,21 @@ from deploy.cli import build_parser, main
 from deploy.commands import spec_from_args
 from deploy.spec import scheduler_config, tokenizer_config, worker_config
 from experiment.plan import parse_plan
-from services.config import DEFAULTS, SECTIONS, HopscopeConfig, settings_of
-from services.scheduler.config import SchedulerConfig
-from services.scheduler.runner import RunnerSettings
+from services.common.process import config_from_dict, config_to_json
+from services.common.types import ModelInfo
+from services.config import (
+    BATCHING_MODES,
+    DEFAULTS,
+    KV_TRANSPORTS,
+    PREEMPTION_MODES,
+    ROUTING_POLICIES,
+    SECTIONS,
+    STEP_ENCODINGS,
+    HopscopeConfig,
+    SchedulerSettings,
+    settings_of,
+)
+from services.scheduler.core import Scheduler
 from services.scheduler.service_config import SchedulerServiceConfig
 from services.tokenizer.service_config import TokenizerServiceConfig
 
@@ -64,14 +78,14 @@ def test_every_setting_has_help_and_every_flag_default_is_the_tree_default() -> 
 def test_the_old_defaults_are_kept_and_written_once() -> None:
     """Defect 3: the runner's connect timeout was 30 s against the service config's 60, the
     tokenizer config's placement "colocated" against serve's "inproc"."""
-    assert RunnerSettings().connect_timeout_s == SchedulerServiceConfig().connect_timeout_s == 60.0
+    assert SchedulerServiceConfig().scheduler.worker_connect_timeout_s == 60.0
     assert TokenizerServiceConfig().placement == DEFAULTS.deploy.placement == "inproc"
-    assert SchedulerConfig().max_num_batched_tokens == DEFAULTS.scheduler.max_num_batched_tokens
+    assert SchedulerSettings().max_num_batched_tokens == DEFAULTS.scheduler.max_num_batched_tokens
     config = _serve()
-    assert scheduler_config(config, "l", "w").core == SchedulerConfig()
-    assert scheduler_config(config, "l", "w").worker_reconnect_timeout_s == 60.0
+    assert scheduler_config(config, "l", "w").scheduler == SchedulerSettings()
+    assert scheduler_config(config, "l", "w").scheduler.worker_restart_timeout_s == 60.0
     assert worker_config(config, "w").engine.max_num_batched_tokens == 2048
-    assert tokenizer_config(config, "l", "s").request_timeout_s == 600.0
+    assert tokenizer_config(config, "l", "s").tokenizer.request_timeout_s == 600.0
 
 
 def test_a_bad_value_is_refused_naming_its_flag() -> None:
@@ -128,44 +142,98 @@ def test_ray_keeps_the_worker_restart_timeout_the_user_gave() -> None:
     source = (ROOT / "deploy" / "ray_serve.py").read_text()
     assert "max(spec" not in source and "WORKER_RECONNECT_TIMEOUT_S" not in source
     config = _serve("--worker-restart-timeout-s", "5", "--placement", "split")
-    assert scheduler_config(config, "l", "w").worker_reconnect_timeout_s == 5.0
+    assert scheduler_config(config, "l", "w").scheduler.worker_restart_timeout_s == 5.0
 
 
 def test_a_setting_defined_once_reaches_its_service() -> None:
     """`--static-batch-timeout-s` is one definition in services/config.py, nothing else."""
     config = _serve("--batching", "static", "--static-batch-timeout-s", "0.2")
-    assert scheduler_config(config, "l", "w").core.static_batch_timeout_s == 0.2
+    assert scheduler_config(config, "l", "w").scheduler.static_batch_timeout_s == 0.2
     with pytest.raises(ValueError, match="--static-batch-timeout-s must be >= 0 s"):
         _serve("--static-batch-timeout-s", "-1")
 
 
-def test_a_new_core_knob_is_its_definition_and_its_field() -> None:
-    """`--max-prefill-seqs` (added as issue 20's example) is one tree setting and the
-    SchedulerConfig field that uses it: no mapping line reaches it to the core."""
-    config = _serve("--max-prefill-seqs", "2")
-    assert scheduler_config(config, "l", "w").core.max_prefill_seqs == 2
-    assert scheduler_config(_serve(), "l", "w").core.max_prefill_seqs == 0
+def test_a_new_scheduler_knob_is_one_definition_plus_its_use() -> None:
+    """`--max-prefill-seqs` (added as issue 20's example) is one field of SchedulerSettings and
+    the core's line that reads it: the scheduler service receives the tree's section as is
+    (no mirrored field, no second check, no mapping line), through the process JSON too."""
+    tree = _serve("--max-prefill-seqs", "2", "--max-num-seqs", "3", "--no-prefix-caching")
+    service = scheduler_config(tree, "l", "w")
+    assert service.scheduler is tree.scheduler
+    sent = config_from_dict(SchedulerServiceConfig, json.loads(config_to_json(service)))
+    assert sent.scheduler == tree.scheduler
+    core = Scheduler(sent.scheduler, _MODEL)
+    assert (core.config.max_prefill_seqs, core.config.max_num_seqs) == (2, 3)
+    assert core.config.prefix_caching is False
     with pytest.raises(ValueError, match="--max-prefill-seqs must be >= 0"):
         _serve("--max-prefill-seqs", "-1")
+    # one config type declares it, and only its definition and its use name it
+    assert _classes_declaring("max_prefill_seqs") == ["services/config.py:SchedulerSettings"]
+    assert _files_naming("max_prefill_seqs") == ["services/config.py", "services/scheduler/core.py"]
+    assert _classes_declaring("max_num_seqs") == ["services/config.py:SchedulerSettings"]
 
 
-def test_every_scheduler_core_field_comes_from_a_setting() -> None:
-    """A SchedulerConfig field whose setting is missing would keep its default silently: every
-    field but the listed non-settings is filled from the tree (a changed value reaches it)."""
-    core = scheduler_config(
-        _serve(
-            "--max-num-seqs",
-            "3",
-            "--no-prefix-caching",
-            "--preemption",
-            "swap",
-            "--swap-space-mb",
-            "8",
-        ),
-        "l",
-        "w",
-    ).core
-    assert (core.max_num_seqs, core.enable_prefix_caching, core.preemption) == (3, False, "swap")
+_MODEL = ModelInfo("t", "llama", 64, 256, "float32", "cpu", num_blocks=64, block_size=4)
+_CODE = ("services", "deploy", "loadgen", "experiment", "diagnose")
+
+
+def _sources() -> list[tuple[str, ast.Module]]:
+    return [
+        (str(path.relative_to(ROOT)), ast.parse(path.read_text(encoding="utf-8")))
+        for package in _CODE
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if "_pb2" not in path.name
+    ]
+
+
+def _classes_declaring(name: str) -> list[str]:
+    return [
+        f"{path}:{node.name}"
+        for path, tree in _sources()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        and any(
+            isinstance(item, ast.AnnAssign)
+            and isinstance(item.target, ast.Name)
+            and item.target.id == name
+            for item in node.body
+        )
+    ]
+
+
+def _files_naming(name: str) -> list[str]:
+    return sorted(
+        path
+        for path, tree in _sources()
+        if any(
+            (isinstance(n, ast.Attribute) and n.attr == name)
+            or (isinstance(n, ast.Name) and n.id == name)
+            or (isinstance(n, ast.keyword) and n.arg == name)
+            or (
+                isinstance(n, ast.AnnAssign)
+                and isinstance(n.target, ast.Name)
+                and n.target.id == name
+            )
+            for n in ast.walk(tree)
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "choices", [BATCHING_MODES, PREEMPTION_MODES, STEP_ENCODINGS, ROUTING_POLICIES, KV_TRANSPORTS]
+)
+def test_each_choice_list_is_defined_once(choices: tuple[str, ...]) -> None:
+    """Written twice, a list drifts (a new routing policy the flag refuses, or the router does):
+    the settings tree holds it, the code that acts on it imports it."""
+    places = [
+        f"{path}:{node.lineno}"
+        for path, tree in _sources()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Tuple | ast.List | ast.Set)
+        and len(node.elts) == len(choices)
+        and {getattr(e, "value", None) for e in node.elts} == set(choices)
+    ]
+    assert len(places) == 1 and places[0].startswith("services/config.py:"), places
 
 
 def test_a_new_setting_is_at_once_a_plan_factor() -> None:

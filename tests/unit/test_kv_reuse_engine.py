@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from services.common.types import SamplingParams
-from services.scheduler.config import SchedulerConfig
+from services.config import SchedulerSettings
 from services.scheduler.core import Request, Scheduler
 from services.worker.config import WorkerConfig
 from services.worker.engine import Engine
@@ -33,7 +33,7 @@ def requests(num: int, max_tokens: int) -> list[Request]:
 
 
 def run(
-    engine: Engine, config: SchedulerConfig, num_blocks: int | None = None
+    engine: Engine, config: SchedulerSettings, num_blocks: int | None = None
 ) -> tuple[dict[str, list[int]], Scheduler]:
     info = engine.info
     if num_blocks is not None:  # a smaller budget than the engine's: forces preemption
@@ -56,18 +56,18 @@ def run(
 
 
 def test_prefix_caching_gives_the_same_seeded_tokens(engine: Engine) -> None:
-    off, _ = run(engine, SchedulerConfig(max_num_batched_tokens=512, enable_prefix_caching=False))
-    on, scheduler = run(engine, SchedulerConfig(max_num_batched_tokens=512))
+    off, _ = run(engine, SchedulerSettings(max_num_batched_tokens=512, prefix_caching=False))
+    on, scheduler = run(engine, SchedulerSettings(max_num_batched_tokens=512))
     assert on == off
     # every later prompt found the first one's 4 full shared blocks
     assert scheduler.block_manager.num_hit_tokens >= 5 * 64
 
 
 def test_swap_gives_the_same_seeded_tokens_as_recompute(engine: Engine) -> None:
-    base = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=512, enable_prefix_caching=False)
+    base = SchedulerSettings(max_num_seqs=8, max_num_batched_tokens=512, prefix_caching=False)
     recompute, rs = run(engine, base, num_blocks=16)
-    swap_config = SchedulerConfig(
-        max_num_seqs=8, max_num_batched_tokens=512, enable_prefix_caching=False, preemption="swap"
+    swap_config = SchedulerSettings(
+        max_num_seqs=8, max_num_batched_tokens=512, prefix_caching=False, preemption="swap"
     )
     swap, ss = run(engine, swap_config, num_blocks=16)
     assert rs.num_preemptions > 0 and ss.num_swapped_out > 0

@@ -13,7 +13,7 @@ import pytest
 
 from deploy.spec import scheduler_config
 from services.common.types import ModelInfo
-from services.scheduler.config import SchedulerConfig
+from services.config import SchedulerSettings
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Batch
 from services.worker.servicer import WorkerService
@@ -29,7 +29,7 @@ def _drive(
     """The runner's loop without the event loop; requests arrive over three turns. With
     `overlap` (async scheduling) the next run is built before the running one is answered.
     Returns the tokens, finish reasons and the length of every run."""
-    config = SchedulerConfig(
+    config = SchedulerSettings(
         max_num_batched_tokens=64, num_scheduler_steps=num_steps, async_scheduling=overlap
     )
     core = Scheduler(config, info)
@@ -121,4 +121,4 @@ def test_the_serve_flag_reaches_the_scheduler_process() -> None:
     args = build_parser().parse_args(["serve", "--no-ray", "--num-scheduler-steps", "4"])
     config = scheduler_config(spec_from_args(args), "unix:/tmp/s.sock", "unix:/tmp/w.sock")
     sent = json.loads(config_to_json(config))
-    assert config_from_dict(SchedulerServiceConfig, sent).core.num_scheduler_steps == 4
+    assert config_from_dict(SchedulerServiceConfig, sent).scheduler.num_scheduler_steps == 4

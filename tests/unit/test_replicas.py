@@ -12,12 +12,12 @@ import pytest
 from services.common.errors import UnavailableError
 from services.common.metrics import ServiceMetrics
 from services.common.types import ModelInfo
-from services.scheduler.config import SchedulerConfig
+from services.config import SchedulerSettings
 from services.scheduler.core import Scheduler
 from services.scheduler.replicas import ReplicaSet
 from services.scheduler.request import Request
 from services.scheduler.router import Decision, ReplicaView, Router
-from services.scheduler.runner import RunnerSettings, SchedulerRunner
+from services.scheduler.runner import SchedulerRunner
 from services.scheduler.server import build_replicas
 from services.scheduler.service_config import SchedulerServiceConfig
 from tests.fakes import FakeWorker, FakeWorkerClient, make_prompt, reference_output
@@ -54,12 +54,14 @@ def test_the_other_policies() -> None:
 
 def _replicas(clients: list[FakeWorkerClient], policy: str, overlap: bool = False) -> ReplicaSet:
     def core(info: ModelInfo) -> Scheduler:
-        config = SchedulerConfig(
+        config = SchedulerSettings(
             max_num_seqs=8, max_num_batched_tokens=256, async_scheduling=overlap
         )
         return Scheduler(config, info)
 
-    settings = RunnerSettings(step_timeout_s=5, connect_timeout_s=5, worker_reconnect_timeout_s=5)
+    settings = SchedulerSettings(
+        step_timeout_s=5, worker_connect_timeout_s=5, worker_restart_timeout_s=5
+    )
     metrics = ServiceMetrics("scheduler")
     runners = [SchedulerRunner(core, c, settings, metrics=metrics) for c in clients]
     return ReplicaSet(runners, Router(policy), metrics)
@@ -122,7 +124,9 @@ def test_one_worker_is_a_replica_set_of_one_on_the_same_routing_path(
 
     monkeypatch.setattr(Router, "choose", spy)
     client = FakeWorkerClient(FakeWorker())
-    runner = build_replicas(SchedulerServiceConfig(worker_reconnect_timeout_s=5), [client])
+    runner = build_replicas(
+        SchedulerServiceConfig(SchedulerSettings(worker_restart_timeout_s=5)), [client]
+    )
     assert isinstance(runner, ReplicaSet) and len(runner.replicas) == 1
     sink = Sink()
     asyncio.run(_generate(runner, sink, 4, kill=None))

@@ -9,10 +9,10 @@ import pytest
 
 from services.common.errors import UnavailableError
 from services.common.types import Delivery, ModelInfo
-from services.scheduler.config import SchedulerConfig
+from services.config import SchedulerSettings
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Request
-from services.scheduler.runner import RunnerSettings, SchedulerRunner
+from services.scheduler.runner import SchedulerRunner
 from tests.fakes import FakeWorker, FakeWorkerClient, make_prompt, reference_output
 
 # every runner test also runs with async scheduling (two steps in flight)
@@ -40,15 +40,15 @@ def _runner(
     overlap: bool = False,
 ) -> SchedulerRunner:
     def core(info: ModelInfo) -> Scheduler:
-        config = SchedulerConfig(
+        config = SchedulerSettings(
             max_num_seqs=8, max_num_batched_tokens=256, async_scheduling=overlap
         )
         return Scheduler(config, info)
 
-    settings = RunnerSettings(
+    settings = SchedulerSettings(
         step_timeout_s=step_timeout_s,
-        connect_timeout_s=5,
-        worker_reconnect_timeout_s=reconnect_timeout_s,
+        worker_connect_timeout_s=5,
+        worker_restart_timeout_s=reconnect_timeout_s,
     )
     return SchedulerRunner(core, client, settings)
 
@@ -102,7 +102,7 @@ def test_a_lost_worker_is_reconnected_and_requests_are_recomputed_exactly(overla
 
 @OVERLAP
 def test_a_step_that_never_answers_times_out_and_requests_are_recomputed(overlap: bool) -> None:
-    """RunnerSettings.step_timeout_s bounds every step, in-process ones too."""
+    """SchedulerSettings.step_timeout_s bounds every step, in-process ones too."""
     sink, client = Sink(), FakeWorkerClient(FakeWorker())
     client.num_hung_steps = 1
     runner = _runner(client, step_timeout_s=0.3, overlap=overlap)

@@ -3,7 +3,7 @@
 import pytest
 
 from services.common.types import SamplingParams
-from services.scheduler.config import SchedulerConfig
+from services.config import SchedulerSettings
 from services.scheduler.core import (
     InvalidRequestError,
     QueueFullError,
@@ -21,7 +21,7 @@ from tests.fakes import (
 
 
 def make_scheduler(worker: FakeWorker, **config: object) -> Scheduler:
-    return Scheduler(SchedulerConfig(**config), worker.info)  # type: ignore[arg-type]
+    return Scheduler(SchedulerSettings(**config), worker.info)  # type: ignore[arg-type]
 
 
 def step(scheduler: Scheduler, worker: FakeWorker, now_s: float = 0.0) -> list:
@@ -82,9 +82,11 @@ def test_without_chunked_prefill_a_prompt_over_the_budget_is_refused() -> None:
 
 def test_config_errors_say_what_to_change() -> None:
     with pytest.raises(ValueError, match="batching must be one of continuous, static"):
-        SchedulerConfig(batching="dynamic")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="max_num_batched_tokens \\(8\\) must be >= max_num_seqs"):
-        SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=8)
+        SchedulerSettings(batching="dynamic")  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match="--max-num-batched-tokens \\(8\\) must be >= --max-num-seqs"
+    ):
+        SchedulerSettings(max_num_seqs=16, max_num_batched_tokens=8)
 
 
 # ---- generation ------------------------------------------------------------------------------

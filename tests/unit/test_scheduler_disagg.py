@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.common.types import SamplingParams
-from services.scheduler.config import SchedulerConfig
+from services.config import SchedulerSettings
 from services.scheduler.core import Scheduler
 from tests.fakes import FakeWorker, Outcome, collect, make_request, reference_output
 
@@ -30,9 +30,9 @@ class Pair:
     fail_imports: bool = False
 
     def __post_init__(self) -> None:
-        self.prefill = Scheduler(SchedulerConfig(), self.prefill_worker.info)
+        self.prefill = Scheduler(SchedulerSettings(), self.prefill_worker.info)
         self.prefill.hands_off = True
-        self.decode = Scheduler(SchedulerConfig(), self.decode_worker.info)
+        self.decode = Scheduler(SchedulerSettings(), self.decode_worker.info)
         self.handed: dict[str, list[int]] = {}  # request id -> prefill blocks not yet imported
         self.num_handoffs = 0
 

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from services.common.types import SamplingParams
-from services.scheduler.config import SchedulerConfig
+from services.config import SchedulerSettings
 from services.scheduler.core import QueueFullError, Scheduler
 from services.scheduler.request import Batch
 from tests.fakes import FakeWorker, Outcome, collect, make_request, reference_output
@@ -24,7 +24,7 @@ def assert_consistent(scheduler: Scheduler) -> None:
 
 
 def run_random(
-    config: SchedulerConfig, seed: int, shared_prefixes: bool = False, overlap: bool = False
+    config: SchedulerSettings, seed: int, shared_prefixes: bool = False, overlap: bool = False
 ) -> Scheduler:
     """With `overlap`, the next step is built (schedule_ahead) before the running one is
     answered, as the runner does with async scheduling."""
@@ -165,11 +165,11 @@ def test_random_multi_step_run_gives_the_tokens_and_leaks_nothing(
 ) -> None:
     """Runs of up to 4 decode steps: cut short by a full cache, preemptions between them,
     sequences ending mid-run on EOS or max_tokens, aborts while a run is in flight."""
-    config = SchedulerConfig(
+    config = SchedulerSettings(
         max_num_seqs=8,
         max_num_batched_tokens=64,
         max_queue_len=32,
-        enable_prefix_caching=True,
+        prefix_caching=True,
         preemption=preemption,  # type: ignore[arg-type]
         num_scheduler_steps=4,
         async_scheduling=overlap,
@@ -181,18 +181,18 @@ def test_random_multi_step_run_gives_the_tokens_and_leaks_nothing(
 
 @pytest.mark.parametrize("enable_chunked_prefill", [True, False])
 def test_random_continuous_run_leaks_nothing(enable_chunked_prefill: bool) -> None:
-    config = SchedulerConfig(
+    config = SchedulerSettings(
         max_num_seqs=8,
         max_num_batched_tokens=64,
         max_queue_len=32,
         enable_chunked_prefill=enable_chunked_prefill,
-        enable_prefix_caching=enable_chunked_prefill,  # both settings of prefix caching run
+        prefix_caching=enable_chunked_prefill,  # both settings of prefix caching run
     )
     run_random(config, seed=1 if enable_chunked_prefill else 2)
 
 
 def test_random_static_run_leaks_nothing() -> None:
-    config = SchedulerConfig(
+    config = SchedulerSettings(
         batching="static", max_num_seqs=8, max_num_batched_tokens=64, max_queue_len=32
     )
     run_random(config, seed=3)
@@ -200,11 +200,11 @@ def test_random_static_run_leaks_nothing() -> None:
 
 @pytest.mark.parametrize("preemption", ["recompute", "swap"])
 def test_random_shared_prefix_run_shares_blocks_and_leaks_nothing(preemption: str) -> None:
-    config = SchedulerConfig(
+    config = SchedulerSettings(
         max_num_seqs=8,
         max_num_batched_tokens=64,
         max_queue_len=32,
-        enable_prefix_caching=True,
+        prefix_caching=True,
         preemption=preemption,  # type: ignore[arg-type]
     )
     scheduler = run_random(config, seed=4, shared_prefixes=True)
@@ -213,11 +213,11 @@ def test_random_shared_prefix_run_shares_blocks_and_leaks_nothing(preemption: st
 
 
 def test_random_swap_run_swaps_and_leaks_nothing() -> None:
-    config = SchedulerConfig(
+    config = SchedulerSettings(
         max_num_seqs=8,
         max_num_batched_tokens=64,
         max_queue_len=32,
-        enable_prefix_caching=False,
+        prefix_caching=False,
         preemption="swap",
     )
     assert run_random(config, seed=5).num_swapped_out > 0
@@ -226,28 +226,28 @@ def test_random_swap_run_swaps_and_leaks_nothing() -> None:
 @pytest.mark.parametrize(
     ("name", "config"),
     [
-        ("chunked", SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_queue_len=32)),
+        ("chunked", SchedulerSettings(max_num_seqs=8, max_num_batched_tokens=64, max_queue_len=32)),
         (
             "unchunked",
-            SchedulerConfig(
+            SchedulerSettings(
                 max_num_seqs=8,
                 max_num_batched_tokens=64,
                 max_queue_len=32,
                 enable_chunked_prefill=False,
-                enable_prefix_caching=False,
+                prefix_caching=False,
             ),
         ),
-        ("static", SchedulerConfig(batching="static", max_num_seqs=8, max_num_batched_tokens=64)),
+        ("static", SchedulerSettings(batching="static", max_num_seqs=8, max_num_batched_tokens=64)),
         (
             "swap",
-            SchedulerConfig(
+            SchedulerSettings(
                 max_num_seqs=8, max_num_batched_tokens=64, max_queue_len=32, preemption="swap"
             ),
         ),
     ],
 )
 def test_random_run_with_steps_built_ahead_leaks_nothing(
-    name: str, config: SchedulerConfig
+    name: str, config: SchedulerSettings
 ) -> None:
     """Async scheduling: exact tokens (the fake worker fills in the placeholders and checks every
     KV slot it reads), nothing leaked, under aborts, expiry, preemption and lost steps."""

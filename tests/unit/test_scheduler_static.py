@@ -1,12 +1,12 @@
 """Static batching: wait for a full batch (or the timeout), then run it to the end."""
 
-from services.scheduler.config import SchedulerConfig
+from services.config import SchedulerSettings
 from services.scheduler.core import Scheduler
 from tests.fakes import FakeWorker, make_request, reference_output, run_until_idle
 
 
 def make_static(worker: FakeWorker, max_num_seqs: int = 4) -> Scheduler:
-    config = SchedulerConfig(
+    config = SchedulerSettings(
         batching="static", max_num_seqs=max_num_seqs, static_batch_timeout_s=0.05
     )
     return Scheduler(config, worker.info)

@@ -20,9 +20,9 @@ from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.identity import identify
 from services.common.server import GrpcServer, start_server
 from services.common.types import ModelInfo
-from services.scheduler.config import SchedulerConfig
+from services.config import ModelSettings, SchedulerSettings, TokenizerSettings
 from services.scheduler.core import Scheduler
-from services.scheduler.runner import RunnerSettings, SchedulerRunner
+from services.scheduler.runner import SchedulerRunner
 from services.scheduler.servicer import SchedulerServicer
 from services.tokenizer.scheduler_client import GrpcSchedulerClient
 from services.tokenizer.server import TokenizerServer, start_tokenizer
@@ -42,11 +42,11 @@ class _Scheduler:
 
     async def start(self) -> None:
         def core(info: ModelInfo) -> Scheduler:
-            return Scheduler(SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=512), info)
+            return Scheduler(SchedulerSettings(max_num_seqs=16, max_num_batched_tokens=512), info)
 
         client = FakeWorkerClient(FakeWorker(num_blocks=256))
         client.step_delay_s = STEP_DELAY_S
-        self.runner = SchedulerRunner(core, client, RunnerSettings())
+        self.runner = SchedulerRunner(core, client, SchedulerSettings())
         await self.runner.start()
         servicer = SchedulerServicer(self.runner, identify("scheduler", self.address), "uds")
 
@@ -70,10 +70,10 @@ async def _pipeline(
     scheduler = _Scheduler(f"unix:{tmp_path}/scheduler.sock")
     await scheduler.start()
     config = TokenizerServiceConfig(
-        model="tiny",
+        TokenizerSettings(stream_interval=stream_interval),
+        ModelSettings(model="tiny"),
         scheduler_address=scheduler.address,
         listen="127.0.0.1:0",
-        stream_interval=stream_interval,
     )
     front = await start_tokenizer(config)
     try:
@@ -238,7 +238,7 @@ def test_stream_interval_flag_reaches_the_front_door_and_is_checked() -> None:
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["serve", "--placement", "colocated", "--stream-interval", "4"])
     config = tokenizer_config(spec_from_args(args), "127.0.0.1:0", "unix:/tmp/x.sock")
-    assert config.stream_interval == 4
+    assert config.tokenizer.stream_interval == 4
     zero = parser.parse_args(["serve", "--stream-interval", "0"])
     with pytest.raises(ValueError, match="--stream-interval must be >= 1"):
         spec_from_args(zero)

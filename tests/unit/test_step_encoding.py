@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from protos import hopscope_pb2 as pb
-from services.common.convert import STEP_ENCODINGS, StepDecodeError, StepDecoder, StepEncoder
+from services.common.convert import StepDecodeError, StepDecoder, StepEncoder
 from services.common.types import PLACEHOLDER_TOKEN_ID, BlockSwaps, SamplingParams, SeqStep
+from services.config import STEP_ENCODINGS
 
 GREEDY = SamplingParams()
 SEEDED = SamplingParams(temperature=0.5, top_p=0.75, top_k=40, seed=2**40 + 3)

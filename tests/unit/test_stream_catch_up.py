@@ -10,6 +10,7 @@ import pytest
 from protos import hopscope_pb2 as pb
 from services.common.identity import identify
 from services.common.types import Delivery
+from services.config import TokenizerSettings
 from services.tokenizer.core import GenerateParams
 from services.tokenizer.scheduler_client import RequestStream
 from services.tokenizer.server import build_core
@@ -58,7 +59,9 @@ class _Scheduler:
 
 def _messages(queued: int, catch_up: bool, interval: int = 1) -> list[pb.GenerateResponse]:
     core, _ = build_core("tiny")
-    config = TokenizerServiceConfig(stream_catch_up=catch_up, stream_interval=interval)
+    config = TokenizerServiceConfig(
+        TokenizerSettings(stream_catch_up=catch_up, stream_interval=interval)
+    )
     servicer = TokenizerServicer(core, _Scheduler(queued), identify("tokenizer", "x"), config)
     params = GenerateParams(prompt="hi", max_tokens=len(TOKENS), ignore_eos=True)
 
@@ -103,8 +106,10 @@ def test_the_flag_reaches_the_front_door() -> None:
     add_parser(parser.add_subparsers())
     on = spec_from_args(parser.parse_args(["serve"]))
     off = spec_from_args(parser.parse_args(["serve", "--no-stream-catch-up"]))
-    assert tokenizer_config(on, "127.0.0.1:0", "unix:/tmp/x.sock").stream_catch_up is True
-    assert tokenizer_config(off, "127.0.0.1:0", "unix:/tmp/x.sock").stream_catch_up is False
+    assert tokenizer_config(on, "127.0.0.1:0", "unix:/tmp/x.sock").tokenizer.stream_catch_up is True
+    assert (
+        tokenizer_config(off, "127.0.0.1:0", "unix:/tmp/x.sock").tokenizer.stream_catch_up is False
+    )
 
 
 def _output(*updates: pb.RequestUpdate) -> pb.SchedulerOutput:

@@ -13,10 +13,10 @@ from deploy.spec import scheduler_config
 from services.common.identity import identify
 from services.common.server import GrpcServer, start_server
 from services.common.types import ModelInfo
-from services.scheduler.config import SchedulerConfig
+from services.config import SchedulerSettings
 from services.scheduler.core import Scheduler
 from services.scheduler.request import Request
-from services.scheduler.runner import RunnerSettings, SchedulerRunner
+from services.scheduler.runner import SchedulerRunner
 from services.scheduler.servicer import describe_scheduler
 from services.scheduler.worker_client import GrpcWorkerClient
 from tests.fakes import FakeWorker, FakeWorkerServicer, make_prompt, reference_output
@@ -46,7 +46,7 @@ class _Pipeline:
         self.client = GrpcWorkerClient(address, step_timeout_s=5.0)
 
         def core(info: ModelInfo) -> Scheduler:
-            config = SchedulerConfig(
+            config = SchedulerSettings(
                 max_num_seqs=8,
                 max_num_batched_tokens=256,
                 async_scheduling=overlap,
@@ -54,7 +54,7 @@ class _Pipeline:
             )
             return Scheduler(config, info)
 
-        settings = RunnerSettings(step_timeout_s=5, connect_timeout_s=5)
+        settings = SchedulerSettings(step_timeout_s=5, worker_connect_timeout_s=5)
         self.health: list[bool] = []
         self.runner = SchedulerRunner(core, self.client, settings, self.health.append)
 
@@ -228,7 +228,7 @@ def test_the_worker_restart_timeout_is_a_serve_flag() -> None:
 
     def scheduler_patience_s(*flags: str) -> float:
         spec = spec_from_args(build_parser().parse_args(["serve", *flags]))
-        return scheduler_config(spec, "127.0.0.1:0", "unix:/w").worker_reconnect_timeout_s
+        return scheduler_config(spec, "127.0.0.1:0", "unix:/w").scheduler.worker_restart_timeout_s
 
     assert scheduler_patience_s() == 60.0  # a restart that rebuilds the kernels fits
     assert scheduler_patience_s("--worker-restart-timeout", "45") == 45.0
