@@ -97,9 +97,13 @@ def run_up(args: argparse.Namespace) -> int:
 def run_env(args: argparse.Namespace) -> int:
     records = [find_record(args.address)] if args.address else list_records()
     if len(records) != 1 or records[0] is None:
-        known = ", ".join(r.address for r in list_records()) or "none"
-        which = f"at {args.address}" if args.address else "to pick (give --address)"
-        err.print(f"error: no single cluster {which}; recorded: {known}", markup=False)
+        known = ", ".join(r.address for r in list_records())
+        if not known:
+            err.print("error: no cluster recorded; start one with `hopscope cluster up`")
+        elif args.address:
+            err.print(f"error: no cluster recorded at {args.address}; recorded: {known}")
+        else:
+            err.print(f"error: several clusters recorded ({known}): pick one with --address")
         return 1
     print(_export_lines(ray_tools_env(records[0])))
     return 0

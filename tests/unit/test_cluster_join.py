@@ -114,3 +114,26 @@ def test_a_nodes_ports_are_distinct_even_when_the_kernel_repeats_one(
     ports = [int(args[i + 1]) for i, a in enumerate(args) if a.endswith("-port") and a != "--port"]
     assert len(ports) == 8 and len(set(ports)) == 8, ports
     assert 6379 not in ports and ports.count(40001) == 1
+
+
+def test_cluster_env_prints_the_exports_rays_tools_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shlex
+
+    from deploy import cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cli.main(["cluster", "env"]) == 1
+    assert "no cluster recorded; start one with `hopscope cluster up`" in capsys.readouterr().err
+    record = ClusterRecord("127.9.9.2:6379", [], str(tmp_path / "ray"))
+    cluster.state_dir().mkdir(parents=True)
+    (cluster.state_dir() / "127.9.9.2_6379.json").write_text(record.to_json())
+    assert cli.main(["cluster", "env"]) == 0
+    exports = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(words[0] == "export" for words in exports)
+    assert dict(words[1].split("=", 1) for words in exports) == {
+        "RAY_ADDRESS": "127.9.9.2:6379",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(tmp_path / ".ray" / "auth_token"),
+    }
