@@ -1,141 +1,366 @@
-"""Does `hopscope diagnose` name the right bottleneck on runs whose bottleneck is known, and does
-the network what-if predict measured link delays? (issue 12, "Done when")
+"""Planted bottlenecks, scored (issue 31, item 7): does `hopscope diagnose` name the bottleneck
+planted on purpose, and does the fix it suggests do what it predicts?
 
-Runs three experiments with `hopscope experiment` (each diagnosed by it), then reads the verdicts:
+Each scenario is a plan whose baseline carries one planted bottleneck, written down with the
+type the diagnosis must name first and the fix expected. For each: `hopscope experiment PLAN`
+(2 rounds, diagnosed), then `hopscope experiment next DIR --variant V` (the suggested fix as a
+factor, the same workload) — except where the fix is not one serve flag the plan can change.
+The result: each scenario's diagnosed type and shares, a confusion matrix (planted x named), and
+each fix's predicted vs measured ratio with the error (target 15 %).
 
-- benchmarks/diagnose_plans/busy.yaml: colocated at concurrency 32 (all CPUs busy) -> not
-  network; with `max_num_seqs: 2` -> scheduling
-- benchmarks/diagnose_plans/alone.yaml: inproc at concurrency 1 -> neither scheduling nor network
-- benchmarks/diagnose_plans/whatif.yaml: split over a 2-node local Ray cluster at concurrency 4,
-  link delays 1 and 3 ms, 4 rounds -> network at 3 ms; TPOT p50 predicted from the zero-delay
-  baseline within 15 %
+    python -m benchmarks.diagnose_acceptance [--scenarios a,b] [--work DIR [--reuse]]
+        [--out benchmarks/results/diagnose_acceptance.json]
 
-    python -m benchmarks.diagnose_acceptance [--skip-network] [--work DIR [--reuse]]
-        [--out benchmarks/results/diagnose.json]
+Needs a quiet machine: every scenario's timing is what it plants (the contention scenario starts
+its own busy processes). `network` needs Ray (a 2-node local cluster with a link delay).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from deploy.lifecycle import launch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PLANS = {
-    "busy": str(REPO_ROOT / "benchmarks" / "diagnose_plans" / "busy.yaml"),
-    "alone": str(REPO_ROOT / "benchmarks" / "diagnose_plans" / "alone.yaml"),
-    "network": str(REPO_ROOT / "benchmarks" / "diagnose_plans" / "whatif.yaml"),
-}
-EXPECT = {  # variant -> (must be, must not be)
-    ("busy", "baseline"): (None, {"network"}),
-    ("busy", "max_num_seqs=2"): ("scheduling", set()),
-    ("alone", "baseline"): (None, {"scheduling", "network"}),
-    ("alone", "max_num_seqs=8"): (None, {"scheduling", "network"}),
-    ("network", "link_delay_ms=3"): ("network", set()),
-}
 MAX_PREDICTION_ERROR = 0.15
-EXPERIMENT_TIMEOUT_S = 1800.0
+EXPERIMENT_TIMEOUT_S = 3600.0
+ROUNDS = 2
+ENGINE_TYPES = ("memory_io", "compute")
 
 
-def run_experiment(plan: str, out: Path) -> float:
-    started = time.monotonic()
-    argv = ["-m", "deploy.cli", "experiment", plan, "--out", str(out), "--quiet"]
-    child = launch(argv, name=f"experiment {plan}", log_path=out.with_suffix(".log"))
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    plan: dict[str, Any]
+    expected: tuple[str, ...]  # the types the diagnosis may name first (one, or the control's)
+    fix: str  # the fix expected, as a switch (or what the control expects: none)
+    variant: str = "baseline"  # the variant judged (a link scenario judges the delayed one)
+    busy_processes: int = 0  # processes burning a core each, outside the deployment
+    is_fix_testable: bool = True  # `experiment next` can run it (one serve flag, no link)
+    why: str = ""
+
+
+def _plan(name: str, baseline: dict[str, Any], workload: dict[str, Any],
+          factors: dict[str, list[Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """A plan; without factors of its own a harmless one (every plan measures a variant)."""
+    return {
+        "name": f"accept-{name}",
+        "description": f"diagnosis acceptance: {name}",
+        "baseline": {"no_ray": True, "model": "tiny", **baseline},
+        "workload": workload,
+        "factors": factors or {"stream_interval": [2]},
+        "repeats": ROUNDS,
+    }
+
+
+SCENARIOS = (
+    Scenario(
+        "scheduling_small_batch",
+        _plan(
+            "scheduling_small_batch",
+            {"placement": "colocated", "max_num_seqs": 2},
+            {"concurrency": 16, "num_requests": 64, "input_len": 64, "output_len": 32},
+        ),
+        ("scheduling",),
+        "--max-num-seqs 16",
+        why="16 requests in flight, 2 run: the rest wait in line most of their time",
+    ),
+    Scenario(
+        "scheduling_static",
+        _plan(
+            "scheduling_static",
+            {"placement": "colocated", "batching": "static", "max_num_seqs": 4},
+            {
+                "concurrency": 16,
+                "num_requests": 64,
+                "input_len": 64,
+                "output_len": 64,
+                "output_len_spread": 0.9,
+            },
+        ),
+        ("scheduling",),
+        "--batching continuous",
+        why="a static batch of 4 waits for its longest request while 12 wait in line",
+    ),
+    Scenario(
+        "memory_io",
+        _plan(
+            "memory_io",
+            {"placement": "colocated", "model": "smollm2-135m"},
+            {"concurrency": 1, "num_requests": 12, "input_len": 32, "output_len": 64},
+        ),
+        ("memory_io",),
+        "--dtype bfloat16",
+        why="batch-1 decode: every step reads all the weights for one token",
+    ),
+    Scenario(
+        "compute",
+        _plan(
+            "compute",
+            {"placement": "colocated", "max_num_seqs": 8},
+            {"concurrency": 8, "num_requests": 32, "input_len": 1024, "output_len": 4},
+        ),
+        ("compute",),
+        "none predicted on CPU (kernels already native)",
+        is_fix_testable=False,
+        why="long prompts, 4 output tokens: the time is the prompts' arithmetic",
+    ),
+    Scenario(
+        "network",
+        {
+            "name": "accept-network",
+            "description": "diagnosis acceptance: split over 2 local Ray nodes, 5 ms link",
+            "baseline": {"placement": "split", "model": "tiny", "max_num_seqs": 16},
+            "workload": {"concurrency": 4, "num_requests": 48, "input_len": 64, "output_len": 64},
+            "factors": {"link_delay_ms": [5]},
+            "repeats": ROUNDS,
+        },
+        ("network",),
+        "--num-scheduler-steps 4",
+        variant="link_delay_ms=5",
+        is_fix_testable=False,  # the plan's baseline cannot hold an emulated link
+        why="every decode step crosses a 5 ms (one way) link",
+    ),
+    Scenario(
+        "host_cpu",
+        _plan(
+            "host_cpu",
+            {"placement": "colocated", "max_num_seqs": 64},
+            {"concurrency": 64, "num_requests": 256, "input_len": 8, "output_len": 128},
+        ),
+        ("host_cpu",),
+        "--num-scheduler-steps 4",
+        why="tiny steps at batch 64: the services' Python per step outweighs the engine "
+        "(a front door under a CPU quota would plant it harder; plans cannot set one yet)",
+    ),
+    Scenario(
+        "prefill_interference",
+        _plan(
+            "prefill_interference",
+            {"placement": "colocated", "max_num_seqs": 16},
+            {"concurrency": 16, "num_requests": 64, "input_len": 1024, "output_len": 128},
+        ),
+        ("prefill_interference",),
+        "--max-num-batched-tokens (half the prompt tokens a mixed step carries)",
+        is_fix_testable=False,  # chunking is not predicted (docs/diagnosis.md, Predictions)
+        why="1024-token prompts join the running decodes' steps",
+    ),
+    Scenario(
+        "contention",
+        _plan(
+            "contention",
+            {"placement": "colocated", "max_num_seqs": 16},
+            {"concurrency": 16, "num_requests": 64, "input_len": 64, "output_len": 64},
+        ),
+        ("contention",),
+        "--engine-threads 1",
+        busy_processes=2,
+        is_fix_testable=False,  # not predicted: depends on the processes outside
+        why="two processes outside the deployment burn a core each",
+    ),
+    Scenario(
+        "healthy",
+        _plan(
+            "healthy",
+            {"placement": "colocated", "model": "smollm2-135m", "max_num_seqs": 16},
+            {"concurrency": 4, "num_requests": 16, "input_len": 32, "output_len": 32},
+        ),
+        ENGINE_TYPES,
+        "none (the engine is the work)",
+        is_fix_testable=False,
+        why="a closed loop the deployment serves without queueing: the engine is the time",
+    ),
+)
+SHORT = ("scheduling_small_batch", "memory_io", "healthy")  # the tests' version
+
+
+@dataclass(slots=True)
+class Outcome:
+    scenario: str
+    expected: tuple[str, ...]
+    named: str | None
+    shares: dict[str, float] = field(default_factory=dict)
+    fix: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_named(self) -> bool:
+        return self.named in self.expected
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "expected": list(self.expected),
+            "named": self.named,
+            "ok": self.is_named,
+            "shares": self.shares,
+            "fix": self.fix,
+        }
+
+
+def _hopscope(argv: list[str], log: Path) -> None:
+    child = launch(["-m", "deploy.cli", *argv], name=" ".join(argv[:2]), log_path=log)
     try:
         code = child.process.wait(timeout=EXPERIMENT_TIMEOUT_S)
     finally:
         child.stop()
     if code != 0:
-        raise RuntimeError(f"experiment {plan} exited {code}: {child.last_lines()}")
-    return time.monotonic() - started
+        raise RuntimeError(f"hopscope {' '.join(argv)} exited {code}: {child.last_lines()}")
 
 
-def verdicts(name: str, out: Path) -> dict[str, Any]:
+def _busy(count: int) -> list[subprocess.Popen[bytes]]:
+    """Processes outside the deployment, each burning a core until stopped."""
+    loop = "while True: pass"
+    return [
+        subprocess.Popen([sys.executable, "-P", "-c", loop], start_new_session=True)
+        for _ in range(count)
+    ]
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def judged_variant(scenario: Scenario, summary: dict[str, Any]) -> dict[str, Any]:
+    return next((v for v in summary["variants"] if v["name"] == scenario.variant), {})
+
+
+def judge(scenario: Scenario, summary: dict[str, Any]) -> Outcome:
+    """What the diagnosis named for the judged variant, against the planted type."""
+    variant = judged_variant(scenario, summary)
+    diagnosis = variant.get("diagnosis") or {}
+    shares = (diagnosis.get("budget") or {}).get("shares") or {}
+    return Outcome(scenario.name, scenario.expected, diagnosis.get("primary"), shares)
+
+
+def fix_outcome(next_summary: dict[str, Any], next_file: dict[str, Any]) -> dict[str, Any]:
+    """The fix `experiment next` ran: its switch, predicted and measured ratio, error."""
+    from experiment.next_step import predicted_vs_measured_rows
+
+    rows = predicted_vs_measured_rows(next_file, next_summary)
+    suggestion = next_file.get("suggestion") or {}
+    row = rows[0] if rows else {}
+    error = row.get("error")
+    return {
+        "switch": suggestion.get("switch"),
+        "predicted": row.get("predicted"),
+        "measured_ratio": row.get("measured_ratio"),
+        "error": error,
+        "ok": error is not None and abs(error) <= MAX_PREDICTION_ERROR,
+    }
+
+
+def confusion(outcomes: Sequence[Outcome]) -> dict[str, dict[str, int]]:
+    """planted (the scenario's first expected type; the control as `healthy`) -> named -> n."""
+    matrix: dict[str, dict[str, int]] = {}
+    for o in outcomes:
+        planted = "healthy" if o.expected == ENGINE_TYPES else o.expected[0]
+        row = matrix.setdefault(planted, {})
+        row[str(o.named)] = row.get(str(o.named), 0) + 1
+    return matrix
+
+
+def table(outcomes: Sequence[Outcome]) -> str:
+    """The markdown table benchmarks/README.md carries."""
+    lines = [
+        "| scenario | planted | named | fix | predicted | measured | error |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for o in outcomes:
+        fix = o.fix
+        predicted = fix.get("predicted") or {}
+        lines.append(
+            f"| {o.scenario} | {'/'.join(o.expected)} | {o.named}{'' if o.is_named else ' ✗'} "
+            f"| {fix.get('switch') or fix.get('expected') or '-'} "
+            f"| {_ratio(predicted.get('ratio'))} {predicted.get('metric', '')} "
+            f"| {_ratio(fix.get('measured_ratio'))} | {_pct(fix.get('error'))} |"
+        )
+    return "\n".join(lines)
+
+
+def _ratio(value: Any) -> str:
+    return f"{value:.2f}×" if isinstance(value, (int, float)) else "-"
+
+
+def _pct(value: Any) -> str:
+    return f"{value:+.0%}" if isinstance(value, (int, float)) else "-"
+
+
+def run_scenario(
+    scenario: Scenario, work: Path, reuse: bool, rounds: int = ROUNDS, is_fix_run: bool = True
+) -> Outcome:
+    out, plan_path = work / scenario.name, work / f"{scenario.name}.yaml"
+    plan_path.write_text(yaml.safe_dump({**scenario.plan, "repeats": rounds}, sort_keys=False))
+    if not (reuse and (out / "summary.json").exists()):
+        busy = _busy(scenario.busy_processes)
+        try:
+            _hopscope(["experiment", str(plan_path), "--out", str(out), "--quiet"],
+                      work / f"{scenario.name}.log")  # fmt: skip
+        finally:
+            _stop(busy)
     summary = json.loads((out / "summary.json").read_text())
-    rows = {}
-    for variant in summary["variants"]:
-        diagnosis = variant.get("diagnosis") or {}
-        row: dict[str, Any] = {
-            "primary": diagnosis.get("primary"),
-            "scores": diagnosis.get("scores"),
-            "tpot_p50_ms": diagnosis.get("measured", {}).get("tpot_p50_ms"),
-        }
-        must, must_not = EXPECT.get((name, variant["name"]), (None, set()))
-        row["ok"] = (must is None or row["primary"] == must) and row["primary"] not in must_not
-        if prediction := variant.get("prediction"):
-            row["prediction"] = prediction
-            row["ok"] = row["ok"] and abs(prediction["error"]) <= MAX_PREDICTION_ERROR
-        rows[variant["name"]] = row
-    return rows
-
-
-def paired_rounds(out: Path) -> dict[str, list[dict[str, Any]]]:
-    """Each link variant's round k predicted from the baseline's round k (the same minute of a
-    shared machine): how much of the pooled error is the machine's drift between rounds."""
-    from diagnose.calibrate import get_calibration
-    from diagnose.inputs import load_bench_run
-    from diagnose.signals import extract
-    from diagnose.whatif import predict
-
-    calibration = get_calibration()
-    result: dict[str, list[dict[str, Any]]] = {}
-    for variant in sorted(out.glob("link_delay_ms=*")):
-        delay_ms = float(variant.name.split("=", 1)[1])
-        rows = []
-        for round_dir in sorted(variant.glob("round-*")):
-            base_dir = out / "baseline" / round_dir.name
-            if not (round_dir / "bench.json").exists() or not (base_dir / "bench.json").exists():
-                continue
-            base = extract(load_bench_run(base_dir / "bench.json", base_dir / "spans.jsonl"))
-            measured = extract(load_bench_run(round_dir / "bench.json", round_dir / "spans.jsonl"))
-            predicted = predict(base, calibration, base.link.with_delay(delay_ms))["tpot_p50_ms"]
-            rows.append({
-                "round": round_dir.name,
-                "baseline_tpot_p50_ms": round(base.tpot_p50_ms, 3),
-                "predicted_tpot_p50_ms": round(predicted, 3),
-                "measured_tpot_p50_ms": round(measured.tpot_p50_ms, 3),
-                "error": round(predicted / measured.tpot_p50_ms - 1, 4),
-            })  # fmt: skip
-        result[variant.name] = rows
-    return result
+    outcome = judge(scenario, summary)
+    outcome.fix = {"expected": scenario.fix}
+    judged = judged_variant(scenario, summary)
+    if judged.get("prediction"):  # a link variant: the what-if from the baseline's spans
+        outcome.fix["link_what_if"] = judged["prediction"]
+    if scenario.is_fix_testable and is_fix_run:
+        fixed = work / f"{scenario.name}-next"
+        if not (reuse and (fixed / "summary.json").exists()):
+            _hopscope(["experiment", "next", str(out), "--variant", scenario.variant,
+                       "--out", str(fixed), "--quiet"], work / f"{scenario.name}-next.log")  # fmt: skip
+        next_file = json.loads((fixed / "next.json").read_text())
+        outcome.fix.update(fix_outcome(json.loads((fixed / "summary.json").read_text()), next_file))
+    return outcome
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.diagnose_acceptance")
-    parser.add_argument("--skip-network", action="store_true", help="no Ray cluster run")
+    parser.add_argument("--scenarios", help="comma-separated names (default: all)")
+    parser.add_argument("--short", action="store_true", help=f"only {', '.join(SHORT)}")
     parser.add_argument("--work", type=Path, help="where the experiments go (default: a temp dir)")
+    parser.add_argument("--reuse", action="store_true", help="keep experiments done in --work")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds per experiment")
+    parser.add_argument("--no-fix", action="store_true", help="diagnose only; no `next` runs")
     parser.add_argument(
-        "--reuse", action="store_true", help="keep experiments already finished in --work"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "diagnose.json"
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "benchmarks" / "results" / "diagnose_acceptance.json",
     )
     args = parser.parse_args(argv)
-    work = args.work or Path(tempfile.mkdtemp(prefix="hopscope-diagnose-"))
-    results: dict[str, Any] = {}
-    for name, plan in PLANS.items():
-        if name == "network" and args.skip_network:
-            continue
-        out = work / name
-        if args.reuse and (out / "summary.json").exists():
-            wall_s = 0.0  # not rerun
-        else:
-            wall_s = run_experiment(plan, out)
-        results[name] = {"plan": plan, "wall_s": round(wall_s, 1), "variants": verdicts(name, out)}
-        if name == "network":
-            results[name]["paired_rounds"] = paired_rounds(out)
-    document = {"results": results, "ok": all(
-        row["ok"] for r in results.values() for row in r["variants"].values())}  # fmt: skip
+    names = args.scenarios.split(",") if args.scenarios else SHORT if args.short else None
+    chosen = [s for s in SCENARIOS if names is None or s.name in names]
+    work = args.work or Path(tempfile.mkdtemp(prefix="hopscope-accept-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    outcomes = [run_scenario(s, work, args.reuse, args.rounds, not args.no_fix) for s in chosen]
+    document = {
+        "benchmark": "diagnose_acceptance",
+        "load_avg_at_end": list(os.getloadavg()),
+        "wall_s": round(time.monotonic() - started, 1),
+        "scenarios": {o.scenario: o.to_json() for o in outcomes},
+        "confusion": confusion(outcomes),
+        "named_first": f"{sum(o.is_named for o in outcomes)} of {len(outcomes)}",
+        "fixes_within_15pct": [o.scenario for o in outcomes if o.fix.get("ok")],
+        "table": table(outcomes),
+    }
     args.out.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(document, indent=2))
-    return 0 if document["ok"] else 1
+    print(document["table"])
+    print(f"named first: {document['named_first']}; confusion: {document['confusion']}")
+    return 0 if all(o.is_named for o in outcomes) else 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from experiment import layout
 
 NEXT_FILE = "next.json"  # in DIR2: what was predicted, from where
 PLAN_FILE = "next-plan.yaml"  # in DIR: the plan `next` ran
+SHOWN = ("placement", "model")  # written into the plan even at their defaults: read first
 
 
 class NextError(ValueError):
@@ -67,7 +68,7 @@ def _non_default(resolved: dict[str, Any], flags: dict[str, Any]) -> dict[str, A
     settings = {}
     for key, value in resolved.items():
         flag = flags.get(key)
-        if flag is None or value is None or value == flag.default:
+        if flag is None or value is None or (value == flag.default and key not in SHOWN):
             continue
         if isinstance(value, list):  # bench's sweep flags hold the one load point as a list
             if len(value) != 1:
@@ -148,7 +149,14 @@ def predicted_vs_measured(out: Path, summary: dict[str, Any]) -> list[dict[str, 
     path = out / NEXT_FILE
     if not path.exists():
         return []
-    predictions = layout.read_json(path).get("predictions") or {}
+    return predicted_vs_measured_rows(layout.read_json(path), summary)
+
+
+def predicted_vs_measured_rows(
+    next_file: dict[str, Any], summary: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """predicted_vs_measured from next.json's contents."""
+    predictions = next_file.get("predictions") or {}
     rows = []
     for v in summary.get("variants", []):
         predicted = predictions.get(v["name"])

@@ -205,3 +205,31 @@ def test_compare_shows_every_variant(interrupted_then_resumed: dict[str, Any]) -
     console.print(compare_table(out, out))
     text = console.export_text()
     assert "baseline" in text and "placement=inproc" in text and "(1.00×)" in text
+
+
+def test_the_diagnosis_reads_the_figures_of_the_table(
+    interrupted_then_resumed: dict[str, Any],
+) -> None:
+    """One definition per figure (issue 31): the diagnosis's TPOT, TTFT, E2E and tokens/s are
+    summary.json's pooled figures, the ones the report's measured table prints; and the
+    headline and time budget are on stdout without a terminal."""
+    out: Path = interrupted_then_resumed["out"]
+    summary = json.loads((out / "summary.json").read_text())
+    table = (out / "report.md").read_text().split("## Measured values", 1)[1]
+    diagnosed = [v for v in summary["variants"] if v.get("diagnosis")]
+    assert diagnosed, "no variant was diagnosed"
+    for v in diagnosed:
+        measured, metrics = v["diagnosis"]["measured"], v["metrics"]
+        for key in ("tpot_ms", "ttft_ms", "e2e_ms"):
+            assert measured[f"{key.removesuffix('_ms')}_p50_ms"] == pytest.approx(
+                metrics[key]["p50"], abs=1e-3
+            )
+        assert measured["output_tok_s"] == pytest.approx(metrics["output_tok_s"], abs=0.05)
+        row = next(line for line in table.splitlines() if line.startswith(f"| {v['name']} |"))
+        assert f"{measured['tpot_p50_ms']:.2f} / " in row
+        shares = v["diagnosis"]["budget"]["shares"]
+        assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+        assert v["diagnosis"]["primary"] == max(
+            (k for k in shares if k != "unattributed"), key=shares.__getitem__
+        )
+    assert "time budget:" in interrupted_then_resumed["resumed_output"]
