@@ -166,7 +166,7 @@ SCENARIOS = (
             {"concurrency": 16, "num_requests": 64, "input_len": 64, "output_len": 64},
         ),
         ("contention",),
-        "--engine-threads 1",
+        "--placement split (engine threads auto already leave the busy cores)",
         busy_processes=2,
         is_fix_testable=False,  # not predicted: depends on the processes outside
         why="two processes outside the deployment burn a core each",

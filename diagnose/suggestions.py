@@ -256,9 +256,11 @@ def _prefill_interference(s: Signals, splits: list[HopSplit]) -> list[dict[str, 
 def _contention(s: Signals, splits: list[HopSplit]) -> list[dict[str, Any] | None]:
     rows: list[dict[str, Any] | None] = []
     why = "a core's wait depends on what the processes outside the deployment do next"
-    threads = int(in_force(s, "engine_threads") or 0)
+    threads = str(in_force(s, "engine_threads") or "auto")
     cores = int((s.contention or {}).get("num_cores") or _cores())
-    if cores > 1 and (threads == 0 or threads >= cores):
+    # auto already leaves the cores other load takes; 0 (or N >= cores) holds every core
+    is_every_core = threads == "0" or (threads.isdigit() and int(threads) >= cores)
+    if cores > 1 and is_every_core:
         rows.append(
             _s(
                 "leave cores to the front door and scheduler",

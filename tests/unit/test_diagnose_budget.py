@@ -165,7 +165,7 @@ def test_contention_from_cpu_json_takes_its_share_of_the_cpu_time() -> None:
     assert measured["outside_cores"] == pytest.approx(0.4) and measured["is_contended"]
     assert measured["num_contended_rounds"] == 1
     calm = signals()
-    busy = signals(contention=measured)
+    busy = signals(contention=measured, settings={"engine_threads": "0"})
     calm_budget = time_budget(calm, split_hops(calm, CAL)).ms_by_type()
     busy_budget = time_budget(busy, split_hops(busy, CAL)).ms_by_type()
     # a quarter of every CPU segment waited for a core; queue and wire did not
@@ -180,6 +180,9 @@ def test_contention_from_cpu_json_takes_its_share_of_the_cpu_time() -> None:
     assert finding["evidence"]["outside_cores"]["value"] == pytest.approx(0.4)
     switches = {row["switch"] for row in finding["suggestions"]}
     assert "--engine-threads 1" in switches and "--placement split" in switches
+    auto = diagnose_signals(signals(contention=measured), CAL)  # auto: already adapts
+    finding = next(f for f in auto["findings"] if f["type"] == "contention")
+    assert not any(r["switch"].startswith("--engine-threads") for r in finding["suggestions"])
 
 
 def test_a_run_without_contention_in_cpu_json_says_so() -> None:
