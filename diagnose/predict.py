@@ -40,17 +40,40 @@ def decode_cycle_ms(s: Signals, batch: float) -> float | None:
     return s.cycle.cycle_ms + per_token * (batch - s.cycle.mean_batch_size)
 
 
+def prefill_ms_per_step(s: Signals, batch: float) -> float:
+    """The prompt work decode steps carry at `batch` sequences (continuous batching: each
+    sequence brings its prompt once per request): the run's prompt tokens per decode step per
+    sequence x the cost of a prompt token in a mixed step (mixed step - decode-only step, per
+    prompt token; the fit's slope without mixed steps)."""
+    if s.cycle is None or not s.mixed_step_share or not s.mixed_step_prefill_tokens:
+        return 0.0
+    tokens_per_seq = (
+        s.mixed_step_share * s.mixed_step_prefill_tokens / max(1.0, s.cycle.mean_batch_size)
+    )
+    if s.mixed_step_ms is not None:
+        cost_ms = max(0.0, s.mixed_step_ms - s.cycle.engine_ms) / s.mixed_step_prefill_tokens
+    else:
+        cost_ms = s.fit.per_token_ms if s.fit else 0.0
+    return batch * tokens_per_seq * cost_ms
+
+
 def max_num_seqs(s: Signals, new: int) -> Prediction:
-    """Closed loop: the running batch becomes min(new, concurrency); tokens/s follows
-    batch / cycle(batch) (every running sequence gets a token per step)."""
+    """Closed loop: tokens/s follows batch / step time, the step being the decode cycle at that
+    batch plus the prompt work it carries. Below the concurrency the batch stays full (the queue
+    remains); at it, a request is out of the batch for its prefill step and the one its client
+    takes to send the next, so the batch is concurrency x (out - 1) / (out + 1)."""
     if s.cycle is None:
         return no("no decode steps measured")
     if not s.concurrency:
         return no("open loop: the batch a larger limit reaches depends on the arrival rate")
     batch = s.cycle.mean_batch_size
-    new_batch = float(min(new, s.concurrency))
-    now_ms, new_ms = decode_cycle_ms(s, batch), decode_cycle_ms(s, new_batch)
-    if not now_ms or not new_ms or batch <= 0:
+    new_batch = float(new)
+    if new >= s.concurrency:
+        out = max(2.0, s.mean_output_tokens)
+        new_batch = s.concurrency * (out - 1) / (out + 1)
+    now_ms = (decode_cycle_ms(s, batch) or 0.0) + prefill_ms_per_step(s, batch)
+    new_ms = (decode_cycle_ms(s, new_batch) or 0.0) + prefill_ms_per_step(s, new_batch)
+    if now_ms <= 0 or new_ms <= 0 or batch <= 0:
         return no("no decode cycle measured")
     return Prediction("output_tok_s", (new_batch / new_ms) / (batch / now_ms))
 

@@ -75,8 +75,10 @@ def test_a_long_queue_outranks_a_per_token_share() -> None:
     )
     top = diagnosis["findings"][0]["suggestions"][0]
     assert top["switch"] == "--max-num-seqs 16" and top["factor"] == "max_num_seqs"
-    # batch 2 -> 16 on a step of 5.2 ms + 0.003 ms per sequence
-    expected = (16 / (5.2 + 0.003 * 14)) / (2 / 5.2)
+    # batch 2 -> 16 in flight, each out of the batch for 2 of its 65 steps (prefill, client):
+    # a step of 5.2 ms + 0.003 ms per sequence
+    batch = 16 * 63 / 65
+    expected = (batch / (5.2 + 0.003 * (batch - 2))) / (2 / 5.2)
     assert top["predicted"] == {"metric": "output_tok_s", "ratio": pytest.approx(expected, 1e-3)}
 
 
@@ -222,3 +224,19 @@ def test_a_bench_file_alone_uses_the_deployment_recorded_in_it(
     assert diagnosis["budget"]["shares"][diagnosis["primary"]] == max(
         diagnosis["budget"]["shares"].values()
     )
+
+
+def test_a_larger_batch_carries_more_prompt_work_per_step() -> None:
+    from diagnose.predict import max_num_seqs, prefill_ms_per_step
+
+    # 6% of the decode steps carry 61 prompt tokens, 25 ms more than a 3.4 ms decode-only step
+    cycle = CycleBreakdown(3.4, 1.3, 3.6, 0.5, 2000, 2.0, 2.0)
+    s = signals(cycle=cycle, concurrency=16, mean_output_tokens=32, mixed_step_ms=28.4,
+                mixed_step_share=0.06, mixed_step_prefill_tokens=61.0)  # fmt: skip
+    per_token_ms = 25.0 / 61.0
+    assert prefill_ms_per_step(s, 2.0) == pytest.approx(0.06 * 61.0 * per_token_ms)
+    assert prefill_ms_per_step(s, 16.0) == pytest.approx(8 * prefill_ms_per_step(s, 2.0))
+    without = max_num_seqs(signals(cycle=cycle, concurrency=16, mean_output_tokens=32), 16)
+    with_prompts = max_num_seqs(s, 16)
+    assert with_prompts.ratio is not None and without.ratio is not None
+    assert with_prompts.ratio < without.ratio
