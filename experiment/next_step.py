@@ -63,12 +63,17 @@ def next_command(out: Path, step: NextStep) -> str:
     return f"hopscope experiment next {out} --variant {step.variant}"
 
 
-def _non_default(resolved: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """The settings of a resolved flag set that differ from the flags' defaults (a plan's keys)."""
+def _non_default(
+    resolved: dict[str, Any], flags: dict[str, Any], defaults: dict[str, Any]
+) -> dict[str, Any]:
+    """The settings of a resolved flag set that differ from the same parser's resolved defaults
+    (a plan's keys; compared resolved to resolved, so a flag whose default is filled in later,
+    e.g. bench's endpoint, is not taken for a setting)."""
     settings = {}
     for key, value in resolved.items():
-        flag = flags.get(key)
-        if flag is None or value is None or (value == flag.default and key not in SHOWN):
+        if key not in flags or value is None:
+            continue
+        if value == defaults.get(key) and key not in SHOWN:
             continue
         if isinstance(value, list):  # bench's sweep flags hold the one load point as a list
             if len(value) != 1:
@@ -80,7 +85,7 @@ def _non_default(resolved: dict[str, Any], flags: dict[str, Any]) -> dict[str, A
 
 def plan_data(exp_dir: Path, step: NextStep) -> dict[str, Any]:
     """The plan that tests `step` (a YAML-ready mapping)."""
-    from experiment.flags import bench_flags, serve_flags
+    from experiment.flags import bench_flags, bench_parser, resolve, serve_flags, serve_parser
 
     plan = layout.read_json(exp_dir / layout.PLAN)
     variant = layout.read_json(exp_dir / _dirname(step.variant) / "variant.json")
@@ -90,7 +95,7 @@ def plan_data(exp_dir: Path, step: NextStep) -> dict[str, Any]:
             f"{step.variant} ran over an emulated link, which a plan's baseline cannot hold; "
             f"test `{step.suggestion['switch']}` with a plan of your own"
         )
-    baseline = _non_default(deployment, serve_flags())
+    baseline = _non_default(deployment, serve_flags(), resolve(serve_parser(), []))
     factor, value = str(step.suggestion["factor"]), step.suggestion["value"]
     predicted = step.predicted
     expect = (
@@ -103,7 +108,9 @@ def plan_data(exp_dir: Path, step: NextStep) -> dict[str, Any]:
         "description": f"tests `{step.suggestion['switch']}` on {step.variant} of {exp_dir} "
         f"({step.finding}, {step.share:.0%} of E2E; {expect})",
         "baseline": baseline,
-        "workload": _non_default(plan["workload"], bench_flags()),
+        "workload": _non_default(
+            plan["workload"], bench_flags(), resolve(bench_parser(), ["--address", "-"])
+        ),
         "factors": {factor: [value]},
         "repeats": plan.get("repeats", 1),
         "warmup": plan.get("warmup", 0),
