@@ -246,17 +246,18 @@ def judge(scenario: Scenario, summary: dict[str, Any]) -> Outcome:
     return Outcome(scenario.name, scenario.expected, diagnosis.get("primary"), shares)
 
 
-def fix_outcome(next_summary: dict[str, Any], next_file: dict[str, Any]) -> dict[str, Any]:
-    """The fix `experiment next` ran: its switch, predicted and measured ratio, error."""
-    from experiment.next_step import predicted_vs_measured_rows
+def fix_outcome(next_summary: dict[str, Any]) -> dict[str, Any]:
+    """The fix `experiment next` ran (its plan's one factor): the switch, the predicted and
+    measured ratio (the plan's `prediction:` against `vs_baseline`), the error."""
+    from experiment.next_step import predicted_vs_measured
 
-    rows = predicted_vs_measured_rows(next_file, next_summary)
-    suggestion = next_file.get("suggestion") or {}
+    rows = predicted_vs_measured(next_summary)
     row = rows[0] if rows else {}
+    factor, values = next(iter((next_summary["plan"].get("factors") or {"": [None]}).items()))
     error = row.get("error")
     return {
-        "switch": suggestion.get("switch"),
-        "predicted": row.get("predicted"),
+        "switch": f"--{factor.replace('_', '-')} {values[0]}" if factor else None,
+        "predicted": {"metric": row["metric"], "ratio": row["predicted"]} if row else None,
         "measured_ratio": row.get("measured_ratio"),
         "error": error,
         "ok": error is not None and abs(error) <= MAX_PREDICTION_ERROR,
@@ -322,8 +323,7 @@ def run_scenario(
         if not (reuse and (fixed / "summary.json").exists()):
             _hopscope(["experiment", "next", str(out), "--variant", scenario.variant,
                        "--out", str(fixed), "--quiet"], work / f"{scenario.name}-next.log")  # fmt: skip
-        next_file = json.loads((fixed / "next.json").read_text())
-        outcome.fix.update(fix_outcome(json.loads((fixed / "summary.json").read_text()), next_file))
+        outcome.fix.update(fix_outcome(json.loads((fixed / "summary.json").read_text())))
     return outcome
 
 

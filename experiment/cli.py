@@ -105,7 +105,7 @@ def print_outcome(out: Path) -> None:
         diagnosis = variant.get("diagnosis") or {}
         if diagnosis.get("headline"):
             print_verdict(diagnosis, variant["name"], console)
-    for row in predicted_vs_measured(out, summary):
+    for row in predicted_vs_measured(summary):
         console.print(_prediction_line(row))
     step = top_step(summary)
     if step is not None:
@@ -140,25 +140,18 @@ def _run_workloads(plan: Any, args: argparse.Namespace) -> int:
 
 
 def _prediction_line(row: dict[str, Any]) -> str:
-    predicted = row.get("predicted")
-    if not predicted:
-        return f"{row['variant']}: not predicted"
-    measured, error = row.get("measured_ratio"), row.get("error")
-    if measured is None:
-        return f"{row['variant']}: predicted {predicted['metric']} {predicted['ratio']:.2f}x, not measured"
-    return (
-        f"{row['variant']}: {predicted['metric']} predicted {predicted['ratio']:.2f}x, measured "
-        f"{measured:.2f}x (error {error:+.0%})"
-    )
+    head = f"{row['variant']}: {row['metric']} predicted {row['predicted']:.2f}x"
+    if row.get("measured_ratio") is None:
+        return f"{head}, not measured"
+    return f"{head}, measured {row['measured_ratio']:.2f}x (error {row['error']:+.0%})"
 
 
 def _next(args: argparse.Namespace) -> int:
     """Write the plan that tests DIR's top suggestion, run it into DIR2, report predicted vs
     measured."""
     from experiment import layout
-    from experiment.next_step import NextError, top_step, write_next_file, write_plan
+    from experiment.next_step import NextError, top_step, write_plan
     from experiment.plan import PlanError, load_plan
-    from experiment.report import write_report
     from experiment.run import ExperimentError, run_experiment
 
     if len(args.dirs) != 1 or not (args.dirs[0] / layout.SUMMARY).exists():
@@ -182,12 +175,9 @@ def _next(args: argparse.Namespace) -> int:
         )
     except (NextError, PlanError, ExperimentError) as exc:
         return _fail(str(exc))
-    if code:
-        return code
-    write_next_file(out, exp_dir, step)
-    write_report(out)  # again, now with the predicted-vs-measured table
-    print_outcome(out)
-    return 0
+    if code == 0:
+        print_outcome(out)
+    return code
 
 
 def _compare(dirs: list[Path]) -> int:

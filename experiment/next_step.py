@@ -1,8 +1,9 @@
 """`hopscope experiment next DIR [--out DIR2]`: the loop closed. From DIR's diagnosis, the top
 suggestion of the largest bottleneck measured (or of `--variant NAME`) becomes a plan: that
 variant's deployment as the baseline, the suggestion's setting as the one factor, the same
-workload, rounds and warm-up. The plan is written to DIR/next-plan.yaml and run into DIR2; DIR2's
-report then puts each variant's predicted ratio beside the measured one (DIR2/next.json)."""
+workload, rounds and warm-up, and the suggestion's predicted ratio as the plan's `prediction:`.
+The plan is written to DIR/next-plan.yaml and run into DIR2, whose report shows the prediction
+beside the measured ratio (experiment/report.py, like any plan's `prediction:`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import yaml
 
 from experiment import layout
 
-NEXT_FILE = "next.json"  # in DIR2: what was predicted, from where
 PLAN_FILE = "next-plan.yaml"  # in DIR: the plan `next` ran
 SHOWN = ("placement", "model")  # written into the plan even at their defaults: read first
 
@@ -86,6 +86,7 @@ def _non_default(
 def plan_data(exp_dir: Path, step: NextStep) -> dict[str, Any]:
     """The plan that tests `step` (a YAML-ready mapping)."""
     from experiment.flags import bench_flags, bench_parser, resolve, serve_flags, serve_parser
+    from experiment.plan import variant_name
 
     plan = layout.read_json(exp_dir / layout.PLAN)
     variant = layout.read_json(exp_dir / _dirname(step.variant) / "variant.json")
@@ -103,6 +104,16 @@ def plan_data(exp_dir: Path, step: NextStep) -> dict[str, Any]:
         if predicted
         else "not predicted"
     )
+    why = (
+        f"`hopscope experiment next` on {exp_dir}: {step.variant}'s {step.finding} is "
+        f"{step.share:.0%} of its mean E2E; `{step.suggestion['switch']}` predicted from its spans "
+        "and step-time fit (docs/diagnosis.md, Predictions)"
+    )
+    prediction: dict[str, Any] | str = (
+        {variant_name(factor, value): {predicted["metric"]: predicted["ratio"]}, "why": why}
+        if predicted
+        else f"{why}: not predicted ({step.suggestion.get('not_predicted')})"
+    )
     return {
         "name": _slug(f"next-{step.variant}-{factor}"),
         "description": f"tests `{step.suggestion['switch']}` on {step.variant} of {exp_dir} "
@@ -115,6 +126,7 @@ def plan_data(exp_dir: Path, step: NextStep) -> dict[str, Any]:
         "repeats": plan.get("repeats", 1),
         "warmup": plan.get("warmup", 0),
         "timeout_s": plan.get("timeout_s", 900.0),
+        "prediction": prediction,
     }
 
 
@@ -132,49 +144,29 @@ def write_plan(exp_dir: Path, step: NextStep) -> Path:
     return path
 
 
-def write_next_file(out: Path, exp_dir: Path, step: NextStep) -> None:
-    """DIR2/next.json: where the plan came from and the ratio it predicted for its variant."""
-    from experiment.plan import variant_name
-
-    factor, value = str(step.suggestion["factor"]), step.suggestion["value"]
-    layout.write_json(
-        out / NEXT_FILE,
-        {
-            "from": str(exp_dir),
-            "variant": step.variant,
-            "finding": step.finding,
-            "share": step.share,
-            "suggestion": step.suggestion,
-            "predictions": {variant_name(factor, value): step.predicted},
-        },
-    )
-
-
-def predicted_vs_measured(out: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per variant `next` predicted: metric, predicted and measured ratio, error
-    (predicted / measured − 1); [] when DIR2 is not a `next` experiment."""
-    path = out / NEXT_FILE
-    if not path.exists():
+def predicted_vs_measured(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per variant and metric the plan's `prediction:` names: predicted and measured
+    ratio (summary.json's `vs_baseline`, with its interval) and the error, predicted /
+    measured − 1."""
+    prediction = (summary.get("plan") or {}).get("prediction")
+    if not isinstance(prediction, dict):
         return []
-    return predicted_vs_measured_rows(layout.read_json(path), summary)
-
-
-def predicted_vs_measured_rows(
-    next_file: dict[str, Any], summary: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """predicted_vs_measured from next.json's contents."""
-    predictions = next_file.get("predictions") or {}
+    measured = {v["name"]: v.get("vs_baseline") or {} for v in summary.get("variants", [])}
     rows = []
-    for v in summary.get("variants", []):
-        predicted = predictions.get(v["name"])
-        if v["name"] not in predictions:
-            continue
-        row: dict[str, Any] = {"variant": v["name"], "predicted": predicted}
-        if predicted:
-            measured = (v.get("vs_baseline") or {}).get(predicted["metric"]) or {}
-            ratio = measured.get("ratio")
-            row["measured_ratio"] = ratio
-            row["ci95"] = measured.get("ci95")
-            row["error"] = predicted["ratio"] / ratio - 1 if ratio else None
-        rows.append(row)
+    for name, ratios in prediction.items():
+        if not isinstance(ratios, dict):
+            continue  # the `why:` text
+        for metric, ratio in ratios.items():
+            entry = measured.get(name, {}).get(metric) or {}
+            value = entry.get("ratio")
+            rows.append(
+                {
+                    "variant": name,
+                    "metric": metric,
+                    "predicted": ratio,
+                    "measured_ratio": value,
+                    "ci95": entry.get("ci95"),
+                    "error": ratio / value - 1 if value else None,
+                }
+            )
     return rows

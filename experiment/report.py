@@ -224,17 +224,18 @@ def _plan_prediction_section(summary: dict[str, Any]) -> list[Block]:
         if name != "why"
         for metric, ratio in ratios.items()
     ]
-    header = ["variant", "metric", "predicted", "measured", "prediction"]
+    header = ["variant", "metric", "predicted", "measured", "prediction", "error"]
     return [*blocks, ("table", (header, rows))] if rows else blocks
 
 
 def _against(entry: dict[str, Any] | None, predicted: float) -> list[str]:
     """The measured ratio and whether its 95% interval holds the predicted one."""
     if not entry:
-        return ["-", "not measured"]
+        return ["-", "not measured", "-"]
     lo, hi = entry["ci95"]
     held = "held" if lo <= predicted <= hi else "missed (outside the interval)"
-    return [f"{entry['ratio']:.2f}× [{lo:.2f}, {hi:.2f}]", held]
+    error = predicted / entry["ratio"] - 1  # predicted / measured − 1
+    return [f"{entry['ratio']:.2f}× [{lo:.2f}, {hi:.2f}]", held, f"{error:+.0%}"]
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -420,7 +421,7 @@ def _diagnosis_section(summary: dict[str, Any], out: Path) -> list[Block]:
         for v in summary["variants"]
         if v.get("diagnosis") or v.get("prediction") or v.get("disagg_prediction")
     ]
-    blocks: list[Block] = _next_section(summary, out)
+    blocks: list[Block] = []
     if not diagnosed:
         return blocks
     intro = (
@@ -458,39 +459,6 @@ def _diagnosis_section(summary: dict[str, Any], out: Path) -> list[Block]:
     if (out / "plots" / WHAT_IF_PLOT).exists():
         blocks.append(("img", (out / "plots" / WHAT_IF_PLOT, "predicted TPOT vs link delay")))
     return blocks
-
-
-def _next_section(summary: dict[str, Any], out: Path) -> list[Block]:
-    """A `hopscope experiment next` run: each variant's predicted ratio beside the measured."""
-    from experiment.next_step import NEXT_FILE, predicted_vs_measured
-
-    rows = predicted_vs_measured(out, summary)
-    if not rows:
-        return []
-    source = layout.read_json(out / NEXT_FILE)
-    suggestion = source.get("suggestion") or {}
-    text = (
-        f"This experiment tests `{suggestion.get('switch')}`, the top suggestion for "
-        f"`{source.get('variant')}` of `{source.get('from')}` ({source.get('finding')}, "
-        f"{float(source.get('share') or 0):.0%} of E2E), with that deployment as the baseline "
-        "and the same workload. Error = predicted / measured − 1."
-    )
-    header = ["variant", "metric", "predicted", "measured [95% interval]", "error"]
-    table = []
-    for row in rows:
-        predicted = row.get("predicted")
-        if not predicted:
-            table.append([row["variant"], "-", "not predicted", "-", "-"])
-            continue
-        ci = row.get("ci95") or [None, None]
-        measured = (
-            f"{row['measured_ratio']:.2f}× [{_num(ci[0], 2)}, {_num(ci[1], 2)}]"
-            if row.get("measured_ratio") is not None
-            else "-"
-        )
-        table.append([row["variant"], predicted["metric"], f"{predicted['ratio']:.2f}×",
-                      measured, _pct(row.get("error"))])  # fmt: skip
-    return [("h2", "Predicted vs measured"), ("p", text), ("table", (header, table))]
 
 
 def _budget_line(budget: dict[str, Any]) -> str:

@@ -57,17 +57,16 @@ def test_named_first_and_the_confusion_matrix() -> None:
     assert "| memory_io | memory_io | host_cpu ✗ |" in text
 
 
-def test_a_fix_is_scored_by_next_json_against_the_measured_ratio() -> None:
+def test_a_fix_is_scored_by_its_plans_prediction_against_the_measured_ratio() -> None:
     metric = "output_tok_s"
     assert metric in {spec.key for spec in COMPARED}
-    next_file = {
-        "suggestion": {"switch": "--max-num-seqs 16"},
-        "predictions": {"max_num_seqs=16": {"metric": metric, "ratio": 6.0}},
-    }
-    summary = {"variants": [
+    plan = {"factors": {"max_num_seqs": [16]},
+            "prediction": {"max_num_seqs=16": {metric: 6.0}, "why": "from the spans"}}  # fmt: skip
+    summary = {"plan": plan, "variants": [
         {"name": "baseline", "vs_baseline": {}},
         {"name": "max_num_seqs=16", "vs_baseline": {metric: {"ratio": 5.0, "ci95": [4.5, 5.5]}}},
     ]}  # fmt: skip
-    fix = fix_outcome(summary, next_file)
+    fix = fix_outcome(summary)
     assert fix["switch"] == "--max-num-seqs 16" and fix["measured_ratio"] == 5.0
+    assert fix["predicted"] == {"metric": metric, "ratio": 6.0}
     assert fix["error"] == pytest.approx(0.2) and not fix["ok"]

@@ -10,13 +10,7 @@ from typing import Any
 
 import pytest
 
-from experiment.next_step import (
-    next_command,
-    plan_data,
-    predicted_vs_measured,
-    top_step,
-    write_next_file,
-)
+from experiment.next_step import next_command, plan_data, predicted_vs_measured, top_step
 from experiment.plan import parse_plan
 
 QUICK = {
@@ -73,16 +67,20 @@ def test_the_largest_bottleneck_becomes_a_plan_with_one_factor(tmp_path: Path) -
     assert top_step(summary, "baseline") is None
 
 
-def test_the_report_rows_put_predicted_beside_measured(tmp_path: Path) -> None:
+def test_the_plan_carries_the_prediction_the_report_sets_beside_the_measured(
+    tmp_path: Path,
+) -> None:
     exp = _experiment(tmp_path)
     step = top_step(json.loads((exp / "summary.json").read_text()))
     assert step is not None
-    out = tmp_path / "next"
-    out.mkdir()
-    write_next_file(out, exp, step)
+    data = plan_data(exp, step)
+    plan = parse_plan(data, source="next")  # the plan's own `prediction:` check passes
+    assert isinstance(plan.prediction, dict)
+    assert plan.prediction["max_num_seqs=16"] == {"output_tok_s": 3.0}
     measured = {"output_tok_s": {"ratio": 2.5, "ci95": [2.3, 2.7]}}
-    summary = {"variants": [{"name": "baseline", "vs_baseline": {}},
+    summary = {"plan": {"prediction": plan.prediction},
+               "variants": [{"name": "baseline", "vs_baseline": {}},
                             {"name": "max_num_seqs=16", "vs_baseline": measured}]}  # fmt: skip
-    (row,) = predicted_vs_measured(out, summary)
+    (row,) = predicted_vs_measured(summary)
     assert row["variant"] == "max_num_seqs=16" and row["measured_ratio"] == 2.5
     assert row["error"] == pytest.approx(3.0 / 2.5 - 1)

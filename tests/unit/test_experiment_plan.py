@@ -355,8 +355,10 @@ def test_the_report_shows_the_prediction_beside_the_measured_ratio() -> None:
     blocks = _plan_prediction_section(summary)
     assert ("p", "a quarter") in blocks
     _, (_, rows) = blocks[-1]
-    assert rows[0] == ["max_num_seqs=2", "output tokens/s", "0.30×", "0.28× [0.25, 0.31]", "held"]
-    assert rows[1][-2:] == ["-", "not measured"]
+    assert rows[0] == [
+        "max_num_seqs=2", "output tokens/s", "0.30×", "0.28× [0.25, 0.31]", "held", "+7%"
+    ]  # fmt: skip
+    assert rows[1][-3:] == ["-", "not measured", "-"]
     summary["plan"]["prediction"] = {"max_num_seqs=2": {"output_tok_s": 0.5}}
-    assert _plan_prediction_section(summary)[-1][1][1][0][-1] == "missed (outside the interval)"
+    assert _plan_prediction_section(summary)[-1][1][1][0][-2] == "missed (outside the interval)"
     assert _plan_prediction_section({"plan": {}, "variants": []}) == []
