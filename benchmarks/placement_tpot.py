@@ -109,7 +109,7 @@ def cluster(delay_ms: float) -> Iterator[dict[str, Any]]:
     """`hopscope cluster up --nodes 3 [--delay-ms D] --json`; always `cluster down` after."""
     argv = ["cluster", "up", "--nodes", "3", "--json"]
     if delay_ms > 0:
-        argv += ["--delay-ms", f"{delay_ms:g}"]
+        argv += ["--link-delay-ms", f"{delay_ms:g}"]
     started = time.monotonic()
     done = hopscope(*argv)
     if done.returncode != 0:

@@ -80,10 +80,6 @@ class ClusterRecord:
     created_at: float = 0.0
     dashboard_url: str = ""  # http://HEAD_IP:PORT, "" when started without the dashboard
 
-    @property
-    def head_ip(self) -> str:
-        return self.address.rsplit(":", 1)[0]
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 

@@ -33,7 +33,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--nodes", type=int, default=3, help="number of nodes, labelled a, b, c... (default 3)"
     )
-    up.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay between nodes, ms")
+    # one name for the link delay everywhere: this flag, `diagnose --link-delay-ms` and the
+    # experiment factor `link_delay_ms` (old spellings kept as aliases)
+    up.add_argument(
+        "--link-delay-ms",
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="one-way delay between nodes, ms (deprecated spelling: --delay-ms)",
+    )
     up.add_argument(
         "--rate-mbit", type=float, default=0.0, help="bandwidth cap between nodes, Mbit/s"
     )
@@ -64,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_up(args: argparse.Namespace) -> int:
     try:
-        link = LinkSettings(args.delay_ms, args.rate_mbit)
+        link = LinkSettings(args.link_delay_ms, args.rate_mbit)
         record = start_cluster(args.nodes, link, has_dashboard=args.dashboard)
     except (ValueError, ClusterError) as exc:
         err.print(f"error: {exc}")

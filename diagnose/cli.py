@@ -28,7 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a `hopscope profile --out` directory (default: profile/ beside)",
     )
     diagnose.add_argument(
-        "--delay-ms-list", type=_floats, help="what-if link delays, one way, ms (e.g. 1,3)"
+        "--link-delay-ms",
+        "--delay-ms-list",
+        type=_floats,
+        help="what-if link delays, one way, ms (e.g. 1,3); deprecated spelling: --delay-ms-list",
     )
     diagnose.add_argument("--rate-mbit", type=float, default=0.0, help="what-if link rate cap")
     diagnose.add_argument(
@@ -44,12 +47,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="py-spy every service and torch.profiler the worker's steps",
         description="Samples every service process of a running hopscope with py-spy (flame "
         "graph SVG + speedscope JSON each) and records the worker's steps with torch.profiler "
-        "(Chrome trace JSON), all for --seconds.",
+        "(Chrome trace JSON), all for --duration-s.",
     )
     profile.add_argument("--address", required=True, help="HOST:PORT of the front door")
-    profile.add_argument("--seconds", type=float, default=10.0, help="how long to record")
+    # `bench --rate` is requests/s; here a rate is samples/s: named apart (old names kept)
+    profile.add_argument(
+        "--duration-s",
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="how long to record, in seconds (deprecated spelling: --seconds)",
+    )
     profile.add_argument("--out", type=Path, required=True, help="output directory")
-    profile.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    profile.add_argument(
+        "--sample-rate",
+        "--rate",
+        type=int,
+        default=100,
+        help="py-spy samples per second (deprecated spelling: --rate)",
+    )
     profile.set_defaults(func=run_profile)
 
 
@@ -133,7 +149,7 @@ def _diagnose_bench(args: argparse.Namespace, console: Console, calibration: obj
 
     assert calibration is None or isinstance(calibration, Calibration)
     run = load_bench_run(args.run, args.spans, args.profile)
-    delays = args.delay_ms_list or list(DEFAULT_DELAYS_MS)
+    delays = args.link_delay_ms or list(DEFAULT_DELAYS_MS)
     diagnosis = diagnose_run(run, calibration, delays, args.rate_mbit)
     out = args.out or args.run.with_name("diagnosis.json")
     out.write_text(json.dumps(diagnosis, indent=2) + "\n", encoding="utf-8")
@@ -150,10 +166,12 @@ def run_profile(args: argparse.Namespace) -> int:
     from diagnose.profile import ProfileError, profile
 
     console = Console(soft_wrap=True)
-    if args.seconds <= 0:
-        return _error("--seconds must be > 0")
+    if args.duration_s <= 0:
+        return _error("--duration-s must be > 0")
     try:
-        written = profile(args.address, args.seconds, args.out, rate_hz=args.rate, console=console)
+        written = profile(
+            args.address, args.duration_s, args.out, rate_hz=args.sample_rate, console=console
+        )
     except ProfileError as exc:
         return _error(str(exc))
     for path in written:

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 from rich.console import Console
 
-RPC_GRACE_S = 30.0  # beyond --seconds: the profiler's stop and the trace's export
+RPC_GRACE_S = 30.0  # beyond --duration-s: the profiler's stop and the trace's export
 PTRACE_HINT = (
     "py-spy could not attach to pid {pid} ({name}): reading another process's memory needs "
     "ptrace permission. Run hopscope profile as the same user with "

@@ -17,7 +17,7 @@ from experiment.flags import Flag, bench_flags, normalize_key, serve_flags
 from experiment.stats import COMPARED
 
 # Cluster factors: settings of the emulated link between nodes (`hopscope cluster up` flags).
-CLUSTER_FACTORS = {"link_delay_ms": "--delay-ms", "link_rate_mbit": "--rate-mbit"}
+CLUSTER_FACTORS = {"link_delay_ms": "--link-delay-ms", "link_rate_mbit": "--rate-mbit"}
 # Background load (experiment/background.py): busy processes beside the deployment for the length
 # of the workload. Workload settings of a plan (`workload:`, `workloads:`) and factors, but not
 # bench flags: the round starts them itself, so their CPU counts as outside CPU, not the client's.

@@ -38,10 +38,6 @@ class RequestSpec:
     max_tokens: int
     ignore_eos: bool
 
-    @property
-    def num_prompt_tokens_sent(self) -> int:
-        return len(self.prompt_token_ids)
-
 
 def sample_length(spec: LengthSpec, rng: np.random.Generator) -> int:
     if spec.dist == "uniform":

@@ -65,7 +65,7 @@ def test_profile_then_diagnose_a_colocated_run(
     bench, bench_json = _bench(serve.address, folder, env)
     try:
         profile_dir = folder / "profile"
-        args = ["profile", "--address", serve.address, "--seconds", "2", "--out", str(profile_dir)]
+        args = ["profile", "--address", serve.address, "--duration-s", "2", "--out", str(profile_dir)]
         assert main(args) == 0
         assert bench.process.wait(timeout=240) == 0, bench.last_lines()
     finally:
@@ -82,7 +82,7 @@ def test_profile_then_diagnose_a_colocated_run(
     (folder / "describe.json").write_text(json.dumps(serve.describe()))
     serve.stop()  # flushes every service's spans to the collector
     spans = folder / "spans.jsonl"
-    assert main(["diagnose", str(bench_json), "--spans", str(spans), "--delay-ms-list", "1,3"]) == 0
+    assert main(["diagnose", str(bench_json), "--spans", str(spans), "--link-delay-ms", "1,3"]) == 0
     diagnosis = json.loads((folder / "diagnosis.json").read_text())
     assert diagnosis["primary"] in TYPES
     assert diagnosis["primary"] != "network"  # Unix sockets on one machine

@@ -97,3 +97,27 @@ def test_bench_itself_does_not_import_torch_or_the_services() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "no server answers at 127.0.0.1:1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "new", "old", "value"),
+    [
+        (["profile", "--address", "a", "--out", "p"], "--duration-s", "--seconds", "3"),
+        (["profile", "--address", "a", "--out", "p"], "--sample-rate", "--rate", "50"),
+        (["diagnose", "run.json"], "--link-delay-ms", "--delay-ms-list", "1,3"),
+        (["cluster", "up"], "--link-delay-ms", "--delay-ms", "0.5"),
+    ],
+)
+def test_a_renamed_flag_keeps_its_old_name_as_a_deprecated_alias(
+    command: list[str], new: str, old: str, value: str
+) -> None:
+    """Issue 33: one name per meaning (`bench --rate` is requests/s; profile's is samples/s;
+    the link delay is `link_delay_ms` as the experiment factor); the old spellings still parse,
+    to the same value, and --help says they are deprecated."""
+    parser = cli.build_parser(command[0])
+    parsed_new = vars(parser.parse_args([*command, new, value]))
+    assert parsed_new == vars(parser.parse_args([*command, old, value]))
+    sub = parser._subparsers._group_actions[0].choices[command[0]]  # type: ignore[union-attr]
+    if command[0] == "cluster":
+        sub = sub._subparsers._group_actions[0].choices["up"]  # type: ignore[union-attr]
+    assert f"deprecated spelling: {old}" in " ".join(sub.format_help().split())

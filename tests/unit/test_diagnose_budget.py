@@ -218,7 +218,7 @@ def test_a_bench_file_alone_uses_the_deployment_recorded_in_it(
              "summary": {"tpot_ms": {"p50": 3.0}, "output_token_throughput": 500.0}}  # fmt: skip
     bench_path = tmp_path / "run.json"
     bench_path.write_text(json.dumps(bench))
-    assert main(["diagnose", str(bench_path), "--spans", str(spans), "--delay-ms-list", "1"]) == 0
+    assert main(["diagnose", str(bench_path), "--spans", str(spans), "--link-delay-ms", "1"]) == 0
     diagnosis = json.loads((tmp_path / "diagnosis.json").read_text())
     assert diagnosis["decomposition"]["hops"]["network.scheduler_worker"]["transport"] == "uds"
     assert diagnosis["budget"]["shares"][diagnosis["primary"]] == max(
