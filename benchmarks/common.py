@@ -1,4 +1,5 @@
-"""Shared helpers for the pipeline benchmarks (pipeline_bench, batching_bench, tracing_cost).
+"""Shared helpers for the benchmark scripts that are not plans (tracing_cost, tls_cost, http_cost,
+routing, token_cost).
 
 Each benchmark starts `hopscope serve --no-ray` as a child process through the lifecycle kit
 (deploy/lifecycle.py: its own process group, `python -P`, output in a log file, ready once the
