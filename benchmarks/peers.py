@@ -19,6 +19,9 @@ clients' figures sit side by side (`--second-client none` skips it).
     python -m benchmarks.peers --setup      # the peers' and AIPerf's venvs, the HF model dir
     python -m benchmarks.peers [--rounds 2] [--systems hopscope-colocated,vllm,...]
 
+hopscope's rows can carry a precision: `hopscope-colocated-int8` serves with `--quantization
+int8` (also `-int4`, `-bfloat16`: `--dtype bfloat16`); the default systems leave them out.
+
 The peers live outside the checkout (HOPSCOPE_PEERS_DIR, default ~/.cache/hopscope/peers).
 A peer whose setup or start failed is recorded with its error; the others carry the comparison.
 CI never runs this script (tests cover its pure parts: /proc parsing, CPU sums, the table).
@@ -44,6 +47,16 @@ from benchmarks import aiperf_client, common
 
 MODEL = "smollm2-135m"
 SYSTEMS = ("hopscope-colocated", "hopscope-inproc", "vllm", "llamacpp")
+# hopscope-PLACEMENT-SUFFIX: the serve flags of a precision variant (docs/performance.md)
+HOPSCOPE_VARIANTS = {
+    "bfloat16": ["--dtype", "bfloat16"],
+    "int8": ["--quantization", "int8"],
+    "int4": ["--quantization", "int4"],
+}
+KNOWN_SYSTEMS = (
+    *SYSTEMS,
+    *(f"hopscope-{p}-{v}" for p in ("colocated", "inproc") for v in HOPSCOPE_VARIANTS),
+)
 PEER_VENVS = {"vllm": "vllm", "llamacpp": "llamacpp"}
 HF_DIR = "smollm2-135m-hf"
 SETUP_FILE = "setup.json"
@@ -216,6 +229,13 @@ class Running:
         return self._child.returncode if self._child is not None else None
 
 
+def hopscope_serve_args(system: str) -> list[str]:
+    """`hopscope serve` flags of a `hopscope-PLACEMENT[-VARIANT]` system."""
+    placement, _, variant = system.removeprefix("hopscope-").partition("-")
+    args = ["--no-ray", "--placement", placement, "--model", MODEL, "--http-port", "0"]
+    return args + HOPSCOPE_VARIANTS.get(variant, [])
+
+
 def start_system(system: str, work_dir: Path, base: Path) -> Running:
     """Start `system` through the lifecycle kit and wait until its HTTP API answers."""
     from deploy import lifecycle
@@ -224,8 +244,7 @@ def start_system(system: str, work_dir: Path, base: Path) -> Running:
     log_path = work_dir / f"{system}-{time.monotonic_ns()}.log"
     started = time.monotonic()
     if system.startswith("hopscope-"):
-        placement = system.removeprefix("hopscope-")
-        args = ["--no-ray", "--placement", placement, "--model", MODEL, "--http-port", "0"]
+        args = hopscope_serve_args(system)
         serve = lifecycle.start_serve(
             args, log_path=log_path, env=common._child_env(None), cwd=common.REPO,
             timeout_s=START_TIMEOUT_S,
@@ -729,9 +748,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = peers_dir()
     systems = [s for s in args.systems.split(",") if s]
-    unknown = sorted(set(systems) - set(SYSTEMS))
+    unknown = sorted(set(systems) - set(KNOWN_SYSTEMS))
     if unknown:
-        parser.error(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
+        parser.error(f"unknown systems {unknown}; known: {', '.join(KNOWN_SYSTEMS)}")
     if args.setup:
         status = setup(base, [s for s in systems if s in PEER_VENVS])
         return 0 if all(v.get("ok") for v in status.values()) else 1

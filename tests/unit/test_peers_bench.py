@@ -111,3 +111,15 @@ def test_greedy_agreement_counts_equal_texts_and_prefixes() -> None:
     assert agreement["vllm"] == {"equal": 1, "of": 2, "common_prefix_chars": [2, 1]}
     assert agreement["llamacpp"]["equal"] == 1
     assert peers.greedy_agreement({"vllm": ["a"]}, "hopscope-colocated") == {}
+
+
+def test_a_hopscope_system_suffix_adds_its_precision_flag() -> None:
+    assert peers.hopscope_serve_args("hopscope-colocated")[:3] == [
+        "--no-ray",
+        "--placement",
+        "colocated",
+    ]
+    assert peers.hopscope_serve_args("hopscope-colocated-int4")[-2:] == ["--quantization", "int4"]
+    assert peers.hopscope_serve_args("hopscope-inproc-bfloat16")[-2:] == ["--dtype", "bfloat16"]
+    assert "hopscope-colocated-int8" in peers.KNOWN_SYSTEMS
+    assert "hopscope-colocated-int8" not in peers.SYSTEMS  # the default run leaves them out

@@ -183,3 +183,14 @@ def test_greedy_tokens_on_the_tiny_preset(method: str) -> None:
     assert [row[0] for row in tokens] == [row[0] for row in reference]
     if method == "int8":  # against the float32 weights themselves
         assert agreement(tokens, greedy(tiny_engine())) >= 0.75
+
+
+def test_a_decode_step_reads_a_quarter_of_the_weight_bytes_at_int8_and_less_at_int4() -> None:
+    from benchmarks.quantization import weight_bytes_per_token
+
+    full = weight_bytes_per_token(tiny_engine())
+    int8 = weight_bytes_per_token(tiny_engine(quantization="int8")) / full
+    int4 = weight_bytes_per_token(tiny_engine(quantization="int4")) / full
+    assert 0.25 < int8 < 0.26  # a byte a weight, plus a scale a row
+    # half a byte a weight plus a bfloat16 scale and zero per 32 in the layers; the head is int8
+    assert 0.15 < int4 < int8
