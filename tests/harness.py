@@ -8,7 +8,7 @@ import contextlib
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,24 @@ def serve(placement: str, *args: str, timeout_s: float = 120.0) -> Iterator[Serv
             assert code == 0, f"serve exited with {code}:\n{served.log()}"
         finally:
             child.stop(0.0)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `condition` until it holds; AssertionError naming `what` at the deadline (a test
+    acts or asserts on a state, never after a guessed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:g} s"
+        time.sleep(0.05)
+
+
+def wait_until_running(served: Served, timeout_s: float = 60.0) -> None:
+    """Until the scheduler holds a running sequence (a request is in flight, past admission)."""
+    wait_for(
+        lambda: served.describe().scheduler_stats.num_running > 0,
+        timeout_s,
+        "no request started running",
+    )
 
 
 def wait_until_idle(served: Served, timeout_s: float = 30.0) -> pb.SchedulerStats:

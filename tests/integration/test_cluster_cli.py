@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from deploy.client import stream_generate
 from deploy.lifecycle import ServeChild, start_serve
 from protos import hopscope_pb2 as pb
+from tests.harness import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 REPO = Path(__file__).resolve().parents[2]
@@ -114,8 +114,7 @@ def test_cluster_up_serve_down(user_env: dict[str, str], tmp_path: Path) -> None
     finally:
         down = hopscope("cluster", "down", "--address", address, env=user_env)
     assert down.returncode == 0, down.stderr
-    time.sleep(0.5)
-    assert processes_mentioning(node_ip) == []
+    wait_for(lambda: processes_mentioning(node_ip) == [], 30.0, "Ray processes left behind")
     assert not Path(record["temp_dir"]).exists()
     assert json.loads(hopscope("cluster", "status", "--json", env=user_env).stdout) == []
     again = hopscope("cluster", "down", "--address", address, env=user_env)
@@ -131,5 +130,5 @@ def test_serve_without_address_starts_and_stops_its_own_ray(
         log = "\n".join(served.child.last_lines(500))
         started = re.search(r"local one-node Ray at (\S+):", log)
         assert started, "serve did not say where its Ray runs"
-        time.sleep(0.5)
-        assert processes_mentioning(started.group(1)) == []  # no orphaned Ray processes
+        ray_ip = started.group(1)
+        wait_for(lambda: processes_mentioning(ray_ip) == [], 30.0, "orphaned Ray processes")

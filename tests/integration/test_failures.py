@@ -18,7 +18,7 @@ import pytest
 from deploy.lifecycle import wait_serving
 from protos import hopscope_pb2 as pb
 from protos import hopscope_pb2_grpc as pb_grpc
-from tests.harness import generate, serve, wait_until_idle
+from tests.harness import generate, serve, wait_until_idle, wait_until_running
 
 
 async def _cancel_at_random(address: str, num_streams: int, seed: int) -> tuple[int, int]:
@@ -116,7 +116,7 @@ def test_dead_worker_turns_requests_unavailable_and_serving_resumes_after_restar
 
         t = threading.Thread(target=long_request)
         t.start()
-        time.sleep(1.0)
+        wait_until_running(served)  # kill the worker under a request in flight
         os.kill(worker_pid, signal.SIGKILL)
         t.join(40)
         assert not t.is_alive()
@@ -175,7 +175,7 @@ def test_sigterm_drains_in_flight_streams() -> None:
 
         t = threading.Thread(target=request)
         t.start()
-        time.sleep(0.3)
+        wait_until_running(served)  # SIGTERM with the stream in flight
         served.process.send_signal(signal.SIGTERM)
         t.join(60)
         assert served.process.wait(60) == 0
