@@ -65,7 +65,15 @@ def test_profile_then_diagnose_a_colocated_run(
     bench, bench_json = _bench(serve.address, folder, env)
     try:
         profile_dir = folder / "profile"
-        args = ["profile", "--address", serve.address, "--duration-s", "2", "--out", str(profile_dir)]
+        args = [
+            "profile",
+            "--address",
+            serve.address,
+            "--duration-s",
+            "2",
+            "--out",
+            str(profile_dir),
+        ]
         assert main(args) == 0
         assert bench.process.wait(timeout=240) == 0, bench.last_lines()
     finally:
