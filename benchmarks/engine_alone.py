@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 # variant -> (--engine-threads, --engine-wait-policy)
 NAMED_VARIANTS = {"default": ("0", "auto"), "auto": ("auto", "auto"), "passive": ("0", "passive")}
-BUSY_NEIGHBOUR = "while True: pass"
+BUSY_NEIGHBOUR = "python -m experiment.background --duty 1 (a busy loop)"
 CHILD_TIMEOUT_S = 900.0
 # issue 32's targets: with one busy neighbour, auto keeps >= 0.5x its idle tokens/s; idle, it
 # loses <= 3% against the defaults before it
@@ -171,21 +171,14 @@ def run_pipeline(args: argparse.Namespace, variant: str, batch: int) -> dict[str
     return {**common.figures(result), "batch": batch}
 
 
-def plant_neighbours(count: int) -> list[subprocess.Popen[bytes]]:
-    return [subprocess.Popen([sys.executable, "-c", BUSY_NEIGHBOUR]) for _ in range(count)]
-
-
-def stop(neighbours: list[subprocess.Popen[bytes]]) -> None:
-    for child in neighbours:
-        child.kill()
-        child.wait()
-
-
 def run_rounds(
     args: argparse.Namespace, on_run: Callable[[list[dict[str, Any]]], None]
 ) -> list[dict[str, Any]]:
     """Every run, rotated; `on_run(rows so far)` after each (a long run's JSON stays current)."""
+    import tempfile
+
     from benchmarks import common
+    from experiment.background import BackgroundLoad, background_load
 
     variants = args.variants.split(",")
     for variant in variants:
@@ -196,8 +189,11 @@ def run_rounds(
     for round_index in range(args.rounds):
         for count_text in common.rotated(counts, round_index):
             count = int(count_text)
-            neighbours = plant_neighbours(count)
-            try:
+            # the experiment's busy neighbours (lifecycle kit: stopped however this is left)
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                background_load(BackgroundLoad(procs=count), Path(tmp) / "neighbours.log"),
+            ):
                 for variant in common.rotated(variants, round_index):
                     for batch in batches:
                         run = run_pipeline if args.pipeline else run_child
@@ -206,8 +202,6 @@ def run_rounds(
                         rows.append({**row, "batch": batch, "figures": result})
                         common.log(f"round {round_index} neighbours {count} {variant}: {result}")
                         on_run(rows)
-            finally:
-                stop(neighbours)
     return rows
 
 
@@ -280,7 +274,7 @@ def main() -> int:
                 "output_len": args.output_len,
                 "repeats_per_child": args.repeats,
                 "rounds": args.rounds,
-                "neighbour": f"python -c '{BUSY_NEIGHBOUR}', started before the run, killed after",
+                "neighbour": f"{BUSY_NEIGHBOUR}, started before the run, stopped after",
                 "order": "neighbour counts and variants rotated every round; a fresh child each",
             },
             "machine": {**machine, "load_avg_now": [round(x, 2) for x in os.getloadavg()]},

@@ -59,6 +59,7 @@ def test_every_option_of_every_command_has_help_showing_its_default() -> None:
 # code, no torch.
 _CLIENT_SIDE = ("services", "services.config", "services.common", "services.common.channels")
 _CLIENT_SIDE += ("services.common.grpc_options", "services.common.tls")
+_CLIENT_SIDE += ("services.common.procfs",)  # stdlib-only /proc readers: bench warns of a busy host
 _NO_HEAVY_IMPORTS = (
     "import sys\n"
     f"allowed = {_CLIENT_SIDE!r}\n"
