@@ -194,16 +194,24 @@ class Outcome:
     named: str | None
     shares: dict[str, float] = field(default_factory=dict)
     fix: dict[str, Any] = field(default_factory=dict)
+    is_contended: bool = False  # a round ran on a busy host (summary.json's contended_rounds)
 
     @property
     def is_named(self) -> bool:
         return self.named in self.expected
+
+    @property
+    def is_busy_host(self) -> bool:
+        """Not the planted type, but contention on a host that was busy: true, and no verdict
+        on the plant (rerun on a quiet machine)."""
+        return not self.is_named and self.is_contended and self.named == "contention"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "expected": list(self.expected),
             "named": self.named,
             "ok": self.is_named,
+            "busy_host": self.is_busy_host,
             "shares": self.shares,
             "fix": self.fix,
         }
@@ -243,7 +251,9 @@ def judge(scenario: Scenario, summary: dict[str, Any]) -> Outcome:
     variant = judged_variant(scenario, summary)
     diagnosis = variant.get("diagnosis") or {}
     shares = (diagnosis.get("budget") or {}).get("shares") or {}
-    return Outcome(scenario.name, scenario.expected, diagnosis.get("primary"), shares)
+    contended = bool(variant.get("contended_rounds"))
+    return Outcome(scenario.name, scenario.expected, diagnosis.get("primary"), shares,
+                   is_contended=contended)  # fmt: skip
 
 
 def fix_outcome(next_summary: dict[str, Any]) -> dict[str, Any]:
@@ -284,12 +294,16 @@ def table(outcomes: Sequence[Outcome]) -> str:
         fix = o.fix
         predicted = fix.get("predicted") or {}
         lines.append(
-            f"| {o.scenario} | {'/'.join(o.expected)} | {o.named}{'' if o.is_named else ' ✗'} "
+            f"| {o.scenario} | {'/'.join(o.expected)} | {o.named}{_mark(o)} "
             f"| {fix.get('switch') or fix.get('expected') or '-'} "
             f"| {_ratio(predicted.get('ratio'))} {predicted.get('metric', '')} "
             f"| {_ratio(fix.get('measured_ratio'))} | {_pct(fix.get('error'))} |"
         )
     return "\n".join(lines)
+
+
+def _mark(o: Outcome) -> str:
+    return "" if o.is_named else " (busy host)" if o.is_busy_host else " ✗"
 
 
 def _ratio(value: Any) -> str:

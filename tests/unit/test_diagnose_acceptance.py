@@ -55,6 +55,12 @@ def test_named_first_and_the_confusion_matrix() -> None:
     }
     text = table([right, wrong, control])
     assert "| memory_io | memory_io | host_cpu ✗ |" in text
+    # on a host busy with other work, contention first is no verdict on the plant
+    busy = _summary("baseline", "contention")
+    busy["variants"][0]["contended_rounds"] = [1]
+    excused = judge(BY_NAME["memory_io"], busy)
+    assert not excused.is_named and excused.is_busy_host
+    assert not judge(BY_NAME["memory_io"], _summary("baseline", "contention")).is_busy_host
 
 
 def test_a_fix_is_scored_by_its_plans_prediction_against_the_measured_ratio() -> None:
