@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ from typing import Any
 import yaml
 
 from deploy.lifecycle import launch
+from experiment.background import BackgroundLoad, background_load
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_PREDICTION_ERROR = 0.15
@@ -227,21 +226,6 @@ def _hopscope(argv: list[str], log: Path) -> None:
         raise RuntimeError(f"hopscope {' '.join(argv)} exited {code}: {child.last_lines()}")
 
 
-def _busy(count: int) -> list[subprocess.Popen[bytes]]:
-    """Processes outside the deployment, each burning a core until stopped."""
-    loop = "while True: pass"
-    return [
-        subprocess.Popen([sys.executable, "-P", "-c", loop], start_new_session=True)
-        for _ in range(count)
-    ]
-
-
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def judged_variant(scenario: Scenario, summary: dict[str, Any]) -> dict[str, Any]:
     return next((v for v in summary["variants"] if v["name"] == scenario.variant), {})
 
@@ -320,12 +304,11 @@ def run_scenario(
     out, plan_path = work / scenario.name, work / f"{scenario.name}.yaml"
     plan_path.write_text(yaml.safe_dump({**scenario.plan, "repeats": rounds}, sort_keys=False))
     if not (reuse and (out / "summary.json").exists()):
-        busy = _busy(scenario.busy_processes)
-        try:
+        # processes outside the deployment, each burning a core (stopped however this is left)
+        busy = BackgroundLoad(procs=scenario.busy_processes)
+        with background_load(busy, work / f"{scenario.name}.busy.log"):
             _hopscope(["experiment", str(plan_path), "--out", str(out), "--quiet"],
                       work / f"{scenario.name}.log")  # fmt: skip
-        finally:
-            _stop(busy)
     summary = json.loads((out / "summary.json").read_text())
     outcome = judge(scenario, summary)
     outcome.fix = {"expected": scenario.fix}
