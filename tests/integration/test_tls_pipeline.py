@@ -71,7 +71,7 @@ def _call(service: str, address: str, credentials: grpc.ChannelCredentials | Non
 def _generate(address: str, credentials: grpc.ChannelCredentials | None) -> str:
     class Args:
         prompt, max_tokens, temperature, top_p, top_k = "hello", 6, 0.0, 0.0, 0
-        ignore_eos, stop, request_id, seed = True, [], "", None
+        ignore_eos, stop, request_id, seed, chat = True, [], "", None, False
 
     request = build_request(Args())  # type: ignore[arg-type]
     try:
