@@ -20,7 +20,7 @@ TABLE_BEGIN = (
     "<!-- flags:{command} (generated from services/config.py: python -m deploy.flags --write) -->"
 )
 TABLE_END = "<!-- /flags:{command} -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"  # the command reference
 
 
 class OnOffAction(argparse.Action):
@@ -166,13 +166,19 @@ def readme_table(command: str) -> str:
                 names = f"`{flag_of(f, s)} {s.metavar}`"
             if s.on_off or (_value_type(f) is bool and not f.name.startswith("no_")):
                 names += f", `--no-{flag_of(f, s)[2:]}`"
-            meaning = (s.doc or s.help).replace("|", "\\|")
+            meaning = _relative_to_docs((s.doc or s.help).replace("|", "\\|"))
             if s.choices and not s.doc:
                 meaning += " (" + ", ".join(f"`{c}`" for c in s.choices) + ")"
             if s.aliases:
                 meaning += " (deprecated spelling: " + ", ".join(f"`{a}`" for a in s.aliases) + ")"
             rows.append(f"| {names} | {_default_text(f, s)} | {s.unit} | {meaning} |")
     return "\n".join(rows)
+
+
+def _relative_to_docs(text: str) -> str:
+    """Help texts link from the repository root; the table lives in docs/."""
+    text = text.replace("](docs/", "](").replace("](#security)", "](security.md)")
+    return text.replace("](benchmarks/", "](../benchmarks/")
 
 
 def _block(command: str) -> re.Pattern[str]:
@@ -187,20 +193,20 @@ def readme_with_tables(text: str) -> str:
         block = f"{begin}\n{readme_table(command)}\n{end}"
         text, count = _block(command).subn(block.replace("\\", "\\\\"), text)
         if count != 1:
-            raise ValueError(f"README.md: expected one {begin!r} ... {end!r} block, found {count}")
+            raise ValueError(f"docs/cli.md: expected one {begin!r} ... {end!r} block, found {count}")
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.flags")
-    parser.add_argument("--write", action="store_true", help="rewrite README.md's flag tables")
+    parser.add_argument("--write", action="store_true", help="rewrite docs/cli.md's flag tables")
     args = parser.parse_args(argv)
-    text = README.read_text()
+    text = CLI_DOC.read_text()
     new = readme_with_tables(text)
     if args.write:
-        README.write_text(new)
+        CLI_DOC.write_text(new)
         return 0
-    print("README.md is up to date" if new == text else "README.md differs: run with --write")
+    print("docs/cli.md is up to date" if new == text else "docs/cli.md differs: run with --write")
     return 0 if new == text else 1
 
 

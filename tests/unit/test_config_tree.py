@@ -44,12 +44,12 @@ def _serve(*argv: str) -> HopscopeConfig:
 
 
 def test_the_readme_flag_tables_are_what_the_tree_generates() -> None:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "cli.md").read_text()
     assert flags.readme_with_tables(text) == text, "run: python -m deploy.flags --write"
 
 
 def test_a_changed_help_text_makes_the_readme_check_fail(monkeypatch: pytest.MonkeyPatch) -> None:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "cli.md").read_text()
     f = next(f for f, _ in settings_of(SECTIONS["scheduler"]) if f.name == "max_queue_len")
     changed = dataclasses.replace(f.metadata["setting"], doc="something else")
     monkeypatch.setattr(
