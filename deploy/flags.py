@@ -1,4 +1,4 @@
-"""The `hopscope serve` / `generate` flags, their --help and the README's flag tables, all derived
+"""The `hopscope serve` / `generate` flags, their --help and the flag tables of docs/cli.md, all derived
 from the configuration tree (services/config.py): a setting is defined there once.
 
 Conventions: a unit in the name (`--timeout-s`, `--kv-cache-mb`), booleans as `--x/--no-x`
@@ -193,7 +193,9 @@ def readme_with_tables(text: str) -> str:
         block = f"{begin}\n{readme_table(command)}\n{end}"
         text, count = _block(command).subn(block.replace("\\", "\\\\"), text)
         if count != 1:
-            raise ValueError(f"docs/cli.md: expected one {begin!r} ... {end!r} block, found {count}")
+            raise ValueError(
+                f"docs/cli.md: expected one {begin!r} ... {end!r} block, found {count}"
+            )
     return text
 
 
