@@ -317,9 +317,13 @@ def run_scenario(
         outcome.fix["link_what_if"] = judged["prediction"]
     if scenario.is_fix_testable and is_fix_run:
         fixed = work / f"{scenario.name}-next"
-        if not (reuse and (fixed / "summary.json").exists()):
-            _hopscope(["experiment", "next", str(out), "--variant", scenario.variant,
-                       "--out", str(fixed), "--quiet"], work / f"{scenario.name}-next.log")  # fmt: skip
+        try:
+            if not (reuse and (fixed / "summary.json").exists()):
+                _hopscope(["experiment", "next", str(out), "--variant", scenario.variant,
+                           "--out", str(fixed), "--quiet"], work / f"{scenario.name}-next.log")  # fmt: skip
+        except RuntimeError as exc:  # one failed fix run is a row of the table, not the end
+            outcome.fix["failed"] = str(exc)
+            return outcome
         outcome.fix.update(fix_outcome(json.loads((fixed / "summary.json").read_text())))
     return outcome
 

@@ -150,7 +150,7 @@ def _next(args: argparse.Namespace) -> int:
     """Write the plan that tests DIR's top suggestion, run it into DIR2, report predicted vs
     measured."""
     from experiment import layout
-    from experiment.next_step import NextError, top_step, write_plan
+    from experiment.next_step import NextError, steps, write_plan
     from experiment.plan import PlanError, load_plan
     from experiment.run import ExperimentError, run_experiment
 
@@ -158,22 +158,28 @@ def _next(args: argparse.Namespace) -> int:
         return _fail("next needs one experiment directory (with summary.json): next DIR")
     exp_dir = args.dirs[0]
     summary = layout.read_json(exp_dir / layout.SUMMARY)
-    step = top_step(summary, args.variant)
-    if step is None:
+    plan, skipped = None, []
+    for step in steps(summary, args.variant):  # the first suggestion a plan can hold
+        try:
+            plan_path = write_plan(exp_dir, step)
+            plan = load_plan(str(plan_path), ray_address=args.ray_address)
+            break
+        except (NextError, PlanError) as exc:
+            skipped.append(f"`{step.suggestion['switch']}` on {step.variant}: {exc}")
+            print(f"skipped {skipped[-1]}")
+    if plan is None:
         which = f"variant {args.variant!r}" if args.variant else "any variant"
+        why = "; ".join(skipped) or f"run `hopscope diagnose {exp_dir}` first"
         return _fail(
-            f"next: no diagnosed suggestion that sets a serve flag for {which} of {exp_dir} "
-            f"(run `hopscope diagnose {exp_dir}` first)"
+            f"next: no diagnosed suggestion that a plan can test for {which} of {exp_dir} ({why})"
         )
+    print(f"plan: {plan_path} (tests `{step.suggestion['switch']}` on {step.variant})")
     out = args.out or exp_dir.with_name(exp_dir.name + "-next")
     try:
-        plan_path = write_plan(exp_dir, step)
-        print(f"plan: {plan_path} (tests `{step.suggestion['switch']}` on {step.variant})")
-        plan = load_plan(str(plan_path), ray_address=args.ray_address)
         code = run_experiment(
             plan, out, is_resume=args.resume, is_quiet=args.quiet, ray_address=args.ray_address
         )
-    except (NextError, PlanError, ExperimentError) as exc:
+    except ExperimentError as exc:
         return _fail(str(exc))
     if code == 0:
         print_outcome(out)

@@ -8,6 +8,7 @@ beside the measured ratio (experiment/report.py, like any plan's `prediction:`).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,11 @@ def _diagnosed(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [v for v in summary.get("variants", []) if (v.get("diagnosis") or {}).get("findings")]
 
 
-def top_step(summary: dict[str, Any], variant: str | None = None) -> NextStep | None:
-    """The suggestion `next` tests: of the variant named, or of the variant whose largest
-    finding is the largest share of E2E (the baseline first among equals); within it, the
-    first suggestion that sets one serve flag, predicted ones first."""
+def steps(summary: dict[str, Any], variant: str | None = None) -> Iterator[NextStep]:
+    """The suggestions `next` may test, best first: of the variant named, or of the variants by
+    their largest finding's share of E2E (the baseline first among equals); within a variant, its
+    findings in order and, in each, the suggestions that set one serve flag, predicted ones
+    first. A suggestion its deployment cannot run (a Ray placement under no_ray) is left out."""
     candidates = _diagnosed(summary)
     if variant is not None:
         candidates = [v for v in candidates if v["name"] == variant]
@@ -53,9 +55,22 @@ def top_step(summary: dict[str, Any], variant: str | None = None) -> NextStep | 
         for finding in v["diagnosis"]["findings"]:
             rows = [r for r in finding.get("suggestions", []) if r.get("factor")]
             rows.sort(key=lambda r: r.get("predicted") is None)
-            if rows:
-                return NextStep(v["name"], finding["type"], float(finding["score"]), rows[0])
-    return None
+            for row in rows:
+                if _can_run(row, v.get("deployment") or {}):
+                    yield NextStep(v["name"], finding["type"], float(finding["score"]), row)
+
+
+def top_step(summary: dict[str, Any], variant: str | None = None) -> NextStep | None:
+    """The suggestion `next` tests first (see `steps`)."""
+    return next(steps(summary, variant), None)
+
+
+def _can_run(suggestion: dict[str, Any], deployment: dict[str, Any]) -> bool:
+    from deploy.spec import NO_RAY_PLACEMENTS
+
+    if suggestion["factor"] == "placement" and deployment.get("no_ray"):
+        return str(suggestion["value"]) in NO_RAY_PLACEMENTS
+    return True
 
 
 def next_command(out: Path, step: NextStep) -> str:

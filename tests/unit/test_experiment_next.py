@@ -84,3 +84,22 @@ def test_the_plan_carries_the_prediction_the_report_sets_beside_the_measured(
     (row,) = predicted_vs_measured(summary)
     assert row["variant"] == "max_num_seqs=16" and row["measured_ratio"] == 2.5
     assert row["error"] == pytest.approx(3.0 / 2.5 - 1)
+
+
+def test_a_suggestion_its_deployment_cannot_run_is_passed_over() -> None:
+    """Under no_ray a Ray placement cannot be a plan's factor: `next` tests the next suggestion
+    instead of writing a plan that is refused (as the host_cpu acceptance scenario once did)."""
+    split = {"method": "a placement across nodes", "switch": "--placement split",
+             "factor": "placement", "value": "split", "predicted": None, "not_predicted": "x"}  # fmt: skip
+    steps4 = {"method": "multi-step", "switch": "--num-scheduler-steps 4",
+              "factor": "num_scheduler_steps", "value": 4,
+              "predicted": {"metric": "tpot_ms.p50", "ratio": 0.6}}  # fmt: skip
+    variant = {"name": "baseline", "deployment": {"placement": "colocated", "no_ray": True},
+               "diagnosis": {"primary": "contention", "findings": [
+                   {"type": "contention", "score": 0.4, "suggestions": [split]},
+                   {"type": "host_cpu", "score": 0.2, "suggestions": [steps4]}]}}  # fmt: skip
+    step = top_step({"variants": [variant]})
+    assert step is not None and step.suggestion["switch"] == "--num-scheduler-steps 4"
+    on_ray = {**variant, "deployment": {"placement": "colocated", "no_ray": False}}
+    step = top_step({"variants": [on_ray]})
+    assert step is not None and step.suggestion["switch"] == "--placement split"
