@@ -46,13 +46,21 @@ class RoundContext:
 
 @contextmanager
 def uninterruptible() -> Iterator[None]:
-    """While stopping children, a second Ctrl-C must not abandon them half-stopped."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    """While stopping children, a Ctrl-C (or SIGTERM) must not abandon them half-stopped: it is
+    held until they are stopped, then delivered (never dropped: a round that had just finished
+    its workload once swallowed the user's Ctrl-C and the experiment ran on)."""
+    held: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda signum, _frame: held.append(signum))
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if held:
+        signal.raise_signal(held[0])
 
 
 def fresh_round_dir(ctx: RoundContext) -> Path:
