@@ -19,8 +19,11 @@ types by the table in docs/diagnosis.md ("The time budget"):
 
 Per-step figures (engine, hop, gap per decode step) convert to a request's ms through its step
 calls (the mean request's decode steps, about its output tokens - 1). When cpu.json measured
-contention, the services waited for a core `wait_share` of the time they were runnable: that
-share of every CPU segment (engine, host, interference) moves to `contention`.
+contention, the services waited for a core `wait_share` of the time they were runnable; the part
+of that wait that processes outside the deployment caused, or that the deployment's own settings
+oversubscribing the node caused (contention_parts), moves from every CPU segment (engine, host,
+interference) to `contention`. The deployment's processes waiting for each other's work stay
+with the type of the segment that waited.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 
 from diagnose.network import HopSplit
 from diagnose.signals import Signals
+from diagnose.suggestions import oversubscribed_by
 from tracing.decompose import (
     DECODE,
     DETOKENIZE,
@@ -173,4 +177,32 @@ def _contention(budget: Budget, s: Signals) -> None:
 
 
 def contention_wait_share(s: Signals) -> float:
-    return float((s.contention or {}).get("wait_share") or 0.0)
+    """The share of the CPU segments' time that goes to `contention` (contention_parts)."""
+    parts = contention_parts(s)
+    return parts["outside"] + parts["oversubscription"]
+
+
+def contention_parts(s: Signals) -> dict[str, float]:
+    """The services' run-queue wait (`wait_share` of their runnable time) by cause:
+
+    - `outside`: what processes outside the deployment took. They used `outside_cores` of the
+      node's cores, so a CPU-bound segment ran on at most the rest and waited at most
+      outside_cores / num_cores of its time because of them; the measured wait bounds it too.
+    - `oversubscription`: the rest of the wait, when the deployment's own settings ask the node
+      for more cores than it has (suggestions.oversubscribed_by: an engine fixed at every core
+      beside the services, several replicas on one node). A setting removes it: contention.
+    - `own_work`: otherwise the rest is the deployment's processes waiting for each other's
+      work — the price of that work on these cores, charged to the type of the segment that
+      waited (a CPU-bound front door stays host_cpu, a step that grows with tokens compute).
+    """
+    measured = s.contention or {}
+    wait = float(measured.get("wait_share") or 0.0)
+    cores = float(measured.get("num_cores") or 0.0)
+    outside_cores = float(measured.get("outside_cores") or 0.0)
+    outside = min(wait, outside_cores / cores) if cores > 0 else 0.0
+    oversubscription = wait - outside if wait > outside and oversubscribed_by(s) else 0.0
+    return {
+        "outside": outside,
+        "oversubscription": oversubscription,
+        "own_work": max(0.0, wait - outside - oversubscription),
+    }

@@ -20,11 +20,19 @@ class Prediction:
     metric: str | None = None
     ratio: float | None = None
     why_not: str = ""  # set when there is no prediction
+    also: tuple[tuple[str, float], ...] = ()  # more (metric, ratio) the same model predicts
 
     def to_json(self) -> dict[str, object]:
         if self.metric is None or self.ratio is None:
             return {"predicted": None, "not_predicted": self.why_not}
-        return {"predicted": {"metric": self.metric, "ratio": round(self.ratio, 4)}}
+        document: dict[str, object] = {
+            "predicted": {"metric": self.metric, "ratio": round(self.ratio, 4)}
+        }
+        if self.also:
+            document["also_predicted"] = [
+                {"metric": metric, "ratio": round(ratio, 4)} for metric, ratio in self.also
+            ]
+        return document
 
 
 def no(why: str) -> Prediction:
@@ -32,10 +40,15 @@ def no(why: str) -> Prediction:
 
 
 def decode_cycle_ms(s: Signals, batch: float) -> float | None:
-    """One decode step's cycle at `batch` sequences: the measured cycle, its engine part moved
-    along the fit's per-token slope (host work per step taken as fixed)."""
+    """One decode step's cycle at `batch` sequences: where the run's decode steps ran at batch
+    sizes different enough, the fit of the whole cycle against the batch size (engine and the
+    host's per-sequence work alike); otherwise the measured cycle, its engine part moved along
+    the step-time fit's per-token slope (a prompt token's cost stands for a sequence's, and the
+    host's work per step is taken as fixed)."""
     if s.cycle is None:
         return None
+    if s.cycle_fit is not None:
+        return s.cycle_fit.at(batch)
     per_token = s.fit.per_token_ms if s.fit else 0.0
     return s.cycle.cycle_ms + per_token * (batch - s.cycle.mean_batch_size)
 
@@ -59,7 +72,7 @@ def prefill_ms_per_step(s: Signals, batch: float) -> float:
 
 def max_num_seqs(s: Signals, new: int) -> Prediction:
     """Closed loop: tokens/s follows batch / step time, the step being the decode cycle at that
-    batch plus the prompt work it carries. Below the concurrency the batch stays full (the queue
+    batch plus the prompt work it carries; TPOT follows the step time. Below the concurrency the batch stays full (the queue
     remains); at it, a request is out of the batch for its prefill step and the one its client
     takes to send the next, so the batch is concurrency x (out - 1) / (out + 1)."""
     if s.cycle is None:
@@ -71,11 +84,18 @@ def max_num_seqs(s: Signals, new: int) -> Prediction:
     if new >= s.concurrency:
         out = max(2.0, s.mean_output_tokens)
         new_batch = s.concurrency * (out - 1) / (out + 1)
-    now_ms = (decode_cycle_ms(s, batch) or 0.0) + prefill_ms_per_step(s, batch)
-    new_ms = (decode_cycle_ms(s, new_batch) or 0.0) + prefill_ms_per_step(s, new_batch)
+    decode_now, decode_new = decode_cycle_ms(s, batch) or 0.0, decode_cycle_ms(s, new_batch) or 0.0
+    now_ms = decode_now + prefill_ms_per_step(s, batch)
+    new_ms = decode_new + prefill_ms_per_step(s, new_batch)
     if now_ms <= 0 or new_ms <= 0 or batch <= 0:
         return no("no decode cycle measured")
-    return Prediction("output_tok_s", (new_batch / new_ms) / (batch / now_ms))
+    # A running sequence gets a token per step: its TPOT follows the steps of its decode window.
+    # With every request in flight running and every output equally long, a closed loop runs in
+    # waves: the requests end in the same step, the next ones' prompts run before their decodes
+    # (in their TTFT), so the decode window holds the decode cycle alone.
+    is_waves = new >= s.concurrency and s.is_output_len_uniform
+    tpot = ("tpot_ms.p50", (decode_new if is_waves else new_ms) / now_ms)
+    return Prediction("output_tok_s", (new_batch / new_ms) / (batch / now_ms), also=(tpot,))
 
 
 def _cycle_ratio(s: Signals, saved_ms_per_step: float) -> Prediction:
@@ -89,11 +109,14 @@ def _cycle_ratio(s: Signals, saved_ms_per_step: float) -> Prediction:
 
 def host_per_step(s: Signals, now_steps: int, new_steps: int) -> Prediction:
     """Multi-step decoding: the worker overhead, hop and scheduler gap of a round trip are paid
-    once per `new_steps` decode steps instead of once per `now_steps`."""
+    once per run of up to `new_steps` decode steps instead of `now_steps`. A step that carries a
+    prompt chunk still runs alone (services/scheduler/run_ahead.py): such steps,
+    `mixed_step_share` of the decode steps, save nothing."""
     if s.cycle is None:
         return no("no decode steps measured")
     host_ms = s.cycle.worker_host_ms + s.cycle.hop_ms + s.cycle.gap_ms
-    return _cycle_ratio(s, host_ms * (1.0 - now_steps / new_steps))
+    in_runs = 1.0 - min(1.0, max(0.0, s.mixed_step_share))
+    return _cycle_ratio(s, host_ms * in_runs * (1.0 - now_steps / new_steps))
 
 
 def dtype_bytes(s: Signals, new_dtype: str) -> Prediction:

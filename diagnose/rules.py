@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from diagnose.budget import UNATTRIBUTED, Budget, time_budget
+from diagnose.budget import UNATTRIBUTED, Budget, contention_parts, time_budget
 from diagnose.network import HopSplit, wait_ms_per_token, wire_ms_per_token
 from diagnose.signals import Signals, interference_ms_per_token
-from diagnose.suggestions import suggestions_for
+from diagnose.suggestions import oversubscribed_by, suggestions_for
 
 TYPES = (
     "memory_io",
@@ -246,10 +246,15 @@ def _hot_rows(hot: dict[str, list[str]], process: str) -> list[str]:
 
 
 def contention(s: Signals) -> Finding:
-    """The services wait for a core: cpu.json's run-queue wait (CONTENTION_SCHEMA.md)."""
+    """The services wait for a core (cpu.json's run-queue wait, CONTENTION_SCHEMA.md), split by
+    cause (budget.contention_parts): processes outside the deployment, the deployment's own
+    settings oversubscribing the node, or its processes waiting for each other's work (not
+    contention: that wait stays with the type of the work that waited)."""
     measured = s.contention or {}
     wait_share = float(measured.get("wait_share") or 0.0)
     outside = float(measured.get("outside_cores") or 0.0)
+    parts = contention_parts(s)
+    oversubscribed = oversubscribed_by(s)
     evidence = {
         "wait_share": _ev(wait_share if measured else None, "share of runnable time"),
         "run_queue_wait_s": _ev(measured.get("run_queue_wait_s"), "s"),
@@ -261,14 +266,34 @@ def contention(s: Signals) -> Finding:
             else None,
             "rounds",
         ),
+        "wait_share_outside": _ev(parts["outside"] if measured else None, "share of runnable time"),
+        "wait_share_oversubscription": _ev(
+            parts["oversubscription"] if measured else None, "share of runnable time"
+        ),
+        "wait_share_own_work": _ev(
+            parts["own_work"] if measured else None,
+            "share of runnable time (stays with the work's type)",
+        ),
+        "oversubscribed_by": _ev(oversubscribed or None, "settings in force"),
     }
-    symptom = (
-        f"the services waited for a core {wait_share:.0%} of the time they were runnable; "
-        f"processes outside the deployment used {outside:.2f} of {measured.get('num_cores')} cores"
-        if measured
-        else "not measured (no contention in cpu.json)"
+    if measured:
+        symptom = (
+            f"the services waited for a core {wait_share:.0%} of the time they were runnable; "
+            f"processes outside the deployment used {outside:.2f} of {measured.get('num_cores')} "
+            f"cores (up to {parts['outside']:.0%} of the runnable time is theirs)"
+        )
+        if oversubscribed:
+            symptom += f"; the deployment oversubscribes its node: {oversubscribed}"
+        elif parts["own_work"] > 0:
+            symptom += (
+                f"; the other {parts['own_work']:.0%} is the deployment's processes waiting for "
+                "each other's work, charged to the work's own type"
+            )
+    else:
+        symptom = "not measured (no contention in cpu.json)"
+    is_fired = bool(measured.get("is_contended")) or (
+        bool(oversubscribed) and wait_share >= CONTENTION_WAIT_SHARE
     )
-    is_fired = bool(measured.get("is_contended")) or wait_share >= CONTENTION_WAIT_SHARE
     return Finding("contention", 0.0, symptom, evidence, is_fired)
 
 

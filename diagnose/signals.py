@@ -13,7 +13,14 @@ from diagnose.hotspots import hot_functions
 from diagnose.inputs import RunInputs
 from diagnose.kv import kv_pressure_from_spans
 from diagnose.links import HopLink, scheduler_worker_link
-from diagnose.steps import CycleBreakdown, StepFit, cycle_breakdown, fit_step_time, step_samples
+from diagnose.steps import (
+    CycleBreakdown,
+    StepFit,
+    cycle_breakdown,
+    fit_decode_cycle,
+    fit_step_time,
+    step_samples,
+)
 from tracing.decompose import (
     NET_CLIENT_TOKENIZER,
     NET_TOKENIZER_SCHEDULER,
@@ -43,6 +50,7 @@ class Signals:
     edge_hop_ms: dict[str, float] = field(default_factory=dict)  # other hops, mean per request
     edge_transport: dict[str, str] = field(default_factory=dict)
     mean_output_tokens: float = 0.0
+    is_output_len_uniform: bool = False  # every request produced as many tokens
     steps_to_first_token_p50: float = 1.0  # scheduler steps from arrival to the first token
     decode_steps_per_token: float = 1.0
     mean_steps_per_request: float = 0.0
@@ -71,6 +79,8 @@ class Signals:
     contention: dict[str, Any] | None = None  # RunInputs.contention(): cpu.json's, pooled
     settings: dict[str, Any] = field(default_factory=dict)  # settings_of(run)
     figures_from_summary: bool = False  # TPOT / TTFT / E2E / tok/s are summary.json's
+    # the whole decode cycle_ms = c + d * batch size, where batch sizes differ (fit_decode_cycle)
+    cycle_fit: StepFit | None = None
 
 
 def extract(run: RunInputs) -> Signals:
@@ -102,6 +112,7 @@ def extract(run: RunInputs) -> Signals:
         queue_share_ttft=min(1.0, sum(queue) / sum(ttfts)) if sum(ttfts) > 0 else 0.0,
         cycle=cycle_breakdown(samples),
         fit=fit_step_time(samples),
+        cycle_fit=fit_decode_cycle(samples),
         link=scheduler_worker_link(run.describe, samples),
         edge_hop_ms={
             name: sum(b.components_ms.get(name, 0.0) for b in breakdowns) / len(breakdowns)
@@ -109,6 +120,7 @@ def extract(run: RunInputs) -> Signals:
         },
         edge_transport=_edge_transports(run.describe),
         mean_output_tokens=sum(n_out) / len(n_out) if n_out else 0.0,
+        is_output_len_uniform=bool(n_out) and min(n_out) == max(n_out),
         steps_to_first_token_p50=median(first_steps) if first_steps else 1.0,
         decode_steps_per_token=median(decode_ratios) if decode_ratios else 1.0,
         mean_steps_per_request=sum(steps_per_request) / len(steps_per_request)

@@ -14,7 +14,7 @@ the gap after it too), so hop and gap are what each step's tokens paid for them.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from tracing.decompose import STEP
@@ -170,14 +170,49 @@ def fit_step_time(samples: Sequence[StepSample]) -> StepFit | None:
     ]
     if len({x for x, _ in points}) < 2:
         return None
+    return _least_squares(points)  # time cannot fall with more tokens; noise can make it look so
+
+
+# A decode-cycle fit needs batch sizes that differ: at least two, each this many steady steps,
+# the largest at least this many times the smallest (a line through 15 and 16 extrapolates noise)
+CYCLE_FIT_MIN_STEPS = 10
+CYCLE_FIT_MIN_SPREAD = 1.5
+
+
+def fit_decode_cycle(samples: Sequence[StepSample]) -> StepFit | None:
+    """The whole decode cycle (engine + worker overhead + hop + gap) against the batch size, over
+    the steady pure decode steps (cycle_breakdown's): what a step costs per sequence, the host's
+    per-sequence work included. None unless the batch sizes differ enough to fit a slope."""
+    return _fit_by_batch(samples, lambda s: s.engine_ms + _host_ms(s))
+
+
+def _host_ms(s: StepSample) -> float:
+    return s.worker_host_ms + s.hop_ms + (s.gap_ms or 0.0)
+
+
+def _fit_by_batch(
+    samples: Sequence[StepSample], value: Callable[[StepSample], float]
+) -> StepFit | None:
+    steady = [s for s in samples if s.gap_ms is not None and s.num_prefill_tokens == 0]
+    counts: dict[int, int] = {}
+    for s in steady:
+        counts[s.batch_size] = counts.get(s.batch_size, 0) + 1
+    sizes = [b for b, n in counts.items() if n >= CYCLE_FIT_MIN_STEPS and b > 0]
+    if len(sizes) < 2 or max(sizes) < CYCLE_FIT_MIN_SPREAD * min(sizes):
+        return None
+    return _least_squares(
+        [(float(s.batch_size), value(s)) for s in steady if s.batch_size in sizes]
+    )
+
+
+def _least_squares(points: Sequence[tuple[float, float]]) -> StepFit:
     n = len(points)
     mean_x = sum(x for x, _ in points) / n
     mean_y = sum(y for _, y in points) / n
     sxx = sum((x - mean_x) ** 2 for x, _ in points)
     sxy = sum((x - mean_x) * (y - mean_y) for x, y in points)
-    slope = max(0.0, sxy / sxx)  # time cannot fall with more tokens; noise can make it look so
+    slope = max(0.0, sxy / sxx) if sxx > 0 else 0.0  # time cannot fall with more sequences
     intercept = max(0.0, mean_y - slope * mean_x)
     ss_tot = sum((y - mean_y) ** 2 for _, y in points)
     ss_res = sum((y - intercept - slope * x) ** 2 for x, y in points)
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
-    return StepFit(intercept, slope, n, r2)
+    return StepFit(intercept, slope, n, 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0)

@@ -253,14 +253,41 @@ def _prefill_interference(s: Signals, splits: list[HopSplit]) -> list[dict[str, 
     return rows
 
 
+def _num_cores(s: Signals) -> int:
+    return int((s.contention or {}).get("num_cores") or _cores())
+
+
+def _holds_every_core(s: Signals) -> bool:
+    """The engine's threads are fixed at one per core or more (`--engine-threads 0` or N >=
+    cores); auto already leaves the cores other load takes."""
+    threads = str(in_force(s, "engine_threads") or "auto")
+    return threads == "0" or (threads.isdigit() and int(threads) >= _num_cores(s))
+
+
+def oversubscribed_by(s: Signals) -> str:
+    """Why the deployment asks its node for more cores than it has, by its own settings ("" when
+    it does not): an engine fixed at every core beside the front door and scheduler on the same
+    node, or several worker replicas on one node. Only then is the deployment's own run-queue
+    wait `contention` (a setting fixes it); otherwise that wait is the price of the work that
+    waited, and stays with its type (docs/diagnosis.md, "The time budget")."""
+    placement = str(in_force(s, "placement") or "")
+    if placement in MULTI_NODE_PLACEMENTS:
+        return ""
+    reasons = []
+    if _num_cores(s) > 1 and _holds_every_core(s):
+        threads = in_force(s, "engine_threads")
+        reasons.append(f"--engine-threads {threads} holds every core beside the services")
+    replicas = int(in_force(s, "worker_replicas") or 1)
+    if replicas > 1:
+        reasons.append(f"{replicas} worker replicas share one node's cores")
+    return "; ".join(reasons)
+
+
 def _contention(s: Signals, splits: list[HopSplit]) -> list[dict[str, Any] | None]:
     rows: list[dict[str, Any] | None] = []
     why = "a core's wait depends on what the processes outside the deployment do next"
-    threads = str(in_force(s, "engine_threads") or "auto")
-    cores = int((s.contention or {}).get("num_cores") or _cores())
-    # auto already leaves the cores other load takes; 0 (or N >= cores) holds every core
-    is_every_core = threads == "0" or (threads.isdigit() and int(threads) >= cores)
-    if cores > 1 and is_every_core:
+    cores = _num_cores(s)
+    if cores > 1 and _holds_every_core(s):
         rows.append(
             _s(
                 "leave cores to the front door and scheduler",

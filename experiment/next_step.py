@@ -124,8 +124,11 @@ def plan_data(exp_dir: Path, step: NextStep) -> dict[str, Any]:
         f"{step.share:.0%} of its mean E2E; `{step.suggestion['switch']}` predicted from its spans "
         "and step-time fit (docs/diagnosis.md, Predictions)"
     )
+    ratios = {predicted["metric"]: predicted["ratio"]} if predicted else {}
+    for extra in step.suggestion.get("also_predicted") or []:  # the same model's other metrics
+        ratios.setdefault(extra["metric"], extra["ratio"])
     prediction: dict[str, Any] | str = (
-        {variant_name(factor, value): {predicted["metric"]: predicted["ratio"]}, "why": why}
+        {variant_name(factor, value): ratios, "why": why}
         if predicted
         else f"{why}: not predicted ({step.suggestion.get('not_predicted')})"
     )

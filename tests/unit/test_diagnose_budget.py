@@ -240,3 +240,99 @@ def test_a_larger_batch_carries_more_prompt_work_per_step() -> None:
     with_prompts = max_num_seqs(s, 16)
     assert with_prompts.ratio is not None and without.ratio is not None
     assert with_prompts.ratio < without.ratio
+
+
+def _measured(wait_share: float, outside_cores: float) -> dict[str, object]:
+    return {"wait_share": wait_share, "outside_cores": outside_cores, "num_cores": 2,
+            "run_queue_wait_s": 4.0, "is_contended": outside_cores >= 0.25,
+            "num_rounds": 2, "num_contended_rounds": 2 if outside_cores >= 0.25 else 0}  # fmt: skip
+
+
+def test_the_deployments_own_wait_stays_with_the_work_that_waited() -> None:
+    """Issue 31: a front door busy at batch 64 made the services wait for cores 44% of the time
+    with nothing else on the machine, and that wait, moved to `contention`, outranked the work
+    that caused it. Only what outside processes took, or what the deployment's own settings
+    oversubscribe, is contention."""
+    # the host's gaps, hop wait and worker overhead are most of each cycle: host_cpu
+    host_bound = {"cycle": CycleBreakdown(1.0, 1.0, 2.5, 1.5, 200, 16.0, 16.0),
+                  "fit": StepFit(0.8, 0.0125, 200, 0.9)}  # fmt: skip
+    calm = signals(**host_bound)  # type: ignore[arg-type]
+    alone = signals(contention=_measured(0.44, 0.01), **host_bound)  # type: ignore[arg-type]
+    calm_ms = time_budget(calm, split_hops(calm, CAL)).ms_by_type()
+    alone_budget = time_budget(alone, split_hops(alone, CAL))
+    # 0.01 of 2 cores outside: at most 0.5% of the CPU time moves; host_cpu stays first
+    assert alone_budget.ms_by_type()["contention"] == pytest.approx(
+        0.005 * sum(calm_ms[k] for k in ("memory_io", "compute", "host_cpu")), rel=1e-6
+    )
+    diagnosis = diagnose_signals(alone, CAL)
+    assert diagnosis["primary"] == "host_cpu"
+    finding = next(f for f in diagnosis["findings"] if f["type"] == "host_cpu")
+    assert finding["suggestions"][0]["switch"] == "--num-scheduler-steps 4"
+    assert diagnosis["budget"]["shares"]["contention"] < 0.01
+    assert "contention" not in [f["type"] for f in diagnosis["findings"]]  # did not fire
+    # the same wait with the engine fixed at every core beside the services: a setting's price
+    pinned = signals(contention=_measured(0.44, 0.01), settings={"engine_threads": "0"},
+                     **host_bound)  # type: ignore[arg-type]  # fmt: skip
+    pinned_ms = time_budget(pinned, split_hops(pinned, CAL)).ms_by_type()
+    assert pinned_ms["contention"] == pytest.approx(
+        0.44 * sum(calm_ms[k] for k in ("memory_io", "compute", "host_cpu")), rel=1e-6
+    )
+    fired = {f["type"]: f for f in diagnose_signals(pinned, CAL)["findings"]}
+    assert "--engine-threads 0 holds every core" in fired["contention"]["symptom"]
+    switches = [row["switch"] for row in fired["contention"]["suggestions"]]
+    assert "--engine-threads 1" in switches
+    # a core's worth of outside load on 2 cores: up to half of the runnable time is theirs
+    busy = signals(contention=_measured(0.6, 1.0), **host_bound)  # type: ignore[arg-type]
+    busy_ms = time_budget(busy, split_hops(busy, CAL)).ms_by_type()
+    assert busy_ms["contention"] == pytest.approx(
+        0.5 * sum(calm_ms[k] for k in ("memory_io", "compute", "host_cpu")), rel=1e-6
+    )
+    assert diagnose_signals(busy, CAL)["primary"] == "contention"
+
+
+def test_a_larger_batch_moves_along_the_cycle_fit_and_predicts_tpot() -> None:
+    """Issue 31: `--max-num-seqs 16` from 2 kept the small batch's host work per step. Where the
+    run's decode steps ran at batch sizes far enough apart, the whole cycle (engine and the
+    host's per-sequence work) is fitted against the batch size; TPOT follows the step time."""
+    from diagnose.predict import max_num_seqs
+    from diagnose.steps import StepSample, fit_decode_cycle
+
+    def step(batch: int, at_ms: float) -> StepSample:
+        engine = 1.0 + 0.1 * batch  # the host: 0.15 + 0.05 per sequence (overhead, hop, gap)
+        return StepSample(int(at_ms * 1e6), int((at_ms + engine + 0.1) * 1e6), engine + 0.1,
+                          engine + 0.05, engine, 0, batch, batch, "uds", 0.05 + 0.05 * batch)  # fmt: skip
+
+    samples = [step(b, i * 10.0) for i, b in enumerate([4] * 20 + [8] * 20)]
+    fit = fit_decode_cycle(samples)
+    assert fit is not None
+    assert fit.fixed_ms == pytest.approx(1.15) and fit.per_token_ms == pytest.approx(0.15)
+    assert fit_decode_cycle(samples[:20]) is None  # one batch size: nothing to fit
+    cycle = CycleBreakdown(1.6, 0.05, 0.1, 0.45, 40, 6.0, 6.0)
+    s = signals(cycle=cycle, cycle_fit=fit, fit=StepFit(1.0, 0.1, 40, 0.9), concurrency=8,
+                mean_output_tokens=33, is_output_len_uniform=True)  # fmt: skip
+    prediction = max_num_seqs(s, 4)  # below the concurrency: the batch stays full at 4
+    assert prediction.ratio == pytest.approx((4 / fit.at(4)) / (6 / fit.at(6)))
+    assert prediction.also == (("tpot_ms.p50", pytest.approx(fit.at(4) / fit.at(6))),)
+    # without the cycle fit, the engine's token slope moves the measured cycle
+    alone = max_num_seqs(signals(cycle=cycle, fit=StepFit(1.0, 0.1, 40, 0.9), concurrency=8,
+                                 mean_output_tokens=33), 4)  # fmt: skip
+    assert alone.ratio == pytest.approx((4 / (cycle.cycle_ms - 0.2)) / (6 / cycle.cycle_ms))
+    # every request in flight running, outputs equally long: the closed loop runs in waves, the
+    # next prompts run before their decodes, so TPOT follows the decode cycle alone
+    mixed = {"mixed_step_ms": 28.4, "mixed_step_share": 0.06, "mixed_step_prefill_tokens": 61.0}
+    waves = signals(cycle=cycle, fit=StepFit(1.0, 0.1, 40, 0.9), concurrency=8,
+                    mean_output_tokens=33, is_output_len_uniform=True, **mixed)  # type: ignore[arg-type]  # fmt: skip
+    spread = signals(cycle=cycle, fit=StepFit(1.0, 0.1, 40, 0.9), concurrency=8,
+                     mean_output_tokens=33, **mixed)  # type: ignore[arg-type]  # fmt: skip
+    in_waves, spread_out = max_num_seqs(waves, 8), max_num_seqs(spread, 8)
+    assert in_waves.ratio == pytest.approx(spread_out.ratio)  # the prompt work is the same
+    assert in_waves.also[0][1] < spread_out.also[0][1]
+
+
+def test_multi_step_saves_nothing_on_the_steps_that_carry_a_prompt() -> None:
+    from diagnose.predict import host_per_step
+
+    cycle = CycleBreakdown(2.0, 0.5, 1.0, 0.5, 200, 16.0, 16.0)  # 2 ms of host in a 4 ms cycle
+    assert host_per_step(signals(cycle=cycle), 1, 4).ratio == pytest.approx(1 - 1.5 / 4)
+    mixed = signals(cycle=cycle, mixed_step_share=0.2, mixed_step_ms=10.0)
+    assert host_per_step(mixed, 1, 4).ratio == pytest.approx(1 - 0.8 * 1.5 / 4)

@@ -103,3 +103,22 @@ def test_a_suggestion_its_deployment_cannot_run_is_passed_over() -> None:
     on_ray = {**variant, "deployment": {"placement": "colocated", "no_ray": False}}
     step = top_step({"variants": [on_ray]})
     assert step is not None and step.suggestion["switch"] == "--placement split"
+
+
+def test_the_plan_carries_every_metric_the_suggestion_predicts(tmp_path: Path) -> None:
+    """A larger batch predicts tokens/s and TPOT: both go into the plan, tokens/s first."""
+    exp = _experiment(tmp_path)
+    summary = json.loads((exp / "summary.json").read_text())
+    row = summary["variants"][1]["diagnosis"]["findings"][0]["suggestions"][0]
+    row["also_predicted"] = [{"metric": "tpot_ms.p50", "ratio": 1.4}]
+    step = top_step(summary)
+    assert step is not None
+    plan = parse_plan(plan_data(exp, step), source="next")
+    assert isinstance(plan.prediction, dict)
+    assert plan.prediction["max_num_seqs=16"] == {"output_tok_s": 3.0, "tpot_ms.p50": 1.4}
+    measured = {"output_tok_s": {"ratio": 2.5}, "tpot_ms.p50": {"ratio": 1.5}}
+    summary = {"plan": {"prediction": plan.prediction},
+               "variants": [{"name": "max_num_seqs=16", "vs_baseline": measured}]}  # fmt: skip
+    rows = predicted_vs_measured(summary)
+    assert [r["metric"] for r in rows] == ["output_tok_s", "tpot_ms.p50"]
+    assert rows[1]["error"] == pytest.approx(1.4 / 1.5 - 1)
