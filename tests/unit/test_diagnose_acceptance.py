@@ -3,17 +3,21 @@ confusion matrix, and each fix's predicted vs measured ratio from `experiment ne
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks.diagnose_acceptance import (
     ENGINE_TYPES,
+    MICRO_MODEL,
     SCENARIOS,
     SHORT,
+    Outcome,
     confusion,
     fix_outcome,
     judge,
+    plan_for_run,
     table,
 )
 from experiment.flags import serve_flags
@@ -76,3 +80,35 @@ def test_a_fix_is_scored_by_its_plans_prediction_against_the_measured_ratio() ->
     assert fix["switch"] == "--max-num-seqs 16" and fix["measured_ratio"] == 5.0
     assert fix["predicted"] == {"metric": metric, "ratio": 6.0}
     assert fix["error"] == pytest.approx(0.2) and not fix["ok"]
+
+
+def test_a_reused_run_is_scored_by_the_current_prediction_and_every_metric_is_kept() -> None:
+    plan = {"factors": {"max_num_seqs": [16]},
+            "prediction": {"max_num_seqs=16": {"output_tok_s": 6.0, "tpot_ms.p50": 2.0}}}  # fmt: skip
+    measured = {"output_tok_s": {"ratio": 5.0}, "tpot_ms.p50": {"ratio": 1.6}}
+    summary = {"plan": plan, "variants": [{"name": "max_num_seqs=16", "vs_baseline": measured}]}
+    fix = fix_outcome(summary, {"metric": "output_tok_s", "ratio": 5.2})
+    assert fix["predicted"] == {"metric": "output_tok_s", "ratio": 5.2} and fix["ok"]
+    assert fix["predicted_at_run"] == {"metric": "output_tok_s", "ratio": 6.0}
+    assert fix["error"] == pytest.approx(0.04)
+    assert fix["also"][0]["metric"] == "tpot_ms.p50"
+    assert fix["also"][0]["error"] == pytest.approx(0.25)
+
+
+def test_the_network_row_shows_the_link_what_if_against_the_delayed_run() -> None:
+    network = BY_NAME["network"]
+    outcome = Outcome("network", network.expected, "network")
+    outcome.fix = {"expected": network.fix, "link_what_if": {
+        "tpot_p50_ms": 20.9, "measured_tpot_p50_ms": 18.9, "error": 0.105}}  # fmt: skip
+    assert "| TPOT p50 20.9 ms (link what-if) | 18.9 ms | +10% |" in table([outcome])
+
+
+def test_host_cpu_serves_the_micro_checkpoint_written_into_the_work_dir(tmp_path: Path) -> None:
+    from services.models.source import resolve_model
+
+    host_cpu = BY_NAME["host_cpu"]
+    assert host_cpu.plan["baseline"]["model"] == MICRO_MODEL
+    plan = plan_for_run(host_cpu, tmp_path, rounds=1)
+    source = resolve_model(plan["baseline"]["model"])  # a checkpoint serve can load
+    assert source.config.num_layers == 1 and plan["repeats"] == 1
+    assert parse_plan(plan, source="host_cpu").variants
