@@ -7,18 +7,18 @@ every unanswered batch and their sequences run again (the worker only rewrites t
 slots), and a late `on_step` for one is ignored.
 
 `Scheduler` holds the one policy: continuous or static batching, chunked prefill, the token
-budget, preemption. Each variant is a collaborator it calls at named points, as vLLM's scheduler
-calls its KV connector (ARCHITECTURE.md, "The scheduler core and its collaborators"):
+budget, preemption. The variants act only through the hooks of hooks.py, called at named points
+on whichever are on, as vLLM's scheduler calls its KV connector (ARCHITECTURE.md, "The scheduler
+core and its collaborators"):
 
-- run_ahead.py: multi-step runs and steps built ahead (async scheduling), `schedule_run`,
-  `schedule_ahead`, `schedule_run_ahead`;
 - swap.py: preemption="swap", a preempted sequence's KV to the worker's host pool and back;
-- handoff.py: disaggregation, a prefill core hands finished prompts off (`hands_off`,
-  `take_handoffs`, `release_handoff`), a decode core imports them (`add_prefilled`,
-  `start_imports`, `finish_import`).
+- handoff.py: disaggregation, a prefill core hands finished prompts off, a decode core imports
+  them;
+- run_ahead.py: multi-step runs and steps built ahead (async scheduling), which build with the
+  core's batch builders and need no hook.
 
-The entry points at the end of the class are the variants' public face; their code is in those
-files.
+The one-line entry points at the end of the class are the variants' public face (the runner,
+the replica set and the seeded tests call them on the core); their code is in those files.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from services.scheduler.errors import (
     SchedulerError,
 )
 from services.scheduler.handoff import HandOff, KVImports
+from services.scheduler.hooks import CoreHooks
 from services.scheduler.request import Batch, Request, Update
 from services.scheduler.run_ahead import RunAhead
 from services.scheduler.sequence import Sequence
@@ -70,13 +71,14 @@ class Scheduler:
         self._next_seq_id = 0
         self._next_step_id = 0
         self.num_preemptions = 0
-        # the variants, called at named points (module docstring)
+        # the variants (module docstring); each is on the hook list only while it acts
+        self._hooks: list[CoreHooks] = []
         self._run_ahead = RunAhead(self)
-        self._swap = (  # preemption="swap": preempted KV to the worker's host pool and back
-            HostSwap(model.num_swap_blocks, self._blocks) if config.preemption == "swap" else None
-        )
-        self._handoff: HandOff | None = None  # a prefill worker's core (`hands_off`)
-        self._imports = KVImports(self._blocks)  # a decode worker's (idle on any other)
+        self._swap = HostSwap(model.num_swap_blocks, self._blocks, self._seqs)
+        if config.preemption == "swap":
+            self._use(self._swap)
+        self._handoff = HandOff(self)  # on while `hands_off`: a prefill worker's core
+        self._imports = KVImports(self)  # on from the first `add_prefilled`: a decode worker's
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -88,10 +90,7 @@ class Scheduler:
                 f"the scheduler's waiting queue is full ({self.config.max_queue_len} requests); "
                 "retry later or raise max_queue_len"
             )
-        seq = Sequence(req, self._next_seq_id)
-        self._next_seq_id += 1
-        self._seqs[req.request_id] = seq
-        self._waiting.append(seq)
+        self._waiting.append(self._register(req))
 
     def abort(self, request_id: str) -> Update | None:
         """Drop a request and free its blocks now; None when the id is unknown (or finished)."""
@@ -108,7 +107,7 @@ class Scheduler:
             for s in self._seqs.values()
             if s.req.deadline_s is not None
             and s.req.deadline_s <= now_s
-            and not self._is_handed_off(s.req.request_id)  # the decode side expires those
+            and not self._runs_elsewhere(s)  # a prefill core's handed-off requests
         ]
         updates = []
         for seq in expired:
@@ -155,10 +154,10 @@ class Scheduler:
         yet in the cache plus outputs still to generate. The router's load."""
         total = 0
         for seq in self._seqs.values():
-            if self._is_handed_off(seq.req.request_id):
+            if self._runs_elsewhere(seq):
                 continue  # the decode side runs the rest
             to_prefill = seq.num_prefill_tokens - seq.num_computed if seq.is_running else 0
-            if not seq.is_running and not self._is_swapped(seq):
+            if not seq.is_running and self._kv_holder(seq) is None:
                 to_prefill = seq.num_tokens
             total += max(0, to_prefill) + seq.req.max_tokens - seq.req.num_output_tokens
         return total
@@ -166,20 +165,6 @@ class Scheduler:
     def num_cached_prompt_tokens(self, prompt_token_ids: list[int]) -> int:
         """Leading prompt tokens whose KV this replica holds now (prefix-cache hits)."""
         return self._blocks.count_hits(prompt_token_ids)
-
-    @property
-    def num_swapped(self) -> int:
-        """Waiting sequences whose KV is in the worker's host pool."""
-        return 0 if self._swap is None else self._swap.num_swapped
-
-    @property
-    def num_swapped_out(self) -> int:
-        """Preemptions whose KV went to the worker's host pool, cumulative."""
-        return 0 if self._swap is None else self._swap.num_swapped_out
-
-    @property
-    def num_free_host_blocks(self) -> int:
-        return self.model.num_swap_blocks if self._swap is None else self._swap.num_free_blocks
 
     @property
     def block_manager(self) -> BlockManager:
@@ -199,9 +184,9 @@ class Scheduler:
 
     def schedule(self, now_s: float) -> Batch | None:
         """Build the next step: running decodes, then prompt chunks, then new prefills (FCFS)."""
-        if self._swap is not None:  # failed steps: their sequences go again, copies undone
-            for unanswered in self._in_flight:
-                self._swap.undo(unanswered, self._seqs)
+        for unanswered in self._in_flight:  # failed steps: their sequences go again
+            for hook in self._hooks:
+                hook.on_unanswered(unanswered)
         self._in_flight = []
         batch = Batch(self._next_step_id)
         did_preempt = self._schedule_decodes(batch)
@@ -214,10 +199,9 @@ class Scheduler:
         return self._hand_out(batch)
 
     def _hand_out(self, batch: Batch) -> Batch:
-        """The batch goes to the worker (with the swap-outs queued so far) and joins the steps in
-        flight."""
-        if self._swap is not None:
-            self._swap.attach(batch)
+        """The batch goes to the worker and joins the steps in flight."""
+        for hook in self._hooks:
+            hook.before_send(batch)
         self._next_step_id += 1
         self._in_flight.append(batch)
         return batch
@@ -251,17 +235,14 @@ class Scheduler:
     def on_worker_lost(self) -> None:
         """The worker restarted with an empty cache: recompute every running sequence."""
         self._in_flight = []
-        if self._handoff is not None:  # their KV is gone: the import fails, recomputes
-            for seq in self._handoff.on_worker_lost():
-                del self._seqs[seq.req.request_id]
-        importing = self._imports.on_worker_lost()  # recomputed here, like the running ones
+        recompute = list(self._running)
         for seq in self._running:
             self._release(seq)
-        self._waiting.extendleft(reversed(self._running + importing))
+        for hook in self._hooks:
+            recompute += hook.on_worker_lost()
+        self._waiting.extendleft(reversed(recompute))
         self._running = []
         self._blocks.reset_prefix_cache()  # the cached blocks' contents are gone too
-        if self._swap is not None:
-            self._swap.on_worker_lost(self._waiting)
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -343,11 +324,12 @@ class Scheduler:
                 break  # members of the batch in progress always queue ahead of newcomers
             if not self.config.enable_chunked_prefill and seq.num_tokens > budget:
                 break
-            if self._is_swapped(seq):
+            holder = self._kv_holder(seq)
+            if holder is not None:
                 if not self._blocks.can_allocate(seq.num_tokens):
                     break
                 self._waiting.popleft()
-                budget -= self._resume(batch, seq, budget)
+                budget -= self._resume(batch, seq, budget, holder)
                 continue
             if not self._can_allocate(seq):
                 break
@@ -417,34 +399,29 @@ class Scheduler:
             reason = "length"
         if reason:
             self._finish(seq, reason, now_s)
-        elif self._handoff is not None:  # its prompt is done: it goes on on a decode worker
-            self._running.remove(seq)
+        elif any(hook.takes_after_sample(seq) for hook in self._hooks):
+            self._running.remove(seq)  # e.g. its prompt is done: it decodes elsewhere
             seq.is_running = False
-            self._handoff.add(seq)
         return Update(req.request_id, [token], reason)
 
     def _preempt(self, seq: Sequence) -> None:
         """Free the sequence's blocks and queue it first; it is recomputed from its tokens, or,
-        with preemption="swap" and room in the host pool, its KV is copied out and back in."""
+        when a hook keeps its KV (preemption="swap"), resumes where it was."""
         self._running.remove(seq)
-        is_swapped = self._swap is not None and self._swap.swap_out(seq)
+        is_kept = any(hook.on_preempt(seq) for hook in self._hooks)
         num_computed, num_prefill_tokens = seq.num_computed, seq.num_prefill_tokens
         self._release(seq)
-        if is_swapped:
+        if is_kept:
             seq.num_computed, seq.num_prefill_tokens = num_computed, num_prefill_tokens
         seq.req.num_preemptions += 1
         self.num_preemptions += 1
         self._waiting.appendleft(seq)
 
-    def _is_swapped(self, seq: Sequence) -> bool:
-        return self._swap is not None and self._swap.is_swapped(seq)
-
-    def _resume(self, batch: Batch, seq: Sequence, budget: int) -> int:
-        """Bring a swapped-out sequence back: fresh blocks, its KV copied in before the step,
-        and its next chunk or decode in this batch; returns the tokens it adds."""
-        assert self._swap is not None
+    def _resume(self, batch: Batch, seq: Sequence, budget: int, holder: CoreHooks) -> int:
+        """Bring back a sequence whose KV `holder` kept: fresh blocks, its KV restored before
+        the step, and its next chunk or decode in this batch; returns the tokens it adds."""
         table = self._blocks.allocate(seq.seq_id, seq.num_tokens)
-        self._swap.swap_in(seq, table, batch)
+        holder.restore(seq, table, batch)
         self._add_running(seq)
         if seq.is_prefill:
             return self._add_prefill(batch, seq, budget)
@@ -474,31 +451,52 @@ class Scheduler:
         if seq.is_running:
             self._running.remove(seq)
             self._release(seq)
-        elif self._is_handed_off(req.request_id):
-            self.release_handoff(req.request_id)
-            return  # the request goes on elsewhere: its state is not this core's to end
-        elif not self._imports.drop(seq):
+            req.finish_reason, req.finished_s = reason, finished_s
+            return
+        runs_elsewhere = self._runs_elsewhere(seq)
+        is_held = False
+        for hook in self._hooks:  # each frees what it holds of it
+            is_held |= hook.drop(seq)
+        if not is_held:
             self._waiting.remove(seq)
-            if self._swap is not None:
-                self._swap.drop(seq)
-        req.finish_reason = reason
-        req.finished_s = finished_s
+        if not runs_elsewhere:  # else its state is not this core's to end
+            req.finish_reason, req.finished_s = reason, finished_s
 
-    def _is_handed_off(self, request_id: str) -> bool:
-        return self._handoff is not None and self._handoff.holds(request_id)
+    def _register(self, req: Request) -> Sequence:
+        """A new unfinished request: its sequence, under a fresh id."""
+        seq = Sequence(req, self._next_seq_id)
+        self._next_seq_id += 1
+        self._seqs[req.request_id] = seq
+        return seq
 
-    # ---- the variants' entry points (their code: run_ahead.py, handoff.py) -----------------
+    # ---- the hooks (hooks.py) ------------------------------------------------------------
+
+    def _use(self, hook: CoreHooks, is_on: bool = True) -> None:
+        """Put a variant's hooks on (or take them off) the list the core calls."""
+        if is_on and hook not in self._hooks:
+            self._hooks.append(hook)
+        elif not is_on and hook in self._hooks:
+            self._hooks.remove(hook)
+
+    def _runs_elsewhere(self, seq: Sequence) -> bool:
+        return any(hook.runs_elsewhere(seq) for hook in self._hooks)
+
+    def _kv_holder(self, seq: Sequence) -> CoreHooks | None:
+        return next((hook for hook in self._hooks if hook.holds_kv(seq)), None)
+
+    # ---- the variants' entry points: one line each (their code: run_ahead.py, handoff.py,
+    # swap.py) ------------------------------------------------------------------------------
 
     def schedule_run(self, now_s: float) -> list[Batch]:
-        """`schedule()` and, with multi-step, the decode steps chained behind it (RunAhead)."""
+        """`schedule()` and, with multi-step, the decode steps chained behind it."""
         return self._run_ahead.schedule_run(now_s)
 
     def schedule_ahead(self, now_s: float) -> Batch | None:
-        """Async scheduling: the step after the ones in flight (RunAhead)."""
+        """Async scheduling: the step after the ones in flight."""
         return self._run_ahead.schedule_ahead(now_s)
 
     def schedule_run_ahead(self, now_s: float) -> list[Batch]:
-        """Async scheduling with multi-step: `schedule_ahead()`, extended (RunAhead)."""
+        """Async scheduling with multi-step: `schedule_ahead()`, extended."""
         return self._run_ahead.schedule_run_ahead(now_s)
 
     @property
@@ -508,53 +506,51 @@ class Scheduler:
     @property
     def hands_off(self) -> bool:
         """A prefill worker's core: requests whose prompt is done leave for `take_handoffs`."""
-        return self._handoff is not None
+        return self._handoff in self._hooks
 
     @hands_off.setter
     def hands_off(self, is_prefill_side: bool) -> None:
-        self._handoff = HandOff(self._blocks) if is_prefill_side else None
+        self._use(self._handoff, is_prefill_side)
 
     def take_handoffs(self) -> list[tuple[str, list[int]]]:
         """Prefill side: the requests whose prompt is done since the last call, each with the
         blocks holding its computed tokens' KV (held until `release_handoff`)."""
-        return [] if self._handoff is None else self._handoff.take()
+        return self._handoff.take()
 
     def release_handoff(self, request_id: str) -> bool:
         """Prefill side: free a handed-off request's blocks; False when they were no longer
         held (the worker was lost meanwhile: what the decode side pulled is not its KV)."""
-        seq = None if self._handoff is None else self._handoff.release(request_id)
-        if seq is None:
-            return False
-        if self._seqs.get(request_id) is seq:
-            del self._seqs[request_id]
-        return True
+        return self._handoff.release(request_id)
 
     def add_prefilled(self, req: Request) -> None:
         """Decode side: a request whose tokens but the last have their KV on a prefill worker;
         it waits for blocks (`start_imports`). Raises InvalidRequestError."""
-        self._validate(req)
-        seq = Sequence(req, self._next_seq_id)
-        self._next_seq_id += 1
-        self._seqs[req.request_id] = seq
-        self._imports.add(seq)
+        self._imports.add(req)
 
     def start_imports(self) -> list[tuple[str, int, list[int]]]:
         """Decode side: blocks for the prefilled requests the cache and max_num_seqs have room
         for, oldest first: (request id, seq id, the blocks its KV goes into)."""
-        return self._imports.start(self.config.max_num_seqs - len(self._running))
+        return self._imports.start()
 
     def finish_import(self, request_id: str, ok: bool) -> None:
         """Decode side: the KV of a request from `start_imports` is in its blocks (`ok`): it
         decodes from the next step; or the transfer failed: its tokens are recomputed here."""
-        seq = self._imports.finish(request_id, ok)
-        if seq is None:
-            return  # aborted, finished or recomputed (worker lost) meanwhile
-        if not ok:
-            self._waiting.appendleft(seq)
-            return
-        seq.num_computed = seq.num_prefill_tokens = seq.num_tokens - 1
-        self._add_running(seq)
+        self._imports.finish(request_id, ok)
 
     @property
     def num_importing(self) -> int:
         return self._imports.num_importing
+
+    @property
+    def num_swapped(self) -> int:
+        """Waiting sequences whose KV is in the worker's host pool."""
+        return self._swap.num_swapped
+
+    @property
+    def num_swapped_out(self) -> int:
+        """Preemptions whose KV went to the worker's host pool, cumulative."""
+        return self._swap.num_swapped_out
+
+    @property
+    def num_free_host_blocks(self) -> int:
+        return self._swap.num_free_blocks
