@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.common.threads import apply_wait_policy
-from services.config import ENGINE_WAIT_POLICIES, engine_threads_count
+from services.config import ENGINE_WAIT_POLICIES, HopscopeConfig, engine_threads_count
 
 if TYPE_CHECKING:
     from services.worker.engine import Engine
@@ -100,11 +100,9 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     apply_wait_policy(args.engine_wait_policy)  # before torch loads OpenMP
     import torch
 
-    from services.worker.config import WorkerConfig
     from services.worker.engine import Engine
 
-    threads = engine_threads_count(args.engine_threads)
-    engine = Engine(WorkerConfig(model=args.model, num_threads=threads))
+    engine = Engine(HopscopeConfig.of(model=args.model, engine_threads=args.engine_threads))
     one_cycle(engine, args.batch, args.input_len, args.output_len, base=0)  # warm-up
     per_repeat, cpu_per_token = [], []
     for k in range(args.repeats):

@@ -29,9 +29,10 @@ from typing import Any
 import torch
 
 from services.common.types import SamplingParams, SeqStep
+from services.config import HopscopeConfig, WorkerSettings
 from services.models import ModelSource
 from services.models.checkpoint import load_source_weights
-from services.worker.config import WorkerConfig
+from services.worker.config import torch_dtype
 from services.worker.engine import Engine
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "engine_cpu.json"
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def worker_config(args: argparse.Namespace, **overrides: Any) -> WorkerConfig:
+def worker_config(args: argparse.Namespace, **overrides: Any) -> HopscopeConfig:
     fields: dict[str, Any] = {
         "model": args.model,
         "device": args.device,
@@ -74,7 +75,7 @@ def worker_config(args: argparse.Namespace, **overrides: Any) -> WorkerConfig:
     }
     if overrides:  # the variants: the main engine's CUDA graphs are not theirs
         fields |= {"cuda_graphs": False, **overrides}
-    return WorkerConfig(**fields)
+    return HopscopeConfig.of(**fields)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -138,15 +139,15 @@ def setup(args: argparse.Namespace, engine: Engine) -> dict[str, Any]:
     }
 
 
-def build_reference(source: ModelSource, config: WorkerConfig) -> Any:
+def build_reference(source: ModelSource, config: WorkerSettings) -> Any:
     """A transformers model holding exactly the engine's weights."""
     import transformers
 
     if source.checkpoint_dir is not None:
         model: Any = transformers.AutoModelForCausalLM.from_pretrained(
-            source.checkpoint_dir, dtype=config.torch_dtype
+            source.checkpoint_dir, dtype=torch_dtype(config)
         )
-        return model.to(config.torch_device).eval()
+        return model.to(config.device).eval()
     c = source.config
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": c.rope_theta}
     if c.rope_scaling is not None:
@@ -174,12 +175,14 @@ def build_reference(source: ModelSource, config: WorkerConfig) -> Any:
     )
     with torch.device("meta"):
         model = transformers.LlamaForCausalLM(hf_config)  # no memory, no random init
-    weights = load_source_weights(source, config.seed, config.torch_dtype, config.torch_device)
+    weights = load_source_weights(
+        source, config.weights_seed, torch_dtype(config), torch.device(config.device)
+    )
     model.load_state_dict(weights, strict=False, assign=True)
     if c.tie_word_embeddings:
         model.tie_weights()
     # Non-persistent buffers (rope frequencies) are not in the state dict: build them for real.
-    model.model.rotary_emb = type(model.model.rotary_emb)(hf_config).to(config.torch_device)
+    model.model.rotary_emb = type(model.model.rotary_emb)(hf_config).to(config.device)
     assert not any(t.is_meta for t in model.state_dict().values()), "weights left on meta"
     return model.eval()
 

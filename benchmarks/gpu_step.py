@@ -46,9 +46,9 @@ from benchmarks.engine_bench import (
     prompts,
 )
 from services.common.types import SeqStep
+from services.config import HopscopeConfig
 from services.models import checkpoint
 from services.models.config import ModelConfig
-from services.worker.config import WorkerConfig
 from services.worker.engine import Engine
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gpu_step.json"
@@ -185,7 +185,7 @@ def build_engine(
 ) -> Engine:
     """On CPU, `graphs` runs the fixed-shape decode path uncaptured (CUDA graphs need CUDA)."""
     is_cuda = args.device.startswith("cuda")
-    config = WorkerConfig(
+    config = HopscopeConfig.of(
         model=args.model,
         device=args.device,
         dtype=dtype,
@@ -194,7 +194,7 @@ def build_engine(
         compile=compile,
         kernels="torch",  # the op set graphs capture and --compile compiles, on CPU too
         gpu_memory_fraction=args.memory_fraction,
-        kv_cache_bytes=64 * 2**20,
+        kv_cache_mb=64,
     )
     return Engine(config, static_decode=graphs)
 

@@ -28,8 +28,8 @@ from deploy.lifecycle import Child, launch
 from deploy.local import READY_RE
 from services.common.channels import create_channel
 from services.common.process import config_to_json
+from services.config import HopscopeConfig
 from services.scheduler.kv_client import import_kv
-from services.worker.config import WorkerConfig
 from services.worker.service_config import WorkerServiceConfig
 
 VARIANTS = ("grpc", "shm")
@@ -37,7 +37,7 @@ VARIANTS = ("grpc", "shm")
 
 def _start_worker(name: str, listen: str, model: str, kv_cache_mb: int, log_dir: Path) -> Child:
     config = WorkerServiceConfig(
-        engine=WorkerConfig(model=model, kv_cache_bytes=kv_cache_mb * 2**20), listen=listen
+        settings=HopscopeConfig.of(model=model, kv_cache_mb=kv_cache_mb), listen=listen
     )
     argv = ["-m", "services.worker", "--config", config_to_json(config)]
     child = launch(argv, name=name, log_path=log_dir / f"{name}.log", env=common.repo_env())
@@ -105,7 +105,7 @@ def main() -> int:
                 listen = f"unix:{socks / (name + '.sock')}"
                 children.append(_start_worker(name, listen, args.model, args.kv_cache_mb, socks))
             source, dest = (f"unix:{socks / (n + '.sock')}" for n in ("prefill", "decode"))
-            block_size = WorkerConfig().block_size
+            block_size = HopscopeConfig.of().worker.block_size
             num_blocks = -(-args.prompt_tokens // block_size)
             results = asyncio.run(_measure(source, dest, num_blocks, args.rounds, args.iters))
         finally:

@@ -36,8 +36,8 @@ import torch
 
 from benchmarks import common
 from services.common.types import SamplingParams, SeqStep
+from services.config import HopscopeConfig
 from services.models.config import ModelConfig
-from services.worker.config import WorkerConfig
 from services.worker.engine import Engine
 from services.worker.model import LINEAR_NAMES
 from services.worker.quant import QuantizedWeight
@@ -107,11 +107,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load(model: str, variant: str, max_len: int, threads: int | None = None) -> Engine:
-    config = WorkerConfig(
+    config = HopscopeConfig.of(
         model=model,
         max_model_len=max_len,
-        kv_cache_bytes=128 * 2**20,
-        num_threads=threads,
+        kv_cache_mb=128,
+        engine_threads="auto" if threads is None else str(threads),
         **VARIANTS[variant],
     )
     return Engine(config)
@@ -119,7 +119,7 @@ def load(model: str, variant: str, max_len: int, threads: int | None = None) -> 
 
 def tables(engine: Engine, count: int, length: int) -> list[list[int]]:
     per_seq = -(-length // engine.info.block_size)
-    assert count * per_seq <= engine.info.num_blocks, "raise kv_cache_bytes"
+    assert count * per_seq <= engine.info.num_blocks, "raise kv_cache_mb"
     return [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(count)]
 
 

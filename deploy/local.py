@@ -42,8 +42,7 @@ class ChildService:
 
     name: str
     module: str
-    config_json: str
-    placement: str
+    config_json: str  # the settings tree and the wiring (services/common/process.py)
     log_path: Path
     child: Child | None = None
     address: str = ""
@@ -53,7 +52,7 @@ class ChildService:
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
         # launch() runs it as `sys.executable -P ...`: never importing from the user's cwd
-        argv = ["-m", self.module, "--config", self.config_json, "--placement", self.placement]
+        argv = ["-m", self.module, "--config", self.config_json]
         self.child = launch(argv, name=self.name, log_path=self.log_path, env=self.env)
         try:
             ready = self.child.wait_for_line(READY_RE, timeout_s)
@@ -150,11 +149,11 @@ class LocalDeployment:
         config = make_config(listen)  # type: ignore[operator]
         log_path = (self.log_dir or self.tmp_dir) / f"{name}.log"
         # the token travels in the child's environment, not on its command line (`ps` shows that)
-        env = {**os.environ, TOKEN_ENV: config.internal_token}
-        config_json = config_to_json(replace(config, internal_token=""))
-        child = ChildService(
-            name, module, config_json, self.spec.deploy.placement, log_path, env=env
+        env = {**os.environ, TOKEN_ENV: config.settings.security.internal_token}
+        config_json = config_to_json(
+            replace(config, settings=with_internal_token(config.settings, ""))
         )
+        child = ChildService(name, module, config_json, log_path, env=env)
         self.children.append(child)
         return child.start()
 

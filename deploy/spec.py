@@ -10,16 +10,14 @@ import socket
 from typing import Any
 
 from services.common.metrics import metrics_port
-from services.config import HopscopeConfig, engine_threads_count
+from services.config import HopscopeConfig
 from services.scheduler.service_config import SchedulerServiceConfig
 from services.tokenizer.service_config import TokenizerServiceConfig
-from services.worker.config import WorkerConfig
-from services.worker.server import WorkerServiceConfig
+from services.worker.service_config import WorkerServiceConfig
 
 NO_RAY_PLACEMENTS = ("inproc", "colocated", "colocated-tcp", "disagg")
 HTTP_LINE_PREFIX = "hopscope http: "
 HTTP_RE = re.compile(rf"^{HTTP_LINE_PREFIX}(?P<url>http://\S+)$")
-MIB = 1024 * 1024
 
 
 def announce_http(url: str) -> None:
@@ -57,32 +55,11 @@ def metrics_address(config: HopscopeConfig, service: str) -> str:
 def worker_config(
     config: HopscopeConfig, listen: str, node_id: str = "", role: str = "mixed"
 ) -> WorkerServiceConfig:
-    worker = config.worker
-    engine = WorkerConfig(
-        model=config.model.model,
-        device=worker.device,
-        dtype=worker.dtype,
-        kernels=worker.kernels,
-        kv_cache_bytes=worker.kv_cache_mb * MIB,
-        max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
-        swap_space_bytes=worker.swap_space_mb * MIB,
-        max_model_len=config.model.max_model_len,
-        num_threads=engine_threads_count(worker.engine_threads),
-        wait_policy=worker.engine_wait_policy,
-        cuda_graphs=worker.cuda_graphs,
-        cuda_graph_max_batch=worker.cuda_graph_max_batch,
-        compile=worker.compile,
-        kv_export_thread=worker.kv_export_thread,
-        quantization=worker.quantization,
-        quantization_group_size=worker.quantization_group_size,
-    )
     return WorkerServiceConfig(
-        engine=engine,
+        settings=config,  # the tree as is: a new setting needs no line here
         listen=listen,
         node_id=node_id,
         metrics_address=metrics_address(config, "worker"),
-        tls_dir=config.security.tls_dir,
-        internal_token=config.security.internal_token,
         role=role,
     )
 
@@ -95,16 +72,12 @@ def scheduler_config(
     extra_worker_addresses: list[str] | None = None,
 ) -> SchedulerServiceConfig:
     return SchedulerServiceConfig(
-        scheduler=config.scheduler,  # the section as is: a new scheduler setting needs no line here
+        settings=config,  # the tree as is: a new setting needs no line here
         worker_address=worker_address,
         listen=listen,
         node_id=node_id,
         metrics_address=metrics_address(config, "scheduler"),
         extra_worker_addresses=list(extra_worker_addresses or []),
-        tls_dir=config.security.tls_dir,
-        internal_token=config.security.internal_token,
-        kv_transport=config.worker.kv_transport,
-        stream_catch_up=config.tokenizer.stream_catch_up,
     )
 
 
@@ -140,16 +113,11 @@ def tokenizer_config(
     if metrics and name != "tokenizer":
         metrics = f"{config.deploy.host}:0"
     return TokenizerServiceConfig(
-        tokenizer=config.tokenizer,  # the sections as they are: a new setting needs no line here
-        model=config.model,
+        settings=config,  # the tree as is: a new setting needs no line here
         scheduler_address=scheduler_address,
         listen=listen,
         node_id=node_id,
-        placement=config.deploy.placement,
         metrics_address=metrics,
-        http_listen=config.deploy.http_listen,
-        tls_dir=config.security.tls_dir,
-        internal_token=config.security.internal_token,
         name=name,
         reuse_port=config.deploy.tokenizer_replicas > 1,
     )

@@ -26,6 +26,7 @@ ENGINE = ("serve", "generate")  # flags of both commands (generate embeds a pipe
 SERVE = ("serve",)
 GENERATE = ("generate",)
 MAX_GRAPH_BATCH = 1024  # the largest --cuda-graph-max-batch
+MIB = 1024 * 1024
 # a model worker's role: prompts and decodes in the same steps, or one side of a
 # disaggregated placement (deploy/placement.py `workers:`)
 WORKER_ROLES = ("mixed", "prefill", "decode")
@@ -653,10 +654,58 @@ class WorkerSettings(Section):
         "their own",
     )
 
+    # set by code and tests only (no flag): the engine's fixed shapes and its GPU share
+    block_size: int = setting(16, "tokens per KV-cache block", flag=None, unit="tokens", minimum=1)
+    gpu_memory_fraction: float = setting(
+        0.85,
+        "share of the GPU's free memory (after weights) the worker may use",
+        flag=None,
+        minimum=1e-9,
+        maximum=1.0,
+    )
+    weights_seed: int = setting(0, "seed of a preset's random weights", flag=None)
+
     def check(self) -> None:
+        check_device(self.device, self.dtype, self.kernels)
         check_step_loop(self.device, self.cuda_graphs, self.kernels, self.compile)
         engine_threads_count(self.engine_threads)
         check_quantization(self.quantization, self.quantization_group_size, self.compile)
+
+    # values derived from the settings, computed where they are used (no second field)
+    @property
+    def kv_cache_bytes(self) -> int:
+        """The KV-cache budget on CPU (on CUDA: `gpu_memory_fraction` of free memory)."""
+        return self.kv_cache_mb * MIB
+
+    @property
+    def swap_space_bytes(self) -> int:
+        return self.swap_space_mb * MIB
+
+    @property
+    def engine_thread_count(self) -> int | None:
+        """None: `auto` (services/worker/thread_governor.py); 0: one per core; N: N, fixed."""
+        return engine_threads_count(self.engine_threads)
+
+    @property
+    def dtype_name(self) -> str:
+        """`--dtype`, or the device's default: float32 on CPU, bfloat16 on CUDA."""
+        return self.dtype or ("float32" if self.device == "cpu" else "bfloat16")
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device != "cpu"
+
+
+def check_device(device: str, dtype: str | None, kernels: str) -> None:
+    """The device's spelling and what it can run; whether it exists is known only where the
+    worker runs (services/worker/config.py `check_device_present`)."""
+    kind, _, index = device.partition(":")
+    if device != "cpu" and (kind != "cuda" or (index and not index.isdigit())):
+        raise ValueError(f"--device {device!r} is not valid; use cpu, cuda or cuda:N")
+    if dtype == "float16" and device == "cpu":
+        raise ValueError("--dtype float16 needs CUDA; on CPU use float32 or bfloat16")
+    if kernels == "native" and device != "cpu":
+        raise ValueError("--kernels native are CPU kernels; on CUDA use auto or torch")
 
 
 def engine_threads_count(value: str | int) -> int | None:

@@ -1,4 +1,6 @@
-"""The one entry point shape for a service process: `python -m services.<name> --config JSON`.
+"""The one entry point shape for a service process: `python -m services.<name> --config JSON`
+(the service's config: the settings tree as is under `settings`, serialized once by the
+deployer, plus its wiring).
 
 It configures logging and tracing, starts the service, prints
 `HOPSCOPE_READY <address> metrics=<url or ->` once it serves (the launcher waits for that line), drains on SIGTERM/SIGINT and exits 0; a fatal
@@ -20,10 +22,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from services.common.peer_auth import TOKEN_ENV
+from services.config import HopscopeConfig
 from tracing.setup import configure_tracing, shutdown_tracing
 
 READY_PREFIX = "HOPSCOPE_READY"
 T = TypeVar("T")
+
+
+class ServiceConfig(Protocol):
+    """A service's one config: the settings tree as is, plus its wiring (node_id, listen...)."""
+
+    settings: HopscopeConfig
+    node_id: str
+
+
+S = TypeVar("S", bound=ServiceConfig)
 
 
 class RunningService(Protocol):
@@ -56,13 +69,15 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 def run_service_main(
     name: str,
-    config_cls: type[T],
-    start: Callable[[T], Awaitable[RunningService]],
+    config_cls: type[S],
+    start: Callable[[S], Awaitable[RunningService]],
     argv: list[str] | None = None,
 ) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
     parser.add_argument("--config", required=True, help="the service config as JSON")
-    parser.add_argument("--placement", default="", help="recorded on spans")
+    parser.add_argument(
+        "--placement", default="", help="recorded on spans (default: the settings' placement)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"[{name}] %(levelname)s %(message)s")
     try:
@@ -70,16 +85,14 @@ def run_service_main(
     except (ValueError, TypeError) as exc:
         print(f"error: bad {name} config: {exc}", file=sys.stderr)
         return 2
-    node_id = str(getattr(config, "node_id", "") or "")
-    # the tokenizer's config names the model, the worker's its engine's: `traces summarize`
-    # groups requests by placement and model and never pools across them
-    engine = getattr(config, "engine", config)
-    model = str(getattr(config, "model", "") or getattr(engine, "model", "") or "")
+    node_id = config.node_id
+    # `traces summarize` groups requests by placement and model and never pools across them
+    model = config.settings.model.model
     try:
         configure_tracing(
             f"hopscope-{name}",
             {
-                "hopscope.placement": args.placement,
+                "hopscope.placement": args.placement or config.settings.deploy.placement,
                 "hopscope.node_id": node_id,
                 "hopscope.model": model,
             },
@@ -95,12 +108,17 @@ def run_service_main(
 
 def _with_secrets(data: dict[str, Any]) -> dict[str, Any]:
     """Secrets come from the environment (a command line is visible to every user in `ps`);
-    taken out of it, so that nothing this process starts inherits them."""
+    taken out of it, so that nothing this process starts inherits them. The token goes where
+    the deployer made it: the settings tree's `security.internal_token`."""
     token = os.environ.pop(TOKEN_ENV, "")
-    return {**data, "internal_token": token} if token else data
+    if not token:
+        return data
+    settings = data.get("settings", {})
+    security = {**settings.get("security", {}), "internal_token": token}
+    return {**data, "settings": {**settings, "security": security}}
 
 
-async def _serve(name: str, config: T, start: Callable[[T], Awaitable[RunningService]]) -> int:
+async def _serve(name: str, config: S, start: Callable[[S], Awaitable[RunningService]]) -> int:
     try:
         service = await start(config)
     except Exception as exc:  # noqa: BLE001 - a fatal start-up error is reported, not a traceback

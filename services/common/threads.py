@@ -62,8 +62,9 @@ def apply_wait_policy(wait_policy: str) -> None:
 
 
 def wait_policy_in_argv(argv: list[str]) -> str:
-    """A service process's engine wait policy from its `--config JSON` (a worker's config holds
-    `engine.wait_policy`); `auto` where there is none. Read before anything imports torch."""
+    """A service process's engine wait policy from its `--config JSON` (the settings tree's
+    `worker.engine_wait_policy`); `auto` where there is none. Read before anything imports
+    torch."""
     import json
 
     if "--config" not in argv[:-1]:
@@ -72,8 +73,9 @@ def wait_policy_in_argv(argv: list[str]) -> str:
         config = json.loads(argv[argv.index("--config") + 1])
     except ValueError:
         return "auto"  # the service's own parser reports a bad config
-    engine = config.get("engine") if isinstance(config, dict) else None
-    policy = engine.get("wait_policy") if isinstance(engine, dict) else None
+    settings = config.get("settings") if isinstance(config, dict) else None
+    worker = settings.get("worker") if isinstance(settings, dict) else None
+    policy = worker.get("engine_wait_policy") if isinstance(worker, dict) else None
     return policy if isinstance(policy, str) else "auto"
 
 

@@ -46,12 +46,14 @@ def build_runner(
     on_health: Callable[[bool], None] = lambda is_serving: None,
     metrics: ServiceMetrics | None = None,
 ) -> SchedulerRunner:
+    settings = config.settings.scheduler  # the section as is: a new knob needs no line here
+
     def core_factory(info: ModelInfo) -> Scheduler:
-        return Scheduler(config.scheduler, info)
+        return Scheduler(settings, info)
 
     if metrics is None:
         metrics = serve_metrics("scheduler", config.metrics_address)
-    return SchedulerRunner(core_factory, worker, config.scheduler, on_health, metrics)
+    return SchedulerRunner(core_factory, worker, settings, on_health, metrics)
 
 
 def build_replicas(
@@ -63,22 +65,27 @@ def build_replicas(
     metrics = serve_metrics("scheduler", config.metrics_address)
     runners = [build_runner(config, w, metrics=metrics) for w in workers]
     for runner in runners:
-        runner.kv_transport = config.kv_transport
+        runner.kv_transport = config.settings.worker.kv_transport
     return ReplicaSet(
-        runners, Router(config.scheduler.routing), metrics, config.link_bandwidth_mbps, on_health
+        runners,
+        Router(config.settings.scheduler.routing),
+        metrics,
+        config.link_bandwidth_mbps,
+        on_health,
     )
 
 
 async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
     """SERVING exactly while the worker is up. A failed start stops what it started."""
-    tls = load_tls(config.tls_dir, "scheduler") if config.tls_dir else None
+    settings, security = config.settings.scheduler, config.settings.security
+    tls = load_tls(security.tls_dir, "scheduler") if security.tls_dir else None
     workers: list[WorkerClient] = [
         GrpcWorkerClient(
             address,
-            config.scheduler.step_timeout_s,
+            settings.step_timeout_s,
             tls=tls,
-            internal_token=config.internal_token,
-            step_encoding=config.scheduler.step_encoding,
+            internal_token=security.internal_token,
+            step_encoding=settings.step_encoding,
         )
         for address in config.worker_addresses
     ]
@@ -88,7 +95,7 @@ async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
     servicer = SchedulerServicer(runner, identity, transport_of(config.listen), config.worker_link)
     servicer.worker_link_shape = (config.worker_link_delay_ms, config.worker_link_rate_mbit)
     servicer.worker_links = list(config.worker_links)
-    servicer.stream_catch_up = config.stream_catch_up
+    servicer.stream_catch_up = config.settings.tokenizer.stream_catch_up
 
     def register(server: object) -> list[str]:
         pb_grpc.add_SchedulerServicer_to_server(servicer, server)
@@ -101,7 +108,7 @@ async def start_scheduler(config: SchedulerServiceConfig) -> SchedulerServer:
             register,
             health_publisher=health,
             tls=tls,
-            internal_token=config.internal_token,
+            internal_token=security.internal_token,
         )
     except BaseException:
         await runner.stop()  # the worker channel, the loop and the metrics server

@@ -70,9 +70,11 @@ async def start_tokenizer(
     """Start the front door; `scheduler` (and the `health` its owner feeds) are given for the
     in-process placement. SERVING exactly while the scheduler is. A failed start stops what it
     started."""
-    tls = load_tls(config.tls_dir, "tokenizer") if config.tls_dir else None
+    settings = config.settings
+    security = settings.security
+    tls = load_tls(security.tls_dir, "tokenizer") if security.tls_dir else None
     core, source = await asyncio.to_thread(
-        build_core, config.model.model, config.model.max_model_len
+        build_core, settings.model.model, settings.model.max_model_len
     )
     api_key = ApiKey(api_key_from_env())
     if health is None:
@@ -84,13 +86,13 @@ async def start_tokenizer(
             client = GrpcSchedulerClient(
                 config.scheduler_address,
                 health.set_serving,
-                config.tokenizer.scheduler_reconnect_timeout_s,
+                settings.tokenizer.scheduler_reconnect_timeout_s,
                 tls=tls,
-                internal_token=config.internal_token,
+                internal_token=security.internal_token,
                 front_door=identity,
             )
             started.append(client.close)
-            await client.connect(config.tokenizer.scheduler_connect_timeout_s)
+            await client.connect(settings.tokenizer.scheduler_connect_timeout_s)
             scheduler = client
         metrics = serve_metrics("tokenizer", config.metrics_address)
         started.append(metrics.stop_server)
@@ -119,14 +121,14 @@ async def start_tokenizer(
         raise
     identity.address = grpc_server.address
     front = TokenizerServer(grpc_server, scheduler, servicer)
-    if config.http_listen:
+    if settings.deploy.http_listen:
         from services.tokenizer.http.app import FrontDoorApp
         from services.tokenizer.http.server import start_http_server
 
         try:
             app = FrontDoorApp(servicer, source.name, api_key)
             front.http = await start_http_server(
-                app, config.http_listen, reuse_port=config.reuse_port
+                app, settings.deploy.http_listen, reuse_port=config.reuse_port
             )
         except BaseException:
             await front.stop(0)

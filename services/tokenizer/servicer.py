@@ -91,7 +91,7 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
             # off the event loop: a long prompt must not stall every other stream
             prepared = await asyncio.to_thread(self.core.prepare, params, request_id)
         timeout_s = min(
-            self.config.tokenizer.request_timeout_s,
+            self.config.settings.tokenizer.request_timeout_s,
             remaining_s if remaining_s is not None else math.inf,
         )
         span = spans.start_rpc_span(
@@ -106,8 +106,8 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
         output = self.core.output_stream(prepared)
         timing = _Timing(started_s)
         stream: RequestStream | None = None
-        interval = self.config.tokenizer.stream_interval
-        catch_up = self.config.tokenizer.stream_catch_up
+        interval = self.config.settings.tokenizer.stream_interval
+        catch_up = self.config.settings.tokenizer.stream_catch_up
         pending: Chunk | None = None  # tokens held for the next message (stream_interval > 1)
         try:
             stream = await self.scheduler.submit(prepared, timeout_s, spans.carrier_of(span))
@@ -170,7 +170,9 @@ class TokenizerServicer(pb_grpc.TokenizerServicer):
             )
             downstream = pb.DescribeResponse(services=[restarting])
         response = pb.DescribeResponse(
-            placement=self.config.placement, batching=downstream.batching, ray=self.config.is_ray
+            placement=self.config.settings.deploy.placement,
+            batching=downstream.batching,
+            ray=self.config.is_ray,
         )
         front_doors = _front_doors(convert.identity_to_pb(self.identity), downstream)
         response.services.extend(front_doors)

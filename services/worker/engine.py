@@ -12,11 +12,12 @@ from typing import NamedTuple
 import torch
 
 from services.common.types import BlockSwaps, ModelInfo, SamplingParams, SeqStep, StepOutput
+from services.config import HopscopeConfig
 from services.models import ModelSource, resolve_model
 from services.models.checkpoint import load_source_weights
 from services.worker import kernels
 from services.worker.batch import build_batch
-from services.worker.config import WorkerConfig
+from services.worker.config import check_device_present, torch_dtype
 from services.worker.kv_cache import KVCache, bytes_per_block, num_blocks_for_budget
 from services.worker.kv_swap import HostKVPool
 from services.worker.model import Transformer
@@ -44,23 +45,30 @@ class Engine:
 
     `static_decode`: run decode-only steps through the fixed-shape path of the CUDA graphs
     (services/worker/static_decode.py) without capturing them. None: exactly when
-    `config.cuda_graphs` (captured). Tests and dry runs set it on CPU."""
+    `config.cuda_graphs` (captured). Tests and dry runs set it on CPU.
 
-    def __init__(self, config: WorkerConfig, static_decode: bool | None = None) -> None:
-        self.config = config
-        if config.num_threads:  # this thread's (model loading); the engine thread sets its own
-            torch.set_num_threads(config.num_threads)
+    `settings`: the settings tree as is; the engine reads its `worker` section (`self.config`),
+    the model it serves, and the scheduler's step budget (the activation reserve)."""
+
+    def __init__(self, settings: HopscopeConfig, static_decode: bool | None = None) -> None:
+        self.settings = settings
+        self.config = config = settings.worker
+        check_device_present(config.device)
+        num_threads = config.engine_thread_count
+        if num_threads:  # this thread's (model loading); the engine thread sets its own
+            torch.set_num_threads(num_threads)
         # `auto` on CPU: the threads follow the cores other load leaves free; CUDA keeps torch's
         self.threads: ThreadGovernor | None = None
-        if config.num_threads is None and not config.is_cuda:
+        if num_threads is None and not config.is_cuda:
             self.threads = ThreadGovernor(available_cores())
-        self.device = config.torch_device
-        self.dtype = config.torch_dtype
-        self.source: ModelSource = resolve_model(config.model, config.max_model_len)
+        self.device = torch.device(config.device)
+        self.dtype = torch_dtype(config)
+        model = settings.model
+        self.source: ModelSource = resolve_model(model.model, model.max_model_len)
         # A GGUF's 4-bit blocks stay packed-ready when --quantization int4 has their group size.
         int4_group_size = config.quantization_group_size if config.quantization == "int4" else 0
         weights = load_source_weights(
-            self.source, config.seed, self.dtype, self.device, int4_group_size
+            self.source, config.weights_seed, self.dtype, self.device, int4_group_size
         )
         self.kernels, self.gemm = self._kernels()
         self.model = Transformer(
@@ -98,7 +106,7 @@ class Engine:
             architecture=self.source.architecture,
             vocab_size=self.source.vocab_size,
             max_context=self.source.max_context,
-            dtype=str(config.dtype),
+            dtype=config.dtype_name,
             device=config.device,
             num_blocks=num_blocks,
             block_size=config.block_size,
@@ -254,7 +262,7 @@ class Engine:
             kernels.load()
             if not packed:
                 raise kernels.KernelUnavailableError(
-                    f"oneDNN packed linear does not run {self.config.dtype} here"
+                    f"oneDNN packed linear does not run {self.config.dtype_name} here"
                 )
             return "native", "onednn-packed"
         return (
@@ -284,7 +292,10 @@ class Engine:
         # Decode attention gathers one layer's K/V for the longest context of each sequence.
         gather = 2 * bytes_per_block(cfg, self.config.block_size, self.dtype) // cfg.num_layers
         num_context_blocks = -(-self.source.max_context // self.config.block_size)
-        reserve = self.config.max_num_batched_tokens * per_token + 64 * gather * num_context_blocks
+        reserve = (
+            self.settings.scheduler.max_num_batched_tokens * per_token
+            + 64 * gather * num_context_blocks
+        )
         if self.config.cuda_graphs:  # the graphs' private pool holds their largest shape's too
             max_batch = self.config.cuda_graph_max_batch
             reserve += max_batch * (per_token + gather * num_context_blocks)

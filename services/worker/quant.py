@@ -1,4 +1,4 @@
-"""Weight-only quantized linear layers (`WorkerConfig.quantization`): fewer bytes of weights read
+"""Weight-only quantized linear layers (`WorkerSettings.quantization`): fewer bytes of weights read
 per decode step, the activations staying in floating point.
 
 - `int8`: one symmetric scale per output channel (row): w = q * scale, q in -127..127.

@@ -39,7 +39,7 @@ def build_worker_service(config: WorkerServiceConfig, address: str) -> WorkerSer
     metrics = serve_metrics("worker", config.metrics_address)
     try:
         return WorkerService.load(
-            config.engine, identify("worker", address, config.node_id, config.role), metrics
+            config.settings, identify("worker", address, config.node_id, config.role), metrics
         )
     except BaseException:
         metrics.stop_server()
@@ -47,11 +47,12 @@ def build_worker_service(config: WorkerServiceConfig, address: str) -> WorkerSer
 
 
 async def start_worker(config: WorkerServiceConfig) -> WorkerServer:
-    tls = load_tls(config.tls_dir, "worker") if config.tls_dir else None  # fail before loading
+    security = config.settings.security
+    tls = load_tls(security.tls_dir, "worker") if security.tls_dir else None  # before loading
     # loading weights is slow and blocking: keep the loop free meanwhile
     service = await asyncio.to_thread(build_worker_service, config, config.listen)
     servicer = WorkerServicer(
-        service, transport_of(config.listen), tls=tls, internal_token=config.internal_token
+        service, transport_of(config.listen), tls=tls, internal_token=security.internal_token
     )
 
     def register(server: object) -> list[str]:
@@ -60,7 +61,7 @@ async def start_worker(config: WorkerServiceConfig) -> WorkerServer:
 
     try:
         grpc_server = await start_server(
-            config.listen, register, tls=tls, internal_token=config.internal_token
+            config.listen, register, tls=tls, internal_token=security.internal_token
         )
     except BaseException:
         service.close()  # the engine and the metrics server

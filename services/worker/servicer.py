@@ -31,9 +31,8 @@ from services.common.types import (
     SeqStep,
     StepOutput,
 )
-from services.config import KV_TRANSPORTS
+from services.config import KV_TRANSPORTS, HopscopeConfig
 from services.worker import kv_transfer
-from services.worker.config import WorkerConfig
 from services.worker.engine import Engine, StepError
 from services.worker.profiling import ProfileBusyError, StepProfiler
 from tracing import schema
@@ -88,7 +87,7 @@ class WorkerService:
         self.identity = identity
         self.metrics = metrics or ServiceMetrics("worker")
         self.instance_id = uuid.uuid4().hex
-        self._executor = executor or engine_executor(engine.config.num_threads)
+        self._executor = executor or engine_executor(engine.config.engine_thread_count)
         self._observe_kv_blocks([])  # all free until the first step, not 0 free (looks full)
         # what the previous step sampled (seq_id -> token): fills async scheduling's placeholders
         self._last_sampled: dict[int, int] = {}
@@ -100,7 +99,10 @@ class WorkerService:
 
     @classmethod
     def load(
-        cls, config: WorkerConfig, identity: ServiceIdentity, metrics: ServiceMetrics | None = None
+        cls,
+        settings: HopscopeConfig,
+        identity: ServiceIdentity,
+        metrics: ServiceMetrics | None = None,
     ) -> WorkerService:
         """The engine built on the thread that will run its steps (blocks while it loads).
 
@@ -109,9 +111,9 @@ class WorkerService:
         regions gets its own team, and with more OpenMP threads than CPUs libgomp throttles
         the spin-wait of idle team threads, so every parallel region of a step paid a futex
         wake-up. One thread, one team."""
-        executor = engine_executor(config.num_threads)
+        executor = engine_executor(settings.worker.engine_thread_count)
         try:
-            engine = executor.submit(Engine, config).result()
+            engine = executor.submit(Engine, settings).result()
         except BaseException:
             executor.shutdown(wait=False, cancel_futures=True)
             raise

@@ -1,5 +1,5 @@
 """Decode-only steps through fixed shapes, so that each shape can be captured once as a CUDA graph
-and replayed (`WorkerConfig.cuda_graphs`).
+and replayed (`WorkerSettings.cuda_graphs`).
 
 A decode step of n sequences (each one new token, each sampled) runs as a batch of B rows, B the
 smallest captured batch size >= n, with every block table padded to NB blocks, NB the smallest

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from services.common.types import SamplingParams, SeqStep
-from services.worker.config import WorkerConfig
+from services.config import HopscopeConfig
 from services.worker.engine import Engine
 from tests.checkpoints import CHECKPOINT_KINDS, BlockPool, generate, write_tiny_checkpoint
 
@@ -34,7 +34,7 @@ def test_float32_greedy_tokens_match_transformers_on_cuda(tmp_path: Path, kind: 
     directory = write_tiny_checkpoint(tmp_path / kind, kind)
     reference = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     reference = reference.to("cuda").eval()
-    engine = Engine(WorkerConfig(model=str(directory), device="cuda", dtype="float32"))
+    engine = Engine(HopscopeConfig.of(model=str(directory), device="cuda", dtype="float32"))
     pool = BlockPool(list(range(engine.info.num_blocks)))
     got = generate(engine, PROMPTS, NUM_NEW_TOKENS, pool, chunk_size=4)
     for prompt, tokens in zip(PROMPTS, got, strict=True):
@@ -51,7 +51,7 @@ def test_float32_greedy_tokens_match_transformers_on_cuda(tmp_path: Path, kind: 
 
 
 def test_bfloat16_seeded_sampling_is_batch_invariant_and_device_time_is_measured() -> None:
-    engine = Engine(WorkerConfig(model="tiny", device="cuda"))
+    engine = Engine(HopscopeConfig.of(model="tiny", device="cuda"))
     assert engine.info.dtype == "bfloat16" and engine.info.device == "cuda"
     seeded = SamplingParams(temperature=0.8, top_p=0.9, top_k=100, seed=7)
     pool = BlockPool(list(range(engine.info.num_blocks)))

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from services.common.types import SamplingParams, SeqStep
-from services.worker.config import WorkerConfig
+from services.config import HopscopeConfig
 from services.worker.engine import Engine
 from services.worker.static_decode import StaticDecode
 from tests.checkpoints import BlockPool, generate
@@ -60,7 +60,7 @@ def engine(
     dtype: str, cuda_graphs: bool = False, compile: bool = False, uncaptured: bool = False
 ) -> Engine:
     """`uncaptured`: the graphs' fixed-shape decode path, run eagerly."""
-    config = WorkerConfig(
+    config = HopscopeConfig.of(
         model="tiny",
         device="cuda",
         dtype=dtype,

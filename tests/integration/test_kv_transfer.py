@@ -18,8 +18,8 @@ import pytest
 from services.common.channels import create_channel
 from services.common.errors import InvalidArgumentError, UnavailableError
 from services.common.types import SamplingParams, SeqStep
+from services.config import HopscopeConfig
 from services.scheduler.kv_client import import_kv
-from services.worker.config import WorkerConfig
 from services.worker.kv_transfer import SHM_DIR, SHM_PREFIX
 from services.worker.server import WorkerServer, start_worker
 from services.worker.service_config import WorkerServiceConfig
@@ -35,11 +35,11 @@ def _segments() -> set[str]:
 async def _start(
     path: str, model: str, kv_export_thread: bool = False, **service: str
 ) -> WorkerServer:
-    engine = WorkerConfig(
-        model=model, kv_cache_bytes=8 * 2**20, kernels="torch", kv_export_thread=kv_export_thread
+    settings = HopscopeConfig.of(
+        model=model, kv_cache_mb=8, kernels="torch", kv_export_thread=kv_export_thread, **service
     )
     listen = path if ":" in path else f"unix:{path}"
-    return await start_worker(WorkerServiceConfig(engine=engine, listen=listen, **service))
+    return await start_worker(WorkerServiceConfig(settings=settings, listen=listen))
 
 
 async def _decode(

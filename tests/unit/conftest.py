@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.common.identity import identify
-from services.worker.config import WorkerConfig
+from services.config import HopscopeConfig
 from services.worker.servicer import WorkerService
 
 
@@ -13,5 +13,5 @@ from services.worker.servicer import WorkerService
 def service() -> WorkerService:
     """The tiny model's engine behind its WorkerService, in this process (8 MiB of KV)."""
     return WorkerService.load(
-        WorkerConfig(model="tiny", kv_cache_bytes=8 * 2**20), identify("worker", "inproc")
+        HopscopeConfig.of(model="tiny", kv_cache_mb=8), identify("worker", "inproc")
     )

@@ -148,4 +148,7 @@ def test_the_serve_flag_reaches_the_scheduler_process() -> None:
         args = build_parser().parse_args(["serve", "--no-ray", "--async-scheduling", flag])
         config = scheduler_config(spec_from_args(args), "unix:/tmp/s.sock", "unix:/tmp/w.sock")
         sent = json.loads(config_to_json(config))
-        assert config_from_dict(SchedulerServiceConfig, sent).scheduler.async_scheduling is expected
+        assert (
+            config_from_dict(SchedulerServiceConfig, sent).settings.scheduler.async_scheduling
+            is expected
+        )

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,14 +79,15 @@ def test_every_setting_has_help_and_every_flag_default_is_the_tree_default() -> 
 def test_the_old_defaults_are_kept_and_written_once() -> None:
     """Defect 3: the runner's connect timeout was 30 s against the service config's 60, the
     tokenizer config's placement "colocated" against serve's "inproc"."""
-    assert SchedulerServiceConfig().scheduler.worker_connect_timeout_s == 60.0
-    assert TokenizerServiceConfig().placement == DEFAULTS.deploy.placement == "inproc"
+    assert SchedulerServiceConfig().settings.scheduler.worker_connect_timeout_s == 60.0
+    assert TokenizerServiceConfig().settings.deploy.placement == DEFAULTS.deploy.placement
+    assert DEFAULTS.deploy.placement == "inproc"
     assert SchedulerSettings().max_num_batched_tokens == DEFAULTS.scheduler.max_num_batched_tokens
     config = _serve()
-    assert scheduler_config(config, "l", "w").scheduler == SchedulerSettings()
-    assert scheduler_config(config, "l", "w").scheduler.worker_restart_timeout_s == 60.0
-    assert worker_config(config, "w").engine.max_num_batched_tokens == 2048
-    assert tokenizer_config(config, "l", "s").tokenizer.request_timeout_s == 600.0
+    assert scheduler_config(config, "l", "w").settings.scheduler == SchedulerSettings()
+    assert scheduler_config(config, "l", "w").settings.scheduler.worker_restart_timeout_s == 60.0
+    assert worker_config(config, "w").settings.scheduler.max_num_batched_tokens == 2048
+    assert tokenizer_config(config, "l", "s").settings.tokenizer.request_timeout_s == 600.0
 
 
 def test_a_bad_value_is_refused_naming_its_flag() -> None:
@@ -142,27 +144,28 @@ def test_ray_keeps_the_worker_restart_timeout_the_user_gave() -> None:
     source = (ROOT / "deploy" / "ray_serve.py").read_text()
     assert "max(spec" not in source and "WORKER_RECONNECT_TIMEOUT_S" not in source
     config = _serve("--worker-restart-timeout-s", "5", "--placement", "split")
-    assert scheduler_config(config, "l", "w").scheduler.worker_restart_timeout_s == 5.0
+    assert scheduler_config(config, "l", "w").settings.scheduler.worker_restart_timeout_s == 5.0
 
 
 def test_a_setting_defined_once_reaches_its_service() -> None:
     """`--static-batch-timeout-s` is one definition in services/config.py, nothing else."""
     config = _serve("--batching", "static", "--static-batch-timeout-s", "0.2")
-    assert scheduler_config(config, "l", "w").scheduler.static_batch_timeout_s == 0.2
+    assert scheduler_config(config, "l", "w").settings.scheduler.static_batch_timeout_s == 0.2
     with pytest.raises(ValueError, match="--static-batch-timeout-s must be >= 0 s"):
         _serve("--static-batch-timeout-s", "-1")
 
 
 def test_a_new_scheduler_knob_is_one_definition_plus_its_use() -> None:
     """`--max-prefill-seqs` (added as issue 20's example) is one field of SchedulerSettings and
-    the core's line that reads it: the scheduler service receives the tree's section as is
-    (no mirrored field, no second check, no mapping line), through the process JSON too."""
+    the core's line that reads it: the scheduler process receives the settings tree as is,
+    serialized once (no mirrored field, no second check, no mapping line), and its server hands
+    the core the `scheduler` section."""
     tree = _serve("--max-prefill-seqs", "2", "--max-num-seqs", "3", "--no-prefix-caching")
     service = scheduler_config(tree, "l", "w")
-    assert service.scheduler is tree.scheduler
-    sent = config_from_dict(SchedulerServiceConfig, json.loads(config_to_json(service)))
-    assert sent.scheduler == tree.scheduler
-    core = Scheduler(sent.scheduler, _MODEL)
+    assert service.settings is tree
+    sent = _through_the_process(SchedulerServiceConfig, service)
+    assert sent.settings == tree
+    core = Scheduler(sent.settings.scheduler, _MODEL)
     assert (core.config.max_prefill_seqs, core.config.max_num_seqs) == (2, 3)
     assert core.config.prefix_caching is False
     with pytest.raises(ValueError, match="--max-prefill-seqs must be >= 0"):
@@ -171,6 +174,59 @@ def test_a_new_scheduler_knob_is_one_definition_plus_its_use() -> None:
     assert _classes_declaring("max_prefill_seqs") == ["services/config.py:SchedulerSettings"]
     assert _files_naming("max_prefill_seqs") == ["services/config.py", "services/scheduler/core.py"]
     assert _classes_declaring("max_num_seqs") == ["services/config.py:SchedulerSettings"]
+
+
+def test_a_worker_knob_is_one_definition_plus_its_use() -> None:
+    """`--kv-cache-mb`: one field of WorkerSettings; its value in bytes is a property of that
+    section (no second field, no rename), read at its one use, the engine's CPU budget. The
+    worker process receives the tree as is and the engine opens its `worker` section."""
+    from services.worker.engine import Engine
+    from services.worker.kv_cache import bytes_per_block
+    from services.worker.service_config import WorkerServiceConfig
+
+    tree = _serve("--kv-cache-mb", "9", "--model", "tiny", "--engine-threads", "1")
+    service = worker_config(tree, "unix:/w")
+    assert service.settings is tree
+    sent = _through_the_process(WorkerServiceConfig, service)
+    assert sent.settings == tree
+    engine = Engine(sent.settings)
+    block_bytes = bytes_per_block(engine.source.config, engine.info.block_size, engine.dtype)
+    assert engine.info.num_blocks == 9 * 2**20 // block_bytes
+    with pytest.raises(ValueError, match="--kv-cache-mb must be >= 1 MiB"):
+        _serve("--kv-cache-mb", "0")
+    assert _classes_declaring("kv_cache_mb") == ["services/config.py:WorkerSettings"]
+    assert _files_naming("kv_cache_mb") == ["services/config.py"]  # the definition, its bytes
+    assert _files_naming("kv_cache_bytes") == ["services/worker/engine.py"]  # the use
+
+
+@pytest.mark.parametrize(
+    "service_config",
+    [
+        "services/scheduler/service_config.py",
+        "services/tokenizer/service_config.py",
+        "services/worker/service_config.py",
+        "services/worker/config.py",
+    ],
+)
+def test_no_service_config_mirrors_a_setting(service_config: str) -> None:
+    """A service's config is the tree plus its wiring: none of its classes declares a field
+    named like a setting (a copy that could drift from the tree, or be renamed on the way)."""
+    names = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    tree = ast.parse((ROOT / service_config).read_text(encoding="utf-8"))
+    declared = {
+        f"{node.name}.{item.target.id}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        for item in node.body
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+        if item.target.id in names
+    }
+    assert declared == set()
+
+
+def _through_the_process(cls: type[Any], service: Any) -> Any:
+    """What a service process rebuilds from its `--config JSON` (services/common/process.py)."""
+    return config_from_dict(cls, json.loads(config_to_json(service)))
 
 
 _MODEL = ModelInfo("t", "llama", 64, 256, "float32", "cpu", num_blocks=64, block_size=4)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from services.common.types import SamplingParams, SeqStep
+from services.config import HopscopeConfig
 from services.worker import kernels
-from services.worker.config import WorkerConfig
 from services.worker.engine import Engine
 from services.worker.model import apply_rope, rms_norm
 
@@ -137,9 +137,7 @@ def test_packed_linear_matches_f_linear() -> None:
 
 def test_native_and_torch_engines_sample_the_same_seeded_tokens() -> None:
     """The whole step, seeded sampling included: same tokens from both op sets."""
-    engines = [
-        Engine(WorkerConfig(kernels=k, kv_cache_bytes=16 * 2**20)) for k in ("native", "torch")
-    ]
+    engines = [Engine(HopscopeConfig.of(kernels=k, kv_cache_mb=16)) for k in ("native", "torch")]
     assert [e.kernels for e in engines] == ["native", "torch"]
     assert engines[0].gemm == "onednn-packed"
     params = SamplingParams(temperature=0.8, top_k=50, top_p=0.9, seed=11)
@@ -162,7 +160,7 @@ def test_native_and_torch_engines_sample_the_same_seeded_tokens() -> None:
 
 
 def test_torch_kernels_are_used_where_asked() -> None:
-    engine = Engine(WorkerConfig(kernels="torch", kv_cache_bytes=16 * 2**20))
+    engine = Engine(HopscopeConfig.of(kernels="torch", kv_cache_mb=16))
     assert (engine.kernels, engine.gemm) == ("torch", "torch")
 
 

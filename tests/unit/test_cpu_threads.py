@@ -19,7 +19,7 @@ def _engine_service() -> WorkerService:
     # only what __init__ reads
     engine: Any = SimpleNamespace(
         info=SimpleNamespace(num_blocks=8),
-        config=SimpleNamespace(num_threads=0, kv_export_thread=False),
+        config=SimpleNamespace(engine_thread_count=0, kv_export_thread=False),
     )
     return WorkerService(engine, identify("worker", "127.0.0.1:0"))
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from services.common.types import SamplingParams, SeqStep
-from services.worker.config import WorkerConfig
+from services.config import HopscopeConfig
 from services.worker.engine import Engine
 from tests.checkpoints import CHECKPOINT_KINDS, BlockPool, generate, write_tiny_checkpoint
 
@@ -93,7 +93,7 @@ def expected(reference: Any) -> list[list[int]]:
 @pytest.fixture(scope="module", params=["native", "torch"])
 def engine(checkpoint: Path, request: pytest.FixtureRequest) -> Engine:
     # Both op sets: native (the CPU default) and torch (what CUDA runs).
-    config = WorkerConfig(model=str(checkpoint), kv_cache_bytes=4 * 2**20, kernels=request.param)
+    config = HopscopeConfig.of(model=str(checkpoint), kv_cache_mb=4, kernels=request.param)
     engine = Engine(config)
     assert engine.kernels == request.param
     return engine

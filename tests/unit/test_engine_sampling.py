@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from services.common.types import SamplingParams, SeqStep
-from services.worker.config import WorkerConfig
+from services.config import HopscopeConfig
 from services.worker.engine import Engine
 from services.worker.sampling import SamplingTensors, sample
 from tests.checkpoints import BlockPool, generate
@@ -20,7 +20,7 @@ SEEDED = SamplingParams(temperature=0.9, top_p=0.95, top_k=200, seed=1234)
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine(WorkerConfig(model="tiny", kv_cache_bytes=32 * 2**20))
+    return Engine(HopscopeConfig.of(model="tiny", kv_cache_mb=32))
 
 
 def pool_of(engine: Engine) -> BlockPool:
@@ -56,7 +56,7 @@ def test_seeded_tokens_survive_preemption_with_recompute(engine: Engine) -> None
 
 def test_seeded_tokens_survive_a_worker_restart(engine: Engine) -> None:
     first = generate(engine, [PROMPT], NUM_NEW_TOKENS, pool_of(engine), [SEEDED])[0]
-    restarted = Engine(WorkerConfig(model="tiny", kv_cache_bytes=32 * 2**20))
+    restarted = Engine(HopscopeConfig.of(model="tiny", kv_cache_mb=32))
     assert generate(restarted, [PROMPT], NUM_NEW_TOKENS, pool_of(restarted), [SEEDED])[0] == first
 
 

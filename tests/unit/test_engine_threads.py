@@ -7,7 +7,8 @@ import torch
 
 from deploy.spec import worker_config
 from services.common.identity import identify
-from services.worker.config import WorkerConfig
+from services.common.process import config_to_json
+from services.config import HopscopeConfig, WorkerSettings
 from services.worker.engine import Engine
 from services.worker.servicer import WorkerService
 
@@ -15,7 +16,7 @@ from services.worker.servicer import WorkerService
 def test_the_engine_thread_runs_with_the_threads_asked_for() -> None:
     before = torch.get_num_threads()
     try:
-        engine = Engine(WorkerConfig(model="tiny", kv_cache_bytes=8 * 2**20, num_threads=1))
+        engine = Engine(HopscopeConfig.of(model="tiny", kv_cache_mb=8, engine_threads="1"))
         service = WorkerService(engine, identify("worker", "inproc"))
         try:
             threads = service.engine_executor.submit(torch.get_num_threads).result(timeout=30)
@@ -31,7 +32,8 @@ def test_the_flag_reaches_the_worker_config_and_is_checked() -> None:
     from deploy.commands import spec_from_args
 
     args = build_parser().parse_args(["serve", "--no-ray", "--engine-threads", "1"])
-    assert worker_config(spec_from_args(args), "unix:/tmp/w.sock").engine.num_threads == 1
+    worker = worker_config(spec_from_args(args), "unix:/tmp/w.sock").settings.worker
+    assert worker.engine_thread_count == 1
     bad = build_parser().parse_args(["serve", "--no-ray", "--engine-threads", "-1"])
     with pytest.raises(ValueError, match="--engine-threads must be >= 0"):
         spec_from_args(bad)
@@ -49,14 +51,14 @@ def test_engine_threads_default_to_auto_and_take_a_number_or_auto() -> None:
     from deploy.cli import build_parser
     from deploy.commands import spec_from_args
 
-    def engine_of(*argv: str) -> WorkerConfig:
+    def engine_of(*argv: str) -> WorkerSettings:
         args = build_parser().parse_args(["serve", "--no-ray", *argv])
-        return worker_config(spec_from_args(args), "unix:/tmp/w.sock").engine
+        return worker_config(spec_from_args(args), "unix:/tmp/w.sock").settings.worker
 
-    assert engine_of().num_threads is None  # auto
-    assert engine_of("--engine-threads", "auto").num_threads is None
-    assert engine_of("--engine-threads", "0").num_threads == 0
-    assert engine_of("--engine-wait-policy", "passive").wait_policy == "passive"
+    assert engine_of().engine_thread_count is None  # auto
+    assert engine_of("--engine-threads", "auto").engine_thread_count is None
+    assert engine_of("--engine-threads", "0").engine_thread_count == 0
+    assert engine_of("--engine-wait-policy", "passive").engine_wait_policy == "passive"
     with pytest.raises(ValueError, match="--engine-threads must be auto or a number"):
         engine_of("--engine-threads", "many")
 
@@ -77,9 +79,10 @@ def test_the_worker_process_reads_its_wait_policy_from_its_config() -> None:
 
     from services.common.threads import wait_policy_in_argv
 
-    config = {"engine": {"model": "tiny", "wait_policy": "passive"}, "listen": "unix:/tmp/w"}
-    assert wait_policy_in_argv(["-m", "--config", json.dumps(config)]) == "passive"
-    assert wait_policy_in_argv(["--config", json.dumps({"engine": {}})]) == "auto"
+    tree = HopscopeConfig.of(engine_wait_policy="passive")
+    config = config_to_json(worker_config(tree, "unix:/tmp/w"))
+    assert wait_policy_in_argv(["-m", "--config", config]) == "passive"
+    assert wait_policy_in_argv(["--config", json.dumps({"settings": {}})]) == "auto"
     assert wait_policy_in_argv(["--config", "not json"]) == "auto"
     assert wait_policy_in_argv([]) == "auto"
 

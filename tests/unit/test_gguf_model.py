@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
+from services.config import HopscopeConfig
 from services.models import ModelNotFoundError, resolve_model
 from services.models.source import ModelSource
-from services.worker.config import WorkerConfig
 from services.worker.engine import Engine
 from services.worker.kv_cache import KVCacheTooSmallError
 from tests.checkpoints import BlockPool, generate
@@ -73,7 +73,7 @@ def test_greedy_tokens_match_transformers_on_the_gguf(
         )
         expected.append(out[0, len(prompt) :].tolist())
     del reference
-    engine = Engine(WorkerConfig(model=MODEL, max_model_len=256, kv_cache_bytes=32 * 2**20))
+    engine = Engine(HopscopeConfig.of(model=MODEL, max_model_len=256, kv_cache_mb=32))
     got = generate(engine, prompts, NUM_NEW_TOKENS, BlockPool(list(range(engine.info.num_blocks))))
     assert got == expected
 
@@ -88,4 +88,4 @@ def test_max_model_len_caps_the_context_and_the_refusal_names_the_flags(
     with pytest.raises(ValueError, match="--max-model-len 9000 exceeds"):
         resolve_model(MODEL, max_model_len=9000)
     with pytest.raises(KVCacheTooSmallError, match="--kv-cache-mb .* --max-model-len"):
-        Engine(WorkerConfig(model=MODEL, max_model_len=8192, kv_cache_bytes=256 * 2**20))
+        Engine(HopscopeConfig.of(model=MODEL, max_model_len=8192, kv_cache_mb=256))

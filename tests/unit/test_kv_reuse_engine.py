@@ -8,9 +8,8 @@ import dataclasses
 import pytest
 
 from services.common.types import SamplingParams
-from services.config import SchedulerSettings
+from services.config import HopscopeConfig, SchedulerSettings
 from services.scheduler.core import Request, Scheduler
-from services.worker.config import WorkerConfig
 from services.worker.engine import Engine
 
 SHARED = [(37 * j) % 3000 + 5 for j in range(70)]  # 4 full blocks of 16 and a partial one
@@ -18,7 +17,7 @@ SHARED = [(37 * j) % 3000 + 5 for j in range(70)]  # 4 full blocks of 16 and a p
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine(WorkerConfig(model="tiny", kv_cache_bytes=8 * 2**20, swap_space_bytes=8 * 2**20))
+    return Engine(HopscopeConfig.of(model="tiny", kv_cache_mb=8, swap_space_mb=8))
 
 
 def requests(num: int, max_tokens: int) -> list[Request]:

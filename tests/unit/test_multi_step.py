@@ -121,4 +121,6 @@ def test_the_serve_flag_reaches_the_scheduler_process() -> None:
     args = build_parser().parse_args(["serve", "--no-ray", "--num-scheduler-steps", "4"])
     config = scheduler_config(spec_from_args(args), "unix:/tmp/s.sock", "unix:/tmp/w.sock")
     sent = json.loads(config_to_json(config))
-    assert config_from_dict(SchedulerServiceConfig, sent).scheduler.num_scheduler_steps == 4
+    assert (
+        config_from_dict(SchedulerServiceConfig, sent).settings.scheduler.num_scheduler_steps == 4
+    )

@@ -86,11 +86,13 @@ def test_internal_token_is_required_except_for_health() -> None:
 
 
 def test_tokens_are_random_and_hidden_from_config_reprs() -> None:
+    from services.config import HopscopeConfig
     from services.worker.service_config import WorkerServiceConfig
 
     token = new_internal_token()
     assert len(token) >= 40 and token != new_internal_token()
-    assert token not in repr(WorkerServiceConfig(internal_token=token))
+    settings = HopscopeConfig.of(internal_token=token)
+    assert token not in repr(WorkerServiceConfig(settings)) and token not in repr(settings)
 
 
 @pytest.mark.parametrize(

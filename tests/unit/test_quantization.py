@@ -12,7 +12,6 @@ import torch
 from services.config import HopscopeConfig
 from services.models.quantized import GroupQuantized, quantize_int4
 from services.worker import quant
-from services.worker.config import WorkerConfig
 from services.worker.engine import Engine
 from services.worker.model import LINEAR_NAMES
 from tests.checkpoints import BlockPool, generate
@@ -137,11 +136,11 @@ def test_bad_values_are_refused_before_anything_loads(values: dict[str, Any], me
     with pytest.raises(ValueError, match=message):
         HopscopeConfig.of(**values)
     with pytest.raises(ValueError, match=message):
-        WorkerConfig(model="tiny", **values)
+        HopscopeConfig.of(model="tiny", **values)
 
 
 def tiny_engine(**kwargs: Any) -> Engine:
-    return Engine(WorkerConfig(model="tiny", kv_cache_bytes=16 * 2**20, **kwargs))
+    return Engine(HopscopeConfig.of(model="tiny", kv_cache_mb=16, **kwargs))
 
 
 def greedy(engine: Engine) -> list[list[int]]:

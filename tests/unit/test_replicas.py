@@ -12,7 +12,7 @@ import pytest
 from services.common.errors import UnavailableError
 from services.common.metrics import ServiceMetrics
 from services.common.types import ModelInfo
-from services.config import SchedulerSettings
+from services.config import HopscopeConfig, SchedulerSettings
 from services.scheduler.core import Scheduler
 from services.scheduler.replicas import ReplicaSet
 from services.scheduler.request import Request
@@ -125,7 +125,7 @@ def test_one_worker_is_a_replica_set_of_one_on_the_same_routing_path(
     monkeypatch.setattr(Router, "choose", spy)
     client = FakeWorkerClient(FakeWorker())
     runner = build_replicas(
-        SchedulerServiceConfig(SchedulerSettings(worker_restart_timeout_s=5)), [client]
+        SchedulerServiceConfig(HopscopeConfig.of(worker_restart_timeout_s=5)), [client]
     )
     assert isinstance(runner, ReplicaSet) and len(runner.replicas) == 1
     sink = Sink()

@@ -20,7 +20,7 @@ from protos import hopscope_pb2_grpc as pb_grpc
 from services.common.identity import identify
 from services.common.server import GrpcServer, start_server
 from services.common.types import ModelInfo
-from services.config import ModelSettings, SchedulerSettings, TokenizerSettings
+from services.config import HopscopeConfig, SchedulerSettings
 from services.scheduler.core import Scheduler
 from services.scheduler.runner import SchedulerRunner
 from services.scheduler.servicer import SchedulerServicer
@@ -70,8 +70,7 @@ async def _pipeline(
     scheduler = _Scheduler(f"unix:{tmp_path}/scheduler.sock")
     await scheduler.start()
     config = TokenizerServiceConfig(
-        TokenizerSettings(stream_interval=stream_interval),
-        ModelSettings(model="tiny"),
+        HopscopeConfig.of(stream_interval=stream_interval, model="tiny"),
         scheduler_address=scheduler.address,
         listen="127.0.0.1:0",
     )
@@ -238,7 +237,7 @@ def test_stream_interval_flag_reaches_the_front_door_and_is_checked() -> None:
     add_parser(parser.add_subparsers())
     args = parser.parse_args(["serve", "--placement", "colocated", "--stream-interval", "4"])
     config = tokenizer_config(spec_from_args(args), "127.0.0.1:0", "unix:/tmp/x.sock")
-    assert config.tokenizer.stream_interval == 4
+    assert config.settings.tokenizer.stream_interval == 4
     zero = parser.parse_args(["serve", "--stream-interval", "0"])
     with pytest.raises(ValueError, match="--stream-interval must be >= 1"):
         spec_from_args(zero)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from services.common.types import SamplingParams, SeqStep
-from services.worker.config import WorkerConfig
+from services.config import HopscopeConfig
 from services.worker.engine import Engine
 from services.worker.static_decode import StaticDecode, block_buckets, graph_batch_sizes
 from tests.checkpoints import BlockPool, generate
@@ -43,8 +43,8 @@ def test_shapes_are_powers_of_two_up_to_the_caps() -> None:
 def test_fixed_shape_decode_gives_the_plain_engines_seeded_tokens(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    plain = run(Engine(WorkerConfig(kernels="torch")))
-    engine = Engine(WorkerConfig(kernels="torch", cuda_graph_max_batch=8), static_decode=True)
+    plain = run(Engine(HopscopeConfig.of(kernels="torch")))
+    engine = Engine(HopscopeConfig.of(kernels="torch", cuda_graph_max_batch=8), static_decode=True)
     assert engine.static_decode is not None and not engine.static_decode.graphs  # no capture
     # the scratch block is extra: the scheduler's blocks are all still there
     assert engine.kv_cache.scratch_block == engine.info.num_blocks
@@ -62,8 +62,8 @@ def test_fixed_shape_decode_gives_the_plain_engines_seeded_tokens(
 
 
 def test_fixed_shape_logits_match_the_plain_path_and_padding_touches_no_sequence() -> None:
-    plain = Engine(WorkerConfig(kernels="torch"))
-    static = Engine(WorkerConfig(kernels="torch"), static_decode=True)
+    plain = Engine(HopscopeConfig.of(kernels="torch"))
+    static = Engine(HopscopeConfig.of(kernels="torch"), static_decode=True)
     greedy = SamplingParams()
     tables = [[3], [5, 6]]
     prompts = [PROMPTS[0][:5], PROMPTS[2][:18]]
@@ -86,7 +86,7 @@ def test_fixed_shape_logits_match_the_plain_path_and_padding_touches_no_sequence
 
 
 def test_batches_past_the_largest_shape_and_prefills_run_eagerly() -> None:
-    engine = Engine(WorkerConfig(kernels="torch", cuda_graph_max_batch=4), static_decode=True)
+    engine = Engine(HopscopeConfig.of(kernels="torch", cuda_graph_max_batch=4), static_decode=True)
     assert engine.static_decode is not None
     greedy = SamplingParams()
     decodes = [SeqStep(i, [5], 3, [i], greedy) for i in range(5)]
@@ -99,10 +99,10 @@ def test_batches_past_the_largest_shape_and_prefills_run_eagerly() -> None:
 def test_compile_gives_the_plain_engines_seeded_tokens() -> None:
     """torch.compile (inductor's C++ on CPU) of the torch op set, against the same op set
     eagerly: fused float32 reductions may differ in the last bits, not in tokens here."""
-    engine = Engine(WorkerConfig(compile=True))
+    engine = Engine(HopscopeConfig.of(compile=True))
     assert (engine.kernels, engine.gemm) == ("torch", "torch")
     prompts = PROMPTS[:3]
-    plain = Engine(WorkerConfig(kernels="torch"))
+    plain = Engine(HopscopeConfig.of(kernels="torch"))
     assert run(engine, prompts) == run(plain, prompts)
     decode = [SeqStep(0, [9], 4, [0], SamplingParams())]
     for e in (engine, plain):

@@ -10,7 +10,7 @@ import pytest
 from protos import hopscope_pb2 as pb
 from services.common.identity import identify
 from services.common.types import Delivery
-from services.config import TokenizerSettings
+from services.config import HopscopeConfig
 from services.tokenizer.core import GenerateParams
 from services.tokenizer.scheduler_client import RequestStream
 from services.tokenizer.server import build_core
@@ -60,7 +60,7 @@ class _Scheduler:
 def _messages(queued: int, catch_up: bool, interval: int = 1) -> list[pb.GenerateResponse]:
     core, _ = build_core("tiny")
     config = TokenizerServiceConfig(
-        TokenizerSettings(stream_catch_up=catch_up, stream_interval=interval)
+        HopscopeConfig.of(stream_catch_up=catch_up, stream_interval=interval)
     )
     servicer = TokenizerServicer(core, _Scheduler(queued), identify("tokenizer", "x"), config)
     params = GenerateParams(prompt="hi", max_tokens=len(TOKENS), ignore_eos=True)
@@ -106,10 +106,10 @@ def test_the_flag_reaches_the_front_door() -> None:
     add_parser(parser.add_subparsers())
     on = spec_from_args(parser.parse_args(["serve"]))
     off = spec_from_args(parser.parse_args(["serve", "--no-stream-catch-up"]))
-    assert tokenizer_config(on, "127.0.0.1:0", "unix:/tmp/x.sock").tokenizer.stream_catch_up is True
-    assert (
-        tokenizer_config(off, "127.0.0.1:0", "unix:/tmp/x.sock").tokenizer.stream_catch_up is False
-    )
+    on_front = tokenizer_config(on, "127.0.0.1:0", "unix:/tmp/x.sock")
+    off_front = tokenizer_config(off, "127.0.0.1:0", "unix:/tmp/x.sock")
+    assert on_front.settings.tokenizer.stream_catch_up is True
+    assert off_front.settings.tokenizer.stream_catch_up is False
 
 
 def _output(*updates: pb.RequestUpdate) -> pb.SchedulerOutput:
@@ -151,4 +151,5 @@ def test_the_flag_reaches_the_scheduler() -> None:
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     off = spec_from_args(parser.parse_args(["serve", "--no-stream-catch-up"]))
-    assert scheduler_config(off, "127.0.0.1:0", "unix:/tmp/w.sock").stream_catch_up is False
+    sched = scheduler_config(off, "127.0.0.1:0", "unix:/tmp/w.sock")
+    assert sched.settings.tokenizer.stream_catch_up is False

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from services.worker.config import WorkerConfig
+from services.config import HopscopeConfig
 from services.worker.engine import Engine
 from services.worker.thread_governor import (
     WINDOW_S,
@@ -134,15 +134,14 @@ def test_readings_count_the_stepping_thread_and_its_openmp_threads() -> None:
 
 
 def test_the_engine_runs_auto_on_cpu_and_fixed_counts_as_given() -> None:
-    budget = 8 * 2**20
     assert 1 <= available_cores()
-    auto = Engine(WorkerConfig(model="tiny", kv_cache_bytes=budget))
+    auto = Engine(HopscopeConfig.of(model="tiny", kv_cache_mb=8))
     assert auto.threads is not None and auto.threads.max_threads == available_cores()
-    fixed = Engine(WorkerConfig(model="tiny", kv_cache_bytes=budget, num_threads=0))
+    fixed = Engine(HopscopeConfig.of(model="tiny", kv_cache_mb=8, engine_threads="0"))
     assert fixed.threads is None
 
 
 @pytest.mark.parametrize("bad", [-1])
 def test_a_negative_thread_count_is_refused(bad: int) -> None:
-    with pytest.raises(ValueError, match="num_threads must be >= 0"):
-        WorkerConfig(model="tiny", num_threads=bad)
+    with pytest.raises(ValueError, match="--engine-threads must be >= 0"):
+        HopscopeConfig.of(model="tiny", engine_threads=str(bad))

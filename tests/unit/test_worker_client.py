@@ -228,7 +228,9 @@ def test_the_worker_restart_timeout_is_a_serve_flag() -> None:
 
     def scheduler_patience_s(*flags: str) -> float:
         spec = spec_from_args(build_parser().parse_args(["serve", *flags]))
-        return scheduler_config(spec, "127.0.0.1:0", "unix:/w").scheduler.worker_restart_timeout_s
+        return scheduler_config(
+            spec, "127.0.0.1:0", "unix:/w"
+        ).settings.scheduler.worker_restart_timeout_s
 
     assert scheduler_patience_s() == 60.0  # a restart that rebuilds the kernels fits
     assert scheduler_patience_s("--worker-restart-timeout", "45") == 45.0
