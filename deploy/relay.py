@@ -78,11 +78,24 @@ class Relay:
     _sockets: set[socket.socket] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _num_bytes_read: int = 0  # from either side, cumulative
+    _num_bytes_written: int = 0  # to either side, cumulative
 
     @property
     def num_connections(self) -> int:
         with self._lock:
             return len(self._sockets) // 2
+
+    @property
+    def num_bytes_in_flight(self) -> int:
+        """Bytes read from one side and not yet written to the other: on the emulated link."""
+        with self._lock:
+            return self._num_bytes_read - self._num_bytes_written
+
+    def _count(self, num_read: int = 0, num_written: int = 0) -> None:
+        with self._lock:
+            self._num_bytes_read += num_read
+            self._num_bytes_written += num_written
 
     def stop(self) -> None:
         """Stop listening and cut every relayed connection (both peers see the connection drop).
@@ -170,15 +183,16 @@ def _relay_connection(relay: Relay, client: socket.socket, upstream: socket.sock
         link = _Link(relay.delay_ms / 1e3, rate_bytes_per_s)
         chunks: queue.Queue[tuple[float, bytes] | None] = queue.Queue(MAX_CHUNKS_IN_FLIGHT)
         name = f"relay-{relay.address}-{direction}"
-        _spawn(relay, _read_side, src, link, chunks, name=f"{name}-read")
+        _spawn(relay, _read_side, relay, src, link, chunks, name=f"{name}-read")
         _spawn(relay, _write_side, relay, dst, chunks, (client, upstream), num_open, name=name)
 
 
 def _read_side(
-    src: socket.socket, link: _Link, chunks: queue.Queue[tuple[float, bytes] | None]
+    relay: Relay, src: socket.socket, link: _Link, chunks: queue.Queue[tuple[float, bytes] | None]
 ) -> None:
     try:
         while data := src.recv(CHUNK_BYTES):
+            relay._count(num_read=len(data))
             chunks.put((link.due(time.monotonic(), len(data)), data))
     except OSError:
         pass  # reset by the peer or closed by stop(): end this direction like an EOF
@@ -201,6 +215,7 @@ def _write_side(
             if wait_s > 0:
                 time.sleep(wait_s)
             dst.sendall(data)
+            relay._count(num_written=len(data))
         is_drained = True
         dst.shutdown(socket.SHUT_WR)  # the source half-closed: pass it on, after its last bytes
     except OSError:

@@ -16,10 +16,13 @@ from loadgen.metrics import ALL_METRICS
 from loadgen.runner import FAILED, INCOMPLETE, LAG_MAX_MS, LAG_SUM_MS, OK, SENT
 
 LAG_WARN_MS = 5.0  # schedule lag p99 above this: the client, not the server, set the pace
+PLAIN_LINE_INTERVAL_S = 1.0  # not a terminal (a pipe, a log file): the line, printed this often
 
 
 class LiveProgress:
-    """rate, in flight, done, errors and schedule lag, refreshed from the workers' counters."""
+    """rate, in flight, done, errors and schedule lag, refreshed from the workers' counters: in
+    place on a terminal; on a pipe or a file (where a live display shows only its last state) as
+    a plain line every PLAIN_LINE_INTERVAL_S, so a log shows how the run went."""
 
     def __init__(self, console: Console, title: str) -> None:
         self._console = console
@@ -27,6 +30,7 @@ class LiveProgress:
         self._live = Live(Text(title), console=console, auto_refresh=False, transient=False)
         self._last_s = time.perf_counter()
         self._last_done = self._last_sent = self._last_lag_sum_ms = 0.0
+        self._last_plain_s = -PLAIN_LINE_INTERVAL_S
 
     def __enter__(self) -> Self:
         self._live.__enter__()
@@ -51,7 +55,11 @@ class LiveProgress:
             lag_ms = (totals[LAG_SUM_MS] - self._last_lag_sum_ms) / (totals[SENT] - self._last_sent)
         self._last_s, self._last_done = now_s, done
         self._last_sent, self._last_lag_sum_ms = totals[SENT], totals[LAG_SUM_MS]
-        self._live.update(self._line(totals, rate, lag_ms), refresh=True)
+        line = self._line(totals, rate, lag_ms)
+        self._live.update(line, refresh=True)
+        if not self._console.is_terminal and now_s - self._last_plain_s >= PLAIN_LINE_INTERVAL_S:
+            self._last_plain_s = now_s
+            self._console.print(line)
 
     def _line(self, totals: list[float], rate: float, lag_ms: float) -> Text:
         in_flight = totals[SENT] - totals[OK] - totals[FAILED] - totals[INCOMPLETE]

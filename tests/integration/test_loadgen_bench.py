@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import pytest
 
 from benchmarks.instant_server import start_subprocess
 from loadgen.metrics import ALL_METRICS, STAT_KEYS
+from tests.harness import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SUMMARY_KEYS = {
@@ -256,7 +257,6 @@ def test_ctrl_c_stops_sending_counts_incomplete_and_still_writes(
             "0.3",
             "--out",
             str(out),
-            "--no-live",
             "--no-plots",
         ],
         cwd=REPO,
@@ -265,17 +265,27 @@ def test_ctrl_c_stops_sending_counts_incomplete_and_still_writes(
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+    assert proc.stdout is not None
+    lines: list[str] = []  # what a user piping bench to a log sees, as it comes
+    reader = threading.Thread(target=lines.extend, args=(iter(proc.stdout.readline, ""),))
     try:
-        assert proc.stdout is not None
-        assert "target" in proc.stdout.readline()  # load starts after the reachability check
-        time.sleep(1.5)
+        reader.start()
+        # the progress line (printed once a second off a terminal): some done, some in flight
+        wait_for(lambda: any(_done_and_in_flight(line) for line in lines), 60, "no request done")
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
+    output = "".join(lines)
     assert proc.returncode == 130, output
     summary = json.loads(out.read_text())["summary"]
     assert summary["incomplete"] > 0 and summary["completed"] > 0
     assert summary["completed"] + summary["failed"] + summary["incomplete"] < 400
     assert "interrupted" in output
+
+
+def _done_and_in_flight(progress_line: str) -> bool:
+    match = re.search(r"in flight +(\d+) +done +(\d+)", progress_line)
+    return match is not None and int(match[1]) > 0 and int(match[2]) > 0

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from deploy.relay import RelayError, _Link, link_mechanism, netem_available, start_relay
+from tests.harness import wait_for
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def test_stop_does_not_wait_for_chunks_still_on_the_link(echo_address: str) -> N
     relay = start_relay("127.0.0.1", echo_address, delay_ms=60_000.0)
     with _connect(relay.address) as sock:
         sock.sendall(b"ping")
-        time.sleep(0.2)  # the chunk is read and waits in the relay's writer
+        wait_for(lambda: relay.num_bytes_in_flight == 4, 10, "the relay never read the chunk")
         started = time.monotonic()
         relay.stop()
         stop_s = time.monotonic() - started
