@@ -295,11 +295,15 @@ def fix_outcome(
     also = [
         {k: r[k] for k in ("metric", "predicted", "measured_ratio", "error")} for r in rows[1:]
     ]  # the same model's other metrics (a larger batch: TPOT beside tokens/s)
+    # the prediction assumes the cores the diagnosed run had: rounds that processes outside the
+    # deployment contended (summary.json's contended_rounds) are no test of it
+    busy = any(v.get("contended_rounds") for v in next_summary.get("variants", []))
     return outcome | {
         "predicted": predicted,
         "measured_ratio": measured,
         "error": error,
         "ok": error is not None and abs(error) <= MAX_PREDICTION_ERROR,
+        "busy_host": busy,
         "also": also,
     }
 
@@ -343,6 +347,8 @@ def table(outcomes: Sequence[Outcome]) -> str:
         if not predicted and what_if.get("tpot_p50_ms"):
             cells = (f"TPOT p50 {what_if['tpot_p50_ms']:.1f} ms (link what-if)",
                      f"{what_if['measured_tpot_p50_ms']:.1f} ms", _pct(what_if.get("error")))  # fmt: skip
+        if fix.get("busy_host") and not fix.get("ok"):
+            cells = (*cells[:2], f"{cells[2]} (busy host)")
         lines.append(
             f"| {o.scenario} | {'/'.join(o.expected)} | {o.named}{_mark(o)} "
             f"| {fix.get('switch') or fix.get('expected') or '-'} | {' | '.join(cells)} |"
@@ -469,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "confusion": confusion(outcomes),
         "named_first": f"{sum(o.is_named for o in outcomes)} of {len(outcomes)}",
         "fixes_within_15pct": [o.scenario for o in outcomes if o.fix.get("ok")],
+        "fixes_on_a_busy_host": [o.scenario for o in outcomes if o.fix.get("busy_host")],
         "table": table(outcomes),
     }
     args.out.write_text(json.dumps(document, indent=2) + "\n")

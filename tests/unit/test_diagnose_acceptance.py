@@ -93,6 +93,13 @@ def test_a_reused_run_is_scored_by_the_current_prediction_and_every_metric_is_ke
     assert fix["error"] == pytest.approx(0.04)
     assert fix["also"][0]["metric"] == "tpot_ms.p50"
     assert fix["also"][0]["error"] == pytest.approx(0.25)
+    assert not fix["busy_host"]
+    # a fix run whose rounds other processes contended: marked, no verdict on the prediction
+    summary["variants"][0]["contended_rounds"] = [1, 2]
+    busy = fix_outcome(summary)
+    assert busy["busy_host"] and not busy["ok"]
+    outcome = Outcome("scheduling_small_batch", ("scheduling",), "scheduling", fix=busy)
+    assert "| +20% (busy host) |" in table([outcome])
 
 
 def test_the_network_row_shows_the_link_what_if_against_the_delayed_run() -> None:
