@@ -184,8 +184,9 @@ SCENARIOS = (
             {"concurrency": 16, "num_requests": 64, "input_len": 1024, "output_len": 128},
         ),
         ("prefill_interference",),
-        "--max-num-batched-tokens (half the prompt tokens a mixed step carries)",
-        is_fix_testable=False,  # chunking is not predicted (docs/diagnosis.md, Predictions)
+        # smaller chunks come first but are not predicted (docs/diagnosis.md, Predictions):
+        # `next` tests the predicted one, the disaggregation prediction's TPOT and TTFT p50
+        "--placement disagg (after --max-num-batched-tokens, not predicted)",
         why="1024-token prompts join the running decodes' steps",
     ),
     Scenario(

@@ -136,14 +136,21 @@ def with_disaggregation(
 def _predict_disagg_suggestions(
     diagnosis: dict[str, Any], prediction: dict[str, Any], signals: Signals
 ) -> None:
-    """`--placement disagg` suggestions get the disaggregation prediction's TPOT ratio."""
+    """`--placement disagg` suggestions get the disaggregation prediction's TPOT ratio (and its
+    TTFT p50 ratio as `also_predicted`)."""
     disagg = (prediction.get("variants") or {}).get("disagg")
     if not disagg or signals.tpot_p50_ms <= 0:
         return
     ratio = disagg["tpot_p50_ms"] / signals.tpot_p50_ms
+    also = []
+    if disagg.get("ttft_p50_ms") and signals.ttft_p50_ms > 0:
+        ttft = disagg["ttft_p50_ms"] / signals.ttft_p50_ms
+        also.append({"metric": "ttft_ms.p50", "ratio": round(ttft, 4)})
     for finding in diagnosis["findings"]:
         for row in finding["suggestions"]:
             if row.get("factor") == "placement" and row.get("value") == "disagg":
                 row.pop("not_predicted", None)
                 row["predicted"] = {"metric": "tpot_ms.p50", "ratio": round(ratio, 4)}
+                if also:
+                    row["also_predicted"] = also
         finding["suggestions"].sort(key=lambda r: r.get("predicted") is None)

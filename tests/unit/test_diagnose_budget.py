@@ -336,3 +336,16 @@ def test_multi_step_saves_nothing_on_the_steps_that_carry_a_prompt() -> None:
     assert host_per_step(signals(cycle=cycle), 1, 4).ratio == pytest.approx(1 - 1.5 / 4)
     mixed = signals(cycle=cycle, mixed_step_share=0.2, mixed_step_ms=10.0)
     assert host_per_step(mixed, 1, 4).ratio == pytest.approx(1 - 0.8 * 1.5 / 4)
+
+
+def test_the_disagg_suggestion_carries_the_disaggregation_predictions_tpot_and_ttft() -> None:
+    from diagnose.core import _predict_disagg_suggestions
+
+    row = {"switch": "--placement disagg", "factor": "placement", "value": "disagg",
+           "predicted": None, "not_predicted": "see `disaggregation`"}  # fmt: skip
+    diagnosis = {"findings": [{"type": "prefill_interference", "suggestions": [row]}]}
+    prediction = {"variants": {"disagg": {"tpot_p50_ms": 4.5, "ttft_p50_ms": 30.0}}}
+    _predict_disagg_suggestions(diagnosis, prediction, signals(tpot_p50_ms=6.0, ttft_p50_ms=20.0))
+    assert row["predicted"] == {"metric": "tpot_ms.p50", "ratio": 0.75}
+    assert row["also_predicted"] == [{"metric": "ttft_ms.p50", "ratio": 1.5}]
+    assert "not_predicted" not in row
