@@ -1,12 +1,17 @@
-"""Every `hopscope …` command that README.md and docs/ show in a code block parses: a renamed or
-removed flag, or a subcommand that no longer exists, fails here before a reader hits it.
+"""Every `hopscope …` command that README.md and docs/ show in a code block parses, and the
+`--help` of each (sub)command they use prints its usage: a renamed or removed flag, or a
+subcommand that no longer exists, fails here before a reader hits it.
 
-Parsing is what is checked, not running: the commands need servers, clusters and models. The
-commands that do run end to end (the Quick start, `experiment quick`, `next`, `generate --chat`)
-have integration tests of their own."""
+The ones that read a run's files (`diagnose`, `traces summarize|show|export`, `bench compare`,
+`experiment compare|report`, ...) also run, on a small run of their own:
+tests/integration/test_documented_commands_run.py. The rest need servers, clusters and models; the
+ones that run end to end (the Quick start, `experiment quick`, `next`, `generate --chat`) have
+integration tests of their own."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shlex
 from pathlib import Path
@@ -20,6 +25,21 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _FENCE = re.compile(r"^```([a-z]*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _SPLIT = re.compile(r"&&|\|\||;|\$\(|\)\"|\||`")  # the pieces of a shell line that are commands
 _OPTIONAL = re.compile(r"\[(--?[^\[\]]*)\]")  # `[--link-delay-ms 0.5]`: shown as optional
+
+
+def command_path(argv: list[str]) -> list[str]:
+    """The (sub)command words of a command line: `traces summarize`, `bench compare`, `serve`."""
+    words = [a for a in argv[:2] if not a.startswith("-")]
+    if len(words) == 2 and _usage(words).startswith(f"usage: hopscope {' '.join(words)} "):
+        return words  # the second word is a subcommand, not an argument (`diagnose RUN`)
+    return words[:1]
+
+
+def _usage(words: list[str]) -> str:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
+        build_parser(words[0]).parse_args([*words, "--help"])
+    return printed.getvalue()
 
 
 def documented_commands() -> list[tuple[str, str]]:
@@ -57,3 +77,17 @@ def test_a_documented_command_parses(where: str, command: str) -> None:
         build_parser(subcommand).parse_args(argv)
     except SystemExit as exc:
         pytest.fail(f"{where}: `{command}` does not parse (exit {exc.code})")
+
+
+HELP_PATHS = sorted({" ".join(command_path(shlex.split(c)[1:])) for _, c in COMMANDS})
+
+
+@pytest.mark.parametrize("path", HELP_PATHS)
+def test_the_help_of_a_documented_command_prints_its_usage(
+    path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    words = path.split()
+    with pytest.raises(SystemExit) as exited:
+        build_parser(words[0]).parse_args([*words, "--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: hopscope {path} ")
