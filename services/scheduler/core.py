@@ -73,6 +73,9 @@ class Scheduler:
         self.num_preemptions = 0
         # the variants (module docstring); each is on the hook list only while it acts
         self._hooks: list[CoreHooks] = []
+        # the hooks on that act at the per-token points (a plain or swap core: none)
+        self._takers: list[CoreHooks] = []
+        self._elsewhere: list[CoreHooks] = []
         self._run_ahead = RunAhead(self)
         self._swap = HostSwap(model.num_swap_blocks, self._blocks, self._seqs)
         if config.preemption == "swap":
@@ -399,7 +402,7 @@ class Scheduler:
             reason = "length"
         if reason:
             self._finish(seq, reason, now_s)
-        elif any(hook.takes_after_sample(seq) for hook in self._hooks):
+        elif self._takers and any(hook.takes_after_sample(seq) for hook in self._takers):
             self._running.remove(seq)  # e.g. its prompt is done: it decodes elsewhere
             seq.is_running = False
         return Update(req.request_id, [token], reason)
@@ -477,11 +480,15 @@ class Scheduler:
             self._hooks.append(hook)
         elif not is_on and hook in self._hooks:
             self._hooks.remove(hook)
+        self._takers = _overriding(self._hooks, "takes_after_sample")
+        self._elsewhere = _overriding(self._hooks, "runs_elsewhere")
 
     def _runs_elsewhere(self, seq: Sequence) -> bool:
-        return any(hook.runs_elsewhere(seq) for hook in self._hooks)
+        return bool(self._elsewhere) and any(h.runs_elsewhere(seq) for h in self._elsewhere)
 
     def _kv_holder(self, seq: Sequence) -> CoreHooks | None:
+        if not self._hooks:
+            return None
         return next((hook for hook in self._hooks if hook.holds_kv(seq)), None)
 
     # ---- the variants' entry points: one line each (their code: run_ahead.py, handoff.py,
@@ -554,3 +561,8 @@ class Scheduler:
     @property
     def num_free_host_blocks(self) -> int:
         return self._swap.num_free_blocks
+
+
+def _overriding(hooks: list[CoreHooks], point: str) -> list[CoreHooks]:
+    """The hooks that act at `point` (override its do-nothing default)."""
+    return [h for h in hooks if getattr(type(h), point) is not getattr(CoreHooks, point)]
