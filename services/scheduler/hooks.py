@@ -2,7 +2,8 @@
 scheduler calls its KV connector. Each default is what the base policy does alone: nothing.
 
 The core keeps the hooks that are on in a list and calls each at its point; a plain core's list
-is empty, so the base policy pays one loop over nothing where a variant could act.
+is empty. At the per-token points (`takes_after_sample`, `runs_elsewhere`) it calls only the hooks
+that override them.
 """
 
 from __future__ import annotations
