@@ -11,7 +11,7 @@ import re
 import shutil
 import signal
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.lifecycle import START_TIMEOUT_S, Child, LaunchError, launch, wait_serving
@@ -19,13 +19,14 @@ from deploy.placement import internal_address, resolve_placement, worker_role
 from deploy.spec import (
     front_door_credentials,
     scheduler_config,
+    service_json,
     tokenizer_config,
     tokenizer_names,
     with_internal_token,
     worker_config,
 )
 from services.common.peer_auth import TOKEN_ENV, new_internal_token
-from services.common.process import READY_PREFIX, config_to_json
+from services.common.process import READY_PREFIX
 from services.config import HopscopeConfig
 from services.worker.service_config import WorkerServiceConfig
 
@@ -150,10 +151,7 @@ class LocalDeployment:
         log_path = (self.log_dir or self.tmp_dir) / f"{name}.log"
         # the token travels in the child's environment, not on its command line (`ps` shows that)
         env = {**os.environ, TOKEN_ENV: config.settings.security.internal_token}
-        config_json = config_to_json(
-            replace(config, settings=with_internal_token(config.settings, ""))
-        )
-        child = ChildService(name, module, config_json, log_path, env=env)
+        child = ChildService(name, module, service_json(config), log_path, env=env)
         self.children.append(child)
         return child.start()
 

@@ -10,6 +10,7 @@ import socket
 from typing import Any
 
 from services.common.metrics import metrics_port
+from services.common.process import config_to_json
 from services.config import HopscopeConfig
 from services.scheduler.service_config import SchedulerServiceConfig
 from services.tokenizer.service_config import TokenizerServiceConfig
@@ -121,6 +122,15 @@ def tokenizer_config(
         name=name,
         reuse_port=config.deploy.tokenizer_replicas > 1,
     )
+
+
+def service_json(service: Any) -> str:
+    """A child's `--config`: its service config, the settings tree without its secrets (the
+    internal token, the API key). A command line is visible to every user in `ps`; the child
+    gets both from its environment (services/common/process.py, services/tokenizer/auth.py)."""
+    security = dataclasses.replace(service.settings.security, internal_token="", api_key=None)
+    settings = dataclasses.replace(service.settings, security=security)
+    return config_to_json(dataclasses.replace(service, settings=settings))
 
 
 def with_internal_token(config: HopscopeConfig, token: str) -> HopscopeConfig:

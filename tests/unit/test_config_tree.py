@@ -17,7 +17,7 @@ import pytest
 from deploy import flags
 from deploy.cli import build_parser, main
 from deploy.commands import spec_from_args
-from deploy.spec import scheduler_config, tokenizer_config, worker_config
+from deploy.spec import scheduler_config, service_json, tokenizer_config, worker_config
 from experiment.plan import parse_plan
 from services.common.process import config_from_dict, config_to_json
 from services.common.types import ModelInfo
@@ -251,6 +251,21 @@ def test_the_tree_crosses_deploy_unopened(carrier: str) -> None:
         or (isinstance(node, ast.Name) and node.id in ("SchedulerSettings", "WorkerSettings"))
     ]
     assert opened == []
+
+
+def test_a_childs_command_line_holds_no_secret() -> None:
+    """The tree goes to a child on its command line, which `ps` shows to every user: the
+    internal token and the API key are taken out (the child reads both from its environment)."""
+    tree = HopscopeConfig.of(model="tiny", api_key="key-41", internal_token="token-42")
+    for service in (
+        worker_config(tree, "unix:/w"),
+        scheduler_config(tree, "l", "w"),
+        tokenizer_config(tree, "l", "s"),
+    ):
+        text = service_json(service)
+        assert "key-41" not in text and "token-42" not in text
+        sent = config_from_dict(type(service), json.loads(text))
+        assert sent.settings.security.api_key is None and sent.settings.model == tree.model
 
 
 def _through_the_process(cls: type[Any], service: Any) -> Any:
