@@ -90,6 +90,15 @@ def parse_args() -> argparse.Namespace:
         "(colocated+stream-interval=4)",
     )
     parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="another checkout (e.g. `git worktree add /tmp/base main`): each placement is also "
+        "run from it (its code on PYTHONPATH), alternated in the same rounds, and "
+        "ratios_to_baseline gives this tree ÷ that one per placement",
+    )
+    parser.add_argument(
         "--tokenizer-cpu-quota",
         type=float,
         default=0.0,
@@ -155,6 +164,11 @@ def serve_env(variant: str) -> dict[str, str] | None:
 
 
 ENGINE = "engine"  # the variant that runs benchmarks/engine_alone.py instead of a pipeline
+
+
+def baseline_variant(placement: str, tree: Path) -> str:
+    """The same placement served from another checkout (serve_env puts it on PYTHONPATH)."""
+    return f"{placement}+env:PYTHONPATH={tree.resolve()}"
 
 
 def run_engine_alone(args: argparse.Namespace, round_index: int, tmp: Path) -> dict:
@@ -350,6 +364,9 @@ def check_targets(colocated: dict[str, float | None]) -> dict[str, dict[str, Any
 def main() -> int:
     args = parse_args()
     placements = args.placements.split(",")
+    own_placements = list(placements)
+    if args.baseline_tree is not None:
+        placements += [baseline_variant(p, args.baseline_tree) for p in own_placements]
     machine = common.machine_info() | {"cores_used_for_ratios": num_cores()}
     rounds: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -382,6 +399,13 @@ def main() -> int:
         variant: common.ratio_checks(flat_rounds, variant, placements[0], RATIO_FIGURES)
         for variant in placements[1:]
     }
+    baseline_ratios = {  # this tree ÷ the baseline tree, per placement, paired within rounds
+        p: common.ratio_checks(
+            flat_rounds, p, baseline_variant(p, args.baseline_tree), RATIO_FIGURES
+        )
+        for p in own_placements
+        if args.baseline_tree is not None
+    }
     targets = check_targets(per_placement.get("colocated", {}))
     payload = {
         "benchmark": "CPU µs per output token per process, tokens/s and ratio to the engine alone",
@@ -389,6 +413,7 @@ def main() -> int:
         "command": f"python -m benchmarks.token_cost --rounds {args.rounds} "
         f"--num-requests {args.num_requests} --concurrency {args.concurrency} "
         f"--placements {args.placements}"
+        + (f" --baseline-tree {args.baseline_tree}" if args.baseline_tree else "")
         + (
             f" --tokenizer-cpu-quota {args.tokenizer_cpu_quota}" if args.tokenizer_cpu_quota else ""
         ),
@@ -419,6 +444,8 @@ def main() -> int:
         },
         # each variant against the first, within each round (same machine load), then the median
         f"ratios_to_{placements[0]}": ratios,
+        "baseline_tree": str(args.baseline_tree.resolve()) if args.baseline_tree else None,
+        "ratios_to_baseline": baseline_ratios,
         "targets_colocated": targets,
         # the same targets for every colocated variant (which switches meet which target)
         "targets_by_variant": {

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from benchmarks.token_cost import TARGETS, check_targets, medians
+from pathlib import Path
+
+from benchmarks.token_cost import (
+    TARGETS,
+    baseline_variant,
+    check_targets,
+    medians,
+    serve_argv,
+    serve_env,
+)
 
 
 def _round(index: int, tokenizer_us: float, ratio: float) -> dict:
@@ -40,3 +49,10 @@ def test_a_missed_or_missing_figure_is_not_met() -> None:
         "target": "<= 15.0",
         "met": False,
     }
+
+
+def test_a_baseline_variant_serves_the_same_placement_from_the_other_tree() -> None:
+    variant = baseline_variant("colocated", Path("/tmp/base-tree"))
+    assert serve_argv(variant) == serve_argv("colocated")  # same serve flags
+    env = serve_env(variant)
+    assert env is not None and env["PYTHONPATH"] == str(Path("/tmp/base-tree").resolve())
